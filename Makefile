@@ -1,0 +1,32 @@
+# `make run` serves on 127.0.0.1:8000 (HTTP) and 50051 (gRPC); `make test` runs the suite.
+# Installs are skipped while pyproject.toml is unchanged (stamp files inside .venv).
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+HOST      ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 50051
+
+.PHONY: run test clean
+
+run: $(VENV)/.installed
+	$(VENV)/bin/adserve --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
+
+test: $(VENV)/.installed-test
+	bash scripts/install-system-deps.sh
+	$(PY) -m pytest -q
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# the test extras include everything `run` needs, so they satisfy its stamp too
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
