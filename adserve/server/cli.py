@@ -1,0 +1,53 @@
+"""`adserve`: start the server. Flags override `ADSERVE_*` variables, which override defaults."""
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from .. import __version__
+from .settings import Settings
+
+log = logging.getLogger("adserve")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="adserve", description="Automatic differentiation as a service.")
+    p.add_argument("--host", help="address to listen on (ADSERVE_HOST, default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="HTTP port (ADSERVE_HTTP_PORT, default 8000)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for none (ADSERVE_GRPC_PORT, default 50051)")
+    p.add_argument("--log-level", help="critical, error, warning, info or debug (ADSERVE_LOG_LEVEL)")
+    p.add_argument("--version", action="version", version=f"adserve {__version__}")
+    return p.parse_args(argv)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        sys.exit(f"adserve: bad setting: {problems}")
+
+
+def main(argv=None) -> None:
+    settings = load_settings(parse_args(argv))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from .rest import create_app
+    from .service import Service
+
+    service = Service(result_cache_bytes=settings.result_cache_bytes)
+    app = create_app(service, settings)
+    if settings.grpc_port:
+        log.warning("gRPC is not enabled in this build: port %d is not served", settings.grpc_port)
+    if settings.redis_url:
+        log.warning("ADSERVE_REDIS_URL is set, but this build keeps the registry and the cache in memory")
+    log.info("adserve %s: HTTP on http://%s:%d (docs at /docs)", __version__, settings.host, settings.http_port)
+    uvicorn.run(app, host=settings.host, port=settings.http_port, log_level=settings.log_level, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Domain errors of the service layer, free of any protocol.
+
+A `ServiceError` has a `kind` (what went wrong, for the status mapping), a
+snake_case `code`, a `message` for a person and an optional `location`.
+Each adapter maps kinds to its protocol's status in one table.
+"""
+
+BAD_REQUEST = "bad_request"      # the body is not JSON or not readable
+NOT_FOUND = "not_found"          # no such function id
+TOO_LARGE = "too_large"          # over a size limit
+UNPROCESSABLE = "unprocessable"  # well-formed, but a wrong definition or evaluation
+
+KINDS = (BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE)
+
+
+class ServiceError(Exception):
+    def __init__(self, kind: str, code: str, message: str, location=None):
+        assert kind in KINDS, kind
+        super().__init__(message)
+        self.kind, self.code, self.message, self.location = kind, code, message, location
+
+    def body(self) -> dict:
+        return error_body(self.code, self.message, self.location)
+
+
+def error_body(code: str, message: str, location=None) -> dict:
+    """The contract's error object: code, message and, where one applies, location."""
+    err = {"code": code, "message": message}
+    if location is not None:
+        err["location"] = location
+    return {"error": err}

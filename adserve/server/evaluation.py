@@ -1,0 +1,91 @@
+"""The evaluation request: checked field by field, decoded, and hashed for the cache.
+
+`parse` takes the plain data of an evaluation (JSON-decoded, or arrays from
+another adapter) and returns an `Evaluation` of float64 arrays, or raises a
+`ServiceError` whose message names the field. What only the function can
+tell (input names, shapes, batch sizes, a scalar output) the engine checks.
+"""
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UNPROCESSABLE, ServiceError
+from .tensors import TensorError, decode
+
+FIELDS = ("inputs", "compute", "tangent", "cotangent", "batch")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    inputs: dict
+    compute: tuple   # distinct kinds, in the order asked
+    tangent: dict | None
+    cotangent: np.ndarray | None
+    batch: bool
+
+    def cache_key(self, function_id: str) -> tuple:
+        """Equal for requests that must get equal results; arrays enter by shape and bytes."""
+        h = hashlib.blake2b(digest_size=20)
+        for section, tensors in (("inputs", self.inputs), ("tangent", self.tangent),
+                                 ("cotangent", None if self.cotangent is None else {"": self.cotangent})):
+            if tensors is None:
+                continue
+            h.update(f"|{section}:{len(tensors)}".encode())
+            for name in sorted(tensors):
+                a = np.ascontiguousarray(tensors[name])
+                h.update(f"|{len(name)}:{name}{a.shape}".encode())
+                h.update(a)
+        return function_id, tuple(sorted(self.compute)), self.batch, h.digest()
+
+
+def _fail(code: str, message: str):
+    raise ServiceError(UNPROCESSABLE, code, message)
+
+
+def parse(body, kinds) -> Evaluation:
+    """Check an evaluation's fields and decode its tensors; `kinds` are the allowed compute names."""
+    if not isinstance(body, dict):
+        _fail("invalid_evaluation", 'an evaluation must be a JSON object such as '
+                                    '{"inputs": {"x": 1.0}, "compute": ["value", "gradient"]}')
+    unknown = [k for k in body if k not in FIELDS]
+    if unknown:
+        _fail("unknown_field", f"unknown field {unknown[0]!r} in the evaluation; "
+                               f"the fields are {', '.join(FIELDS)}")
+    return Evaluation(
+        inputs=_tensor_map(body.get("inputs", {}), "inputs"),
+        compute=_compute(body.get("compute", ["value"]), kinds),
+        tangent=None if body.get("tangent") is None else _tensor_map(body["tangent"], "tangent"),
+        cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent"),
+        batch=_batch(body.get("batch", False)),
+    )
+
+
+def _tensor(value, where: str) -> np.ndarray:
+    try:
+        return decode(value, where)
+    except TensorError as e:
+        _fail("invalid_tensor", str(e))
+
+
+def _tensor_map(value, field: str) -> dict:
+    if not isinstance(value, dict):
+        _fail("invalid_field", f"{field} must be an object from input name to tensor, not {type(value).__name__}")
+    return {name: _tensor(v, f"{field}.{name}") for name, v in value.items()}
+
+
+def _compute(value, kinds) -> tuple:
+    allowed = ", ".join(kinds)
+    if not isinstance(value, list) or not value:
+        _fail("invalid_compute", f"compute must be a non-empty list of names from: {allowed}")
+    for i, kind in enumerate(value):
+        if kind not in kinds:
+            _fail("invalid_compute", f"compute[{i}] is {kind!r}, which is not one of: {allowed}")
+    return tuple(dict.fromkeys(value))
+
+
+def _batch(value) -> bool:
+    if not isinstance(value, bool):
+        _fail("invalid_field", f"batch must be true or false, not {value!r}"[:200])
+    return value

@@ -1,0 +1,71 @@
+"""Prometheus metrics: HTTP requests per route template, and the service's own counts.
+
+Each app gets its own registry (several apps in one process stay apart).
+`MetricsMiddleware` is plain ASGI so it sees every response, errors included;
+routes are labelled by template (`/v1/functions/{function_id}`), never by raw path.
+"""
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, service):
+        self.registry = CollectorRegistry()
+        labels = ("method", "route", "status")
+        self._requests = Counter("adserve_http_requests", "HTTP requests answered", labels, registry=self.registry)
+        self._latency = Histogram("adserve_http_request_duration_seconds", "HTTP request latency", labels,
+                                  buckets=_BUCKETS, registry=self.registry)
+        self.registry.register(_ServiceCollector(service))
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        labels = (method if method in _METHODS else "OTHER", route, str(status))
+        self._requests.labels(*labels).inc()
+        self._latency.labels(*labels).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ServiceCollector:
+    def __init__(self, service):
+        self._service = service
+
+    def collect(self):
+        s = self._service.stats()
+        yield GaugeMetricFamily("adserve_functions_registered", "Functions in the registry", value=s["functions"])
+        yield CounterMetricFamily("adserve_result_cache_hits", "Evaluations answered from the result cache",
+                                  value=s["cache_hits"])
+        yield CounterMetricFamily("adserve_result_cache_misses", "Evaluations not in the result cache",
+                                  value=s["cache_misses"])
+        yield GaugeMetricFamily("adserve_result_cache_entries", "Results held", value=s["cache_entries"])
+        yield GaugeMetricFamily("adserve_result_cache_bytes", "Bytes of results held", value=s["cache_bytes"])
+
+
+class MetricsMiddleware:
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - start)

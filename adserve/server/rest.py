@@ -1,0 +1,204 @@
+"""The REST adapter: `create_app(service, settings)` builds the FastAPI app.
+
+Handlers only translate: read the raw body (bounded), parse it with orjson,
+call the service in a worker thread, encode tensors back. Every error leaves
+as `{"error": {"code", "message", "location"?}}`; the status of a service
+error comes from `STATUS`, the one table of this protocol.
+"""
+
+import logging
+from importlib import resources
+from typing import Annotated
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from . import schemas, tensors
+from .errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError, error_body
+from .metrics import Metrics, MetricsMiddleware
+from .service import Service
+from .settings import Settings
+
+log = logging.getLogger("adserve.rest")
+
+STATUS = {BAD_REQUEST: 400, NOT_FOUND: 404, TOO_LARGE: 413, UNPROCESSABLE: 422}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+class JSONOut(Response):
+    """JSON via orjson; finite ndarrays from `tensors.encode` are written natively."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return tensors.dumps(content)
+
+
+def _error(status: int, code: str, message: str, location=None, headers=None) -> JSONOut:
+    return JSONOut(error_body(code, message, location), status_code=status, headers=headers)
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused with 413 past `max_body_bytes` (declared or actually sent)."""
+    limit = request.app.state.settings.max_body_bytes
+    too_large = ServiceError(TOO_LARGE, "body_too_large", f"the request body is over the limit of {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes):
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ServiceError(BAD_REQUEST, "malformed_json", f"the body is not valid JSON: {e}") from None
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+RawBody = Annotated[bytes, Depends(read_body)]
+ServiceDep = Annotated[Service, Depends(_service)]
+
+
+def _wants_b64(body) -> bool:
+    """Answer in base64 when any tensor of the request came in base64."""
+    if not isinstance(body, dict):
+        return False
+    maps = [m for m in (body.get("inputs"), body.get("tangent")) if isinstance(m, dict)]
+    return tensors.is_b64(body.get("cotangent")) or any(tensors.is_b64(v) for m in maps for v in m.values())
+
+
+def _evaluate(service: Service, function_id: str | None, raw: bytes) -> dict:
+    """Parse, evaluate and encode: the CPU-bound part, run in a worker thread."""
+    body = parse_json(raw)
+    if function_id is not None:
+        result = service.evaluate(function_id, body)
+    else:
+        target = body.get("function") if isinstance(body, dict) else None
+        rest = {k: v for k, v in body.items() if k != "function"} if isinstance(body, dict) else body
+        result = service.evaluate(target, rest)
+    b64 = _wants_b64(body)
+    return {k: (v if k == "cached" else tensors.encode_tree(v, b64)) for k, v in result.items()}
+
+
+def _routes(app: FastAPI) -> None:
+    err = {status: {"model": schemas.ErrorBody} for status in (400, 413, 422)}
+    not_found = {404: {"model": schemas.ErrorBody}}
+
+    @app.post("/v1/functions", status_code=201, tags=["functions"], summary="Register a function",
+              responses={200: {"model": schemas.FunctionInfo, "description": "already registered"},
+                         201: {"model": schemas.FunctionInfo, "description": "registered now"}, **err},
+              openapi_extra=schemas.request_body(schemas.Definition))
+    async def register(raw: RawBody, service: ServiceDep):
+        info, created = await run_in_threadpool(lambda: service.register(parse_json(raw)))
+        return JSONOut(info, status_code=201 if created else 200)
+
+    @app.get("/v1/functions/{function_id}", tags=["functions"], summary="A function's metadata",
+             responses={200: {"model": schemas.FunctionInfo}, **not_found})
+    def function_info(function_id: str, service: ServiceDep):
+        return JSONOut(service.info(function_id))
+
+    @app.get("/v1/functions/{function_id}/graph", tags=["functions"], responses=not_found,
+             summary="The definition in canonical graph form (POST-able back, same id)")
+    def function_graph(function_id: str, service: ServiceDep):
+        return JSONOut(service.graph(function_id))
+
+    @app.post("/v1/functions/{function_id}/evaluate", tags=["evaluate"], summary="Evaluate a registered function",
+              responses={200: {"model": schemas.EvaluationResult}, **err, **not_found},
+              openapi_extra=schemas.request_body(schemas.Evaluation))
+    async def evaluate_by_id(function_id: str, raw: RawBody, service: ServiceDep):
+        return JSONOut(await run_in_threadpool(_evaluate, service, function_id, raw))
+
+    @app.post("/v1/evaluate", tags=["evaluate"], summary="Evaluate a definition (registering it on the way)",
+              responses={200: {"model": schemas.EvaluationResult}, **err},
+              openapi_extra=schemas.request_body(schemas.EvaluationWithFunction))
+    async def evaluate(raw: RawBody, service: ServiceDep):
+        return JSONOut(await run_in_threadpool(_evaluate, service, None, raw))
+
+    @app.get("/v1/schema/graph", tags=["functions"], summary='JSON Schema of the "graph" form')
+    def graph_schema(service: ServiceDep):
+        return JSONOut(service.graph_schema())
+
+    @app.get("/healthz", tags=["operations"], summary="200 while the process is alive")
+    def healthz():
+        return JSONOut({"status": "ok"})
+
+    @app.get("/readyz", tags=["operations"], summary="200 when ready to serve")
+    def readyz(service: ServiceDep):
+        if service.ready():
+            return JSONOut({"status": "ready"})
+        return _error(503, "not_ready", "the service is starting or lost a backend")
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus text format")
+    def metrics(request: Request):
+        m = request.app.state.metrics
+        return Response(m.render(), media_type=m.content_type)
+
+    page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return HTMLResponse(page)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        return JSONOut(exc.body(), status_code=STATUS[exc.kind])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; the API is described at /docs"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+        else:
+            message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "internal error: this is a bug in the server, and it has been logged")
+
+
+def create_app(service: Service, settings: Settings) -> FastAPI:
+    app = FastAPI(title="adserve", version=__version__, default_response_class=JSONOut,
+                  description="Automatic differentiation as a service. Register a function (expr, program or "
+                              "graph), then ask for value, gradient, jvp, vjp, hvp, jacobian and hessian.")
+    app.state.service, app.state.settings = service, settings
+    app.state.metrics = Metrics(service)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    _error_handlers(app)
+    _routes(app)
+
+    plain_openapi = app.openapi
+
+    def openapi():
+        spec = plain_openapi()
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas.request_components())
+        return spec
+
+    app.openapi = openapi
+    return app

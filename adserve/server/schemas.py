@@ -1,0 +1,101 @@
+"""Pydantic models of the REST bodies, for the OpenAPI document (/docs) only.
+
+Requests are parsed by hand (orjson, then `evaluation.parse` and the engine),
+so that every error has the contract's shape; these models describe them.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+TENSOR_DOC = ('A number, a row-major nested list of numbers, or {"dtype": "float64", "shape": [...], '
+              '"b64": "..."} (base64 of little-endian bytes). "NaN", "Infinity" and "-Infinity" stand for '
+              "non-finite values.")
+
+
+class B64Tensor(BaseModel):
+    dtype: Literal["float64"]
+    shape: list[int]
+    b64: str = Field(description="base64 of the little-endian float64 bytes, row-major")
+
+
+Tensor = float | Literal["NaN", "Infinity", "-Infinity"] | list[Any] | B64Tensor
+
+
+class InputSpec(BaseModel):
+    name: str
+    shape: list[int] = Field(description="[] for a scalar")
+
+
+class Definition(BaseModel):
+    """`inputs` and exactly one of `expr`, `program`, `graph`."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
+         "expr": "log(x1) + x1*x2 - sin(x2)"}]})
+    inputs: list[InputSpec]
+    expr: str | None = Field(None, description="one expression in Python syntax over the input names")
+    program: str | None = Field(None, description="source of one `def f(<inputs>): ...` in the Python subset")
+    graph: dict[str, Any] | None = Field(None, description="canonical node list; schema at GET /v1/schema/graph")
+
+
+class Evaluation(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
+    inputs: dict[str, Tensor] = Field(description=TENSOR_DOC)
+    compute: list[Literal["value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"]] = ["value"]
+    tangent: dict[str, Tensor] | None = Field(None, description="for jvp and hvp: one entry per input")
+    cotangent: Tensor | None = Field(None, description="for vjp: output shape")
+    batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
+
+
+class EvaluationWithFunction(Evaluation):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"function": Definition.model_config["json_schema_extra"]["examples"][0],
+         "inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
+    function: Definition
+
+
+class FunctionInfo(BaseModel):
+    id: str
+    inputs: list[InputSpec]
+    output_shape: list[int]
+    n_nodes: int
+
+
+class EvaluationResult(BaseModel):
+    value: Tensor | None = None
+    gradient: dict[str, Tensor] | None = None
+    jvp: Tensor | None = None
+    vjp: dict[str, Tensor] | None = None
+    hvp: dict[str, Tensor] | None = None
+    jacobian: dict[str, Tensor] | None = None
+    hessian: dict[str, dict[str, Tensor]] | None = None
+    cached: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="snake_case")
+    message: str
+    location: dict[str, Any] | None = Field(None, description='{"line", "column"} or {"node"}')
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+REQUEST_MODELS = (Definition, Evaluation, EvaluationWithFunction)
+
+
+def request_components() -> dict:
+    """JSON Schemas of the request models, keyed by name, for `components.schemas`."""
+    _, top = models_json_schema([(m, "validation") for m in REQUEST_MODELS],
+                                ref_template="#/components/schemas/{model}")
+    return top["$defs"]
+
+
+def request_body(model) -> dict:
+    """`openapi_extra` for a route whose JSON body is parsed by hand."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}

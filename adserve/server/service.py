@@ -1,0 +1,133 @@
+"""The one service object the REST (and later gRPC) adapters share.
+
+Plain data in and out: definitions and evaluations are dicts as decoded from
+JSON (tensors may already be arrays), results are dicts of float64 arrays.
+It keeps the registry of compiled functions (id -> function, in memory) and a
+byte-bounded LRU of results, and turns engine errors into `ServiceError`s.
+"""
+
+import contextlib
+import hashlib
+import threading
+
+import numpy as np
+import orjson
+
+from . import evaluation
+from .cache import LRU, result_nbytes
+from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
+
+__all__ = ["Service", "ServiceError"]
+
+
+class Service:
+    def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096):
+        if engine is None:
+            from adserve.engine import api as engine
+        self._engine = engine
+        from adserve.engine.errors import EngineError, LimitError
+        self._engine_error, self._limit_error = EngineError, LimitError
+        self._functions: dict = {}
+        self._lock = threading.Lock()
+        # definition text -> id, so a definition sent with every request compiles once
+        self._aliases = LRU(alias_capacity)
+        self._results = LRU(result_cache_bytes, result_nbytes)
+        self._graph_schema = None
+
+    def register(self, definition) -> tuple[dict, bool]:
+        """Compile and keep a definition; the function's info, and whether it is new."""
+        fn, created = self._register(definition)
+        return fn.info(), created
+
+    def info(self, function_id: str) -> dict:
+        return self._lookup(function_id).info()
+
+    def graph(self, function_id: str) -> dict:
+        """The definition in canonical graph form, which `register` takes back."""
+        return self._lookup(function_id).export()
+
+    def evaluate(self, target, body) -> dict:
+        """Evaluate `target` (a function id, or a definition to register on the way).
+
+        The result holds the arrays asked for in `compute`, and `cached`."""
+        request = evaluation.parse(body, self._engine.COMPUTE_KINDS)
+        if target is None:
+            raise ServiceError(UNPROCESSABLE, "missing_field",
+                               '"function" is required: the definition to evaluate '
+                               '(or evaluate a registered one at /v1/functions/{id}/evaluate)')
+        fn = self._lookup(target) if isinstance(target, str) else self._register(target)[0]
+        key = request.cache_key(fn.id)
+        result = self._results.get(key)
+        if result is not None:
+            return {**result, "cached": True}
+        with self._engine_errors():
+            raw = self._engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
+                                        request.cotangent, request.batch)
+        result = _frozen(raw)
+        self._results.put(key, result)
+        return {**result, "cached": False}
+
+    def graph_schema(self) -> dict:
+        if self._graph_schema is None:
+            self._graph_schema = self._engine.graph_schema()
+        return self._graph_schema
+
+    def ready(self) -> bool:
+        return True
+
+    def stats(self) -> dict:
+        return {"functions": len(self._functions), "cache_hits": self._results.hits,
+                "cache_misses": self._results.misses, "cache_entries": len(self._results),
+                "cache_bytes": self._results.size}
+
+    def _lookup(self, function_id: str):
+        fn = self._functions.get(function_id)
+        if fn is None:
+            raise ServiceError(NOT_FOUND, "function_not_found",
+                               f"no function with id {function_id[:100]!r}; register it with POST /v1/functions")
+        return fn
+
+    def _register(self, definition):
+        if not isinstance(definition, dict):
+            raise ServiceError(UNPROCESSABLE, "invalid_definition",
+                               'a definition must be a JSON object with "inputs" and one of "expr", "program", "graph"')
+        alias = _digest(definition)
+        known = alias and self._aliases.get(alias)
+        if known:
+            return self._functions[known], False
+        with self._engine_errors():
+            fn = self._engine.compile_definition(definition)
+        with self._lock:
+            existing = self._functions.get(fn.id)
+            created = existing is None
+            if created:
+                self._functions[fn.id] = fn
+            else:
+                fn = existing
+        if alias:
+            self._aliases.put(alias, fn.id)
+        return fn, created
+
+    @contextlib.contextmanager
+    def _engine_errors(self):
+        try:
+            yield
+        except self._engine_error as e:
+            kind = TOO_LARGE if isinstance(e, self._limit_error) else UNPROCESSABLE
+            raise ServiceError(kind, e.code, e.message, e.location) from e
+
+
+def _digest(definition: dict) -> bytes | None:
+    try:
+        return hashlib.blake2b(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS), digest_size=20).digest()
+    except orjson.JSONEncodeError:  # too deep or not JSON data: skip the shortcut, the engine decides
+        return None
+
+
+def _frozen(tree):
+    """A private read-only float64 copy, so a cached result cannot change under anyone."""
+    if isinstance(tree, dict):
+        return {k: _frozen(v) for k, v in tree.items()}
+    a = np.array(tree, dtype=np.float64, copy=True)
+    a.setflags(write=False)
+    return a

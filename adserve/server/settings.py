@@ -1,0 +1,43 @@
+"""Server settings: one pydantic-settings class read from `ADSERVE_*` variables.
+
+Command-line flags override the environment (see `cli.py`); every field is
+documented in the README's settings table.
+"""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "adserve"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ADSERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535, description="0 leaves gRPC off")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="compiled code lives here")
+    redis_url: str | None = None
+    max_body_bytes: int = Field(16 * MiB, gt=0)
+    result_cache_bytes: int = Field(256 * MiB, ge=0, description="0 turns the result cache off")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated; not enforced yet")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v):
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v):
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
