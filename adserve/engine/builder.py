@@ -1,0 +1,286 @@
+"""Building graphs: the one place equations are created.
+
+`Builder.emit` checks shapes with the primitive's shape rule (naming the source
+location on failure), folds constants, applies a few identities that derivative
+rules rely on (x*1, x+0), and hash-conses equations so equal subexpressions are
+one variable (CSE for free, as in tinygrad). `V` wraps a value with Python
+operators so derivative rules read like the math: `g * ans * (1 - ans)`.
+
+Nested builders make loop and branch bodies; reading an outer value from a body
+captures it as an explicit body input (`capture`), so sub-graphs stay closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import DefinitionError, EngineError, ShapeError
+from .ir import Eqn, Graph, Lit, Var
+
+
+@dataclass
+class Prim:
+    """A row of the primitive table (filled in by primitives.py and control.py)."""
+
+    name: str
+    shape: Callable  # (*input shapes, **params) -> output shape, or list of shapes if multi
+    impl: Callable  # NumPy, batched: (*arrays with a leading batch axis, **params) -> array(s)
+    jvp: Optional[Callable] = None  # (tangents, primals, ans, **params) -> tangent(s); None entries are zero
+    vjp: Optional[Callable] = None  # (g, primals, ans, **params) -> cotangent per input (None = zero)
+    normalize: Optional[Callable] = None  # (input shapes, params) -> canonical params
+    multiple_results: bool = False
+    nondiff: bool = False  # output is piecewise constant: zero derivative (comparisons)
+    doc: str = ""
+    arity: Optional[int] = None  # None: variadic
+    extra: dict = field(default_factory=dict)
+
+
+PRIMS: dict[str, Prim] = {}
+
+
+def register(p: Prim) -> Prim:
+    PRIMS[p.name] = p
+    return p
+
+
+class V:
+    """A value inside a builder, with operators that emit equations."""
+
+    __slots__ = ("b", "atom")
+    __array_priority__ = 1000
+
+    def __init__(self, b, atom):
+        self.b, self.atom = b, atom
+
+    @property
+    def shape(self):
+        return self.atom.shape
+
+    @property
+    def size(self):
+        return math.prod(self.atom.shape)
+
+    def __add__(self, o): return emit("add", self, o)
+    def __radd__(self, o): return emit("add", o, self)
+    def __sub__(self, o): return emit("sub", self, o)
+    def __rsub__(self, o): return emit("sub", o, self)
+    def __mul__(self, o): return emit("mul", self, o)
+    def __rmul__(self, o): return emit("mul", o, self)
+    def __truediv__(self, o): return emit("div", self, o)
+    def __rtruediv__(self, o): return emit("div", o, self)
+    def __pow__(self, o): return emit("pow", self, o)
+    def __neg__(self): return emit("neg", self)
+
+    def is_lit(self, value=None):
+        a = self.atom
+        return isinstance(a, Lit) and (value is None or a.fill == value)
+
+    def __repr__(self):
+        return f"V({self.atom!r})"
+
+
+def _atom(x):
+    if isinstance(x, V):
+        return x.atom
+    if isinstance(x, (Var, Lit)):
+        return x
+    if isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool):
+        return Lit.scalar(float(x))
+    raise TypeError(f"not a value: {x!r}")
+
+
+_FOLD_MAX = 64  # non-uniform folded constants stay this small; bigger ones remain equations
+_FOLD_WORK = 1 << 20
+
+
+class Builder:
+    def __init__(self, parent: Optional["Builder"] = None):
+        self.parent = parent
+        self.inputs: list[Var] = []
+        self.eqns: list[Eqn] = []
+        self._cse: dict = {}
+        self._defined: set = set()
+        self.captured: list = []  # outer atoms, in the order their body inputs were made
+        self._capture_map: dict = {}
+        self.loc = parent.loc if parent else None
+
+    # -- values -----------------------------------------------------------
+    def input(self, shape) -> V:
+        v = Var(tuple(shape))
+        self.inputs.append(v)
+        self._defined.add(v)
+        return V(self, v)
+
+    def lit(self, value, shape=()) -> V:
+        return V(self, Lit.scalar(value, shape))
+
+    def owns(self, atom) -> bool:
+        return isinstance(atom, Lit) or atom in self._defined
+
+    def capture(self, v: V) -> V:
+        """Make an outer value readable here (as a new body input) and return it."""
+        if v.b is self or self.owns(v.atom):
+            return V(self, v.atom)
+        if self.parent is None:
+            raise EngineError("internal: value from an unrelated graph")
+        outer = self.parent.capture(v)
+        if outer.atom not in self._capture_map:
+            inner = Var(outer.shape)
+            self._defined.add(inner)
+            self._capture_map[outer.atom] = inner
+            self.captured.append(outer.atom)
+            self.inputs.append(inner)
+        return V(self, self._capture_map[outer.atom])
+
+    @contextlib.contextmanager
+    def at(self, loc):
+        old, self.loc = self.loc, loc
+        try:
+            yield
+        finally:
+            self.loc = old
+
+    # -- equations --------------------------------------------------------
+    def emit(self, prim: str, args, params=None):
+        p = PRIMS.get(prim)
+        if p is None:
+            raise DefinitionError(f"unknown operation '{prim}'", self.loc, code="unknown_op")
+        atoms = [self.capture(a).atom if isinstance(a, V) else _atom(a) for a in args]
+        params = dict(params or {})
+        shapes = [a.shape for a in atoms]
+        if p.arity is not None and len(atoms) != p.arity:
+            raise DefinitionError(f"'{prim}' takes {p.arity} argument(s), got {len(atoms)}", self.loc, code="bad_arguments")
+        try:
+            if p.normalize:
+                params = p.normalize(shapes, params)
+            out_shapes = p.shape(*shapes, **params)
+        except EngineError as e:
+            raise e.at(self.loc)
+        except (ValueError, TypeError, IndexError) as e:
+            raise ShapeError(f"{prim}: {e}", self.loc) from None
+        multi = p.multiple_results
+        out_shapes = [tuple(s) for s in out_shapes] if multi else [tuple(out_shapes)]
+
+        simplified = None if multi else _simplify(prim, atoms, out_shapes[0])
+        if simplified is not None:
+            return V(self, simplified)
+        if not multi and all(isinstance(a, Lit) for a in atoms) and math.prod(out_shapes[0]) <= _FOLD_WORK:
+            folded = _fold(p, atoms, params, out_shapes[0])
+            if folded is not None:
+                return V(self, folded)
+        if self is _orphan:
+            raise EngineError(f"internal: '{prim}' of constants could not be folded")
+
+        key = (prim, tuple(a if isinstance(a, Lit) else a.id for a in atoms), _params_key(params))
+        hit = self._cse.get(key)
+        if hit is None:
+            outs = tuple(Var(s) for s in out_shapes)
+            self.eqns.append(Eqn(prim, tuple(atoms), outs, params, self.loc))
+            self._defined.update(outs)
+            self._cse[key] = hit = outs
+        vals = tuple(V(self, o) for o in hit)
+        return vals if multi else vals[0]
+
+    def build(self, outputs) -> Graph:
+        atoms = tuple(self.capture(o).atom if isinstance(o, V) else _atom(o) for o in outputs)
+        return dce(Graph(tuple(self.inputs), tuple(self.eqns), atoms))
+
+
+def _params_key(params):
+    return tuple(sorted((k, id(v) if isinstance(v, Graph) else v) for k, v in params.items()))
+
+
+def _simplify(prim, atoms, out_shape):
+    """Identities used by derivative rules; only where the shape is unchanged."""
+    if prim in ("add", "sub", "mul", "div") and len(atoms) == 2:
+        a, b = atoms
+        unit = 1.0 if prim in ("mul", "div") else 0.0
+        if isinstance(b, Lit) and b.fill == unit and a.shape == out_shape:
+            return a
+        if prim in ("add", "mul") and isinstance(a, Lit) and a.fill == unit and b.shape == out_shape:
+            return b
+    return None
+
+
+def _fold(p: Prim, atoms, params, out_shape):
+    from .interpreter import lit_array
+
+    if p.multiple_results or p.name in ("scan", "cond"):
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            out = np.asarray(p.impl(*[lit_array(a) for a in atoms], **params), dtype=np.float64)
+    except Exception:
+        return None  # leave it to evaluation time, where errors carry context
+    flat = np.broadcast_to(out, (1, *out_shape)).reshape(-1)
+    if flat.size == 0:
+        return Lit(tuple(out_shape), (0.0,))
+    first = flat[0]
+    if np.isnan(first) and np.isnan(flat).all() or np.all(flat == first) and np.all(np.signbit(flat) == np.signbit(first)):
+        return Lit(tuple(out_shape), (float(first),))
+    if flat.size > _FOLD_MAX:
+        return None
+    return Lit(tuple(out_shape), tuple(float(x) for x in flat))
+
+
+def emit(prim: str, *args, **params):
+    """Emit into the builder of the first value argument."""
+    b = next((a.b for a in args if isinstance(a, V) and a.b is not None), None)
+    if b is None:
+        b = _orphan
+    return b.emit(prim, args, params)
+
+
+class _Ops:
+    """`op.sin(x)` == `emit('sin', x)`: derivative rules and front ends call ops by name."""
+
+    def __getattr__(self, name):
+        def call(*args, **params):
+            return emit(name, *args, **params)
+
+        call.__name__ = name
+        return call
+
+
+op = _Ops()
+_orphan = Builder()  # folds all-literal expressions that have no builder yet
+
+
+def inline(b: Builder, graph: Graph, args) -> list:
+    """Emit `graph`'s equations into `b` with its inputs bound to `args`; return its outputs."""
+    env = {}
+    for v, a in zip(graph.inputs, args, strict=True):
+        env[v] = a if isinstance(a, V) else V(b, _atom(a))
+
+    def read(atom):
+        return env[atom] if isinstance(atom, Var) else V(b, atom)
+
+    for e in graph.eqns:
+        with b.at(e.loc or b.loc):
+            res = b.emit(e.prim, [read(a) for a in e.inputs], e.params)
+        res = res if isinstance(res, tuple) else (res,)
+        env.update(zip(e.outputs, res))
+    return [read(a) for a in graph.outputs]
+
+
+def dce(graph: Graph) -> Graph:
+    """Drop equations whose outputs nothing reads."""
+    live = {a for a in graph.outputs if isinstance(a, Var)}
+    kept = []
+    for e in reversed(graph.eqns):
+        if any(o in live for o in e.outputs):
+            kept.append(e)
+            live.update(a for a in e.inputs if isinstance(a, Var))
+    if len(kept) == len(graph.eqns):
+        return graph
+    return Graph(graph.inputs, tuple(reversed(kept)), graph.outputs)
+
+
+def zeros(shape) -> V:
+    """A zero literal of `shape`, usable in any builder."""
+    return V(None, Lit.scalar(0.0, tuple(shape)))

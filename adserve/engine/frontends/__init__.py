@@ -1,0 +1,1 @@
+"""Front ends: user text (expr, program) and node graphs, all lowered to the one IR."""

@@ -1,0 +1,260 @@
+"""Lowering of `def f(...): ...` programs: the contract's Python subset.
+
+Loops become one `scan` equation (never unrolled): names assigned in the body
+that exist before it are the loop-carried values; values read from outside are
+captured as loop constants. `if` on a run-time condition becomes a `cond`
+equation whose outputs are the names either branch assigns; a condition on
+static integers is decided while lowering, as Python would. Element
+assignment `y[i] = e` is a functional update (see indexing.py).
+"""
+
+from __future__ import annotations
+
+import ast
+
+from ..builder import Builder, V
+from ..errors import DefinitionError
+from ..ir import Graph, Var
+from .expr import ExprLowerer, _static_binop, loc_of, parse
+from .indexing import set_item
+from .values import Counter, Index, Undefined, as_value, static_int
+
+RET = "$return"
+_AUG = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
+
+
+class _Returned(Exception):
+    pass
+
+
+def _assigned_names(stmts) -> set:
+    names = set()
+    for node in ast.walk(ast.Module(body=list(stmts), type_ignores=[])):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name):
+            names.add(node.value.id)
+        elif isinstance(node, ast.Return):
+            names.add(RET)
+    return names
+
+
+class ProgramLowerer(ExprLowerer):
+    def block(self, stmts):
+        """Lower statements; returns True when the block ends in a return."""
+        for i, s in enumerate(stmts):
+            with self.b.at(loc_of(s)):
+                ended = self.stmt(s)
+            if ended:
+                if i != len(stmts) - 1:
+                    self.fail("code after return is not allowed", stmts[i + 1])
+                return True
+        return False
+
+    def stmt(self, s) -> bool:
+        method = getattr(self, "stmt_" + type(s).__name__, None)
+        if method is None:
+            what = {"While": "while loops (use for i in range(n))", "FunctionDef": "nested functions",
+                    "Import": "import", "ImportFrom": "import", "Global": "global", "Nonlocal": "nonlocal",
+                    "With": "with", "Try": "try", "Raise": "raise", "Delete": "del", "ClassDef": "classes",
+                    "Assert": "assert", "Break": "break", "Continue": "continue",
+                    "AnnAssign": "annotated assignment"}.get(type(s).__name__, type(s).__name__)
+            self.fail(f"{what} is not supported", s)
+        return bool(method(s))
+
+    def stmt_Pass(self, s):
+        return False
+
+    def stmt_Expr(self, s):
+        if isinstance(s.value, ast.Constant) and isinstance(s.value.value, str):
+            return False  # a docstring
+        self.fail("an expression statement has no effect; assign it or return it", s)
+
+    def stmt_Return(self, s):
+        if s.value is None:
+            self.fail("return needs a value", s)
+        self.env[RET] = self.value(self.expr(s.value), s.value)
+        return True
+
+    def stmt_Assign(self, s):
+        if len(s.targets) != 1:
+            self.fail("chained assignment (a = b = ...) is not supported", s)
+        self.assign(s.targets[0], s.value, self.expr(s.value))
+
+    def stmt_AugAssign(self, s):
+        prim = _AUG.get(type(s.op))
+        if prim is None:
+            self.fail("only += -= *= /= are supported", s)
+        target = s.target
+        load = ast.Subscript(value=ast.Name(id=target.value.id, ctx=ast.Load()), slice=target.slice, ctx=ast.Load()) \
+            if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) else \
+            ast.Name(id=getattr(target, "id", "?"), ctx=ast.Load())
+        ast.copy_location(load, target)
+        ast.fix_missing_locations(load)
+        old = self.expr(load)
+        rhs = self.expr(s.value)
+        new = None
+        if isinstance(old, (int, Index)) and isinstance(rhs, (int, Index)) and prim in ("add", "sub", "mul"):
+            new = _static_binop({"add": ast.Add(), "sub": ast.Sub(), "mul": ast.Mult()}[prim], old, rhs)
+        if new is None:
+            new = self.emit(prim, self.value(old, target), self.value(rhs, s.value))
+        self.assign(target, s.value, new)
+
+    def assign(self, target, value_node, value):
+        if isinstance(target, ast.Name):
+            self.env[target.id] = value
+        elif isinstance(target, ast.Tuple):
+            if not isinstance(value, tuple) or len(value) != len(target.elts):
+                self.fail("tuple assignment needs a tuple of the same length on the right", target)
+            for t, v in zip(target.elts, value):
+                self.assign(t, value_node, v)
+        elif isinstance(target, ast.Subscript):
+            if not isinstance(target.value, ast.Name):
+                self.fail("element assignment must be to a name, e.g. y[i] = e", target)
+            y = self.expr(target.value)
+            if not isinstance(y, V) or not y.shape:
+                self.fail(f"'{target.value.id}' is not an array", target)
+            self.env[target.value.id] = set_item(self, y, target.slice, self.value(value, value_node))
+        else:
+            self.fail("unsupported assignment target", target)
+
+    # -- loops --------------------------------------------------------------
+    def stmt_For(self, s):
+        if s.orelse:
+            self.fail("for ... else is not supported", s)
+        if not isinstance(s.target, ast.Name):
+            self.fail("the loop variable must be a plain name", s.target)
+        it = s.iter
+        if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range") or it.keywords:
+            self.fail("only `for i in range(...)` loops are supported", it)
+        if not 1 <= len(it.args) <= 3:
+            self.fail("range() takes 1 to 3 arguments", it)
+        bounds = [static_int(self.expr(a), "a range() bound", loc_of(a)) for a in it.args]
+        if len(bounds) == 3 and bounds[2] == 0:
+            self.fail("range() step must not be zero", it)
+        r = range(*bounds)
+        if RET in _assigned_names(s.body):
+            self.fail("return inside a loop is not supported; assign a variable and return after the loop", s)
+        if len(r) == 0:
+            return False
+        self._trace_loop(s, r)
+        return False
+
+    def _trace_loop(self, s, r):
+        assigned = _assigned_names(s.body) - {s.target.id}
+        carried = sorted(n for n in assigned if n in self.env and not isinstance(self.env[n], Undefined))
+        outer_b, outer_env = self.b, self.env
+        body = Builder(parent=outer_b)
+        k = body.input(())
+        counter = Counter(k, len(r))
+        inits, carry_vars = [], []
+        env = dict(outer_env)
+        for name in carried:
+            init = self.value(outer_env[name], s)
+            inits.append(init)
+            var = body.input(init.shape)
+            carry_vars.append(var.atom)
+            env[name] = var
+        env[s.target.id] = Index(r.start, ((counter, r.step),)).simplify()
+        self.b, self.env = body, env
+        try:
+            self.block(s.body)
+            outs = []
+            for name, init in zip(carried, inits):
+                new = self.value(self.env[name], s)
+                if new.shape != init.shape:
+                    self.fail(f"'{name}' changes shape inside the loop: {list(init.shape)} -> {list(new.shape)}", s,
+                              "shape_mismatch")
+                outs.append(new)
+            graph = body.build(outs)
+        finally:
+            self.b, self.env = outer_b, outer_env
+        consts = list(body.captured)
+        inner = [body._capture_map[a] for a in consts]
+        graph = Graph((k.atom, *inner, *carry_vars), graph.eqns, graph.outputs)
+        results = self.b.emit("scan", [*[V(self.b, a) for a in consts], *inits],
+                              {"body": graph, "length": len(r), "n_consts": len(consts), "n_carry": len(carried),
+                               "reverse": False})
+        for name, v in zip(carried, results):
+            self.env[name] = v
+        line = s.lineno
+        for name in assigned - set(carried):
+            self.env[name] = Undefined(f"'{name}' is first assigned inside the loop at line {line}; "
+                                       f"give it a value before the loop to use it after")
+        self.env[s.target.id] = Undefined(f"the loop variable '{s.target.id}' is not available after its loop")
+
+    # -- branches -----------------------------------------------------------
+    def stmt_If(self, s):
+        c = self.expr(s.test)
+        if isinstance(c, bool) or (isinstance(c, int) and not isinstance(c, Index)):
+            return self.block(s.body if c else s.orelse)
+        pred = self.value(c, s.test)
+        if pred.shape != ():
+            self.fail(f"an if condition must be a scalar, got shape {list(pred.shape)}; use where() for arrays",
+                      s.test, "shape_mismatch")
+        outer_b, outer_env = self.b, self.env
+        branches = []
+        for stmts in (s.body, s.orelse):
+            nb = Builder(parent=outer_b)
+            self.b, self.env = nb, dict(outer_env)
+            try:
+                ended = self.block(stmts)
+                branches.append((nb, self.env, ended))
+            finally:
+                self.b, self.env = outer_b, outer_env
+        (tb, tenv, tret), (fb, fenv, fret) = branches
+        if tret != fret:
+            self.fail("return inside an if needs a return in every branch (or one return at the end)", s)
+        names = sorted(n for n in (_assigned_names(s.body) | _assigned_names(s.orelse))
+                       if _usable(tenv.get(n)) and _usable(fenv.get(n)))
+        for n in names:
+            tv, fv = _as_branch_value(tb, tenv[n]), _as_branch_value(fb, fenv[n])
+            if tv.shape != fv.shape:
+                self.fail(f"'{n if n != RET else 'the return value'}' has shape {list(tv.shape)} in one branch and "
+                          f"{list(fv.shape)} in the other", s, "shape_mismatch")
+            tenv[n], fenv[n] = tv, fv
+        tg, fg = tb.build([tenv[n] for n in names]), fb.build([fenv[n] for n in names])
+        operands = list(dict.fromkeys([*tb.captured, *fb.captured]))
+        graphs = [Graph(tuple(b._capture_map.get(a) or Var(a.shape) for a in operands), g.eqns, g.outputs)
+                  for b, g in ((tb, tg), (fb, fg))]
+        results = self.b.emit("cond", [pred, *[V(self.b, a) for a in operands]],
+                              {"true_body": graphs[0], "false_body": graphs[1]}) if names else ()
+        for n, v in zip(names, results):
+            self.env[n] = v
+        for n in (_assigned_names(s.body) | _assigned_names(s.orelse)) - set(names):
+            self.env[n] = Undefined(f"'{n}' is assigned in only one branch of the if at line {s.lineno}; "
+                                    f"give it a value before the if or in both branches")
+        return tret
+
+
+def _usable(v):
+    return v is not None and not isinstance(v, (Undefined, tuple, list))
+
+
+def _as_branch_value(b, v):
+    return as_value(b, v)
+
+
+def lower_program(text: str, inputs):
+    """Parse a `def f(...)` program; returns (builder, output value)."""
+    tree = parse(text, "exec")
+    funcs = tree.body
+    if len(funcs) != 1 or not isinstance(funcs[0], ast.FunctionDef):
+        raise DefinitionError("a program must be exactly one function definition `def f(...):`",
+                              loc_of(funcs[0]) if funcs else {"line": 1, "column": 1}, code="bad_program")
+    fn = funcs[0]
+    a = fn.args
+    if a.vararg or a.kwarg or a.kwonlyargs or a.defaults or a.posonlyargs or fn.decorator_list:
+        raise DefinitionError("the function takes plain positional arguments only", loc_of(fn), code="bad_program")
+    names = [arg.arg for arg in a.args]
+    want = [n for n, _ in inputs]
+    if names != want:
+        raise DefinitionError(f"the function's arguments {names} must be the inputs in order {want}", loc_of(fn),
+                              code="bad_program")
+    b = Builder()
+    env = {name: b.input(shape) for name, shape in inputs}
+    low = ProgramLowerer(b, env)
+    if not low.block(fn.body):
+        raise DefinitionError("the function must end with `return <expression>`", loc_of(fn.body[-1]),
+                              code="bad_program")
+    return b, low.env[RET]
