@@ -26,9 +26,10 @@ from .frontends.program import lower_program
 from .interpreter import run
 from .ir import Graph, canonical_text, structural_hash
 from .jvp import jvp_graph
+from .trace import trace_graph
 from .vjp import vjp_graph
 
-COMPUTE_KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian")
+COMPUTE_KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "trace")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_SWEEP_ROWS = 200_000  # batch points x basis vectors in one Jacobian/Hessian sweep
 MAX_BASIS = 20_000
@@ -217,11 +218,11 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
         raise EvaluationError(f"{scalar_only[0]} needs a scalar output, but this function's output has shape "
                               f"{list(fn.output_shape)} (use vjp or jacobian)", code="not_scalar")
     sizes = {_check(fn, inputs, "inputs", batch)}
-    if kinds & {"jvp", "hvp"}:
+    if kinds & {"jvp", "hvp"} or ("trace" in kinds and tangent is not None):
         if tangent is None:
             raise EvaluationError("jvp and hvp need 'tangent' (one entry per input)", code="missing_tangent")
         sizes.add(_check(fn, tangent, "tangent", batch))
-    if "vjp" in kinds:
+    if "vjp" in kinds or ("trace" in kinds and cotangent is not None):
         if cotangent is None:
             raise EvaluationError(f"vjp needs 'cotangent' of the output's shape {list(fn.output_shape)}",
                                   code="missing_cotangent")
@@ -253,7 +254,29 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
         out["jacobian"] = _jacobian(fn, xs, B)
     if "hessian" in kinds:
         out["hessian"] = _hessian(fn, xs, B)
-    return _finish(out, B, batch)
+    result = _finish(out, B, batch)
+    if "trace" in kinds:
+        result["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch)
+    return result
+
+
+def _trace(fn, xs, tangent, cotangent, batched, B, batch):
+    """Rows of the evaluation trace; adjoints when the output is scalar or a cotangent is given."""
+    with_t, with_a = tangent is not None, cotangent is not None or fn.output_shape == ()
+    graph, rows = fn.plan(("trace", with_t, with_a), lambda: trace_graph(fn, with_t, with_a))
+    args = list(xs)
+    if with_t:
+        args += [batched(tangent[n]) for n in fn.input_names]
+    if with_a:
+        args.append(batched(cotangent) if cotangent is not None else np.ones((1,)))
+    res = iter(_run(graph, args))
+    out = []
+    for row in rows:
+        row = dict(row)
+        fields = ["value"] + (["tangent"] if with_t else []) + (["adjoint"] if with_a else [])
+        row.update(_finish({f: next(res) for f in fields}, B, batch))
+        out.append(row)
+    return out
 
 
 def _run(graph, args):

@@ -13,8 +13,10 @@ from .errors import DefinitionError
 from .ir import Graph, Var
 
 
-def jvp_inline(b: Builder, graph: Graph, primals, tangents):
-    """Emit f and its JVP into `b`. Returns (outputs, output tangents or None)."""
+def jvp_inline(b: Builder, graph: Graph, primals, tangents, record=None):
+    """Emit f and its JVP into `b`. Returns (outputs, output tangents or None).
+
+    `record`, if given, receives {var: (primal, tangent)} for every variable of `graph`."""
     env = dict(zip(graph.inputs, primals, strict=True))
     tenv = {v: t for v, t in zip(graph.inputs, tangents) if t is not None}
 
@@ -40,6 +42,8 @@ def jvp_inline(b: Builder, graph: Graph, primals, tangents):
             for o, t in zip(e.outputs, touts):
                 if t is not None:
                     tenv[o] = fit_shape(t, o.shape)
+    if record is not None:
+        record.update({v: (val, tenv.get(v)) for v, val in env.items()})
     return [read(a) for a in graph.outputs], [tenv.get(a) if isinstance(a, Var) else None for a in graph.outputs]
 
 

@@ -16,11 +16,12 @@ from .ir import Graph, Var
 from .jvp import fit_shape
 
 
-def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts):
+def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts, record=None):
     """Emit f and the cotangents of its inputs into `b`.
 
     `wrt`: which inputs to differentiate; `out_cts`: a cotangent per output (None = zero).
     Returns (outputs, input cotangents (None where zero or not in `wrt`)).
+    `record`, if given, receives {var: complete cotangent} for every variable reached.
     """
     env = dict(zip(graph.inputs, primals, strict=True))
     active = {v for v, w in zip(graph.inputs, wrt) if w}
@@ -58,6 +59,8 @@ def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts):
     for e, ins, ans, in_active, residuals in reversed(tape):
         p = PRIMS[e.prim]
         gs = [cts.pop(o, None) for o in e.outputs]
+        if record is not None:
+            record.update((o, g) for o, g in zip(e.outputs, gs) if g is not None)
         if all(g is None for g in gs):
             continue
         if p.vjp is None:
@@ -70,6 +73,8 @@ def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts):
             for a, ct, act in zip(e.inputs, in_cts, in_active):
                 if act:
                     accumulate(a, ct)
+    if record is not None:
+        record.update((v, cts[v]) for v in graph.inputs if v in cts)
     return [read(a) for a in graph.outputs], [cts.get(v) if w else None for v, w in zip(graph.inputs, wrt)]
 
 
