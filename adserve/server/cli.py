@@ -2,7 +2,9 @@
 
 import argparse
 import logging
+import os
 import sys
+import threading
 
 import uvicorn
 from pydantic import ValidationError
@@ -11,6 +13,7 @@ from .. import __version__
 from .settings import Settings
 
 log = logging.getLogger("adserve")
+SHUTDOWN_GRACE_SECONDS = 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +49,19 @@ def main(argv=None) -> None:
     if settings.redis_url:
         log.warning("ADSERVE_REDIS_URL is set, but this build keeps the registry and the cache in memory")
     log.info("adserve %s: HTTP on http://%s:%d (docs at /docs)", __version__, settings.host, settings.http_port)
-    uvicorn.run(app, host=settings.host, port=settings.http_port, log_level=settings.log_level, log_config=None)
+    uvicorn.run(app, host=settings.host, port=settings.http_port, log_level=settings.log_level, log_config=None,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    _exit_past_stuck_workers()
+
+
+def _exit_past_stuck_workers() -> None:
+    """Requests still computing after the grace period would hold the exit forever
+    (worker threads are not daemons, and engine work cannot be interrupted)."""
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if busy:
+        log.warning("exiting with %d worker thread(s) still running", len(busy))
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":

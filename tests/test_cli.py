@@ -1,0 +1,35 @@
+"""Settings come from defaults, then ADSERVE_* variables, then flags; bad ones stop the start cleanly."""
+
+import httpx
+import pytest
+
+from adserve.server.cli import load_settings, parse_args
+from server_process import free_port, running_server
+
+
+def test_defaults(monkeypatch):
+    for name in ("HOST", "HTTP_PORT", "GRPC_PORT", "MAX_BODY_BYTES"):
+        monkeypatch.delenv(f"ADSERVE_{name}", raising=False)
+    s = load_settings(parse_args([]))
+    assert (s.host, s.http_port, s.grpc_port, s.max_body_bytes) == ("127.0.0.1", 8000, 50051, 16 << 20)
+
+
+def test_flags_override_the_environment(monkeypatch):
+    monkeypatch.setenv("ADSERVE_HTTP_PORT", "9001")
+    monkeypatch.setenv("ADSERVE_GRPC_PORT", "9101")
+    monkeypatch.setenv("ADSERVE_API_KEYS", "k1, k2")
+    s = load_settings(parse_args(["--http-port", "9002"]))
+    assert (s.http_port, s.grpc_port, s.api_keys) == (9002, 9101, ["k1", "k2"])
+
+
+def test_a_bad_setting_exits_with_its_name(monkeypatch):
+    monkeypatch.setenv("ADSERVE_HTTP_PORT", "eighty")
+    with pytest.raises(SystemExit) as e:
+        load_settings(parse_args([]))
+    assert "http_port" in str(e.value.code)
+
+
+def test_console_entry_serves_and_says_grpc_is_off(tmp_path):
+    with running_server(tmp_path / "server.log", grpc_port=free_port()) as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+    assert "gRPC is not enabled in this build" in server.log()
