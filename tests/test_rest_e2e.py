@@ -82,6 +82,17 @@ def test_vector_output_vjp_jvp_jacobian(client):
     np.testing.assert_allclose(r["jvp"], [s, 0, 0] + x)
 
 
+def test_trace_rows_keep_their_names_and_encode_their_values(client):
+    body = {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["trace"]}
+    rows = ok(evaluate(client, SURVEY, **body))["trace"]
+    assert [r["name"] for r in rows[:2]] == ["x1", "x2"] and all(isinstance(r["expr"], str) for r in rows)
+    assert rows[-1]["value"] == pytest.approx(math.log(2) + 10 - math.sin(5))
+    again = ok(evaluate(client, SURVEY, **body))
+    assert again["cached"] and again["trace"] == rows
+    as_b64 = ok(evaluate(client, SURVEY, inputs={"x1": b64(2.0), "x2": 5.0}, compute=["trace"]))["trace"]
+    assert as_b64[0]["name"] == "x1" and from_b64(as_b64[-1]["value"]) == pytest.approx(rows[-1]["value"])
+
+
 def test_register_201_then_200_and_metadata(client):
     definition = {"inputs": [{"name": "a", "shape": [2]}], "expr": "sum(a * a) + 41.0"}
     first = ok(client.post("/v1/functions", json=definition), 201)

@@ -7,7 +7,7 @@ from adserve.engine.errors import DefinitionError, EvaluationError, LimitError
 from adserve.server.cache import LRU, result_nbytes
 from adserve.server.service import Service, ServiceError
 
-KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian")
+KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "trace")
 
 
 class FakeFunction:
@@ -42,7 +42,10 @@ class FakeEngine:
         self.evaluations += 1
         if "x" not in inputs:
             raise EvaluationError("inputs: missing input 'x'", code="missing_input")
-        return {k: inputs["x"] * 2 for k in compute}
+        out = {k: inputs["x"] * 2 for k in compute}
+        if "trace" in out:
+            out["trace"] = [{"name": "x", "expr": "x", "shape": [], "value": inputs["x"]}]
+        return out
 
     def graph_schema(self):
         return {"type": "object"}
@@ -103,6 +106,15 @@ def test_cached_results_cannot_be_changed_by_a_caller(service):
     with pytest.raises(ValueError):
         first["value"][0] = 99.0
     assert service.evaluate(DEF, {"inputs": {"x": [1.0, 2.0]}})["value"].tolist() == [2.0, 4.0]
+
+
+def test_results_with_plain_data_leaves_are_cached_intact(service):
+    first = service.evaluate(DEF, {"inputs": {"x": 1.5}, "compute": ["trace"]})
+    again = service.evaluate(DEF, {"inputs": {"x": 1.5}, "compute": ["trace"]})
+    assert again["cached"] and again["trace"] == first["trace"]
+    row = again["trace"][0]
+    assert (row["name"], row["shape"], float(row["value"])) == ("x", (), 1.5)  # lists come back as tuples
+    assert not row["value"].flags.writeable
 
 
 def test_a_bad_request_does_not_change_what_a_good_one_gets(service):

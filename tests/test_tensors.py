@@ -116,6 +116,15 @@ def test_encode_tree_keeps_nesting():
     assert is_b64(wire(encode_tree(tree, b64=True))["a"]["b"])
 
 
+def test_encode_tree_leaves_plain_data_alone():
+    tree = {"rows": [{"name": "v1", "shape": [2], "output": True, "value": np.array([1.0, math.nan])}],
+            "cached": False, "scalar": 2.5}
+    assert wire(encode_tree(tree)) == {"rows": [{"name": "v1", "shape": [2], "output": True,
+                                                 "value": [1.0, "NaN"]}], "cached": False, "scalar": 2.5}
+    encoded = wire(encode_tree(tree, b64=True))
+    assert encoded["rows"][0]["shape"] == [2] and is_b64(encoded["rows"][0]["value"]) and is_b64(encoded["scalar"])
+
+
 def test_is_b64():
     assert is_b64(b64([1.0])) and not is_b64([1.0]) and not is_b64({"x": 1.0}) and not is_b64(None)
 

@@ -5,6 +5,7 @@ of the arrays in a result bounds memory. An entry larger than the whole bound
 is not stored.
 """
 
+import sys
 import threading
 from collections import OrderedDict
 
@@ -12,10 +13,14 @@ import numpy as np
 
 
 def result_nbytes(tree) -> int:
-    """Bytes held by the arrays in nested dicts of arrays, plus a little per entry."""
+    """Bytes held by a result: its arrays, plus a little per entry and per other leaf."""
     if isinstance(tree, dict):
         return sum(result_nbytes(v) for v in tree.values()) + 64 * len(tree)
-    return np.asarray(tree).nbytes + 112
+    if isinstance(tree, (list, tuple)):
+        return sum(result_nbytes(v) for v in tree) + 8 * len(tree) + 56
+    if isinstance(tree, np.ndarray):
+        return tree.nbytes + 112
+    return sys.getsizeof(tree)
 
 
 class LRU:

@@ -91,8 +91,7 @@ def _evaluate(service: Service, function_id: str | None, raw: bytes) -> dict:
         target = body.get("function") if isinstance(body, dict) else None
         rest = {k: v for k, v in body.items() if k != "function"} if isinstance(body, dict) else body
         result = service.evaluate(target, rest)
-    b64 = _wants_b64(body)
-    return {k: (v if k == "cached" else tensors.encode_tree(v, b64)) for k, v in result.items()}
+    return tensors.encode_tree(result, _wants_b64(body))
 
 
 def _routes(app: FastAPI) -> None:

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from adserve.engine.api import COMPUTE_KINDS
+
 TENSOR_DOC = ('A number, a row-major nested list of numbers, or {"dtype": "float64", "shape": [...], '
               '"b64": "..."} (base64 of little-endian bytes). "NaN", "Infinity" and "-Infinity" stand for '
               "non-finite values.")
@@ -44,7 +46,7 @@ class Evaluation(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
     inputs: dict[str, Tensor] = Field(description=TENSOR_DOC)
-    compute: list[Literal["value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"]] = ["value"]
+    compute: list[Literal[COMPUTE_KINDS]] = ["value"]
     tangent: dict[str, Tensor] | None = Field(None, description="for jvp and hvp: one entry per input")
     cotangent: Tensor | None = Field(None, description="for vjp: output shape")
     batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
@@ -72,6 +74,8 @@ class EvaluationResult(BaseModel):
     hvp: dict[str, Tensor] | None = None
     jacobian: dict[str, Tensor] | None = None
     hessian: dict[str, dict[str, Tensor]] | None = None
+    trace: list[dict[str, Any]] | None = Field(None, description="one row per variable: name, expr, shape, "
+                                                                   "output, value, tangent?, adjoint?")
     cached: bool
 
 

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import orjson
 
-from . import evaluation
+from . import evaluation, tensors
 from .cache import LRU, result_nbytes
 from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
 
@@ -125,9 +125,16 @@ def _digest(definition: dict) -> bytes | None:
 
 
 def _frozen(tree):
-    """A private read-only float64 copy, so a cached result cannot change under anyone."""
+    """A private copy with read-only float64 arrays, so a cached result cannot change under anyone.
+
+    Results are nested dicts and lists whose tensors are arrays (or floats);
+    other leaves (names, formulas, shapes in a trace) are plain data. Lists become tuples."""
     if isinstance(tree, dict):
         return {k: _frozen(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return tuple(_frozen(v) for v in tree)
+    if not isinstance(tree, tensors.TENSOR_TYPES):
+        return tree
     a = np.array(tree, dtype=np.float64, copy=True)
     a.setflags(write=False)
     return a

@@ -20,6 +20,7 @@ SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 MAX_DIMS = 32
 _NUMBER_TYPES = frozenset({int, float})
 _B64_KEYS = {"dtype", "shape", "b64"}
+TENSOR_TYPES = (np.ndarray, np.generic, float)  # leaves of a result that are tensors
 
 
 class TensorError(ValueError):
@@ -66,10 +67,12 @@ def encode(a, b64: bool = False):
 
 
 def encode_tree(tree, b64: bool = False):
-    """Encode every array in nested dicts of arrays (results such as `hessian[a][b]`)."""
+    """Encode every tensor (array or float) in nested dicts and lists; other leaves stay as they are."""
     if isinstance(tree, dict):
         return {k: encode_tree(v, b64) for k, v in tree.items()}
-    return encode(tree, b64)
+    if isinstance(tree, (list, tuple)):
+        return [encode_tree(v, b64) for v in tree]
+    return encode(tree, b64) if isinstance(tree, TENSOR_TYPES) else tree
 
 
 def dumps(obj) -> bytes:
