@@ -18,12 +18,12 @@ import threading
 import numpy as np
 
 from . import control, primitives  # noqa: F401  (fill the primitive table)
+from .backend import Interpreter
 from .builder import Builder, inline
 from .errors import DefinitionError, EngineError, EvaluationError, LimitError
 from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
-from .interpreter import run
 from .ir import Graph, canonical_text, structural_hash
 from .jvp import jvp_graph
 from .trace import trace_graph
@@ -33,6 +33,18 @@ COMPUTE_KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_SWEEP_ROWS = 200_000  # batch points x basis vectors in one Jacobian/Hessian sweep
 MAX_BASIS = 20_000
+SOURCE_TRANSFORMS = {"primal": "value", "gradient": "gradient", "jvp": "jvp", "vjp": "vjp", "hvp": "hvp"}
+_backend = Interpreter()
+
+
+def set_backend(backend):
+    """Choose who runs plans: `backend.Interpreter()` (default) or `backend.Tiered(cache_dir)`."""
+    global _backend
+    _backend = backend
+
+
+def get_backend():
+    return _backend
 
 
 class Function:
@@ -205,7 +217,8 @@ def _one_batch(sizes, what):
     return sizes.pop() if sizes else None
 
 
-def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False) -> dict:
+def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False, meta=None) -> dict:
+    """Values and derivatives as float64 arrays; `meta` (a dict) receives which backend ran."""
     if isinstance(compute, str) or not isinstance(compute, (list, tuple)):
         raise EvaluationError("'compute' must be a list, e.g. [\"value\", \"gradient\"]", code="bad_evaluation")
     unknown = [c for c in compute if c not in COMPUTE_KINDS]
@@ -242,7 +255,7 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
         graph, order = _main_plan(fn, frozenset(main))
         args = xs + ([batched(tangent[n]) for n in fn.input_names] if main & {"jvp", "hvp"} else []) + \
             ([batched(cotangent)] if "vjp" in main else [])
-        res = iter(_run(graph, args))
+        res = iter(_run(graph, args, meta))
         for k, count in order:
             if count is None:
                 val = next(res)
@@ -279,9 +292,21 @@ def _trace(fn, xs, tangent, cotangent, batched, B, batch):
     return out
 
 
-def _run(graph, args):
+def source(fn: Function, transform: str) -> str:
+    """The generated kernel source for one transform of `fn`, as the numba tier compiles it."""
+    if transform not in SOURCE_TRANSFORMS:
+        raise EvaluationError(f"unknown transform {transform!r}; choose from {list(SOURCE_TRANSFORMS)}",
+                              code="unknown_transform")
+    kind = SOURCE_TRANSFORMS[transform]
+    if kind in ("gradient", "hvp") and fn.output_shape != ():
+        raise EvaluationError(f"{transform} needs a scalar output", code="not_scalar")
+    graph, _ = _main_plan(fn, frozenset({kind}))
+    return _backend.source(graph, f"function {fn.id}, {transform}")
+
+
+def _run(graph, args, meta=None):
     try:
-        return run(graph, args)
+        return _backend.run(graph, args, meta)
     except EngineError:
         raise
     except MemoryError:
@@ -354,4 +379,4 @@ def _finish(out, B, batch):
     return {k: walk(v) for k, v in out.items()}
 
 
-__all__ = ["Function", "compile_definition", "evaluate", "graph_schema", "COMPUTE_KINDS"]
+__all__ = ["Function", "compile_definition", "evaluate", "source", "graph_schema", "set_backend", "COMPUTE_KINDS"]

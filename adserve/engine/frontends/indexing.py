@@ -116,6 +116,8 @@ def set_item(low, y, slice_node, v):
 
 
 def _set(low, y, entries, v, node):
+    if not entries:  # y is a scalar element: the assignment replaces it
+        return low.emit("broadcast_to", v, shape=y.shape)
     static = all(isinstance(e, int) or e == FULL or (isinstance(e, tuple) and e[0] == "slice") for e in entries)
     if static:
         index = _static_index(entries, y.shape)

@@ -1,0 +1,203 @@
+"""Execution tiers: who runs a plan graph.
+
+* `interpreter`: the NumPy reference interpreter; answers at once, any graph.
+* `numba`: generated source compiled by numba. A plan's kernel is compiled in
+  a worker process (time-limited and killable; numba's compile lock never
+  stalls the server), single flight per key, into `<cache_dir>/kernels/`. The
+  server then imports the module, which loads numba's on-disk cache in
+  milliseconds, and later requests run compiled. After a restart, kernels
+  already on disk load on first use without compiling again.
+
+A compile failure or timeout leaves the plan on the interpreter, logged and
+counted; it never fails a request. Keys are the plan's structural hash plus
+the code generator's version, so a changed generator never loads stale code.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import EvaluationError
+from .interpreter import run as interpret
+from .ir import canonical_text
+
+log = logging.getLogger("adserve.engine")
+
+
+@dataclass
+class TierStats:
+    compiles: int = 0
+    compile_seconds: float = 0.0
+    compile_failures: int = 0
+    compile_timeouts: int = 0
+    disk_loads: int = 0
+    runs: dict = field(default_factory=lambda: {"interpreter": 0, "numba": 0})
+
+
+class Interpreter:
+    name = "interpreter"
+
+    def __init__(self):
+        self.stats = TierStats()
+
+    def run(self, graph, args, meta=None):
+        self.stats.runs["interpreter"] += 1
+        if meta is not None:
+            meta["backend"] = "interpreter"
+        return interpret(graph, args)
+
+    def source(self, graph, title):
+        from .codegen.module import kernel_module
+        return kernel_module(graph, title)
+
+
+_keys: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def plan_key(graph) -> str:
+    from .codegen.module import CODEGEN_VERSION
+    key = _keys.get(graph)
+    if key is None:
+        text = f"codegen {CODEGEN_VERSION}\n" + canonical_text(graph)
+        key = _keys[graph] = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return key
+
+
+class Tiered(Interpreter):
+    """The interpreter until a plan's numba kernel is ready, then the kernel."""
+
+    def __init__(self, cache_dir: str, compile_timeout: float = 300.0, workers: int = 1, compile=True):
+        super().__init__()
+        self.dir = os.path.join(cache_dir, "kernels")
+        os.makedirs(self.dir, exist_ok=True)
+        self.timeout = compile_timeout
+        self.compile_enabled = compile
+        self._ready: dict = {}
+        self._failed: dict = {}
+        self._pending: set = set()
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adserve-compile")
+        self._procs: set = set()
+
+    # -- lookup --------------------------------------------------------------
+    def kernel(self, graph):
+        key = plan_key(graph)
+        mod = self._ready.get(key)
+        if mod is not None or key in self._failed:
+            return mod
+        with self._lock:
+            if key in self._ready or key in self._failed or key in self._pending:
+                return self._ready.get(key)
+            self._pending.add(key)
+        if self._on_disk(key):
+            self._pool.submit(self._load_only, key)
+        elif self.compile_enabled:
+            self._pool.submit(self._compile, key, graph)
+        else:
+            with self._lock:
+                self._pending.discard(key)
+        return None
+
+    def wait(self, graph, timeout=600.0) -> bool:
+        """Block until the plan's kernel is ready or has failed (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.kernel(graph) is not None:
+                return True
+            if plan_key(graph) in self._failed:
+                return False
+            time.sleep(0.02)
+        return False
+
+    def _path(self, key):
+        return os.path.join(self.dir, f"gen_{key}.py")
+
+    def _on_disk(self, key):
+        return os.path.exists(self._path(key)) and bool(
+            glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.kernel-*.nbi")))
+
+    # -- compile and load ----------------------------------------------------
+    def _compile(self, key, graph):
+        path = self._path(key)
+        try:
+            if not os.path.exists(path):
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(self.source(graph, f"plan {key}"))
+                os.replace(tmp, path)
+            t = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", path],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self._procs.add(proc)
+            try:
+                out, _ = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                self.stats.compile_timeouts += 1
+                return self._fail(key, f"compile timed out after {self.timeout:.0f}s")
+            finally:
+                self._procs.discard(proc)
+            if proc.returncode != 0:
+                self.stats.compile_failures += 1
+                return self._fail(key, f"compile failed ({proc.returncode}): {out[-2000:]}")
+            self.stats.compiles += 1
+            self.stats.compile_seconds += time.perf_counter() - t
+            self._load(key)
+        except Exception as e:  # a compile problem must never reach a request
+            self.stats.compile_failures += 1
+            self._fail(key, f"{type(e).__name__}: {e}")
+
+    def _load_only(self, key):
+        try:
+            self._load(key)
+            self.stats.disk_loads += 1
+        except Exception as e:
+            self._fail(key, f"load failed: {type(e).__name__}: {e}")
+
+    def _load(self, key):
+        from .codegen.worker import load
+        mod = load(self._path(key), f"gen_{key}")
+        with self._lock:
+            self._ready[key] = mod
+            self._pending.discard(key)
+        log.info("kernel %s ready", key)
+
+    def _fail(self, key, why):
+        log.warning("kernel %s stays on the interpreter: %s", key, why)
+        with self._lock:
+            self._failed[key] = why
+            self._pending.discard(key)
+
+    def shutdown(self):
+        for p in list(self._procs):
+            p.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- run -------------------------------------------------------------------
+    def run(self, graph, args, meta=None):
+        mod = self.kernel(graph)
+        if mod is None:
+            return super().run(graph, args, meta)
+        B = max(a.shape[0] for a in args) if args else 1
+        ins = [np.ascontiguousarray(a, dtype=np.float64) for a in args]
+        outs = [np.empty((B, *a.shape)) for a in graph.outputs]
+        status = mod.kernel(B, *ins, *outs)
+        if status:
+            raise EvaluationError(mod.ERRORS[status - 1], code="index_out_of_range")
+        self.stats.runs["numba"] += 1
+        if meta is not None:
+            meta["backend"] = "numba"
+        return outs

@@ -1,0 +1,438 @@
+"""Generate readable numba source from a graph: one fused loop over the batch.
+
+The kernel `kernel(B, a0.., o0..)` loops over the B points; per point, scalar
+IR values are scalar locals (`v3 = math.log(x0)`) and array values live in
+buffers allocated once per call, before the point loop. Element-wise array
+ops become loop nests, reductions accumulate, contractions are loops with the
+largest operand's last axis innermost. A `scan` stays a `for` loop (its stacked
+outputs, the VJP's tape among them, are preallocated from the static trip
+count) and a `cond` an `if`. Run-time index errors return a nonzero status,
+never touch memory out of range.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..builder import PRIMS
+from ..ir import Graph, Lit, Var
+
+UNARY = {
+    "neg": "-{0}", "sin": "math.sin({0})", "cos": "math.cos({0})", "tan": "math.tan({0})",
+    "arcsin": "math.asin({0})", "arccos": "math.acos({0})", "arctan": "math.atan({0})",
+    "sinh": "math.sinh({0})", "cosh": "math.cosh({0})", "tanh": "math.tanh({0})", "exp": "math.exp({0})",
+    "expm1": "math.expm1({0})", "log": "math.log({0})", "log1p": "math.log1p({0})", "sqrt": "math.sqrt({0})",
+    "abs": "abs({0})", "sign": "sign({0})", "sigmoid": "sigmoid({0})", "softplus": "softplus({0})",
+}
+BINARY = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}", "pow": "{0} ** {1}",
+    "arctan2": "math.atan2({0}, {1})", "hypot": "math.hypot({0}, {1})",
+    "maximum": "maximum({0}, {1})", "minimum": "minimum({0}, {1})",
+    "lt": "1.0 if {0} < {1} else 0.0", "le": "1.0 if {0} <= {1} else 0.0", "gt": "1.0 if {0} > {1} else 0.0",
+    "ge": "1.0 if {0} >= {1} else 0.0", "eq": "1.0 if {0} == {1} else 0.0", "ne": "1.0 if {0} != {1} else 0.0",
+    "where": "{1} if {0} != 0.0 else {2}",
+}
+_VIEWS = {"slice", "dyn_slice", "transpose", "reshape"}
+
+
+def num(x: float) -> str:
+    if math.isnan(x):
+        return "math.nan"
+    if math.isinf(x):
+        return "math.inf" if x > 0 else "-math.inf"
+    return repr(float(x))
+
+
+class Source:
+    def __init__(self):
+        self.names: dict = {}
+        self.prologue: list[str] = []
+        self.body: list[str] = []
+        self.consts: list[str] = []
+        self.errors: list[str] = []
+        self.depth = 2
+        self.count = 0
+
+    # -- names and lines ---------------------------------------------------
+    def fresh(self, prefix="t"):
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def define(self, var: Var, prefix="v") -> str:
+        name = self.fresh(prefix)
+        self.names[var] = name
+        return name
+
+    def line(self, text):
+        self.body.append("    " * self.depth + text)
+
+    def buffer(self, var: Var, prefix="v") -> str:
+        name = self.define(var, prefix)
+        self.prologue.append(f"    {name} = np.empty({tuple(var.shape)!r})")
+        return name
+
+    def ref(self, a) -> str:
+        """A value as an expression: a name, a number, or a module constant."""
+        if isinstance(a, Var):
+            return self.names[a]
+        if a.fill is not None and not a.shape:
+            return num(a.fill)
+        key = f"K{len(self.consts)}"
+        if a.fill is not None:
+            self.consts.append(f"{key} = np.full({tuple(a.shape)!r}, {num(a.fill)})")
+        else:
+            self.consts.append(f"{key} = np.array([{', '.join(num(x) for x in a.data)}]).reshape({tuple(a.shape)!r})")
+        return key
+
+    def elem(self, a, idx, out_shape) -> str:
+        """`a` read at loop indices `idx` of `out_shape`, with NumPy broadcasting."""
+        if isinstance(a, Lit) and a.fill is not None:
+            return num(a.fill)
+        if not a.shape:
+            return self.ref(a)
+        r, q = len(out_shape), len(a.shape)
+        parts = ["0" if a.shape[j] == 1 and out_shape[j + r - q] != 1 else idx[j + r - q] for j in range(q)]
+        return f"{self.ref(a)}[{', '.join(parts)}]"
+
+    def loops(self, shape, prefix="i"):
+        idx = []
+        for d in shape:
+            i = self.fresh(prefix)
+            self.line(f"for {i} in range({d}):")
+            self.depth += 1
+            idx.append(i)
+        return idx
+
+    def end(self, n):
+        self.depth -= n
+
+    def copy(self, dst: str, src_atom, shape):
+        if not shape:
+            self.line(f"{dst} = {self.ref(src_atom) if isinstance(src_atom, Var) else num(src_atom.fill)}")
+            return
+        idx = self.loops(shape)
+        self.line(f"{dst}[{', '.join(idx)}] = {self.elem(src_atom, idx, shape)}")
+        self.end(len(shape))
+
+    def error(self, message) -> int:
+        self.errors.append(message)
+        return len(self.errors)
+
+    # -- equations -----------------------------------------------------------
+    def graph(self, g: Graph):
+        for e in g.eqns:
+            loc = f"  # {_loc_text(e.loc)}" if e.loc else ""
+            gen = GENERATORS.get(e.prim)
+            if gen is None:
+                raise NotImplementedError(f"no code template for '{e.prim}'")
+            start = len(self.body)
+            gen(self, e)
+            if loc and len(self.body) > start:
+                self.body[start] += loc
+
+
+def _elementwise(fmt):
+    def gen(s: Source, e):
+        out = e.out
+        if not out.shape:
+            name = s.define(out)
+            s.line(f"{name} = " + fmt.format(*[s.elem(a, [], ()) for a in e.inputs]))
+            return
+        name = s.buffer(out)
+        idx = s.loops(out.shape)
+        s.line(f"{name}[{', '.join(idx)}] = " + fmt.format(*[s.elem(a, idx, out.shape) for a in e.inputs]))
+        s.end(len(out.shape))
+    return gen
+
+
+def _accumulate(s: Source, e, init, update):
+    """out[kept] (op)= x[...] over all of x; `update(acc_ref, value)` gives the statement."""
+    x, out = e.inputs[0], e.out
+    axes = e.params.get("axes")
+    if e.prim == "sum_to":
+        lead = len(x.shape) - len(out.shape)
+        keep = [None] * lead + [None if (d == 1 and x.shape[lead + j] != 1) else j for j, d in enumerate(out.shape)]
+    else:
+        kept = [i for i in range(len(x.shape)) if i not in axes]
+        keep = [kept.index(i) if i in kept else None for i in range(len(x.shape))]
+    scalar = not out.shape
+    name = s.define(out) if scalar else s.buffer(out)
+    if scalar:
+        s.line(f"{name} = {init}")
+    else:
+        s.line(f"{name}.fill({init})")
+    idx = s.loops(x.shape)
+    acc = name
+    if not scalar:
+        out_idx = ["0"] * len(out.shape)
+        for i, k in enumerate(keep):
+            if k is not None:
+                out_idx[k] = idx[i]
+        acc = f"{name}[{', '.join(out_idx)}]"
+    for stmt in update(acc, s.elem(x, idx, x.shape)):
+        s.line(stmt)
+    s.end(len(x.shape))
+    return name
+
+
+def _sum(s, e):
+    _accumulate(s, e, "0.0", lambda acc, v: [f"{acc} += {v}"])
+
+
+def _max(s, e):
+    _accumulate(s, e, "-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u"])
+
+
+def _min(s, e):
+    _accumulate(s, e, "math.inf", lambda acc, v: [f"u = {v}", f"if u < {acc} or u != u:", f"    {acc} = u"])
+
+
+def _logsumexp(s, e):
+    x, out = e.inputs[0], e.out
+    m = _accumulate(s, e, "-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u"])
+    del s.names[out]
+    shift = s.define(Var(out.shape), "m") if not out.shape else None
+    if shift:
+        s.line(f"{shift} = {m} if {m} - {m} == 0.0 else 0.0")
+        total = s.define(Var(()), "acc")
+        s.line(f"{total} = 0.0")
+        idx = s.loops(x.shape)
+        s.line(f"{total} += math.exp({s.elem(x, idx, x.shape)} - {shift})")
+        s.end(len(x.shape))
+        s.names[out] = s.fresh("v")
+        s.line(f"{s.names[out]} = math.log({total}) + {shift}")
+        return
+    axes = e.params["axes"]
+    kept = [i for i in range(len(x.shape)) if i not in axes]
+    ms = s.fresh("m")
+    s.prologue.append(f"    {ms} = np.empty({tuple(out.shape)!r})")
+    oi = s.loops(out.shape)
+    s.line(f"{ms}[{', '.join(oi)}] = {m}[{', '.join(oi)}] if {m}[{', '.join(oi)}] - {m}[{', '.join(oi)}] == 0.0 else 0.0")
+    s.end(len(out.shape))
+    res = s.buffer(out)
+    s.line(f"{res}.fill(0.0)")
+    idx = s.loops(x.shape)
+    o = ", ".join(idx[i] for i in kept)
+    s.line(f"{res}[{o}] += math.exp({s.elem(x, idx, x.shape)} - {ms}[{o}])")
+    s.end(len(x.shape))
+    oi = s.loops(out.shape)
+    s.line(f"{res}[{', '.join(oi)}] = math.log({res}[{', '.join(oi)}]) + {ms}[{', '.join(oi)}]")
+    s.end(len(out.shape))
+
+
+def _einsum(s, e):
+    a, b = e.inputs
+    spec = e.params["spec"]
+    ins, out_letters = spec.split("->")
+    la, lb = ins.split(",")
+    dims = {c: d for term, x in ((la, a), (lb, b)) for c, d in zip(term, x.shape)}
+    big, other = (la, lb) if math.prod(a.shape) >= math.prod(b.shape) else (lb, la)
+    order = list(big) + [c for c in other + out_letters if c not in big]
+    order = list(dict.fromkeys(order))
+    out = e.out
+    scalar = not out.shape
+    name = s.define(out) if scalar else s.buffer(out)
+    s.line(f"{name} = 0.0" if scalar else f"{name}.fill(0.0)")
+    idx = dict(zip(order, s.loops([dims[c] for c in order])))
+
+    def at(x, term):
+        return s.ref(x) if not term else (f"{s.ref(x)}[{', '.join(idx[c] for c in term)}]"
+                                          if isinstance(x, Var) or x.fill is None else num(x.fill))
+    target = name if scalar else f"{name}[{', '.join(idx[c] for c in out_letters)}]"
+    s.line(f"{target} += {at(a, la)} * {at(b, lb)}")
+    s.end(len(order))
+
+
+def _index_text(index):
+    parts = []
+    for e in index:
+        if isinstance(e, int):
+            parts.append(str(e))
+        else:
+            start, length, step = e
+            stop = start + length * step
+            parts.append(f"{start}:{'' if stop < 0 else stop}:{step}")
+    return ", ".join(parts)
+
+
+def _slice(s, e):
+    x = e.inputs[0]
+    name = s.define(e.out)
+    src = s.ref(x)
+    if isinstance(x, Lit) and x.fill is not None:
+        s.line(f"{name} = {num(x.fill)}" if not e.out.shape else f"{name} = np.full({tuple(e.out.shape)!r}, {num(x.fill)})")
+        return
+    s.line(f"{name} = {src}[{_index_text(e.params['index'])}]")
+
+
+def _update_slice(s, e):
+    x, v = e.inputs
+    if not x.shape:
+        s.line(f"{s.define(e.out)} = {s.elem(v, [], ())}")
+        return
+    name = s.buffer(e.out)
+    s.copy(name, x, x.shape)
+    s.line(f"{name}[{_index_text(e.params['index'])}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+
+
+def _dyn_index(s, e, i_atom, length):
+    size = e.params["size"]
+    hi = length - (1 if size is None else size)
+    k = s.fresh("k")
+    i = s.ref(i_atom) if isinstance(i_atom, Var) else num(i_atom.fill)
+    code = s.error(f"index out of range 0..{hi} or not an integer at {e.loc}")
+    s.line(f"{k} = int({i}) if {i} == {i} else -1")
+    s.line(f"if {k} != {i} or {k} < 0 or {k} > {hi}:")
+    s.line(f"    return {code}")
+    axis = e.params["axis"]
+    sel = f"{k}" if size is None else f"{k}:{k} + {size}"
+    return ", ".join([":"] * axis + [sel])
+
+
+def _dyn_slice(s, e):
+    x, i = e.inputs
+    sel = _dyn_index(s, e, i, x.shape[e.params["axis"]])
+    name = s.define(e.out)
+    s.line(f"{name} = {s.ref(x)}[{sel}]")
+
+
+def _dyn_update(s, e):
+    x, v, i = e.inputs
+    sel = _dyn_index(s, e, i, x.shape[e.params["axis"]])
+    name = s.buffer(e.out)
+    s.copy(name, x, x.shape)
+    s.line(f"{name}[{sel}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+
+
+def _transpose(s, e):
+    name = s.define(e.out)
+    s.line(f"{name} = np.transpose({s.ref(e.inputs[0])}, {tuple(e.params['perm'])!r})")
+
+
+def _reshape(s, e):
+    x, out = e.inputs[0], e.out
+    if not out.shape:
+        name = s.define(out)
+        s.line(f"{name} = {s.elem(x, ['0'] * len(x.shape), x.shape)}")
+    elif isinstance(x, Lit) and x.fill is not None or not x.shape:
+        name = s.buffer(out)
+        s.line(f"{name}.fill({s.elem(x, [], ())})")
+    else:
+        name = s.define(out)
+        s.line(f"{name} = np.ascontiguousarray({s.ref(x)}).reshape({tuple(out.shape)!r})")
+
+
+def _concatenate(s, e):
+    axis = e.params["axis"]
+    name = s.buffer(e.out)
+    start = 0
+    for x in e.inputs:
+        n = x.shape[axis]
+        sel = ", ".join([":"] * axis + [f"{start}:{start + n}"])
+        s.line(f"{name}[{sel}] = {s.ref(x) if isinstance(x, Var) or x.fill is None else num(x.fill)}")
+        start += n
+
+
+def _bind(s: Source, var: Var, expr: str):
+    s.names[var] = s.fresh("b")
+    s.line(f"{s.names[var]} = {expr}")
+
+
+def _scan(s, e):
+    p = e.params
+    body, length, nc, ncar = p["body"], p["length"], p["n_consts"], p["n_carry"]
+    consts, inits, xs = e.inputs[:nc], e.inputs[nc:nc + ncar], e.inputs[nc + ncar:]
+    carries = []
+    for init in inits:
+        c = s.buffer(Var(init.shape), "c") if init.shape else s.fresh("c")
+        s.copy(c, init, init.shape)
+        carries.append(c)
+    ybufs = []
+    for y in body.outputs[ncar:]:
+        yb = s.fresh("ys")
+        s.prologue.append(f"    {yb} = np.empty({(length, *y.shape)!r})")
+        ybufs.append(yb)
+    k = s.fresh("k")
+    rng = f"range({length} - 1, -1, -1)" if p["reverse"] else f"range({length})"
+    s.line(f"for {k} in {rng}:")
+    s.depth += 1
+    ins = body.inputs
+    _bind(s, ins[0], f"float({k})")
+    for v, a in zip(ins[1:1 + nc], consts):
+        s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
+    for v, c in zip(ins[1 + nc:1 + nc + ncar], carries):
+        s.names[v] = c
+    for v, x in zip(ins[1 + nc + ncar:], xs):
+        _bind(s, v, f"{s.ref(x)}[{k}]")
+    s.graph(body)
+    for yb, y in zip(ybufs, body.outputs[ncar:]):
+        s.line(f"{yb}[{k}] = {s.ref(y) if isinstance(y, Var) or y.shape else num(y.fill)}")
+    # new carries are staged first: one may read another's old value (a, b = b, a)
+    new = body.outputs[:ncar]
+    aliased = any(isinstance(a, Var) and a.shape and (a in ins or _is_view(body, a)) for a in new)
+    assign = []
+    for a, c in zip(new, carries):
+        if not a.shape:
+            t = s.fresh("n")
+            s.line(f"{t} = {s.elem(a, [], ())}")
+            assign.append(f"{c} = {t}")
+        elif aliased:
+            t = s.buffer(Var(a.shape), "stage")
+            s.copy(t, a, a.shape)
+            assign.append(f"{c}[...] = {t}")
+        else:
+            assign.append((c, a))
+    for item in assign:
+        if isinstance(item, str):
+            s.line(item)
+        else:
+            s.copy(item[0], item[1], item[1].shape)
+    s.depth -= 1
+    for o, c in zip(e.outputs[:ncar], carries):
+        s.names[o] = c
+    for o, yb in zip(e.outputs[ncar:], ybufs):
+        s.names[o] = yb
+
+
+def _is_view(g: Graph, a: Var) -> bool:
+    return any(a in e.outputs and e.prim in _VIEWS for e in g.eqns)
+
+
+def _cond(s, e):
+    pred, ops = e.inputs[0], e.inputs[1:]
+    outs = []
+    for o in e.outputs:
+        outs.append(s.buffer(o) if o.shape else s.define(o))
+    s.line(f"if {s.ref(pred) if isinstance(pred, Var) else num(pred.fill)} != 0.0:")
+    for branch, first in ((e.params["true_body"], True), (e.params["false_body"], False)):
+        if not first:
+            s.line("else:")
+        s.depth += 1
+        for v, a in zip(branch.inputs, ops):
+            s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
+        s.graph(branch)
+        for name, a, o in zip(outs, branch.outputs, e.outputs):
+            if o.shape:
+                s.copy(name, a, o.shape)
+            else:
+                s.line(f"{name} = {s.ref(a) if isinstance(a, Var) else num(a.fill)}")
+        s.line("pass")
+        s.depth -= 1
+
+
+GENERATORS = {name: _elementwise(f"({fmt})" if name in BINARY else fmt) for name, fmt in {**UNARY, **BINARY}.items()}
+GENERATORS.update({
+    "reduce_sum": _sum, "sum_to": _sum, "reduce_max": _max, "reduce_min": _min, "logsumexp": _logsumexp,
+    "broadcast_to": _elementwise("{0}"), "einsum": _einsum, "slice": _slice, "update_slice": _update_slice,
+    "dyn_slice": _dyn_slice, "dyn_update": _dyn_update, "transpose": _transpose, "reshape": _reshape,
+    "concatenate": _concatenate, "scan": _scan, "cond": _cond,
+})
+assert set(GENERATORS) >= set(PRIMS), f"primitives without a code template: {set(PRIMS) - set(GENERATORS)}"
+
+
+def _loc_text(loc) -> str:
+    if isinstance(loc, dict) and "line" in loc:
+        return f"line {loc['line']}, column {loc.get('column', '?')}"
+    if isinstance(loc, dict) and "node" in loc:
+        return f"node {loc['node']}"
+    return str(loc)

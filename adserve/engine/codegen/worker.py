@@ -1,0 +1,30 @@
+"""Compile one generated module in a process of its own: `python -m adserve.engine.codegen.worker PATH`.
+
+Importing the module compiles its kernel (eager signature) and writes numba's
+cache beside it. A separate process can be timed out and killed, and numba's
+global compile lock never stalls the server.
+"""
+
+import importlib.util
+import sys
+import time
+
+
+def load(path: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba's cache locates functions through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def main():
+    path = sys.argv[1]
+    name = path.rsplit("/", 1)[-1][:-3]
+    t = time.perf_counter()
+    load(path, name)
+    print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
