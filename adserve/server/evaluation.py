@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UNPROCESSABLE, ServiceError
-from .tensors import TensorError, decode
+from .tensors import TensorError, decode, describe
 
 FIELDS = ("inputs", "compute", "tangent", "cotangent", "batch")
 
@@ -40,19 +40,19 @@ class Evaluation:
         return function_id, tuple(sorted(self.compute)), self.batch, h.digest()
 
 
-def _fail(code: str, message: str):
-    raise ServiceError(UNPROCESSABLE, code, message)
+def _error(code: str, message: str) -> ServiceError:
+    return ServiceError(UNPROCESSABLE, code, message)
 
 
 def parse(body, kinds) -> Evaluation:
     """Check an evaluation's fields and decode its tensors; `kinds` are the allowed compute names."""
     if not isinstance(body, dict):
-        _fail("invalid_evaluation", 'an evaluation must be a JSON object such as '
-                                    '{"inputs": {"x": 1.0}, "compute": ["value", "gradient"]}')
+        raise _error("invalid_evaluation", 'an evaluation must be a JSON object such as '
+                                           '{"inputs": {"x": 1.0}, "compute": ["value", "gradient"]}')
     unknown = [k for k in body if k not in FIELDS]
     if unknown:
-        _fail("unknown_field", f"unknown field {unknown[0]!r} in the evaluation; "
-                               f"the fields are {', '.join(FIELDS)}")
+        raise _error("unknown_field", f"unknown field {unknown[0]!r} in the evaluation; "
+                                      f"the fields are {', '.join(FIELDS)}")
     return Evaluation(
         inputs=_tensor_map(body.get("inputs", {}), "inputs"),
         compute=_compute(body.get("compute", ["value"]), kinds),
@@ -66,26 +66,26 @@ def _tensor(value, where: str) -> np.ndarray:
     try:
         return decode(value, where)
     except TensorError as e:
-        _fail("invalid_tensor", str(e))
+        raise _error("invalid_tensor", str(e)) from None
 
 
 def _tensor_map(value, field: str) -> dict:
     if not isinstance(value, dict):
-        _fail("invalid_field", f"{field} must be an object from input name to tensor, not {type(value).__name__}")
+        raise _error("invalid_field", f"{field} must be an object from input name to tensor, not {describe(value)}")
     return {name: _tensor(v, f"{field}.{name}") for name, v in value.items()}
 
 
 def _compute(value, kinds) -> tuple:
     allowed = ", ".join(kinds)
     if not isinstance(value, list) or not value:
-        _fail("invalid_compute", f"compute must be a non-empty list of names from: {allowed}")
+        raise _error("invalid_compute", f"compute must be a non-empty list of names from: {allowed}")
     for i, kind in enumerate(value):
         if kind not in kinds:
-            _fail("invalid_compute", f"compute[{i}] is {kind!r}, which is not one of: {allowed}")
+            raise _error("invalid_compute", f"compute[{i}] is {kind!r}, which is not one of: {allowed}")
     return tuple(dict.fromkeys(value))
 
 
 def _batch(value) -> bool:
     if not isinstance(value, bool):
-        _fail("invalid_field", f"batch must be true or false, not {value!r}"[:200])
+        raise _error("invalid_field", f"batch must be true or false, not {describe(value)}")
     return value

@@ -84,14 +84,10 @@ def _wants_b64(body) -> bool:
 
 def _evaluate(service: Service, function_id: str | None, raw: bytes) -> dict:
     """Parse, evaluate and encode: the CPU-bound part, run in a worker thread."""
-    body = parse_json(raw)
-    if function_id is not None:
-        result = service.evaluate(function_id, body)
-    else:
-        target = body.get("function") if isinstance(body, dict) else None
-        rest = {k: v for k, v in body.items() if k != "function"} if isinstance(body, dict) else body
-        result = service.evaluate(target, rest)
-    return tensors.encode_tree(result, _wants_b64(body))
+    body, target = parse_json(raw), function_id
+    if function_id is None and isinstance(body, dict):
+        target, body = body.get("function"), {k: v for k, v in body.items() if k != "function"}
+    return tensors.encode_tree(service.evaluate(target, body), _wants_b64(body))
 
 
 def _routes(app: FastAPI) -> None:

@@ -13,6 +13,8 @@ import threading
 import numpy as np
 import orjson
 
+from adserve.engine.errors import EngineError, LimitError
+
 from . import evaluation, tensors
 from .cache import LRU, result_nbytes
 from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
@@ -25,8 +27,6 @@ class Service:
         if engine is None:
             from adserve.engine import api as engine
         self._engine = engine
-        from adserve.engine.errors import EngineError, LimitError
-        self._engine_error, self._limit_error = EngineError, LimitError
         self._functions: dict = {}
         self._lock = threading.Lock()
         # definition text -> id, so a definition sent with every request compiles once
@@ -112,8 +112,8 @@ class Service:
     def _engine_errors(self):
         try:
             yield
-        except self._engine_error as e:
-            kind = TOO_LARGE if isinstance(e, self._limit_error) else UNPROCESSABLE
+        except EngineError as e:
+            kind = TOO_LARGE if isinstance(e, LimitError) else UNPROCESSABLE
             raise ServiceError(kind, e.code, e.message, e.location) from e
 
 

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * MiB, gt=0)
     result_cache_bytes: int = Field(256 * MiB, ge=0, description="0 turns the result cache off")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated; not enforced yet")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                     description="comma-separated; not enforced yet")
 
     @field_validator("log_level", mode="before")
     @classmethod

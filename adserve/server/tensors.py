@@ -84,7 +84,8 @@ def _special_name(v: float) -> str:
     return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
 
 
-def _describe(v) -> str:
+def describe(v) -> str:
+    """A JSON value's kind, for messages: "a list of 3", "null", "the string 'x'"."""
     if isinstance(v, bool):
         return "a boolean"
     if isinstance(v, (int, float)):
@@ -113,7 +114,7 @@ def _number(v, where: str) -> float:
         hint = "expected a number here: nested lists must be rectangular"
     else:
         hint = "expected a number"
-    raise TensorError(where, f"is {_describe(v)}; {hint}")
+    raise TensorError(where, f"is {describe(v)}; {hint}")
 
 
 def _decode_lists(value: list, where: str) -> np.ndarray:
@@ -134,7 +135,7 @@ def _decode_lists(value: list, where: str) -> np.ndarray:
 def _check(node, shape: tuple, depth: int, where: str) -> bool:
     """Raise at the first ragged list or non-number; say whether special strings occur."""
     if not isinstance(node, list) or len(node) != shape[depth]:
-        raise TensorError(where, f"is {_describe(node)} where a list of {shape[depth]} is expected "
+        raise TensorError(where, f"is {describe(node)} where a list of {shape[depth]} is expected "
                                  "(nested lists must be rectangular, shaped like their first elements)")
     if depth == len(shape) - 1:
         if _NUMBER_TYPES.issuperset(map(type, node)):
@@ -160,18 +161,19 @@ def _decode_b64(obj: dict, where: str) -> np.ndarray:
                                  '{"dtype": "float64", "shape": [...], "b64": "..."}')
     unknown = sorted(obj.keys() - _B64_KEYS)
     if unknown:
-        raise TensorError(where, f"has unknown key(s) {', '.join(map(repr, unknown))}; a base64 tensor has dtype, shape and b64")
+        raise TensorError(where, f"has unknown key(s) {', '.join(map(repr, unknown))}; "
+                                 "a base64 tensor has dtype, shape and b64")
     dtype = obj.get("dtype")
     if dtype != "float64":
-        raise TensorError(f"{where}.dtype", f'is {_describe(dtype)}; only "float64" is supported')
+        raise TensorError(f"{where}.dtype", f'is {describe(dtype)}; only "float64" is supported')
     shape = obj.get("shape")
     if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
-        raise TensorError(f"{where}.shape", f"is {_describe(shape)}; expected a list of non-negative integers")
+        raise TensorError(f"{where}.shape", f"is {describe(shape)}; expected a list of non-negative integers")
     if len(shape) > MAX_DIMS:
         raise TensorError(f"{where}.shape", f"has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     data = obj["b64"]
     if not isinstance(data, str):
-        raise TensorError(f"{where}.b64", f"is {_describe(data)}; expected a base64 string")
+        raise TensorError(f"{where}.b64", f"is {describe(data)}; expected a base64 string")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
