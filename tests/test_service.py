@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from adserve.engine.backend import Interpreter
 from adserve.engine.errors import DefinitionError, EvaluationError, LimitError
 from adserve.server.cache import LRU, result_nbytes
 from adserve.server.service import Service, ServiceError
@@ -49,6 +50,9 @@ class FakeEngine:
 
     def graph_schema(self):
         return {"type": "object"}
+
+    def get_backend(self):
+        return Interpreter()
 
 
 DEF = {"inputs": [{"name": "x", "shape": []}], "expr": "2*x"}

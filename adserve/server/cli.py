@@ -39,18 +39,28 @@ def main(argv=None) -> None:
     settings = load_settings(parse_args(argv))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from adserve.engine import api, backend
+
     from .rest import create_app
     from .service import Service
 
-    service = Service(result_cache_bytes=settings.result_cache_bytes)
+    # plans run on the interpreter until their numba kernel, compiled in the background, is ready
+    tier = backend.Tiered(str(settings.cache_dir)) if settings.compile else backend.Interpreter()
+    api.set_backend(tier)
+    service = Service(engine=api, result_cache_bytes=settings.result_cache_bytes)
     app = create_app(service, settings)
     if settings.grpc_port:
         log.warning("gRPC is not enabled in this build: port %d is not served", settings.grpc_port)
     if settings.redis_url:
         log.warning("ADSERVE_REDIS_URL is set, but this build keeps the registry and the cache in memory")
-    log.info("adserve %s: HTTP on http://%s:%d (docs at /docs)", __version__, settings.host, settings.http_port)
-    uvicorn.run(app, host=settings.host, port=settings.http_port, log_level=settings.log_level, log_config=None,
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    log.info("adserve %s: HTTP on http://%s:%d (docs at /docs); %s", __version__, settings.host, settings.http_port,
+             f"kernels compiled into {settings.cache_dir}" if settings.compile else "interpreter only")
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.http_port, log_level=settings.log_level,
+                    log_config=None, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    finally:
+        if hasattr(tier, "shutdown"):
+            tier.shutdown()
     _exit_past_stuck_workers()
 
 

@@ -47,6 +47,14 @@ class _ServiceCollector:
                                   value=s["cache_misses"])
         yield GaugeMetricFamily("adserve_result_cache_entries", "Results held", value=s["cache_entries"])
         yield GaugeMetricFamily("adserve_result_cache_bytes", "Bytes of results held", value=s["cache_bytes"])
+        runs = CounterMetricFamily("adserve_plan_runs", "Plans run, by execution tier", labels=["tier"])
+        for tier, n in sorted(s["runs"].items()):
+            runs.add_metric([tier], n)
+        yield runs
+        yield CounterMetricFamily("adserve_kernel_compiles", "numba kernels compiled", value=s["compiles"])
+        yield CounterMetricFamily("adserve_kernel_compile_failures",
+                                  "numba kernels that failed or timed out (their plans stay interpreted)",
+                                  value=s["compile_failures"])
 
 
 class MetricsMiddleware:

@@ -76,9 +76,11 @@ class Service:
         return True
 
     def stats(self) -> dict:
+        tier = self._engine.get_backend().stats
         return {"functions": len(self._functions), "cache_hits": self._results.hits,
                 "cache_misses": self._results.misses, "cache_entries": len(self._results),
-                "cache_bytes": self._results.size}
+                "cache_bytes": self._results.size, "runs": dict(tier.runs), "compiles": tier.compiles,
+                "compile_failures": tier.compile_failures + tier.compile_timeouts}
 
     def _lookup(self, function_id: str):
         fn = self._functions.get(function_id)

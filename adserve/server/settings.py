@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 leaves gRPC off")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="compiled code lives here")
+    compile: bool = Field(True, description="compile plans with numba in the background (false: interpreter only)")
     redis_url: str | None = None
     max_body_bytes: int = Field(16 * MiB, gt=0)
     result_cache_bytes: int = Field(256 * MiB, ge=0, description="0 turns the result cache off")

@@ -1,0 +1,50 @@
+"""The server's compiled tier: kernels built in the background under ADSERVE_CACHE_DIR answer
+like the interpreter, and a restarted server loads them from disk instead of compiling again."""
+
+import re
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from server_process import running_server
+
+FN = {"inputs": [{"name": "x", "shape": [5]}], "expr": "sum(x * log(x)) + dot(x, x)"}
+
+
+def metric(client, name, labels="") -> float:
+    text = client.get("/metrics").text
+    m = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def gradient_until_numba(client, timeout: float) -> int:
+    """Ask for gradients at fresh points until one is answered by a kernel; check every answer."""
+    deadline, asked = time.monotonic() + timeout, 0
+    while metric(client, "adserve_plan_runs_total", '{tier="numba"}') == 0:
+        assert time.monotonic() < deadline, "no kernel was ready in time"
+        x = np.linspace(0.5, 2.5, 5) + asked * 1e-3
+        r = client.post("/v1/evaluate", json={"function": FN, "inputs": {"x": x.tolist()}, "compute": ["gradient"]})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["gradient"]["x"], np.log(x) + 1 + 2 * x, rtol=1e-12)
+        asked += 1
+        time.sleep(0.2)
+    return asked
+
+
+@pytest.mark.timeout(900)
+def test_kernels_answer_alike_and_survive_a_restart(tmp_path):
+    env = {"ADSERVE_CACHE_DIR": str(tmp_path / "cache")}
+    with running_server(tmp_path / "first.log", env=env) as server, httpx.Client(base_url=server.url) as client:
+        gradient_until_numba(client, timeout=600)
+        assert metric(client, "adserve_kernel_compiles_total") >= 1
+        x = np.array([0.3, 1.2, 2.5, 0.7, 1.0])
+        r = client.post("/v1/evaluate", json={"function": FN, "inputs": {"x": x.tolist()},
+                                              "compute": ["value", "gradient"]}).json()
+        assert r["value"] == pytest.approx(np.sum(x * np.log(x)) + x @ x, rel=1e-12)
+    assert list((tmp_path / "cache" / "kernels").glob("gen_*.py"))
+
+    with running_server(tmp_path / "second.log", env=env) as server, httpx.Client(base_url=server.url) as client:
+        gradient_until_numba(client, timeout=60)
+        assert metric(client, "adserve_kernel_compiles_total") == 0
