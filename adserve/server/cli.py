@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 import uvicorn
 from pydantic import ValidationError
@@ -55,19 +56,24 @@ def main(argv=None) -> None:
         log.warning("ADSERVE_REDIS_URL is set, but this build keeps the registry and the cache in memory")
     log.info("adserve %s: HTTP on http://%s:%d (docs at /docs); %s", __version__, settings.host, settings.http_port,
              f"kernels compiled into {settings.cache_dir}" if settings.compile else "interpreter only")
+    # On SIGTERM uvicorn drains for the grace period, runs the app's shutdown (which
+    # stops compiles), then re-raises the signal; on SIGINT it raises KeyboardInterrupt here.
     try:
         uvicorn.run(app, host=settings.host, port=settings.http_port, log_level=settings.log_level,
                     log_config=None, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
-    finally:
-        if hasattr(tier, "shutdown"):
-            tier.shutdown()
+    except KeyboardInterrupt:
+        pass
     _exit_past_stuck_workers()
 
 
 def _exit_past_stuck_workers() -> None:
-    """Requests still computing after the grace period would hold the exit forever
-    (worker threads are not daemons, and engine work cannot be interrupted)."""
+    """Requests still computing after the grace period would hold the interpreter's exit
+    forever (worker threads are not daemons, and engine work cannot be interrupted)."""
+    deadline = time.monotonic() + 2  # threads that are just finishing may end on their own
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for t in busy:
+        t.join(max(0.0, deadline - time.monotonic()))
+    busy = [t for t in busy if t.is_alive()]
     if busy:
         log.warning("exiting with %d worker thread(s) still running", len(busy))
         logging.shutdown()

@@ -6,6 +6,7 @@ as `{"error": {"code", "message", "location"?}}`; the status of a service
 error comes from `STATUS`, the one table of this protocol.
 """
 
+import contextlib
 import logging
 from importlib import resources
 from typing import Annotated
@@ -179,7 +180,12 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def create_app(service: Service, settings: Settings) -> FastAPI:
-    app = FastAPI(title="adserve", version=__version__, default_response_class=JSONOut,
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
+
+    app = FastAPI(title="adserve", version=__version__, default_response_class=JSONOut, lifespan=lifespan,
                   description="Automatic differentiation as a service. Register a function (expr, program or "
                               "graph), then ask for value, gradient, jvp, vjp, hvp, jacobian and hessian.")
     app.state.service, app.state.settings = service, settings

@@ -75,6 +75,12 @@ class Service:
     def ready(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Stop background engine work (kernel compiles in progress)."""
+        shutdown = getattr(self._engine.get_backend(), "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+
     def stats(self) -> dict:
         tier = self._engine.get_backend().stats
         return {"functions": len(self._functions), "cache_hits": self._results.hits,
