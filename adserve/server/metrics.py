@@ -55,6 +55,17 @@ class _ServiceCollector:
         yield CounterMetricFamily("adserve_kernel_compile_failures",
                                   "numba kernels that failed or timed out (their plans stay interpreted)",
                                   value=s["compile_failures"])
+        shared = s.get("shared")
+        if shared is not None:
+            yield GaugeMetricFamily("adserve_redis_up", "1 while the shared Redis answers (0: serving from memory)",
+                                    value=int(shared["up"]))
+            yield CounterMetricFamily("adserve_redis_errors", "Redis calls that failed (each opens the breaker)",
+                                      value=shared["errors"])
+            yield CounterMetricFamily("adserve_shared_cache_hits", "Results found in Redis after a local miss",
+                                      value=shared["hits"])
+            yield CounterMetricFamily("adserve_shared_cache_misses", "Results in neither cache", value=shared["misses"])
+            yield CounterMetricFamily("adserve_shared_registry_fetches",
+                                      "Functions this replica fetched from Redis and compiled", value=shared["fetches"])
 
 
 class MetricsMiddleware:

@@ -4,10 +4,14 @@ Plain data in and out: definitions and evaluations are dicts as decoded from
 JSON (tensors may already be arrays), results are dicts of float64 arrays.
 It keeps the registry of compiled functions (id -> function, in memory) and a
 byte-bounded LRU of results, and turns engine errors into `ServiceError`s.
+With a `SharedStore` (Redis) both are also shared between replicas: a
+registration is published, an unknown id is looked up there and compiled, and
+results are read and written there after the local LRU.
 """
 
 import contextlib
 import hashlib
+import logging
 import threading
 
 import numpy as np
@@ -20,10 +24,12 @@ from .cache import LRU, result_nbytes
 from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
 
 __all__ = ["Service", "ServiceError"]
+log = logging.getLogger("adserve.service")
 
 
 class Service:
-    def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096):
+    def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096,
+                 shared=None):
         if engine is None:
             from adserve.engine import api as engine
         self._engine = engine
@@ -33,6 +39,9 @@ class Service:
         self._aliases = LRU(alias_capacity)
         self._results = LRU(result_cache_bytes, result_nbytes)
         self._graph_schema = None
+        self._shared = shared
+        if shared is not None:
+            shared.start(republish=self._exports)
 
     def register(self, definition) -> tuple[dict, bool]:
         """Compile and keep a definition; the function's info, and whether it is new."""
@@ -58,6 +67,11 @@ class Service:
         fn = self._lookup(target) if isinstance(target, str) else self._register(target)[0]
         key = request.cache_key(fn.id)
         result = self._results.get(key)
+        if result is None and self._shared is not None:
+            shared = self._shared.get_result(key)
+            if shared is not None:
+                result = _frozen(shared)
+                self._results.put(key, result)
         if result is not None:
             return {**result, "cached": True}
         with self._engine_errors():
@@ -65,6 +79,8 @@ class Service:
                                         request.cotangent, request.batch)
         result = _frozen(raw)
         self._results.put(key, result)
+        if self._shared is not None:
+            self._shared.put_result(key, result)
         return {**result, "cached": False}
 
     def graph_schema(self) -> dict:
@@ -80,20 +96,45 @@ class Service:
         shutdown = getattr(self._engine.get_backend(), "shutdown", None)
         if shutdown is not None:
             shutdown()
+        if self._shared is not None:
+            self._shared.close()
 
     def stats(self) -> dict:
         tier = self._engine.get_backend().stats
         return {"functions": len(self._functions), "cache_hits": self._results.hits,
                 "cache_misses": self._results.misses, "cache_entries": len(self._results),
                 "cache_bytes": self._results.size, "runs": dict(tier.runs), "compiles": tier.compiles,
-                "compile_failures": tier.compile_failures + tier.compile_timeouts}
+                "compile_failures": tier.compile_failures + tier.compile_timeouts,
+                "shared": None if self._shared is None else self._shared.stats()}
 
     def _lookup(self, function_id: str):
-        fn = self._functions.get(function_id)
+        fn = self._functions.get(function_id) or self._fetch(function_id)
         if fn is None:
             raise ServiceError(NOT_FOUND, "function_not_found",
                                f"no function with id {function_id[:100]!r}; register it with POST /v1/functions")
         return fn
+
+    def _fetch(self, function_id: str):
+        """A function another replica registered: its definition from the shared registry, compiled here."""
+        definition = None if self._shared is None else self._shared.get_definition(function_id)
+        if definition is None:
+            return None
+        try:
+            fn = self._engine.compile_definition(definition)
+        except EngineError as e:
+            log.warning("the shared definition of %s does not compile here: %s", function_id[:100], e)
+            return None
+        if fn.id != function_id:  # another engine version; its id is not this one
+            log.warning("the shared definition of %s compiles to %s here; ignoring it", function_id[:100], fn.id)
+            return None
+        with self._lock:
+            return self._functions.setdefault(fn.id, fn)
+
+    def _exports(self):
+        """(id, definition) of every local function, for the shared registry to take back after an outage."""
+        with self._lock:
+            functions = list(self._functions.values())
+        return [(fn.id, fn.export()) for fn in functions]
 
     def _register(self, definition):
         if not isinstance(definition, dict):
@@ -114,6 +155,9 @@ class Service:
                 fn = existing
         if alias:
             self._aliases.put(alias, fn.id)
+        if created and self._shared is not None:
+            # already in the shared registry: another replica registered it first
+            created = self._shared.put_definition(fn.id, fn.export()) is not False
         return fn, created
 
     @contextlib.contextmanager

@@ -25,9 +25,13 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 leaves gRPC off")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="compiled code lives here")
     compile: bool = Field(True, description="compile plans with numba in the background (false: interpreter only)")
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, description="shared registry and result cache; unset: both in memory")
+    redis_timeout_seconds: float = Field(0.25, gt=0, description="per Redis call; a failure opens the breaker")
+    redis_result_ttl_seconds: int = Field(3600, ge=0, description="results kept in Redis; 0 keeps none there")
+    redis_result_max_bytes: int = Field(8 * MiB, ge=0, description="larger results stay local")
     max_body_bytes: int = Field(16 * MiB, gt=0)
     result_cache_bytes: int = Field(256 * MiB, ge=0, description="0 turns the result cache off")
+    shutdown_grace_seconds: float = Field(10, ge=0, description="on SIGTERM, time to drain requests in flight")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                      description="comma-separated; not enforced yet")

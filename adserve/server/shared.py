@@ -1,0 +1,237 @@
+"""The registry and result cache that replicas share through Redis (contract: Scale-out).
+
+Two kinds of keys, under a prefix (`adserve:v1:` by default):
+* `fn:<id>`: the function's definition in canonical graph form (orjson),
+  written once (`SET NX`) and never expiring. A replica that does not know an
+  id fetches the definition and compiles it; compiling is deterministic, so it
+  gets the same id (checked).
+* `result:<version>:<fn id>:<kinds>:<batch>:<digest>`: one result as compact
+  bytes (`pack`), with a TTL. Only these keys expire, so under `maxmemory`
+  with `maxmemory-policy volatile-lru` Redis evicts old results and never a
+  definition.
+
+Redis speeds replicas up and lets them agree; it is never needed to answer.
+Every call fails open: an error opens a circuit breaker, and while it is open
+no request touches Redis (a dead Redis costs no time per request). A
+background probe retries every few seconds; when Redis answers again, or has
+restarted empty (a new `run_id`), this replica writes back the definitions it
+holds, so ids registered during the outage become shared again.
+"""
+
+import logging
+import threading
+from typing import Callable, Iterable
+
+import numpy as np
+import orjson
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .. import __version__
+
+log = logging.getLogger("adserve.shared")
+
+_MAGIC = b"ADR1"
+_ARRAY = "\x00a"  # the key that marks an array in a packed result's header
+
+
+class Unpackable(ValueError):
+    pass
+
+
+def pack(tree) -> bytes:
+    """A result as bytes: magic, header length, orjson header, then the arrays' float64 bytes.
+
+    Arrays (and float leaves) become `{"\\0a": [offset, shape]}` in the header;
+    other leaves (names, formulas, shapes of a trace) are kept as JSON."""
+    body = bytearray()
+
+    def walk(t):
+        if isinstance(t, dict):
+            if _ARRAY in t:
+                raise Unpackable("a result key collides with the array marker")
+            return {k: walk(v) for k, v in t.items()}
+        if isinstance(t, (list, tuple)):
+            return [walk(v) for v in t]
+        if isinstance(t, (np.ndarray, np.generic, float)):
+            a = np.asarray(t, dtype="<f8")
+            offset = len(body)
+            body.extend(a.tobytes())
+            return {_ARRAY: [offset, list(a.shape)]}
+        return t
+
+    try:
+        head = orjson.dumps(walk(tree))
+    except orjson.JSONEncodeError as e:
+        raise Unpackable(str(e)) from None
+    return _MAGIC + len(head).to_bytes(4, "little") + head + bytes(body)
+
+
+def unpack(data: bytes):
+    """The tree `pack` wrote; arrays are read-only views of `data`, lists come back as lists."""
+    if data[:4] != _MAGIC:
+        raise Unpackable("not a packed result")
+    n = int.from_bytes(data[4:8], "little")
+    head, body = orjson.loads(data[8:8 + n]), memoryview(data)[8 + n:]
+
+    def walk(t):
+        if isinstance(t, dict):
+            if _ARRAY in t:
+                offset, shape = t[_ARRAY]
+                count = int(np.prod(shape, dtype=np.int64))
+                return np.frombuffer(body, dtype="<f8", count=count, offset=offset).reshape(shape)
+            return {k: walk(v) for k, v in t.items()}
+        if isinstance(t, list):
+            return [walk(v) for v in t]
+        return t
+
+    return walk(head)
+
+
+class SharedStore:
+    """Redis behind a circuit breaker. `get_*` answer None and `put_*` do nothing while it is down."""
+
+    def __init__(self, url: str, *, timeout: float = 0.25, result_ttl: int = 3600,
+                 result_max_bytes: int = 8 << 20, probe_interval: float = 2.0, prefix: str = "adserve:v1:",
+                 client=None):
+        self.url, self.result_ttl, self.result_max_bytes = url, result_ttl, result_max_bytes
+        self.probe_interval, self.prefix = probe_interval, prefix
+        # short timeouts and one immediate retry (for a connection that went stale):
+        # a request pays at most two timeouts before the breaker opens
+        self._client = client or redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1))
+        self.up = False
+        self._run_id = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._republish: Callable[[], Iterable[tuple[str, dict]]] = lambda: ()
+        self.hits = self.misses = self.fetches = self.errors = 0
+
+    # -- life cycle ---------------------------------------------------------------
+    def start(self, republish: Callable[[], Iterable[tuple[str, dict]]]) -> None:
+        """Probe once now (so a healthy Redis is used from the first request), then in the background.
+
+        `republish` lists this replica's (id, definition) pairs, written back after an outage."""
+        self._republish = republish
+        self._probe()
+        if not self.up:
+            log.warning("Redis at %s is unreachable: serving from this replica's memory, retrying every %g s",
+                        self._safe_url(), self.probe_interval)
+        self._thread = threading.Thread(target=self._probe_loop, name="adserve-redis-probe", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._client.close()
+
+    def stats(self) -> dict:
+        return {"up": self.up, "hits": self.hits, "misses": self.misses, "fetches": self.fetches,
+                "errors": self.errors}
+
+    # -- registry -----------------------------------------------------------------
+    def get_definition(self, function_id: str) -> dict | None:
+        raw = self._call(self._client.get, self.prefix + "fn:" + function_id)
+        if raw is None:
+            return None
+        self.fetches += 1
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("Redis holds a definition for %s that is not JSON; ignoring it", function_id[:100])
+            return None
+
+    def put_definition(self, function_id: str, definition: dict) -> bool | None:
+        """Write a definition unless one is there: True if written, False if it was there, None if Redis is down."""
+        return self._call(self._client.set, self.prefix + "fn:" + function_id, orjson.dumps(definition), nx=True)
+
+    # -- result cache ---------------------------------------------------------------
+    def result_key(self, key: tuple) -> str:
+        """The Redis key of `evaluation.Evaluation.cache_key`'s tuple; the version keeps upgrades apart."""
+        function_id, kinds, batch, digest = key
+        return f"{self.prefix}result:{__version__}:{function_id}:{','.join(kinds)}:{int(batch)}:{digest.hex()}"
+
+    def get_result(self, key: tuple):
+        if self.result_ttl <= 0 or not self.up:
+            return None
+        raw = self._call(self._client.get, self.result_key(key))
+        if raw is None:
+            self.misses += 1
+            return None
+        try:
+            tree = unpack(raw)
+        except (Unpackable, ValueError, TypeError, KeyError):
+            log.warning("Redis holds an unreadable result under %s; ignoring it", self.result_key(key))
+            return None
+        self.hits += 1
+        return tree
+
+    def put_result(self, key: tuple, tree) -> None:
+        if self.result_ttl <= 0 or not self.up:
+            return
+        try:
+            data = pack(tree)
+        except Unpackable:
+            return
+        if len(data) <= self.result_max_bytes:
+            self._call(self._client.set, self.result_key(key), data, ex=self.result_ttl)
+
+    # -- the breaker ----------------------------------------------------------------
+    def _call(self, method, *args, **kwargs):
+        if not self.up:
+            return None
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as e:
+            self._trip(e)
+            return None
+
+    def _trip(self, error) -> None:
+        with self._lock:
+            self.errors += 1
+            was_up, self.up = self.up, False
+        if was_up:
+            log.warning("Redis at %s failed (%s): serving from this replica's memory, retrying every %g s",
+                        self._safe_url(), error, self.probe_interval)
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(self.probe_interval):
+            self._probe()
+
+    def _probe(self) -> None:
+        """Check Redis; after an outage or a restart of Redis, write back this replica's definitions."""
+        try:
+            run_id = self._client.info("server").get("run_id")
+            if self.up and run_id == self._run_id:
+                return
+            written = self._write_back()
+        except redis.RedisError as e:
+            if self.up:
+                self._trip(e)
+            return
+        with self._lock:
+            was_up, first, self.up, self._run_id = self.up, self._run_id is None, True, run_id
+        if first:
+            log.info("sharing the registry and the result cache through Redis at %s%s", self._safe_url(),
+                     f" ({written} definition(s) written back)" if written else "")
+        elif written or not was_up:
+            log.warning("Redis at %s is reachable again%s; %d definition(s) written back", self._safe_url(),
+                        " (it restarted)" if was_up else "", written)
+
+    def _write_back(self) -> int:
+        pipe = self._client.pipeline(transaction=False)
+        n = 0
+        for function_id, definition in list(self._republish()):
+            pipe.set(self.prefix + "fn:" + function_id, orjson.dumps(definition), nx=True)
+            n += 1
+        if n:
+            pipe.execute()
+        return n
+
+    def _safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        head, sep, tail = self.url.rpartition("@")
+        return f"{self.url.split('://', 1)[0]}://***@{tail}" if sep else self.url

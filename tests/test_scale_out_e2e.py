@@ -1,0 +1,129 @@
+"""Two real server processes on loopback sharing one real redis-server; SIGTERM drains.
+
+The replicas run on the interpreter (ADSERVE_COMPILE=false) so that they start
+and answer in well under a second; compiled kernels do not change what is shared.
+"""
+
+import concurrent.futures
+import contextlib
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from redis_process import RedisProcess
+from server_process import running_server
+
+SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}], "expr": "log(x1) + x1*x2 - sin(x2)"}
+AT = {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """(redis, [replica url, replica url])"""
+    r = RedisProcess(tmp_path).start()
+    env = {"ADSERVE_REDIS_URL": r.url, "ADSERVE_COMPILE": "false", "ADSERVE_CACHE_DIR": str(tmp_path / "cache")}
+    try:
+        with contextlib.ExitStack() as stack:
+            urls = [stack.enter_context(running_server(tmp_path / f"replica{i}.log", env=env)).url for i in (0, 1)]
+            yield r, urls
+    finally:
+        r.kill()
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_register_on_one_replica_evaluate_on_the_other(cluster):
+    _, (url_a, url_b) = cluster
+    with httpx.Client(base_url=url_a, timeout=30) as a, httpx.Client(base_url=url_b, timeout=30) as b:
+        reg = a.post("/v1/functions", json=SURVEY)
+        assert reg.status_code == 201
+        fn = reg.json()["id"]
+        assert b.get(f"/v1/functions/{fn}").json() == reg.json()
+        assert b.post("/v1/functions", json=SURVEY).status_code == 200  # registered already, elsewhere
+        assert b.get(f"/v1/functions/{fn}/graph").json() == a.get(f"/v1/functions/{fn}/graph").json()
+
+        first = a.post(f"/v1/functions/{fn}/evaluate", json=AT).json()
+        second = b.post(f"/v1/functions/{fn}/evaluate", json=AT).json()
+        assert first["cached"] is False and second["cached"] is True
+        assert second["value"] == first["value"] == pytest.approx(11.652071455223084)
+        assert second["gradient"] == first["gradient"]
+        assert metric(b, "adserve_shared_cache_hits_total") == 1
+        assert metric(b, "adserve_shared_registry_fetches_total") == 1
+        assert metric(a, "adserve_redis_up") == metric(b, "adserve_redis_up") == 1
+
+
+def test_redis_killed_mid_run_fails_no_request(cluster):
+    redis_proc, urls = cluster
+    clients = [httpx.Client(base_url=u, timeout=30) for u in urls]
+    fn = clients[0].post("/v1/functions", json=SURVEY).json()["id"]
+    statuses, stop = [], threading.Event()
+
+    def load(worker: int):
+        for i in range(20000):  # bounded; stops when the test has seen enough
+            if stop.is_set():
+                return
+            c = clients[(i + worker) % 2]
+            body = {"inputs": {"x1": 1.0 + i % 500, "x2": float(worker)}, "compute": ["value", "gradient"]}
+            if i % 3:
+                statuses.append(c.post(f"/v1/functions/{fn}/evaluate", json=body).status_code)
+            else:
+                statuses.append(c.post("/v1/evaluate", json={**body, "function": SURVEY}).status_code)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            jobs = [pool.submit(load, w) for w in range(4)]
+            time.sleep(0.3)
+            redis_proc.kill()
+            time.sleep(0.5)
+            redis_proc.start()  # back, empty, on the same port
+            deadline = time.monotonic() + 15
+            while not all(metric(c, "adserve_redis_up") == 1 for c in clients):
+                assert time.monotonic() < deadline, "the replicas did not reconnect"
+                time.sleep(0.1)
+            stop.set()
+            for j in jobs:
+                j.result()
+        assert len(statuses) > 50 and set(statuses) == {200}, sorted(set(statuses))
+        assert all(metric(c, "adserve_redis_errors_total") >= 1 for c in clients)
+        # the definition lost with Redis's memory was written back on reconnect
+        assert redis_proc.client().exists("adserve:v1:fn:" + fn)
+        assert all(c.get("/readyz").status_code == 200 for c in clients)
+    finally:
+        for c in clients:
+            c.close()
+
+
+SLOW = {"inputs": [{"name": "x", "shape": []}],
+        "program": "def f(x):\n    s = 0.0\n    for i in range(50000):\n        s = s + sin(x * i)\n    return s\n"}
+
+
+def test_sigterm_drains_requests_in_flight_then_exits(tmp_path):
+    env = {"ADSERVE_COMPILE": "false", "ADSERVE_CACHE_DIR": str(tmp_path / "cache")}
+    with running_server(tmp_path / "server.log", env=env) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            fn = c.post("/v1/functions", json=SLOW).json()["id"]
+            t = time.perf_counter()
+            c.post(f"/v1/functions/{fn}/evaluate", json={"inputs": {"x": 0.25}, "compute": ["value", "gradient"]})
+            slow_seconds = time.perf_counter() - t
+        assert slow_seconds > 0.6, "the slow request is too fast to test draining"
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            in_flight = pool.submit(httpx.post, f"{server.url}/v1/functions/{fn}/evaluate",
+                                    json={"inputs": {"x": 0.5}, "compute": ["value", "gradient"]}, timeout=60)
+            time.sleep(min(0.3, slow_seconds / 4))
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            assert not in_flight.done()
+            with pytest.raises(httpx.ConnectError):  # no longer accepting
+                httpx.get(f"{server.url}/healthz", timeout=2)
+            answer = in_flight.result()
+        assert answer.status_code == 200 and set(answer.json()) == {"value", "gradient", "cached"}
+        assert server.process.wait(15) in (0, -signal.SIGTERM)
