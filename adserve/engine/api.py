@@ -25,6 +25,7 @@ from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
 from .ir import Graph, canonical_text, structural_hash
+from .limits import check_function, check_request
 from .jvp import jvp_graph
 from .trace import trace_graph
 from .vjp import vjp_graph
@@ -55,6 +56,7 @@ class Function:
         self.output_shape = tuple(graph.outputs[0].shape)
         self.id = structural_hash(graph, self.input_names)
         self.n_nodes = graph.n_nodes()
+        self.steps, self.work = check_function(graph)
         self._plans: dict = {}
         self._lock = threading.RLock()  # plans are built from other plans
 
@@ -243,6 +245,12 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     B = _one_batch(sizes, "request") if batch else 1
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
+    n_in = sum(math.prod(s) for s in fn.input_shapes.values())
+    check_request(fn.work, kinds - {"jacobian", "hessian"}, B)
+    if "jacobian" in kinds:
+        check_request(fn.work, {"vjp"}, B, min(n_in, math.prod(fn.output_shape)))
+    if "hessian" in kinds:
+        check_request(fn.work, {"hvp"}, B, n_in)
 
     def batched(a):
         a = np.asarray(a, dtype=np.float64)

@@ -74,6 +74,7 @@ class V:
     def __truediv__(self, o): return emit("div", self, o)
     def __rtruediv__(self, o): return emit("div", o, self)
     def __pow__(self, o): return emit("pow", self, o)
+    def __rpow__(self, o): return emit("pow", o, self)
     def __neg__(self): return emit("neg", self)
 
     def is_lit(self, value=None):
@@ -210,7 +211,7 @@ def _simplify(prim, atoms, out_shape):
 def _fold(p: Prim, atoms, params, out_shape):
     from .interpreter import lit_array
 
-    if p.multiple_results or p.name in ("scan", "cond"):
+    if p.multiple_results or p.name in ("loop", "cond"):
         return None
     try:
         with np.errstate(all="ignore"):

@@ -1,6 +1,6 @@
-"""Structured control flow: `scan` (loops) and `cond` (branches) as primitives.
+"""Structured control flow: `loop` and `cond` (branches) as primitives.
 
-scan(consts..., init carries..., xs...; body, length, n_consts, n_carry, reverse)
+loop(consts..., init carries..., xs...; body, length, n_consts, n_carry, reverse)
     body: (k, consts, carries, x slices) -> (new carries, y slices); k counts
     0..length-1 (backwards when `reverse`). Returns (final carries, stacked ys),
     each y stacked along a new leading axis of `length`. A loop stays one
@@ -9,9 +9,9 @@ cond(pred, operands...; true_body, false_body)
     Runs one branch per point (pred != 0 picks `true_body`); both bodies take
     the operands and return outputs of the same shapes.
 
-Derivatives follow JAX's design: the JVP of a scan is a scan over primal and
+Derivatives follow JAX's design: the JVP of a loop is a loop over primal and
 tangent carries; the VJP saves each iteration's carries on a tape (a stacked
-output of the forward scan) and runs a reverse scan of the body's VJP. Branch
+output of the forward loop) and runs a reverse loop of the body's VJP. Branch
 derivatives are branches of derivatives.
 """
 
@@ -25,17 +25,17 @@ from .errors import ShapeError
 from .interpreter import _run
 
 
-# -- scan ------------------------------------------------------------------------
+# -- loop ------------------------------------------------------------------------
 def _split(seq, n_consts, n_carry):
     return list(seq[:n_consts]), list(seq[n_consts:n_consts + n_carry]), list(seq[n_consts + n_carry:])
 
 
-def _scan_shape(*shapes, body, length, n_consts, n_carry, reverse):
+def _loop_shape(*shapes, body, length, n_consts, n_carry, reverse):
     consts, carries, xs = _split(shapes, n_consts, n_carry)
     want = [()] + consts + carries + [s[1:] for s in xs]
     got = [v.shape for v in body.inputs]
     if any(s[:1] != (length,) for s in xs):
-        raise ShapeError(f"scanned inputs must have a leading axis of {length}: {[list(s) for s in xs]}")
+        raise ShapeError(f"stacked inputs (xs) must have a leading axis of {length}: {[list(s) for s in xs]}")
     if want != got:
         raise ShapeError(f"loop body takes {[list(s) for s in got]} but is given {[list(s) for s in want]}")
     outs = [a.shape for a in body.outputs]
@@ -45,7 +45,7 @@ def _scan_shape(*shapes, body, length, n_consts, n_carry, reverse):
     return carries + [(length, *s) for s in outs[n_carry:]]
 
 
-def _scan_impl(*args, body, length, n_consts, n_carry, reverse):
+def _loop_impl(*args, body, length, n_consts, n_carry, reverse):
     consts, carry, xs = _split(args, n_consts, n_carry)
     ys = {}
     for k in (range(length - 1, -1, -1) if reverse else range(length)):
@@ -62,7 +62,7 @@ def _scan_impl(*args, body, length, n_consts, n_carry, reverse):
     return [*carry, *stacked]
 
 
-def _scan_activity(in_active, body, length, n_consts, n_carry, reverse):
+def _loop_activity(in_active, body, length, n_consts, n_carry, reverse):
     c, carry, x = _split(in_active, n_consts, n_carry)
     while True:
         out = graph_activity(body, [False] + c + carry + x)
@@ -80,7 +80,7 @@ def _body_builder(body, n_consts, n_carry):
     return nb, k, *_split(rest, n_consts, n_carry)
 
 
-def _scan_jvp(ts, primals, ans, body, length, n_consts, n_carry, reverse):
+def _loop_jvp(ts, primals, ans, body, length, n_consts, n_carry, reverse):
     from .jvp import jvp_graph
 
     consts, init, xs = _split(primals, n_consts, n_carry)
@@ -112,7 +112,7 @@ def _scan_jvp(ts, primals, ans, body, length, n_consts, n_carry, reverse):
     new_body = nb.build([*outs[:n_carry], *t_carry_out, *outs[n_carry:], *[t for t in t_all[n_carry:] if t is not None]])
 
     t_init_full = [t if t is not None else zeros(v.shape) for t, v in zip(t_init, init)]
-    res = op.scan(*consts, *[t for t in t_c if t is not None],
+    res = op.loop(*consts, *[t for t in t_c if t is not None],
                   *init, *[t for t, nz in zip(t_init_full, nz_carry) if nz],
                   *xs, *[t for t in t_x if t is not None],
                   body=new_body, length=length, n_consts=n_consts + sum(nz_c),
@@ -123,22 +123,22 @@ def _scan_jvp(ts, primals, ans, body, length, n_consts, n_carry, reverse):
     return primal_out, [next(t_carries) if nz else None for nz in nz_carry] + [next(t_ys) if nz else None for nz in nz_y]
 
 
-def _scan_vjp_fwd(primals, body, length, n_consts, n_carry, reverse):
-    """Forward scan that also stacks the carries each iteration starts from (the tape)."""
+def _loop_vjp_fwd(primals, body, length, n_consts, n_carry, reverse):
+    """Forward loop that also stacks the carries each iteration starts from (the tape)."""
     nb, k, c, car, x = _body_builder(body, n_consts, n_carry)
     outs = inline(nb, body, [k, *c, *car, *x])
     tape_body = nb.build([*outs, *car])
-    res = op.scan(*primals, body=tape_body, length=length, n_consts=n_consts, n_carry=n_carry, reverse=reverse)
+    res = op.loop(*primals, body=tape_body, length=length, n_consts=n_consts, n_carry=n_carry, reverse=reverse)
     n_out = len(body.outputs)
     return tuple(res[:n_out]), list(res[n_out:])
 
 
-def _scan_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_carry, reverse):
+def _loop_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_carry, reverse):
     from .vjp import vjp_graph
 
     consts, init, xs = _split(primals, n_consts, n_carry)
     act_c, act_init, act_x = _split(active, n_consts, n_carry)
-    act_carry = _scan_activity(active, body, length, n_consts, n_carry, reverse)[:n_carry]
+    act_carry = _loop_activity(active, body, length, n_consts, n_carry, reverse)[:n_carry]
     g_carry, g_y = gs[:n_carry], gs[n_carry:]
     nz_y = [g is not None for g in g_y]
     bvjp = vjp_graph(body, [False] + act_c + act_carry + act_x, act_carry + nz_y)
@@ -158,7 +158,7 @@ def _scan_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_car
     rev_body = nb.build([*ct_prev, *[a + g for a, g in zip(acc, ct_consts)], *ct_x])
 
     seeds = [g if g is not None else zeros(v.shape) for g, v, a in zip(g_carry, init, act_carry) if a]
-    out = op.scan(*consts, *seeds, *[zeros(v.shape) for v, a in zip(consts, act_c) if a],
+    out = op.loop(*consts, *seeds, *[zeros(v.shape) for v, a in zip(consts, act_c) if a],
                   *residuals, *xs, *[g for g in g_y if g is not None],
                   body=rev_body, length=length, n_consts=n_consts,
                   n_carry=sum(act_carry) + n_ac, reverse=not reverse)
@@ -169,8 +169,8 @@ def _scan_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_car
     return ct_c + [ct if a else None for ct, a in zip(ct_init, act_init)] + ct_xs
 
 
-register(Prim("scan", _scan_shape, _scan_impl, _scan_jvp, _scan_vjp, multiple_results=True,
-              extra={"activity": _scan_activity, "vjp_fwd": _scan_vjp_fwd},
+register(Prim("loop", _loop_shape, _loop_impl, _loop_jvp, _loop_vjp, multiple_results=True,
+              extra={"activity": _loop_activity, "vjp_fwd": _loop_vjp_fwd},
               doc="a loop with a static trip count; carries and stacked outputs"))
 
 

@@ -25,7 +25,7 @@ def lit_array(lit: Lit) -> np.ndarray:
 def run(graph: Graph, args) -> list:
     """Evaluate `graph` on batched arrays (leading axis B or 1); returns batched outputs."""
     with np.errstate(all="ignore"):
-        return _run(graph, args)
+        return _run(graph, [np.asarray(a, dtype=np.float64) for a in args])
 
 
 def _run(graph: Graph, args) -> list:

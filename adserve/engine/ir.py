@@ -4,7 +4,7 @@ Three records, in the style of JAX's jaxprs:
   * `Var`: a value with a static per-point shape (all values are float64).
   * `Lit`: a constant, either one number filling a shape or explicit row-major data.
   * `Eqn`: `outputs = prim(inputs; params)`. Structured control flow is an
-    equation whose params hold sub-graphs (`scan` for loops, `cond` for branches).
+    equation whose params hold sub-graphs (`loop` for loops, `cond` for branches).
   * `Graph`: inputs, equations in topological single-assignment order, outputs.
     Sub-graphs are closed: everything a body reads arrives as a body input.
 

@@ -8,7 +8,7 @@ Conventions
     again (HVP = jvp of vjp). A `None` tangent or cotangent is a symbolic zero.
   * The transforms broadcast or sum tangents/cotangents to the right shape, so
     rules need not (autograd's "unbroadcast" done once).
-Control flow (`scan`, `cond`) lives in control.py.
+Control flow (`loop`, `cond`) lives in control.py.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _batched_axes(axes):
     return tuple(a + 1 for a in axes)
 
 
-def _chooser(name, np_fn):
+def _chooser(name, np_fn, identity):
     def jvp(ts, xs, ans, axes):
         x = xs[0]
         loc = op.eq(x, expand_reduced(ans, x.shape, axes))
@@ -222,7 +222,8 @@ def _chooser(name, np_fn):
         loc = op.eq(x, expand_reduced(ans, x.shape, axes))
         return [expand_reduced(g / op.reduce_sum(loc, axes=axes), x.shape, axes) * loc]
 
-    register(Prim(name, lambda s, axes: _reduced_shape(s, axes), lambda x, axes: np_fn(x, axis=_batched_axes(axes)),
+    register(Prim(name, lambda s, axes: _reduced_shape(s, axes),
+                  lambda x, axes: np_fn(x, axis=_batched_axes(axes), initial=identity),
                   jvp, vjp, normalize=_reduce_norm, arity=1, doc="ties share the derivative evenly"))
 
 
@@ -248,8 +249,8 @@ def _lse_vjp(g, xs, ans, axes):
 register(Prim("reduce_sum", lambda s, axes: _reduced_shape(s, axes), lambda x, axes: np.sum(x, axis=_batched_axes(axes)),
               lambda ts, xs, ans, axes: op.reduce_sum(ts[0], axes=axes),
               lambda g, xs, ans, axes: [expand_reduced(g, xs[0].shape, axes)], normalize=_reduce_norm, arity=1))
-_chooser("reduce_max", np.max)
-_chooser("reduce_min", np.min)
+_chooser("reduce_max", np.max, -np.inf)  # an empty axis gives the identity, as in JAX
+_chooser("reduce_min", np.min, np.inf)
 register(Prim("logsumexp", lambda s, axes: _reduced_shape(s, axes), _lse_impl, _lse_jvp, _lse_vjp,
               normalize=_reduce_norm, arity=1, doc="shifted by the max: no overflow"))
 

@@ -8,26 +8,29 @@ error comes from `STATUS`, the one table of this protocol.
 
 import contextlib
 import logging
+import time
 from importlib import resources
 from typing import Annotated
 
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
 from .. import __version__
-from . import schemas, tensors
-from .errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError, error_body
+from . import optimize, schemas, tensors
+from .errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError, error_body
 from .metrics import Metrics, MetricsMiddleware
 from .service import Service
 from .settings import Settings
 
 log = logging.getLogger("adserve.rest")
 
-STATUS = {BAD_REQUEST: 400, NOT_FOUND: 404, TOO_LARGE: 413, UNPROCESSABLE: 422}
+STATUS = {BAD_REQUEST: 400, NOT_FOUND: 404, TOO_LARGE: 413, UNPROCESSABLE: 422, UNAUTHENTICATED: 401}
+INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been logged"
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
@@ -83,12 +86,51 @@ def _wants_b64(body) -> bool:
     return tensors.is_b64(body.get("cotangent")) or any(tensors.is_b64(v) for m in maps for v in m.values())
 
 
-def _evaluate(service: Service, function_id: str | None, raw: bytes) -> dict:
-    """Parse, evaluate and encode: the CPU-bound part, run in a worker thread."""
+def _evaluate(service: Service, function_id: str | None, raw: bytes) -> tuple:
+    """Parse, evaluate and encode: the CPU-bound part, run in a worker thread.
+
+    Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
+    (interpreter, numba, or cache) and `Server-Timing` (compute, and total with encoding)."""
+    started = time.perf_counter()
     body, target = parse_json(raw), function_id
     if function_id is None and isinstance(body, dict):
         target, body = body.get("function"), {k: v for k, v in body.items() if k != "function"}
-    return tensors.encode_tree(service.evaluate(target, body), _wants_b64(body))
+    meta = {}
+    encoded = tensors.encode_tree(service.evaluate(target, body, meta), _wants_b64(body))
+    timing = [f"total;dur={(time.perf_counter() - started) * 1e3:.3f}"]
+    if "compute_ms" in meta:
+        timing.insert(0, f"compute;dur={meta['compute_ms']:.3f}")
+    else:
+        timing.insert(0, "cache;desc=hit")
+    return encoded, {"x-adserve-backend": meta.get("backend", "interpreter"), "Server-Timing": ", ".join(timing)}
+
+
+async def _minimize(service: Service, function_id: str, raw: bytes) -> StreamingResponse:
+    """Check and start in a worker thread (so a bad request is a plain 4xx), then stream NDJSON.
+
+    An error after the first line can only be told in the stream: a last line `{"error": {...}}`."""
+    body = parse_json(raw)
+    if isinstance(body, dict) and "id" in body:  # a field of MinimizeRequest; here the path names the function
+        body = dict(body)
+        given = body.pop("id")
+        if given != function_id:
+            raise ServiceError(UNPROCESSABLE, "invalid_field",
+                               f'"id" in the body ({str(given)[:100]!r}) is not the id in the path')
+    run = await run_in_threadpool(optimize.start, service, function_id, body)
+    b64 = any(tensors.is_b64(v) for v in body["x0"].values())
+
+    async def lines():
+        async with contextlib.aclosing(run.progress()) as progress:
+            try:
+                async for p in progress:
+                    yield tensors.dumps(tensors.encode_tree(p, b64)) + b"\n"
+            except ServiceError as e:
+                yield tensors.dumps(e.body()) + b"\n"
+            except Exception:
+                log.exception("internal error while minimizing %s", function_id)
+                yield tensors.dumps(error_body("internal_error", INTERNAL_MESSAGE)) + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 def _routes(app: FastAPI) -> None:
@@ -113,17 +155,34 @@ def _routes(app: FastAPI) -> None:
     def function_graph(function_id: str, service: ServiceDep):
         return JSONOut(service.graph(function_id))
 
+    @app.get("/v1/functions/{function_id}/source", tags=["functions"], response_class=PlainTextResponse,
+             summary="Generated kernel source of one transform: primal, gradient, jvp, vjp or hvp (text/plain)",
+             responses={**not_found, 422: {"model": schemas.ErrorBody}})
+    async def function_source(function_id: str, service: ServiceDep, transform: str = "primal"):
+        return PlainTextResponse(await run_in_threadpool(service.source, function_id, transform))
+
     @app.post("/v1/functions/{function_id}/evaluate", tags=["evaluate"], summary="Evaluate a registered function",
               responses={200: {"model": schemas.EvaluationResult}, **err, **not_found},
               openapi_extra=schemas.request_body(schemas.Evaluation))
     async def evaluate_by_id(function_id: str, raw: RawBody, service: ServiceDep):
-        return JSONOut(await run_in_threadpool(_evaluate, service, function_id, raw))
+        encoded, headers = await run_in_threadpool(_evaluate, service, function_id, raw)
+        return JSONOut(encoded, headers=headers)
 
     @app.post("/v1/evaluate", tags=["evaluate"], summary="Evaluate a definition (registering it on the way)",
               responses={200: {"model": schemas.EvaluationResult}, **err},
               openapi_extra=schemas.request_body(schemas.EvaluationWithFunction))
     async def evaluate(raw: RawBody, service: ServiceDep):
-        return JSONOut(await run_in_threadpool(_evaluate, service, None, raw))
+        encoded, headers = await run_in_threadpool(_evaluate, service, None, raw)
+        return JSONOut(encoded, headers=headers)
+
+    @app.post("/v1/functions/{function_id}/minimize", tags=["optimize"],
+              summary="Minimise a function on the server: every iterate, as NDJSON",
+              responses={200: {"description": "one MinimizeProgress per line; the last has done true",
+                               "content": {"application/x-ndjson": {"schema": {
+                                   "$ref": "#/components/schemas/MinimizeProgress"}}}}, **err, **not_found},
+              openapi_extra=schemas.request_body(schemas.Minimization))
+    async def minimize(function_id: str, raw: RawBody, service: ServiceDep):
+        return await _minimize(service, function_id, raw)
 
     @app.get("/v1/schema/graph", tags=["functions"], summary='JSON Schema of the "graph" form')
     def graph_schema(service: ServiceDep):
@@ -149,6 +208,12 @@ def _routes(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def index():
         return HTMLResponse(page)
+
+    static = StaticFiles(packages=[(__package__, "static")])
+
+    @app.get("/static/{path:path}", include_in_schema=False)
+    async def static_file(path: str, request: Request):
+        return await static.get_response(path, request.scope)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -176,7 +241,7 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", "internal error: this is a bug in the server, and it has been logged")
+        return _error(500, "internal_error", INTERNAL_MESSAGE)
 
 
 def create_app(service: Service, settings: Settings) -> FastAPI:

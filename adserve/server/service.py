@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 
 import numpy as np
 import orjson
@@ -55,10 +56,18 @@ class Service:
         """The definition in canonical graph form, which `register` takes back."""
         return self._lookup(function_id).export()
 
-    def evaluate(self, target, body) -> dict:
+    def source(self, function_id: str, transform: str) -> str:
+        """The generated kernel source of one transform (primal, gradient, jvp, vjp, hvp)."""
+        fn = self._lookup(function_id)
+        with self._engine_errors():
+            return self._engine.source(fn, transform)
+
+    def evaluate(self, target, body, meta=None) -> dict:
         """Evaluate `target` (a function id, or a definition to register on the way).
 
-        The result holds the arrays asked for in `compute`, and `cached`."""
+        The result holds the arrays asked for in `compute`, and `cached`. `meta`, if given,
+        receives how it was answered: `backend` (interpreter, numba or cache) and `compute_ms`."""
+        meta = {} if meta is None else meta
         request = evaluation.parse(body, self._engine.COMPUTE_KINDS)
         if target is None:
             raise ServiceError(UNPROCESSABLE, "missing_field",
@@ -73,10 +82,13 @@ class Service:
                 result = _frozen(shared)
                 self._results.put(key, result)
         if result is not None:
+            meta["backend"] = "cache"
             return {**result, "cached": True}
+        started = time.perf_counter()
         with self._engine_errors():
             raw = self._engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
-                                        request.cotangent, request.batch)
+                                        request.cotangent, request.batch, meta=meta)
+        meta["compute_ms"] = (time.perf_counter() - started) * 1e3
         result = _frozen(raw)
         self._results.put(key, result)
         if self._shared is not None:

@@ -4,7 +4,7 @@ The kernel `kernel(B, a0.., o0..)` loops over the B points; per point, scalar
 IR values are scalar locals (`v3 = math.log(x0)`) and array values live in
 buffers allocated once per call, before the point loop. Element-wise array
 ops become loop nests, reductions accumulate, contractions are loops with the
-largest operand's last axis innermost. A `scan` stays a `for` loop (its stacked
+largest operand's last axis innermost. A `loop` stays a `for` loop (its stacked
 outputs, the VJP's tape among them, are preallocated from the static trip
 count) and a `cond` an `if`. Run-time index errors return a nonzero status,
 never touch memory out of range.
@@ -338,7 +338,7 @@ def _bind(s: Source, var: Var, expr: str):
     s.line(f"{s.names[var]} = {expr}")
 
 
-def _scan(s, e):
+def _loop(s, e):
     p = e.params
     body, length, nc, ncar = p["body"], p["length"], p["n_consts"], p["n_carry"]
     consts, inits, xs = e.inputs[:nc], e.inputs[nc:nc + ncar], e.inputs[nc + ncar:]
@@ -425,7 +425,7 @@ GENERATORS.update({
     "reduce_sum": _sum, "sum_to": _sum, "reduce_max": _max, "reduce_min": _min, "logsumexp": _logsumexp,
     "broadcast_to": _elementwise("{0}"), "einsum": _einsum, "slice": _slice, "update_slice": _update_slice,
     "dyn_slice": _dyn_slice, "dyn_update": _dyn_update, "transpose": _transpose, "reshape": _reshape,
-    "concatenate": _concatenate, "scan": _scan, "cond": _cond,
+    "concatenate": _concatenate, "loop": _loop, "cond": _cond,
 })
 assert set(GENERATORS) >= set(PRIMS), f"primitives without a code template: {set(PRIMS) - set(GENERATORS)}"
 

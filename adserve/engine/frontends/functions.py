@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..builder import V
-from ..errors import DefinitionError
+from ..errors import DefinitionError, LimitError
 from .values import static_int
 
 UNARY = ("sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "exp", "expm1", "log",
@@ -232,7 +232,8 @@ def _filled(value):
         if any(d < 0 for d in shape):
             raise DefinitionError("shape sizes must be >= 0", _loc(node), code="shape_mismatch")
         if math.prod(shape) > 10_000_000:
-            raise DefinitionError(f"array of shape {list(shape)} is too large", _loc(node), code="limit_exceeded")
+            raise LimitError(f"array of shape {list(shape)} has {math.prod(shape)} elements; the limit is 10000000",
+                             _loc(node), code="too_large")
         return low.b.lit(value, shape)
     return call
 

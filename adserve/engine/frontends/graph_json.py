@@ -1,7 +1,7 @@
 """The canonical node-list form of a function, as JSON: import, export, schema.
 
     {"nodes": [{"id": "v2", "op": "log", "args": ["x1"]},
-               {"id": "n5", "op": "scan", "args": [...], "params": {...},
+               {"id": "n5", "op": "loop", "args": [...], "params": {...},
                 "bodies": {"body": {"inputs": [{"name": "v6", "shape": []}, ...],
                                     "nodes": [...], "outputs": ["v9"]}},
                 "outputs": ["v10", "v11"]}],
@@ -28,9 +28,9 @@ PARAMS = {
     "reshape": ("shape",), "transpose": ("perm",), "broadcast_to": ("shape",), "sum_to": ("shape",),
     "concatenate": ("axis",), "einsum": ("spec",), "slice": ("index",), "update_slice": ("index",),
     "dyn_slice": ("axis", "size"), "dyn_update": ("axis", "size"),
-    "scan": ("length", "n_consts", "n_carry", "reverse"), "cond": (),
+    "loop": ("length", "n_consts", "n_carry", "reverse"), "cond": (),
 }
-BODIES = {"scan": ("body",), "cond": ("true_body", "false_body")}
+BODIES = {"loop": ("body",), "cond": ("true_body", "false_body")}
 MAX_DEPTH = 16
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -267,6 +267,6 @@ def graph_schema() -> dict:
                              f"{k}: {', '.join(v)}" for k, v in PARAMS.items() if v)},
                          "bodies": {"type": "object", "additionalProperties": {"$ref": "#/$defs/body"}},
                          "outputs": {"type": "array", "items": {"type": "string"},
-                                     "description": "ids of the results of a multi-result node (scan, cond)"}}},
+                                     "description": "ids of the results of a multi-result node (loop, cond)"}}},
         },
     }

@@ -1,6 +1,6 @@
 """Lowering of `def f(...): ...` programs: the contract's Python subset.
 
-Loops become one `scan` equation (never unrolled): names assigned in the body
+Loops become one `loop` equation (never unrolled): names assigned in the body
 that exist before it are the loop-carried values; values read from outside are
 captured as loop constants. `if` on a run-time condition becomes a `cond`
 equation whose outputs are the names either branch assigns; a condition on
@@ -172,7 +172,7 @@ class ProgramLowerer(ExprLowerer):
         consts = list(body.captured)
         inner = [body._capture_map[a] for a in consts]
         graph = Graph((k.atom, *inner, *carry_vars), graph.eqns, graph.outputs)
-        results = self.b.emit("scan", [*[V(self.b, a) for a in consts], *inits],
+        results = self.b.emit("loop", [*[V(self.b, a) for a in consts], *inits],
                               {"body": graph, "length": len(r), "n_consts": len(consts), "n_carry": len(carried),
                                "reverse": False})
         for name, v in zip(carried, results):

@@ -1,0 +1,109 @@
+"""Static limits on what one function, and one request, may cost.
+
+Checked before any work, so a client cannot make the server loop or allocate
+without bound. The cost model counts, for one evaluation at one point,
+`steps` (equation executions: a loop multiplies its body by its trip count,
+which is what the interpreter pays per dispatch) and `work` (element
+operations: the elements each equation touches; a contraction the product of
+its index ranges). A request multiplies `work` by its batch size and by a
+factor for what it computes. Every rejection says which limit, and by how much.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from .errors import LimitError
+from .ir import Graph, Lit, sub_graphs
+
+# rough cost of each kind relative to one primal evaluation (reverse mode ~3-4x, HVP ~2x that)
+KIND_FACTOR = {"value": 1, "gradient": 4, "jvp": 3, "vjp": 4, "hvp": 10, "trace": 8}
+
+
+@dataclass
+class Limits:
+    max_nodes: int = 20_000            # equations, counting loop and branch bodies
+    max_elements: int = 10_000_000     # elements of any one value
+    max_trip_count: int = 1_000_000    # iterations of one loop
+    max_steps: int = 5_000_000         # equation executions per point per evaluation
+    max_work: float = 5e9              # element operations per point per evaluation
+    max_request_work: float = 5e10     # work x batch x derivative factor, per request
+
+    def update(self, **kw):
+        names = {f.name for f in fields(self)}
+        for k, v in kw.items():
+            if k in names and v is not None:
+                setattr(self, k, type(getattr(self, k))(v))
+
+
+LIMITS = Limits()
+
+
+def _over(what, value, limit, unit=""):
+    raise LimitError(f"{what} is {value:,.0f}{unit}, over the limit of {limit:,.0f}{unit} "
+                     f"({value / limit:.1f}x)", code="limit_exceeded")
+
+
+def _eqn_work(e) -> float:
+    if e.prim == "einsum":
+        dims = {}
+        for term, a in zip(e.params["spec"].split("->")[0].split(","), e.inputs):
+            dims.update(zip(term, a.shape))
+        return float(math.prod(dims.values()))
+    sizes = [math.prod(a.shape) for a in (*e.inputs, *e.outputs) if not isinstance(a, Lit) or a.fill is None]
+    return float(max(sizes, default=1))
+
+
+def cost(graph: Graph):
+    """(steps, work) of one evaluation at one point."""
+    steps, work = 0, 0.0
+    for e in graph.eqns:
+        if e.prim == "loop":
+            s, w = cost(e.params["body"])
+            steps += 1 + e.params["length"] * s
+            work += e.params["length"] * w
+        elif e.prim == "cond":
+            branches = [cost(g) for g in sub_graphs(e)]
+            steps += 1 + max(b[0] for b in branches)
+            work += max(b[1] for b in branches)
+        else:
+            steps += 1
+            work += _eqn_work(e)
+    return steps, work
+
+
+def check_function(graph: Graph, limits: Limits = LIMITS):
+    n = graph.n_nodes()
+    if n > limits.max_nodes:
+        _over("the number of operations", n, limits.max_nodes)
+    _check_sizes(graph, limits)
+    steps, work = cost(graph)
+    if steps > limits.max_steps:
+        _over("the number of operation executions per evaluation (loops multiply their bodies)", steps,
+              limits.max_steps)
+    if work > limits.max_work:
+        _over("the element operations per evaluation", work, limits.max_work)
+    return steps, work
+
+
+def _check_sizes(graph: Graph, limits: Limits):
+    for e in graph.eqns:
+        for a in (*e.inputs, *e.outputs):
+            size = math.prod(a.shape)
+            if size > limits.max_elements:
+                raise LimitError(f"a value of shape {list(a.shape)} ({size:,} elements) is over the limit of "
+                                 f"{limits.max_elements:,} elements", e.loc, code="limit_exceeded")
+        if e.prim == "loop" and e.params["length"] > limits.max_trip_count:
+            raise LimitError(f"a loop of {e.params['length']:,} iterations is over the limit of "
+                             f"{limits.max_trip_count:,}", e.loc, code="limit_exceeded")
+        for g in sub_graphs(e):
+            _check_sizes(g, limits)
+
+
+def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limits = LIMITS):
+    factor = max(KIND_FACTOR.get(k, 4) for k in kinds) if kinds else 1
+    total = work * factor * points * sweeps
+    if total > limits.max_request_work:
+        _over("the estimated element operations of this request (work x batch x derivative sweeps)", total,
+              limits.max_request_work)
