@@ -39,8 +39,10 @@ class FakeEngine:
             raise LimitError("too many nodes", code="too_many_nodes")
         return FakeFunction(defn.get("expr"))
 
-    def evaluate(self, fn, inputs, compute, tangent, cotangent, batch):
+    def evaluate(self, fn, inputs, compute, tangent, cotangent, batch, meta=None):
         self.evaluations += 1
+        if meta is not None:
+            meta["backend"] = "interpreter"
         if "x" not in inputs:
             raise EvaluationError("inputs: missing input 'x'", code="missing_input")
         out = {k: inputs["x"] * 2 for k in compute}
