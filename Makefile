@@ -7,7 +7,7 @@ HOST      ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 50051
 
-.PHONY: run test clean
+.PHONY: run test image-test clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/adserve --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
@@ -15,6 +15,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	bash scripts/install-system-deps.sh
 	$(PY) -m pytest -q
+
+# builds the container image with podman and checks it serves the survey example (minutes; not in CI)
+image-test:
+	bash deploy/test-image.sh
 
 $(PY):
 	python3 -m venv $(VENV)
