@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# System packages the tests can use. None is mandatory yet: tests that need one
-# skip without it. Idempotent and quiet: installs only what is missing, runs
-# `apt-get update` at most once, and never fails the build over an optional package.
+# System packages the tests use. redis-server backs the scale-out tests, which start
+# their own on a free loopback port (never a system service); they skip without it,
+# and fail under CI=true. Idempotent and quiet: installs only what is missing, runs
+# `apt-get update` at most once, and never fails the build itself.
 set -uo pipefail
 
 want=()
