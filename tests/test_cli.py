@@ -29,7 +29,8 @@ def test_a_bad_setting_exits_with_its_name(monkeypatch):
     assert "http_port" in str(e.value.code)
 
 
-def test_console_entry_serves_and_says_grpc_is_off(tmp_path):
-    with running_server(tmp_path / "server.log", grpc_port=free_port()) as server:
+def test_console_entry_serves_both_protocols(tmp_path):
+    grpc_port = free_port()
+    with running_server(tmp_path / "server.log", grpc_port=grpc_port) as server:
         assert httpx.get(server.url + "/healthz").status_code == 200
-    assert "gRPC is not enabled in this build" in server.log()
+    assert f"gRPC on 127.0.0.1:{grpc_port}" in server.log()

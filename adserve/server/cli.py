@@ -1,8 +1,10 @@
 """`adserve`: start the server. Flags override `ADSERVE_*` variables, which override defaults."""
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -55,18 +57,45 @@ def main(argv=None) -> None:
                              result_max_bytes=settings.redis_result_max_bytes)
     service = Service(engine=api, result_cache_bytes=settings.result_cache_bytes, shared=shared)
     app = create_app(service, settings)
-    if settings.grpc_port:
-        log.warning("gRPC is not enabled in this build: port %d is not served", settings.grpc_port)
-    log.info("adserve %s: HTTP on http://%s:%d (docs at /docs); %s", __version__, settings.host, settings.http_port,
-             f"kernels compiled into {settings.cache_dir}" if settings.compile else "interpreter only")
-    # On SIGTERM uvicorn drains for the grace period, runs the app's shutdown (which
-    # stops compiles), then re-raises the signal; on SIGINT it raises KeyboardInterrupt here.
+    grpc = f"gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port else "gRPC off"
+    log.info("adserve %s: HTTP on http://%s:%d (docs at /docs), %s; %s", __version__, settings.host,
+             settings.http_port, grpc, f"kernels compiled into {settings.cache_dir}" if settings.compile
+             else "interpreter only")
     try:
-        uvicorn.run(app, host=settings.host, port=settings.http_port, log_level=settings.log_level,
-                    log_config=None, timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+        asyncio.run(serve(app, service, settings))
     except KeyboardInterrupt:
         pass
+    except OSError as e:
+        sys.exit(f"adserve: {e}")
     _exit_past_stuck_workers()
+
+
+async def serve(app, service, settings: Settings) -> None:
+    """HTTP (uvicorn) and gRPC in one event loop over one service; SIGTERM or SIGINT drains both at once.
+
+    gRPC health says SERVING once HTTP is up too, and NOT_SERVING again from the signal on. Each protocol
+    gives calls in flight the grace period; then the app's shutdown stops kernel compiles."""
+    grace = settings.shutdown_grace_seconds
+    http = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.http_port, log_config=None,
+                                         log_level=settings.log_level, timeout_graceful_shutdown=grace))
+    # uvicorn handles the signals while it serves, then puts these back and raises the signal again:
+    # they ask for the same shutdown, so a signal before uvicorn starts (or that re-raise) does not kill the drain
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
+    rpc = None
+    if settings.grpc_port:
+        from .rpc import RpcServer
+        rpc = RpcServer(service, settings.host, settings.grpc_port, settings.max_body_bytes)
+        await rpc.start()
+    http_task = asyncio.create_task(http.serve())
+    if rpc is not None:
+        while not (http.started or http_task.done()):
+            await asyncio.sleep(0.05)
+        await rpc.serving()
+        while not (http.should_exit or http_task.done()):
+            await asyncio.sleep(0.1)
+        await rpc.stop(grace)
+    await http_task
 
 
 def _exit_past_stuck_workers() -> None:

@@ -54,9 +54,9 @@ def parse(body, kinds) -> Evaluation:
         raise _error("unknown_field", f"unknown field {unknown[0]!r} in the evaluation; "
                                       f"the fields are {', '.join(FIELDS)}")
     return Evaluation(
-        inputs=_tensor_map(body.get("inputs", {}), "inputs"),
+        inputs=tensor_map(body.get("inputs", {}), "inputs"),
         compute=_compute(body.get("compute", ["value"]), kinds),
-        tangent=None if body.get("tangent") is None else _tensor_map(body["tangent"], "tangent"),
+        tangent=None if body.get("tangent") is None else tensor_map(body["tangent"], "tangent"),
         cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent"),
         batch=_batch(body.get("batch", False)),
     )
@@ -69,7 +69,7 @@ def _tensor(value, where: str) -> np.ndarray:
         raise _error("invalid_tensor", str(e)) from None
 
 
-def _tensor_map(value, field: str) -> dict:
+def tensor_map(value, field: str) -> dict:
     if not isinstance(value, dict):
         raise _error("invalid_field", f"{field} must be an object from input name to tensor, not {describe(value)}")
     return {name: _tensor(v, f"{field}.{name}") for name, v in value.items()}

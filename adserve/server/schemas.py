@@ -11,6 +11,8 @@ from pydantic.json_schema import models_json_schema
 
 from adserve.engine.api import COMPUTE_KINDS
 
+from . import optimize
+
 TENSOR_DOC = ('A number, a row-major nested list of numbers, or {"dtype": "float64", "shape": [...], '
               '"b64": "..."} (base64 of little-endian bytes). "NaN", "Infinity" and "-Infinity" stand for '
               "non-finite values.")
@@ -79,6 +81,32 @@ class EvaluationResult(BaseModel):
     cached: bool
 
 
+class Minimization(BaseModel):
+    """The fields of the protobuf `MinimizeRequest` (the function is the one in the path)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"x0": {"x": [-1.0, -1.0]}, "method": "lbfgs", "max_iter": 200, "gtol": 1e-6}]})
+    id: str | None = Field(None, description="may repeat the id in the path")
+    x0: dict[str, Tensor] = Field(description="the starting point, one entry per input. " + TENSOR_DOC)
+    method: Literal[tuple(optimize.METHODS)] = optimize.DEFAULT_METHOD
+    max_iter: int = Field(optimize.DEFAULT_MAX_ITER, ge=1, le=optimize.MAX_ITER)
+    gtol: float = Field(optimize.DEFAULT_GTOL, ge=0,
+                        description="stop once the largest absolute gradient component is at most this")
+
+
+class MinimizeProgress(BaseModel):
+    """One line of the NDJSON answer; iteration 0 is x0, the last line has `done` true."""
+
+    iteration: int
+    x: dict[str, Tensor]
+    value: float | Literal["NaN", "Infinity", "-Infinity"]
+    grad_norm: float | Literal["NaN", "Infinity", "-Infinity"] = Field(
+        description="the largest absolute component of the gradient at x")
+    done: bool
+    message: str = Field(description="on the last line: why the optimiser stopped")
+    success: bool = Field(description="on the last line: whether the optimiser reports convergence")
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="snake_case")
     message: str
@@ -89,11 +117,12 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-REQUEST_MODELS = (Definition, Evaluation, EvaluationWithFunction)
+# bodies parsed by hand, and the NDJSON lines of the minimize stream
+REQUEST_MODELS = (Definition, Evaluation, EvaluationWithFunction, Minimization, MinimizeProgress)
 
 
 def request_components() -> dict:
-    """JSON Schemas of the request models, keyed by name, for `components.schemas`."""
+    """JSON Schemas of the models FastAPI does not see, keyed by name, for `components.schemas`."""
     _, top = models_json_schema([(m, "validation") for m in REQUEST_MODELS],
                                 ref_template="#/components/schemas/{model}")
     return top["$defs"]

@@ -1,0 +1,256 @@
+"""Server-side minimisation of a registered function with scipy.optimize's optimisers.
+
+`start(service, target, body)` checks the request (`x0`, `method`, `max_iter`,
+`gtol`) and evaluates the function at `x0`, so a bad request fails with a
+`ServiceError` before anything streams. `Run.progress()` then runs the
+optimiser in a thread of its own and yields one dict per iterate:
+`{"iteration", "x": {name: array}, "value", "grad_norm", "done", "message",
+"success"}`, iteration 0 being `x0` and the last having `done` true. Values and
+gradients come from `service.evaluate`, Hessian-vector products from its `hvp`
+(never a full Hessian). Leaving the iteration (a cancelled call, a closed
+connection, a deadline) sets a flag that the optimiser's callbacks check, so it
+stops within one function evaluation.
+"""
+
+import asyncio
+import logging
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UNPROCESSABLE, ServiceError
+from .evaluation import tensor_map
+from .tensors import describe
+
+log = logging.getLogger("adserve.optimize")
+
+# name -> (scipy's method, whether it takes Hessian-vector products)
+METHODS = {"lbfgs": ("L-BFGS-B", False), "newton-cg": ("Newton-CG", True),
+           "bfgs": ("BFGS", False), "trust-ncg": ("trust-ncg", True)}
+FIELDS = ("x0", "method", "max_iter", "gtol")
+DEFAULT_METHOD, DEFAULT_MAX_ITER, MAX_ITER, DEFAULT_GTOL = "lbfgs", 1000, 100_000, 1e-5
+QUEUED = 64  # iterates computed ahead of a slow reader before the optimiser waits
+
+_running = 0
+_running_lock = threading.Lock()
+
+
+def running() -> int:
+    """Optimisations in progress in this process (a gauge for /metrics)."""
+    return _running
+
+
+@dataclass(frozen=True)
+class Minimization:
+    x0: dict
+    method: str
+    max_iter: int
+    gtol: float
+
+
+def _error(code: str, message: str) -> ServiceError:
+    return ServiceError(UNPROCESSABLE, code, message)
+
+
+def parse(body) -> Minimization:
+    """Check a minimisation's fields; absent ones take their defaults."""
+    if not isinstance(body, dict):
+        raise _error("invalid_minimization", 'a minimisation must be a JSON object such as '
+                                             '{"x0": {"x": [0.0, 0.0]}, "method": "lbfgs"}')
+    unknown = [k for k in body if k not in FIELDS]
+    if unknown:
+        raise _error("unknown_field", f"unknown field {unknown[0]!r} in the minimisation; "
+                                      f"the fields are {', '.join(FIELDS)}")
+    if "x0" not in body:
+        raise _error("missing_field", '"x0" is required: the starting point, one tensor per input')
+    method = body.get("method", DEFAULT_METHOD)
+    if method not in METHODS:
+        raise _error("invalid_field", f"method is {describe(method)}, which is not one of: {', '.join(METHODS)}")
+    max_iter = body.get("max_iter", DEFAULT_MAX_ITER)
+    if type(max_iter) is not int or not 0 < max_iter <= MAX_ITER:
+        raise _error("invalid_field", f"max_iter must be an integer from 1 to {MAX_ITER}, not {describe(max_iter)}"
+                                      + (f" {max_iter}" if type(max_iter) is int else ""))
+    gtol = body.get("gtol", DEFAULT_GTOL)
+    if type(gtol) not in (int, float) or not (math.isfinite(gtol) and gtol >= 0):
+        raise _error("invalid_field", f"gtol must be a finite number >= 0, not {describe(gtol)}"
+                                      + (f" {gtol}" if type(gtol) in (int, float) else ""))
+    return Minimization(tensor_map(body["x0"], "x0"), method, max_iter, float(gtol))
+
+
+class _Stopped(Exception):
+    """The reader left: unwind the optimiser."""
+
+
+class _Converged(Exception):
+    """The gradient norm reached gtol (the callback's own test, the same for every method)."""
+
+    def __init__(self, iteration: int, x):
+        self.iteration, self.x = iteration, x
+
+
+class _Objective:
+    """A function of named, shaped inputs as a function of one flat vector, for scipy."""
+
+    def __init__(self, service, function_id: str, info: dict, stop: threading.Event):
+        self.service, self.id, self.stop = service, function_id, stop
+        self.names = [s["name"] for s in info["inputs"]]
+        self.shapes = [tuple(s["shape"]) for s in info["inputs"]]
+        self.bounds = np.cumsum([0] + [math.prod(s) for s in self.shapes])
+        self._last = None  # (x bytes, value, gradient): the callback asks again for the point just evaluated
+
+    def split(self, x) -> dict:
+        return {n: np.array(x[a:b]).reshape(s) for n, s, a, b in zip(self.names, self.shapes, self.bounds, self.bounds[1:])}
+
+    def flat(self, tensors: dict) -> np.ndarray:
+        return np.concatenate([np.ravel(tensors[n]) for n in self.names]) if self.names else np.zeros(0)
+
+    def value_and_gradient(self, x):
+        if self._last is not None and self._last[0] == x.tobytes():
+            return self._last[1], self._last[2]
+        if self.stop.is_set():
+            raise _Stopped
+        r = self.service.evaluate(self.id, {"inputs": self.split(x), "compute": ["value", "gradient"]})
+        value, gradient = float(r["value"]), self.flat(r["gradient"])
+        self._last = (np.array(x).tobytes(), value, gradient)
+        return value, gradient
+
+    def hvp(self, x, p):
+        if self.stop.is_set():
+            raise _Stopped
+        r = self.service.evaluate(self.id, {"inputs": self.split(x), "compute": ["hvp"], "tangent": self.split(p)})
+        return self.flat(r["hvp"])
+
+
+def start(service, target, body) -> "Run":
+    """Check the request and evaluate at x0 (CPU work: call it from a worker thread)."""
+    request = parse(body)
+    info = service.info(target) if isinstance(target, str) else service.register(target)[0]
+    if info["output_shape"]:
+        raise _error("not_scalar", f"minimize needs a function with a scalar output, but this one's output has "
+                                   f"shape {info['output_shape']}")
+    _check_x0(request.x0, info["inputs"])
+    run = Run(service, info, request)
+    x0 = run.objective.flat(request.x0)
+    run.first = (x0, *run.objective.value_and_gradient(x0))
+    return run
+
+
+def _check_x0(x0: dict, inputs: list) -> None:
+    names = [s["name"] for s in inputs]
+    for spec in inputs:
+        name = spec["name"]
+        if name not in x0:
+            raise _error("missing_input", f"x0: missing input {name!r} (the function takes {names})")
+        if list(x0[name].shape) != spec["shape"]:
+            raise _error("shape_mismatch", f"x0.{name} has shape {list(x0[name].shape)}, expected {spec['shape']}")
+    extra = [n for n in x0 if n not in names]
+    if extra:
+        raise _error("unknown_input", f"x0: unknown input {extra[0]!r} (the function takes {names})")
+
+
+class Run:
+    def __init__(self, service, info: dict, request: Minimization):
+        self.request = request
+        self.stop = threading.Event()
+        self.objective = _Objective(service, info["id"], info, self.stop)
+        self.first = None
+        self._slots = threading.Semaphore(QUEUED)
+        self._queue: asyncio.Queue | None = None
+        self._loop = None
+
+    async def progress(self):
+        """Every iterate as a dict, the last with done true; leaving early stops the optimiser."""
+        global _running
+        self._loop, self._queue = asyncio.get_running_loop(), asyncio.Queue()
+        with _running_lock:
+            _running += 1
+        threading.Thread(target=self._optimise, name="adserve-minimize", daemon=True).start()
+        try:
+            while True:
+                item = await self._queue.get()
+                self._slots.release()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item["done"]:
+                    return
+        finally:
+            self.stop.set()
+
+    def _optimise(self) -> None:
+        global _running
+        try:
+            try:
+                self._emit(0, *self.first)
+                self._emit_last(self._minimize())
+            except ServiceError as e:
+                self._put(e)
+            except _Stopped:
+                raise
+            except Exception as e:
+                log.exception("minimize failed")
+                self._put(e)
+        except _Stopped:
+            log.info("minimize stopped by its caller")
+        finally:
+            with _running_lock:
+                _running -= 1
+
+    def _minimize(self):
+        req, obj = self.request, self.objective
+        method, second_order = METHODS[req.method]
+        iteration = 0
+
+        def callback(intermediate_result):
+            nonlocal iteration
+            iteration += 1
+            x = intermediate_result.x
+            value, gradient = obj.value_and_gradient(x)
+            grad_norm = self._emit(iteration, x, value, gradient)
+            if grad_norm <= req.gtol:
+                raise _Converged(iteration, x)
+
+        options = {"maxiter": req.max_iter}
+        if method != "Newton-CG":  # Newton-CG has no gtol: the callback stops it
+            options["gtol"] = req.gtol
+        x0 = self.first[0]
+        if _inf_norm(self.first[2]) <= req.gtol:
+            return 0, x0, True, f"the gradient norm at x0 is at most gtol {req.gtol:g}"
+        import scipy.optimize  # here, not at start-up: a third of a second to import
+
+        try:
+            res = scipy.optimize.minimize(obj.value_and_gradient, x0, jac=True, method=method, callback=callback,
+                                          hessp=obj.hvp if second_order else None, options=options)
+        except _Converged as done:
+            return done.iteration, done.x, True, f"the gradient norm is at most gtol {req.gtol:g}"
+        return int(res.nit), res.x, bool(res.success), str(res.message)
+
+    def _emit(self, iteration, x, value, gradient) -> float:
+        grad_norm = _inf_norm(gradient)
+        self._put({"iteration": iteration, "x": self.objective.split(x), "value": value, "grad_norm": grad_norm,
+                   "done": False, "message": "", "success": False})
+        return grad_norm
+
+    def _emit_last(self, outcome) -> None:
+        iteration, x, success, message = outcome
+        value, gradient = self.objective.value_and_gradient(np.asarray(x, dtype=np.float64))
+        self._put({"iteration": iteration, "x": self.objective.split(x), "value": value,
+                   "grad_norm": _inf_norm(gradient), "done": True, "message": message, "success": success})
+
+    def _put(self, item) -> None:
+        """Hand an item to the reader's loop; wait while it is QUEUED items behind, unless told to stop."""
+        while not self._slots.acquire(timeout=0.1):
+            if self.stop.is_set():
+                raise _Stopped
+        if self.stop.is_set():
+            raise _Stopped
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the server is gone
+            raise _Stopped from None
+
+
+def _inf_norm(a) -> float:
+    return float(np.max(np.abs(a))) if np.size(a) else 0.0

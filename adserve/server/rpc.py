@@ -1,0 +1,122 @@
+"""The gRPC adapter: `ad.v1.Differentiator` over the same `Service` as REST.
+
+Handlers only translate (`rpc_codec`) and run the service in worker threads.
+A `ServiceError` ends the call with the status from `STATUS`, the one table of
+this protocol, and the same message as REST; its snake_case code (and
+location, as JSON) travel in the trailing metadata. The server also answers
+`grpc.health.v1.Health` (NOT_SERVING until `serving()` and again while it
+drains) and server reflection. Requests are capped at the REST body limit.
+API keys, when they come, are a server interceptor passed to `RpcServer`
+that ends a call with UNAUTHENTICATED.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import optimize, rpc_codec
+from .errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError
+from .grpc_gen import ad_pb2, ad_pb2_grpc
+
+log = logging.getLogger("adserve.grpc")
+
+SERVICE_NAME = ad_pb2.DESCRIPTOR.services_by_name["Differentiator"].full_name
+STATUS = {
+    BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    UNPROCESSABLE: grpc.StatusCode.INVALID_ARGUMENT,
+    NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+}
+INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been logged"
+
+
+@contextlib.asynccontextmanager
+async def _status(context: grpc.aio.ServicerContext):
+    """End the call with the mapped status of whatever the service raised."""
+    try:
+        yield
+    except ServiceError as e:
+        metadata = [("adserve-error-code", e.code)]
+        if e.location is not None:
+            metadata.append(("adserve-error-location", json.dumps(e.location)))
+        await context.abort(STATUS[e.kind], e.message, trailing_metadata=tuple(metadata))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("internal error in %s", context.peer())
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
+    def __init__(self, service):
+        self.service = service
+
+    async def Register(self, request, context):
+        async with _status(context):
+            definition = rpc_codec.definition_in(request)
+            info, created = await asyncio.to_thread(self.service.register, definition)
+            return rpc_codec.info_out(info, created)
+
+    async def Evaluate(self, request, context):
+        async with _status(context):
+            return await asyncio.to_thread(self._evaluate, request)
+
+    async def EvaluateStream(self, request_iterator, context):
+        async with _status(context):
+            async for request in request_iterator:
+                yield await asyncio.to_thread(self._evaluate, request)
+
+    async def Minimize(self, request, context):
+        async with _status(context):
+            target, body = rpc_codec.minimization_in(request)
+            run = await asyncio.to_thread(optimize.start, self.service, target, body)
+            async with contextlib.aclosing(run.progress()) as progress:
+                async for p in progress:
+                    yield rpc_codec.progress_out(p)
+
+    def _evaluate(self, request):
+        """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
+        return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request)))
+
+
+class RpcServer:
+    """A grpc.aio server with the Differentiator, health and reflection on `host:port`."""
+
+    def __init__(self, service, host: str, port: int, max_message_bytes: int, interceptors=()):
+        self.service = service
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+        ])
+        ad_pb2_grpc.add_DifferentiatorServicer_to_server(Differentiator(service), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if not self.port:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+
+    async def start(self) -> None:
+        await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+
+    async def serving(self) -> None:
+        if self.service.ready():
+            await self._set(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Health says NOT_SERVING, new calls are refused, calls in flight get `grace` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def _set(self, status) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
