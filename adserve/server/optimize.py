@@ -213,7 +213,11 @@ class Run:
                 raise _Converged(iteration, x)
 
         options = {"maxiter": req.max_iter}
-        if method != "Newton-CG":  # Newton-CG has no gtol: the callback stops it
+        if method == "Newton-CG":
+            # it has no gtol (the callback applies it), and its default xtol (1e-5, on the step) stops
+            # it a step or two before the gradient is small
+            options["xtol"] = 1e-12
+        else:
             options["gtol"] = req.gtol
         x0 = self.first[0]
         if _inf_norm(self.first[2]) <= req.gtol:
