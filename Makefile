@@ -27,9 +27,9 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# the test extras include everything `run` needs, so they satisfy its stamp too
-$(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test]'
+# the test extras include everything `run` needs, so they satisfy its stamp too; the tests use the Python client
+$(VENV)/.installed-test: pyproject.toml clients/python/pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]' -e clients/python
 	touch $@ $(VENV)/.installed
 
 clean:

@@ -1,0 +1,19 @@
+"""adserve's Python client: NumPy in and out, over REST (`Client`, `AsyncClient`) or gRPC (`GrpcClient`).
+
+    from adserve_client import Client, expr
+    with Client("http://127.0.0.1:8000") as c:
+        f = c.register(expr("sum(x * x)", x=[3]))
+        c.evaluate(f, {"x": [1.0, 2.0, 3.0]}, compute=["value", "gradient"]).gradient["x"]
+
+Errors of the server are raised as `AdserveError` subclasses carrying its message.
+"""
+
+from .errors import (AdserveError, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated,
+                     Unavailable)
+from .rest import AsyncClient, Client
+from .rpc import EvaluationStream, GrpcClient
+from .types import FunctionInfo, Progress, Result, expr, program
+
+__all__ = ["Client", "AsyncClient", "GrpcClient", "EvaluationStream", "FunctionInfo", "Result", "Progress", "expr",
+           "program", "AdserveError", "InvalidArgument", "NotFound", "ResourceExhausted", "Unauthenticated",
+           "DeadlineExceeded", "Unavailable"]

@@ -1,0 +1,51 @@
+"""Errors of the server as typed exceptions; `str(e)` is the server's message.
+
+Both protocols map to the same classes: an HTTP status or a gRPC status code
+picks the class; `code` is the server's snake_case code (`function_not_found`,
+`shape_mismatch`, ...) and `location`, where the server gave one, says where
+in a definition it went wrong.
+"""
+
+
+class AdserveError(Exception):
+    def __init__(self, message: str, code: str = "error", status=None, location=None):
+        super().__init__(message)
+        self.message, self.code, self.status, self.location = message, code, status, location
+
+
+class InvalidArgument(AdserveError):
+    """A malformed or wrong definition or request (HTTP 400, 422; gRPC INVALID_ARGUMENT)."""
+
+
+class NotFound(AdserveError):
+    """No function with that id (HTTP 404; gRPC NOT_FOUND)."""
+
+
+class ResourceExhausted(AdserveError):
+    """Over a size or rate limit (HTTP 413, 429; gRPC RESOURCE_EXHAUSTED)."""
+
+
+class Unauthenticated(AdserveError):
+    """Missing or bad API key (HTTP 401; gRPC UNAUTHENTICATED)."""
+
+
+class DeadlineExceeded(AdserveError):
+    """The call took longer than its timeout."""
+
+
+class Unavailable(AdserveError):
+    """The server cannot be reached, or is not ready (HTTP 503; gRPC UNAVAILABLE)."""
+
+
+HTTP = {400: InvalidArgument, 401: Unauthenticated, 404: NotFound, 413: ResourceExhausted, 422: InvalidArgument,
+        429: ResourceExhausted, 503: Unavailable}
+GRPC = {"INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": NotFound, "RESOURCE_EXHAUSTED": ResourceExhausted,
+        "UNAUTHENTICATED": Unauthenticated, "DEADLINE_EXCEEDED": DeadlineExceeded, "UNAVAILABLE": Unavailable}
+
+
+def from_http(status: int, body) -> AdserveError:
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        err = {"code": "http_error", "message": f"HTTP {status}: {str(body)[:300]}"}
+    return HTTP.get(status, AdserveError)(err.get("message", ""), err.get("code", "error"), status,
+                                          err.get("location"))

@@ -1,0 +1,122 @@
+"""The REST client, over httpx: `Client` (blocking) and `AsyncClient` (asyncio), the same calls.
+
+`function` arguments take an id, a `FunctionInfo`, or a definition (a dict,
+see `expr` and `program`), which the server registers on the way.
+"""
+
+import json
+
+import httpx
+
+from . import _json
+from .errors import DeadlineExceeded, Unavailable
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _transport_error(e: httpx.TransportError):
+    if isinstance(e, httpx.TimeoutException):
+        return DeadlineExceeded(f"no answer in time: {e}", "timeout")
+    return Unavailable(f"cannot reach the server: {e}", "unavailable")
+
+
+def _answer(response: httpx.Response):
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    return _json.answer(response.status_code, body)
+
+
+class Client:
+    """Blocking REST client; use it as a context manager, or `close()` it."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout: float | None = 60.0, **httpx_options):
+        self._http = httpx.Client(base_url=url, timeout=timeout, **httpx_options)
+
+    def _post(self, path: str, body: dict) -> httpx.Response:
+        try:
+            return self._http.post(path, json=body)
+        except httpx.TransportError as e:
+            raise _transport_error(e) from e
+
+    def register(self, definition: dict) -> _json.FunctionInfo:
+        response = self._post("/v1/functions", definition)
+        return _json.info(_answer(response), response.status_code)
+
+    def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
+                 batch: bool = False) -> _json.Result:
+        return _json.result(_answer(self._post(*_json.evaluation(function, inputs, compute, tangent, cotangent,
+                                                                  batch))))
+
+    def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
+                 gtol: float | None = None):
+        """Iterate over the optimiser's progress; leaving the loop early stops it on the server."""
+        fid = _json.function_id(function) if _json.definition_of(function) is None else self.register(function).id
+        body = _json.minimization(x0, method, max_iter, gtol)
+        try:
+            with self._http.stream("POST", f"/v1/functions/{fid}/minimize", json=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    _answer(response)
+                for line in response.iter_lines():
+                    if line:
+                        yield _json.progress(json.loads(line))
+        except httpx.TransportError as e:
+            raise _transport_error(e) from e
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncClient:
+    """The same calls as `Client`, as coroutines (`minimize` is an async iterator)."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout: float | None = 60.0, **httpx_options):
+        self._http = httpx.AsyncClient(base_url=url, timeout=timeout, **httpx_options)
+
+    async def _post(self, path: str, body: dict) -> httpx.Response:
+        try:
+            return await self._http.post(path, json=body)
+        except httpx.TransportError as e:
+            raise _transport_error(e) from e
+
+    async def register(self, definition: dict) -> _json.FunctionInfo:
+        response = await self._post("/v1/functions", definition)
+        return _json.info(_answer(response), response.status_code)
+
+    async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
+                       batch: bool = False) -> _json.Result:
+        return _json.result(_answer(await self._post(*_json.evaluation(function, inputs, compute, tangent,
+                                                                        cotangent, batch))))
+
+    async def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
+                       gtol: float | None = None):
+        fid = _json.function_id(function) if _json.definition_of(function) is None else \
+            (await self.register(function)).id
+        body = _json.minimization(x0, method, max_iter, gtol)
+        try:
+            async with self._http.stream("POST", f"/v1/functions/{fid}/minimize", json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    _answer(response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield _json.progress(json.loads(line))
+        except httpx.TransportError as e:
+            raise _transport_error(e) from e
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()

@@ -1,0 +1,225 @@
+"""The gRPC client: `GrpcClient`, the same calls as the REST clients, plus `stream()`.
+
+`stream()` opens one `EvaluateStream` call and evaluates in lockstep on it
+(send one request, read its answer): the path for a client-driven optimisation
+loop, with no per-step connection or call set-up.
+"""
+
+import json
+import math
+import queue
+
+import grpc
+import numpy as np
+from google.protobuf import struct_pb2
+
+from . import errors
+from .grpc_gen import ad_pb2 as pb
+from .grpc_gen import ad_pb2_grpc
+from .types import FunctionInfo, Progress, Result
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_END = object()
+
+
+# -- numpy and definitions to messages -------------------------------------------------
+def _tensor(a) -> pb.Tensor:
+    a = np.asarray(a, dtype=np.float64)
+    return pb.Tensor(shape=a.shape, data=a.ravel().tolist())
+
+
+def _tensors(tensors: dict) -> dict:
+    return {name: _tensor(a) for name, a in tensors.items()}
+
+
+def _array(t: pb.Tensor) -> np.ndarray:
+    return np.array(t.data, dtype=np.float64).reshape(tuple(t.shape))
+
+
+def _arrays(tensors) -> dict:
+    return {name: _array(t) for name, t in tensors.items()}
+
+
+def _specs(specs) -> list:
+    return [pb.InputSpec(name=s["name"], shape=s.get("shape", [])) for s in specs]
+
+
+def definition(d: dict) -> pb.Definition:
+    """A definition dict (inputs and one of expr, program, graph) as a message."""
+    out = pb.Definition(inputs=_specs(d["inputs"]))
+    if "graph" in d:
+        out.graph.CopyFrom(_graph(d["graph"]))
+    elif "program" in d:
+        out.program = d["program"]
+    else:
+        out.expr = d["expr"]
+    return out
+
+
+def _graph(g: dict) -> pb.Graph:
+    return pb.Graph(inputs=_specs(g.get("inputs", [])), nodes=[_node(n) for n in g.get("nodes", [])],
+                    outputs=[_arg(a) for a in g["outputs"]])
+
+
+def _node(n: dict) -> pb.Node:
+    node = pb.Node(id=n["id"], op=n["op"], args=[_arg(a) for a in n.get("args", [])], outputs=n.get("outputs", []),
+                   bodies={name: _graph(body) for name, body in n.get("bodies", {}).items()})
+    if n.get("params"):
+        node.params.CopyFrom(_struct(n["params"]))
+    return node
+
+
+def _struct(params: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(json.loads(json.dumps(params)))  # tuples to lists
+    return s
+
+
+def _arg(a) -> pb.Arg:
+    if isinstance(a, str):
+        return pb.Arg(ref=a)
+    if isinstance(a, dict):
+        lit = pb.Literal(shape=a.get("shape", []))
+        if "value" in a:
+            lit.value = _number(a["value"])
+        else:
+            lit.data[:] = [_number(x) for x in a["data"]]
+        return pb.Arg(literal=lit)
+    return pb.Arg(number=a)
+
+
+def _number(x) -> float:
+    return _SPECIAL[x] if isinstance(x, str) else float(x)
+
+
+def _target(request, function) -> None:
+    if isinstance(function, FunctionInfo):
+        request.id = function.id
+    elif isinstance(function, str):
+        request.id = function
+    else:
+        request.function.CopyFrom(definition(function))
+
+
+def evaluate_request(function, inputs, compute=("value",), tangent=None, cotangent=None,
+                     batch=False) -> pb.EvaluateRequest:
+    request = pb.EvaluateRequest(inputs=_tensors(inputs), compute=compute, batch=batch,
+                                 tangent=None if tangent is None else _tensors(tangent),
+                                 cotangent=None if cotangent is None else _tensor(cotangent))
+    _target(request, function)
+    return request
+
+
+# -- messages to numpy ---------------------------------------------------------------
+def _info(m: pb.FunctionInfo) -> FunctionInfo:
+    return FunctionInfo(m.id, [{"name": s.name, "shape": list(s.shape)} for s in m.inputs], tuple(m.output_shape),
+                        m.n_nodes, m.created)
+
+
+def _result(m: pb.EvaluateResponse) -> Result:
+    out = {"cached": m.cached}
+    for kind in ("value", "jvp"):
+        if m.HasField(kind):
+            out[kind] = _array(getattr(m, kind))
+    for kind in ("gradient", "vjp", "hvp", "jacobian"):
+        if getattr(m, kind):
+            out[kind] = _arrays(getattr(m, kind))
+    if m.hessian:
+        out["hessian"] = {a: _arrays(row.entries) for a, row in m.hessian.items()}
+    if m.trace:
+        out["trace"] = [{"name": r.name, "expr": r.expr, "shape": list(r.shape), "output": r.output,
+                         **{f: _array(getattr(r, f)) for f in ("value", "tangent", "adjoint") if r.HasField(f)}}
+                        for r in m.trace]
+    return Result(**out)
+
+
+def _progress(m: pb.MinimizeProgress) -> Progress:
+    return Progress(m.iteration, _arrays(m.x), m.value, m.grad_norm, m.done, m.message, m.success)
+
+
+def _error(e: grpc.RpcError) -> errors.AdserveError:
+    """The typed error of a failed call, with the server's message, code and location."""
+    meta = dict(e.trailing_metadata() or ())
+    location = meta.get("adserve-error-location")
+    cls = errors.GRPC.get(e.code().name, errors.AdserveError)
+    return cls(e.details() or e.code().name, meta.get("adserve-error-code", e.code().name.lower()), e.code().name,
+               None if location is None else json.loads(location))
+
+
+# -- the client ----------------------------------------------------------------------
+class GrpcClient:
+    """Blocking gRPC client on one channel; `timeout` (seconds) is each call's deadline."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, options=()):
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1),
+                                                               *options])
+        self._stub = ad_pb2_grpc.DifferentiatorStub(self._channel)
+        self.timeout = timeout
+
+    def register(self, definition_: dict) -> FunctionInfo:
+        try:
+            return _info(self._stub.Register(definition(definition_), timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
+                 batch: bool = False) -> Result:
+        request = evaluate_request(function, inputs, compute, tangent, cotangent, batch)
+        try:
+            return _result(self._stub.Evaluate(request, timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
+                 gtol: float | None = None):
+        """Iterate over the optimiser's progress; leaving the loop early cancels the call, which stops it."""
+        request = pb.MinimizeRequest(x0=_tensors(x0), method=method, max_iter=max_iter or 0, gtol=gtol or 0.0)
+        _target(request, function)
+        call = self._stub.Minimize(request, timeout=self.timeout)
+        try:
+            for m in call:
+                yield _progress(m)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+        finally:
+            call.cancel()
+
+    def stream(self, timeout: float | None = None) -> "EvaluationStream":
+        """One EvaluateStream call for many evaluations in lockstep (`timeout` bounds the whole stream)."""
+        return EvaluationStream(self._stub, timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EvaluationStream:
+    """`evaluate` as on the client, each on the same open call; use it as a context manager."""
+
+    def __init__(self, stub, timeout):
+        self._requests = queue.SimpleQueue()
+        self._call = stub.EvaluateStream(iter(self._requests.get, _END), timeout=timeout)
+
+    def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
+                 batch: bool = False) -> Result:
+        self._requests.put(evaluate_request(function, inputs, compute, tangent, cotangent, batch))
+        try:
+            return _result(next(self._call))
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def close(self) -> None:
+        self._requests.put(_END)
+        self._call.cancel()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
