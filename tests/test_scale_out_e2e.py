@@ -102,26 +102,20 @@ def test_redis_killed_mid_run_fails_no_request(cluster):
 
 
 SLOW = {"inputs": [{"name": "x", "shape": []}],
-        "program": "def f(x):\n    s = 0.0\n    for i in range(50000):\n        s = s + sin(x * i)\n    return s\n"}
+        "program": "def f(x):\n    s = 0.0\n    for i in range(20000):\n        s = s + sin(x * i)\n    return s\n"}
 
 
 def test_sigterm_drains_requests_in_flight_then_exits(tmp_path):
     env = {"ADSERVE_COMPILE": "false", "ADSERVE_CACHE_DIR": str(tmp_path / "cache")}
     with running_server(tmp_path / "server.log", env=env) as server:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            fn = c.post("/v1/functions", json=SLOW).json()["id"]
-            t = time.perf_counter()
-            c.post(f"/v1/functions/{fn}/evaluate", json={"inputs": {"x": 0.25}, "compute": ["value", "gradient"]})
-            slow_seconds = time.perf_counter() - t
-        assert slow_seconds > 0.6, "the slow request is too fast to test draining"
-
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        fn = httpx.post(f"{server.url}/v1/functions", json=SLOW, timeout=30).json()["id"]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(httpx.post, f"{server.url}/v1/functions/{fn}/evaluate",
                                     json={"inputs": {"x": 0.5}, "compute": ["value", "gradient"]}, timeout=60)
-            time.sleep(min(0.3, slow_seconds / 4))
+            time.sleep(0.3)
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.1)
-            assert not in_flight.done()
+            assert not in_flight.done(), "the slow request is too fast to test draining"
             with pytest.raises(httpx.ConnectError):  # no longer accepting
                 httpx.get(f"{server.url}/healthz", timeout=2)
             answer = in_flight.result()
