@@ -20,9 +20,10 @@ SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}], 
 AT = {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """(redis, [replica url, replica url])"""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(redis, [replica url, replica url]); a test that kills Redis starts it again."""
+    tmp_path = tmp_path_factory.mktemp("cluster")
     r = RedisProcess(tmp_path).start()
     env = {"ADSERVE_REDIS_URL": r.url, "ADSERVE_COMPILE": "false", "ADSERVE_CACHE_DIR": str(tmp_path / "cache")}
     try:
