@@ -376,13 +376,23 @@ async function runOptimiser() {
   const convergence = new plots.Convergence($("convergence"));
   await convergence.draw();
   const request = {x0: values, method: $("method").value, max_iter: Number($("max-iter").value) || 200};
-  let last = null;
+  // iterates can arrive faster than Plotly redraws the contours: draw what came, once per frame
+  let last = null, pending = [], frame = null;
+  const draw = () => {
+    frame = null;
+    const steps = pending;
+    pending = [];
+    const xs = steps.map((s) => num(s.x[names[0]]));
+    const ys = dims === 2 ? steps.map((s) => num(s.x[names[1]])) : steps.map((s) => num(s.value));
+    if (dims) plots.extendPath($("plot"), xs, ys, steps.map((s) => s.iteration));
+    for (const s of steps) convergence.add(s.iteration, num(s.value), num(s.grad_norm));
+    convergence.draw();
+  };
   try {
     for await (const step of client.minimize(id, request, {signal: controller.signal})) {
       last = step;
-      if (dims === 2) plots.extendPath($("plot"), num(step.x[names[0]]), num(step.x[names[1]]), step.iteration);
-      else if (dims === 1) plots.extendPath($("plot"), num(step.x[names[0]]), num(step.value), step.iteration);
-      convergence.add(step.iteration, num(step.value), num(step.grad_norm));
+      pending.push(step);
+      frame ??= requestAnimationFrame(draw);
       status.textContent = `iteration ${step.iteration} · f = ${fmt(step.value)} · ‖∇f‖ = ${fmt(step.grad_norm)}`;
       if (step.done) break;
     }
@@ -403,6 +413,10 @@ async function runOptimiser() {
                                                    : e.message);
     }
   } finally {
+    if (frame !== null) {
+      cancelAnimationFrame(frame);
+      draw();
+    }
     state.run = null;
     $("run-opt").disabled = false;
     $("stop-opt").disabled = true;

@@ -86,12 +86,12 @@ export function clearPath(el) {
   if (i !== null) Plotly.restyle(el, {x: [[]], y: [[]], text: [[]], visible: i === 3 ? false : true}, [i]);
 }
 
-/** Add one iterate to the path: (x, y) on contours, (x, f(x)) on a curve. */
-export function extendPath(el, x, y, step) {
+/** Add iterates to the path: points (x, y) on contours, (x, f(x)) on a curve; `steps` label them. */
+export function extendPath(el, xs, ys, steps) {
   const i = pathIndex(el);
-  if (i === null) return;
+  if (i === null || !xs.length) return;
   if (i === 3 && el.data[3].visible === false) Plotly.restyle(el, {visible: true}, [3]);
-  Plotly.extendTraces(el, {x: [[x]], y: [[y]], text: [[step]]}, [i]);
+  Plotly.extendTraces(el, {x: [xs], y: [ys], text: [steps]}, [i]);
 }
 
 function pathIndex(el) {
@@ -113,7 +113,6 @@ export class Convergence {
     this.steps.push(iteration);
     this.values.push(finite(value));
     this.norms.push(gradNorm > 0 ? gradNorm : null);
-    return this.draw();
   }
 
   draw() {
