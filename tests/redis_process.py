@@ -43,7 +43,8 @@ class RedisProcess:
                 return self
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start:\n" + (self.workdir / "redis.log").read_text())
+                    log = (self.workdir / "redis.log").read_text()
+                    raise RuntimeError("redis-server did not start:\n" + log) from None
                 time.sleep(0.02)
             finally:
                 client.close()

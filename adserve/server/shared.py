@@ -233,5 +233,5 @@ class SharedStore:
 
     def _safe_url(self) -> str:
         """The URL without its password, for logs."""
-        head, sep, tail = self.url.rpartition("@")
+        _, sep, tail = self.url.rpartition("@")
         return f"{self.url.split('://', 1)[0]}://***@{tail}" if sep else self.url
