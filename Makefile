@@ -7,7 +7,7 @@ HOST      ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 50051
 
-.PHONY: run test image-test clean
+.PHONY: run test bench image-test clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/adserve --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
@@ -15,6 +15,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	bash scripts/install-system-deps.sh
 	$(PY) -m pytest -q
+
+# adserve against JAX and autograd, one run (about 10 minutes): writes docs/benchmarks.md and .png
+bench: $(VENV)/.installed-bench
+	$(PY) -m bench
 
 # builds the container image with podman and checks it serves the survey example (minutes; not in CI)
 image-test:
@@ -30,6 +34,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 # the test extras include everything `run` needs, so they satisfy its stamp too; the tests use the Python client
 $(VENV)/.installed-test: pyproject.toml clients/python/pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]' -e clients/python
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[bench]'
 	touch $@ $(VENV)/.installed
 
 clean:

@@ -1,0 +1,211 @@
+"""Run the cases: build every contender, check they agree, time them interleaved, form the ratios.
+
+Contenders of a case (those that apply and are installed):
+
+* `ours:*`   `api.evaluate` in process on the tiered backend after its kernel is ready (numba);
+* `kernel:*` the same generated kernel called directly with preallocated outputs
+             (what `ours` pays beyond it is the engine's request handling);
+* `interp:*` `api.evaluate` on the NumPy interpreter tier;
+* `jax:*`    `jax.jit` of the same function, float64, warmed up, `block_until_ready`;
+* `autograd:*` autograd on NumPy.
+
+`primal` is the value alone; `deriv` is the case's derivative (value and
+gradient, or the HVP). With `tier=None` ours runs on the interpreter only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import numpy as np
+
+from adserve.engine import api, backend
+
+from .problems import Case
+from .timing import measure
+
+RATIOS = [  # (label, numerator, denominator); "{kind}" is the case's derivative
+    ("{kind}/primal", "ours:deriv", "ours:primal"),
+    ("ours/jax", "ours:deriv", "jax:deriv"),
+    ("ours/jax all inputs", "ours:deriv", "jax:deriv-all"),
+    ("ours/autograd", "ours:deriv", "autograd:deriv"),
+    ("interpreter/ours", "interp:deriv", "ours:deriv"),
+    ("kernel {kind}/primal", "kernel:deriv", "kernel:primal"),
+    ("kernel/ours", "kernel:deriv", "ours:deriv"),
+    ("jax {kind}/primal", "jax:deriv", "jax:primal"),
+]
+
+
+def available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+class Ours:
+    """Our contenders for one case, on the interpreter and (when `tier` is given) on compiled kernels."""
+
+    def __init__(self, case: Case, tier, interp):
+        self.case, self.tier, self.interp = case, tier, interp
+        self.fn = api.compile_definition(case.definition)
+        self.plans = {"primal": api._main_plan(self.fn, frozenset({"value"}))[0],
+                      "deriv": api._main_plan(self.fn, frozenset(case.deriv_compute))[0]}
+
+    def request(self, part):
+        c = self.case
+        compute = ["value"] if part == "primal" else c.deriv_compute
+        tangent = c.tangent if part == "deriv" else None
+        return lambda: api.evaluate(self.fn, c.inputs, compute, tangent=tangent, batch=c.batch)
+
+    def on(self, tier, call):
+        def run():
+            api.set_backend(tier)
+            return call()
+        return run
+
+    def start_compiles(self):
+        for g in self.plans.values():
+            self.tier.kernel(g)
+
+    def contenders(self) -> dict:
+        out = {f"interp:{p}": self.on(self.interp, self.request(p)) for p in self.plans}
+        if self.tier is None:
+            return {f"ours:{p}": out.pop(f"interp:{p}") for p in self.plans}
+        for part, g in self.plans.items():
+            if not self.tier.wait(g):
+                raise RuntimeError(f"{self.case.bench} {self.case.label}: the {part} kernel failed to compile")
+            meta = {}
+            api.set_backend(self.tier)
+            api.evaluate(self.fn, self.case.inputs, ["value"] if part == "primal" else self.case.deriv_compute,
+                         tangent=self.case.tangent if part == "deriv" else None, batch=self.case.batch, meta=meta)
+            if meta.get("backend") != "numba":
+                raise RuntimeError(f"{self.case.bench} {self.case.label}: {part} did not run compiled ({meta})")
+            out[f"ours:{part}"] = self.on(self.tier, self.request(part))
+            out[f"kernel:{part}"] = self._kernel_call(part, g)
+        return out
+
+    def _kernel_call(self, part, graph):
+        c, mod = self.case, self.tier.kernel(graph)
+        args = [c.inputs[n] for n in self.fn.input_names]
+        if part == "deriv" and c.kind == "hvp":
+            args += [c.tangent[n] for n in self.fn.input_names]
+        ins = [np.ascontiguousarray(a if c.batch else a[None], dtype=np.float64) for a in args]
+        B = max(a.shape[0] for a in ins)
+        outs = [np.empty((B, *o.shape)) for o in graph.outputs]
+        return lambda: mod.kernel(B, *ins, *outs)
+
+
+def _jax_contenders(case: Case) -> tuple[dict, dict]:
+    """JAX contenders and the derivative they compute (for the agreement check)."""
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    names = list(case.inputs)
+    args = [jax.device_put(np.asarray(case.inputs[n], dtype=np.float64)) for n in names]
+
+    def f(*a):
+        return case.xp_fn(jax.numpy, **dict(zip(names, a)), **case.consts)
+
+    def ready(g, *a):
+        return lambda: jax.block_until_ready(g(*a))
+
+    out, first = {}, {}
+    if case.batch:
+        out["jax:primal"] = ready(jax.jit(jax.vmap(f)), *args)
+        out["jax:deriv"] = ready(jax.jit(jax.vmap(jax.value_and_grad(f))), *args)
+    elif case.kind == "hvp":
+        v = jax.device_put(case.tangent["x"])
+        out["jax:primal"] = ready(jax.jit(f), *args)
+        out["jax:deriv"] = ready(jax.jit(lambda x, t: jax.jvp(jax.grad(f), (x,), (t,))), args[0], v)
+    else:
+        out["jax:primal"] = ready(jax.jit(f), *args)
+        wrt = tuple(names.index(n) for n in case.wrt)
+        out["jax:deriv"] = ready(jax.jit(jax.value_and_grad(f, argnums=wrt)), *args)
+        if len(wrt) < len(names):
+            out["jax:deriv-all"] = ready(jax.jit(jax.value_and_grad(f, argnums=tuple(range(len(names))))), *args)
+    for k, call in out.items():
+        t = time.perf_counter()
+        first[k] = (call(), time.perf_counter() - t)
+    return out, first
+
+
+def _autograd_contenders(case: Case) -> dict:
+    if case.batch:
+        return {}
+    import autograd
+    import autograd.numpy as anp
+    names = list(case.inputs)
+    if case.kind == "hvp":
+        hvp = autograd.hessian_vector_product(lambda x: case.xp_fn(anp, x=x, **case.consts))
+        return {"autograd:deriv": lambda: hvp(case.inputs["x"], case.tangent["x"])}
+    fixed = {n: case.inputs[n] for n in names if n not in case.wrt}
+    vg = autograd.value_and_grad(lambda w: case.xp_fn(anp, **dict(zip(case.wrt, w)), **fixed, **case.consts))
+    w = tuple(case.inputs[n] for n in case.wrt)
+    return {"autograd:deriv": lambda: vg(w)}
+
+
+def _check(case: Case, ours, first: dict):
+    """Our derivative must match JAX's before any of it is timed."""
+    got = ours()
+    if "jax:deriv" not in first:
+        return
+    ref = first["jax:deriv"][0]
+    if case.kind == "hvp":
+        pairs = [(got["hvp"]["x"], ref[1])]
+    else:
+        value, grads = ref
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        names = case.wrt if not case.batch else ("x",)
+        pairs = [(got["value"], value)] + [(got["gradient"][n], g) for n, g in zip(names, grads)]
+    for a, b in pairs:
+        b = np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * max(1.0, float(np.max(np.abs(b)))),
+                                   err_msg=f"{case.bench} {case.label}: ours and JAX disagree")
+
+
+def run_case(ours: Ours, rivals=("jax", "autograd"), budget_s=12.0, rounds=21) -> dict:
+    case = ours.case
+    contenders = ours.contenders()
+    first = {}
+    if "jax" in rivals and available("jax"):
+        jc, first = _jax_contenders(case)
+        contenders.update(jc)
+    if "autograd" in rivals and available("autograd"):
+        contenders.update(_autograd_contenders(case))
+    _check(case, contenders["ours:deriv"], first)
+    t = measure(contenders, rounds=rounds, budget_s=budget_s)
+    ratios = {}
+    for label, num, den in RATIOS:
+        if num in t.per_call and den in t.per_call:
+            ratios[label.format(kind=case.kind)] = t.ratio(num, den)
+    return {"bench": case.bench, "label": case.label, "kind": case.kind, "n_nodes": ours.fn.n_nodes,
+            "median_s": {k: t.median(k) for k in t.per_call}, "rounds": len(next(iter(t.per_call.values()))),
+            "ratios": ratios, "targets": {k.replace("{kind}", case.kind): v for k, v in case.targets.items()},
+            "jax_first_call_s": {k: v[1] for k, v in first.items()}}
+
+
+def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, rounds=21, log=print) -> dict:
+    """Time every case; kernels for all of them compile in the background first (two workers)."""
+    interp = backend.Interpreter()
+    tier = backend.Tiered(cache_dir, workers=2) if cache_dir else None
+    t0 = time.perf_counter()
+    ours = [Ours(c, tier, interp) for c in cases]
+    if tier is not None:
+        for o in ours:
+            o.start_compiles()
+        log(f"  compiling {2 * len(ours)} kernels")
+        for o in ours:  # no compile may run while anything is timed
+            for g in o.plans.values():
+                tier.wait(g)
+        log(f"  kernels ready after {time.perf_counter() - t0:.0f} s")
+    results = []
+    try:
+        for o in ours:
+            log(f"  {o.case.bench} {o.case.label}")
+            results.append(run_case(o, rivals, budget_s, rounds))
+    finally:
+        api.set_backend(interp)
+        if tier is not None:
+            tier.shutdown()
+    stats = tier.stats if tier is not None else None
+    return {"cases": results, "seconds": time.perf_counter() - t0,
+            "compiles": None if stats is None else {"kernels": stats.compiles, "seconds": stats.compile_seconds,
+                                                    "failures": stats.compile_failures + stats.compile_timeouts}}

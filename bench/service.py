@@ -1,0 +1,144 @@
+"""Latency through the real REST server: first answer for a new function, compiled tier after a restart.
+
+A server process (`python -m adserve.server.cli`) is started on a fresh cache
+directory. Fresh definitions (sums of distinct scalar terms, new constants
+every run, so nothing is cached anywhere) are POSTed to `/v1/evaluate` on a
+warm connection; the time is the client's, request sent to response read.
+Then one definition is asked again (new inputs each time, so the result cache
+never answers) until `x-adserve-backend` says `numba`; the server is stopped
+and started again on the same cache directory, and the same is timed after
+the restart: the kernel should come from disk, not from a compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import numpy as np
+
+N_X = 8
+
+
+def terms_definition(n_terms: int, rng, group=50) -> dict:
+    """sum_i sin(a_i * x[i % 8]): distinct constants, so no two terms share a node.
+
+    Terms are summed in parenthesised groups: a flat chain of 1,000 `+` is refused
+    as nested too deeply (`too_deep`)."""
+    a = rng.uniform(0.5, 1.5, n_terms)
+    terms = [f"sin({float(v)!r} * x[{i % N_X}])" for i, v in enumerate(a)]
+    groups = [" + ".join(terms[i:i + group]) for i in range(0, n_terms, group)]
+    expr = groups[0] if len(groups) == 1 else " + ".join(f"({g})" for g in groups)
+    return {"inputs": [{"name": "x", "shape": [N_X]}], "expr": expr}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(cache_dir: str, log_path: str, compile_kernels=True):
+    """Yield (url, seconds from process start to ready); the process is stopped afterwards."""
+    port = _free_port()
+    env = {**os.environ, "ADSERVE_CACHE_DIR": cache_dir, "ADSERVE_LOG_LEVEL": "warning",
+           "ADSERVE_COMPILE": "true" if compile_kernels else "false"}
+    cmd = [sys.executable, "-m", "adserve.server.cli", "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0"]
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            if time.perf_counter() - t0 > 120:
+                raise RuntimeError(f"server not ready in 120 s; see {log_path}")
+            time.sleep(0.02)
+        yield url, time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ask(client, defn, step, compute):
+    x = np.linspace(0.1, 0.9, N_X) + step * 1e-7  # new inputs: the result cache never answers
+    t = time.perf_counter()
+    r = client.post("/v1/evaluate", json={"function": defn, "inputs": {"x": x.tolist()}, "compute": compute})
+    elapsed = time.perf_counter() - t
+    if r.status_code != 200:
+        raise RuntimeError(f"POST /v1/evaluate answered {r.status_code}: {r.text[:500]}")
+    return elapsed, r.headers.get("x-adserve-backend"), r.headers.get("server-timing", "")
+
+
+def until_numba(client, defn, compute, timeout, pause=0.005):
+    """(seconds from the first request to the first numba answer, requests made) or (None, n) on timeout."""
+    t0, step = time.perf_counter(), 0
+    while time.perf_counter() - t0 < timeout:
+        step += 1
+        _, tier, _ = _ask(client, defn, step, compute)
+        if tier == "numba":
+            return time.perf_counter() - t0, step
+        time.sleep(pause)
+    return None, step
+
+
+def probe(sizes=((334, "1,000-op"), (1000, "1,000 terms")), fresh=5, compute=("value", "gradient"),
+          compile_kernels=True, restart=True, seed=None, log=print) -> dict:
+    """First-answer latency for `fresh` new functions of each size; then the restart probe on the first one."""
+    rng = np.random.default_rng(seed)
+    compute = list(compute)
+    out = {"first_answer": [], "compute": compute}
+    with tempfile.TemporaryDirectory(prefix="adserve-bench-") as home:
+        cache, log_path = os.path.join(home, "cache"), os.path.join(home, "server.log")
+        with server(cache, log_path, compile_kernels) as (url, ready_s), httpx.Client(base_url=url, timeout=120) as c:
+            out["ready_s"] = ready_s
+            c.get("/healthz")  # the connection is open before anything is timed
+            keep = None
+            for n_terms, name in sizes:
+                defns = [terms_definition(n_terms, rng) for _ in range(fresh)]
+                keep = keep or defns[0]
+                times = [_ask(c, d, 0, compute) for d in defns]
+                out["first_answer"].append({"name": name, "terms": n_terms, "n_nodes": _n_nodes(defns[0]),
+                                            "seconds": [t[0] for t in times], "tiers": [t[1] for t in times],
+                                            "server_timing": [t[2] for t in times]})
+                log(f"  first answer, {name}: median {1e3 * float(np.median([t[0] for t in times])):.1f} ms; "
+                    f"server timing {times[-1][2]}")
+            if not (restart and compile_kernels):
+                return out
+            out["compile_to_numba_s"], _ = until_numba(c, keep, compute, timeout=300, pause=0.2)
+            log(f"  compiled tier after {out['compile_to_numba_s']} s")
+        if out["compile_to_numba_s"] is None:
+            return out
+        t_start = time.perf_counter()
+        with server(cache, log_path) as (url, ready_s), httpx.Client(base_url=url, timeout=120) as c:
+            c.get("/healthz")
+            t_first = time.perf_counter()
+            seconds, requests = until_numba(c, keep, compute, timeout=60)
+            out["restart"] = {"ready_s": ready_s, "to_numba_s": seconds, "requests": requests,
+                              "from_start_s": None if seconds is None else t_first - t_start + seconds}
+            log(f"  after restart: ready in {ready_s:.2f} s, numba {seconds} s after the first request")
+    return out
+
+
+def _n_nodes(defn) -> int:
+    from adserve.engine import api
+    return api.compile_definition(defn).n_nodes
+
+
+if __name__ == "__main__":
+    print(probe(fresh=3))
