@@ -1,9 +1,9 @@
-"""Shared fixtures. `server` is a real adserve process on a free loopback port."""
+"""Shared fixtures. `server` is a real adserve process on free loopback ports (HTTP and gRPC)."""
 
 import httpx
 import pytest
 
-from server_process import running_server
+from server_process import free_port, running_server
 
 TEST_MAX_BODY_BYTES = 1 << 20
 
@@ -14,7 +14,7 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("adserve")
     env = {"ADSERVE_MAX_BODY_BYTES": str(TEST_MAX_BODY_BYTES), "ADSERVE_CACHE_DIR": str(home / "cache"),
            "ADSERVE_LOG_LEVEL": "info"}
-    with running_server(home / "server.log", env=env) as s:
+    with running_server(home / "server.log", grpc_port=free_port(), env=env) as s:
         yield s
 
 

@@ -17,6 +17,7 @@ class RunningServer:
     url: str
     log_path: Path
     process: subprocess.Popen
+    grpc: str | None = None  # "127.0.0.1:<port>" when gRPC is on
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -36,7 +37,8 @@ def running_server(log_path: Path, grpc_port: int = 0, env=None, ready_within: f
            "--grpc-port", str(grpc_port)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = RunningServer(f"http://127.0.0.1:{port}", log_path, proc)
+    server = RunningServer(f"http://127.0.0.1:{port}", log_path, proc,
+                           f"127.0.0.1:{grpc_port}" if grpc_port else None)
     try:
         deadline = time.monotonic() + ready_within
         while True:

@@ -10,6 +10,8 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from . import optimize
+
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -51,6 +53,8 @@ class _ServiceCollector:
         for tier, n in sorted(s["runs"].items()):
             runs.add_metric([tier], n)
         yield runs
+        yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
+                                value=optimize.running())
         yield CounterMetricFamily("adserve_kernel_compiles", "numba kernels compiled", value=s["compiles"])
         yield CounterMetricFamily("adserve_kernel_compile_failures",
                                   "numba kernels that failed or timed out (their plans stay interpreted)",

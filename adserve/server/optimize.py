@@ -101,7 +101,8 @@ class _Objective:
         self._last = None  # (x bytes, value, gradient): the callback asks again for the point just evaluated
 
     def split(self, x) -> dict:
-        return {n: np.array(x[a:b]).reshape(s) for n, s, a, b in zip(self.names, self.shapes, self.bounds, self.bounds[1:])}
+        parts = zip(self.names, self.shapes, self.bounds, self.bounds[1:])
+        return {n: np.array(x[a:b]).reshape(s) for n, s, a, b in parts}
 
     def flat(self, tensors: dict) -> np.ndarray:
         return np.concatenate([np.ravel(tensors[n]) for n in self.names]) if self.names else np.zeros(0)

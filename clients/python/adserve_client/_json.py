@@ -18,7 +18,7 @@ _MAPS = ("gradient", "vjp", "hvp", "jacobian")
 
 
 def tensor_out(a) -> dict:
-    a = np.ascontiguousarray(a, dtype="<f8")
+    a = np.asarray(a, dtype="<f8")  # not ascontiguousarray, which makes a scalar 1-d; tobytes is row-major
     return {"dtype": "float64", "shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
