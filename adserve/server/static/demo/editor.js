@@ -39,17 +39,28 @@ export function codeEditor(parent, {doc = "", onRun, onChange} = {}) {
   });
 }
 
+const VIEW_EXTENSIONS = [lineNumbers(), pythonLanguage, syntaxHighlighting(defaultHighlightStyle), theme,
+                         EditorState.readOnly.of(true), EditorView.editable.of(false),
+                         EditorView.contentAttributes.of({"aria-label": "generated source"})];
+
 /** A read-only code view (the generated derivative source). */
 export function codeView(parent) {
-  return new EditorView({
-    parent,
-    state: EditorState.create({
-      doc: "",
-      extensions: [lineNumbers(), pythonLanguage, syntaxHighlighting(defaultHighlightStyle), theme,
-                   EditorState.readOnly.of(true), EditorView.editable.of(false),
-                   EditorView.contentAttributes.of({"aria-label": "generated source"})],
-    }),
-  });
+  return new EditorView({parent, state: EditorState.create({doc: "", extensions: VIEW_EXTENSIONS})});
+}
+
+/**
+ * Show `text` in a code view, scrolled (the view's own scroller, never the page) to the first line
+ * holding `needle`. A new state, so nothing of the previous text's scroll position is carried over.
+ */
+export function showCode(view, text, needle) {
+  view.setState(EditorState.create({doc: text, extensions: VIEW_EXTENSIONS}));
+  const at = needle ? text.indexOf(needle) : -1;
+  if (at < 0) return;
+  // heights of lines not drawn yet are estimates until drawn: place, draw, then place again
+  const place = () => view.requestMeasure({read: () => view.lineBlockAt(at).top,
+                                           write: (top) => { view.scrollDOM.scrollTop = top; }});
+  place();
+  requestAnimationFrame(() => requestAnimationFrame(place));
 }
 
 export function getText(view) {
@@ -58,12 +69,6 @@ export function getText(view) {
 
 export function setText(view, text) {
   view.dispatch({changes: {from: 0, to: view.state.doc.length, insert: text}});
-}
-
-/** Scroll so that the first line holding `needle` is at the top. */
-export function scrollTo(view, needle) {
-  const at = view.state.doc.toString().indexOf(needle);
-  if (at >= 0) view.dispatch({effects: EditorView.scrollIntoView(at, {y: "start"})});
 }
 
 /**

@@ -43,9 +43,9 @@ export const EXAMPLES = [
     note: "The benchmark of Griewank and Walther cited by the survey, with RT = 1: " +
           "a scalar of a vector x, a matrix A and a vector b. One reverse sweep gives all 15 partials.",
     mode: "expr",
-    source: "sum(x * log(x / (1 - dot(b, x))))\n" +
-            "  - dot(x, A @ x) / (sqrt(8) * dot(b, x))\n" +
-            "  * log((1 + (1 + sqrt(2)) * dot(b, x)) / (1 + (1 - sqrt(2)) * dot(b, x)))",
+    source: "(sum(x * log(x / (1 - dot(b, x))))\n" +
+            " - dot(x, A @ x) / (sqrt(8) * dot(b, x))\n" +
+            "   * log((1 + (1 + sqrt(2)) * dot(b, x)) / (1 + (1 - sqrt(2)) * dot(b, x))))",
     inputs: [
       {name: "x", value: "[0.1, 0.2, 0.3]", direction: "[1, 0, 0]"},
       {name: "A", value: "[[1, 0.5, 0.25], [0.5, 1, 0.5], [0.25, 0.5, 1]]",

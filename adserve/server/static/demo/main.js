@@ -6,7 +6,7 @@
 
 import {Client} from "../adserve.js";
 import {EXAMPLES} from "./examples.js";
-import {codeEditor, codeView, getText, markError, scrollTo, setText} from "./editor.js";
+import {codeEditor, codeView, getText, markError, setText, showCode} from "./editor.js";
 import {fmt, h, tensorSpan} from "./format.js";
 import * as plots from "./plots.js";
 import {renderTrace} from "./trace.js";
@@ -193,13 +193,21 @@ async function evaluate() {
     $("status").textContent = `answered in ${ms.toFixed(0)} ms${result.cached ? ", from the result cache" : ""}`;
     showResults(result, info);
     showTrace(result, info);
+    stale(false);
     await updatePlot();
   } catch (e) {
     $("status").textContent = "";
+    $("results").replaceChildren(h("p", {className: "muted"}, "No results: see the error above."));
+    stale(true);
     showError(e);
   } finally {
     busy(false);
   }
+}
+
+/** Dim what still shows an earlier function after a failed evaluation. */
+function stale(on) {
+  for (const id of ["plot-panel", "trace-panel", "source-panel"]) $(id).classList.toggle("stale", on);
 }
 
 function busy(on) {
@@ -256,10 +264,9 @@ async function updateSource() {
   const transform = $("source-transform").value;
   $("source-status").textContent = "";
   try {
-    setText(sourceView, await client.source(state.fn.id, transform));
-    scrollTo(sourceView, "@njit");  // past the module's preamble, to the kernel
+    showCode(sourceView, await client.source(state.fn.id, transform), "@njit");  // past the preamble, to the kernel
   } catch (e) {
-    setText(sourceView, "");
+    showCode(sourceView, "");
     $("source-status").textContent = e.status === 404 && e.code === "not_found"
       ? "This server does not serve generated source." : `${e.code}: ${e.message}`;
   }
@@ -423,9 +430,10 @@ async function runOptimiser() {
   }
 }
 
-/** SciPy's messages come in capitals ("CONVERGENCE: ..."); say them in a normal voice. */
+/** The optimiser's message as a sentence (SciPy's own come in capitals: "CONVERGENCE: ..."). */
 function sentence(text) {
-  return text === text.toUpperCase() ? text.charAt(0) + text.slice(1).toLowerCase() : text;
+  const calm = text === text.toUpperCase() ? text.toLowerCase() : text;
+  return calm.charAt(0).toUpperCase() + calm.slice(1);
 }
 
 // ---- wiring --------------------------------------------------------------------------------------------------

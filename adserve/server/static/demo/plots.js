@@ -66,7 +66,8 @@ export function plotContours(el, {names, xs, ys, z, point, value, grad, log}) {
   return Plotly.react(el, [
     {type: "contour", x: xs, y: ys, z: shown, colorscale: CONTOUR_SCALE, ncontours: 24, connectgaps: false,
      contours: {coloring: "heatmap", showlines: true}, line: {color: "rgba(15,23,42,0.25)", width: 0.6},
-     colorbar: {title: {text: log ? "log₁₀(1+f−min)" : "f", side: "right"}, thickness: 14, outlinewidth: 0},
+     colorbar: {title: {text: log ? "log₁₀(1+f−min)" : "f", side: log ? "right" : "top"}, thickness: 14,
+                outlinewidth: 0},
      hovertemplate: `${names[0]} = %{x:.4g}<br>${names[1]} = %{y:.4g}<br>${log ? "log₁₀(1+f−min)" : "f"} = ` +
                     "%{z:.5g}<extra></extra>", name: "f"},
     {x: [point[0]], y: [point[1]], mode: "markers", name: "point", showlegend: false,
@@ -116,6 +117,8 @@ export class Convergence {
   }
 
   draw() {
+    const norms = this.norms.filter((v) => v !== null);
+    const decades = norms.length ? Math.log10(Math.max(...norms) / Math.min(...norms)) : 0;
     return Plotly.react(this.el, [
       {x: this.steps, y: this.values, mode: "lines+markers", name: "f", line: {color: ACCENT, width: 2},
        marker: {size: 4}},
@@ -125,7 +128,8 @@ export class Convergence {
                xaxis: {...AXIS, title: {text: "iteration"}, rangemode: "tozero"},
                yaxis: {...AXIS, title: {text: "f"}},
                yaxis2: {...AXIS, mirror: false, title: {text: "‖∇f‖"}, type: "log", overlaying: "y", side: "right",
-                        showgrid: false, exponentformat: "power", dtick: 1, tickfont: {size: 11}}}), CONFIG);
+                        showgrid: false, exponentformat: "power", tickfont: {size: 11},
+                        dtick: Math.max(1, Math.ceil(decades / 5))}}), CONFIG);
   }
 }
 
