@@ -73,7 +73,7 @@ if [ -z "$base" ]; then
         rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
                "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
                "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
-        tar -C "$rootfs" -c . | podman import \
+        tar -C "$rootfs" -c . | podman import --quiet \
             --change 'CMD ["python3"]' --change 'ENV LANG=C.UTF-8' - "$LOCAL_BASE" >/dev/null
         rm -rf "$rootfs"
         base=$LOCAL_BASE
@@ -93,14 +93,17 @@ size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 say "built in ${build_seconds} s; image size $(( size / 1000000 )) MB"
 
 # -- run and check ---------------------------------------------------------------------
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port); grpc_port=$(free_port)
 volume=adserve-image-test-cache-$$
 podman volume create "$volume" >/dev/null
 trap 'cleanup; podman volume rm -f "$volume" >/dev/null 2>&1 || true' EXIT
 # host network, loopback only: the server's own port setting comes from the environment.
-# No systemd here to time the HEALTHCHECK: it is run by hand below instead.
-podman run -d --name "$container" --network host --health-interval disable -v "$volume:/var/cache/adserve" \
-    -e ADSERVE_HOST=127.0.0.1 -e ADSERVE_HTTP_PORT="$port" -e ADSERVE_GRPC_PORT=0 "$IMAGE" >/dev/null
+# No systemd here to time the HEALTHCHECK: it is run by hand below instead (podman 4 still
+# complains about the missing systemd; that goes to podman.log). Read-only root with a /tmp, as in deploy/k8s.
+podman run -d --name "$container" --network host --health-interval disable --read-only --tmpfs /tmp \
+    -v "$volume:/var/cache/adserve" \
+    -e ADSERVE_HOST=127.0.0.1 -e ADSERVE_HTTP_PORT="$port" -e ADSERVE_GRPC_PORT="$grpc_port" "$IMAGE" >/dev/null 2>>"$work/podman.log"
 url="http://127.0.0.1:$port"
 
 fail() { echo "test-image: FAIL: $*" >&2; podman logs "$container" 2>&1 | tail -n 40 >&2; exit 1; }
@@ -129,7 +132,19 @@ EOF
 again=$(curl -fsS "$url/v1/evaluate" -d "$survey")
 [[ $again == *'"cached":true'* ]] || fail "the second answer is not from the result cache: $again"
 
-podman healthcheck run "$container" >/dev/null || fail "the image's HEALTHCHECK"
+podman healthcheck run "$container" >/dev/null 2>>"$work/podman.log" || fail "the image's HEALTHCHECK"
+
+# what the Kubernetes startup probe asks: grpc.health.v1 says SERVING
+if podman exec "$container" python -c 'import adserve.server.rpc' >/dev/null 2>&1; then
+    podman exec "$container" python -c "
+import sys, grpc
+from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g
+r = g.HealthStub(grpc.insecure_channel('127.0.0.1:$grpc_port')).Check(h.HealthCheckRequest(), timeout=5)
+sys.exit(r.status != h.HealthCheckResponse.SERVING)" || fail "gRPC health is not SERVING"
+    grpc_note=", gRPC health SERVING"
+else
+    grpc_note=" (this build has no gRPC server)"
+fi
 
 # the kernel for the survey plan compiles in the background into the volume
 for _ in $(seq 1 120); do
@@ -140,6 +155,6 @@ podman exec "$container" sh -c 'ls /var/cache/adserve/kernels/*.py' >/dev/null 2
     || fail "no compiled kernel in the cache volume"
 
 start=$(date +%s%N)
-podman stop -t 20 "$container" >/dev/null
+podman stop -t 20 "$container" >/dev/null 2>>"$work/podman.log"
 say "SIGTERM to exit: $(( ($(date +%s%N) - start) / 1000000 )) ms"
-say "PASS: $IMAGE (${build_seconds} s build, $(( size / 1000000 )) MB) serves the survey example as uid $uid"
+say "PASS: $IMAGE (${build_seconds} s build, $(( size / 1000000 )) MB) serves the survey example as uid $uid${grpc_note}"
