@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from redis_process import RedisProcess
-from server_process import running_server
+from server_process import free_port, running_server
 
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}], "expr": "log(x1) + x1*x2 - sin(x2)"}
 AT = {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}
@@ -115,6 +115,17 @@ def stops_accepting(url: str, within: float = 2.0) -> None:
             pass
         assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
         time.sleep(0.02)
+
+
+def test_a_replica_starts_ready_and_serves_while_redis_is_down(tmp_path):
+    env = {"ADSERVE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "ADSERVE_COMPILE": "false",
+           "ADSERVE_CACHE_DIR": str(tmp_path / "cache")}
+    with running_server(tmp_path / "server.log", env=env) as server, httpx.Client(base_url=server.url) as c:
+        assert c.get("/readyz").status_code == 200
+        r = c.post("/v1/evaluate", json={**AT, "function": SURVEY})
+        assert r.status_code == 200 and r.json()["value"] == pytest.approx(11.652071455223084)
+        assert metric(c, "adserve_redis_up") == 0
+        assert "WARNING adserve.shared: Redis at" in server.log()
 
 
 SLOW = {"inputs": [{"name": "x", "shape": []}],
