@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,3 +61,18 @@ def running_server(log_path: Path, grpc_port: int = 0, env=None, ready_within: f
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def minimizers_running(client: httpx.Client) -> int:
+    """The server's `adserve_minimize_running` gauge: optimisers still running."""
+    metrics = client.get("/metrics").text
+    return int(float(re.search(r"^adserve_minimize_running (\S+)$", metrics, re.M)[1]))
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -8,7 +8,6 @@ when cancelled or past its deadline.
 import json
 import math
 import queue
-import re
 import time
 
 import grpc
@@ -21,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
 from conftest import TEST_MAX_BODY_BYTES
+from server_process import minimizers_running, wait_until
 
 SURVEY_JSON = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
                "expr": "log(x1) + x1*x2 - sin(x2)"}
@@ -68,19 +68,6 @@ def failure(call, *args, **kwargs) -> grpc.RpcError:
 
 def error_code(e: grpc.RpcError) -> str:
     return dict(e.trailing_metadata())["adserve-error-code"]
-
-
-def running(client) -> int:
-    return int(float(re.search(r"^adserve_minimize_running (\S+)$", client.get("/metrics").text, re.M)[1]))
-
-
-def wait_until(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # -- operations ----------------------------------------------------------------------
@@ -340,9 +327,9 @@ def _long_minimization(stub, **call_options):
 
 def test_cancelling_minimize_stops_the_optimiser(stub, client):
     call = _long_minimization(stub)
-    assert running(client) == 1  # paused once the unread iterates fill the buffers, still holding its thread
+    assert minimizers_running(client) == 1  # paused once unread iterates fill the buffers, holding its thread
     call.cancel()
-    assert wait_until(lambda: running(client) == 0, 2)
+    assert wait_until(lambda: minimizers_running(client) == 0, 2)
 
 
 def test_a_deadline_stops_minimize(stub, client):
@@ -351,4 +338,4 @@ def test_a_deadline_stops_minimize(stub, client):
         for _ in call:
             time.sleep(0.05)
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert wait_until(lambda: running(client) == 0, 2)
+    assert wait_until(lambda: minimizers_running(client) == 0, 2)

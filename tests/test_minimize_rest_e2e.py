@@ -1,12 +1,12 @@
 """POST /v1/functions/{id}/minimize end to end: NDJSON progress, 4xx before streaming, disconnect stops it."""
 
 import json
-import re
-import time
 
 import httpx
 import numpy as np
 import pytest
+
+from server_process import minimizers_running, wait_until
 
 ROSENBROCK = {"inputs": [{"name": "x", "shape": [10]}],
               "expr": "sum(100.0 * (x[1:] - x[:-1]**2)**2 + (1.0 - x[:-1])**2)"}
@@ -70,12 +70,6 @@ def test_closing_the_connection_stops_the_optimiser(server, client):
                         json={"x0": {"x": [-1.0] * 2000}, "max_iter": 100000, "gtol": 0}) as response:
             first = json.loads(next(response.iter_lines()))
             assert first["iteration"] == 0
-            assert running(client) == 1
-    deadline = time.monotonic() + 3
-    while running(client) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert running(client) == 0
+            assert minimizers_running(client) == 1
+    assert wait_until(lambda: minimizers_running(client) == 0, 3)
 
-
-def running(client) -> int:
-    return int(float(re.search(r"^adserve_minimize_running (\S+)$", client.get("/metrics").text, re.M)[1]))

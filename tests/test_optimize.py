@@ -2,13 +2,13 @@
 shaped inputs, checks before any work, and leaving the iteration stopping the optimiser thread."""
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 
 from adserve.server import optimize
 from adserve.server.service import Service, ServiceError
+from server_process import wait_until
 
 ROSENBROCK = {"inputs": [{"name": "x", "shape": [10]}],
               "expr": "sum(100.0 * (x[1:] - x[:-1]**2)**2 + (1.0 - x[:-1])**2)"}
@@ -86,7 +86,4 @@ def test_leaving_early_stops_the_optimiser(service):
         return seen, run
     seen, run = asyncio.run(take_three())
     assert seen == [0, 1, 2] and run.stop.is_set()  # closing the generator set the flag
-    deadline = time.monotonic() + 2
-    while optimize.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert optimize.running() == 0
+    assert wait_until(lambda: optimize.running() == 0, 2)
