@@ -1,12 +1,9 @@
 """The engine's public face: compile a definition, evaluate what a caller asks for.
 
 `compile_definition` turns a JSON definition into a `Function` whose id is the
-hash of its canonical IR. `evaluate` validates a request and runs *plans*:
-one graph that computes every requested value, gradient, JVP, VJP and HVP
-(built by inlining the transforms into one builder, so CSE shares the primal
-work), plus Jacobian and Hessian sweeps that push a basis through the batch
-axis (reverse or forward mode, whichever needs fewer sweeps; Hessians as HVPs
-against a basis, never by differentiating twice in reverse).
+hash of its canonical IR; static limits are checked there. `evaluate` validates
+a request (names, shapes, batch sizes, cost) and runs the plans of plans.py on
+the chosen backend (the NumPy interpreter, or numba kernels when ready).
 """
 
 from __future__ import annotations
@@ -19,21 +16,17 @@ import numpy as np
 
 from . import control, primitives  # noqa: F401  (fill the primitive table)
 from .backend import Interpreter
-from .builder import Builder, inline
 from .errors import DefinitionError, EngineError, EvaluationError, LimitError
 from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
 from .ir import Graph, canonical_text, structural_hash
 from .limits import check_function, check_request
-from .jvp import jvp_graph
+from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
-from .vjp import vjp_graph
 
 COMPUTE_KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "trace")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_SWEEP_ROWS = 200_000  # batch points x basis vectors in one Jacobian/Hessian sweep
-MAX_BASIS = 20_000
 SOURCE_TRANSFORMS = {"primal": "value", "gradient": "gradient", "jvp": "jvp", "vjp": "vjp", "hvp": "hvp"}
 _backend = Interpreter()
 
@@ -124,84 +117,28 @@ def compile_definition(defn) -> Function:
     return Function(graph, inputs)
 
 
-# -- plans --------------------------------------------------------------------------
-def _grad_graph(fn: Function) -> Graph:
-    """x -> (f(x), gradient...)."""
-    def make():
-        n = len(fn.input_names)
-        return _wrap(fn.graph, lambda b, xs: inline(b, vjp_graph(fn.graph, [True] * n, [True]), [*xs, 1.0]))
-    return fn.plan("grad", make)
-
-
-def _wrap(graph, body):
-    b = Builder()
-    xs = [b.input(v.shape) for v in graph.inputs]
-    return b.build(body(b, xs))
-
-
-def _main_plan(fn: Function, kinds: frozenset):
-    """One graph for value/gradient/jvp/vjp/hvp; returns (graph, input layout, output slots)."""
-    def make():
-        n = len(fn.input_names)
-        b = Builder()
-        xs = [b.input(v.shape) for v in fn.graph.inputs]
-        ts = [b.input(v.shape) for v in fn.graph.inputs] if kinds & {"jvp", "hvp"} else []
-        ct = [b.input(fn.output_shape)] if "vjp" in kinds else []
-        slots = {}
-        if "hvp" in kinds:
-            hg, mask = jvp_graph(_grad_graph(fn), [True] * n)
-            res = inline(b, hg, [*xs, *ts])
-            slots["value"], slots["gradient"] = res[0], res[1:1 + n]
-            tangents = iter(res[1 + n:])
-            t_all = [next(tangents) if m else None for m in mask]
-            slots["jvp"] = t_all[0]
-            slots["hvp"] = t_all[1:]
-        elif "gradient" in kinds:
-            res = inline(b, _grad_graph(fn), xs)
-            slots["value"], slots["gradient"] = res[0], res[1:]
-        if "jvp" in kinds and "jvp" not in slots:
-            jg, mask = jvp_graph(fn.graph, [True] * n)
-            res = inline(b, jg, [*xs, *ts])
-            slots["value"] = res[0]
-            slots["jvp"] = res[1] if mask[0] else None
-        if "vjp" in kinds:
-            res = inline(b, vjp_graph(fn.graph, [True] * n, [True]), [*xs, *ct])
-            slots["value"], slots["vjp"] = res[0], res[1:]
-        if "value" not in slots:
-            slots["value"] = inline(b, fn.graph, xs)[0]
-        order, outs = [], []
-        for k in ("value", "gradient", "jvp", "vjp", "hvp"):
-            if k in kinds or (k == "value"):
-                v = slots.get(k)
-                vals = v if isinstance(v, list) else [v]
-                shapes = [fn.input_shapes[nm] for nm in fn.input_names] if isinstance(v, list) else [fn.output_shape]
-                for val, shape in zip(vals, shapes):
-                    outs.append(val if val is not None else b.lit(0.0, shape))
-                order.append((k, len(vals) if isinstance(v, list) else None))
-        return b.build(outs), order
-    return fn.plan(("main", kinds), make)
-
-
-# -- evaluation ----------------------------------------------------------------------
-def _check(fn, values, what, batch):
-    """Validate a dict of per-input arrays; returns the batch size (or None)."""
+# -- validation ------------------------------------------------------------------------
+def _check(fn, values, what, batch, names=None):
+    """Validate a dict of per-input arrays (for `names`, default all inputs); returns the batch size."""
+    names = fn.input_names if names is None else names
     if not isinstance(values, dict):
         raise EvaluationError(f"'{what}' must be an object with one entry per input", code="bad_evaluation")
-    missing = [n for n in fn.input_names if n not in values]
+    missing = [n for n in names if n not in values]
     if missing:
-        raise EvaluationError(f"{what}: missing input '{missing[0]}' (the function takes {fn.input_names})",
-                              code="missing_input")
-    extra = [n for n in values if n not in fn.input_shapes]
+        raise EvaluationError(f"{what}: missing input '{missing[0]}' (needed: {list(names)})", code="missing_input")
+    extra = [n for n in values if n not in names]
     if extra:
-        raise EvaluationError(f"{what}: unknown input '{extra[0]}' (the function takes {fn.input_names})",
-                              code="unknown_input")
+        why = "not in 'wrt'" if extra[0] in fn.input_shapes else f"the function takes {fn.input_names}"
+        raise EvaluationError(f"{what}: unexpected entry '{extra[0]}' ({why})", code="unknown_input")
     sizes = set()
-    for n in fn.input_names:
+    for n in names:
         sizes.add(_check_shape(np.asarray(values[n]), fn.input_shapes[n], f"{what}.{n}", batch))
     return _one_batch(sizes, what)
 
 
 def _check_shape(a, want, where, batch):
+    if a.dtype == object or not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+        raise EvaluationError(f"{where} is not numeric", code="bad_evaluation")
     if batch:
         if a.ndim == 0 or tuple(a.shape[1:]) != tuple(want):
             raise EvaluationError(f"{where} has shape {list(a.shape)}; with batch it must be [B] + {list(want)}",
@@ -219,8 +156,24 @@ def _one_batch(sizes, what):
     return sizes.pop() if sizes else None
 
 
-def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False, meta=None) -> dict:
-    """Values and derivatives as float64 arrays; `meta` (a dict) receives which backend ran."""
+def _wrt(fn, wrt) -> tuple:
+    if wrt is None:
+        return tuple(fn.input_names)
+    if isinstance(wrt, str) or not isinstance(wrt, (list, tuple)) or not wrt:
+        raise EvaluationError("'wrt' must be a non-empty list of input names", code="bad_evaluation")
+    bad = [w for w in wrt if w not in fn.input_shapes]
+    if bad or len(set(wrt)) != len(wrt):
+        raise EvaluationError(f"'wrt': {bad[0]!r} is not an input (the function takes {fn.input_names})" if bad
+                              else "'wrt' lists an input twice", code="bad_evaluation")
+    return tuple(n for n in fn.input_names if n in wrt)
+
+
+# -- evaluation ------------------------------------------------------------------------
+def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False, meta=None,
+             wrt=None) -> dict:
+    """Values and derivatives as float64 arrays, derivatives for the inputs in `wrt` (default all).
+
+    `meta` (a dict), if given, receives which backend ran."""
     if isinstance(compute, str) or not isinstance(compute, (list, tuple)):
         raise EvaluationError("'compute' must be a list, e.g. [\"value\", \"gradient\"]", code="bad_evaluation")
     unknown = [c for c in compute if c not in COMPUTE_KINDS]
@@ -228,15 +181,18 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
         raise EvaluationError(f"unknown compute kind {unknown[0]!r}; choose from {list(COMPUTE_KINDS)}",
                               code="unknown_compute")
     kinds = frozenset(compute) or frozenset({"value"})
+    wrt = _wrt(fn, wrt)
     scalar_only = sorted(kinds & {"gradient", "hvp", "hessian"})
     if scalar_only and fn.output_shape != ():
         raise EvaluationError(f"{scalar_only[0]} needs a scalar output, but this function's output has shape "
                               f"{list(fn.output_shape)} (use vjp or jacobian)", code="not_scalar")
     sizes = {_check(fn, inputs, "inputs", batch)}
+    tangent_names = fn.input_names if "trace" in kinds and not kinds & {"jvp", "hvp"} else wrt
     if kinds & {"jvp", "hvp"} or ("trace" in kinds and tangent is not None):
         if tangent is None:
-            raise EvaluationError("jvp and hvp need 'tangent' (one entry per input)", code="missing_tangent")
-        sizes.add(_check(fn, tangent, "tangent", batch))
+            raise EvaluationError(f"jvp and hvp need 'tangent' (one entry per input in {list(wrt)})",
+                                  code="missing_tangent")
+        sizes.add(_check(fn, tangent, "tangent", batch, tangent_names))
     if "vjp" in kinds or ("trace" in kinds and cotangent is not None):
         if cotangent is None:
             raise EvaluationError(f"vjp needs 'cotangent' of the output's shape {list(fn.output_shape)}",
@@ -245,36 +201,36 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     B = _one_batch(sizes, "request") if batch else 1
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
-    n_in = sum(math.prod(s) for s in fn.input_shapes.values())
     check_request(fn.work, kinds - {"jacobian", "hessian"}, B)
-    if "jacobian" in kinds:
-        check_request(fn.work, {"vjp"}, B, min(n_in, math.prod(fn.output_shape)))
-    if "hessian" in kinds:
-        check_request(fn.work, {"hvp"}, B, n_in)
+    for kind in kinds & {"jacobian", "hessian"}:
+        check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt))
 
     def batched(a):
         a = np.asarray(a, dtype=np.float64)
         return a if batch else a[None]
 
+    def run(graph, args):
+        return _run(graph, args, meta)
+
     xs = [batched(inputs[n]) for n in fn.input_names]
     out = {}
     main = kinds & {"value", "gradient", "jvp", "vjp", "hvp"}
     if main:
-        graph, order = _main_plan(fn, frozenset(main))
-        args = xs + ([batched(tangent[n]) for n in fn.input_names] if main & {"jvp", "hvp"} else []) + \
+        graph, order = main_plan(fn, frozenset(main), wrt)
+        args = xs + ([batched(tangent[n]) for n in wrt] if main & {"jvp", "hvp"} else []) + \
             ([batched(cotangent)] if "vjp" in main else [])
-        res = iter(_run(graph, args, meta))
-        for k, count in order:
-            if count is None:
+        res = iter(run(graph, args))
+        for kind, names in order:
+            if names is None:
                 val = next(res)
-                if k in kinds:
-                    out[k] = val
+                if kind in kinds:
+                    out[kind] = val
             else:
-                out[k] = {n: next(res) for n in fn.input_names}
+                out[kind] = {n: next(res) for n in names}
     if "jacobian" in kinds:
-        out["jacobian"] = _jacobian(fn, xs, B)
+        out["jacobian"] = jacobian(fn, xs, B, wrt, run)
     if "hessian" in kinds:
-        out["hessian"] = _hessian(fn, xs, B)
+        out["hessian"] = hessian(fn, xs, B, wrt, run)
     result = _finish(out, B, batch)
     if "trace" in kinds:
         result["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch)
@@ -292,11 +248,9 @@ def _trace(fn, xs, tangent, cotangent, batched, B, batch):
         args.append(batched(cotangent) if cotangent is not None else np.ones((1,)))
     res = iter(_run(graph, args))
     out = []
+    fields = ["value"] + (["tangent"] if with_t else []) + (["adjoint"] if with_a else [])
     for row in rows:
-        row = dict(row)
-        fields = ["value"] + (["tangent"] if with_t else []) + (["adjoint"] if with_a else [])
-        row.update(_finish({f: next(res) for f in fields}, B, batch))
-        out.append(row)
+        out.append({**row, **_finish({f: next(res) for f in fields}, B, batch)})
     return out
 
 
@@ -308,8 +262,13 @@ def source(fn: Function, transform: str) -> str:
     kind = SOURCE_TRANSFORMS[transform]
     if kind in ("gradient", "hvp") and fn.output_shape != ():
         raise EvaluationError(f"{transform} needs a scalar output", code="not_scalar")
-    graph, _ = _main_plan(fn, frozenset({kind}))
+    graph, _ = main_plan(fn, frozenset({kind}), tuple(fn.input_names))
     return _backend.source(graph, f"function {fn.id}, {transform}")
+
+
+def _main_plan(fn: Function, kinds: frozenset, wrt=None):
+    """The main plan for all inputs (benchmarks and tests inspect it)."""
+    return main_plan(fn, frozenset(kinds), tuple(fn.input_names) if wrt is None else tuple(wrt))
 
 
 def _run(graph, args, meta=None):
@@ -321,65 +280,9 @@ def _run(graph, args, meta=None):
         raise LimitError("out of memory evaluating this request", code="too_large") from None
 
 
-def _sizes(fn):
-    sizes = [math.prod(fn.input_shapes[n]) for n in fn.input_names]
-    return sizes, np.cumsum([0, *sizes])
-
-
-def _sweep_guard(B, rows):
-    if rows > MAX_BASIS or B * rows > MAX_SWEEP_ROWS:
-        raise LimitError(f"this needs {B} x {rows} derivative sweeps; the limit is {MAX_SWEEP_ROWS} "
-                         f"(at most {MAX_BASIS} per point)", code="too_many_sweeps")
-
-
-def _jacobian(fn, xs, B):
-    sizes, offsets = _sizes(fn)
-    n, m = int(offsets[-1]), math.prod(fn.output_shape)
-    names = fn.input_names
-    if m <= n:  # reverse: one VJP per output component
-        _sweep_guard(B, m)
-        g = fn.plan("vjp_all", lambda: vjp_graph(fn.graph, [True] * len(names), [True]))
-        basis = np.tile(np.eye(m).reshape(m, *fn.output_shape), (B,) + (1,) * len(fn.output_shape))
-        res = _run(g, [np.repeat(_full(x, B), m, axis=0) for x in xs] + [basis])[1:]
-        return {nm: _full(r, B * m).reshape(B, *fn.output_shape, *fn.input_shapes[nm]) for nm, r in zip(names, res)}
-    _sweep_guard(B, n)
-    g, mask = fn.plan("jvp_all", lambda: jvp_graph(fn.graph, [True] * len(names)))
-    eye = np.eye(n)
-    ts = [np.tile(eye[:, o:o + s].reshape(n, *fn.input_shapes[nm]), (B,) + (1,) * len(fn.input_shapes[nm]))
-          for nm, o, s in zip(names, offsets, sizes)]
-    res = _run(g, [np.repeat(_full(x, B), n, axis=0) for x in xs] + ts)
-    d = _full(res[1], B * n).reshape(B, n, m) if mask[0] else np.zeros((B, n, m))
-    return {nm: np.swapaxes(d[:, o:o + s], 1, 2).reshape(B, *fn.output_shape, *fn.input_shapes[nm])
-            for nm, o, s in zip(names, offsets, sizes)}
-
-
-def _hessian(fn, xs, B):
-    sizes, offsets = _sizes(fn)
-    n = int(offsets[-1])
-    names = fn.input_names
-    _sweep_guard(B, n)
-    graph, order = _main_plan(fn, frozenset({"hvp"}))
-    eye = np.eye(n)
-    ts = [np.tile(eye[:, o:o + s].reshape(n, *fn.input_shapes[nm]), (B,) + (1,) * len(fn.input_shapes[nm]))
-          for nm, o, s in zip(names, offsets, sizes)]
-    res = _run(graph, [np.repeat(_full(x, B), n, axis=0) for x in xs] + ts)
-    hvps = res[-len(names):]
-    out = {}
-    for a, oa, sa in zip(names, offsets, sizes):
-        out[a] = {}
-        for b_name, h in zip(names, hvps):
-            h = _full(h, B * n).reshape(B, n, *fn.input_shapes[b_name])[:, oa:oa + sa]
-            out[a][b_name] = h.reshape(B, *fn.input_shapes[a], *fn.input_shapes[b_name])
-    return out
-
-
-def _full(a, B):
-    return np.broadcast_to(a, (B, *a.shape[1:])) if a.shape[0] != B else a
-
-
 def _finish(out, B, batch):
     def fix(a):
-        a = _full(np.asarray(a, dtype=np.float64), B)
+        a = full(np.asarray(a, dtype=np.float64), B)
         return np.array(a if batch else a[0], dtype=np.float64, order="C")
 
     def walk(v):

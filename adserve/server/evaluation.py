@@ -14,7 +14,7 @@ import numpy as np
 from .errors import UNPROCESSABLE, ServiceError
 from .tensors import TensorError, decode, describe
 
-FIELDS = ("inputs", "compute", "tangent", "cotangent", "batch")
+FIELDS = ("inputs", "compute", "tangent", "cotangent", "batch", "wrt")
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Evaluation:
     tangent: dict | None
     cotangent: np.ndarray | None
     batch: bool
+    wrt: tuple | None = None  # inputs to differentiate; None: all
 
     def cache_key(self, function_id: str) -> tuple:
         """Equal for requests that must get equal results; arrays enter by shape and bytes."""
@@ -37,7 +38,7 @@ class Evaluation:
                 a = np.ascontiguousarray(tensors[name])
                 h.update(f"|{len(name)}:{name}{a.shape}".encode())
                 h.update(a)
-        return function_id, tuple(sorted(self.compute)), self.batch, h.digest()
+        return function_id, tuple(sorted(self.compute)), self.batch, self.wrt, h.digest()
 
 
 def _error(code: str, message: str) -> ServiceError:
@@ -59,6 +60,7 @@ def parse(body, kinds) -> Evaluation:
         tangent=None if body.get("tangent") is None else tensor_map(body["tangent"], "tangent"),
         cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent"),
         batch=_batch(body.get("batch", False)),
+        wrt=_wrt(body.get("wrt")),
     )
 
 
@@ -83,6 +85,14 @@ def _compute(value, kinds) -> tuple:
         if kind not in kinds:
             raise _error("invalid_compute", f"compute[{i}] is {kind!r}, which is not one of: {allowed}")
     return tuple(dict.fromkeys(value))
+
+
+def _wrt(value):
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _error("invalid_field", f"wrt must be a non-empty list of input names, not {describe(value)}")
+    return tuple(sorted(set(value)))
 
 
 def _batch(value) -> bool:

@@ -87,7 +87,8 @@ class Service:
         started = time.perf_counter()
         with self._engine_errors():
             raw = self._engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
-                                        request.cotangent, request.batch, meta=meta)
+                                        request.cotangent, request.batch, meta=meta,
+                                        **({"wrt": list(request.wrt)} if request.wrt else {}))
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
         result = _frozen(raw)
         self._results.put(key, result)

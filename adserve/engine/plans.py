@@ -1,0 +1,150 @@
+"""Evaluation plans: the graphs a request runs, built once per function and cached.
+
+* `main_plan`: ONE graph computing every requested value, gradient, JVP, VJP and
+  HVP, built by inlining the transforms into one builder so CSE shares the
+  primal work. HVP is forward-over-reverse (jvp of the gradient graph), never a
+  Hessian; its forward pass yields the JVP for free.
+* `jacobian`: one VJP per output component (reverse) or one JVP per input
+  component (forward), whichever is fewer, pushed through the batch axis.
+* `hessian`: HVPs against a basis, also through the batch axis.
+
+`wrt` names the inputs to differentiate (default: all); the rest are held
+constant, so a matrix of data costs no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .builder import Builder, inline
+from .errors import LimitError
+from .jvp import jvp_graph
+from .vjp import vjp_graph
+
+MAX_SWEEP_ROWS = 200_000  # batch points x basis vectors in one Jacobian/Hessian sweep
+MAX_BASIS = 20_000
+KINDS = ("value", "gradient", "jvp", "vjp", "hvp")
+
+
+def _mask(fn, wrt):
+    return [n in wrt for n in fn.input_names]
+
+
+def grad_graph(fn, wrt):
+    """x -> (f(x), gradient for each input in `wrt`)."""
+    def make():
+        b = Builder()
+        xs = [b.input(v.shape) for v in fn.graph.inputs]
+        return b.build(inline(b, vjp_graph(fn.graph, _mask(fn, wrt), [True]), [*xs, 1.0]))
+    return fn.plan(("grad", wrt), make)
+
+
+def main_plan(fn, kinds: frozenset, wrt: tuple):
+    """(graph, order): inputs are x, tangents of `wrt` (for jvp/hvp), the cotangent (for vjp);
+    `order` lists (kind, names) per output group, names None for a single tensor."""
+    def make():
+        mask, k = _mask(fn, wrt), len(wrt)
+        b = Builder()
+        xs = [b.input(v.shape) for v in fn.graph.inputs]
+        ts = [b.input(fn.input_shapes[n]) for n in wrt] if kinds & {"jvp", "hvp"} else []
+        ct = [b.input(fn.output_shape)] if "vjp" in kinds else []
+        slots = {}
+        if "hvp" in kinds:
+            hg, nz = jvp_graph(grad_graph(fn, wrt), mask)
+            res = inline(b, hg, [*xs, *ts])
+            slots["value"], slots["gradient"] = res[0], res[1:1 + k]
+            tangents = iter(res[1 + k:])
+            t_all = [next(tangents) if m else None for m in nz]
+            slots["jvp"], slots["hvp"] = t_all[0], t_all[1:]
+        elif "gradient" in kinds:
+            res = inline(b, grad_graph(fn, wrt), xs)
+            slots["value"], slots["gradient"] = res[0], res[1:]
+        if "jvp" in kinds and "jvp" not in slots:
+            jg, nz = jvp_graph(fn.graph, mask)
+            res = inline(b, jg, [*xs, *ts])
+            slots["value"], slots["jvp"] = res[0], res[1] if nz[0] else None
+        if "vjp" in kinds:
+            res = inline(b, vjp_graph(fn.graph, mask, [True]), [*xs, *ct])
+            slots["value"], slots["vjp"] = res[0], res[1:]
+        if "value" not in slots:
+            slots["value"] = inline(b, fn.graph, xs)[0]
+        order, outs = [], []
+        for kind in KINDS:
+            if kind not in kinds and kind != "value":
+                continue
+            v = slots.get(kind)
+            if isinstance(v, list):
+                outs += [x if x is not None else b.lit(0.0, fn.input_shapes[n]) for x, n in zip(v, wrt)]
+                order.append((kind, wrt))
+            else:
+                outs.append(v if v is not None else b.lit(0.0, fn.output_shape))
+                order.append((kind, None))
+        return b.build(outs), order
+    return fn.plan(("main", kinds, wrt), make)
+
+
+def _layout(fn, wrt):
+    sizes = [math.prod(fn.input_shapes[n]) for n in wrt]
+    return sizes, [int(o) for o in np.cumsum([0, *sizes])]
+
+
+def sweeps(fn, kind, wrt) -> int:
+    """How many derivative sweeps per point a Jacobian or Hessian takes."""
+    n = sum(math.prod(fn.input_shapes[n]) for n in wrt)
+    return min(n, math.prod(fn.output_shape)) if kind == "jacobian" else n
+
+
+def _guard(B, rows):
+    if rows > MAX_BASIS or B * rows > MAX_SWEEP_ROWS:
+        raise LimitError(f"this needs {B} x {rows} derivative sweeps; the limit is {MAX_SWEEP_ROWS:,} "
+                         f"(at most {MAX_BASIS:,} per point)", code="too_many_sweeps")
+
+
+def _repeat(xs, B, rows):
+    return [np.repeat(full(x, B), rows, axis=0) for x in xs]
+
+
+def _basis(fn, wrt, B):
+    """Tangents for every basis vector of the `wrt` inputs, tiled over B points."""
+    sizes, offsets = _layout(fn, wrt)
+    n, eye = offsets[-1], np.eye(offsets[-1])
+    return [np.tile(eye[:, o:o + s].reshape(n, *fn.input_shapes[nm]), (B,) + (1,) * len(fn.input_shapes[nm]))
+            for nm, o, s in zip(wrt, offsets, sizes)]
+
+
+def jacobian(fn, xs, B, wrt, run):
+    sizes, offsets = _layout(fn, wrt)
+    n, m, out = offsets[-1], math.prod(fn.output_shape), fn.output_shape
+    if m <= n:  # reverse: one VJP per output component
+        _guard(B, m)
+        g = fn.plan(("vjp", wrt), lambda: vjp_graph(fn.graph, _mask(fn, wrt), [True]))
+        basis = np.tile(np.eye(m).reshape(m, *out), (B,) + (1,) * len(out))
+        res = run(g, _repeat(xs, B, m) + [basis])[1:]
+        return {nm: full(r, B * m).reshape(B, *out, *fn.input_shapes[nm]) for nm, r in zip(wrt, res)}
+    _guard(B, n)  # forward: one JVP per input component
+    g, nz = fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))
+    res = run(g, _repeat(xs, B, n) + _basis(fn, wrt, B))
+    d = full(res[1], B * n).reshape(B, n, m) if nz[0] else np.zeros((B, n, m))
+    return {nm: np.swapaxes(d[:, o:o + s], 1, 2).reshape(B, *out, *fn.input_shapes[nm])
+            for nm, o, s in zip(wrt, offsets, sizes)}
+
+
+def hessian(fn, xs, B, wrt, run):
+    sizes, offsets = _layout(fn, wrt)
+    n = offsets[-1]
+    _guard(B, n)
+    graph, _ = main_plan(fn, frozenset({"hvp"}), wrt)
+    hvps = run(graph, _repeat(xs, B, n) + _basis(fn, wrt, B))[1:]
+    out = {}
+    for a, oa, sa in zip(wrt, offsets, sizes):
+        out[a] = {}
+        for b, h in zip(wrt, hvps):
+            h = full(h, B * n).reshape(B, n, *fn.input_shapes[b])[:, oa:oa + sa]
+            out[a][b] = h.reshape(B, *fn.input_shapes[a], *fn.input_shapes[b])
+    return out
+
+
+def full(a, B):
+    return np.broadcast_to(a, (B, *a.shape[1:])) if a.shape[0] != B else a
