@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adserve_client import (AsyncClient, Client, GrpcClient, InvalidArgument, NotFound, ResourceExhausted, expr,
-                            program)
+from adserve_client import (AsyncClient, AsyncGrpcClient, Client, GrpcClient, InvalidArgument, NotFound,
+                            ResourceExhausted, expr, program)
 
 SURVEY = expr("log(x1) + x1*x2 - sin(x2)", x1=[], x2=[])
 VECTOR_OUT = expr("x * s", x=[3], s=[])
@@ -90,9 +90,10 @@ def test_minimize_errors_and_early_exit(ad):
     steps.close()
 
 
-def test_async_rest_client(server):
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_async_clients(server, protocol):
     async def run():
-        async with AsyncClient(server.url) as ad:
+        async with (AsyncClient(server.url) if protocol == "rest" else AsyncGrpcClient(server.grpc)) as ad:
             f = await ad.register(SURVEY)
             r = await ad.evaluate(f, {"x1": 2.0, "x2": 5.0}, compute=["gradient"])
             steps = [s async for s in ad.minimize(ROSENBROCK, {"x": -np.ones(10)}, method="newton-cg")]
@@ -102,6 +103,23 @@ def test_async_rest_client(server):
     r, steps = asyncio.run(run())
     assert r.gradient["x1"] == pytest.approx(5.5)
     np.testing.assert_allclose(steps[-1].x["x"], np.ones(10), atol=1e-4)
+
+
+def test_async_grpc_stream_lockstep(server):
+    async def run():
+        async with AsyncGrpcClient(server.grpc) as ad:
+            f = await ad.register(ROSENBROCK)
+            async with ad.stream() as s:
+                x = np.full(10, -1.0)
+                first = (await s.evaluate(f, {"x": x})).value
+                for _ in range(200):
+                    x = x - 1e-4 * (await s.evaluate(f, {"x": x}, compute=["gradient"])).gradient["x"]
+                last = (await s.evaluate(f, {"x": x})).value
+                with pytest.raises(InvalidArgument):
+                    await s.evaluate(f, {"x": np.ones(3)})
+            return first, last
+    first, last = asyncio.run(run())
+    assert last < first
 
 
 def test_grpc_stream_lockstep(server):

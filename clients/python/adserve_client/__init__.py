@@ -1,4 +1,5 @@
-"""adserve's Python client: NumPy in and out, over REST (`Client`, `AsyncClient`) or gRPC (`GrpcClient`).
+"""adserve's Python client: NumPy in and out, over REST (`Client`, `AsyncClient`) or gRPC (`GrpcClient`,
+`AsyncGrpcClient`).
 
     from adserve_client import Client, expr
     with Client("http://127.0.0.1:8000") as c:
@@ -11,9 +12,9 @@ Errors of the server are raised as `AdserveError` subclasses carrying its messag
 from .errors import (AdserveError, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated,
                      Unavailable)
 from .rest import AsyncClient, Client
-from .rpc import EvaluationStream, GrpcClient
+from .rpc import AsyncEvaluationStream, AsyncGrpcClient, EvaluationStream, GrpcClient
 from .types import FunctionInfo, Progress, Result, expr, program
 
-__all__ = ["Client", "AsyncClient", "GrpcClient", "EvaluationStream", "FunctionInfo", "Result", "Progress", "expr",
-           "program", "AdserveError", "InvalidArgument", "NotFound", "ResourceExhausted", "Unauthenticated",
-           "DeadlineExceeded", "Unavailable"]
+__all__ = ["Client", "AsyncClient", "GrpcClient", "AsyncGrpcClient", "EvaluationStream", "AsyncEvaluationStream",
+           "FunctionInfo", "Result", "Progress", "expr", "program", "AdserveError", "InvalidArgument", "NotFound",
+           "ResourceExhausted", "Unauthenticated", "DeadlineExceeded", "Unavailable"]
