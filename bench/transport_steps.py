@@ -7,7 +7,7 @@ gRPC ways run with both Python clients, blocking (`GrpcClient`) and asyncio
 It starts its own server on free loopback ports (ADSERVE_COMPILE as set; the
 warm-up waits for the numba kernel) unless --http and --grpc point at one.
 
-    .venv/bin/python bench/transport_steps.py [--steps 1000] [--http URL --grpc HOST:PORT]
+    .venv/bin/python bench/transport_steps.py [--steps 1000] [--http URL --grpc HOST:PORT] [--settle 3]
 """
 
 import argparse
@@ -76,12 +76,13 @@ async def adescend(evaluate, x, steps: int) -> tuple:
     return x, times
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--http")
     p.add_argument("--grpc")
-    args = p.parse_args()
+    p.add_argument("--settle", type=float, default=3, help="seconds after warm-up for the kernel to compile")
+    args = p.parse_args(argv)
     with contextlib.nullcontext((args.http, args.grpc)) if args.http else server() as (url, target):
         loop = asyncio.new_event_loop()
         with Client(url) as rest, GrpcClient(target) as rpc, rpc.stream() as stream:
@@ -98,7 +99,7 @@ def main() -> None:
                        for name, ev in aio.items()}}
             for run in ways.values():  # warm up, and give the kernel time to compile
                 run(np.full(10, -1.0), 50)
-            time.sleep(3)
+            time.sleep(args.settle)
             # rounds of 100 steps, the ways taking turns, so that a busy machine slows each alike
             xs, times = {name: np.full(10, -1.0) for name in ways}, {name: [] for name in ways}
             for _ in range(args.steps // 100):
