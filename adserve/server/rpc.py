@@ -6,6 +6,8 @@ this protocol, and the same message as REST; its snake_case code (and
 location, as JSON) travel in the trailing metadata. The server also answers
 `grpc.health.v1.Health` (NOT_SERVING until `serving()` and again while it
 drains) and server reflection. Requests are capped at the REST body limit.
+While it drains, health still answers, new Differentiator calls get
+UNAVAILABLE, and calls in flight have the grace period to finish.
 API keys, when they come, are a server interceptor passed to `RpcServer`
 that ends a call with UNAUTHENTICATED.
 """
@@ -36,6 +38,52 @@ STATUS = {
 INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been logged"
 
 
+class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
+    def __init__(self, service):
+        self.service = service
+        self.draining = False
+        self.in_flight = 0
+
+    @contextlib.asynccontextmanager
+    async def _call(self, context: grpc.aio.ServicerContext):
+        """Refuse the call once draining, else count it while it runs and end it with the mapped status."""
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; call again (another replica)")
+        self.in_flight += 1
+        try:
+            async with _status(context):
+                yield
+        finally:
+            self.in_flight -= 1
+
+    async def Register(self, request, context):
+        async with self._call(context):
+            definition = rpc_codec.definition_in(request)
+            info, created = await asyncio.to_thread(self.service.register, definition)
+            return rpc_codec.info_out(info, created)
+
+    async def Evaluate(self, request, context):
+        async with self._call(context):
+            return await asyncio.to_thread(self._evaluate, request)
+
+    async def EvaluateStream(self, request_iterator, context):
+        async with self._call(context):
+            async for request in request_iterator:
+                yield await asyncio.to_thread(self._evaluate, request)
+
+    async def Minimize(self, request, context):
+        async with self._call(context):
+            target, body = rpc_codec.minimization_in(request)
+            run = await asyncio.to_thread(optimize.start, self.service, target, body)
+            async with contextlib.aclosing(run.progress()) as progress:
+                async for p in progress:
+                    yield rpc_codec.progress_out(p)
+
+    def _evaluate(self, request):
+        """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
+        return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request)))
+
+
 @contextlib.asynccontextmanager
 async def _status(context: grpc.aio.ServicerContext):
     """End the call with the mapped status of whatever the service raised."""
@@ -53,38 +101,6 @@ async def _status(context: grpc.aio.ServicerContext):
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
-    def __init__(self, service):
-        self.service = service
-
-    async def Register(self, request, context):
-        async with _status(context):
-            definition = rpc_codec.definition_in(request)
-            info, created = await asyncio.to_thread(self.service.register, definition)
-            return rpc_codec.info_out(info, created)
-
-    async def Evaluate(self, request, context):
-        async with _status(context):
-            return await asyncio.to_thread(self._evaluate, request)
-
-    async def EvaluateStream(self, request_iterator, context):
-        async with _status(context):
-            async for request in request_iterator:
-                yield await asyncio.to_thread(self._evaluate, request)
-
-    async def Minimize(self, request, context):
-        async with _status(context):
-            target, body = rpc_codec.minimization_in(request)
-            run = await asyncio.to_thread(optimize.start, self.service, target, body)
-            async with contextlib.aclosing(run.progress()) as progress:
-                async for p in progress:
-                    yield rpc_codec.progress_out(p)
-
-    def _evaluate(self, request):
-        """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
-        return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request)))
-
-
 class RpcServer:
     """A grpc.aio server with the Differentiator, health and reflection on `host:port`."""
 
@@ -94,7 +110,8 @@ class RpcServer:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
         ])
-        ad_pb2_grpc.add_DifferentiatorServicer_to_server(Differentiator(service), self.server)
+        self.differentiator = Differentiator(service)
+        ad_pb2_grpc.add_DifferentiatorServicer_to_server(self.differentiator, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -113,9 +130,14 @@ class RpcServer:
             await self._set(health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
-        """Health says NOT_SERVING, new calls are refused, calls in flight get `grace` seconds."""
+        """Health says NOT_SERVING, new calls are refused, calls in flight get `grace` seconds; then it stops."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        self.differentiator.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.differentiator.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.server.stop(0)
 
     async def _set(self, status) -> None:
         for name in ("", SERVICE_NAME):
