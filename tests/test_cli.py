@@ -1,5 +1,9 @@
 """Settings come from defaults, then ADSERVE_* variables, then flags; bad ones stop the start cleanly."""
 
+import socket
+import subprocess
+import sys
+
 import httpx
 import pytest
 
@@ -34,3 +38,13 @@ def test_console_entry_serves_both_protocols(tmp_path):
     with running_server(tmp_path / "server.log", grpc_port=grpc_port) as server:
         assert httpx.get(server.url + "/healthz").status_code == 200
     assert f"gRPC on 127.0.0.1:{grpc_port}" in server.log()
+
+
+def test_a_taken_grpc_port_exits_with_a_message():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "adserve.server.cli", "--http-port", str(free_port()),
+                            "--grpc-port", str(port)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and f"cannot listen for gRPC on 127.0.0.1:{port}" in r.stderr
