@@ -14,10 +14,10 @@ from . import harness, problems, report, service
 METHOD = """\
 How it is measured (`make bench`, about {minutes:.0f} minutes here):
 
-- One process times every contender of a case in the same run, interleaved: each round times a block of
-  back-to-back calls of every contender (a block lasts about 2 ms), in a rotating order; ratios are taken
-  per round and summarised as the median and interquartile range over the rounds, so drift of the machine
-  hits both sides of a ratio alike.
+- One process times every contender of a case in the same run, interleaved: each round times every
+  contender, in a rotating order, as the fastest of three blocks of back-to-back calls (a block lasts about
+  1 ms; other processes only ever add time). Ratios are taken per round and summarised as the median and
+  interquartile range over the rounds, so drift of the machine hits both sides of a ratio alike.
 - **ours** is `api.evaluate` in process on the tiered backend, after `Tiered.wait()` says the plan's numba
   kernel is loaded (each case checks `meta["backend"] == "numba"`); the primal and the derivative are timed
   the same way. **kernel** calls that generated kernel directly with preallocated outputs, so
@@ -27,10 +27,9 @@ How it is measured (`make bench`, about {minutes:.0f} minutes here):
   `block_until_ready`: `value_and_grad` for gradients, `jvp(grad)` for the HVP, `vmap(value_and_grad)` for
   the batch. **autograd** is `value_and_grad` / `hessian_vector_product` on NumPy (no batch form).
 - Before timing, ours and JAX must agree (relative 1e-7).
-- Constants the caller does not differentiate (GMM sample points, llsq design) are literals in our
-  definition and closed over by the rivals. The Helmholtz `b` and `A` are our inputs (an n x n literal is
-  too big to write into a definition), so our gradient also computes d/db and d/dA; the target compares
-  with JAX differentiating `x` only, and the column `ours/jax all inputs` with JAX doing the same work.
+- Data that is not differentiated (the Helmholtz `b` and `A`, the GMM sample points, the llsq design) is
+  sent as inputs, as a client would; every contender differentiates the same inputs (ours with `wrt`,
+  JAX with `argnums`).
 - Wall-clock numbers are never asserted in tests; `tests/test_bench_smoke.py` runs this harness on tiny
   sizes on the interpreter so it cannot rot.
 """

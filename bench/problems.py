@@ -1,13 +1,10 @@
 """The benchmark cases: each function once in adserve's expression language, once over an array module.
 
-A case's `xp_fn(xp, **arrays)` is the same function for JAX (`xp = jax.numpy`)
-and autograd (`xp = autograd.numpy`), called with our inputs and its bound
-constants by name. Constants are data the caller does not differentiate (a
-mixture's sample points, a design matrix): ours gets them as literals in the
-definition (`bind`), the rivals close over them. Where the survey treats
-parameters as constants but they are too big to write as literals (the
-Helmholtz `A` is n x n), they are our inputs, and the rivals are timed both
-ways: differentiating only `wrt` (the target) and all our inputs (equal work).
+A case's `xp_fn(xp, **inputs)` is the same function for JAX (`xp = jax.numpy`)
+and autograd (`xp = autograd.numpy`), called with our inputs by name. Data the
+caller does not differentiate (the Helmholtz `b` and `A`, a mixture's sample
+points, a design matrix) are inputs too, as a client of the service sends
+them; every contender differentiates only `wrt` (ours through `wrt=`).
 """
 
 from __future__ import annotations
@@ -18,8 +15,6 @@ from typing import Callable
 
 import numpy as np
 
-from adserve.engine import api
-
 R, T = 8.314, 300.0
 
 
@@ -27,12 +22,11 @@ R, T = 8.314, 300.0
 class Case:
     bench: str                       # "helmholtz"
     label: str                       # "n=200"
-    definition: dict                 # ours, after binding constants
+    definition: dict                 # ours
     inputs: dict                     # ours: name -> array ([B, ...] when batch)
-    xp_fn: Callable                  # f(xp, **inputs, **consts) -> scalar
+    xp_fn: Callable                  # f(xp, **inputs) -> scalar
     kind: str = "gradient"           # the derivative timed: "gradient" or "hvp"
-    wrt: tuple = ("x",)              # what the target's rival differentiates
-    consts: dict = field(default_factory=dict)
+    wrt: tuple = ("x",)              # the inputs every contender differentiates
     tangent: dict | None = None      # hvp only
     batch: bool = False
     targets: dict = field(default_factory=dict)  # ratio name -> upper bound
@@ -41,27 +35,10 @@ class Case:
     def deriv_compute(self):
         return ["hvp"] if self.kind == "hvp" else ["value", "gradient"]
 
-    @property
-    def n_nodes(self) -> int:
-        return api.compile_definition(self.definition).n_nodes
 
-
-def bind(inputs: dict, expr: str, consts: dict) -> dict:
-    """An expr definition over `inputs` and `consts`, with the constants written in as literals."""
-    names = {**{k: np.shape(v) for k, v in inputs.items()}, **{k: np.shape(v) for k, v in consts.items()}}
-    fn = api.compile_definition({"inputs": [{"name": k, "shape": list(s)} for k, s in names.items()], "expr": expr})
-    if not consts:
-        return {"inputs": fn.info()["inputs"], "expr": expr}
-    d = fn.export()
-    lits = {k: {"data": np.asarray(v, dtype=float).ravel().tolist(), "shape": list(np.shape(v))} for k, v in consts.items()}
-    for node in d["graph"]["nodes"]:
-        node["args"] = [lits.get(a, a) if isinstance(a, str) else a for a in node["args"]]
-    d["inputs"] = [i for i in d["inputs"] if i["name"] not in consts]
-    return d
-
-
-def _unbatched(inputs: dict) -> list:
-    return [{"name": k, "shape": list(np.shape(v))} for k, v in inputs.items()]
+def _defn(inputs: dict, expr: str, batch=False) -> dict:
+    return {"inputs": [{"name": k, "shape": list(np.shape(v)[1 if batch else 0:])} for k, v in inputs.items()],
+            "expr": expr}
 
 
 # -- Helmholtz free energy (Baydin et al. 2018, Table 4) ---------------------------
@@ -83,7 +60,7 @@ def helmholtz(n: int, rng) -> Case:
     A = (A + A.T) / 2
     x = rng.uniform(0.1, 1, n) / n  # keeps 1 - b.x > 0
     inputs = {"x": x, "b": b, "A": A}
-    return Case("helmholtz", f"n={n}", {"inputs": _unbatched(inputs), "expr": HELMHOLTZ}, inputs, helmholtz_xp,
+    return Case("helmholtz", f"n={n}", _defn(inputs, HELMHOLTZ), inputs, helmholtz_xp,
                 targets={"gradient/primal": 2.0 if n >= 200 else 3.0, "ours/jax": 1.0})
 
 
@@ -97,21 +74,20 @@ def rosenbrock_xp(xp, x):
 
 def rosenbrock_hvp(n: int, rng) -> Case:
     x, v = rng.uniform(-1, 1, n), rng.standard_normal(n)
-    return Case("rosenbrock-hvp", f"n={n}", {"inputs": [{"name": "x", "shape": [n]}], "expr": ROSENBROCK},
-                {"x": x}, rosenbrock_xp, kind="hvp", tangent={"x": v},
-                targets={"hvp/primal": 3.0, "ours/jax": 1.0})
+    return Case("rosenbrock-hvp", f"n={n}", _defn({"x": x}, ROSENBROCK), {"x": x}, rosenbrock_xp, kind="hvp",
+                tangent={"x": v}, targets={"hvp/primal": 3.0, "ours/jax": 1.0})
 
 
 def rosenbrock_batch(n: int, points: int, rng) -> Case:
     x = rng.uniform(-1, 1, (points, n))
-    return Case("rosenbrock-batch", f"B={points}, n={n}", {"inputs": [{"name": "x", "shape": [n]}], "expr": ROSENBROCK},
-                {"x": x}, rosenbrock_xp, batch=True, targets={"ours/jax": 1.0})
+    return Case("rosenbrock-batch", f"B={points}, n={n}", _defn({"x": x}, ROSENBROCK, batch=True), {"x": x},
+                rosenbrock_xp, batch=True, targets={"ours/jax": 1.0})
 
 
 # -- GradBench-style -----------------------------------------------------------------
 def lse(n: int, rng) -> Case:
     x = rng.standard_normal(n)
-    return Case("lse", f"n={n}", {"inputs": [{"name": "x", "shape": [n]}], "expr": "logsumexp(x)"}, {"x": x},
+    return Case("lse", f"n={n}", _defn({"x": x}, "logsumexp(x)"), {"x": x},
                 lambda xp, x: _logsumexp(xp, x), targets={"gradient/primal": 3.0})
 
 
@@ -126,11 +102,9 @@ LLSQ = "0.5 * sum((s - dot(t, x)) ** 2)"
 def llsq(n: int, m: int, rng) -> Case:
     """GradBench llsq: y(x) = 1/2 sum_i (s_i - sum_j x_j t_i^j)^2, t_i = -1 + 2i/(n-1), s_i = sign(t_i)."""
     ti = -1 + 2 * np.arange(n) / (n - 1)
-    consts = {"t": ti[:, None] ** np.arange(m), "s": np.sign(ti)}
-    x = rng.standard_normal(m)
-    return Case("llsq", f"n={n}, m={m}", bind({"x": x}, LLSQ, consts), {"x": x},
-                lambda xp, x, t, s: 0.5 * xp.sum((s - xp.dot(t, x)) ** 2), consts=consts,
-                targets={"gradient/primal": 3.0})
+    inputs = {"x": rng.standard_normal(m), "t": ti[:, None] ** np.arange(m), "s": np.sign(ti)}
+    return Case("llsq", f"n={n}, m={m}", _defn(inputs, LLSQ), inputs,
+                lambda xp, x, t, s: 0.5 * xp.sum((s - xp.dot(t, x)) ** 2), targets={"gradient/primal": 3.0})
 
 
 def gmm_expr(N, K, d):
@@ -149,10 +123,10 @@ def gmm_xp(xp, alpha, mu, q, X):
 
 
 def gmm(N: int, K: int, d: int, rng) -> Case:
-    inputs = {"alpha": rng.standard_normal(K), "mu": rng.standard_normal((K, d)), "q": 0.1 * rng.standard_normal((K, d))}
-    consts = {"X": rng.standard_normal((N, d))}
-    return Case("gmm", f"N={N}, K={K}, d={d}", bind(inputs, gmm_expr(N, K, d), consts), inputs, gmm_xp,
-                wrt=tuple(inputs), consts=consts, targets={"gradient/primal": 3.0})
+    inputs = {"alpha": rng.standard_normal(K), "mu": rng.standard_normal((K, d)),
+              "q": 0.1 * rng.standard_normal((K, d)), "X": rng.standard_normal((N, d))}
+    return Case("gmm", f"N={N}, K={K}, d={d}", _defn(inputs, gmm_expr(N, K, d)), inputs, gmm_xp,
+                wrt=("alpha", "mu", "q"), targets={"gradient/primal": 3.0})
 
 
 def cases(quick: bool = False, seed: int = 0) -> list[Case]:

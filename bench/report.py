@@ -13,9 +13,9 @@ from .timing import Spread
 
 CONTENDERS = [("ours:primal", "ours primal"), ("ours:deriv", "ours deriv"), ("kernel:primal", "kernel primal"),
               ("kernel:deriv", "kernel deriv"), ("interp:deriv", "interpreter deriv"), ("jax:primal", "JAX primal"),
-              ("jax:deriv", "JAX deriv"), ("jax:deriv-all", "JAX deriv, all inputs"),
+              ("jax:deriv", "JAX deriv"),
               ("autograd:deriv", "autograd deriv")]
-RATIO_COLUMNS = ["{kind}/primal", "ours/jax", "ours/jax all inputs", "ours/autograd", "interpreter/ours",
+RATIO_COLUMNS = ["{kind}/primal", "ours/jax", "ours/autograd", "interpreter/ours",
                  "kernel {kind}/primal", "kernel/ours", "jax {kind}/primal"]
 
 
@@ -78,7 +78,7 @@ def tables(results, service=None) -> str:
     out += ["", "## All ratios", "",
             "`deriv` is the case's derivative: value and gradient, or the HVP (ours computes value and HVP, "
             "JAX `jvp(grad)` gradient and HVP). `ours` is `api.evaluate` on compiled kernels; `kernel` the same "
-            "kernel called directly; `jax all inputs` differentiates every input ours does.", ""]
+            "kernel called directly.", ""]
     cols = [c for c in RATIO_COLUMNS if any(c.format(kind=r["kind"]) in r["ratios"] for r in results["cases"])]
     out.append("| benchmark | size | IR nodes | " + " | ".join(c.replace("{kind}", "deriv") for c in cols) + " |")
     out.append("| --- | --- | --- |" + " --- |" * len(cols))
@@ -131,7 +131,10 @@ def service_table(sv) -> str:
         ms = ", ".join(f"{1e3 * t:.0f}" for t in fa["seconds"])
         out.append(f"| {fa['name']} ({fa['terms']} terms) | {fa['n_nodes']} | {ms} | "
                    f"{', '.join(sorted(set(fa['tiers'])))} | `{fa['server_timing'][-1]}` |")
-    out.append("")
+    out += ["", "The same kind of request in the bench's own process, on the interpreter, by stage (median ms over "
+            "three fresh functions): " + "; ".join(
+                f"{fa['name']}: " + ", ".join(f"{k} {v:.0f}" for k, v in fa["in_process_ms"].items())
+                for fa in sv["first_answer"] if "in_process_ms" in fa) + ".", ""]
     out.append(f"Server start to ready: {sv['ready_s']:.2f} s.")
     if sv.get("compile_to_numba_s") is not None:
         out.append(f"A new {sv['first_answer'][0]['name']} function was answered by its compiled kernel "
@@ -157,8 +160,7 @@ def plot(results, path) -> bool:
     helm = [c for c in results["cases"] if c["bench"] == "helmholtz"]
     ns = [int(c["label"].split("=")[1]) for c in helm]
     for key, name in CONTENDERS:
-        if key.startswith("ours:") or key in ("kernel:deriv", "interp:deriv", "jax:deriv", "jax:deriv-all",
-                                              "autograd:deriv"):
+        if key.startswith("ours:") or key in ("kernel:deriv", "interp:deriv", "jax:deriv", "autograd:deriv"):
             ys = [c["median_s"].get(key) for c in helm]
             if all(y is not None for y in ys) and ys:
                 left.plot(ns, [y * 1e6 for y in ys], marker="o", label=name.replace("deriv", "value+gradient"))

@@ -118,6 +118,7 @@ def probe(sizes=((334, "1,000-op"), (1000, "1,000 terms")), fresh=5, compute=("v
                                             "server_timing": [t[2] for t in times]})
                 log(f"  first answer, {name}: median {1e3 * float(np.median([t[0] for t in times])):.1f} ms; "
                     f"server timing {times[-1][2]}")
+                out["first_answer"][-1]["in_process_ms"] = breakdown(n_terms, compute=compute)
             if not (restart and compile_kernels):
                 return out
             out["compile_to_numba_s"], _ = until_numba(c, keep, compute, timeout=300, pause=0.2)
@@ -133,6 +134,29 @@ def probe(sizes=((334, "1,000-op"), (1000, "1,000 terms")), fresh=5, compute=("v
                               "from_start_s": None if seconds is None else t_first - t_start + seconds}
             log(f"  after restart: ready in {ready_s:.2f} s, numba {seconds} s after the first request")
     return out
+
+
+def breakdown(n_terms: int, fresh=3, compute=("value", "gradient"), seed=None) -> dict:
+    """Where a first answer's time goes, in process on the interpreter: median ms per stage."""
+    from adserve.engine import api, backend
+    rng, stages = np.random.default_rng(seed), {"definition": [], "plan": [], "interpreter run": []}
+    old = api.get_backend()
+    api.set_backend(backend.Interpreter())
+    try:
+        for _ in range(fresh):
+            defn = terms_definition(n_terms, rng)
+            t0 = time.perf_counter()
+            fn = api.compile_definition(defn)
+            t1 = time.perf_counter()
+            api._main_plan(fn, frozenset(compute))
+            t2 = time.perf_counter()
+            api.evaluate(fn, {"x": np.linspace(0.1, 0.9, N_X)}, list(compute))
+            t3 = time.perf_counter()
+            for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+                stages[k].append(v)
+    finally:
+        api.set_backend(old)
+    return {k: 1e3 * float(np.median(v)) for k, v in stages.items()}
 
 
 def _n_nodes(defn) -> int:

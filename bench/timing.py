@@ -1,10 +1,11 @@
 """Interleaved timing: every contender of a case is timed in each round, in a rotating order.
 
-A round times a block of `k` back-to-back calls per contender (k chosen so a
-block lasts about `block_s`), so timer resolution and one-off stalls matter
-little; drift over the run (other processes, clock changes) hits every
-contender of a round alike. Ratios are formed per round, then summarised, so
-they stay meaningful on a noisy machine where absolute times wander.
+A round times, per contender, `reps` blocks of `k` back-to-back calls (k chosen
+so a block lasts about `block_s`) and keeps the fastest block: time slices
+lost to other processes only ever add time, so the minimum of a few nearby
+blocks sheds them. Drift over the run hits every contender of a round alike;
+ratios are formed per round, then summarised (median and quartiles), so they
+stay meaningful on a loaded machine where absolute times wander.
 """
 
 from __future__ import annotations
@@ -48,18 +49,19 @@ def _block(fn, k) -> float:
     return (time.perf_counter() - t) / k
 
 
-def measure(contenders: dict, rounds: int = 21, block_s: float = 0.002, budget_s: float = 20.0) -> Timings:
+def measure(contenders: dict, rounds: int = 21, block_s: float = 0.001, reps: int = 3,
+            budget_s: float = 20.0) -> Timings:
     """Time zero-argument callables, interleaved; fewer rounds (at least 5) when they would pass `budget_s`."""
     names = list(contenders)
     for fn in contenders.values():  # warm-up: caches, lazy initialisation, branch predictors
         fn()
     single = {n: min(_block(contenders[n], 1) for _ in range(3)) for n in names}
     ks = {n: max(1, int(block_s / max(single[n], 1e-9))) for n in names}
-    per_round = sum(ks[n] * single[n] for n in names)
+    per_round = reps * sum(ks[n] * single[n] for n in names)
     rounds = max(5, min(rounds, int(budget_s / max(per_round, 1e-9))))
     out = {n: np.empty(rounds) for n in names}
     for r in range(rounds):
         shift = r % len(names)
         for n in names[shift:] + names[:shift]:
-            out[n][r] = _block(contenders[n], ks[n])
+            out[n][r] = min(_block(contenders[n], ks[n]) for _ in range(reps))
     return Timings(out)

@@ -32,6 +32,7 @@ def test_the_report_renders(results, tmp_path):
     assert "| helmholtz | n=10 | gradient/primal |" in text
 
 
-def test_constants_bound_as_literals_leave_only_the_differentiated_inputs():
+def test_every_contender_differentiates_the_same_inputs():
     case = problems.gmm(4, 2, 2, __import__("numpy").random.default_rng(0))
-    assert [i["name"] for i in case.definition["inputs"]] == ["alpha", "mu", "q"]
+    got = harness.Ours(case, None, None).request("deriv")
+    assert set(got()["gradient"]) == {"alpha", "mu", "q"}  # not the sample points X
