@@ -5,8 +5,8 @@ Two kinds of keys, under a prefix (`adserve:v1:` by default):
   written once (`SET NX`) and never expiring. A replica that does not know an
   id fetches the definition and compiles it; compiling is deterministic, so it
   gets the same id (checked).
-* `result:<version>:<fn id>:<kinds>:<batch>:<digest>`: one result as compact
-  bytes (`pack`), with a TTL. Only these keys expire, so under `maxmemory`
+* `result:<version>:<fn id>:<digest of the rest of the cache key>`: one result
+  as compact bytes (`pack`), with a TTL. Only these keys expire, so under `maxmemory`
   with `maxmemory-policy volatile-lru` Redis evicts old results and never a
   definition.
 
@@ -18,6 +18,7 @@ restarted empty (a new `run_id`), this replica writes back the definitions it
 holds, so ids registered during the outage become shared again.
 """
 
+import hashlib
 import logging
 import threading
 from typing import Callable, Iterable
@@ -150,9 +151,10 @@ class SharedStore:
 
     # -- result cache ---------------------------------------------------------------
     def result_key(self, key: tuple) -> str:
-        """The Redis key of `evaluation.Evaluation.cache_key`'s tuple; the version keeps upgrades apart."""
-        function_id, kinds, batch, digest = key
-        return f"{self.prefix}result:{__version__}:{function_id}:{','.join(kinds)}:{int(batch)}:{digest.hex()}"
+        """The Redis key of `evaluation.Evaluation.cache_key`'s tuple (function id first, then plain
+        data whose repr is the same in every process); the version keeps upgrades apart."""
+        digest = hashlib.blake2b(repr(key[1:]).encode(), digest_size=20).hexdigest()
+        return f"{self.prefix}result:{__version__}:{key[0]}:{digest}"
 
     def get_result(self, key: tuple):
         if self.result_ttl <= 0 or not self.up:
