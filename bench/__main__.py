@@ -72,6 +72,10 @@ def main(argv=None):
         f"| load average (1 min) | {load0[0]:.1f} at start, {load_mid[0]:.1f} after the in-process cases, "
         f"{load1[0]:.1f} at the end |", "",
     ]
+    if max(load0[0], load_mid[0], load1[0]) > (os.cpu_count() or 1):
+        text += [f"The machine was busy during this run (load average above its {os.cpu_count()} cores): absolute "
+                 "times are inflated and wander, most for calls of a few microseconds. Ratios are paired per round; "
+                 "read their interquartile ranges as the noise.", ""]
     if have_plot:
         text += [f"![Helmholtz times and target ratios]({os.path.relpath(args.plot, os.path.dirname(args.out))})", ""]
     text.append(report.tables(results, sv))

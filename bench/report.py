@@ -138,7 +138,8 @@ def service_table(sv) -> str:
     out.append(f"Server start to ready: {sv['ready_s']:.2f} s.")
     if sv.get("compile_to_numba_s") is not None:
         out.append(f"A new {sv['first_answer'][0]['name']} function was answered by its compiled kernel "
-                   f"{sv['compile_to_numba_s']:.1f} s after its first-answer phase ended (compile in the background).")
+                   f"{sv['compile_to_numba_s']:.1f} s after its first request (compiled in the background while "
+                   "the other new functions were asked; each compile queues behind the earlier ones).")
     r = sv.get("restart")
     if r:
         got = "never (60 s)" if r["to_numba_s"] is None else f"{r['to_numba_s']:.2f} s after the first request " \
