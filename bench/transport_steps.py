@@ -86,8 +86,7 @@ def main(argv=None) -> None:
     with contextlib.nullcontext((args.http, args.grpc)) if args.http else server() as (url, target):
         loop = asyncio.new_event_loop()
         with Client(url) as rest, GrpcClient(target) as rpc, rpc.stream() as stream:
-            arpc = loop.run_until_complete(_async_client(target))
-            astream = arpc.stream()
+            arpc, astream = loop.run_until_complete(_async_client(target))
             f = rest.register(ROSENBROCK)
             sync = {"gRPC EvaluateStream": lambda x: stream.evaluate(f, x, compute=["gradient"]),
                     "gRPC Evaluate (unary)": lambda x: rpc.evaluate(f, x, compute=["gradient"]),
@@ -113,8 +112,10 @@ def main(argv=None) -> None:
             print(f"  {name:24s} {len(t) / sum(t):8.0f} steps/s   median {1e3 * np.median(t):.3f} ms/step")
 
 
-async def _async_client(target: str) -> AsyncGrpcClient:
-    return AsyncGrpcClient(target)  # made inside the loop that will run it
+async def _async_client(target: str) -> tuple:
+    """An asyncio client and its stream, made inside the loop that will run them."""
+    client = AsyncGrpcClient(target)
+    return client, client.stream()
 
 if __name__ == "__main__":
     main()
