@@ -132,6 +132,17 @@ EOF
 again=$(curl -fsS "$url/v1/evaluate" -d "$survey")
 [[ $again == *'"cached":true'* ]] || fail "the second answer is not from the result cache: $again"
 
+# the optimiser streams NDJSON (SciPy in the image, intact)
+rosen='{"inputs": [{"name": "x", "shape": [2]}], "expr": "(1 - x[0])**2 + 100*(x[1] - x[0]**2)**2"}'
+fid=$(curl -fsS "$url/v1/functions" -d "$rosen" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') \
+    || fail "register Rosenbrock"
+last=$(curl -fsS -N "$url/v1/functions/$fid/minimize" -d '{"x0": {"x": [-1.2, 1.0]}, "method": "lbfgs"}' | tail -n 1)
+python3 - "$last" <<'EOF' || fail "minimize did not reach (1, 1): $last"
+import json, sys
+p = json.loads(sys.argv[1])
+assert p["done"] and all(abs(v - 1) < 1e-4 for v in p["x"]["x"]), p
+EOF
+
 podman healthcheck run "$container" >/dev/null 2>>"$work/podman.log" || fail "the image's HEALTHCHECK"
 
 # what the Kubernetes startup probe asks: grpc.health.v1 says SERVING
