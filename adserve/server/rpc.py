@@ -69,7 +69,8 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
     async def EvaluateStream(self, request_iterator, context):
         async with self._call(context):
             async for request in request_iterator:
-                yield await asyncio.to_thread(self._evaluate, request)
+                if not await _send(context, await asyncio.to_thread(self._evaluate, request)):
+                    return
 
     async def Minimize(self, request, context):
         async with self._call(context):
@@ -77,11 +78,24 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
             run = await asyncio.to_thread(optimize.start, self.service, target, body)
             async with contextlib.aclosing(run.progress()) as progress:
                 async for p in progress:
-                    yield rpc_codec.progress_out(p)
+                    if not await _send(context, rpc_codec.progress_out(p)):
+                        return
 
     def _evaluate(self, request):
         """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
         return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request)))
+
+
+async def _send(context: grpc.aio.ServicerContext, message) -> bool:
+    """Write one message of a response stream; False once the call is over (cancelled, or past its
+    deadline while the write waited for a slow reader), which grpc would otherwise log as an error."""
+    try:
+        await context.write(message)
+        return True
+    except Exception:
+        if context.done():
+            return False
+        raise
 
 
 @contextlib.asynccontextmanager
