@@ -170,6 +170,10 @@ class Builder:
         simplified = None if multi else _simplify(prim, atoms, out_shapes[0])
         if simplified is not None:
             return V(self, simplified)
+        if prim == "pow" and isinstance(atoms[1], Lit) and atoms[0].shape == out_shapes[0]:
+            power = _small_power(self, atoms[0], atoms[1].fill)
+            if power is not None:
+                return power
         if not multi and all(isinstance(a, Lit) for a in atoms) and math.prod(out_shapes[0]) <= _FOLD_WORK:
             folded = _fold(p, atoms, params, out_shapes[0])
             if folded is not None:
@@ -190,6 +194,19 @@ class Builder:
     def build(self, outputs) -> Graph:
         atoms = tuple(self.capture(o).atom if isinstance(o, V) else _atom(o) for o in outputs)
         return dce(Graph(tuple(self.inputs), tuple(self.eqns), atoms))
+
+
+def _small_power(b, x, p):
+    """x**p for p in {0, 1, 2, -1} as cheaper exact ops (also folds what derivative rules make)."""
+    if p == 0.0:
+        return V(b, Lit.scalar(1.0, x.shape))  # as numpy: x**0 is 1 even for NaN
+    if p == 1.0:
+        return V(b, x)
+    if p == 2.0:
+        return b.emit("mul", [V(b, x), V(b, x)])
+    if p == -1.0:
+        return b.emit("div", [1.0, V(b, x)])
+    return None
 
 
 def _params_key(params):

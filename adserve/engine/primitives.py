@@ -509,6 +509,8 @@ def _dyn_norm(shapes, params):
 def _dyn_shape(sx, si, axis, size):
     if si != ():
         raise ShapeError(f"an index must be a scalar, got shape {list(si)}")
+    if size is None and sx[axis] == 0:
+        raise ShapeError("cannot index into an empty axis")
     if size is not None and not 0 <= size <= sx[axis]:
         raise ShapeError(f"window of {size} does not fit an axis of length {sx[axis]}")
     return sx[:axis] + sx[axis + 1:] if size is None else sx[:axis] + (size,) + sx[axis + 1:]

@@ -120,15 +120,83 @@ class Source:
 
     # -- equations -----------------------------------------------------------
     def graph(self, g: Graph):
+        """Emit `g`'s equations, fusing runs of same-shape element-wise ones into one loop nest.
+
+        While a run is open, an equation that reads nothing the run computes is emitted
+        ahead of it (it cannot depend on the run), so runs are not cut by unrelated work."""
+        uses: dict = {}
         for e in g.eqns:
-            loc = f"  # {_loc_text(e.loc)}" if e.loc else ""
-            gen = GENERATORS.get(e.prim)
-            if gen is None:
-                raise NotImplementedError(f"no code template for '{e.prim}'")
-            start = len(self.body)
-            gen(self, e)
-            if loc and len(self.body) > start:
-                self.body[start] += loc
+            for a in e.inputs:
+                uses[a] = uses.get(a, 0) + 1
+        for a in g.outputs:
+            uses[a] = uses.get(a, 0) + 2  # graph outputs always need a stored value
+        run: list = []
+        made: set = set()
+        for e in g.eqns:
+            if run and (_fusable(e) and e.out.shape == run[0].out.shape or _total_of(e, made)):
+                run.append(e)
+                made.add(e.out)
+                continue
+            if run and any(a in made for a in e.inputs):
+                self._fused(run, uses)
+                run, made = [], set()
+            if _fusable(e) and e.out.shape:
+                if run:  # a run of another shape is still open: this one cannot join it
+                    self._fused(run, uses)
+                run, made = [e], {e.out}
+                continue
+            self._eqn(e)
+        if run:
+            self._fused(run, uses)
+
+    def _eqn(self, e):
+        gen = GENERATORS.get(e.prim)
+        if gen is None:
+            raise NotImplementedError(f"no code template for '{e.prim}'")
+        start = len(self.body)
+        gen(self, e)
+        if e.loc and len(self.body) > start:
+            self.body[start] += f"  # {_loc_text(e.loc)}"
+
+    def _fused(self, run, uses):
+        if len(run) == 1:
+            return self._eqn(run[0])
+        shape = run[0].out.shape
+        inside: dict = {}
+        for e in run:
+            for a in e.inputs:
+                inside[a] = inside.get(a, 0) + 1
+        totals = [e for e in run if e.prim == "reduce_sum"]
+        stored = [e.out for e in run if e not in totals and uses.get(e.out, 0) > inside.get(e.out, 0)]
+        for v in stored:
+            self.buffer(v)
+        self.line(f"# fused: {', '.join(e.prim for e in run)}")
+        for e in totals:
+            self.line(f"{self.define(e.out)} = 0.0")
+        idx = self.loops(shape)
+        at = ", ".join(idx)
+        temps: dict = {}
+        for e in run:
+            args = [temps[a] if a in temps else self.elem(a, idx, shape) for a in e.inputs]
+            if e in totals:
+                self.line(f"{self.names[e.out]} += {args[0]}")
+                continue
+            t = self.fresh("u")
+            line = f"{t} = " + FORMATS[e.prim].format(*args)
+            self.line(line + (f"  # {_loc_text(e.loc)}" if e.loc else ""))
+            temps[e.out] = t
+            if e.out in self.names:
+                self.line(f"{self.names[e.out]}[{at}] = {t}")
+        self.end(len(shape))
+
+
+def _fusable(e) -> bool:
+    return e.prim in FORMATS
+
+
+def _total_of(e, made) -> bool:
+    """A sum of everything in a value the open run computes: accumulated inside the run's loop."""
+    return e.prim == "reduce_sum" and not e.out.shape and e.inputs[0] in made
 
 
 def _elementwise(fmt):
@@ -276,14 +344,16 @@ def _update_slice(s, e):
 
 
 def _dyn_index(s, e, i_atom, length):
+    """Bounds-check a run-time index; a bad one sets `err` (reported after the point) and reads entry 0."""
     size = e.params["size"]
     hi = length - (1 if size is None else size)
     k = s.fresh("k")
     i = s.ref(i_atom) if isinstance(i_atom, Var) else num(i_atom.fill)
-    code = s.error(f"index out of range 0..{hi} or not an integer at {e.loc}")
+    code = s.error(f"index out of range 0..{hi} or not an integer at {_loc_text(e.loc)}")
     s.line(f"{k} = int({i}) if {i} == {i} else -1")
     s.line(f"if {k} != {i} or {k} < 0 or {k} > {hi}:")
-    s.line(f"    return {code}")
+    s.line(f"    err = {code}")
+    s.line(f"    {k} = 0")
     axis = e.params["axis"]
     sel = f"{k}" if size is None else f"{k}:{k} + {size}"
     return ", ".join([":"] * axis + [sel])
@@ -420,10 +490,12 @@ def _cond(s, e):
         s.depth -= 1
 
 
-GENERATORS = {name: _elementwise(f"({fmt})" if name in BINARY else fmt) for name, fmt in {**UNARY, **BINARY}.items()}
+FORMATS = {name: (f"({fmt})" if name in BINARY else fmt) for name, fmt in {**UNARY, **BINARY}.items()}
+FORMATS["broadcast_to"] = "{0}"
+GENERATORS = {name: _elementwise(fmt) for name, fmt in FORMATS.items()}
 GENERATORS.update({
     "reduce_sum": _sum, "sum_to": _sum, "reduce_max": _max, "reduce_min": _min, "logsumexp": _logsumexp,
-    "broadcast_to": _elementwise("{0}"), "einsum": _einsum, "slice": _slice, "update_slice": _update_slice,
+    "einsum": _einsum, "slice": _slice, "update_slice": _update_slice,
     "dyn_slice": _dyn_slice, "dyn_update": _dyn_update, "transpose": _transpose, "reshape": _reshape,
     "concatenate": _concatenate, "loop": _loop, "cond": _cond,
 })
