@@ -276,8 +276,6 @@ def test_cse_same_expression_is_one_equation():
     assert o1.atom is o2.atom and len(b.eqns) == n
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: the CSE key holds Lit values and 0.0 == -0.0 in Python, "
-                                      "so x*-0.0 reuses the equation of x*0.0 and the sign of zero is lost")
 def test_cse_keeps_signed_zero_literals_apart():
     b = Builder()
     x = b.input(())

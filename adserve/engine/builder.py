@@ -181,7 +181,7 @@ class Builder:
         if self is _orphan:
             raise EngineError(f"internal: '{prim}' of constants could not be folded")
 
-        key = (prim, tuple(a if isinstance(a, Lit) else a.id for a in atoms), _params_key(params))
+        key = (prim, tuple(_lit_key(a) if isinstance(a, Lit) else a.id for a in atoms), _params_key(params))
         hit = self._cse.get(key)
         if hit is None:
             outs = tuple(Var(s) for s in out_shapes)
@@ -207,6 +207,11 @@ def _small_power(b, x, p):
     if p == -1.0:
         return b.emit("div", [1.0, V(b, x)])
     return None
+
+
+def _lit_key(a: Lit):
+    """Literals equal bit for bit: 0.0 and -0.0 differ (1/x tells them apart), as do NaN payloads."""
+    return a.shape, tuple(float(x).hex() for x in a.data)
 
 
 def _params_key(params):

@@ -20,8 +20,8 @@ import numpy as np
 
 from .builder import Builder, inline
 from .errors import LimitError
-from .jvp import jvp_graph
-from .vjp import vjp_graph
+from .jvp import jvp_graph, jvp_inline
+from .vjp import vjp_graph, vjp_inline
 
 MAX_SWEEP_ROWS = 200_000  # batch points x basis vectors in one Jacobian/Hessian sweep
 MAX_BASIS = 20_000
@@ -37,7 +37,9 @@ def grad_graph(fn, wrt):
     def make():
         b = Builder()
         xs = [b.input(v.shape) for v in fn.graph.inputs]
-        return b.build(inline(b, vjp_graph(fn.graph, _mask(fn, wrt), [True]), [*xs, 1.0]))
+        outs, grads = vjp_inline(b, fn.graph, xs, _mask(fn, wrt), [b.lit(1.0)])
+        return b.build(outs + [g if g is not None else b.lit(0.0, fn.input_shapes[n]) for g, n in
+                               zip([g for g, m in zip(grads, _mask(fn, wrt)) if m], wrt)])
     return fn.plan(("grad", wrt), make)
 
 
@@ -51,23 +53,20 @@ def main_plan(fn, kinds: frozenset, wrt: tuple):
         ts = [b.input(fn.input_shapes[n]) for n in wrt] if kinds & {"jvp", "hvp"} else []
         ct = [b.input(fn.output_shape)] if "vjp" in kinds else []
         slots = {}
+        # transforms are emitted straight into this builder: CSE shares their primal work
         if "hvp" in kinds:
-            hg, nz = jvp_graph(grad_graph(fn, wrt), mask)
-            res = inline(b, hg, [*xs, *ts])
-            slots["value"], slots["gradient"] = res[0], res[1:1 + k]
-            tangents = iter(res[1 + k:])
-            t_all = [next(tangents) if m else None for m in nz]
-            slots["jvp"], slots["hvp"] = t_all[0], t_all[1:]
+            outs, touts = jvp_inline(b, grad_graph(fn, wrt), xs, _spread(ts, mask))
+            slots["value"], slots["gradient"] = outs[0], outs[1:]
+            slots["jvp"], slots["hvp"] = touts[0], touts[1:]
         elif "gradient" in kinds:
-            res = inline(b, grad_graph(fn, wrt), xs)
-            slots["value"], slots["gradient"] = res[0], res[1:]
+            outs, grads = vjp_inline(b, fn.graph, xs, mask, [b.lit(1.0)])
+            slots["value"], slots["gradient"] = outs[0], [g for g, m in zip(grads, mask) if m]
         if "jvp" in kinds and "jvp" not in slots:
-            jg, nz = jvp_graph(fn.graph, mask)
-            res = inline(b, jg, [*xs, *ts])
-            slots["value"], slots["jvp"] = res[0], res[1] if nz[0] else None
+            outs, touts = jvp_inline(b, fn.graph, xs, _spread(ts, mask))
+            slots["value"], slots["jvp"] = outs[0], touts[0]
         if "vjp" in kinds:
-            res = inline(b, vjp_graph(fn.graph, mask, [True]), [*xs, *ct])
-            slots["value"], slots["vjp"] = res[0], res[1:]
+            outs, cts = vjp_inline(b, fn.graph, xs, mask, ct)
+            slots["value"], slots["vjp"] = outs[0], [c for c, m in zip(cts, mask) if m]
         if "value" not in slots:
             slots["value"] = inline(b, fn.graph, xs)[0]
         order, outs = [], []
@@ -83,6 +82,12 @@ def main_plan(fn, kinds: frozenset, wrt: tuple):
                 order.append((kind, None))
         return b.build(outs), order
     return fn.plan(("main", kinds, wrt), make)
+
+
+def _spread(ts, mask):
+    """Tangents for the `wrt` inputs placed at their positions among all inputs (None elsewhere)."""
+    it = iter(ts)
+    return [next(it) if m else None for m in mask]
 
 
 def _layout(fn, wrt):

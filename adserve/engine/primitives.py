@@ -29,6 +29,11 @@ def _align(*arrays):
 
 
 def _broadcast_shape(*shapes):
+    first = shapes[0]
+    if all(s == first or not s for s in shapes):  # the common cases, without NumPy's general machinery
+        return tuple(first)
+    if not first and all(s == shapes[1] or not s for s in shapes[1:]):
+        return tuple(shapes[1])
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
