@@ -56,6 +56,10 @@ class _ServiceCollector:
         yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
                                 value=optimize.running())
         yield CounterMetricFamily("adserve_kernel_compiles", "numba kernels compiled", value=s["compiles"])
+        yield CounterMetricFamily("adserve_kernel_compile_seconds", "Seconds spent compiling numba kernels "
+                                  "(in worker processes)", value=s.get("compile_seconds", 0.0))
+        yield CounterMetricFamily("adserve_kernel_disk_loads", "Compiled kernels loaded from the disk cache "
+                                  "instead of compiled", value=s.get("kernel_disk_loads", 0))
         yield CounterMetricFamily("adserve_kernel_compile_failures",
                                   "numba kernels that failed or timed out (their plans stay interpreted)",
                                   value=s["compile_failures"])
