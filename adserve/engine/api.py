@@ -8,14 +8,13 @@ the chosen backend (the NumPy interpreter, or numba kernels when ready).
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 
 import numpy as np
 
 from . import control, primitives  # noqa: F401  (fill the primitive table)
-from .backend import Interpreter
+from .backend import Fresh, Interpreter
 from .errors import DefinitionError, EngineError, EvaluationError, LimitError
 from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
@@ -51,6 +50,7 @@ class Function:
         self.n_nodes = graph.n_nodes()
         self.steps, self.work = check_function(graph)
         self._plans: dict = {}
+        self._requests: dict = {}  # (compute, wrt) -> checked request form (api._request)
         self._lock = threading.RLock()  # plans are built from other plans
 
     def info(self) -> dict:
@@ -169,30 +169,104 @@ def _wrt(fn, wrt) -> tuple:
 
 
 # -- evaluation ------------------------------------------------------------------------
+_MAIN_KINDS = frozenset({"value", "gradient", "jvp", "vjp", "hvp"})
+_F64 = np.dtype(np.float64)
+
+
+class _Request:
+    """What a request's `compute` and `wrt` settle, checked once per function and kept (see `_request`)."""
+
+    __slots__ = ("kinds", "limit_kinds", "main", "plan", "sweep_kinds", "wrt")
+
+    def __init__(self, fn, compute, wrt):
+        if isinstance(compute, str) or not isinstance(compute, (list, tuple)):
+            raise EvaluationError("'compute' must be a list, e.g. [\"value\", \"gradient\"]", code="bad_evaluation")
+        unknown = [c for c in compute if c not in COMPUTE_KINDS]
+        if unknown:
+            raise EvaluationError(f"unknown compute kind {unknown[0]!r}; choose from {list(COMPUTE_KINDS)}",
+                                  code="unknown_compute")
+        kinds = frozenset(compute) or frozenset({"value"})
+        wrt = _wrt(fn, wrt)
+        scalar_only = sorted(kinds & {"gradient", "hvp", "hessian"})
+        if scalar_only and fn.output_shape != ():
+            raise EvaluationError(f"{scalar_only[0]} needs a scalar output, but this function's output has shape "
+                                  f"{list(fn.output_shape)} (use vjp or jacobian)", code="not_scalar")
+        self.kinds, self.wrt, self.main, self.plan = kinds, wrt, kinds & _MAIN_KINDS, None
+        self.limit_kinds = kinds - {"jacobian", "hessian"}
+        self.sweep_kinds = sorted(kinds & {"jacobian", "hessian"})
+
+
+_MAX_REQUEST_FORMS = 64  # per function: distinct (compute, wrt) kept
+
+
+def _request(fn, compute, wrt) -> _Request:
+    """The checked request form, from the function's small cache when this (compute, wrt) was seen before."""
+    try:
+        key = (tuple(compute) if type(compute) in (list, tuple) else None,
+               wrt if wrt is None else tuple(wrt) if type(wrt) in (list, tuple) else None)
+        req = fn._requests.get(key) if key[0] is not None and (wrt is None or key[1] is not None) else None
+    except TypeError:  # unhashable entries: the full check says what is wrong
+        key = req = None
+    if req is None:
+        req = _Request(fn, compute, wrt)
+        if key is not None and len(fn._requests) < _MAX_REQUEST_FORMS:
+            fn._requests[key] = req
+    return req
+
+
+def _plain(fn, values, names, batch):
+    """(batched float64 arrays for `names`, batch size or None) when `values` plainly fits: a dict of exactly
+    these names holding float64 ndarrays of the right shapes. None otherwise: `_check` decides (and words errors)."""
+    if type(values) is not dict or len(values) != len(names):
+        return None
+    shapes, out, B = fn.input_shapes, [], None
+    for n in names:
+        a = values.get(n)
+        if type(a) is not np.ndarray or a.dtype != _F64:
+            return None
+        if batch:
+            if not a.ndim or a.shape[1:] != shapes[n] or (B is not None and a.shape[0] != B):
+                return None
+            B = a.shape[0]
+            out.append(a)
+        else:
+            if a.shape != shapes[n]:
+                return None
+            out.append(a[None])
+    return out, B
+
+
 def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False, meta=None,
              wrt=None) -> dict:
     """Values and derivatives as float64 arrays, derivatives for the inputs in `wrt` (default all).
 
+    Every array returned is the caller's own (none is shared with the inputs, another result or the engine).
     `meta` (a dict), if given, receives which backend ran."""
-    if isinstance(compute, str) or not isinstance(compute, (list, tuple)):
-        raise EvaluationError("'compute' must be a list, e.g. [\"value\", \"gradient\"]", code="bad_evaluation")
-    unknown = [c for c in compute if c not in COMPUTE_KINDS]
-    if unknown:
-        raise EvaluationError(f"unknown compute kind {unknown[0]!r}; choose from {list(COMPUTE_KINDS)}",
-                              code="unknown_compute")
-    kinds = frozenset(compute) or frozenset({"value"})
-    wrt = _wrt(fn, wrt)
-    scalar_only = sorted(kinds & {"gradient", "hvp", "hessian"})
-    if scalar_only and fn.output_shape != ():
-        raise EvaluationError(f"{scalar_only[0]} needs a scalar output, but this function's output has shape "
-                              f"{list(fn.output_shape)} (use vjp or jacobian)", code="not_scalar")
-    sizes = {_check(fn, inputs, "inputs", batch)}
+    req = _request(fn, compute, wrt)
+    kinds, wrt = req.kinds, req.wrt
+
+    def batched(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a if batch else a[None]
+
+    plain = _plain(fn, inputs, fn.input_names, batch)
+    if plain is None:
+        sizes = {_check(fn, inputs, "inputs", batch)}
+    else:
+        xs, size = plain
+        sizes = {size}
     tangent_names = fn.input_names if "trace" in kinds and not kinds & {"jvp", "hvp"} else wrt
+    ts = None
     if kinds & {"jvp", "hvp"} or ("trace" in kinds and tangent is not None):
         if tangent is None:
             raise EvaluationError(f"jvp and hvp need 'tangent' (one entry per input in {list(wrt)})",
                                   code="missing_tangent")
-        sizes.add(_check(fn, tangent, "tangent", batch, tangent_names))
+        plain_t = _plain(fn, tangent, tangent_names, batch)
+        if plain_t is None:
+            sizes.add(_check(fn, tangent, "tangent", batch, tangent_names))
+        else:
+            ts, size = plain_t
+            sizes.add(size)
     if "vjp" in kinds or ("trace" in kinds and cotangent is not None):
         if cotangent is None:
             raise EvaluationError(f"vjp needs 'cotangent' of the output's shape {list(fn.output_shape)}",
@@ -201,40 +275,45 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     B = _one_batch(sizes, "request") if batch else 1
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
-    check_request(fn.work, kinds - {"jacobian", "hessian"}, B)
-    for kind in kinds & {"jacobian", "hessian"}:
+    check_request(fn.work, req.limit_kinds, B)
+    for kind in req.sweep_kinds:
         check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt))
-
-    def batched(a):
-        a = np.asarray(a, dtype=np.float64)
-        return a if batch else a[None]
 
     def run(graph, args):
         return _run(graph, args, meta)
 
-    xs = [batched(inputs[n]) for n in fn.input_names]
+    if plain is None:
+        xs = [batched(inputs[n]) for n in fn.input_names]
     out = {}
-    main = kinds & {"value", "gradient", "jvp", "vjp", "hvp"}
+    main = req.main
     if main:
-        graph, order = main_plan(fn, frozenset(main), wrt)
-        args = xs + ([batched(tangent[n]) for n in wrt] if main & {"jvp", "hvp"} else []) + \
-            ([batched(cotangent)] if "vjp" in main else [])
-        res = iter(run(graph, args))
+        if req.plan is None:
+            req.plan = main_plan(fn, main, wrt)
+        graph, order = req.plan
+        args = xs
+        if main & {"jvp", "hvp"}:
+            args = args + (ts if ts is not None else [batched(tangent[n]) for n in wrt])
+        if "vjp" in main:
+            args = args + [batched(cotangent)]
+        res = run(graph, args)
+        # a kernel's outputs are fresh arrays of (B, ...): handed out as they are, without the batch axis
+        # when there is none; the interpreter's may be shared (an input passed through) and are copied
+        own = isinstance(res, Fresh)
+        res = iter(res)
         for kind, names in order:
             if names is None:
                 val = next(res)
                 if kind in kinds:
-                    out[kind] = val
+                    out[kind] = _own(val, batch) if own else _fix(val, B, batch)
             else:
-                out[kind] = {n: next(res) for n in names}
+                out[kind] = {n: _own(next(res), batch) if own else _fix(next(res), B, batch) for n in names}
     if "jacobian" in kinds:
-        out["jacobian"] = jacobian(fn, xs, B, wrt, run)
+        out["jacobian"] = _finish(jacobian(fn, xs, B, wrt, run), B, batch)
     if "hessian" in kinds:
-        out["hessian"] = hessian(fn, xs, B, wrt, run)
-    result = _finish(out, B, batch)
+        out["hessian"] = _finish(hessian(fn, xs, B, wrt, run), B, batch)
     if "trace" in kinds:
-        result["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch)
-    return result
+        out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch)
+    return out
 
 
 def _trace(fn, xs, tangent, cotangent, batched, B, batch):
@@ -280,13 +359,20 @@ def _run(graph, args, meta=None):
         raise LimitError("out of memory evaluating this request", code="too_large") from None
 
 
-def _finish(out, B, batch):
-    def fix(a):
-        a = full(np.asarray(a, dtype=np.float64), B)
-        return np.array(a if batch else a[0], dtype=np.float64, order="C")
+def _fix(a, B, batch):
+    """A private C-ordered float64 copy of a batched result (leading axis B or 1), without the axis unless `batch`."""
+    a = full(np.asarray(a, dtype=np.float64), B)
+    return np.array(a if batch else a[0], dtype=np.float64, order="C")
 
+
+def _own(a, batch):
+    """A kernel's fresh (B, ...) output: no copy; a view without the batch axis unless `batch`."""
+    return a if batch else a[0, ...]
+
+
+def _finish(out, B, batch):
     def walk(v):
-        return {k: walk(x) for k, x in v.items()} if isinstance(v, dict) else fix(v)
+        return {k: walk(x) for k, x in v.items()} if isinstance(v, dict) else _fix(v, B, batch)
     return {k: walk(v) for k, v in out.items()}
 
 
