@@ -2,7 +2,7 @@
 
 Sizes come from a `size_of` function: 1 per entry bounds the count, the bytes
 of the arrays in a result bounds memory. An entry larger than the whole bound
-is not stored.
+is not stored. `max_items`, if given, bounds the count as well.
 """
 
 import sys
@@ -24,11 +24,11 @@ def result_nbytes(tree) -> int:
 
 
 class LRU:
-    def __init__(self, capacity: int, size_of=lambda value: 1):
-        self.capacity, self._size_of = capacity, size_of
+    def __init__(self, capacity: int, size_of=lambda value: 1, max_items: int | None = None):
+        self.capacity, self._size_of, self.max_items = capacity, size_of, max_items
         self._items: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
-        self.size = self.hits = self.misses = 0
+        self.size = self.hits = self.misses = self.evictions = 0
 
     def get(self, key):
         with self._lock:
@@ -50,9 +50,20 @@ class LRU:
                 self.size -= old[1]
             self._items[key] = (value, size)
             self.size += size
-            while self.size > self.capacity:
+            while self.size > self.capacity or (self.max_items is not None and len(self._items) > self.max_items):
                 _, (_, evicted) = self._items.popitem(last=False)
                 self.size -= evicted
+                self.evictions += 1
+
+    def peek(self, key):
+        """The value, without counting a hit or a miss or making it recent."""
+        with self._lock:
+            item = self._items.get(key)
+            return None if item is None else item[0]
+
+    def values(self) -> list:
+        with self._lock:
+            return [v for v, _ in self._items.values()]
 
     def __len__(self) -> int:
         return len(self._items)

@@ -44,10 +44,14 @@ def main(argv=None) -> None:
     from adserve.engine import api, backend
 
     from .rest import create_app
+    from .security import Guard, apply_engine_limits
     from .service import Service
 
+    limits = apply_engine_limits(settings)
+    log.debug("engine limits: %s", limits)
     # plans run on the interpreter until their numba kernel, compiled in the background, is ready
-    tier = backend.Tiered(str(settings.cache_dir)) if settings.compile else backend.Interpreter()
+    tier = backend.Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds) \
+        if settings.compile else backend.Interpreter()
     api.set_backend(tier)
     shared = None
     if settings.redis_url:
@@ -55,14 +59,20 @@ def main(argv=None) -> None:
         shared = SharedStore(settings.redis_url, timeout=settings.redis_timeout_seconds,
                              result_ttl=settings.redis_result_ttl_seconds,
                              result_max_bytes=settings.redis_result_max_bytes)
-    service = Service(engine=api, result_cache_bytes=settings.result_cache_bytes, shared=shared)
-    app = create_app(service, settings)
+    service = Service(engine=api, result_cache_bytes=settings.result_cache_bytes, shared=shared,
+                      max_functions=settings.max_functions, max_function_bytes=settings.max_function_bytes,
+                      max_expr_chars=settings.max_expr_chars, max_expr_depth=settings.max_expr_depth,
+                      max_batch=settings.max_batch)
+    guard = Guard(settings.api_keys, settings.rate_limit_per_second, settings.rate_limit_burst, shared)
+    app = create_app(service, settings, guard)
     grpc = f"gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port else "gRPC off"
+    if guard.keys:
+        log.info("API keys required on /v1 and gRPC (%d configured)", len(settings.api_keys))
     log.info("adserve %s: HTTP on http://%s:%d (docs at /docs), %s; %s", __version__, settings.host,
              settings.http_port, grpc, f"kernels compiled into {settings.cache_dir}" if settings.compile
              else "interpreter only")
     try:
-        asyncio.run(serve(app, service, settings))
+        asyncio.run(serve(app, service, settings, guard))
     except KeyboardInterrupt:
         pass
     except OSError as e:
@@ -70,7 +80,7 @@ def main(argv=None) -> None:
     _exit_past_stuck_workers()
 
 
-async def serve(app, service, settings: Settings) -> None:
+async def serve(app, service, settings: Settings, guard=None) -> None:
     """HTTP (uvicorn) and gRPC in one event loop over one service; SIGTERM or SIGINT drains both at once.
 
     gRPC health says SERVING once HTTP is up too, and NOT_SERVING again from the signal on. Each protocol
@@ -84,8 +94,10 @@ async def serve(app, service, settings: Settings) -> None:
         signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
     rpc = None
     if settings.grpc_port:
-        from .rpc import RpcServer
-        rpc = RpcServer(service, settings.host, settings.grpc_port, settings.max_body_bytes)
+        from .rpc import SERVICE_NAME, RpcServer
+        from .security import GuardInterceptor
+        interceptors = [GuardInterceptor(guard, SERVICE_NAME)] if guard is not None and guard.active else []
+        rpc = RpcServer(service, settings.host, settings.grpc_port, settings.max_body_bytes, interceptors)
         await rpc.start()
     http_task = asyncio.create_task(http.serve())
     if rpc is not None:

@@ -9,9 +9,10 @@ BAD_REQUEST = "bad_request"      # the body is not JSON or not readable
 NOT_FOUND = "not_found"          # no such function id
 TOO_LARGE = "too_large"          # over a size limit
 UNPROCESSABLE = "unprocessable"  # well-formed, but a wrong definition or evaluation
-UNAUTHENTICATED = "unauthenticated"  # missing or bad API key (for the API-key check, which is still to come)
+UNAUTHENTICATED = "unauthenticated"  # missing or bad API key (when keys are configured)
+RATE_LIMITED = "rate_limited"    # over the client's rate limit
 
-KINDS = (BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, UNAUTHENTICATED)
+KINDS = (BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, UNAUTHENTICATED, RATE_LIMITED)
 
 
 class ServiceError(Exception):

@@ -22,14 +22,17 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from . import optimize, schemas, tensors
-from .errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError, error_body
+from .errors import (BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError,
+                     error_body)
 from .metrics import Metrics, MetricsMiddleware
+from .security import Guard, GuardMiddleware
 from .service import Service
 from .settings import Settings
 
 log = logging.getLogger("adserve.rest")
 
-STATUS = {BAD_REQUEST: 400, NOT_FOUND: 404, TOO_LARGE: 413, UNPROCESSABLE: 422, UNAUTHENTICATED: 401}
+STATUS = {BAD_REQUEST: 400, NOT_FOUND: 404, TOO_LARGE: 413, UNPROCESSABLE: 422, UNAUTHENTICATED: 401,
+          RATE_LIMITED: 429}
 INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been logged"
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -244,7 +247,8 @@ def _error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", INTERNAL_MESSAGE)
 
 
-def create_app(service: Service, settings: Settings) -> FastAPI:
+def create_app(service: Service, settings: Settings, guard: Guard | None = None) -> FastAPI:
+    """The app; `guard` (API keys, rate limits) defaults to one from `settings` with buckets in memory."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -255,7 +259,17 @@ def create_app(service: Service, settings: Settings) -> FastAPI:
                               "graph), then ask for value, gradient, jvp, vjp, hvp, jacobian and hessian.")
     app.state.service, app.state.settings = service, settings
     app.state.metrics = Metrics(service)
+    if guard is None:
+        guard = Guard(settings.api_keys, settings.rate_limit_per_second, settings.rate_limit_burst)
+    app.state.guard = guard
+    if guard.active:  # inside the metrics, so 401 and 429 are counted
+        app.add_middleware(GuardMiddleware, guard=guard)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_origins:  # outermost: preflights are answered before the key check
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+                           expose_headers=["Retry-After", "x-adserve-backend", "Server-Timing"], max_age=600)
     _error_handlers(app)
     _routes(app)
 

@@ -8,8 +8,9 @@ location, as JSON) travel in the trailing metadata. The server also answers
 drains) and server reflection. Requests are capped at the REST body limit.
 While it drains, health still answers, new Differentiator calls get
 UNAVAILABLE, and calls in flight have the grace period to finish.
-API keys, when they come, are a server interceptor passed to `RpcServer`
-that ends a call with UNAUTHENTICATED.
+API keys and rate limits are a server interceptor passed to `RpcServer`
+(`security.GuardInterceptor`) that ends a call with UNAUTHENTICATED or
+RESOURCE_EXHAUSTED.
 """
 
 import asyncio
@@ -22,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import optimize, rpc_codec
-from .errors import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError
+from .errors import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError
 from .grpc_gen import ad_pb2, ad_pb2_grpc
 
 log = logging.getLogger("adserve.grpc")
@@ -34,6 +35,7 @@ STATUS = {
     NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been logged"
 

@@ -2,13 +2,17 @@
 
 Plain data in and out: definitions and evaluations are dicts as decoded from
 JSON (tensors may already be arrays), results are dicts of float64 arrays.
-It keeps the registry of compiled functions (id -> function, in memory) and a
-byte-bounded LRU of results, and turns engine errors into `ServiceError`s.
+It keeps the registry of compiled functions (an LRU bounded by count and
+estimated bytes; an evicted function is compiled again from its definition,
+kept in a smaller byte-bounded LRU) and a byte-bounded LRU of results, checks
+the service's own limits (text length and nesting, batch size) before any
+work, and turns engine errors into `ServiceError`s.
 With a `SharedStore` (Redis) both are also shared between replicas: a
 registration is published, an unknown id is looked up there and compiled, and
 results are read and written there after the local LRU.
 """
 
+import ast
 import contextlib
 import hashlib
 import logging
@@ -24,17 +28,30 @@ from . import evaluation, tensors
 from .cache import LRU, result_nbytes
 from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
 
+# estimated memory of one compiled function: IR, plans and their kernels grow with its operations
+FUNCTION_BASE_BYTES = 64 << 10
+FUNCTION_NODE_BYTES = 8 << 10
+
+
+def function_nbytes(fn) -> int:
+    return FUNCTION_BASE_BYTES + FUNCTION_NODE_BYTES * int(getattr(fn, "n_nodes", 1))
+
 __all__ = ["Service", "ServiceError"]
 log = logging.getLogger("adserve.service")
 
 
 class Service:
     def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096,
-                 shared=None):
+                 shared=None, max_functions: int = 4096, max_function_bytes: int = 512 << 20,
+                 definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 200,
+                 max_batch: int = 100_000):
         if engine is None:
             from adserve.engine import api as engine
         self._engine = engine
-        self._functions: dict = {}
+        self._functions = LRU(max_function_bytes, function_nbytes, max_items=max_functions)
+        # id -> the definition as sent (orjson), to compile an evicted function again
+        self._definitions = LRU(definition_bytes, len)
+        self.max_expr_chars, self.max_expr_depth, self.max_batch = max_expr_chars, max_expr_depth, max_batch
         self._lock = threading.Lock()
         # definition text -> id, so a definition sent with every request compiles once
         self._aliases = LRU(alias_capacity)
@@ -74,6 +91,12 @@ class Service:
                                '"function" is required: the definition to evaluate '
                                '(or evaluate a registered one at /v1/functions/{id}/evaluate)')
         fn = self._lookup(target) if isinstance(target, str) else self._register(target)[0]
+        if request.batch:
+            points = max((a.shape[0] for a in request.inputs.values() if a.ndim), default=0)
+            if points > self.max_batch:
+                raise ServiceError(TOO_LARGE, "batch_too_large",
+                                   f"a batch of {points:,} points is over the limit of {self.max_batch:,} "
+                                   f"({points / self.max_batch:.1f}x); split it into smaller requests")
         key = request.cache_key(fn.id)
         result = self._results.get(key)
         if result is None and self._shared is not None:
@@ -114,9 +137,11 @@ class Service:
 
     def stats(self) -> dict:
         tier = self._engine.get_backend().stats
-        return {"functions": len(self._functions), "cache_hits": self._results.hits,
+        return {"functions": len(self._functions), "function_evictions": self._functions.evictions,
+                "cache_hits": self._results.hits,
                 "cache_misses": self._results.misses, "cache_entries": len(self._results),
                 "cache_bytes": self._results.size, "runs": dict(tier.runs), "compiles": tier.compiles,
+                "compile_seconds": tier.compile_seconds, "kernel_disk_loads": tier.disk_loads,
                 "compile_failures": tier.compile_failures + tier.compile_timeouts,
                 "shared": None if self._shared is None else self._shared.stats()}
 
@@ -128,8 +153,12 @@ class Service:
         return fn
 
     def _fetch(self, function_id: str):
-        """A function another replica registered: its definition from the shared registry, compiled here."""
-        definition = None if self._shared is None else self._shared.get_definition(function_id)
+        """A function evicted here (its definition kept), or one another replica registered (its
+        definition from the shared registry), compiled here."""
+        kept = self._definitions.peek(function_id)
+        definition = orjson.loads(kept) if kept is not None else None
+        if definition is None and self._shared is not None:
+            definition = self._shared.get_definition(function_id)
         if definition is None:
             return None
         try:
@@ -140,38 +169,70 @@ class Service:
         if fn.id != function_id:  # another engine version; its id is not this one
             log.warning("the shared definition of %s compiles to %s here; ignoring it", function_id[:100], fn.id)
             return None
+        return self._keep(fn)[0]
+
+    def _keep(self, fn):
+        """(the function kept under fn.id, whether it is fn): the first one compiled stays."""
         with self._lock:
-            return self._functions.setdefault(fn.id, fn)
+            existing = self._functions.get(fn.id)
+            if existing is not None:
+                return existing, False
+            self._functions.put(fn.id, fn)
+            return fn, True
 
     def _exports(self):
         """(id, definition) of every local function, for the shared registry to take back after an outage."""
-        with self._lock:
-            functions = list(self._functions.values())
+        functions = self._functions.values()
         return [(fn.id, fn.export()) for fn in functions]
 
     def _register(self, definition):
         if not isinstance(definition, dict):
             raise ServiceError(UNPROCESSABLE, "invalid_definition",
                                'a definition must be a JSON object with "inputs" and one of "expr", "program", "graph"')
-        alias = _digest(definition)
+        alias, raw = _digest(definition)
         known = alias and self._aliases.get(alias)
         if known:
-            return self._functions[known], False
+            fn = self._functions.get(known)
+            if fn is not None:
+                return fn, False
+        self._check_text(definition)
         with self._engine_errors():
             fn = self._engine.compile_definition(definition)
-        with self._lock:
-            existing = self._functions.get(fn.id)
-            created = existing is None
-            if created:
-                self._functions[fn.id] = fn
-            else:
-                fn = existing
+        fn, created = self._keep(fn)
+        if self._definitions.peek(fn.id) is not None:
+            created = False  # registered before, and compiled again after its eviction
+        elif raw is not None:
+            self._definitions.put(fn.id, bytes(memoryview(raw)))  # a tight copy: orjson's buffer has slack
         if alias:
             self._aliases.put(alias, fn.id)
         if created and self._shared is not None:
             # already in the shared registry: another replica registered it first
             created = self._shared.put_definition(fn.id, fn.export()) is not False
         return fn, created
+
+    def _check_text(self, definition: dict) -> None:
+        """An expr or program over the length or nesting limits is refused before the engine parses it
+        (deep nesting would exhaust the parser's stack or the lowering's recursion)."""
+        for form, mode in (("expr", "eval"), ("program", "exec")):
+            text = definition.get(form)
+            if not isinstance(text, str):
+                continue
+            if len(text) > self.max_expr_chars:
+                raise ServiceError(TOO_LARGE, "text_too_long",
+                                   f"the {form} is {len(text):,} characters long, over the limit of "
+                                   f"{self.max_expr_chars:,} ({len(text) / self.max_expr_chars:.1f}x)")
+            try:
+                tree = ast.parse(text, mode=mode)
+            except SyntaxError:
+                return  # the engine says where, in its own words
+            except (MemoryError, RecursionError):
+                raise ServiceError(TOO_LARGE, "too_deep", f"the {form} is nested too deeply to parse "
+                                                          f"(the limit is {self.max_expr_depth} levels)") from None
+            depth = syntax_depth(tree)
+            if depth > self.max_expr_depth:
+                raise ServiceError(TOO_LARGE, "too_deep",
+                                   f"the {form} is nested {depth:,} levels deep, over the limit of "
+                                   f"{self.max_expr_depth} ({depth / self.max_expr_depth:.1f}x)")
 
     @contextlib.contextmanager
     def _engine_errors(self):
@@ -180,13 +241,31 @@ class Service:
         except EngineError as e:
             kind = TOO_LARGE if isinstance(e, LimitError) else UNPROCESSABLE
             raise ServiceError(kind, e.code, e.message, e.location) from e
+        except RecursionError:
+            raise ServiceError(TOO_LARGE, "too_deep", "the definition is nested too deeply") from None
+        except MemoryError:
+            raise ServiceError(TOO_LARGE, "too_large", "out of memory: the request is too large") from None
 
 
-def _digest(definition: dict) -> bytes | None:
+def syntax_depth(tree: ast.AST) -> int:
+    """Levels of the syntax tree below `tree` (expression nodes; contexts and operators not counted)."""
+    deepest, stack = 0, [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)):
+                stack.append((child, depth + 1))
+    return deepest
+
+
+def _digest(definition: dict) -> tuple[bytes | None, bytes | None]:
+    """(digest, orjson bytes) of a definition, or (None, None) when it is too deep or not JSON data."""
     try:
-        return hashlib.blake2b(orjson.dumps(definition, option=orjson.OPT_SORT_KEYS), digest_size=20).digest()
-    except orjson.JSONEncodeError:  # too deep or not JSON data: skip the shortcut, the engine decides
-        return None
+        raw = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # skip the shortcut, the engine decides
+        return None, None
+    return hashlib.blake2b(raw, digest_size=20).digest(), raw
 
 
 def _frozen(tree):

@@ -33,15 +33,38 @@ class Settings(BaseSettings):
     result_cache_bytes: int = Field(256 * MiB, ge=0, description="0 turns the result cache off")
     shutdown_grace_seconds: float = Field(10, ge=0, description="on SIGTERM, time to drain requests in flight")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
-                                                     description="comma-separated; not enforced yet")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys, or their sha256 hex digests as `sha256:<hex>`; "
+                                          "set: every /v1 call needs one (`Authorization: Bearer <key>`)")
+    rate_limit_per_second: float = Field(0, ge=0, description="requests per second per API key (per client "
+                                                              "address without keys); 0: no rate limit")
+    rate_limit_burst: int = Field(0, ge=0, description="requests a client may make at once; 0: 2 s worth of the rate")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         description="comma-separated origins allowed by CORS")
+    # -- limits on what one request may cost (docs/security.md); engine limits unset keep the engine's defaults
+    max_expr_chars: int = Field(100_000, gt=0, description="characters of an expr or program text")
+    max_expr_depth: int = Field(200, gt=0, description="nesting depth of an expr or program (syntax tree levels)")
+    max_batch: int = Field(100_000, gt=0, description="points in one batched evaluation")
+    max_functions: int = Field(4096, gt=0, description="compiled functions kept in memory (LRU)")
+    max_function_bytes: int = Field(512 * MiB, gt=0, description="estimated memory of the compiled functions kept")
+    max_nodes: int | None = Field(None, gt=0, description="operations in one function, loop bodies included")
+    max_elements: int | None = Field(None, gt=0, description="elements of any one tensor (inputs, literals, values)")
+    max_trip_count: int | None = Field(None, gt=0, description="iterations of one loop")
+    max_steps: int | None = Field(None, gt=0, description="operation executions per evaluation at one point")
+    max_work: float | None = Field(None, gt=0, description="element operations per evaluation at one point")
+    max_request_work: float | None = Field(None, gt=0, description="element operations per request")
+    max_sweep_rows: int | None = Field(None, gt=0, description="derivative sweeps of one jacobian/hessian request")
+    compile_timeout_seconds: float = Field(300, gt=0, description="a numba compile longer than this is abandoned "
+                                                                  "(the plan stays on the interpreter)")
+    evaluate_timeout_seconds: float = Field(0, ge=0, description="answer 503 (gRPC DEADLINE_EXCEEDED) past this; "
+                                                                 "0: no timeout")
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, v):
         return v.lower() if isinstance(v, str) else v
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, v):
         if isinstance(v, str):

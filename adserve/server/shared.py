@@ -182,6 +182,14 @@ class SharedStore:
             self._call(self._client.set, self.result_key(key), data, ex=self.result_ttl)
 
     # -- the breaker ----------------------------------------------------------------
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    def call(self, method, *args, **kwargs):
+        """`method(*args, **kwargs)` through the breaker (a Redis command or script of `client`): None when down."""
+        return self._call(method, *args, **kwargs)
+
     def _call(self, method, *args, **kwargs):
         if not self.up:
             return None
