@@ -4,7 +4,8 @@ Every primitive spec of test_primitives (value, JVP and VJP of each, loops and
 branches included) is compiled into a few grouped kernels and run on a batch of
 points with per-point and shared (broadcast) inputs; so are the survey's
 example and programs with nested loops, branches and element assignment, with
-value, gradient and HVP plans. Kernels are cached under ~/.cache so reruns on a
+value, gradient and HVP plans, and so are random graphs drawn by
+test_property_graphs' strategy. Kernels are cached under ~/.cache so reruns on a
 machine skip numba's compile.
 """
 
@@ -14,7 +15,9 @@ import os
 import numpy as np
 import pytest
 from engine_helpers import Builder, inline, jvp_graph, make_graph, run, vjp_graph
+from hypothesis import given, settings
 from test_primitives import SPECS
+from test_property_graphs import engine_graph, programs
 
 from adserve.engine import api
 from adserve.engine.codegen.module import kernel_module
@@ -134,3 +137,22 @@ def test_generated_source_is_readable():
     assert "def kernel(" in text and "math.log(x0)" in text and "line 1, column" in text
     g = make_graph(lambda x: x, [()])
     assert "kernel" in kernel_module(g, "identity")
+
+
+def _hvp_graph(g):
+    """x, v -> (f, gradient, jvp, hvp): the plan shape the server compiles for an HVP request."""
+    b = Builder()
+    xs = [b.input(v.shape) for v in g.inputs]
+    gg = b.build(inline(b, vjp_graph(g, [True] * len(xs), [True]), [*xs, 1.0]))
+    return jvp_graph(gg, [True] * len(g.inputs))[0]
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, database=None)
+@given(programs(control_flow=True, max_len=6))
+def test_random_programs_compiled_equal_interpreted(case):
+    """Random graphs of element-wise ops, reductions, loops and branches (test_property_graphs' strategy)."""
+    prog, seed = case
+    graph = _hvp_graph(engine_graph(prog))
+    rng = np.random.default_rng(seed)
+    args = [rng.standard_normal((B, *v.shape)) for v in graph.inputs]
+    assert_same(graph, args, f"random program {prog}")
