@@ -56,8 +56,6 @@ class Settings(BaseSettings):
     max_sweep_rows: int | None = Field(None, gt=0, description="derivative sweeps of one jacobian/hessian request")
     compile_timeout_seconds: float = Field(300, gt=0, description="a numba compile longer than this is abandoned "
                                                                   "(the plan stays on the interpreter)")
-    evaluate_timeout_seconds: float = Field(0, ge=0, description="answer 503 (gRPC DEADLINE_EXCEEDED) past this; "
-                                                                 "0: no timeout")
 
     @field_validator("log_level", mode="before")
     @classmethod

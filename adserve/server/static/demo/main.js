@@ -12,7 +12,31 @@ import * as plots from "./plots.js";
 import {renderTrace} from "./trace.js";
 
 const $ = (id) => document.getElementById(id);
+// An API key (when the server wants one): from the URL fragment (`#key=...`, then dropped from the address bar),
+// else the one this browser kept (localStorage), else asked for in the error card of a 401.
+const KEY_STORE = "adserve-api-key";
+
+function initialKey() {
+  const m = /(?:^#|&)key=([^&]*)/.exec(location.hash);
+  if (m) {
+    const key = decodeURIComponent(m[1]);
+    try { localStorage.setItem(KEY_STORE, key); } catch { /* storage off: the key lasts this page */ }
+    history.replaceState(null, "", location.pathname + location.search);
+    return key;
+  }
+  try { return localStorage.getItem(KEY_STORE) || ""; } catch { return ""; }
+}
+
+function useKey(key) {
+  if (key) client.headers.Authorization = `Bearer ${key}`;
+  else delete client.headers.Authorization;
+  try {
+    if (key) localStorage.setItem(KEY_STORE, key); else localStorage.removeItem(KEY_STORE);
+  } catch { /* storage off */ }
+}
+
 const client = new Client(location.pathname.replace(/\/[^/]*$/, ""));
+useKey(initialKey());
 const TANGENT_KINDS = ["jvp", "hvp", "trace"];
 
 // fn: the last registered function {id, info, values}; run: the optimiser's AbortController
@@ -159,7 +183,20 @@ function fieldError(input, message) {
 function errorCard(err) {
   return h("div", {className: "error-card", role: "alert"},
     h("div", {}, h("strong", {}, err.status ? `${err.status} ` : ""), h("span", {className: "code"}, err.code || "error")),
-    h("div", {}, err.message));
+    h("div", {}, err.message),
+    err.status === 401 ? keyForm() : null);
+}
+
+/** Asked for on a 401: the API key, kept in this browser; then the evaluation runs again. */
+function keyForm() {
+  const input = h("input", {type: "password", id: "api-key", placeholder: "API key", autocomplete: "off"});
+  const form = h("form", {className: "key-form"}, input, h("button", {type: "submit"}, "Use key"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    useKey(input.value.trim());
+    evaluate();
+  });
+  return form;
 }
 
 // ---- evaluation ----------------------------------------------------------------------------------------------
