@@ -15,7 +15,7 @@ from typing import Annotated
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -37,8 +37,10 @@ INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 
-class JSONOut(Response):
-    """JSON via orjson; finite ndarrays from `tensors.encode` are written natively."""
+class JSONOut(JSONResponse):
+    """JSON via orjson; finite ndarrays from `tensors.encode` are written natively.
+
+    A JSONResponse, so the OpenAPI document says JSON objects (not strings) for the routes' answers."""
 
     media_type = "application/json"
 
@@ -137,8 +139,9 @@ async def _minimize(service: Service, function_id: str, raw: bytes) -> Streaming
 
 
 def _routes(app: FastAPI) -> None:
-    err = {status: {"model": schemas.ErrorBody} for status in (400, 413, 422)}
-    not_found = {404: {"model": schemas.ErrorBody}}
+    # 401 and 429 only when API keys or rate limits are configured
+    err = {status: {"model": schemas.ErrorBody} for status in (400, 401, 413, 422, 429)}
+    not_found = {status: {"model": schemas.ErrorBody} for status in (401, 404, 429)}
 
     @app.post("/v1/functions", status_code=201, tags=["functions"], summary="Register a function",
               responses={200: {"model": schemas.FunctionInfo, "description": "already registered"},
@@ -160,7 +163,8 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/v1/functions/{function_id}/source", tags=["functions"], response_class=PlainTextResponse,
              summary="Generated kernel source of one transform: primal, gradient, jvp, vjp or hvp (text/plain)",
-             responses={**not_found, 422: {"model": schemas.ErrorBody}})
+             responses={status: {"description": "an error", "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/ErrorBody"}}}} for status in (404, 422)})
     async def function_source(function_id: str, service: ServiceDep, transform: str = "primal"):
         return PlainTextResponse(await run_in_threadpool(service.source, function_id, transform))
 
@@ -172,7 +176,7 @@ def _routes(app: FastAPI) -> None:
         return JSONOut(encoded, headers=headers)
 
     @app.post("/v1/evaluate", tags=["evaluate"], summary="Evaluate a definition (registering it on the way)",
-              responses={200: {"model": schemas.EvaluationResult}, **err},
+              responses={200: {"model": schemas.EvaluationResult}, **err, **not_found},
               openapi_extra=schemas.request_body(schemas.EvaluationWithFunction))
     async def evaluate(raw: RawBody, service: ServiceDep):
         encoded, headers = await run_in_threadpool(_evaluate, service, None, raw)
@@ -201,7 +205,7 @@ def _routes(app: FastAPI) -> None:
             return JSONOut({"status": "ready"})
         return _error(503, "not_ready", "the service is starting or lost a backend")
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus text format")
+    @app.get("/metrics", tags=["operations"], summary="Prometheus text format", response_class=PlainTextResponse)
     def metrics(request: Request):
         m = request.app.state.metrics
         return Response(m.render(), media_type=m.content_type)
