@@ -279,8 +279,13 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     for kind in req.sweep_kinds:
         check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt))
 
+    fresh = {}  # id -> array: kernel outputs of the sweeps, nobody else's (see _finish)
+
     def run(graph, args):
-        return _run(graph, args, meta)
+        res = _run(graph, args, meta)
+        if isinstance(res, Fresh):
+            fresh.update((id(a), a) for a in res)
+        return res
 
     if plain is None:
         xs = [batched(inputs[n]) for n in fn.input_names]
@@ -308,9 +313,9 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
             else:
                 out[kind] = {n: _own(next(res), batch) if own else _fix(next(res), B, batch) for n in names}
     if "jacobian" in kinds:
-        out["jacobian"] = _finish(jacobian(fn, xs, B, wrt, run), B, batch)
+        out["jacobian"] = _finish(jacobian(fn, xs, B, wrt, run), B, batch, fresh)
     if "hessian" in kinds:
-        out["hessian"] = _finish(hessian(fn, xs, B, wrt, run), B, batch)
+        out["hessian"] = _finish(hessian(fn, xs, B, wrt, run), B, batch, fresh)
     if "trace" in kinds:
         out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch)
     return out
@@ -370,9 +375,25 @@ def _own(a, batch):
     return a if batch else a[0, ...]
 
 
-def _finish(out, B, batch):
+def _finish(out, B, batch, fresh=None):
+    """Private float64 results without the batch axis unless `batch`. A result that is a C-ordered view of the
+    whole of one of the `fresh` arrays (a kernel output of this request, by id) is handed out as it is, at most
+    once per array; anything else is copied."""
+    taken = set()
+
+    def fix(a):
+        if fresh and isinstance(a, np.ndarray):
+            root = a
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            if (fresh.get(id(root)) is root and id(root) not in taken and a.dtype == _F64 and a.flags.c_contiguous
+                    and a.nbytes == root.nbytes and a.ndim and a.shape[0] == B):
+                taken.add(id(root))
+                return _own(a, batch)
+        return _fix(a, B, batch)
+
     def walk(v):
-        return {k: walk(x) for k, x in v.items()} if isinstance(v, dict) else _fix(v, B, batch)
+        return {k: walk(x) for k, x in v.items()} if isinstance(v, dict) else fix(v)
     return {k: walk(v) for k, v in out.items()}
 
 
