@@ -43,7 +43,7 @@ log = logging.getLogger("adserve.service")
 class Service:
     def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096,
                  shared=None, max_functions: int = 4096, max_function_bytes: int = 512 << 20,
-                 definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 200,
+                 definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 400,
                  max_batch: int = 100_000):
         if engine is None:
             from adserve.engine import api as engine

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
                                                          description="comma-separated origins allowed by CORS")
     # -- limits on what one request may cost (docs/security.md); engine limits unset keep the engine's defaults
     max_expr_chars: int = Field(100_000, gt=0, description="characters of an expr or program text")
-    max_expr_depth: int = Field(200, gt=0, description="nesting depth of an expr or program (syntax tree levels)")
+    max_expr_depth: int = Field(400, gt=0, description="nesting depth of an expr or program (syntax tree levels)")
     max_batch: int = Field(100_000, gt=0, description="points in one batched evaluation")
     max_functions: int = Field(4096, gt=0, description="compiled functions kept in memory (LRU)")
     max_function_bytes: int = Field(512 * MiB, gt=0, description="estimated memory of the compiled functions kept")
