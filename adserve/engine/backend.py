@@ -15,6 +15,7 @@ the code generator's version, so a changed generator never loads stale code.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import logging
@@ -43,6 +44,7 @@ class TierStats:
     compile_failures: int = 0
     compile_timeouts: int = 0
     disk_loads: int = 0
+    preloaded: int = 0  # of disk_loads, loaded at start by `Tiered.preload`
     runs: dict = field(default_factory=lambda: {"interpreter": 0, "numba": 0})
 
 
@@ -107,6 +109,7 @@ class Tiered(Interpreter):
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adserve-compile")
         self._procs: set = set()
+        self._closed = False
 
     # -- lookup --------------------------------------------------------------
     def kernel(self, graph):
@@ -190,7 +193,84 @@ class Tiered(Interpreter):
         with self._lock:
             self._ready[key] = mod
             self._pending.discard(key)
+        self._mark_used(key)
         log.info("kernel %s ready", key)
+
+    # -- preload at start ------------------------------------------------------
+    def preload(self, limit: int = 32) -> threading.Thread:
+        """Start a background thread that imports numba and the kernels' runtime helpers, then loads the
+        `limit` kernels on disk used most recently, so that after a restart known functions run compiled
+        from their first request. It never blocks: a request meanwhile runs on the interpreter, and a kernel
+        a request asks for that is not being preloaded loads through the pool as usual."""
+        thread = threading.Thread(target=self._preload, args=(limit,), name="adserve-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def _preload(self, limit):
+        t0 = time.perf_counter()
+        try:
+            import numba  # noqa: F401
+
+            from .codegen import runtime  # noqa: F401
+            keys = self._recent(limit)
+        except Exception as e:
+            log.warning("kernel preload stopped: %s: %s", type(e).__name__, e)
+            return
+        t1 = time.perf_counter()
+        for key in keys:
+            if self._closed:
+                break
+            with self._lock:
+                if key in self._ready or key in self._failed or key in self._pending:
+                    continue
+                self._pending.add(key)
+            self._load_only(key)
+            if key in self._ready:
+                self.stats.preloaded += 1
+        log.info("numba imported in %.2f s; %d of %d recent kernels preloaded in %.2f s", t1 - t0,
+                 self.stats.preloaded, len(keys), time.perf_counter() - t1)
+
+    def _used_path(self, key):
+        return os.path.join(self.dir, "used", key)
+
+    def _mark_used(self, key):
+        """Record a kernel's last use for `preload` (a marker file's time: the module itself must not be
+        touched, numba's cache index checks its time stamp)."""
+        path = self._used_path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a"):
+                pass
+            os.utime(path)
+        except OSError:
+            pass
+
+    def _recent(self, limit) -> list:
+        """Keys of kernels on disk for this code generator, most recently used (or compiled) first."""
+        from .codegen.module import CODEGEN_VERSION
+        found = []
+        for path in glob.glob(os.path.join(self.dir, "gen_*.py")):
+            key = os.path.basename(path)[4:-3]
+            index = glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.kernel-*.nbi"))
+            times = []
+            for p in [*index, self._used_path(key)]:
+                with contextlib.suppress(OSError):
+                    times.append(os.stat(p).st_mtime)
+            if index and times:
+                found.append((max(times), key, path))
+        found.sort(reverse=True)
+        out, tag = [], f"(codegen v{CODEGEN_VERSION})"
+        for _, key, path in found:
+            if len(out) >= limit:
+                break
+            try:
+                with open(path) as f:
+                    head = f.read(200)
+            except OSError:
+                continue
+            if tag in head:  # another generator's kernel can never be asked for
+                out.append(key)
+        return out
 
     def _fail(self, key, why):
         log.warning("kernel %s stays on the interpreter: %s", key, why)
@@ -199,6 +279,7 @@ class Tiered(Interpreter):
             self._pending.discard(key)
 
     def shutdown(self):
+        self._closed = True
         for p in list(self._procs):
             p.kill()
         self._pool.shutdown(wait=False, cancel_futures=True)

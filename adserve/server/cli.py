@@ -43,16 +43,19 @@ def main(argv=None) -> None:
 
     from adserve.engine import api, backend
 
+    # plans run on the interpreter until their numba kernel, compiled in the background, is ready
+    tier = backend.Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds) \
+        if settings.compile else backend.Interpreter()
+    api.set_backend(tier)
+    if settings.compile:  # first thing: numba and the kernels used last, loaded while the server starts
+        tier.preload()
+
     from .rest import create_app
     from .security import Guard, apply_engine_limits
     from .service import Service
 
     limits = apply_engine_limits(settings)
     log.debug("engine limits: %s", limits)
-    # plans run on the interpreter until their numba kernel, compiled in the background, is ready
-    tier = backend.Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds) \
-        if settings.compile else backend.Interpreter()
-    api.set_backend(tier)
     shared = None
     if settings.redis_url:
         from .shared import SharedStore
