@@ -30,11 +30,22 @@ def loc_of(node):
 
 
 def parse(text: str, mode: str):
+    """Parse user text. An expression that starts with spaces or a line break is parsed
+    inside parentheses (implicit line joining), keeping the user's line numbers."""
     try:
         return ast.parse(text, mode=mode)
+    except IndentationError:
+        if mode != "eval" or not text.strip():
+            raise ParseError("syntax error: unexpected indent", {"line": 1, "column": 1}) from None
     except SyntaxError as e:
-        loc = {"line": e.lineno or 1, "column": e.offset or 1}
-        raise ParseError(f"syntax error: {e.msg}", loc) from None
+        raise ParseError(f"syntax error: {e.msg}", {"line": e.lineno or 1, "column": e.offset or 1}) from None
+    try:
+        tree = ast.parse("(\n" + text + "\n)", mode=mode)
+    except SyntaxError as e:
+        line = min(max(1, (e.lineno or 2) - 1), text.count("\n") + 1)
+        raise ParseError(f"syntax error: {e.msg}", {"line": line, "column": e.offset or 1}) from None
+    ast.increment_lineno(tree, -1)
+    return tree
 
 
 class ExprLowerer:
