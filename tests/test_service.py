@@ -115,6 +115,21 @@ def test_cached_results_cannot_be_changed_by_a_caller(service):
     assert service.evaluate(DEF, {"inputs": {"x": [1.0, 2.0]}})["value"].tolist() == [2.0, 4.0]
 
 
+def test_owned_engine_results_are_frozen_in_place_and_inputs_left_alone():
+    from adserve.engine import api
+    service = Service(engine=api, result_cache_bytes=1 << 20)
+    x = np.array([1.0, 2.0])
+    body = {"inputs": {"x": x}, "compute": ["value", "gradient", "trace"]}
+    first = service.evaluate({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x)"}, body)
+    arrays = [first["value"], first["gradient"]["x"], *(row["value"] for row in first["trace"])]
+    assert not any(a.flags.writeable for a in arrays)
+    assert x.flags.writeable and not any(np.shares_memory(a, x) for a in arrays)
+    x[0] = 5.0  # the caller's input changes; the cached answer does not
+    again = service.evaluate({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x)"},
+                             {"inputs": {"x": [1.0, 2.0]}, "compute": ["value", "gradient", "trace"]})
+    assert again["cached"] and float(again["value"]) == 3.0 and again["trace"][0]["value"].tolist() == [1.0, 2.0]
+
+
 def test_results_with_plain_data_leaves_are_cached_intact(service):
     first = service.evaluate(DEF, {"inputs": {"x": 1.5}, "compute": ["trace"]})
     again = service.evaluate(DEF, {"inputs": {"x": 1.5}, "compute": ["trace"]})

@@ -28,6 +28,9 @@ COMPUTE_KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SOURCE_TRANSFORMS = {"primal": "value", "gradient": "gradient", "jvp": "jvp", "vjp": "vjp", "hvp": "hvp"}
 _backend = Interpreter()
+# every array `evaluate` returns is the caller's alone (no input, other result or engine state shares its
+# memory), so a caller that keeps results may freeze them in place instead of copying (the service does)
+RESULTS_ARE_OWNED = True
 
 
 def set_backend(backend):

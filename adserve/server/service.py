@@ -113,7 +113,7 @@ class Service:
                                         request.cotangent, request.batch, meta=meta,
                                         **({"wrt": list(request.wrt)} if request.wrt else {}))
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
-        result = _frozen(raw)
+        result = _frozen(raw, owned=getattr(self._engine, "RESULTS_ARE_OWNED", False))
         self._results.put(key, result)
         if self._shared is not None:
             self._shared.put_result(key, result)
@@ -268,16 +268,21 @@ def _digest(definition: dict) -> tuple[bytes | None, bytes | None]:
     return hashlib.blake2b(raw, digest_size=20).digest(), raw
 
 
-def _frozen(tree):
+def _frozen(tree, owned=False):
     """A private copy with read-only float64 arrays, so a cached result cannot change under anyone.
 
     Results are nested dicts and lists whose tensors are arrays (or floats);
-    other leaves (names, formulas, shapes in a trace) are plain data. Lists become tuples."""
+    other leaves (names, formulas, shapes in a trace) are plain data. Lists become tuples.
+    `owned`: the arrays are already private (the engine's `RESULTS_ARE_OWNED`); float64 ones are only made
+    read-only, not copied."""
     if isinstance(tree, dict):
-        return {k: _frozen(v) for k, v in tree.items()}
+        return {k: _frozen(v, owned) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return tuple(_frozen(v) for v in tree)
+        return tuple(_frozen(v, owned) for v in tree)
     if not isinstance(tree, tensors.TENSOR_TYPES):
+        return tree
+    if owned and type(tree) is np.ndarray and tree.dtype == np.float64:
+        tree.setflags(write=False)
         return tree
     a = np.array(tree, dtype=np.float64, copy=True)
     a.setflags(write=False)
