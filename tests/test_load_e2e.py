@@ -151,7 +151,8 @@ def test_mixed_load_with_faults(tmp_path):
                   + ", ".join(line for line in metrics.splitlines()
                               if line.startswith(("adserve_kernel_compile_failures_total",
                                                   "adserve_redis_up", "adserve_functions_registered"))))
-            assert not errors, errors[:5]
+            log = server.log()
+            assert not errors, (errors[:5], log[log.find("Traceback") - 300:][:6000])
             assert len(latencies) > CLIENTS * 10 and dropped
             assert "adserve_redis_up 0.0" in metrics
             assert "Traceback" not in server.log()
