@@ -119,3 +119,48 @@ def test_preload_loads_the_kernels_on_disk_most_recent_first(tmp_path):
         assert every.run(plans[1], [x])[1].tolist() == [[2.0, 4.0]]
     finally:
         every.shutdown()
+
+
+def test_a_plan_keeps_the_tier_that_timed_faster(tmp_path):
+    t = backend.Tiered(str(tmp_path), compile=False)
+    small = backend.PlanMeta("small", ((),), steps=5, work=10)
+    w = ("small", 1)
+    assert t._pick(w, small, 1) == "numba"  # the kernel's runs first
+    t._times[w][0].extend([1e-3, 1.2e-3])
+    assert t._pick(w, small, 1) == "interpreter"  # then the interpreter's
+    t._times[w][1].append(2e-4)
+    assert t._pick(w, small, 1) == "interpreter" and w not in t._chosen
+    t._times[w][1].append(3e-4)
+    assert t._pick(w, small, 1) == "interpreter" and t._chosen[w] == "interpreter"
+
+    slower = ("small", 2)  # one run plainly slower: no second
+    t._times[slower] = ([1e-3, 1e-3], [5e-3])
+    assert t._pick(slower, small, 2) == "numba" and t._chosen[slower] == "numba"
+
+    big = backend.PlanMeta("big", ((),), steps=10_000, work=1e6)  # its floor alone loses: never tried
+    t._times[("big", 1)] = ([1e-3, 1e-3], [])
+    assert t._pick(("big", 1), big, 1) == "numba"
+    assert t.stats.chosen == {"interpreter": 1, "numba": 2} and not t._times
+    t.shutdown()
+
+
+def test_a_plan_chosen_for_the_interpreter_runs_there(tier):
+    fn = api.compile_definition(SCALAR)
+    graph = api._main_plan(fn, frozenset({"value"}))[0]
+    tier.kernel(graph)
+    assert tier.wait(graph, 300)
+    x = {"x": np.array([0.5, 1.0, 2.0]), "A": np.eye(3)}
+    which = (backend.plan_key(graph), 1)
+    old = api.get_backend()
+    try:
+        api.set_backend(tier)
+        for _ in range(6):  # the choice is made on the first runs
+            api.evaluate(fn, x)
+        assert tier._chosen[which] == "numba"  # a few microseconds: the interpreter cannot win
+        tier._chosen[which] = "interpreter"
+        meta = {}
+        assert float(api.evaluate(fn, x, meta=meta)["value"]) == pytest.approx(5.25 + np.sin([0.5, 1, 2]).sum())
+        assert meta["backend"] == "interpreter"
+    finally:
+        api.set_backend(old)
+        tier._chosen.pop(which, None)

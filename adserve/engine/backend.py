@@ -32,6 +32,7 @@ import numpy as np
 from .errors import EvaluationError
 from .interpreter import run as interpret
 from .ir import canonical_text
+from .limits import cost
 
 log = logging.getLogger("adserve.engine")
 _F64 = np.dtype(np.float64)
@@ -46,6 +47,8 @@ class TierStats:
     disk_loads: int = 0
     preloaded: int = 0  # of disk_loads, loaded at start by `Tiered.preload`
     runs: dict = field(default_factory=lambda: {"interpreter": 0, "numba": 0})
+    # (plan, batch size class) pairs whose tier was chosen by timing both, by the tier chosen
+    chosen: dict = field(default_factory=lambda: {"interpreter": 0, "numba": 0})
 
 
 class Interpreter:
@@ -75,6 +78,8 @@ class PlanMeta:
     """What running a plan needs besides its graph, computed once per graph and kept on it."""
     key: str             # the kernel's cache key: the plan's structural hash and the generator's version
     out_shapes: tuple    # per output, its shape without the batch axis
+    steps: float         # equations the interpreter dispatches per run (loops counted by trips)
+    work: float          # element operations per point (limits.cost)
 
 
 _META = "_adserve_plan_meta"
@@ -85,7 +90,8 @@ def plan_meta(graph) -> PlanMeta:
     if meta is None:
         from .codegen.module import CODEGEN_VERSION
         text = f"codegen {CODEGEN_VERSION}\n" + canonical_text(graph)
-        meta = PlanMeta(hashlib.sha256(text.encode()).hexdigest()[:32], tuple(tuple(a.shape) for a in graph.outputs))
+        meta = PlanMeta(hashlib.sha256(text.encode()).hexdigest()[:32], tuple(tuple(a.shape) for a in graph.outputs),
+                        *cost(graph))
         object.__setattr__(graph, _META, meta)  # graphs are frozen dataclasses; this is a cache, not structure
     return meta
 
@@ -110,6 +116,8 @@ class Tiered(Interpreter):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adserve-compile")
         self._procs: set = set()
         self._closed = False
+        self._chosen: dict = {}  # (plan key, batch size class) -> tier, once timed (see `_pick`)
+        self._times: dict = {}   # the same -> ([kernel seconds], [interpreter seconds]) while open
 
     # -- lookup --------------------------------------------------------------
     def kernel(self, graph):
@@ -286,14 +294,27 @@ class Tiered(Interpreter):
 
     # -- run -------------------------------------------------------------------
     def run(self, graph, args, meta=None):
-        """The plan's outputs, each of shape (B, ...); from the kernel (a `Fresh` list) once it is ready."""
+        """The plan's outputs, each of shape (B, ...); from the kernel (a `Fresh` list) once it is ready,
+        unless timing both tiers chose the interpreter for this plan and batch size (see `_pick`)."""
         plan = plan_meta(graph)
-        mod = self._ready.get(plan.key)
-        if mod is None and (mod := self.kernel(graph)) is None:
+        B = max([a.shape[0] for a in args]) if args else 1
+        which = (plan.key, B.bit_length())  # batch sizes within a factor of two share a choice
+        tier = self._chosen.get(which)
+        if tier is None:
+            mod = self._ready.get(plan.key)
+            if mod is None and (mod := self.kernel(graph)) is None:
+                return self._timed(which, 1, super().run, graph, args, meta)
+            tier = self._pick(which, plan, B)
+            if tier == "interpreter":
+                return self._timed(which, 1, super().run, graph, args, meta)
+            return self._timed(which, 0, self._run_kernel, mod, plan, B, args, meta)
+        if tier == "interpreter":
             return super().run(graph, args, meta)
+        return self._run_kernel(self._ready[plan.key], plan, B, args, meta)
+
+    def _run_kernel(self, mod, plan, B, args, meta):
         ins = [a if a.dtype == _F64 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float64)
                for a in args]
-        B = max([a.shape[0] for a in ins]) if ins else 1
         outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
         status = mod.kernel(B, *ins, *outs)
         if status:
@@ -302,3 +323,46 @@ class Tiered(Interpreter):
         if meta is not None:
             meta["backend"] = "numba"
         return outs
+
+    # -- choosing a tier by timing both ------------------------------------------
+    # Generated kernels are scalar loops (no SIMD math library here): on large element-wise work NumPy's
+    # vectorised exp/log can beat them. So the first runs of a plan (per batch size class) once its kernel
+    # is ready are timed: two on the kernel, then the interpreter's (runs from before the kernel count) until
+    # it is plainly slower or has two; the interpreter keeps the plan only when clearly faster.
+    KERNEL_TRIALS = 2
+    INTERPRETER_TRIALS = 2
+    CLEARLY_FASTER = 0.8   # the interpreter's best / the kernel's best below this: the interpreter
+    PLAINLY_SLOWER = 4.0   # above this after one run (a first run may be cold): the kernel, no more trials
+    # the interpreter's least cost per equation run and per element operation (measured on the benchmarks:
+    # 2.4-40 us, 0.27-1.6 ns): when that floor already loses, it is not tried
+    STEP_SECONDS = 1.5e-6
+    ELEMENT_SECONDS = 0.2e-9
+
+    def _timed(self, which, slot, run, *args):
+        t = time.perf_counter()
+        out = run(*args)
+        elapsed = time.perf_counter() - t
+        times = self._times.setdefault(which, ([], []))[slot]
+        if len(times) < 8:
+            times.append(elapsed)
+        return out
+
+    def _pick(self, which, plan, B) -> str:
+        """The tier to run a plan on while its choice is open; chooses once the timings say enough."""
+        kernel, interp = self._times.setdefault(which, ([], []))
+        if len(kernel) < self.KERNEL_TRIALS:
+            return "numba"
+        best = min(kernel)
+        hopeless = self.STEP_SECONDS * plan.steps + self.ELEMENT_SECONDS * plan.work * B > self.CLEARLY_FASTER * best
+        if hopeless or interp and min(interp) > self.PLAINLY_SLOWER * best or len(interp) >= self.INTERPRETER_TRIALS:
+            tier = "interpreter" if interp and min(interp) < self.CLEARLY_FASTER * best else "numba"
+            with self._lock:
+                if which not in self._chosen:
+                    self._chosen[which] = tier
+                    self.stats.chosen[tier] += 1
+                    log.info("plan %s, batch of %d-%d: %s (best runs: kernel %.3g ms, interpreter %s)",
+                             which[0], 1 << max(which[1] - 1, 0), (1 << which[1]) - 1, tier, best * 1e3,
+                             f"{min(interp) * 1e3:.3g} ms" if interp else "not tried")
+                self._times.pop(which, None)
+            return tier
+        return "interpreter"

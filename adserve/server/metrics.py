@@ -53,6 +53,11 @@ class _ServiceCollector:
         for tier, n in sorted(s["runs"].items()):
             runs.add_metric([tier], n)
         yield runs
+        chosen = CounterMetricFamily("adserve_tier_choices", "Plans (per batch size class) whose tier was chosen "
+                                     "by timing both once the kernel was ready, by the tier chosen", labels=["tier"])
+        for tier, n in sorted(s.get("tier_choices", {}).items()):
+            chosen.add_metric([tier], n)
+        yield chosen
         yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
                                 value=optimize.running())
         yield CounterMetricFamily("adserve_kernel_compiles", "numba kernels compiled", value=s["compiles"])

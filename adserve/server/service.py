@@ -142,6 +142,7 @@ class Service:
                 "cache_misses": self._results.misses, "cache_entries": len(self._results),
                 "cache_bytes": self._results.size, "runs": dict(tier.runs), "compiles": tier.compiles,
                 "compile_seconds": tier.compile_seconds, "kernel_disk_loads": tier.disk_loads,
+                "tier_choices": dict(tier.chosen),
                 "compile_failures": tier.compile_failures + tier.compile_timeouts,
                 "shared": None if self._shared is None else self._shared.stats()}
 
