@@ -303,6 +303,8 @@ class Tiered(Interpreter):
         if tier is None:
             mod = self._ready.get(plan.key)
             if mod is None and (mod := self.kernel(graph)) is None:
+                if plan.key not in self._pending:  # no kernel coming: nothing to compare
+                    return super().run(graph, args, meta)
                 return self._timed(which, 1, super().run, graph, args, meta)
             tier = self._pick(which, plan, B)
             if tier == "interpreter":
@@ -342,9 +344,10 @@ class Tiered(Interpreter):
         t = time.perf_counter()
         out = run(*args)
         elapsed = time.perf_counter() - t
-        times = self._times.setdefault(which, ([], []))[slot]
-        if len(times) < 8:
-            times.append(elapsed)
+        if which not in self._chosen:  # chosen meanwhile by another request
+            times = self._times.setdefault(which, ([], []))[slot]
+            if len(times) < 8:
+                times.append(elapsed)
         return out
 
     def _pick(self, which, plan, B) -> str:
