@@ -6,7 +6,13 @@
   stalls the server), single flight per key, into `<cache_dir>/kernels/`. The
   server then imports the module, which loads numba's on-disk cache in
   milliseconds, and later requests run compiled. After a restart, kernels
-  already on disk load on first use without compiling again.
+  already on disk load on first use without compiling again; the server also
+  preloads the most recently used ones at start (`Tiered.preload`).
+
+Kernel outputs are fresh arrays per run (a `Fresh` list), which the API hands
+out without copying. Once a kernel is ready, the first runs of its plan time
+both tiers and keep the faster (`Tiered._pick`): NumPy's vectorised math can
+beat a scalar loop on large element-wise work.
 
 A compile failure or timeout leaves the plan on the interpreter, logged and
 counted; it never fails a request. Keys are the plan's structural hash plus
