@@ -164,3 +164,26 @@ def test_a_plan_chosen_for_the_interpreter_runs_there(tier):
     finally:
         api.set_backend(old)
         tier._chosen.pop(which, None)
+
+
+def test_read_only_inputs_run_compiled(tier):
+    """numba types a read-only array apart from a writable one: such inputs are copied, not refused."""
+    fn = api.compile_definition(SCALAR)
+    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+    tier.kernel(graph)
+    assert tier.wait(graph, 300)
+    x, A = np.array([0.5, 1.0, 2.0]), np.eye(3)
+    for a in (x, A):
+        a.setflags(write=False)
+    old = api.get_backend()
+    try:
+        api.set_backend(tier)
+        backends = set()
+        for _ in range(4):
+            meta = {}
+            r = api.evaluate(fn, {"x": x, "A": A}, ["value", "gradient"], meta=meta)
+            backends.add(meta["backend"])
+            np.testing.assert_allclose(r["gradient"]["x"], 2 * x + np.cos(x))
+        assert "numba" in backends
+    finally:
+        api.set_backend(old)

@@ -321,8 +321,9 @@ class Tiered(Interpreter):
         return self._run_kernel(self._ready[plan.key], plan, B, args, meta)
 
     def _run_kernel(self, mod, plan, B, args, meta):
-        ins = [a if a.dtype == _F64 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float64)
-               for a in args]
+        # kernels take writable C-ordered float64 arrays (numba types a read-only array apart): anything else is copied
+        ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.writeable
+               else np.array(a, dtype=np.float64, order="C") for a in args]
         outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
         status = mod.kernel(B, *ins, *outs)
         if status:
