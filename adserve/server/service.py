@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from adserve.engine.errors import EngineError, LimitError
+from adserve.engine.frontends.expr import parse_python
 
 from . import evaluation, tensors
 from .cache import LRU, result_nbytes
@@ -223,7 +224,7 @@ class Service:
                                    f"the {form} is {len(text):,} characters long, over the limit of "
                                    f"{self.max_expr_chars:,} ({len(text) / self.max_expr_chars:.1f}x)")
             try:
-                tree = ast.parse(text, mode=mode)
+                tree = parse_python(text, mode)  # ast.parse, serialised: CPython 3.11 is not thread-safe here
             except SyntaxError:
                 return  # the engine says where, in its own words
             except (MemoryError, RecursionError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import threading
 
 from ..builder import Builder, V
 from ..errors import DefinitionError, ParseError
@@ -29,18 +30,29 @@ def loc_of(node):
     return None
 
 
+# CPython 3.11's parser can fail with "SystemError: AST constructor recursion depth mismatch"
+# when several threads parse at once; parsing is fast, so one at a time.
+_parse_lock = threading.Lock()
+
+
+def parse_python(text, mode):
+    """`ast.parse`, one thread at a time (callers outside the engine use this too)."""
+    with _parse_lock:
+        return ast.parse(text, mode=mode)
+
+
 def parse(text: str, mode: str):
     """Parse user text. An expression that starts with spaces or a line break is parsed
     inside parentheses (implicit line joining), keeping the user's line numbers."""
     try:
-        return ast.parse(text, mode=mode)
+        return parse_python(text, mode)
     except IndentationError:
         if mode != "eval" or not text.strip():
             raise ParseError("syntax error: unexpected indent", {"line": 1, "column": 1}) from None
     except SyntaxError as e:
         raise ParseError(f"syntax error: {e.msg}", {"line": e.lineno or 1, "column": e.offset or 1}) from None
     try:
-        tree = ast.parse("(\n" + text + "\n)", mode=mode)
+        tree = parse_python("(\n" + text + "\n)", mode)
     except SyntaxError as e:
         line = min(max(1, (e.lineno or 2) - 1), text.count("\n") + 1)
         raise ParseError(f"syntax error: {e.msg}", {"line": line, "column": e.offset or 1}) from None
