@@ -108,6 +108,10 @@ def _guard(B, rows):
 
 
 def _repeat(xs, B, rows):
+    """Each point's inputs once per sweep row; one point's are broadcast (both tiers read a
+    leading axis of 1 as shared), so a large data input is not copied per row."""
+    if B == 1:
+        return [x[:1] for x in xs]
     return [np.repeat(full(x, B), rows, axis=0) for x in xs]
 
 
