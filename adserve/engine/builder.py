@@ -48,6 +48,21 @@ def register(p: Prim) -> Prim:
     return p
 
 
+class Budget:
+    """How many more equations a front end may emit (shared with its loop and branch bodies),
+    so an oversized definition is refused while it is being built, not after."""
+
+    def __init__(self, limit: int):
+        self.limit, self.left = limit, limit
+
+    def spend(self, loc):
+        self.left -= 1
+        if self.left < 0:
+            from .errors import LimitError
+            raise LimitError(f"the definition has more than {self.limit:,} operations, the limit", loc,
+                             code="limit_exceeded")
+
+
 class V:
     """A value inside a builder, with operators that emit equations."""
 
@@ -100,8 +115,9 @@ _FOLD_WORK = 1 << 20
 
 
 class Builder:
-    def __init__(self, parent: Optional["Builder"] = None):
+    def __init__(self, parent: Optional["Builder"] = None, budget: Optional["Budget"] = None):
         self.parent = parent
+        self.budget = parent.budget if parent is not None else budget
         self.inputs: list[Var] = []
         self.eqns: list[Eqn] = []
         self._cse: dict = {}
@@ -185,6 +201,8 @@ class Builder:
         hit = self._cse.get(key)
         if hit is None:
             outs = tuple(Var(s) for s in out_shapes)
+            if self.budget is not None:
+                self.budget.spend(self.loc)
             self.eqns.append(Eqn(prim, tuple(atoms), outs, params, self.loc))
             self._defined.update(outs)
             self._cse[key] = hit = outs

@@ -12,8 +12,9 @@ import ast
 import math
 import threading
 
-from ..builder import Builder, V
+from ..builder import Budget, Builder, V
 from ..errors import DefinitionError, ParseError
+from ..limits import LIMITS
 from . import functions
 from .indexing import get_item
 from .values import Index, Undefined, as_value, static_int
@@ -250,7 +251,7 @@ def _describe(node_type: str) -> str:
 def lower_expression(text: str, inputs) -> "Builder":
     """Parse `text` and return (builder, output value)."""
     tree = parse(text, "eval")
-    b = Builder()
+    b = Builder(budget=Budget(LIMITS.max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
     low = ExprLowerer(b, env)
     out = low.expr(tree)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 
-from ..builder import PRIMS, Builder, V
+from ..builder import PRIMS, Budget, Builder, V
 from ..errors import DefinitionError
 from ..ir import Graph, Lit, Var, sub_graphs
+from ..limits import LIMITS
 
 PARAMS = {
     "reduce_sum": ("axes",), "reduce_max": ("axes",), "reduce_min": ("axes",), "logsumexp": ("axes",),
@@ -72,7 +73,7 @@ def _jsonable(v):
 # -- import ---------------------------------------------------------------------
 def lower_graph(graph_json, inputs):
     """Build IR from the node-list form; returns (builder, output value)."""
-    b = Builder()
+    b = Builder(budget=Budget(LIMITS.max_nodes))
     scope = {name: b.input(shape) for name, shape in inputs}
     if not isinstance(graph_json, dict):
         raise DefinitionError("graph must be an object with 'nodes' and 'outputs'", code="bad_graph")
@@ -144,7 +145,7 @@ def _build_node(b, node, i, scope, later, depth):
             raise DefinitionError(f"op '{prim}' has no parameter '{bad[0]}'", code="bad_graph")
         params = {k: _tuplify(v) for k, v in params.items()}
         for name in BODIES.get(prim, ()):
-            params[name] = _body(node, name, depth)
+            params[name] = _body(node, name, depth, b.budget)
         with b.at(loc):
             res = b.emit(prim, vals, params)
         if PRIMS[prim].multiple_results:
@@ -164,7 +165,7 @@ def _build_node(b, node, i, scope, later, depth):
         raise DefinitionError(f"bad parameters for '{node.get('op')}': {e}", loc, code="bad_graph") from None
 
 
-def _body(node, name, depth) -> Graph:
+def _body(node, name, depth, budget) -> Graph:
     if depth >= MAX_DEPTH:
         raise DefinitionError(f"bodies nested deeper than {MAX_DEPTH}", code="limit_exceeded")
     bodies = node.get("bodies")
@@ -174,7 +175,7 @@ def _body(node, name, depth) -> Graph:
     ins = g.get("inputs")
     if not isinstance(ins, list):
         raise DefinitionError(f"bodies.{name} needs 'inputs': [{{\"name\", \"shape\"}}, ...]", code="bad_graph")
-    nb = Builder()
+    nb = Builder(budget=budget)
     scope = {}
     for j, spec in enumerate(ins):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ast
 
-from ..builder import Builder, V
+from ..builder import Budget, Builder, V
 from ..errors import DefinitionError
 from ..ir import Graph, Var
+from ..limits import LIMITS
 from .expr import ExprLowerer, _static_binop, loc_of, parse
 from .indexing import set_item
 from .values import Counter, Index, Undefined, as_value, static_int
@@ -251,7 +252,7 @@ def lower_program(text: str, inputs):
     if names != want:
         raise DefinitionError(f"the function's arguments {names} must be the inputs in order {want}", loc_of(fn),
                               code="bad_program")
-    b = Builder()
+    b = Builder(budget=Budget(LIMITS.max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
     low = ProgramLowerer(b, env)
     if not low.block(fn.body):
