@@ -47,7 +47,7 @@ def main_plan(fn, kinds: frozenset, wrt: tuple):
     """(graph, order): inputs are x, tangents of `wrt` (for jvp/hvp), the cotangent (for vjp);
     `order` lists (kind, names) per output group, names None for a single tensor."""
     def make():
-        mask, k = _mask(fn, wrt), len(wrt)
+        mask = _mask(fn, wrt)
         b = Builder()
         xs = [b.input(v.shape) for v in fn.graph.inputs]
         ts = [b.input(fn.input_shapes[n]) for n in wrt] if kinds & {"jvp", "hvp"} else []

@@ -22,9 +22,9 @@ from .errors import DefinitionError, EvaluationError, ShapeError
 
 
 # -- helpers ----------------------------------------------------------------
-def _align(*arrays):
-    """Give batched arrays equal rank by inserting unit axes after the batch axis."""
-    r = max(a.ndim for a in arrays)
+def _align(*arrays, ndim=None):
+    """Give batched arrays equal rank (or `ndim`) by inserting unit axes after the batch axis."""
+    r = max(a.ndim for a in arrays) if ndim is None else ndim
     return [a.reshape(a.shape[:1] + (1,) * (r - a.ndim) + a.shape[1:]) for a in arrays]
 
 
@@ -305,12 +305,8 @@ def _bcast_shape(s, shape):
 
 
 def _bcast_impl(x, shape):
-    (x,) = _align_to(x, len(shape))
+    (x,) = _align(x, ndim=len(shape) + 1)
     return np.broadcast_to(x, (x.shape[0], *shape))
-
-
-def _align_to(x, rank):
-    return [x.reshape(x.shape[:1] + (1,) * (rank - (x.ndim - 1)) + x.shape[1:])]
 
 
 def _sum_to_shape(s, shape):
@@ -576,5 +572,3 @@ register(Prim("dyn_update", _dyn_update_shape, _dyn_update_impl,
                                               op.dyn_slice(g, xs[2], axis=axis, size=size), None],
               normalize=_dyn_norm, arity=3, doc="x with x[i] (or the window at i) replaced by v"))
 
-LINEAR_OR_STRUCTURAL = {"neg", "add", "sub", "reduce_sum", "reshape", "transpose", "broadcast_to", "sum_to",
-                        "concatenate", "slice", "update_slice", "dyn_slice", "dyn_update"}

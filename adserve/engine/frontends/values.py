@@ -96,7 +96,3 @@ def as_value(b, x, loc=None) -> V:
     raise DefinitionError(f"{type(x).__name__} is not a value", loc, code="bad_value")
 
 
-def is_scalar_like(x):
-    return isinstance(x, (int, float, Index)) and not isinstance(x, bool)
-
-
