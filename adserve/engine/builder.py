@@ -12,7 +12,6 @@ captures it as an explicit body input (`capture`), so sub-graphs stay closed.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -114,6 +113,19 @@ _FOLD_MAX = 64  # non-uniform folded constants stay this small; bigger ones rema
 _FOLD_WORK = 1 << 20
 
 
+class _At:
+    __slots__ = ("b", "loc", "old")
+
+    def __init__(self, b, loc):
+        self.b, self.loc = b, loc
+
+    def __enter__(self):
+        self.old, self.b.loc = self.b.loc, self.loc
+
+    def __exit__(self, *exc):
+        self.b.loc = self.old
+
+
 class Builder:
     def __init__(self, parent: Optional["Builder"] = None, budget: Optional["Budget"] = None):
         self.parent = parent
@@ -154,60 +166,61 @@ class Builder:
             self.inputs.append(inner)
         return V(self, self._capture_map[outer.atom])
 
-    @contextlib.contextmanager
-    def at(self, loc):
-        old, self.loc = self.loc, loc
-        try:
-            yield
-        finally:
-            self.loc = old
+    def at(self, loc) -> "_At":
+        """`with b.at(loc):` equations emitted inside carry `loc` (a class, not a generator: it is hot)."""
+        return _At(self, loc)
 
     # -- equations --------------------------------------------------------
     def emit(self, prim: str, args, params=None):
         p = PRIMS.get(prim)
         if p is None:
             raise DefinitionError(f"unknown operation '{prim}'", self.loc, code="unknown_op")
-        atoms = [self.capture(a).atom if isinstance(a, V) else _atom(a) for a in args]
-        params = dict(params or {})
-        shapes = [a.shape for a in atoms]
+        atoms = [(a.atom if a.b is self else self.capture(a).atom) if type(a) is V else _atom(a) for a in args]
         if p.arity is not None and len(atoms) != p.arity:
             raise DefinitionError(f"'{prim}' takes {p.arity} argument(s), got {len(atoms)}", self.loc, code="bad_arguments")
+        shapes = [a.shape for a in atoms]
+        if params is None:
+            params = {}
         try:
             if p.normalize:
-                params = p.normalize(shapes, params)
+                params = p.normalize(shapes, dict(params))
             out_shapes = p.shape(*shapes, **params)
         except EngineError as e:
             raise e.at(self.loc)
         except (ValueError, TypeError, IndexError) as e:
             raise ShapeError(f"{prim}: {e}", self.loc) from None
         multi = p.multiple_results
-        out_shapes = [tuple(s) for s in out_shapes] if multi else [tuple(out_shapes)]
-
-        simplified = None if multi else _simplify(prim, atoms, out_shapes[0])
-        if simplified is not None:
-            return V(self, simplified)
-        if prim == "pow" and isinstance(atoms[1], Lit) and atoms[0].shape == out_shapes[0]:
-            power = _small_power(self, atoms[0], atoms[1].fill)
-            if power is not None:
-                return power
-        if not multi and all(isinstance(a, Lit) for a in atoms) and math.prod(out_shapes[0]) <= _FOLD_WORK:
-            folded = _fold(p, atoms, params, out_shapes[0])
-            if folded is not None:
-                return V(self, folded)
+        if not multi:
+            out_shape = tuple(out_shapes)
+            simplified = _simplify(prim, atoms, out_shape)
+            if simplified is not None:
+                return V(self, simplified)
+            if prim == "pow" and type(atoms[1]) is Lit and atoms[0].shape == out_shape:
+                power = _small_power(self, atoms[0], atoms[1].fill)
+                if power is not None:
+                    return power
+            if all(type(a) is Lit for a in atoms) and math.prod(out_shape) <= _FOLD_WORK:
+                folded = _fold(p, atoms, params, out_shape)
+                if folded is not None:
+                    return V(self, folded)
         if self is _orphan:
             raise EngineError(f"internal: '{prim}' of constants could not be folded")
 
-        key = (prim, tuple(_lit_key(a) if isinstance(a, Lit) else a.id for a in atoms), _params_key(params))
+        key = (prim, tuple(_lit_key(a) if type(a) is Lit else a.id for a in atoms),
+               _params_key(params) if params else ())
         hit = self._cse.get(key)
         if hit is None:
-            outs = tuple(Var(s) for s in out_shapes)
             if self.budget is not None:
                 self.budget.spend(self.loc)
-            self.eqns.append(Eqn(prim, tuple(atoms), outs, params, self.loc))
-            self._defined.update(outs)
-            self._cse[key] = hit = outs
-        vals = tuple(V(self, o) for o in hit)
-        return vals if multi else vals[0]
+            if multi:
+                hit = tuple(Var(tuple(s)) for s in out_shapes)
+                self._defined.update(hit)
+            else:
+                hit = Var(out_shape)
+                self._defined.add(hit)
+            self.eqns.append(Eqn(prim, tuple(atoms), hit if multi else (hit,), params, self.loc))
+            self._cse[key] = hit
+        return tuple(V(self, o) for o in hit) if multi else V(self, hit)
 
     def build(self, outputs) -> Graph:
         atoms = tuple(self.capture(o).atom if isinstance(o, V) else _atom(o) for o in outputs)

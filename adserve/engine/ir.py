@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 _ids = itertools.count()
 
 
-@dataclass(frozen=True, eq=False)
 class Var:
-    shape: tuple
-    id: int = field(default_factory=lambda: next(_ids))
+    """Compared by identity. Treated as immutable (a plain slotted class: graphs make thousands)."""
+
+    __slots__ = ("shape", "id")
+
+    def __init__(self, shape: tuple):
+        self.shape = shape
+        self.id = next(_ids)
 
     def __repr__(self):
         return f"%{self.id}"
@@ -57,17 +61,20 @@ class Lit:
 Atom = Union[Var, Lit]
 
 
-@dataclass(frozen=True, eq=False)
 class Eqn:
-    prim: str
-    inputs: tuple
-    outputs: tuple
-    params: dict
-    loc: Any = None  # source location for error messages; not part of the structure
+    """`outputs = prim(inputs; params)`; `loc` is the source location for error messages, not structure."""
+
+    __slots__ = ("prim", "inputs", "outputs", "params", "loc")
+
+    def __init__(self, prim: str, inputs: tuple, outputs: tuple, params: dict, loc: Any = None):
+        self.prim, self.inputs, self.outputs, self.params, self.loc = prim, inputs, outputs, params, loc
 
     @property
     def out(self) -> Var:
         return self.outputs[0]
+
+    def __repr__(self):
+        return f"Eqn({self.prim}, {self.inputs} -> {self.outputs})"
 
 
 @dataclass(frozen=True, eq=False)
