@@ -50,8 +50,7 @@ class Function:
         self.input_shapes = {n: tuple(s) for n, s in inputs}
         self.output_shape = tuple(graph.outputs[0].shape)
         self.id = structural_hash(graph, self.input_names)
-        self.n_nodes = graph.n_nodes()
-        self.steps, self.work = check_function(graph)
+        self.n_nodes, self.steps, self.work = check_function(graph)
         self._plans: dict = {}
         self._requests: dict = {}  # (compute, wrt) -> checked request form (api._request)
         self._lock = threading.RLock()  # plans are built from other plans

@@ -222,6 +222,36 @@ class Builder:
             self._cse[key] = hit
         return tuple(V(self, o) for o in hit) if multi else V(self, hit)
 
+    def replay(self, e: Eqn, args):
+        """Re-emit equation `e` of another graph with its inputs bound to `args`.
+
+        Where every argument is a variable of this builder with the shape `e` was checked for
+        (the common case when a transform copies a graph), the shape rule, folding and identities
+        cannot change anything, so only hash-consing runs; otherwise this is `emit`."""
+        p = PRIMS[e.prim]
+        if p.multiple_results:
+            return self.emit(e.prim, args, e.params)
+        atoms = []
+        for a, orig in zip(args, e.inputs):
+            atom = a.atom if type(a) is V and a.b is self else None
+            if type(atom) is Var and type(orig) is Var and atom.shape == orig.shape and atom in self._defined:
+                atoms.append(atom)
+            elif type(orig) is Lit and atom is orig:
+                atoms.append(atom)
+            else:
+                return self.emit(e.prim, args, e.params)
+        key = (e.prim, tuple(_lit_key(a) if type(a) is Lit else a.id for a in atoms),
+               _params_key(e.params) if e.params else ())
+        hit = self._cse.get(key)
+        if hit is None:
+            if self.budget is not None:
+                self.budget.spend(self.loc)
+            hit = Var(e.outputs[0].shape)
+            self._defined.add(hit)
+            self.eqns.append(Eqn(e.prim, tuple(atoms), (hit,), e.params, self.loc))
+            self._cse[key] = hit
+        return V(self, hit)
+
     def build(self, outputs) -> Graph:
         atoms = tuple(self.capture(o).atom if isinstance(o, V) else _atom(o) for o in outputs)
         return dce(Graph(tuple(self.inputs), tuple(self.eqns), atoms))
@@ -284,10 +314,10 @@ def _fold(p: Prim, atoms, params, out_shape):
 
 def emit(prim: str, *args, **params):
     """Emit into the builder of the first value argument."""
-    b = next((a.b for a in args if isinstance(a, V) and a.b is not None), None)
-    if b is None:
-        b = _orphan
-    return b.emit(prim, args, params)
+    for a in args:
+        if type(a) is V and a.b is not None:
+            return a.b.emit(prim, args, params)
+    return _orphan.emit(prim, args, params)
 
 
 class _Ops:
@@ -316,7 +346,7 @@ def inline(b: Builder, graph: Graph, args) -> list:
 
     for e in graph.eqns:
         with b.at(e.loc or b.loc):
-            res = b.emit(e.prim, [read(a) for a in e.inputs], e.params)
+            res = b.replay(e, [read(a) for a in e.inputs])
         res = res if isinstance(res, tuple) else (res,)
         env.update(zip(e.outputs, res))
     return [read(a) for a in graph.outputs]

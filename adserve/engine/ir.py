@@ -129,14 +129,20 @@ class _Namer:
 
 
 def _lines(graph: Graph, namer: _Namer, indent: str, show_shapes: bool):
-    ins = ", ".join(f"{namer.define(v)}:{list(v.shape)}" for v in graph.inputs)
+    names, ref, define = namer.names, namer.ref, namer.define
+    ins = ", ".join(f"{define(v)}:{list(v.shape)}" for v in graph.inputs)
     yield f"{indent}in ({ins})"
     for e in graph.eqns:
-        args = ", ".join(namer.ref(a) for a in e.inputs)
-        params = {k: v for k, v in e.params.items() if not isinstance(v, Graph)}
-        ptxt = "".join(f" {k}={_param_text(v)}" for k, v in sorted(params.items()))
-        subs = [(k, v) for k, v in sorted(e.params.items()) if isinstance(v, Graph)]
-        outs = ", ".join(namer.define(v) + (f":{list(v.shape)}" if show_shapes else "") for v in e.outputs)
+        args = ", ".join([names[a] if type(a) is Var else ref(a) for a in e.inputs])
+        ptxt, subs = "", ()
+        if e.params:
+            items = sorted(e.params.items())
+            ptxt = "".join(f" {k}={_param_text(v)}" for k, v in items if not isinstance(v, Graph))
+            subs = [(k, v) for k, v in items if isinstance(v, Graph)]
+        if show_shapes:
+            outs = ", ".join(define(v) + f":{list(v.shape)}" for v in e.outputs)
+        else:
+            outs = ", ".join([define(v) for v in e.outputs])
         yield f"{indent}{outs} = {e.prim}({args}){ptxt}" + (" {" if subs else "")
         for k, sub in subs:
             yield f"{indent}  {k}:"

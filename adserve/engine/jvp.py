@@ -35,7 +35,7 @@ def jvp_inline(b: Builder, graph: Graph, primals, tangents, record=None):
                 # control flow re-emits the primal alongside its tangents: one loop, not two
                 outs, touts = p.jvp(tins, ins, None, **e.params)
             else:
-                ans = b.emit(e.prim, ins, e.params)
+                ans = b.replay(e, ins)
                 outs = ans if p.multiple_results else (ans,)
                 touts = ((p.jvp(tins, ins, ans, **e.params),) if differentiate else ())
             env.update(zip(e.outputs, outs))

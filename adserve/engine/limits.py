@@ -74,31 +74,42 @@ def cost(graph: Graph):
 
 
 def check_function(graph: Graph, limits: Limits = LIMITS):
-    n = graph.n_nodes()
+    """Check a new function against the limits; returns (nodes, steps, work), in one walk of the graph."""
+    n, steps, work = _measure(graph, limits)
     if n > limits.max_nodes:
         _over("the number of operations", n, limits.max_nodes)
-    _check_sizes(graph, limits)
-    steps, work = cost(graph)
     if steps > limits.max_steps:
         _over("the number of operation executions per evaluation (loops multiply their bodies)", steps,
               limits.max_steps)
     if work > limits.max_work:
         _over("the element operations per evaluation", work, limits.max_work)
-    return steps, work
+    return n, steps, work
 
 
-def _check_sizes(graph: Graph, limits: Limits):
+def _measure(graph: Graph, limits: Limits):
+    """(nodes, steps, work) as `Graph.n_nodes` and `cost` count them; refuses oversized values and loops."""
+    nodes, steps, work = 0, 0, 0.0
+    max_elements = limits.max_elements
     for e in graph.eqns:
         for a in (*e.inputs, *e.outputs):
             size = math.prod(a.shape)
-            if size > limits.max_elements:
+            if size > max_elements:
                 raise LimitError(f"a value of shape {list(a.shape)} ({size:,} elements) is over the limit of "
-                                 f"{limits.max_elements:,} elements", e.loc, code="limit_exceeded")
-        if e.prim == "loop" and e.params["length"] > limits.max_trip_count:
-            raise LimitError(f"a loop of {e.params['length']:,} iterations is over the limit of "
-                             f"{limits.max_trip_count:,}", e.loc, code="limit_exceeded")
-        for g in sub_graphs(e):
-            _check_sizes(g, limits)
+                                 f"{max_elements:,} elements", e.loc, code="limit_exceeded")
+        if e.prim == "loop":
+            if e.params["length"] > limits.max_trip_count:
+                raise LimitError(f"a loop of {e.params['length']:,} iterations is over the limit of "
+                                 f"{limits.max_trip_count:,}", e.loc, code="limit_exceeded")
+            n, s, w = _measure(e.params["body"], limits)
+            nodes, steps, work = nodes + 1 + n, steps + 1 + e.params["length"] * s, work + e.params["length"] * w
+        elif e.prim == "cond":
+            branches = [_measure(g, limits) for g in sub_graphs(e)]
+            nodes += 1 + sum(b[0] for b in branches)
+            steps += 1 + max(b[1] for b in branches)
+            work += max(b[2] for b in branches)
+        else:
+            nodes, steps, work = nodes + 1, steps + 1, work + _eqn_work(e)
+    return nodes, steps, work
 
 
 def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limits = LIMITS):

@@ -39,7 +39,7 @@ def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts, record=None):
             if fwd and any(in_active):
                 ans, residuals = fwd(ins, **e.params)
             else:
-                ans, residuals = b.emit(e.prim, ins, e.params), None
+                ans, residuals = b.replay(e, ins), None
         env.update(zip(e.outputs, ans if p.multiple_results else (ans,)))
         out_active = eqn_activity(e, in_active)
         active.update(o for o, a in zip(e.outputs, out_active) if a)

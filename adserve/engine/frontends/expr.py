@@ -26,9 +26,10 @@ _STATIC_CMP = {ast.Lt: int.__lt__, ast.LtE: int.__le__, ast.Gt: int.__gt__, ast.
 
 
 def loc_of(node):
-    if hasattr(node, "lineno"):
-        return {"line": node.lineno, "column": node.col_offset + 1}
-    return None
+    line = getattr(node, "lineno", None)
+    if line is None:
+        return None
+    return {"line": line, "column": node.col_offset + 1}
 
 
 # CPython 3.11's parser can fail with "SystemError: AST constructor recursion depth mismatch"
@@ -65,6 +66,7 @@ class ExprLowerer:
     def __init__(self, builder: Builder, env: dict):
         self.b = builder
         self.env = env
+        self._locs: dict = {}
 
     # -- helpers ----------------------------------------------------------
     def emit(self, prim, *args, **params):
@@ -82,7 +84,15 @@ class ExprLowerer:
         if method is None:
             what = type(node).__name__
             self.fail(f"{_describe(what)} is not supported here", node)
-        with self.b.at(loc_of(node) or self.b.loc):
+        line = getattr(node, "lineno", None)
+        if line is None:
+            return method(node)
+        # one location record per source position, shared by every equation made there
+        where = (line, node.col_offset)
+        loc = self._locs.get(where)
+        if loc is None:
+            loc = self._locs[where] = {"line": line, "column": node.col_offset + 1}
+        with self.b.at(loc):
             return method(node)
 
     def visit_Expression(self, node):
