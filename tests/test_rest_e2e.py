@@ -114,8 +114,14 @@ def test_graph_export_reimports_to_the_same_id(client):
 def test_evaluate_by_id_then_cached(client):
     info = client.post("/v1/functions", json=LOOP).json()
     body = {"inputs": {"x": 0.3}, "compute": ["value", "gradient"]}
-    first = ok(client.post(f"/v1/functions/{info['id']}/evaluate", json=body))
-    second = ok(client.post(f"/v1/functions/{info['id']}/evaluate", json=body))
+    r1 = client.post(f"/v1/functions/{info['id']}/evaluate", json=body)
+    r2 = client.post(f"/v1/functions/{info['id']}/evaluate", json=body)
+    first, second = ok(r1), ok(r2)
+    # the cached answer names the tier that computed it, and says it is a cache hit
+    assert r1.headers["x-adserve-backend"] in ("interpreter", "numba")
+    assert r2.headers["x-adserve-backend"] == r1.headers["x-adserve-backend"]
+    assert r1.headers["server-timing"].startswith("compute;dur=")
+    assert r2.headers["server-timing"].startswith("cache;desc=hit") and "compute" not in r2.headers["server-timing"]
     l, d = 0.3, 1.0
     for _ in range(4):
         l, d = 4 * l * (1 - l), d * 4 * (1 - 2 * l)

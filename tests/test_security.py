@@ -115,6 +115,12 @@ def test_service_limits_answer_413_before_any_work():
     assert r.status_code == 413 and r.json()["error"]["code"] == "text_too_long" and "1.2x" in r.json()["error"]["message"]
     r = c.post("/v1/functions", json={"inputs": x, "expr": "-" * 60 + "x"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_deep"
+    assert r.json()["error"]["location"] == {"line": 1, "column": 50}  # where the 51st level starts
+    deep_program = "def f(x):\n" + "".join("    " * (i + 1) + f"if x > {i}:\n" for i in range(60)) \
+        + "    " * 61 + "x = x + 1\n    return x\n"
+    r = app(max_expr_depth=50).post("/v1/functions", json={"inputs": x, "program": deep_program})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_deep" and "program" in r.json()["error"]["message"]
+    assert c.post("/v1/functions", json={"inputs": x, "expr": "-" * 40 + "x"}).status_code in (200, 201)
     for deep in ("-" * 100_000 + "x", "x**" * 30_000 + "x", "(" * 5000 + "x" + ")" * 5000):
         r = app().post("/v1/functions", json={"inputs": x, "expr": deep})
         assert r.status_code in (400, 413, 422), (deep[:10], r.text)

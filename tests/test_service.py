@@ -31,7 +31,7 @@ class FakeEngine:
     def __init__(self):
         self.compiles = self.evaluations = 0
 
-    def compile_definition(self, defn):
+    def compile_definition(self, defn, max_depth=None):
         self.compiles += 1
         if defn.get("expr") == "bad":
             raise DefinitionError("unknown function 'frob'", location={"line": 1, "column": 1}, code="unknown_op")

@@ -20,7 +20,7 @@ from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
 from .ir import Graph, canonical_text, structural_hash
-from .limits import check_function, check_request
+from .limits import LIMITS, check_function, check_request
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
@@ -93,7 +93,10 @@ def _parse_inputs(defn) -> list:
     return out
 
 
-def compile_definition(defn) -> Function:
+def compile_definition(defn, max_depth: int | None = None) -> Function:
+    """Compile a definition (inputs and one of expr, program, graph) into a `Function`.
+
+    `max_depth` caps the nesting of an expr or program (default: the engine's `LIMITS.max_expr_depth`)."""
     if not isinstance(defn, dict):
         raise DefinitionError("a definition is an object with 'inputs' and one of 'expr', 'program', 'graph'",
                               code="bad_definition")
@@ -107,10 +110,11 @@ def compile_definition(defn) -> Function:
     if form != "graph" and not isinstance(body, str):
         raise DefinitionError(f"'{form}' must be a string", code="bad_definition")
     try:
+        depth = LIMITS.max_expr_depth if max_depth is None else max_depth
         if form == "expr":
-            b, out = lower_expression(body, inputs)
+            b, out = lower_expression(body, inputs, depth)
         elif form == "program":
-            b, out = lower_program(body, inputs)
+            b, out = lower_program(body, inputs, depth)
         else:
             b, out = lower_graph(body, inputs)
         graph = b.build([out])

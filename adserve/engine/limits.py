@@ -29,6 +29,7 @@ class Limits:
     max_steps: int = 5_000_000         # equation executions per point per evaluation
     max_work: float = 5e9              # element operations per point per evaluation
     max_request_work: float = 5e10     # work x batch x derivative factor, per request
+    max_expr_depth: int = 400          # nesting of an expr or program (expression and statement levels)
 
     def update(self, **kw):
         names = {f.name for f in fields(self)}

@@ -95,18 +95,19 @@ def _evaluate(service: Service, function_id: str | None, raw: bytes) -> tuple:
     """Parse, evaluate and encode: the CPU-bound part, run in a worker thread.
 
     Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
-    (interpreter, numba, or cache) and `Server-Timing` (compute, and total with encoding)."""
+    (interpreter or numba; for a cached result, the tier that computed it) and `Server-Timing`:
+    `compute` (or `cache;desc=hit`), `compile;desc=pending` while the plan's kernel is being compiled in
+    the background, and `total` with parsing and encoding."""
     started = time.perf_counter()
     body, target = parse_json(raw), function_id
     if function_id is None and isinstance(body, dict):
         target, body = body.get("function"), {k: v for k, v in body.items() if k != "function"}
     meta = {}
     encoded = tensors.encode_tree(service.evaluate(target, body, meta), _wants_b64(body))
-    timing = [f"total;dur={(time.perf_counter() - started) * 1e3:.3f}"]
-    if "compute_ms" in meta:
-        timing.insert(0, f"compute;dur={meta['compute_ms']:.3f}")
-    else:
-        timing.insert(0, "cache;desc=hit")
+    timing = ["cache;desc=hit" if meta.get("cache_hit") else f"compute;dur={meta.get('compute_ms', 0.0):.3f}"]
+    if meta.get("compile"):
+        timing.append(f"compile;desc={meta['compile']}")
+    timing.append(f"total;dur={(time.perf_counter() - started) * 1e3:.3f}")
     return encoded, {"x-adserve-backend": meta.get("backend", "interpreter"), "Server-Timing": ", ".join(timing)}
 
 

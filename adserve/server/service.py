@@ -12,7 +12,6 @@ registration is published, an unknown id is looked up there and compiled, and
 results are read and written there after the local LRU.
 """
 
-import ast
 import contextlib
 import hashlib
 import logging
@@ -23,7 +22,6 @@ import numpy as np
 import orjson
 
 from adserve.engine.errors import EngineError, LimitError
-from adserve.engine.frontends.expr import parse_python
 
 from . import evaluation, tensors
 from .cache import LRU, result_nbytes
@@ -38,6 +36,7 @@ def function_nbytes(fn) -> int:
     return FUNCTION_BASE_BYTES + FUNCTION_NODE_BYTES * int(getattr(fn, "n_nodes", 1))
 
 __all__ = ["Service", "ServiceError"]
+_BACKEND = "\0backend"  # kept beside a cached result: the tier that computed it (never sent)
 log = logging.getLogger("adserve.service")
 
 
@@ -84,7 +83,8 @@ class Service:
         """Evaluate `target` (a function id, or a definition to register on the way).
 
         The result holds the arrays asked for in `compute`, and `cached`. `meta`, if given,
-        receives how it was answered: `backend` (interpreter, numba or cache) and `compute_ms`."""
+        receives how it was answered: `backend` (interpreter or numba: for a cached result, the tier
+        that computed it), `cache_hit`, and `compute_ms` when it was computed now."""
         meta = {} if meta is None else meta
         request = evaluation.parse(body, self._engine.COMPUTE_KINDS)
         if target is None:
@@ -106,8 +106,9 @@ class Service:
                 result = _frozen(shared)
                 self._results.put(key, result)
         if result is not None:
-            meta["backend"] = "cache"
-            return {**result, "cached": True}
+            meta["cache_hit"] = True
+            meta["backend"] = result.get(_BACKEND, "interpreter")  # a replica's entry from before it was kept
+            return {**{k: v for k, v in result.items() if k != _BACKEND}, "cached": True}
         started = time.perf_counter()
         with self._engine_errors():
             raw = self._engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
@@ -115,9 +116,10 @@ class Service:
                                         **({"wrt": list(request.wrt)} if request.wrt else {}))
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
         result = _frozen(raw, owned=getattr(self._engine, "RESULTS_ARE_OWNED", False))
-        self._results.put(key, result)
+        kept = {**result, _BACKEND: meta.get("backend", "interpreter")}
+        self._results.put(key, kept)
         if self._shared is not None:
-            self._shared.put_result(key, result)
+            self._shared.put_result(key, kept)
         return {**result, "cached": False}
 
     def graph_schema(self) -> dict:
@@ -164,7 +166,7 @@ class Service:
         if definition is None:
             return None
         try:
-            fn = self._engine.compile_definition(definition)
+            fn = self._engine.compile_definition(definition, max_depth=self.max_expr_depth)
         except EngineError as e:
             log.warning("the shared definition of %s does not compile here: %s", function_id[:100], e)
             return None
@@ -199,7 +201,7 @@ class Service:
                 return fn, False
         self._check_text(definition)
         with self._engine_errors():
-            fn = self._engine.compile_definition(definition)
+            fn = self._engine.compile_definition(definition, max_depth=self.max_expr_depth)
         fn, created = self._keep(fn)
         if self._definitions.peek(fn.id) is not None:
             created = False  # registered before, and compiled again after its eviction
@@ -213,28 +215,14 @@ class Service:
         return fn, created
 
     def _check_text(self, definition: dict) -> None:
-        """An expr or program over the length or nesting limits is refused before the engine parses it
-        (deep nesting would exhaust the parser's stack or the lowering's recursion)."""
-        for form, mode in (("expr", "eval"), ("program", "exec")):
+        """An expr or program over the length limit is refused before the engine parses it (the engine
+        refuses nesting over `max_expr_depth` while it lowers, at the place where it is crossed)."""
+        for form in ("expr", "program"):
             text = definition.get(form)
-            if not isinstance(text, str):
-                continue
-            if len(text) > self.max_expr_chars:
+            if isinstance(text, str) and len(text) > self.max_expr_chars:
                 raise ServiceError(TOO_LARGE, "text_too_long",
                                    f"the {form} is {len(text):,} characters long, over the limit of "
                                    f"{self.max_expr_chars:,} ({len(text) / self.max_expr_chars:.1f}x)")
-            try:
-                tree = parse_python(text, mode)  # ast.parse, serialised: CPython 3.11 is not thread-safe here
-            except SyntaxError:
-                return  # the engine says where, in its own words
-            except (MemoryError, RecursionError):
-                raise ServiceError(TOO_LARGE, "too_deep", f"the {form} is nested too deeply to parse "
-                                                          f"(the limit is {self.max_expr_depth} levels)") from None
-            depth = syntax_depth(tree)
-            if depth > self.max_expr_depth:
-                raise ServiceError(TOO_LARGE, "too_deep",
-                                   f"the {form} is nested {depth:,} levels deep, over the limit of "
-                                   f"{self.max_expr_depth} ({depth / self.max_expr_depth:.1f}x)")
 
     @contextlib.contextmanager
     def _engine_errors(self):
@@ -247,18 +235,6 @@ class Service:
             raise ServiceError(TOO_LARGE, "too_deep", "the definition is nested too deeply") from None
         except MemoryError:
             raise ServiceError(TOO_LARGE, "too_large", "out of memory: the request is too large") from None
-
-
-def syntax_depth(tree: ast.AST) -> int:
-    """Levels of the syntax tree below `tree` (expression nodes; contexts and operators not counted)."""
-    deepest, stack = 0, [(tree, 0)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        for child in ast.iter_child_nodes(node):
-            if not isinstance(child, (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)):
-                stack.append((child, depth + 1))
-    return deepest
 
 
 def _digest(definition: dict) -> tuple[bytes | None, bytes | None]:

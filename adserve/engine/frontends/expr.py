@@ -13,7 +13,7 @@ import math
 import threading
 
 from ..builder import Budget, Builder, V
-from ..errors import DefinitionError, ParseError
+from ..errors import DefinitionError, LimitError, ParseError
 from ..limits import LIMITS
 from . import functions
 from .indexing import get_item
@@ -38,9 +38,13 @@ _parse_lock = threading.Lock()
 
 
 def parse_python(text, mode):
-    """`ast.parse`, one thread at a time (callers outside the engine use this too)."""
+    """`ast.parse`, one thread at a time; text nested past what the parser can hold is a LimitError."""
     with _parse_lock:
-        return ast.parse(text, mode=mode)
+        try:
+            return ast.parse(text, mode=mode)
+        except (MemoryError, RecursionError):  # how CPython's parser reports running out of its stack
+            raise LimitError(f"the {'expr' if mode == 'eval' else 'program'} is nested too deeply to parse",
+                             code="too_deep") from None
 
 
 def parse(text: str, mode: str):
@@ -63,10 +67,23 @@ def parse(text: str, mode: str):
 
 
 class ExprLowerer:
-    def __init__(self, builder: Builder, env: dict):
+    form = "expr"
+
+    def __init__(self, builder: Builder, env: dict, max_depth: int):
         self.b = builder
         self.env = env
         self._locs: dict = {}
+        self.depth, self.max_depth = 0, max_depth
+
+    def deeper(self, node):
+        """Count one more level of nesting (undone by `shallower`); refuse past the limit, where it is crossed."""
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise LimitError(f"the {self.form} is nested more than {self.max_depth} levels deep (the limit)",
+                             loc_of(node), code="too_deep")
+
+    def shallower(self):
+        self.depth -= 1
 
     # -- helpers ----------------------------------------------------------
     def emit(self, prim, *args, **params):
@@ -84,16 +101,20 @@ class ExprLowerer:
         if method is None:
             what = type(node).__name__
             self.fail(f"{_describe(what)} is not supported here", node)
-        line = getattr(node, "lineno", None)
-        if line is None:
-            return method(node)
-        # one location record per source position, shared by every equation made there
-        where = (line, node.col_offset)
-        loc = self._locs.get(where)
-        if loc is None:
-            loc = self._locs[where] = {"line": line, "column": node.col_offset + 1}
-        with self.b.at(loc):
-            return method(node)
+        self.deeper(node)
+        try:
+            line = getattr(node, "lineno", None)
+            if line is None:
+                return method(node)
+            # one location record per source position, shared by every equation made there
+            where = (line, node.col_offset)
+            loc = self._locs.get(where)
+            if loc is None:
+                loc = self._locs[where] = {"line": line, "column": node.col_offset + 1}
+            with self.b.at(loc):
+                return method(node)
+        finally:
+            self.shallower()
 
     def visit_Expression(self, node):
         return self.expr(node.body)
@@ -258,11 +279,11 @@ def _describe(node_type: str) -> str:
             "Await": "await", "Yield": "yield", "Starred": "*unpacking", "Slice": "a slice"}.get(node_type, node_type)
 
 
-def lower_expression(text: str, inputs) -> "Builder":
+def lower_expression(text: str, inputs, max_depth: int) -> "Builder":
     """Parse `text` and return (builder, output value)."""
     tree = parse(text, "eval")
     b = Builder(budget=Budget(LIMITS.max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
-    low = ExprLowerer(b, env)
+    low = ExprLowerer(b, env, max_depth)
     out = low.expr(tree)
     return b, low.value(out, tree.body)

@@ -41,6 +41,8 @@ def _assigned_names(stmts) -> set:
 
 
 class ProgramLowerer(ExprLowerer):
+    form = "program"
+
     def block(self, stmts):
         """Lower statements; returns True when the block ends in a return."""
         for i, s in enumerate(stmts):
@@ -53,6 +55,13 @@ class ProgramLowerer(ExprLowerer):
         return False
 
     def stmt(self, s) -> bool:
+        self.deeper(s)
+        try:
+            return self._stmt(s)
+        finally:
+            self.shallower()
+
+    def _stmt(self, s) -> bool:
         method = getattr(self, "stmt_" + type(s).__name__, None)
         if method is None:
             what = {"While": "while loops (use for i in range(n))", "FunctionDef": "nested functions",
@@ -236,7 +245,7 @@ def _as_branch_value(b, v):
     return as_value(b, v)
 
 
-def lower_program(text: str, inputs):
+def lower_program(text: str, inputs, max_depth: int):
     """Parse a `def f(...)` program; returns (builder, output value)."""
     tree = parse(text, "exec")
     funcs = tree.body
@@ -254,7 +263,7 @@ def lower_program(text: str, inputs):
                               code="bad_program")
     b = Builder(budget=Budget(LIMITS.max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
-    low = ProgramLowerer(b, env)
+    low = ProgramLowerer(b, env, max_depth)
     if not low.block(fn.body):
         raise DefinitionError("the function must end with `return <expression>`", loc_of(fn.body[-1]),
                               code="bad_program")
