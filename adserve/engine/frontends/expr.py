@@ -102,19 +102,21 @@ class ExprLowerer:
             what = type(node).__name__
             self.fail(f"{_describe(what)} is not supported here", node)
         self.deeper(node)
+        b = self.b
+        outer = b.loc
         try:
             line = getattr(node, "lineno", None)
-            if line is None:
-                return method(node)
-            # one location record per source position, shared by every equation made there
-            where = (line, node.col_offset)
-            loc = self._locs.get(where)
-            if loc is None:
-                loc = self._locs[where] = {"line": line, "column": node.col_offset + 1}
-            with self.b.at(loc):
-                return method(node)
+            if line is not None:
+                # one location record per source position, shared by every equation made there
+                where = (line, node.col_offset)
+                loc = self._locs.get(where)
+                if loc is None:
+                    loc = self._locs[where] = {"line": line, "column": node.col_offset + 1}
+                b.loc = loc
+            return method(node)
         finally:
-            self.shallower()
+            b.loc = outer
+            self.depth -= 1
 
     def visit_Expression(self, node):
         return self.expr(node.body)
