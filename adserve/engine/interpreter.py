@@ -30,9 +30,16 @@ def run(graph: Graph, args) -> list:
 
 def _run(graph: Graph, args) -> list:
     env = dict(zip(graph.inputs, args, strict=True))
+    lits = {}  # one array per literal object in this run (read-only: implementations never write inputs)
 
     def read(a):
-        return env[a] if isinstance(a, Var) else lit_array(a)
+        if type(a) is Var:
+            return env[a]
+        arr = lits.get(id(a))
+        if arr is None:
+            arr = lits[id(a)] = lit_array(a)
+            arr.setflags(write=False)
+        return arr
 
     for e in graph.eqns:
         p = PRIMS[e.prim]
@@ -40,5 +47,8 @@ def _run(graph: Graph, args) -> list:
             out = p.impl(*[read(a) for a in e.inputs], **e.params)
         except EngineError as err:
             raise err.at(e.loc)
-        env.update(zip(e.outputs, out if p.multiple_results else (out,)))
-    return [read(a) for a in graph.outputs]
+        if p.multiple_results:
+            env.update(zip(e.outputs, out))
+        else:
+            env[e.outputs[0]] = out
+    return [env[a] if type(a) is Var else lit_array(a) for a in graph.outputs]

@@ -24,8 +24,10 @@ from .errors import DefinitionError, EvaluationError, ShapeError
 # -- helpers ----------------------------------------------------------------
 def _align(*arrays, ndim=None):
     """Give batched arrays equal rank (or `ndim`) by inserting unit axes after the batch axis."""
+    if ndim is None and len(arrays) == 2 and arrays[0].ndim == arrays[1].ndim:
+        return arrays  # the common case, and hot in the interpreter
     r = max(a.ndim for a in arrays) if ndim is None else ndim
-    return [a.reshape(a.shape[:1] + (1,) * (r - a.ndim) + a.shape[1:]) for a in arrays]
+    return [a if a.ndim == r else a.reshape(a.shape[:1] + (1,) * (r - a.ndim) + a.shape[1:]) for a in arrays]
 
 
 def _broadcast_shape(*shapes):
