@@ -293,6 +293,42 @@ def test_cse_shares_derivative_subexpressions_with_the_primal():
     assert count_eqns(hg, "sin") == 1 and count_eqns(hg, "cos") == 1, hg
 
 
+def _adds_of_zero_scatters(graph) -> int:
+    """`add` equations with an operand made by writing into a zero array (what the rewrite removes)."""
+    zero_scatters = {e.outputs[0] for g in all_graphs(graph) for e in g.eqns
+                     if e.prim in ("update_slice", "dyn_update") and isinstance(e.inputs[0], Lit)
+                     and e.inputs[0].fill == 0.0}
+    return sum(1 for g in all_graphs(graph) for e in g.eqns if e.prim == "add" and set(e.inputs) & zero_scatters)
+
+
+def test_slice_cotangents_accumulate_in_place_of_adding_zero_filled_arrays():
+    # x[1:] and x[:-1] each scatter their cotangent into zeros; summing them is one update of the first
+    g = make_graph(rosen, [(6,)])
+    vg = value_and_grad_graph(g)
+    assert _adds_of_zero_scatters(vg) == 0, vg
+    x = np.linspace(-1.2, 1.1, 6)
+    value, grad = run_point(vg, [x])
+    want_v, want_g = jax.value_and_grad(jrosen)(jnp.asarray(x))
+    assert_close(value, want_v)
+    assert_close(grad, want_g)
+    # the same inside a loop: each iteration's x[k] and x[k+1] add into the carried cotangent of x
+    def chain(x):
+        def body(k, consts, car, _):
+            (xs,), (s,) = consts, car
+            a = op.dyn_slice(xs, k, axis=0, size=None)
+            b = op.dyn_slice(xs, k + 1.0, axis=0, size=None)
+            return [s + (b - a * a) ** 2.0], []
+        (total,), _ = scan(body, [x], [0.0], [], 4)
+        return total
+    vlg = value_and_grad_graph(make_graph(chain, [(5,)]))
+    assert _adds_of_zero_scatters(vlg) == 0, vlg
+    x5 = np.array([0.3, -0.7, 1.1, 0.2, -0.4])
+    value, grad = run_point(vlg, [x5])
+    jf = lambda x: jnp.sum((x[1:] - x[:-1] ** 2) ** 2)
+    assert_close(value, jf(jnp.asarray(x5)))
+    assert_close(grad, jax.grad(jf)(jnp.asarray(x5)))
+
+
 def test_constant_expressions_fold_away():
     b = Builder()
     x = b.input(())

@@ -109,6 +109,7 @@ def _atom(x):
     raise TypeError(f"not a value: {x!r}")
 
 
+_SCATTERS = ("update_slice", "dyn_update")  # x with a part replaced: on a zero x, a scatter
 _FOLD_MAX = 64  # non-uniform folded constants stay this small; bigger ones remain equations
 _FOLD_WORK = 1 << 20
 
@@ -136,6 +137,7 @@ class Builder:
         self._defined: set = set()
         self.captured: list = []  # outer atoms, in the order their body inputs were made
         self._capture_map: dict = {}
+        self._scatters: dict = {}  # var -> (prim, atoms, params) of an update of a zero array (see _scatter_add)
         self.loc = parent.loc if parent else None
 
     # -- values -----------------------------------------------------------
@@ -203,6 +205,10 @@ class Builder:
                 folded = _fold(p, atoms, params, out_shape)
                 if folded is not None:
                     return V(self, folded)
+            if prim == "add" and self._scatters:
+                scattered = self._scatter_add(atoms, out_shape)
+                if scattered is not None:
+                    return scattered
         if self is _orphan:
             raise EngineError(f"internal: '{prim}' of constants could not be folded")
 
@@ -218,9 +224,28 @@ class Builder:
             else:
                 hit = Var(out_shape)
                 self._defined.add(hit)
+                if prim in _SCATTERS and type(atoms[0]) is Lit and atoms[0].fill == 0.0:
+                    self._scatters[hit] = (prim, atoms, params)
             self.eqns.append(Eqn(prim, tuple(atoms), hit if multi else (hit,), params, self.loc))
             self._cse[key] = hit
         return tuple(V(self, o) for o in hit) if multi else V(self, hit)
+
+    def _scatter_add(self, atoms, out_shape):
+        """`a + update(zeros, v, at)` as `update(a, a[at] + v, at)`: one pass over `a` instead of three
+        (fill zeros, write v, add). Reverse mode accumulates every slice's cotangent this way."""
+        for acc, sc in ((atoms[0], atoms[1]), (atoms[1], atoms[0])):
+            found = self._scatters.get(sc) if type(sc) is Var else None
+            if found is None or acc.shape != out_shape or sc.shape != out_shape:
+                continue
+            prim, (_, v, *rest), params = found
+            if prim == "update_slice":
+                current = self.emit("slice", [acc], params)
+            else:
+                current = self.emit("dyn_slice", [acc, *rest], params)
+            if current.shape != v.shape:
+                continue
+            return self.emit(prim, [acc, self.emit("add", [current, v]), *rest], params)
+        return None
 
     def replay(self, e: Eqn, args):
         """Re-emit equation `e` of another graph with its inputs bound to `args`.
