@@ -101,6 +101,9 @@ def f(x, w):
         a, b = b, a + b
     return acc + logsumexp(y) + max(x) + prod(x) + a
 """}, {"x": [0.3, 0.9, 0.2, 0.7, 1.1], "w": 1.3}),
+    # a sum read by the element-wise work it sums over: the fused loop must not read it while it is partial
+    "sum-in-its-own-loop": ({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(x * sum(exp(x))) + x[0] * sum(x)"},
+                            {"x": [0.3, -1.2, 0.8]}),
     "matrices": ({"inputs": [{"name": "A", "shape": [3, 4]}, {"name": "v", "shape": [4]}],
                   "expr": "sum(tanh(A @ v) * softplus(transpose(A) @ A @ v)[0:3]) + sum(concatenate([v, A[1]])**2)"},
                  {"A": np.linspace(-1, 1, 12).reshape(3, 4), "v": [0.5, -1.0, 2.0, 0.1]}),

@@ -126,7 +126,9 @@ class Source:
         """Emit `g`'s equations, fusing runs of same-shape element-wise ones into one loop nest.
 
         While a run is open, an equation that reads nothing the run computes is emitted
-        ahead of it (it cannot depend on the run), so runs are not cut by unrelated work."""
+        ahead of it (it cannot depend on the run), so runs are not cut by unrelated work. One
+        that reads a sum the run accumulates (`x * sum(x)`) closes the run: inside its loop
+        the sum is still partial."""
         uses: dict = {}
         for e in g.eqns:
             for a in e.inputs:
@@ -135,18 +137,22 @@ class Source:
             uses[a] = uses.get(a, 0) + 2  # graph outputs always need a stored value
         run: list = []
         made: set = set()
+        totals: set = set()  # the run's sums: complete only after its loop, so no member of the run may read one
         for e in g.eqns:
-            if run and (_fusable(e) and e.out.shape == run[0].out.shape or _total_of(e, made)):
+            if run and not any(a in totals for a in e.inputs) and (
+                    _fusable(e) and e.out.shape == run[0].out.shape or _total_of(e, made)):
                 run.append(e)
                 made.add(e.out)
+                if not _fusable(e):
+                    totals.add(e.out)
                 continue
             if run and any(a in made for a in e.inputs):
                 self._fused(run, uses)
-                run, made = [], set()
+                run, made, totals = [], set(), set()
             if _fusable(e) and e.out.shape:
                 if run:  # a run of another shape is still open: this one cannot join it
                     self._fused(run, uses)
-                run, made = [e], {e.out}
+                run, made, totals = [e], {e.out}, set()
                 continue
             self._eqn(e)
         if run:
