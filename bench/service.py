@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
+
+_TESTS = str(Path(__file__).resolve().parent.parent / "tests")
+if _TESTS not in sys.path:  # the one server start-up helper, shared with the tests (it needs no pytest)
+    sys.path.append(_TESTS)
+from server_process import running_server  # noqa: E402
 
 N_X = 8
 
@@ -38,41 +42,14 @@ def terms_definition(n_terms: int, rng, group=50) -> dict:
     return {"inputs": [{"name": "x", "shape": [N_X]}], "expr": expr}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(cache_dir: str, log_path: str, compile_kernels=True):
     """Yield (url, seconds from process start to ready); the process is stopped afterwards."""
-    port = _free_port()
-    env = {**os.environ, "ADSERVE_CACHE_DIR": cache_dir, "ADSERVE_LOG_LEVEL": "warning",
+    env = {"ADSERVE_CACHE_DIR": cache_dir, "ADSERVE_LOG_LEVEL": "warning",
            "ADSERVE_COMPILE": "true" if compile_kernels else "false"}
-    cmd = [sys.executable, "-m", "adserve.server.cli", "--host", "127.0.0.1", "--http-port", str(port), "--grpc-port", "0"]
-    t0 = time.perf_counter()
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}; see {log_path}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            if time.perf_counter() - t0 > 120:
-                raise RuntimeError(f"server not ready in 120 s; see {log_path}")
-            time.sleep(0.02)
-        yield url, time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    # appended to: the log holds both servers of a probe, before and after the restart
+    with running_server(log_path, env=env, ready_within=120, append=True, poll=0.02) as s:
+        yield s.url, s.ready_seconds
 
 
 def _ask(client, defn, step, compute):

@@ -1,4 +1,9 @@
-"""Start a real adserve process (`python -m adserve.server.cli`) on a free loopback port."""
+"""Start a real adserve process (`python -m adserve.server.cli`) on a free loopback port.
+
+The one start-and-wait-until-ready helper: the tests use it, and so does the
+benchmark (`bench/service.py` puts this directory on `sys.path`, as
+`scripts/demo-screenshot.py` does), so nothing here may need pytest.
+"""
 
 import contextlib
 import os
@@ -19,6 +24,7 @@ class RunningServer:
     log_path: Path
     process: subprocess.Popen
     grpc: str | None = None  # "127.0.0.1:<port>" when gRPC is on
+    ready_seconds: float = 0.0  # from starting the process to the first 200 on /readyz
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -31,28 +37,32 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(log_path: Path, grpc_port: int = 0, env=None, ready_within: float = 90):
-    """Yield a server that answers 200 on /readyz; stop it afterwards, whatever happened."""
+def running_server(log_path: Path, grpc_port: int = 0, env=None, ready_within: float = 90, *,
+                   append: bool = False, poll: float = 0.1):
+    """Yield a server that answers 200 on /readyz; stop it afterwards, whatever happened (SIGTERM, then
+    SIGKILL after 20 s). `env` is added to this process's environment; its output goes to `log_path`
+    (appended to with `append`); /readyz is asked every `poll` seconds."""
     port = free_port()
     cmd = [sys.executable, "-m", "adserve.server.cli", "--host", "127.0.0.1", "--http-port", str(port),
            "--grpc-port", str(grpc_port)]
-    with open(log_path, "w") as log:
+    started = time.perf_counter()
+    with open(log_path, "a" if append else "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = RunningServer(f"http://127.0.0.1:{port}", log_path, proc,
+    server = RunningServer(f"http://127.0.0.1:{port}", Path(log_path), proc,
                            f"127.0.0.1:{grpc_port}" if grpc_port else None)
     try:
-        deadline = time.monotonic() + ready_within
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
+                raise RuntimeError(f"server exited with {proc.returncode} (log: {log_path}):\n{server.log()[-3000:]}")
             try:
                 if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready in {ready_within} s:\n{server.log()[-3000:]}")
-            time.sleep(0.1)
+            if time.perf_counter() - started > ready_within:
+                raise RuntimeError(f"server not ready in {ready_within} s (log: {log_path}):\n{server.log()[-3000:]}")
+            time.sleep(poll)
+        server.ready_seconds = time.perf_counter() - started
         yield server
     finally:
         proc.terminate()
