@@ -110,7 +110,9 @@ async def serve(app, service, settings: Settings, guard=None) -> None:
         from .rpc import SERVICE_NAME, RpcServer
         from .security import GuardInterceptor
         interceptors = [GuardInterceptor(guard, SERVICE_NAME)] if guard is not None and guard.active else []
-        rpc = RpcServer(service, settings.host, settings.grpc_port, settings.max_body_bytes, interceptors)
+        # one /metrics and one cap on optimiser runs for both protocols
+        rpc = RpcServer(service, settings.host, settings.grpc_port, settings.max_body_bytes, interceptors,
+                        metrics=app.state.metrics, optimizers=app.state.optimizers)
         await rpc.start()
     http_task = asyncio.create_task(http.serve())
     if rpc is not None:

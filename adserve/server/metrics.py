@@ -1,8 +1,10 @@
-"""Prometheus metrics: HTTP requests per route template, and the service's own counts.
+"""Prometheus metrics: HTTP requests per route template, gRPC calls per method, and the service's own counts.
 
 Each app gets its own registry (several apps in one process stay apart).
 `MetricsMiddleware` is plain ASGI so it sees every response, errors included;
 routes are labelled by template (`/v1/functions/{function_id}`), never by raw path.
+gRPC calls are counted by `rpc.MetricsInterceptor` into the same registry
+(`observe_grpc`, `grpc_messages`), so one `/metrics` shows both protocols.
 """
 
 import time
@@ -19,26 +21,43 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, service):
+    def __init__(self, service, optimizers=None):
         self.registry = CollectorRegistry()
         labels = ("method", "route", "status")
         self._requests = Counter("adserve_http_requests", "HTTP requests answered", labels, registry=self.registry)
         self._latency = Histogram("adserve_http_request_duration_seconds", "HTTP request latency", labels,
                                   buckets=_BUCKETS, registry=self.registry)
-        self.registry.register(_ServiceCollector(service))
+        rpc = ("service", "method", "code")
+        self._grpc_calls = Counter("adserve_grpc_requests", "gRPC calls ended, by method and status code", rpc,
+                                   registry=self.registry)
+        self._grpc_latency = Histogram("adserve_grpc_request_duration_seconds", "gRPC call duration (a stream's: "
+                                       "from its start to its end)", rpc, buckets=_BUCKETS, registry=self.registry)
+        self._grpc_received = Counter("adserve_grpc_messages_received", "gRPC request messages read",
+                                      ("service", "method"), registry=self.registry)
+        self._grpc_sent = Counter("adserve_grpc_messages_sent", "gRPC response messages written",
+                                  ("service", "method"), registry=self.registry)
+        self.registry.register(_ServiceCollector(service, optimizers))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method if method in _METHODS else "OTHER", route, str(status))
         self._requests.labels(*labels).inc()
         self._latency.labels(*labels).observe(seconds)
 
+    def observe_grpc(self, service: str, method: str, code: str, seconds: float) -> None:
+        self._grpc_calls.labels(service, method, code).inc()
+        self._grpc_latency.labels(service, method, code).observe(seconds)
+
+    def grpc_messages(self, service: str, method: str):
+        """(received, sent) counters of one method, to `inc()` per message."""
+        return self._grpc_received.labels(service, method), self._grpc_sent.labels(service, method)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _ServiceCollector:
-    def __init__(self, service):
-        self._service = service
+    def __init__(self, service, optimizers=None):
+        self._service, self._optimizers = service, optimizers
 
     def collect(self):
         s = self._service.stats()
@@ -60,6 +79,13 @@ class _ServiceCollector:
         yield chosen
         yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
                                 value=optimize.running())
+        if self._optimizers is not None:
+            yield GaugeMetricFamily("adserve_minimize_in_flight", "Minimize runs in flight (admitted, not yet over), "
+                                    "REST and gRPC", value=self._optimizers.in_flight)
+            yield GaugeMetricFamily("adserve_minimize_limit", "Minimize runs allowed in flight at once "
+                                    "(ADSERVE_MAX_OPTIMIZERS)", value=self._optimizers.limit)
+            yield CounterMetricFamily("adserve_minimize_refused", "Minimize calls refused at the limit (429 / "
+                                      "RESOURCE_EXHAUSTED)", value=self._optimizers.refused)
         yield CounterMetricFamily("adserve_kernel_compiles", "numba kernels compiled", value=s["compiles"])
         yield CounterMetricFamily("adserve_kernel_compile_seconds", "Seconds spent compiling numba kernels "
                                   "(in worker processes)", value=s.get("compile_seconds", 0.0))

@@ -10,6 +10,12 @@ gradients come from `service.evaluate`, Hessian-vector products from its `hvp`
 (never a full Hessian). Leaving the iteration (a cancelled call, a closed
 connection, a deadline) sets a flag that the optimiser's callbacks check, so it
 stops within one function evaluation.
+
+`Capacity` caps the runs in flight in one process (`ADSERVE_MAX_OPTIMIZERS`,
+shared by REST and gRPC): an adapter takes a `Slot` with `admit()` before it
+starts a run (over the cap: a RATE_LIMITED `ServiceError` at once) and passes
+it to `start`; the slot is free again once both the call and the optimiser's
+thread are over, however each ended.
 """
 
 import asyncio
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UNPROCESSABLE, ServiceError
+from .errors import RATE_LIMITED, UNPROCESSABLE, ServiceError
 from .evaluation import tensor_map
 from .tensors import describe
 
@@ -32,6 +38,7 @@ METHODS = {"lbfgs": ("L-BFGS-B", False), "newton-cg": ("Newton-CG", True),
 FIELDS = ("x0", "method", "max_iter", "gtol")
 DEFAULT_METHOD, DEFAULT_MAX_ITER, MAX_ITER, DEFAULT_GTOL = "lbfgs", 1000, 100_000, 1e-5
 QUEUED = 64  # iterates computed ahead of a slow reader before the optimiser waits
+RETRY_AFTER = 1.0  # seconds a refused caller is told to wait: runs end at their callers' pace, nobody knows when
 
 _running = 0
 _running_lock = threading.Lock()
@@ -40,6 +47,68 @@ _running_lock = threading.Lock()
 def running() -> int:
     """Optimisations in progress in this process (a gauge for /metrics)."""
     return _running
+
+
+class Capacity:
+    """At most `limit` minimisations in flight: `admit()` a `Slot` per run, or refuse at once."""
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"the optimiser limit must be at least 1, not {limit}")
+        self.limit = limit
+        self.refused = 0
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return self._held
+
+    def admit(self) -> "Slot":
+        with self._lock:
+            if self._held >= self.limit:
+                self.refused += 1
+                err = ServiceError(RATE_LIMITED, "too_many_optimizers",
+                                   f"too many minimisations in flight: this server runs at most {self.limit} at "
+                                   f"once (ADSERVE_MAX_OPTIMIZERS); retry in {RETRY_AFTER:g} s")
+                err.retry_after = RETRY_AFTER
+                raise err
+            self._held += 1
+        return Slot(self)
+
+    def _free(self) -> None:
+        with self._lock:
+            self._held -= 1
+
+
+class Slot:
+    """One run's place under the cap, held by its call and, once started, by the optimiser's thread.
+
+    Each holder releases it once; the place is free when the last one has. A context manager for the call."""
+
+    def __init__(self, capacity: Capacity):
+        self._capacity, self._holders, self._lock = capacity, 1, threading.Lock()
+
+    def hold(self) -> None:
+        with self._lock:
+            if self._holders <= 0:
+                raise RuntimeError("this slot was already given back")
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            if self._holders <= 0:
+                return
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
+            self._capacity._free()
+
+    def __enter__(self) -> "Slot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -124,15 +193,18 @@ class _Objective:
         return self.flat(r["hvp"])
 
 
-def start(service, target, body) -> "Run":
-    """Check the request and evaluate at x0 (CPU work: call it from a worker thread)."""
+def start(service, target, body, slot: Slot | None = None) -> "Run":
+    """Check the request and evaluate at x0 (CPU work: call it from a worker thread).
+
+    `slot`, from `Capacity.admit()`, is held by the optimiser's thread too while it runs; the caller still
+    releases its own hold when its call is over."""
     request = parse(body)
     info = service.info(target) if isinstance(target, str) else service.register(target)[0]
     if info["output_shape"]:
         raise _error("not_scalar", f"minimize needs a function with a scalar output, but this one's output has "
                                    f"shape {info['output_shape']}")
     _check_x0(request.x0, info["inputs"])
-    run = Run(service, info, request)
+    run = Run(service, info, request, slot)
     x0 = run.objective.flat(request.x0)
     run.first = (x0, *run.objective.value_and_gradient(x0))
     return run
@@ -152,8 +224,8 @@ def _check_x0(x0: dict, inputs: list) -> None:
 
 
 class Run:
-    def __init__(self, service, info: dict, request: Minimization):
-        self.request = request
+    def __init__(self, service, info: dict, request: Minimization, slot: Slot | None = None):
+        self.request, self.slot = request, slot
         self.stop = threading.Event()
         self.objective = _Objective(service, info["id"], info, self.stop)
         self.first = None
@@ -165,9 +237,15 @@ class Run:
         """Every iterate as a dict, the last with done true; leaving early stops the optimiser."""
         global _running
         self._loop, self._queue = asyncio.get_running_loop(), asyncio.Queue()
+        if self.slot is not None:
+            self.slot.hold()  # the thread's own hold: given back when the thread ends
         with _running_lock:
             _running += 1
-        threading.Thread(target=self._optimise, name="adserve-minimize", daemon=True).start()
+        try:
+            threading.Thread(target=self._optimise, name="adserve-minimize", daemon=True).start()
+        except BaseException:
+            self._ended()
+            raise
         try:
             while True:
                 item = await self._queue.get()
@@ -181,7 +259,6 @@ class Run:
             self.stop.set()
 
     def _optimise(self) -> None:
-        global _running
         try:
             try:
                 self._emit(0, *self.first)
@@ -196,8 +273,18 @@ class Run:
         except _Stopped:
             log.info("minimize stopped by its caller")
         finally:
-            with _running_lock:
-                _running -= 1
+            self._ended()
+
+    def cancel(self) -> None:
+        """Stop the optimiser (it ends within one function evaluation); nothing if it is over."""
+        self.stop.set()
+
+    def _ended(self) -> None:
+        global _running
+        with _running_lock:
+            _running -= 1
+        if self.slot is not None:
+            self.slot.release()
 
     def _minimize(self):
         req, obj = self.request, self.objective

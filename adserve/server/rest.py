@@ -25,7 +25,7 @@ from . import optimize, schemas, tensors
 from .errors import (BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError,
                      error_body)
 from .metrics import Metrics, MetricsMiddleware
-from .security import Guard, GuardMiddleware
+from .security import Guard, GuardMiddleware, retry_after_header
 from .service import Service
 from .settings import Settings
 
@@ -111,18 +111,41 @@ def _evaluate(service: Service, function_id: str | None, raw: bytes) -> tuple:
     return encoded, {"x-adserve-backend": meta.get("backend", "interpreter"), "Server-Timing": ", ".join(timing)}
 
 
-async def _minimize(service: Service, function_id: str, raw: bytes) -> StreamingResponse:
-    """Check and start in a worker thread (so a bad request is a plain 4xx), then stream NDJSON.
+class _RunStream(StreamingResponse):
+    """NDJSON of a minimisation: once the response is over, however it ended (finished, the client gone,
+    or before its body ever started), the run is stopped and its call's hold on the slot given back."""
+
+    def __init__(self, content, run: optimize.Run, slot: optimize.Slot):
+        super().__init__(content, media_type="application/x-ndjson")
+        self._run, self._slot = run, slot
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._run.cancel()
+            self._slot.release()
+
+
+async def _minimize(service: Service, function_id: str, raw: bytes,
+                    optimizers: optimize.Capacity) -> StreamingResponse:
+    """Take a slot under the optimiser cap (else 429 at once), check and start in a worker thread (so a bad
+    request is a plain 4xx), then stream NDJSON.
 
     An error after the first line can only be told in the stream: a last line `{"error": {...}}`."""
-    body = parse_json(raw)
-    if isinstance(body, dict) and "id" in body:  # a field of MinimizeRequest; here the path names the function
-        body = dict(body)
-        given = body.pop("id")
-        if given != function_id:
-            raise ServiceError(UNPROCESSABLE, "invalid_field",
-                               f'"id" in the body ({str(given)[:100]!r}) is not the id in the path')
-    run = await run_in_threadpool(optimize.start, service, function_id, body)
+    slot = optimizers.admit()
+    try:
+        body = parse_json(raw)
+        if isinstance(body, dict) and "id" in body:  # a field of MinimizeRequest; here the path names the function
+            body = dict(body)
+            given = body.pop("id")
+            if given != function_id:
+                raise ServiceError(UNPROCESSABLE, "invalid_field",
+                                   f'"id" in the body ({str(given)[:100]!r}) is not the id in the path')
+        run = await run_in_threadpool(optimize.start, service, function_id, body, slot)
+    except BaseException:
+        slot.release()
+        raise
     b64 = any(tensors.is_b64(v) for v in body["x0"].values())
 
     async def lines():
@@ -136,7 +159,7 @@ async def _minimize(service: Service, function_id: str, raw: bytes) -> Streaming
                 log.exception("internal error while minimizing %s", function_id)
                 yield tensors.dumps(error_body("internal_error", INTERNAL_MESSAGE)) + b"\n"
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return _RunStream(lines(), run, slot)
 
 
 def _routes(app: FastAPI) -> None:
@@ -189,8 +212,8 @@ def _routes(app: FastAPI) -> None:
                                "content": {"application/x-ndjson": {"schema": {
                                    "$ref": "#/components/schemas/MinimizeProgress"}}}}, **err, **not_found},
               openapi_extra=schemas.request_body(schemas.Minimization))
-    async def minimize(function_id: str, raw: RawBody, service: ServiceDep):
-        return await _minimize(service, function_id, raw)
+    async def minimize(function_id: str, raw: RawBody, service: ServiceDep, request: Request):
+        return await _minimize(service, function_id, raw, request.app.state.optimizers)
 
     @app.get("/v1/schema/graph", tags=["functions"], summary='JSON Schema of the "graph" form')
     def graph_schema(service: ServiceDep):
@@ -227,7 +250,9 @@ def _routes(app: FastAPI) -> None:
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
-        return JSONOut(exc.body(), status_code=STATUS[exc.kind])
+        retry = getattr(exc, "retry_after", None)  # a limit that frees up: when to call again
+        headers = None if retry is None else {"Retry-After": retry_after_header(retry)}
+        return JSONOut(exc.body(), status_code=STATUS[exc.kind], headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -252,8 +277,11 @@ def _error_handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", INTERNAL_MESSAGE)
 
 
-def create_app(service: Service, settings: Settings, guard: Guard | None = None) -> FastAPI:
-    """The app; `guard` (API keys, rate limits) defaults to one from `settings` with buckets in memory."""
+def create_app(service: Service, settings: Settings, guard: Guard | None = None,
+               optimizers: optimize.Capacity | None = None) -> FastAPI:
+    """The app; `guard` (API keys, rate limits) defaults to one from `settings` with buckets in memory,
+    `optimizers` (the cap on Minimize runs, `app.state.optimizers`: give it to the gRPC server too) to one of
+    `settings.max_optimizers`."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -263,7 +291,8 @@ def create_app(service: Service, settings: Settings, guard: Guard | None = None)
                   description="Automatic differentiation as a service. Register a function (expr, program or "
                               "graph), then ask for value, gradient, jvp, vjp, hvp, jacobian and hessian.")
     app.state.service, app.state.settings = service, settings
-    app.state.metrics = Metrics(service)
+    app.state.optimizers = optimizers or optimize.Capacity(settings.max_optimizers)
+    app.state.metrics = Metrics(service, app.state.optimizers)
     if guard is None:
         guard = Guard(settings.api_keys, settings.rate_limit_per_second, settings.rate_limit_burst)
     app.state.guard = guard

@@ -10,13 +10,18 @@ While it drains, health still answers, new Differentiator calls get
 UNAVAILABLE, and calls in flight have the grace period to finish.
 API keys and rate limits are a server interceptor passed to `RpcServer`
 (`security.GuardInterceptor`) that ends a call with UNAUTHENTICATED or
-RESOURCE_EXHAUSTED.
+RESOURCE_EXHAUSTED. `MetricsInterceptor`, outermost, counts every call of every
+service (rejected ones too) into the app's Prometheus registry. `Minimize` runs
+take a slot of the process's `optimize.Capacity` (shared with REST) or are
+refused with RESOURCE_EXHAUSTED.
 """
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +30,8 @@ from grpc_reflection.v1alpha import reflection
 from . import optimize, rpc_codec
 from .errors import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError
 from .grpc_gen import ad_pb2, ad_pb2_grpc
+from .security import retry_after_header
+from .settings import default_max_optimizers
 
 log = logging.getLogger("adserve.grpc")
 
@@ -41,8 +48,8 @@ INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been
 
 
 class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
-    def __init__(self, service):
-        self.service = service
+    def __init__(self, service, optimizers: optimize.Capacity):
+        self.service, self.optimizers = service, optimizers
         self.draining = False
         self.in_flight = 0
 
@@ -76,12 +83,13 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
 
     async def Minimize(self, request, context):
         async with self._call(context):
-            target, body = rpc_codec.minimization_in(request)
-            run = await asyncio.to_thread(optimize.start, self.service, target, body)
-            async with contextlib.aclosing(run.progress()) as progress:
-                async for p in progress:
-                    if not await _send(context, rpc_codec.progress_out(p)):
-                        return
+            with self.optimizers.admit() as slot:  # over the cap: RESOURCE_EXHAUSTED before any work
+                target, body = rpc_codec.minimization_in(request)
+                run = await asyncio.to_thread(optimize.start, self.service, target, body, slot)
+                async with contextlib.aclosing(run.progress()) as progress:
+                    async for p in progress:
+                        if not await _send(context, rpc_codec.progress_out(p)):
+                            return
 
     def _evaluate(self, request):
         """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
@@ -108,6 +116,8 @@ async def _status(context: grpc.aio.ServicerContext):
         metadata = [("adserve-error-code", e.code)]
         if e.location is not None:
             metadata.append(("adserve-error-location", json.dumps(e.location)))
+        if getattr(e, "retry_after", None) is not None:
+            metadata.append(("retry-after", retry_after_header(e.retry_after)))
         await context.abort(STATUS[e.kind], e.message, trailing_metadata=tuple(metadata))
     except grpc.aio.AbortError:
         raise
@@ -116,16 +126,143 @@ async def _status(context: grpc.aio.ServicerContext):
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-class RpcServer:
-    """A grpc.aio server with the Differentiator, health and reflection on `host:port`."""
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 
-    def __init__(self, service, host: str, port: int, max_message_bytes: int, interceptors=()):
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every call (by service, method and final status code), its duration, and the messages it
+    read and wrote, into `metrics` (a `metrics.Metrics`). First among the interceptors, so calls that
+    another one refuses (UNAUTHENTICATED, RESOURCE_EXHAUSTED) count too. Unknown methods are grpc's own
+    UNIMPLEMENTED and not counted."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        for kind in _KINDS:
+            behaviour = getattr(handler, kind)
+            if behaviour is not None:
+                return handler._replace(**{kind: self._counted(behaviour, service, method,
+                                                               kind.startswith("stream"))})
+        return handler
+
+    def _counted(self, behaviour, service: str, method: str, streamed_in: bool):
+        observe = self.metrics.observe_grpc
+        received, sent = self.metrics.grpc_messages(service, method)
+
+        async def each_request(requests):
+            async for r in requests:
+                received.inc()
+                yield r
+
+        def requests_of(request):
+            if streamed_in:
+                return each_request(request)
+            received.inc()
+            return request
+
+        if inspect.isasyncgenfunction(behaviour):  # responses yielded (reflection); grpc writes each
+            async def counted_gen(request, context):
+                start, code = time.perf_counter(), None
+                try:
+                    counting = _Counting(context, received, sent)
+                    async with contextlib.aclosing(behaviour(requests_of(request), counting)) as out:
+                        async for response in out:
+                            yield response
+                            sent.inc()
+                except BaseException as e:
+                    code = _ended_by(e, context)
+                    raise
+                finally:
+                    observe(service, method, code or _returned(context), time.perf_counter() - start)
+            return counted_gen
+
+        async def counted(request, context):
+            start, code = time.perf_counter(), None
+            try:
+                response = await behaviour(requests_of(request), _Counting(context, received, sent))
+                if response is not None:  # a unary answer (stream handlers write theirs and return None)
+                    sent.inc()
+                return response
+            except BaseException as e:
+                code = _ended_by(e, context)
+                raise
+            finally:
+                observe(service, method, code or _returned(context), time.perf_counter() - start)
+        return counted
+
+
+class _Counting:
+    """The call's context as the handler sees it, counting the messages written and read through it."""
+
+    __slots__ = ("_context", "_received", "_sent")
+
+    def __init__(self, context, received, sent):
+        self._context, self._received, self._sent = context, received, sent
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
+
+    async def write(self, message) -> None:
+        await self._context.write(message)
+        self._sent.inc()
+
+    async def read(self):
+        message = await self._context.read()
+        if message is not grpc.aio.EOF:
+            self._received.inc()
+        return message
+
+
+def _code_name(code) -> str:
+    return getattr(code, "name", None) or str(code)
+
+
+def _returned(context) -> str:
+    """The status of a call whose handler returned: the code it set; the call's end when it was over
+    before (a stream whose write failed returns quietly), else OK."""
+    code = context.code()
+    if code is not None:
+        return _code_name(code)
+    return _cut_short(context) if context.cancelled() else "OK"
+
+
+def _ended_by(error: BaseException, context) -> str:
+    """The status of a call whose handler raised `error`."""
+    if isinstance(error, grpc.aio.AbortError):
+        return _code_name(context.code() or grpc.StatusCode.UNKNOWN)
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return _cut_short(context)
+    return "UNKNOWN"  # what grpc answers for an exception no handler mapped
+
+
+def _cut_short(context) -> str:
+    """A call ended from outside: its deadline passed, or else the client cancelled it or went away."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
+class RpcServer:
+    """A grpc.aio server with the Differentiator, health and reflection on `host:port`.
+
+    `metrics` (the app's `metrics.Metrics`) counts its calls; `optimizers` caps Minimize runs (give the
+    REST app's, so the cap is per process; default: a cap of its own of `default_max_optimizers()`)."""
+
+    def __init__(self, service, host: str, port: int, max_message_bytes: int, interceptors=(), metrics=None,
+                 optimizers: optimize.Capacity | None = None):
         self.service = service
+        if metrics is not None:
+            interceptors = [MetricsInterceptor(metrics), *interceptors]
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
         ])
-        self.differentiator = Differentiator(service)
+        self.optimizers = optimizers or optimize.Capacity(default_max_optimizers())
+        self.differentiator = Differentiator(service, self.optimizers)
         ad_pb2_grpc.add_DifferentiatorServicer_to_server(self.differentiator, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -4,6 +4,7 @@ Command-line flags override the environment (see `cli.py`); every field is
 documented in the README's settings table.
 """
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,12 @@ MiB = 1 << 20
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "adserve"
+
+
+def default_max_optimizers() -> int:
+    """Two optimiser runs per core this process may use (each is one thread of scipy and evaluations)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 2 * (cores or 1)
 
 
 class Settings(BaseSettings):
@@ -54,6 +61,9 @@ class Settings(BaseSettings):
     max_work: float | None = Field(None, gt=0, description="element operations per evaluation at one point")
     max_request_work: float | None = Field(None, gt=0, description="element operations per request")
     max_sweep_rows: int | None = Field(None, gt=0, description="derivative sweeps of one jacobian/hessian request")
+    max_optimizers: int = Field(default_factory=default_max_optimizers, gt=0,
+                                description="Minimize runs (REST and gRPC) in flight at once in this process; "
+                                            "over it: 429 / RESOURCE_EXHAUSTED. Default: 2 per core")
     compile_timeout_seconds: float = Field(300, gt=0, description="a numba compile longer than this is abandoned "
                                                                   "(the plan stays on the interpreter)")
 
