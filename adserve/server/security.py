@@ -11,13 +11,17 @@
 * `Guard` puts both together; `GuardMiddleware` (ASGI) and `GuardInterceptor`
   (grpc.aio) apply it to `/v1/*` and to `ad.v1.Differentiator`. Health,
   readiness, metrics, the demo page, its static files and the API
-  description stay open.
+  description stay open. Each REST request and each gRPC request message
+  takes a token: a call with one request message pays when it starts, a
+  stream of requests (`EvaluateStream`) pays as each message is read, and
+  the message that finds the bucket empty ends the stream.
 
 `apply_engine_limits` copies the `ADSERVE_MAX_*` settings into the engine's limits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -158,26 +162,39 @@ class Guard:
     def active(self) -> bool:
         return bool(self.keys) or self.limiter is not None
 
-    def check(self, key: str | None, peer: str) -> None:
-        """Raise a `ServiceError` (UNAUTHENTICATED or RATE_LIMITED) for a call that may not go on."""
-        client = "peer:" + peer
-        if self.keys:
-            digest = self.keys.identify(key)
-            if digest is None:
-                self.rejected["unauthenticated"] += 1
-                raise ServiceError(UNAUTHENTICATED, "unauthenticated",
-                                   "a valid API key is required: send it as 'Authorization: Bearer <key>'"
-                                   if not key else "the API key is not valid")
-            client = "key:" + digest[:32]
-        if self.limiter is not None:
-            wait = self.limiter.take(client)
-            if wait:
-                self.rejected["rate_limited"] += 1
-                err = ServiceError(RATE_LIMITED, "rate_limited",
-                                   f"over the rate limit of {self.limiter.rate:g} requests a second "
-                                   f"(bursts of {self.limiter.burst}); retry in {wait:.2f} s")
-                err.retry_after = wait
-                raise err
+    def check(self, key: str | None, peer: str) -> str:
+        """Raise a `ServiceError` (UNAUTHENTICATED or RATE_LIMITED) for a call that may not go on;
+        else the client it was charged to."""
+        client = self.identify(key, peer)
+        self.charge(client)
+        return client
+
+    def identify(self, key: str | None, peer: str) -> str:
+        """The client a call is charged to (its key's digest, or its address without keys); UNAUTHENTICATED
+        when keys are configured and the call has none, or a wrong one."""
+        if not self.keys:
+            return "peer:" + peer
+        digest = self.keys.identify(key)
+        if digest is None:
+            self.rejected["unauthenticated"] += 1
+            raise ServiceError(UNAUTHENTICATED, "unauthenticated",
+                               "a valid API key is required: send it as 'Authorization: Bearer <key>'"
+                               if not key else "the API key is not valid")
+        return "key:" + digest[:32]
+
+    def charge(self, client: str) -> None:
+        """Take one token of `client`'s bucket (nothing without a rate limit); RATE_LIMITED when it is empty,
+        with `retry_after`, the seconds until the next token."""
+        if self.limiter is None:
+            return
+        wait = self.limiter.take(client)
+        if wait:
+            self.rejected["rate_limited"] += 1
+            err = ServiceError(RATE_LIMITED, "rate_limited",
+                               f"over the rate limit of {self.limiter.rate:g} requests a second "
+                               f"(bursts of {self.limiter.burst}); retry in {wait:.2f} s")
+            err.retry_after = wait
+            raise err
 
 
 def retry_after_header(seconds: float) -> str:
@@ -216,7 +233,12 @@ class GuardMiddleware:
 # -- gRPC ------------------------------------------------------------------------------
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the handlers of `service` (full name) so each call passes the guard first: a call that does
-    not ends UNAUTHENTICATED or RESOURCE_EXHAUSTED (with `retry-after` in the trailing metadata)."""
+    not ends UNAUTHENTICATED or RESOURCE_EXHAUSTED (with `retry-after` in the trailing metadata).
+
+    The key is checked when a call starts. A token is taken then for a call with one request message;
+    for a stream of requests, one as each message is read (through the request iterator, which is how the
+    Differentiator's stream handlers read), and a message over the limit ends the stream with
+    RESOURCE_EXHAUSTED: the responses before it stand, as for any error on a stream."""
 
     def __init__(self, guard: Guard, service: str):
         self.guard, self.prefix = guard, f"/{service}/"
@@ -228,33 +250,52 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             behaviour = getattr(handler, kind)
             if behaviour is not None:
-                return handler._replace(**{kind: self._guarded(behaviour)})
+                return handler._replace(**{kind: self._guarded(behaviour, kind.startswith("stream"))})
         return handler
 
-    def _guarded(self, behaviour):
+    def _guarded(self, behaviour, streamed_in: bool):
         guard = self.guard
 
-        async def check(context):
+        async def refuse(context, e: ServiceError):
+            from .rpc import STATUS
+            meta = [("adserve-error-code", e.code)]
+            if e.kind == RATE_LIMITED:
+                meta.append(("retry-after", retry_after_header(e.retry_after)))
+            await context.abort(STATUS[e.kind], e.message, trailing_metadata=tuple(meta))
+
+        async def check(context) -> str:
             md = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
             try:
-                guard.check(presented_key(md.get("authorization"), md.get("x-api-key")), _peer(context.peer()))
+                client = guard.identify(presented_key(md.get("authorization"), md.get("x-api-key")),
+                                        _peer(context.peer()))
+                if not streamed_in:
+                    guard.charge(client)
             except ServiceError as e:
-                from .rpc import STATUS
-                meta = [("adserve-error-code", e.code)]
-                if e.kind == RATE_LIMITED:
-                    meta.append(("retry-after", retry_after_header(e.retry_after)))
-                await context.abort(STATUS[e.kind], e.message, trailing_metadata=tuple(meta))
+                await refuse(context, e)
+            return client
+
+        async def charged(requests, context, client):
+            async for request in requests:
+                try:
+                    guard.charge(client)
+                except ServiceError as e:
+                    await refuse(context, e)
+                yield request
+
+        def requests_of(request, context, client):
+            return charged(request, context, client) if streamed_in else request
 
         if inspect.isasyncgenfunction(behaviour):
             async def guarded_gen(request, context):
-                await check(context)
-                async for item in behaviour(request, context):
-                    yield item
+                client = await check(context)
+                async with contextlib.aclosing(behaviour(requests_of(request, context, client), context)) as out:
+                    async for item in out:
+                        yield item
             return guarded_gen
 
         async def guarded(request, context):
-            await check(context)
-            return await behaviour(request, context)
+            client = await check(context)
+            return await behaviour(requests_of(request, context, client), context)
         return guarded
 
 
