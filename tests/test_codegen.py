@@ -11,6 +11,8 @@ machine skip numba's compile.
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from test_property_graphs import engine_graph, programs
 
 from adserve.engine import api
 from adserve.engine.codegen.module import kernel_module
-from adserve.engine.codegen.worker import load
+from adserve.engine.codegen.worker import NICE, load
 
 GROUP = 14
 GROUPS = [SPECS[i:i + GROUP] for i in range(0, len(SPECS), GROUP)]
@@ -159,3 +161,12 @@ def test_random_programs_compiled_equal_interpreted(case):
     rng = np.random.default_rng(seed)
     args = [rng.standard_normal((B, *v.shape)) for v in graph.inputs]
     assert_same(graph, args, f"random program {prog}")
+
+
+def test_the_compile_worker_runs_at_a_lower_priority(tmp_path):
+    """A background compile must not take CPU from requests: the worker lowers its own priority first."""
+    path = tmp_path / "gen_niceness.py"
+    path.write_text("import os\nprint('niceness', os.nice(0))\n")
+    out = subprocess.run([sys.executable, "-m", "adserve.engine.codegen.worker", str(path)], capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    assert f"niceness {min(19, os.nice(0) + NICE)}" in out

@@ -2,12 +2,17 @@
 
 Importing the module compiles its kernel (eager signature) and writes numba's
 cache beside it. A separate process can be timed out and killed, and numba's
-global compile lock never stalls the server.
+global compile lock never stalls the server. The worker runs at a lowered CPU
+priority (`NICE`, or `ADSERVE_COMPILE_NICE`), so a background compile takes
+only CPU time that requests leave idle.
 """
 
 import importlib.util
+import os
 import sys
 import time
+
+NICE = 10
 
 
 def load(path: str, name: str):
@@ -21,6 +26,10 @@ def load(path: str, name: str):
 def main():
     path = sys.argv[1]
     name = path.rsplit("/", 1)[-1][:-3]
+    try:
+        os.nice(int(os.environ.get("ADSERVE_COMPILE_NICE", NICE)))
+    except (OSError, ValueError):
+        pass
     t = time.perf_counter()
     load(path, name)
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
