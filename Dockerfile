@@ -19,7 +19,13 @@ RUN --mount=type=secret,id=ca \
     && find /opt/adserve -depth -type d -name tests -path '*/site-packages/*/tests' -exec rm -rf {} +
 
 FROM ${BASE}
-RUN groupadd --system --gid 10001 adserve \
+# libgomp1 (GNU OpenMP): numba's thread-safe threading layer, which parallel batch kernels run on (without it
+# they stay off, logged, and long batches run on serial kernels)
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 adserve \
     && useradd --system --uid 10001 --gid adserve --no-create-home --home-dir /nonexistent \
                --shell /usr/sbin/nologin adserve \
     && mkdir -p /var/cache/adserve \

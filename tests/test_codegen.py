@@ -31,9 +31,10 @@ CACHE = os.path.join(os.path.expanduser("~"), ".cache", "adserve-test-kernels")
 B = 3
 
 
-def compile_kernel(graph, title):
+def compile_kernel(graph, title, parallel=False):
+    """The kernel module of `graph` (`parallel`: its batch variant), compiled once per machine into CACHE."""
     os.makedirs(CACHE, exist_ok=True)
-    src = kernel_module(graph, title)
+    src = kernel_module(graph, title, parallel=parallel)
     key = hashlib.sha256(src.encode()).hexdigest()[:24]
     path = os.path.join(CACHE, f"gen_{key}.py")
     if not os.path.exists(path):

@@ -123,24 +123,26 @@ def test_preload_loads_the_kernels_on_disk_most_recent_first(tmp_path):
 
 def test_a_plan_keeps_the_tier_that_timed_faster(tmp_path):
     t = backend.Tiered(str(tmp_path), compile=False)
+    g = api._main_plan(api.compile_definition(VECTOR), frozenset({"value"}))[0]  # stands for the plans below
     small = backend.PlanMeta("small", ((),), steps=5, work=10)
-    w = ("small", 1)
-    assert t._pick(w, small, 1) == "numba"  # the kernel's runs first
-    t._times[w][0].extend([1e-3, 1.2e-3])
-    assert t._pick(w, small, 1) == "interpreter"  # then the interpreter's
-    t._times[w][1].append(2e-4)
-    assert t._pick(w, small, 1) == "interpreter" and w not in t._chosen
-    t._times[w][1].append(3e-4)
-    assert t._pick(w, small, 1) == "interpreter" and t._chosen[w] == "interpreter"
+    w, c = ("small", 1), backend._Choice()
+    assert t._pick(c, w, g, small, 1) == "numba"  # the kernel's runs first
+    c.times["numba"] = [1e-3, 1.2e-3, 1.1e-3]
+    assert t._pick(c, w, g, small, 1) == "interpreter"  # then the interpreter's
+    c.times["interpreter"] = [2e-4]
+    assert t._pick(c, w, g, small, 1) == "interpreter" and c.on is None
+    c.times["interpreter"] += [3e-4, 2.5e-4]
+    assert t._pick(c, w, g, small, 1) == "interpreter" and c.on[0] == "interpreter"
 
-    slower = ("small", 2)  # one run plainly slower: no second
-    t._times[slower] = ([1e-3, 1e-3], [5e-3])
-    assert t._pick(slower, small, 2) == "numba" and t._chosen[slower] == "numba"
+    slower = backend._Choice()  # one run plainly slower: no second
+    slower.times = {"numba": [1e-3] * 3, "interpreter": [5e-3]}
+    assert t._pick(slower, ("small", 2), g, small, 2) == "numba" and slower.on[0] == "numba"
 
     big = backend.PlanMeta("big", ((),), steps=10_000, work=1e6)  # its floor alone loses: never tried
-    t._times[("big", 1)] = ([1e-3, 1e-3], [])
-    assert t._pick(("big", 1), big, 1) == "numba"
-    assert t.stats.chosen == {"interpreter": 1, "numba": 2} and not t._times
+    hopeless = backend._Choice()
+    hopeless.times = {"numba": [1e-3] * 3}
+    assert t._pick(hopeless, ("big", 1), g, big, 1) == "numba" and hopeless.on[0] == "numba"
+    assert t.stats.chosen == {"interpreter": 1, "numba": 2, "numba-parallel": 0}
     t.shutdown()
 
 
@@ -154,16 +156,16 @@ def test_a_plan_chosen_for_the_interpreter_runs_there(tier):
     old = api.get_backend()
     try:
         api.set_backend(tier)
-        for _ in range(6):  # the choice is made on the first runs
+        for _ in range(8):  # the choice is made on the first runs
             api.evaluate(fn, x)
-        assert tier._chosen[which] == "numba"  # a few microseconds: the interpreter cannot win
-        tier._chosen[which] = "interpreter"
+        assert tier.choice(graph) == "numba"  # a few microseconds: the interpreter cannot win
+        tier._choices[which].on = ("interpreter", None)
         meta = {}
         assert float(api.evaluate(fn, x, meta=meta)["value"]) == pytest.approx(5.25 + np.sin([0.5, 1, 2]).sum())
         assert meta["backend"] == "interpreter"
     finally:
         api.set_backend(old)
-        tier._chosen.pop(which, None)
+        tier._choices.pop(which, None)
 
 
 def test_read_only_inputs_run_compiled(tier):

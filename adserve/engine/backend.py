@@ -2,21 +2,33 @@
 
 * `interpreter`: the NumPy reference interpreter; answers at once, any graph.
 * `numba`: generated source compiled by numba. A plan's kernel is compiled in
-  a worker process (time-limited and killable; numba's compile lock never
-  stalls the server), single flight per key, into `<cache_dir>/kernels/`. The
-  server then imports the module, which loads numba's on-disk cache in
-  milliseconds, and later requests run compiled. After a restart, kernels
-  already on disk load on first use without compiling again; the server also
-  preloads the most recently used ones at start (`Tiered.preload`).
+  a worker process (time-limited and killable, at a lowered CPU priority;
+  numba's compile lock never stalls the server), single flight per key, into
+  `<cache_dir>/kernels/`. The server then imports the module, which loads
+  numba's on-disk cache in milliseconds, and later requests run compiled.
+  After a restart, kernels already on disk load on first use without
+  compiling again; the server also preloads the most recently used ones at
+  start (`Tiered.preload`).
+* `numba-parallel`: the plan's batch variant (`kernel_module(parallel=True)`:
+  chunks of the batch in a numba `prange`), compiled on demand only, as a job
+  of its own, once the serial kernel takes long enough on a batch
+  (`PARALLEL_SECONDS`) for threads to pay. It needs a thread-safe threading
+  layer (OpenMP or TBB: request threads may run kernels at once); without one
+  it is disabled (logged once) and plans stay serial.
 
 Kernel outputs are fresh arrays per run (a `Fresh` list), which the API hands
-out without copying. Once a kernel is ready, the first runs of its plan time
-both tiers and keep the faster (`Tiered._pick`): NumPy's vectorised math can
-beat a scalar loop on large element-wise work.
+out without copying. Once a kernel is ready, the first runs of its plan (per
+batch size class) time each tier and keep the fastest (`Tiered._pick`):
+NumPy's vectorised math can beat a scalar loop on large element-wise work, and
+threads only pay on large batches of an idle machine. The choice is then
+re-examined now and then (a run on another tier, at growing intervals, and
+every run timed when runs are long), so a choice made on noisy timings
+corrects itself.
 
-A compile failure or timeout leaves the plan on the interpreter, logged and
-counted; it never fails a request. Keys are the plan's structural hash plus
-the code generator's version, so a changed generator never loads stale code.
+A compile failure or timeout leaves the plan on the interpreter (a parallel
+variant's: on the serial kernel), logged and counted; it never fails a
+request. Keys are the plan's structural hash plus the code generator's
+version, so a changed generator never loads stale code.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import contextlib
 import glob
 import hashlib
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -43,6 +56,12 @@ from .limits import cost
 log = logging.getLogger("adserve.engine")
 _F64 = np.dtype(np.float64)
 
+INTERPRETER, NUMBA, PARALLEL = "interpreter", "numba", "numba-parallel"
+
+
+def _tiers():
+    return {INTERPRETER: 0, NUMBA: 0, PARALLEL: 0}
+
 
 @dataclass
 class TierStats:
@@ -52,9 +71,15 @@ class TierStats:
     compile_timeouts: int = 0
     disk_loads: int = 0
     preloaded: int = 0  # of disk_loads, loaded at start by `Tiered.preload`
-    runs: dict = field(default_factory=lambda: {"interpreter": 0, "numba": 0})
-    # (plan, batch size class) pairs whose tier was chosen by timing both, by the tier chosen
-    chosen: dict = field(default_factory=lambda: {"interpreter": 0, "numba": 0})
+    runs: dict = field(default_factory=_tiers)
+    # (plan, batch size class) pairs whose tier was chosen by timing, by the tier first chosen
+    chosen: dict = field(default_factory=_tiers)
+    switches: int = 0          # choices changed later by fresh timings (a probe of another tier, or a new tier)
+    probes: int = 0            # runs on a tier other than the chosen one, to re-time it
+    parallel_compiles: int = 0   # of compiles, parallel batch variants
+    parallel_compile_seconds: float = 0.0  # of compile_seconds, theirs
+    parallel_failures: int = 0   # parallel variants that failed, timed out or could not load (plans stay serial)
+    parallel_disabled: str = ""  # why parallel variants are off in this process ("" while they are not)
 
 
 class Interpreter:
@@ -64,14 +89,14 @@ class Interpreter:
         self.stats = TierStats()
 
     def run(self, graph, args, meta=None):
-        self.stats.runs["interpreter"] += 1
+        self.stats.runs[INTERPRETER] += 1
         if meta is not None:
-            meta["backend"] = "interpreter"
+            meta["backend"] = INTERPRETER
         return interpret(graph, args)
 
-    def source(self, graph, title):
+    def source(self, graph, title, parallel=False):
         from .codegen.module import kernel_module
-        return kernel_module(graph, title)
+        return kernel_module(graph, title, parallel=parallel)
 
 
 class Fresh(list):
@@ -86,6 +111,12 @@ class PlanMeta:
     out_shapes: tuple    # per output, its shape without the batch axis
     steps: float         # equations the interpreter dispatches per run (loops counted by trips)
     work: float          # element operations per point (limits.cost)
+
+    @property
+    def parallel_key(self) -> str:
+        """The parallel batch variant's cache key (a module of its own)."""
+        from .codegen.module import PARALLEL_VERSION
+        return f"{self.key}_par{PARALLEL_VERSION}"
 
 
 _META = "_adserve_plan_meta"
@@ -106,31 +137,152 @@ def plan_key(graph) -> str:
     return plan_meta(graph).key
 
 
-class Tiered(Interpreter):
-    """The interpreter until a plan's numba kernel is ready, then the kernel."""
+def _is_parallel_key(key: str) -> bool:
+    return "_par" in key
 
-    def __init__(self, cache_dir: str, compile_timeout: float = 300.0, workers: int = 1, compile=True):
+
+# -- numba's threading layer ------------------------------------------------------
+_layer_lock = threading.Lock()
+_layer: list = []  # [name of the launched thread-safe layer, or None with the reason]
+
+
+def parallel_layer():
+    """The thread-safe threading layer numba runs parallel kernels on in this process ("omp" or "tbb"), launched
+    on first use; None (logged once) when none can be loaded, or when another layer was launched already
+    (the workqueue layer is not safe for kernels called from several threads at once)."""
+    with _layer_lock:
+        if not _layer:
+            _layer.append(_launch_layer())
+        return _layer[0][0]
+
+
+def _launch_layer():
+    if usable_cores() < 2:
+        why = "one usable core: no thread to spread a batch over"
+        log.info("parallel batch kernels off: %s", why)
+        return None, why
+    try:
+        import numba
+        from numba.np.ufunc import parallel
+
+        from .codegen.worker import threadsafe_layer
+        threadsafe_layer()  # numba reads it when it launches its threads, just below
+        parallel._launch_threads()
+        name = numba.threading_layer()
+    except Exception as e:
+        why = f"no thread-safe numba threading layer could be loaded ({type(e).__name__}: {str(e).strip()[:300]})"
+        log.warning("parallel batch kernels disabled: %s", why)
+        return None, why
+    if name not in ("omp", "tbb"):
+        why = f"numba's threading layer is {name!r}, not thread-safe (configured: {numba.config.THREADING_LAYER!r})"
+        log.warning("parallel batch kernels disabled: %s", why)
+        return None, why
+    log.info("parallel batch kernels run on numba's %r threading layer, %d threads", name, numba.get_num_threads())
+    return name, ""
+
+
+def _layer_reason() -> str:
+    with _layer_lock:
+        return _layer[0][1] if _layer else ""
+
+
+def usable_cores(cgroup="/sys/fs/cgroup") -> int:
+    """Cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's CPU limit)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    for quota_file, period_file in (("cpu.max", None),  # cgroup v2: "<quota> <period>", or "max <period>"
+                                    ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):  # cgroup v1
+        try:
+            with open(os.path.join(cgroup, quota_file)) as f:
+                quota, *rest = f.read().split()
+            if period_file is not None:
+                with open(os.path.join(cgroup, period_file)) as f:
+                    rest = f.read().split()
+            if quota not in ("max", "-1"):
+                cores = min(cores, max(1, math.ceil(int(quota) / int(rest[0]))))
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
+            continue
+        break
+    return max(1, cores)
+
+
+def default_workers() -> int:
+    """Concurrent compiles: one usable core is left to requests (a compile is CPU-bound)."""
+    return max(1, usable_cores() - 1)
+
+
+class _Choice:
+    """Timings of one (plan, batch size class) and the tier they chose.
+
+    `on` is (tier, module) once chosen, else None (the first runs, trials of every tier).
+    `times` holds each tier's most recent run times; a tier's estimate is the least of them."""
+    __slots__ = ("every", "interval", "last", "made", "next_probe", "on", "pair", "runs", "times", "turn")
+
+    def __init__(self):
+        self.on = None
+        self.times: dict = {}
+        self.runs = 0
+        self.next_probe = 0
+        self.interval = 0
+        self.turn = 0
+        self.pair = False    # the run after a probe times the chosen tier, a paired sample
+        self.every = False   # runs are long: every run is timed
+        self.made = False    # a choice was made once (a later one is a switch)
+        self.last = None     # the tier chosen before the choice was reopened
+
+    def best(self, tier) -> float | None:
+        t = self.times.get(tier)
+        return min(t) if t else None
+
+
+class Tiered(Interpreter):
+    """The interpreter until a plan's numba kernel is ready, then the fastest tier by timing."""
+
+    def __init__(self, cache_dir: str, compile_timeout: float = 300.0, workers: int | None = None, compile=True,
+                 parallel=True):
         super().__init__()
         self.dir = os.path.join(cache_dir, "kernels")
         os.makedirs(self.dir, exist_ok=True)
         self.timeout = compile_timeout
         self.compile_enabled = compile
-        self._ready: dict = {}
+        self.parallel = parallel
+        self._ready: dict = {}    # module key (a plan's key, or its parallel variant's) -> loaded module
         self._failed: dict = {}
         self._pending: set = set()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adserve-compile")
+        self.workers = workers or default_workers()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
         self._procs: set = set()
         self._closed = False
-        self._chosen: dict = {}  # (plan key, batch size class) -> tier, once timed (see `_pick`)
-        self._times: dict = {}   # the same -> ([kernel seconds], [interpreter seconds]) while open
+        self._choices: dict = {}  # (plan key, batch size class) -> _Choice (see `_pick`)
+        self._clock = time.perf_counter
 
     # -- lookup --------------------------------------------------------------
     def kernel(self, graph):
+        """The plan's serial kernel module if loaded; otherwise starts loading or compiling it (once, in the
+        background) and returns None."""
         key = plan_meta(graph).key
         mod = self._ready.get(key)
         if mod is not None or key in self._failed:
             return mod
+        return self._request(key, graph, False)
+
+    def parallel_kernel(self, graph):
+        """The plan's parallel batch variant if loaded; otherwise, once its serial kernel is ready, starts
+        loading or compiling it (once, in the background) and returns None. None too when parallel variants are
+        off (`parallel=False`, no thread-safe threading layer) or this one failed."""
+        plan = plan_meta(graph)
+        key = plan.parallel_key
+        mod = self._ready.get(key)
+        if mod is not None or not self.parallel or key in self._failed or plan.key not in self._ready:
+            return mod
+        if self.stats.parallel_disabled:
+            return None
+        return self._request(key, graph, True)
+
+    def _request(self, key, graph, parallel):
         with self._lock:
             if key in self._ready or key in self._failed or key in self._pending:
                 return self._ready.get(key)
@@ -138,22 +290,46 @@ class Tiered(Interpreter):
         if self._on_disk(key):
             self._pool.submit(self._load_only, key)
         elif self.compile_enabled:
-            self._pool.submit(self._compile, key, graph)
+            self._pool.submit(self._compile, key, graph, parallel)
         else:
             with self._lock:
                 self._pending.discard(key)
         return None
 
-    def wait(self, graph, timeout=600.0) -> bool:
-        """Block until the plan's kernel is ready or has failed (for tests and benchmarks)."""
+    def wait(self, graph, timeout=600.0, parallel=False) -> bool:
+        """Block until the plan's kernel (or its parallel variant, once asked for) is ready or has failed
+        (for tests and benchmarks)."""
+        plan = plan_meta(graph)
+        key = plan.parallel_key if parallel else plan.key
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.kernel(graph) is not None:
+            if (self.parallel_kernel(graph) if parallel else self.kernel(graph)) is not None:
                 return True
-            if plan_key(graph) in self._failed:
+            if key in self._failed or parallel and key not in self._pending:
                 return False
             time.sleep(0.02)
         return False
+
+    def pending(self, graph) -> bool:
+        """Whether a kernel of the plan (serial or parallel) is being compiled or loaded."""
+        plan = plan_meta(graph)
+        return plan.key in self._pending or plan.parallel_key in self._pending
+
+    def choice(self, graph, batch=1):
+        """The tier chosen for the plan at this batch size, None while its first runs still time the tiers."""
+        c = self._choices.get((plan_meta(graph).key, max(1, batch).bit_length()))
+        on = c.on if c is not None else None
+        return on[0] if on is not None else None
+
+    def estimates(self, graph, batch=1) -> dict:
+        """Per tier, the least of its recent timed runs for the plan at this batch size (what the choice compares)."""
+        c = self._choices.get((plan_meta(graph).key, max(1, batch).bit_length()))
+        return {} if c is None else {t: b for t in (NUMBA, PARALLEL, INTERPRETER) if (b := c.best(t)) is not None}
+
+    def module(self, graph, tier):
+        """The loaded module a tier runs for the plan (None for the interpreter)."""
+        plan = plan_meta(graph)
+        return {NUMBA: self._ready.get(plan.key), PARALLEL: self._ready.get(plan.parallel_key)}.get(tier)
 
     def _path(self, key):
         return os.path.join(self.dir, f"gen_{key}.py")
@@ -163,15 +339,19 @@ class Tiered(Interpreter):
             glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.kernel-*.nbi")))
 
     # -- compile and load ----------------------------------------------------
-    def _compile(self, key, graph):
+    def _compile(self, key, graph, parallel=False):
         path = self._path(key)
         try:
+            if parallel and parallel_layer() is None:
+                return self._no_parallel(key)
             if not os.path.exists(path):
                 tmp = f"{path}.{os.getpid()}.tmp"
                 with open(tmp, "w") as f:
-                    f.write(self.source(graph, f"plan {key}"))
+                    f.write(self.source(graph, f"plan {plan_meta(graph).key}", parallel=parallel))
                 os.replace(tmp, path)
             t = time.perf_counter()
+            # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
+            # are never forked into it
             proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", path],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self._procs.add(proc)
@@ -187,8 +367,13 @@ class Tiered(Interpreter):
             if proc.returncode != 0:
                 self.stats.compile_failures += 1
                 return self._fail(key, f"compile failed ({proc.returncode}): {out[-2000:]}")
+            seconds = time.perf_counter() - t
             self.stats.compiles += 1
-            self.stats.compile_seconds += time.perf_counter() - t
+            self.stats.compile_seconds += seconds
+            if parallel:
+                self.stats.parallel_compiles += 1
+                self.stats.parallel_compile_seconds += seconds
+            log.info("kernel %s compiled in %.2f s", key, seconds)
             self._load(key)
         except Exception as e:  # a compile problem must never reach a request
             self.stats.compile_failures += 1
@@ -196,6 +381,8 @@ class Tiered(Interpreter):
 
     def _load_only(self, key):
         try:
+            if _is_parallel_key(key) and parallel_layer() is None:
+                return self._no_parallel(key)
             self._load(key)
             self.stats.disk_loads += 1
         except Exception as e:
@@ -209,13 +396,22 @@ class Tiered(Interpreter):
             self._pending.discard(key)
         self._mark_used(key)
         log.info("kernel %s ready", key)
+        if _is_parallel_key(key):
+            self._retime(key.split("_par")[0])
+
+    def _no_parallel(self, key):
+        self.stats.parallel_disabled = _layer_reason() or "no thread-safe threading layer"
+        with self._lock:
+            self._failed[key] = self.stats.parallel_disabled
+            self._pending.discard(key)
 
     # -- preload at start ------------------------------------------------------
     def preload(self, limit: int = 32) -> threading.Thread:
         """Start a background thread that imports numba and the kernels' runtime helpers, then loads the
         `limit` kernels on disk used most recently, so that after a restart known functions run compiled
         from their first request. It never blocks: a request meanwhile runs on the interpreter, and a kernel
-        a request asks for that is not being preloaded loads through the pool as usual."""
+        a request asks for that is not being preloaded loads through the pool as usual. (Parallel variants
+        are not preloaded: they load from disk when a large batch asks for them.)"""
         thread = threading.Thread(target=self._preload, args=(limit,), name="adserve-preload", daemon=True)
         thread.start()
         return thread
@@ -260,11 +456,13 @@ class Tiered(Interpreter):
             pass
 
     def _recent(self, limit) -> list:
-        """Keys of kernels on disk for this code generator, most recently used (or compiled) first."""
+        """Keys of serial kernels on disk for this code generator, most recently used (or compiled) first."""
         from .codegen.module import CODEGEN_VERSION
         found = []
         for path in glob.glob(os.path.join(self.dir, "gen_*.py")):
             key = os.path.basename(path)[4:-3]
+            if _is_parallel_key(key):
+                continue
             index = glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.kernel-*.nbi"))
             times = []
             for p in [*index, self._used_path(key)]:
@@ -287,7 +485,10 @@ class Tiered(Interpreter):
         return out
 
     def _fail(self, key, why):
-        log.warning("kernel %s stays on the interpreter: %s", key, why)
+        parallel = _is_parallel_key(key)
+        if parallel:
+            self.stats.parallel_failures += 1
+        log.warning("kernel %s: %s stays %s", key, why, "serial" if parallel else "on the interpreter")
         with self._lock:
             self._failed[key] = why
             self._pending.discard(key)
@@ -300,27 +501,29 @@ class Tiered(Interpreter):
 
     # -- run -------------------------------------------------------------------
     def run(self, graph, args, meta=None):
-        """The plan's outputs, each of shape (B, ...); from the kernel (a `Fresh` list) once it is ready,
-        unless timing both tiers chose the interpreter for this plan and batch size (see `_pick`)."""
+        """The plan's outputs, each of shape (B, ...); from a kernel (a `Fresh` list) once one is ready,
+        on the tier timing chose for this plan and batch size (see `_pick`)."""
         plan = plan_meta(graph)
         B = max([a.shape[0] for a in args]) if args else 1
         which = (plan.key, B.bit_length())  # batch sizes within a factor of two share a choice
-        tier = self._chosen.get(which)
-        if tier is None:
-            mod = self._ready.get(plan.key)
-            if mod is None and (mod := self.kernel(graph)) is None:
-                if plan.key not in self._pending:  # no kernel coming: nothing to compare
-                    return super().run(graph, args, meta)
-                return self._timed(which, 1, super().run, graph, args, meta)
-            tier = self._pick(which, plan, B)
-            if tier == "interpreter":
-                return self._timed(which, 1, super().run, graph, args, meta)
-            return self._timed(which, 0, self._run_kernel, mod, plan, B, args, meta)
-        if tier == "interpreter":
-            return super().run(graph, args, meta)
-        return self._run_kernel(self._ready[plan.key], plan, B, args, meta)
+        c = self._choices.get(which)
+        if c is not None:
+            on = c.on
+            if on is not None:
+                c.runs += 1
+                if c.runs < c.next_probe:
+                    if c.every:
+                        return self._timed(c, which, on[0], on[1], graph, plan, B, args, meta)
+                    return self._on(on[0], on[1], graph, plan, B, args, meta)
+                return self._probe(c, which, on, graph, plan, B, args, meta)
+        return self._open(which, graph, plan, B, args, meta)
 
-    def _run_kernel(self, mod, plan, B, args, meta):
+    def _on(self, tier, mod, graph, plan, B, args, meta):
+        if mod is None:
+            return Interpreter.run(self, graph, args, meta)
+        return self._run_kernel(mod, tier, plan, B, args, meta)
+
+    def _run_kernel(self, mod, tier, plan, B, args, meta):
         # kernels take writable C-ordered float64 arrays (numba types a read-only array apart): anything else is copied
         ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.writeable
                else np.array(a, dtype=np.float64, order="C") for a in args]
@@ -328,51 +531,186 @@ class Tiered(Interpreter):
         status = mod.kernel(B, *ins, *outs)
         if status:
             raise EvaluationError(mod.ERRORS[status - 1], code="index_out_of_range")
-        self.stats.runs["numba"] += 1
+        self.stats.runs[tier] += 1
         if meta is not None:
-            meta["backend"] = "numba"
+            meta["backend"] = tier
         return outs
 
-    # -- choosing a tier by timing both ------------------------------------------
+    # -- choosing a tier by timing ---------------------------------------------------
     # Generated kernels are scalar loops (no SIMD math library here): on large element-wise work NumPy's
-    # vectorised exp/log can beat them. So the first runs of a plan (per batch size class) once its kernel
-    # is ready are timed: two on the kernel, then the interpreter's (runs from before the kernel count) until
-    # it is plainly slower or has two; the interpreter keeps the plan only when clearly faster.
-    KERNEL_TRIALS = 2
-    INTERPRETER_TRIALS = 2
-    CLEARLY_FASTER = 0.8   # the interpreter's best / the kernel's best below this: the interpreter
-    PLAINLY_SLOWER = 4.0   # above this after one run (a first run may be cold): the kernel, no more trials
+    # vectorised exp/log can beat them; a parallel kernel pays only on large batches, and only while other
+    # work leaves cores idle. So the first runs of a plan (per batch size class) once its kernel is ready are
+    # timed: KERNEL_TRIALS on each kernel, then the interpreter's (runs from before the kernel count) until it is
+    # plainly slower or has INTERPRETER_TRIALS. A tier's estimate is its least recent time (a window of WINDOW);
+    # the serial kernel is preferred: the others must be clearly faster (WEIGHT). Timings on a busy machine can
+    # mislead, so the choice is re-examined: one run on another tier now and then (after PROBE_FIRST runs, then
+    # twice as many after each probe that confirms the choice, up to PROBE_MAX), paired with a timed run on the
+    # chosen tier; runs of at least EVERY_SECONDS are all timed.
+    KERNEL_TRIALS = 3
+    INTERPRETER_TRIALS = 3
+    CLEARLY_FASTER = 0.8   # the interpreter's (or parallel kernel's) best / the kernel's best below this: it wins
+    PLAINLY_SLOWER = 4.0   # above this after one run (a first run may be cold): the interpreter is not run again
+    WEIGHT = {NUMBA: 1.0, PARALLEL: 1 / CLEARLY_FASTER, INTERPRETER: 1 / CLEARLY_FASTER}
+    SWITCH = 0.9           # a chosen tier is left for one whose weighted estimate is below this share of its own
+    WINDOW = 4
+    PROBE_FIRST = 16
+    PROBE_MAX = 1024
+    EVERY_SECONDS = 50e-6
+    # the serial kernel's time on a batch from which a parallel variant is compiled and tried (measured here,
+    # 2 cores: starting the threads costs ~5 us, chunks run at ~0.52x the serial time on an idle machine; the
+    # variant costs a compile of a few seconds, worth it for calls of a millisecond or so)
+    PARALLEL_SECONDS = 0.5e-3
     # the interpreter's least cost per equation run and per element operation (measured on the benchmarks:
     # 2.4-40 us, 0.27-1.6 ns): when that floor already loses, it is not tried
     STEP_SECONDS = 1.5e-6
     ELEMENT_SECONDS = 0.2e-9
 
-    def _timed(self, which, slot, run, *args):
-        t = time.perf_counter()
-        out = run(*args)
-        elapsed = time.perf_counter() - t
-        if which not in self._chosen:  # chosen meanwhile by another request
-            times = self._times.setdefault(which, ([], []))[slot]
-            if len(times) < 8:
-                times.append(elapsed)
+    def _timed(self, c, which, tier, mod, graph, plan, B, args, meta, probe=False):
+        t = self._clock()
+        out = self._on(tier, mod, graph, plan, B, args, meta)
+        self._record(c, tier, self._clock() - t)
+        if c.on is not None and (c.every or probe):
+            self._reconsider(c, which, plan, probe)
         return out
 
-    def _pick(self, which, plan, B) -> str:
+    def _record(self, c, tier, seconds):
+        times = c.times.get(tier)
+        if times is None:
+            times = c.times.setdefault(tier, [])
+        times.append(seconds)  # a list, not a deque: other threads may read it meanwhile
+        if len(times) > self.WINDOW:
+            del times[0]
+
+    def _retime(self, key):
+        """A parallel variant of plan `key` loaded: its chosen batch sizes probe at their next run (and try it)."""
+        for which, c in list(self._choices.items()):
+            if which[0] == key and c.on is not None:
+                c.next_probe = 0
+
+    def _open(self, which, graph, plan, B, args, meta):
+        """A run while the plan's tier is open: trials (see `_pick`)."""
+        mod = self._ready.get(plan.key)
+        if mod is None and (mod := self.kernel(graph)) is None:
+            if plan.key not in self._pending:  # no kernel coming: nothing to compare
+                return Interpreter.run(self, graph, args, meta)
+            c = self._choices.get(which) or self._choices.setdefault(which, _Choice())
+            return self._timed(c, which, INTERPRETER, None, graph, plan, B, args, meta)
+        c = self._choices.get(which) or self._choices.setdefault(which, _Choice())
+        tier = self._pick(c, which, graph, plan, B)
+        return self._timed(c, which, tier, self.module(graph, tier), graph, plan, B, args, meta)
+
+    def _hopeless(self, c, plan, B) -> bool:
+        """The interpreter's floor already loses to the best kernel time."""
+        best = min(b for t in (NUMBA, PARALLEL) if (b := c.best(t)) is not None)
+        return self.STEP_SECONDS * plan.steps + self.ELEMENT_SECONDS * plan.work * B > self.CLEARLY_FASTER * best
+
+    def _wants_parallel(self, c) -> bool:
+        serial = c.best(NUMBA)
+        return self.parallel and serial is not None and serial >= self.PARALLEL_SECONDS
+
+    def _tiers(self, c, graph, plan, B) -> list:
+        """The tiers to compare for this choice: the kernels loaded (the parallel variant when the batch is
+        long enough for it; asking for it starts its compile) and the interpreter unless its floor loses."""
+        tiers = [NUMBA]
+        if self._wants_parallel(c) and self.parallel_kernel(graph) is not None:
+            tiers.append(PARALLEL)
+        if not self._hopeless(c, plan, B):
+            tiers.append(INTERPRETER)
+        return tiers
+
+    def _pick(self, c, which, graph, plan, B) -> str:
         """The tier to run a plan on while its choice is open; chooses once the timings say enough."""
-        kernel, interp = self._times.setdefault(which, ([], []))
-        if len(kernel) < self.KERNEL_TRIALS:
-            return "numba"
-        best = min(kernel)
-        hopeless = self.STEP_SECONDS * plan.steps + self.ELEMENT_SECONDS * plan.work * B > self.CLEARLY_FASTER * best
-        if hopeless or interp and min(interp) > self.PLAINLY_SLOWER * best or len(interp) >= self.INTERPRETER_TRIALS:
-            tier = "interpreter" if interp and min(interp) < self.CLEARLY_FASTER * best else "numba"
+        if len(c.times.get(NUMBA, ())) < self.KERNEL_TRIALS:
+            return NUMBA
+        tiers = self._tiers(c, graph, plan, B)
+        if PARALLEL in tiers and len(c.times.get(PARALLEL, ())) < self.KERNEL_TRIALS:
+            return PARALLEL
+        if INTERPRETER in tiers:
+            interp = c.times.get(INTERPRETER, ())
+            kernels = min(c.best(t) for t in tiers if t != INTERPRETER)
+            if len(interp) < self.INTERPRETER_TRIALS and not (interp and min(interp) > self.PLAINLY_SLOWER * kernels):
+                return INTERPRETER
+        tier = min(tiers, key=lambda t: self._score(c, t))
+        self._choose(c, which, tier, graph, "timed")
+        return tier
+
+    def _score(self, c, tier) -> float:
+        best = c.best(tier)
+        return math.inf if best is None else best * self.WEIGHT[tier]
+
+    def _choose(self, c, which, tier, graph, why):
+        with self._lock:
+            if c.on is not None:  # chosen meanwhile by another request
+                return
+            c.on = (tier, self.module(graph, tier))
+            c.every = (c.best(tier) or 0.0) >= self.EVERY_SECONDS
+            c.interval = self.PROBE_FIRST
+            c.next_probe = c.runs + c.interval
+            c.pair = False
+            if not c.made:
+                c.made = True
+                self.stats.chosen[tier] += 1
+            elif tier != c.last:
+                self.stats.switches += 1
+                why = f"switched from {c.last}"
+        self._log(c, which, tier, why)
+
+    def _log(self, c, which, tier, why):
+        if log.isEnabledFor(logging.INFO):
+            est = ", ".join(f"{t} {c.best(t) * 1e3:.3g} ms" for t in (NUMBA, PARALLEL, INTERPRETER)
+                            if c.best(t) is not None)
+            log.info("plan %s, batch of %d-%d: %s (%s; best recent runs: %s)", which[0], 1 << max(which[1] - 1, 0),
+                     (1 << which[1]) - 1, tier, why, est)
+
+    def _probe(self, c, which, on, graph, plan, B, args, meta):
+        """A chosen plan's probe: a tier never timed for it (a parallel variant loaded since) reopens the choice;
+        else one run on another tier, the next run on the chosen one, then the choice is reconsidered."""
+        tiers = self._tiers(c, graph, plan, B)
+        if any(t not in c.times for t in tiers):
             with self._lock:
-                if which not in self._chosen:
-                    self._chosen[which] = tier
-                    self.stats.chosen[tier] += 1
-                    log.info("plan %s, batch of %d-%d: %s (best runs: kernel %.3g ms, interpreter %s)",
-                             which[0], 1 << max(which[1] - 1, 0), (1 << which[1]) - 1, tier, best * 1e3,
-                             f"{min(interp) * 1e3:.3g} ms" if interp else "not tried")
-                self._times.pop(which, None)
-            return tier
-        return "interpreter"
+                if c.on is on:
+                    c.last, c.on = on[0], None
+            return self._open(which, graph, plan, B, args, meta)
+        if c.pair:  # the chosen tier's half of the probe
+            c.pair = False
+            return self._timed(c, which, on[0], on[1], graph, plan, B, args, meta, probe=True)
+        others = [t for t in tiers if t != on[0]]
+        if not others:
+            c.next_probe = c.runs + self.PROBE_MAX
+            return self._on(on[0], on[1], graph, plan, B, args, meta)
+        tier = others[c.turn % len(others)]
+        c.turn += 1
+        self.stats.probes += 1
+        if c.every:  # the chosen tier is timed on every run anyway
+            return self._timed(c, which, tier, self.module(graph, tier), graph, plan, B, args, meta, probe=True)
+        c.pair = True
+        c.next_probe = c.runs + 1
+        return self._timed(c, which, tier, self.module(graph, tier), graph, plan, B, args, meta)
+
+    def _reconsider(self, c, which, plan, probe):
+        """After a timed run of a chosen plan: switch when another tier's estimate is clearly better; after a
+        probe that confirms the choice, the next one comes twice as late."""
+        on = c.on
+        if on is None:
+            return
+        tier = on[0]
+        tiers = [t for t in c.times if t != PARALLEL or self._ready.get(plan.parallel_key) is not None]
+        best = min(tiers, key=lambda t: self._score(c, t))
+        if best != tier and self._score(c, best) < self.SWITCH * self._score(c, tier):
+            mod = None if best == INTERPRETER else self._ready.get(plan.parallel_key if best == PARALLEL else plan.key)
+            if best != INTERPRETER and mod is None:
+                return
+            with self._lock:
+                if c.on is not on:
+                    return
+                c.on = (best, mod)
+                c.every = (c.best(best) or 0.0) >= self.EVERY_SECONDS
+                c.interval = self.PROBE_FIRST
+                c.next_probe = c.runs + c.interval
+                c.pair = False
+                self.stats.switches += 1
+            self._log(c, which, best, f"switched from {tier}")
+            return
+        if probe:
+            c.interval = min(2 * c.interval, self.PROBE_MAX)
+            c.next_probe = c.runs + c.interval

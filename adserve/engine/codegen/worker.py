@@ -23,6 +23,14 @@ def load(path: str, name: str):
     return module
 
 
+def threadsafe_layer():
+    """Ask numba for a thread-safe threading layer (OpenMP or TBB, never the workqueue) unless one was configured;
+    set before the first parallel kernel is compiled or loaded. The server process does the same."""
+    from numba import config
+    if str(config.THREADING_LAYER).lower() == "default":
+        config.THREADING_LAYER = "threadsafe"
+
+
 def main():
     path = sys.argv[1]
     name = path.rsplit("/", 1)[-1][:-3]
@@ -30,6 +38,7 @@ def main():
         os.nice(int(os.environ.get("ADSERVE_COMPILE_NICE", NICE)))
     except (OSError, ValueError):
         pass
+    threadsafe_layer()
     t = time.perf_counter()
     load(path, name)
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)

@@ -1,0 +1,287 @@
+"""Parallel batch kernels (`kernel_module(parallel=True)`): chunks of a batch in a numba prange.
+
+They answer as the interpreter does, and bit for bit as the serial kernel (the same body lines); a bad index in
+one point of a batch gives the serial kernel's error (the first failing point's); threads may call them at once.
+On the compiled tier, a parallel variant is compiled only for batches long enough, and a failed one leaves its
+plan on the serial kernel. Kernels are cached under ~/.cache as in test_codegen, so reruns skip numba's compile.
+"""
+
+import concurrent.futures
+import os
+
+import numpy as np
+import pytest
+from engine_helpers import Builder, inline, jvp_graph, make_graph, op, run, vjp_graph
+from hypothesis import given, settings
+from test_codegen import PROGRAMS, compile_kernel, run_kernel
+from test_primitives import SPECS
+from test_property_graphs import engine_graph, programs
+
+from adserve.engine import api, backend
+from adserve.engine.codegen.module import CHUNKS_PER_THREAD
+
+B = 37  # not a multiple of the chunk count: uneven chunks, some of one point
+
+
+@pytest.fixture(scope="module", autouse=True)
+def layer():
+    name = backend.parallel_layer()
+    if name is None:
+        pytest.skip(f"no thread-safe numba threading layer: {backend._layer_reason()}")
+    return name
+
+
+def both(graph, title):
+    return compile_kernel(graph, title), compile_kernel(graph, title, parallel=True)
+
+
+def assert_parallel_same(graph, args, title):
+    """The parallel kernel equals the interpreter, and the serial kernel bit for bit."""
+    serial, par = both(graph, title)
+    want = run(graph, args)
+    got = run_kernel(par, graph, args)
+    ref = run_kernel(serial, graph, args)
+    for j, (w, g, r) in enumerate(zip(want, got, ref)):
+        np.testing.assert_allclose(g, np.broadcast_to(w, g.shape), rtol=1e-9, atol=1e-11, equal_nan=True,
+                                   err_msg=f"{title}: output {j}")
+        np.testing.assert_array_equal(g, r, err_msg=f"{title}: output {j} differs from the serial kernel's")
+
+
+# a spec or two per kind of code template (test_codegen compiles them all, serially)
+SOME = ["sigmoid[2, 3]", "pow[3, 1][4]", "where[3][2,3][]", "logsumexp[2, 3]-axes(0,)", "einsum-ij,jk->ik",
+        "dyn_update[4, 5]-axis1-size2", "scan-cond-inside", "cond-nested"]
+
+
+def test_primitives_in_parallel_equal_interpreted():
+    """The value, JVP and VJP of a few primitive specs (loops and branches among them), in one kernel."""
+    rng = np.random.default_rng(1)
+    b, args, outs = Builder(), [], []
+    specs = [s for s in SPECS if s.id in SOME]
+    assert len(specs) == len(SOME)
+    for s in specs:
+        g = make_graph(s.f, s.shapes)
+        n, m = len(g.inputs), len(g.outputs)
+        xs = [b.input(v.shape) for v in g.inputs]
+        ts = [b.input(v.shape) for v in g.inputs]
+        cts = [b.input(a.shape) for a in g.outputs]
+        outs += inline(b, jvp_graph(g, [True] * n)[0], xs + ts) + inline(b, vjp_graph(g, [True] * n, [True] * m),
+                                                                          xs + cts)[m:]
+        points = [s.draw(rng, k % 3) for k in range(B)]
+        args += [np.stack([p[j] for p in points]) if j else points[0][j][None] for j in range(n)]
+        args += [rng.standard_normal((B, *v.shape)) for v in g.inputs]
+        args += [rng.standard_normal((B, *a.shape)) for a in g.outputs]
+    assert_parallel_same(b.build(outs), args, "every third primitive")
+
+
+@pytest.mark.parametrize("name", ["loops-branches-assignment", "matrices"])
+def test_programs_in_parallel_equal_interpreted(name):
+    defn, point = PROGRAMS[name]
+    fn = api.compile_definition(defn)
+    graph, _ = api._main_plan(fn, frozenset({"value", "gradient", "hvp"}))
+    rng = np.random.default_rng(0)
+    xs = [np.asarray(point[n], dtype=np.float64) for n in fn.input_names]
+    args = [x[None] + 0.01 * rng.standard_normal((B, *x.shape)) for x in xs]
+    args += [rng.standard_normal((B, *x.shape)) for x in xs]
+    assert_parallel_same(graph, args, name)
+
+
+@settings(max_examples=2, deadline=None, derandomize=True, database=None)
+@given(programs(control_flow=True, max_len=5))
+def test_random_programs_in_parallel_equal_interpreted(case):
+    prog, seed = case
+    graph = engine_graph(prog)
+    rng = np.random.default_rng(seed)
+    assert_parallel_same(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"random {prog}")
+
+
+def _two_indices():
+    b = Builder()
+    x, i, j = b.input((4,)), b.input(()), b.input(())
+    return b.build([op.dyn_slice(x, i, axis=0, size=None), op.dyn_slice(x, j, axis=0, size=None)])
+
+
+@pytest.mark.parametrize("bad", [[7], [30, 7, 35], [0], [B - 1], [3, 4]], ids=str)
+def test_a_bad_index_gives_the_serial_kernels_error(bad):
+    """Points fail on one index or the other: both kernels report the first failing point's error."""
+    g = _two_indices()
+    serial, par = both(g, "two indices")
+    assert len(serial.ERRORS) == 2
+    x = np.arange(4.0)[None]
+    i, j = np.full(B, 1.0), np.full(B, 2.0)
+    for k, p in enumerate(bad):  # the points fail alternately on i and on j
+        (j if k % 2 == 0 else i)[p] = 4.0 if k % 3 else np.nan
+    codes = []
+    for mod in (serial, par):
+        out = [np.empty(B), np.empty(B)]
+        codes.append(mod.kernel(B, x, i, j, *out))
+    first = min(bad)
+    assert codes[0] == codes[1] == (2 if bad.index(first) % 2 == 0 else 1)
+
+
+def test_a_bad_index_on_the_compiled_tier_is_the_serial_error(tmp_path):
+    """Through `Tiered`: the parallel tier's error is the serial tier's, message and code."""
+    g = _two_indices()
+    serial, par = both(g, "two indices")
+    t = backend.Tiered(str(tmp_path), compile=False)
+    plan = backend.plan_meta(g)
+    x, i, j = np.arange(4.0)[None], np.full(B, 1.0), np.full(B, 2.0)
+    j[20], i[9] = 7.0, -1.0
+    errors = []
+    for tier, mod in ((backend.NUMBA, serial), (backend.PARALLEL, par)):
+        with pytest.raises(api.EvaluationError) as e:
+            t._run_kernel(mod, tier, plan, B, [x, i, j], {})
+        errors.append((e.value.code, str(e.value)))
+    assert errors[0] == errors[1] and errors[0][0] == "index_out_of_range"
+    t.shutdown()
+
+
+def test_threads_may_call_parallel_kernels_at_once():
+    fn = api.compile_definition(PROGRAMS["matrices"][0])
+    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    serial, par = both(graph, "matrices")
+    rng = np.random.default_rng(2)
+    batches = []
+    for k in range(16):
+        n = [1, 5, B, 200][k % 4]
+        batches.append([rng.standard_normal((n, *v.shape)) for v in graph.inputs])
+    want = [run_kernel(serial, graph, a) for a in batches]
+
+    def call(k):
+        return [run_kernel(par, graph, batches[k]) for _ in range(5)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for k, got in enumerate(pool.map(call, range(len(batches)))):
+            for g in got:
+                for a, b in zip(g, want[k]):
+                    np.testing.assert_array_equal(a, b)
+
+
+def test_chunks_per_thread_is_in_the_source():
+    g = make_graph(lambda x: x, [()])
+    text = compile_kernel(g, "identity", parallel=True).__file__
+    with open(text) as f:
+        src = f.read()
+    assert "prange" in src and f"CHUNKS = {CHUNKS_PER_THREAD} * config.NUMBA_NUM_THREADS" in src
+    assert "def chunk(lo, hi, a0, o0):" in src and "for p in range(lo, hi):" in src
+
+
+# -- on the compiled tier -------------------------------------------------------------
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "adserve-test-tiered")
+SUM = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}], "expr": "dot(x, A @ x) + sum(sin(x))"}
+
+
+def _evaluate(t, fn, inputs, n):
+    """`n` value-and-gradient requests on tier `t`: the backends that ran them, each answer checked."""
+    want = api.evaluate(fn, inputs, ["value", "gradient"], batch=True)
+    seen = []
+    old = api.get_backend()
+    try:
+        api.set_backend(t)
+        for _ in range(n):
+            meta = {}
+            got = api.evaluate(fn, inputs, ["value", "gradient"], batch=True, meta=meta)
+            seen.append(meta["backend"])
+            np.testing.assert_allclose(got["value"], want["value"], rtol=1e-10)
+            np.testing.assert_allclose(got["gradient"]["x"], want["gradient"]["x"], rtol=1e-10, atol=1e-12)
+    finally:
+        api.set_backend(old)
+    return seen
+
+
+@pytest.mark.timeout(600)
+def test_the_parallel_variant_is_compiled_for_long_batches_only():
+    fn = api.compile_definition(SUM)
+    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+    plan = backend.plan_meta(graph)
+    rng = np.random.default_rng(3)
+    small = {"x": rng.standard_normal((4, 3)), "A": rng.standard_normal((4, 3, 3))}
+    long = {"x": rng.standard_normal((300, 3)), "A": rng.standard_normal((300, 3, 3))}
+    t = backend.Tiered(CACHE)
+    try:
+        t.kernel(graph)
+        assert t.wait(graph, 300)
+        _evaluate(t, fn, small, 12)
+        assert t.choice(graph, 4) is not None
+        assert plan.parallel_key not in t._pending and plan.parallel_key not in t._ready  # never asked for
+        t.PARALLEL_SECONDS = 0.0  # any batch is long enough now
+        _evaluate(t, fn, long, 8)
+        assert t.wait(graph, 300, parallel=True), t._failed
+        seen = _evaluate(t, fn, long, 40)
+        assert backend.PARALLEL in seen  # tried once loaded
+        assert t.choice(graph, 300) is not None and not t._failed
+        assert t.stats.parallel_failures == 0 and t.stats.runs[backend.PARALLEL] > 0
+
+        # request threads at once, while the tiers of new batch sizes are being timed and chosen
+        t.PROBE_FIRST = 2
+        sizes = [{"x": rng.standard_normal((n, 3)), "A": rng.standard_normal((n, 3, 3))} for n in (150, 600, 1200)]
+        wants = [api.evaluate(fn, x, ["value", "gradient"], batch=True) for x in sizes]  # on the interpreter
+
+        def requests(k):
+            seen = []
+            for _ in range(25):
+                meta = {}
+                got = api.evaluate(fn, sizes[k % 3], ["value", "gradient"], batch=True, meta=meta)
+                seen.append(meta["backend"])
+                np.testing.assert_allclose(got["value"], wants[k % 3]["value"], rtol=1e-10)
+                np.testing.assert_allclose(got["gradient"]["x"], wants[k % 3]["gradient"]["x"], rtol=1e-10, atol=1e-12)
+            return seen
+
+        old = api.get_backend()
+        api.set_backend(t)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                seen = [b for r in pool.map(requests, range(6)) for b in r]
+        finally:
+            api.set_backend(old)
+        assert backend.NUMBA in seen and set(seen) <= {backend.NUMBA, backend.PARALLEL, backend.INTERPRETER}
+        assert all(t.choice(graph, len(x["x"])) is not None for x in sizes)
+    finally:
+        t.shutdown()
+
+
+def _broken(source):
+    def make(graph, title, parallel=False):
+        text = source(graph, title, parallel=parallel)
+        return text + "\nraise RuntimeError('broken on purpose')\n" if parallel else text
+    return make
+
+
+@pytest.mark.timeout(600)
+def test_a_failed_parallel_variant_leaves_the_plan_serial(tmp_path):
+    fn = api.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x * x)"})
+    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+    t = backend.Tiered(str(tmp_path))
+    t.PARALLEL_SECONDS = 0.0
+    t.source = _broken(t.source)
+    x = {"x": np.ones((64, 2))}
+    try:
+        t.kernel(graph)
+        assert t.wait(graph, 300)
+        _evaluate(t, fn, x, 8)
+        assert not t.wait(graph, 300, parallel=True)
+        assert t.stats.parallel_failures == 1 and t.stats.compile_failures == 1
+        assert "broken on purpose" in t._failed[backend.plan_meta(graph).parallel_key]
+        seen = _evaluate(t, fn, x, 40)
+        assert backend.PARALLEL not in seen and backend.NUMBA in seen
+    finally:
+        t.shutdown()
+
+
+def test_without_a_thread_safe_layer_plans_stay_serial(tmp_path, monkeypatch):
+    fn = api.compile_definition(SUM)
+    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+    monkeypatch.setattr(backend, "parallel_layer", lambda: None)
+    monkeypatch.setattr(backend, "_layer_reason", lambda: "numba's threading layer is 'workqueue'")
+    t = backend.Tiered(CACHE)
+    t.PARALLEL_SECONDS = 0.0
+    try:
+        t.kernel(graph)
+        assert t.wait(graph, 300)
+        rng = np.random.default_rng(4)
+        long = {"x": rng.standard_normal((300, 3)), "A": rng.standard_normal((300, 3, 3))}
+        seen = _evaluate(t, fn, long, 12)
+        assert not t.wait(graph, 60, parallel=True)
+        assert backend.PARALLEL not in seen and "workqueue" in t.stats.parallel_disabled
+        assert t.stats.parallel_failures == 0 and t.stats.parallel_compiles == 0  # nothing compiled or failed
+    finally:
+        t.shutdown()
