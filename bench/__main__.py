@@ -19,10 +19,13 @@ How it is measured (`make bench`, about {minutes:.0f} minutes here):
   1 ms; other processes only ever add time). Ratios are taken per round and summarised as the median and
   interquartile range over the rounds, so drift of the machine hits both sides of a ratio alike.
 - **ours** is `api.evaluate` in process on the tiered backend, after `Tiered.wait()` says the plan's numba
-  kernel is loaded (each case checks `meta["backend"] == "numba"`); the primal and the derivative are timed
-  the same way. **kernel** calls that generated kernel directly with preallocated outputs, so
-  `kernel/ours` is the share of a request spent in generated code. **interpreter** is `api.evaluate` on the
-  NumPy interpreter tier.
+  kernel is loaded and the backend has chosen the plan's tier by timing (a batch long enough for threads gets
+  its parallel variant compiled and awaited first); the primal and the derivative are timed the same way.
+  After timing, each case checks from the backend's run counts that ours ran on the tier it claims, apart
+  from the backend's probes (now and then it re-times another tier, at growing intervals); a case whose tier
+  changed while it was timed is flagged below the tables, as are tiers other than `numba`. **kernel** calls the generated kernel ours runs (serial or parallel) directly with
+  preallocated outputs, so `kernel/ours` is the share of a request spent in generated code. **interpreter**
+  is `api.evaluate` on the NumPy interpreter tier.
 - **JAX** is `jax.jit` of the same function in float64 (`jax_enable_x64`), warmed up, with
   `block_until_ready`: `value_and_grad` for gradients, `jvp(grad)` for the HVP, `vmap(value_and_grad)` for
   the batch. **autograd** is `value_and_grad` / `hessian_vector_product` on NumPy (no batch form).
@@ -41,19 +44,30 @@ def main(argv=None):
     ap.add_argument("--interpreter-only", action="store_true", help="no numba kernels (ours = interpreter)")
     ap.add_argument("--no-server", action="store_true", help="skip the REST latency probe")
     ap.add_argument("--budget", type=float, default=12.0, help="seconds of timing per case (default 12)")
-    ap.add_argument("--out", default="docs/benchmarks.md")
-    ap.add_argument("--plot", default="docs/benchmarks.png")
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help="only the cases whose benchmark name (or 'name label') contains NAME (repeatable); "
+                         "prints the tables and writes files only where --out/--plot say")
+    ap.add_argument("--out", default=None, help="default docs/benchmarks.md (none with --only)")
+    ap.add_argument("--plot", default=None, help="default docs/benchmarks.png (none with --only)")
     args = ap.parse_args(argv)
+    if not args.only:
+        args.out = args.out or "docs/benchmarks.md"
+        args.plot = args.plot or "docs/benchmarks.png"
 
     t0, load0 = time.perf_counter(), os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print("cases:", flush=True)
     with tempfile.TemporaryDirectory(prefix="adserve-bench-") as cache:
-        results = harness.run_all(problems.cases(quick=args.quick), None if args.interpreter_only else cache,
+        cases = problems.cases(quick=args.quick)
+        if args.only:
+            cases = [c for c in cases if any(n in c.bench or n in f"{c.bench} {c.label}" for n in args.only)]
+            if not cases:
+                ap.error(f"no case matches {args.only}")
+        results = harness.run_all(cases, None if args.interpreter_only else cache,
                                   budget_s=args.budget, log=lambda m: print(m, flush=True))
     load_mid = os.getloadavg()
     sv = None
-    if not args.no_server:
+    if not args.no_server and not args.only:
         print("REST server:", flush=True)
         sv = service.probe(compile_kernels=not args.interpreter_only,
                            log=lambda m: print(m, flush=True), **({"sizes": ((20, "20 terms"),), "fresh": 2}
@@ -79,6 +93,10 @@ def main(argv=None):
     if have_plot:
         text += [f"![Helmholtz times and target ratios]({os.path.relpath(args.plot, os.path.dirname(args.out))})", ""]
     text.append(report.tables(results, sv))
+    if not args.out:
+        print(report.tables(results, sv))
+        print(f"load average (1 min) {load0[0]:.1f} at start, {load1[0]:.1f} at the end; {minutes:.1f} min")
+        return 0
     with open(args.out, "w") as f:
         f.write("\n".join(text))
     print(f"wrote {args.out}" + (f" and {args.plot}" if have_plot else "") + f" in {minutes:.1f} min")

@@ -2,15 +2,19 @@
 
 Contenders of a case (those that apply and are installed):
 
-* `ours:*`   `api.evaluate` in process on the tiered backend after its kernel is ready (numba);
-* `kernel:*` the same generated kernel called directly with preallocated outputs
-             (what `ours` pays beyond it is the engine's request handling);
+* `ours:*`   `api.evaluate` in process on the tiered backend once its kernels are ready and it has chosen
+             its tier by timing (`numba`; `numba-parallel` when the batch is long enough for the parallel
+             variant, which is compiled and awaited first; `interpreter` if that timed faster);
+* `kernel:*` the generated kernel `ours` runs (serial or parallel) called directly with preallocated
+             outputs (what `ours` pays beyond it is the engine's request handling);
 * `interp:*` `api.evaluate` on the NumPy interpreter tier;
 * `jax:*`    `jax.jit` of the same function, float64, warmed up, `block_until_ready`;
 * `autograd:*` autograd on NumPy.
 
 `primal` is the value alone; `deriv` is the case's derivative (value and
 gradient, or the HVP). With `tier=None` ours runs on the interpreter only.
+After timing, a case checks that ours ran on the tiers it claims (the backend's
+run counts), apart from the backend's occasional probes of another tier.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Ours:
     def __init__(self, case: Case, tier, interp):
         self.case, self.tier, self.interp = case, tier, interp
         self.fn = api.compile_definition(case.definition)
+        self.tiers: dict = {}  # part -> the tier ours runs it on (see `contenders`)
         self.plans = {"primal": api._main_plan(self.fn, frozenset({"value"}), case.wrt)[0],
                       "deriv": api._main_plan(self.fn, frozenset(case.deriv_compute), case.wrt)[0]}
 
@@ -65,26 +70,53 @@ class Ours:
         for g in self.plans.values():
             self.tier.kernel(g)
 
+    @property
+    def points(self) -> int:
+        c = self.case
+        return len(next(iter(c.inputs.values()))) if c.batch else 1
+
+    def settle(self, part, graph, runs=400, timeout=600.0) -> str:
+        """Run a part until the backend has chosen its tier with nothing left compiling for its plan (a long batch
+        asks for its parallel variant, awaited here: nothing may compile while anything is timed); the tier."""
+        call = self.on(self.tier, self.request(part))
+        deadline = time.monotonic() + timeout
+        for _ in range(runs):
+            call()
+            if self.tier.pending(graph):
+                self.tier.wait(graph, max(1.0, deadline - time.monotonic()), parallel=True)
+                continue
+            tier = self.tier.choice(graph, self.points)
+            if tier is not None:
+                return tier
+        raise RuntimeError(f"{self.case.bench} {self.case.label}: no tier chosen for {part} after {runs} runs")
+
     def contenders(self) -> dict:
         out = {f"interp:{p}": self.on(self.interp, self.request(p)) for p in self.plans}
         if self.tier is None:
+            self.tiers = {p: "interpreter" for p in self.plans}
             return {f"ours:{p}": out.pop(f"interp:{p}") for p in self.plans}
+        self.tiers = {}
         for part, g in self.plans.items():
             if not self.tier.wait(g):
                 raise RuntimeError(f"{self.case.bench} {self.case.label}: the {part} kernel failed to compile")
-            meta = {}
-            api.set_backend(self.tier)
-            api.evaluate(self.fn, self.case.inputs, ["value"] if part == "primal" else self.case.deriv_compute,
-                         tangent=self.case.tangent if part == "deriv" else None, batch=self.case.batch, meta=meta,
-                         wrt=self.case.wrt)
-            if meta.get("backend") != "numba":
-                raise RuntimeError(f"{self.case.bench} {self.case.label}: {part} did not run compiled ({meta})")
+            self.tiers[part] = tier = self.settle(part, g)
+            for _ in range(3):  # a run may be one of the backend's probes of another tier
+                meta = {}
+                api.set_backend(self.tier)
+                api.evaluate(self.fn, self.case.inputs, ["value"] if part == "primal" else self.case.deriv_compute,
+                             tangent=self.case.tangent if part == "deriv" else None, batch=self.case.batch,
+                             meta=meta, wrt=self.case.wrt)
+                if meta.get("backend") == tier:
+                    break
+            else:
+                raise RuntimeError(f"{self.case.bench} {self.case.label}: {part} chose {tier} but ran on {meta}")
             out[f"ours:{part}"] = self.on(self.tier, self.request(part))
-            out[f"kernel:{part}"] = self._kernel_call(part, g)
+            out[f"kernel:{part}"] = self._kernel_call(part, g, tier)
         return out
 
-    def _kernel_call(self, part, graph):
-        c, mod = self.case, self.tier.kernel(graph)
+    def _kernel_call(self, part, graph, tier):
+        c = self.case
+        mod = self.tier.module(graph, tier) or self.tier.kernel(graph)  # the interpreter's: the serial kernel
         args = [c.inputs[n] for n in self.fn.input_names]
         if part == "deriv" and c.kind == "hvp":
             args += [c.tangent[n] for n in self.fn.input_names if n in c.wrt]
@@ -169,7 +201,9 @@ def run_case(ours: Ours, rivals=("jax", "autograd"), budget_s=12.0, rounds=21) -
     if "autograd" in rivals and available("autograd"):
         contenders.update(_autograd_contenders(case))
     _check(case, contenders["ours:deriv"], first)
+    before = (dict(ours.tier.stats.runs), ours.tier.stats.probes) if ours.tier is not None else None
     t = measure(contenders, rounds=rounds, budget_s=budget_s)
+    runs, check = _tier_check(ours, before)
     ratios = {}
     for label, num, den in RATIOS:
         if num in t.per_call and den in t.per_call:
@@ -177,11 +211,34 @@ def run_case(ours: Ours, rivals=("jax", "autograd"), budget_s=12.0, rounds=21) -
     return {"bench": case.bench, "label": case.label, "kind": case.kind, "n_nodes": ours.fn.n_nodes,
             "median_s": {k: t.median(k) for k in t.per_call}, "rounds": len(next(iter(t.per_call.values()))),
             "ratios": ratios, "targets": {k.replace("{kind}", case.kind): v for k, v in case.targets.items()},
-            "jax_first_call_s": {k: v[1] for k, v in first.items()}}
+            "jax_first_call_s": {k: v[1] for k, v in first.items()},
+            "tiers": dict(ours.tiers), "tier_runs": runs, "tier_check": check,
+            "tier_estimates_s": {p: ours.tier.estimates(g, ours.points) for p, g in ours.plans.items()}
+            if ours.tier is not None else {}}
+
+
+def _tier_check(ours: Ours, before) -> tuple[dict, str]:
+    """Runs of ours by tier while timed, and "" if they ran on the tiers claimed, apart from the backend's probes
+    of other tiers (else what went wrong)."""
+    if ours.tier is None:
+        return {}, ""
+    runs0, probes0 = before
+    runs = {k: n - runs0.get(k, 0) for k, n in ours.tier.stats.runs.items() if n - runs0.get(k, 0)}
+    runs["probes"] = probes = ours.tier.stats.probes - probes0
+    off = sum(n for k, n in runs.items() if k != "probes" and k not in ours.tiers.values())
+    problems = []
+    if off > probes:
+        problems.append(f"{off} timed runs on tiers it does not claim, {probes} of them probes ({runs})")
+    for part, g in ours.plans.items():
+        now = ours.tier.choice(g, ours.points)
+        if now != ours.tiers[part]:
+            problems.append(f"{part}: the tier changed from {ours.tiers[part]} to {now} while timed")
+    return runs, "; ".join(problems)
 
 
 def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, rounds=21, log=print) -> dict:
-    """Time every case; kernels for all of them compile in the background first (two workers)."""
+    """Time every case; kernels for all of them compile in the background first (two workers); a case's own
+    parallel variant, if its batch asks for one, is compiled and awaited before that case is timed."""
     interp = backend.Interpreter()
     tier = backend.Tiered(cache_dir, workers=2) if cache_dir else None
     t0 = time.perf_counter()
@@ -198,7 +255,11 @@ def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, ro
     try:
         for o in ours:
             log(f"  {o.case.bench} {o.case.label}")
-            results.append(run_case(o, rivals, budget_s, rounds))
+            results.append(r := run_case(o, rivals, budget_s, rounds))
+            if tier is not None:
+                est = {p: ", ".join(f"{t} {s * 1e6:,.0f} us" for t, s in e.items()) for p, e in r["tier_estimates_s"].items()}
+                log(f"    ours on {r['tiers']} (best recent runs: {est}; timed runs {r['tier_runs']})"
+                    + (f"; CHECK FAILED: {r['tier_check']}" if r["tier_check"] else ""))
     finally:
         api.set_backend(interp)
         if tier is not None:
@@ -206,4 +267,7 @@ def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, ro
     stats = tier.stats if tier is not None else None
     return {"cases": results, "seconds": time.perf_counter() - t0,
             "compiles": None if stats is None else {"kernels": stats.compiles, "seconds": stats.compile_seconds,
-                                                    "failures": stats.compile_failures + stats.compile_timeouts}}
+                                                    "failures": stats.compile_failures + stats.compile_timeouts,
+                                                    "parallel": stats.parallel_compiles,
+                                                    "parallel_seconds": stats.parallel_compile_seconds,
+                                                    "parallel_disabled": stats.parallel_disabled}}

@@ -97,14 +97,34 @@ def tables(results, service=None) -> str:
     if any(t for _, t in first):
         out += ["", "JAX's first call of the derivative (trace and XLA compile), ms: "
                 + ", ".join(f"{c['bench']} {c['label']} {1e3 * t:.0f}" for c, t in first if t) + "."]
+    out += _tier_notes(results)
     if results.get("compiles"):
         k = results["compiles"]
         out += ["", f"Our kernels: {k['kernels']} compiled in worker processes, {k['seconds']:.0f} s of compile "
                 f"time in all ({k['seconds'] / max(k['kernels'], 1):.1f} s each on average, two at a time), "
                 f"{k['failures']} failures."]
+        if k.get("parallel"):
+            out[-1] += (f" Of them {k['parallel']} parallel batch variant(s), {k['parallel_seconds']:.1f} s "
+                        "(compiled on demand, when a long batch asked).")
+        elif k.get("parallel_disabled"):
+            out[-1] += f" Parallel batch variants were off: {k['parallel_disabled']}."
     if service:
         out += ["", service_table(service)]
     return "\n".join(out) + "\n"
+
+
+def _tier_notes(results) -> list:
+    """Which cases ours ran on another tier than `numba`, and any case whose timed runs broke its claimed tier."""
+    other = [f"{c['bench']} {c['label']} {part} on `{tier}`" for c in results["cases"]
+             for part, tier in c.get("tiers", {}).items() if tier != "numba"]
+    failed = [f"{c['bench']} {c['label']}: {c['tier_check']}" for c in results["cases"] if c.get("tier_check")]
+    out = []
+    if other and any(c.get("tier_runs") for c in results["cases"]):
+        out += ["", "Ours ran on `numba` (serial kernels) except: " + "; ".join(other) + "."]
+    if failed:
+        out += ["", "**Tier check failed** (ours did not run on the tier it claimed while timed): "
+                + "; ".join(failed) + "."]
+    return out
 
 
 def _service_target_rows(sv) -> list:
