@@ -129,7 +129,7 @@ def test_a_replica_starts_ready_and_serves_while_redis_is_down(tmp_path):
 
 
 SLOW = {"inputs": [{"name": "x", "shape": []}],
-        "program": "def f(x):\n    s = 0.0\n    for i in range(20000):\n        s = s + sin(x * i)\n    return s\n"}
+        "program": "def f(x):\n    s = 0.0\n    for i in range(150000):\n        s = s + sin(x * i)\n    return s\n"}
 
 
 def test_sigterm_drains_requests_in_flight_then_exits(tmp_path):
