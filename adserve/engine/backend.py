@@ -217,24 +217,27 @@ class _Choice:
     """Timings of one (plan, batch size class) and the tier they chose.
 
     `on` is (tier, module) once chosen, else None (the first runs, trials of every tier).
-    `times` holds each tier's most recent run times; a tier's estimate is the least of them."""
-    __slots__ = ("every", "interval", "last", "made", "next_probe", "on", "pair", "runs", "times", "turn")
+    `times` holds each tier's most recent run times; a tier's estimate is their median (the lower one of an
+    even count): a spike of load is shed, and so is a tier's rare fast run (OpenMP threads under load are fast
+    now and then and slow mostly)."""
+    __slots__ = ("due", "every", "gap", "last", "made", "next_probe", "on", "pair", "probed", "runs", "times")
 
     def __init__(self):
         self.on = None
         self.times: dict = {}
         self.runs = 0
-        self.next_probe = 0
-        self.interval = 0
-        self.turn = 0
+        self.next_probe = 0  # the run count at which the next probe is due (see `Tiered._probe`)
+        self.gap: dict = {}  # per other tier, the runs between its probes (grows while probes confirm the choice)
+        self.due: dict = {}  # per other tier, the run count at which its next probe is due
+        self.probed = None   # the tier the last probe ran on
         self.pair = False    # the run after a probe times the chosen tier, a paired sample
         self.every = False   # runs are long: every run is timed
         self.made = False    # a choice was made once (a later one is a switch)
         self.last = None     # the tier chosen before the choice was reopened
 
-    def best(self, tier) -> float | None:
+    def estimate(self, tier) -> float | None:
         t = self.times.get(tier)
-        return min(t) if t else None
+        return sorted(t)[(len(t) - 1) // 2] if t else None
 
 
 class Tiered(Interpreter):
@@ -322,9 +325,9 @@ class Tiered(Interpreter):
         return on[0] if on is not None else None
 
     def estimates(self, graph, batch=1) -> dict:
-        """Per tier, the least of its recent timed runs for the plan at this batch size (what the choice compares)."""
+        """Per tier, the median of its recent timed runs for the plan at this batch size (what the choice compares)."""
         c = self._choices.get((plan_meta(graph).key, max(1, batch).bit_length()))
-        return {} if c is None else {t: b for t in (NUMBA, PARALLEL, INTERPRETER) if (b := c.best(t)) is not None}
+        return {} if c is None else {t: b for t in (NUMBA, PARALLEL, INTERPRETER) if (b := c.estimate(t)) is not None}
 
     def module(self, graph, tier):
         """The loaded module a tier runs for the plan (None for the interpreter)."""
@@ -541,20 +544,23 @@ class Tiered(Interpreter):
     # vectorised exp/log can beat them; a parallel kernel pays only on large batches, and only while other
     # work leaves cores idle. So the first runs of a plan (per batch size class) once its kernel is ready are
     # timed: KERNEL_TRIALS on each kernel, then the interpreter's (runs from before the kernel count) until it is
-    # plainly slower or has INTERPRETER_TRIALS. A tier's estimate is its least recent time (a window of WINDOW);
-    # the serial kernel is preferred: the others must be clearly faster (WEIGHT). Timings on a busy machine can
+    # plainly slower or has INTERPRETER_TRIALS. A tier's estimate is the median of its last WINDOW times; the
+    # serial kernel is preferred: the others must be clearly faster (WEIGHT). Timings on a busy machine can
     # mislead, so the choice is re-examined: one run on another tier now and then (after PROBE_FIRST runs, then
-    # twice as many after each probe that confirms the choice, up to PROBE_MAX), paired with a timed run on the
-    # chosen tier; runs of at least EVERY_SECONDS are all timed.
+    # twice as many after each probe that confirms the choice, up to PROBE_MAX, and rarer for a tier much slower:
+    # PROBE_BUDGET; again after PROBE_FIRST when the probe's run beat the chosen tier's), paired with a timed run
+    # on the chosen tier; runs of at least EVERY_SECONDS are all timed.
     KERNEL_TRIALS = 3
     INTERPRETER_TRIALS = 3
     CLEARLY_FASTER = 0.8   # the interpreter's (or parallel kernel's) best / the kernel's best below this: it wins
     PLAINLY_SLOWER = 4.0   # above this after one run (a first run may be cold): the interpreter is not run again
     WEIGHT = {NUMBA: 1.0, PARALLEL: 1 / CLEARLY_FASTER, INTERPRETER: 1 / CLEARLY_FASTER}
     SWITCH = 0.9           # a chosen tier is left for one whose weighted estimate is below this share of its own
-    WINDOW = 4
+    WINDOW = 5
     PROBE_FIRST = 16
     PROBE_MAX = 1024
+    PROBE_BUDGET = 0.01    # probes of a slower tier may cost about this share of the chosen tier's time
+    PROBE_LONGEST = 1 << 16
     EVERY_SECONDS = 50e-6
     # the serial kernel's time on a batch from which a parallel variant is compiled and tried (measured here,
     # 2 cores: starting the threads costs ~5 us, chunks run at ~0.52x the serial time on an idle machine; the
@@ -600,12 +606,12 @@ class Tiered(Interpreter):
         return self._timed(c, which, tier, self.module(graph, tier), graph, plan, B, args, meta)
 
     def _hopeless(self, c, plan, B) -> bool:
-        """The interpreter's floor already loses to the best kernel time."""
-        best = min(b for t in (NUMBA, PARALLEL) if (b := c.best(t)) is not None)
+        """The interpreter's floor already loses to the best kernel's time."""
+        best = min(b for t in (NUMBA, PARALLEL) if (b := c.estimate(t)) is not None)
         return self.STEP_SECONDS * plan.steps + self.ELEMENT_SECONDS * plan.work * B > self.CLEARLY_FASTER * best
 
     def _wants_parallel(self, c) -> bool:
-        serial = c.best(NUMBA)
+        serial = c.estimate(NUMBA)
         return self.parallel and serial is not None and serial >= self.PARALLEL_SECONDS
 
     def _tiers(self, c, graph, plan, B) -> list:
@@ -627,7 +633,7 @@ class Tiered(Interpreter):
             return PARALLEL
         if INTERPRETER in tiers:
             interp = c.times.get(INTERPRETER, ())
-            kernels = min(c.best(t) for t in tiers if t != INTERPRETER)
+            kernels = min(c.estimate(t) for t in tiers if t != INTERPRETER)
             if len(interp) < self.INTERPRETER_TRIALS and not (interp and min(interp) > self.PLAINLY_SLOWER * kernels):
                 return INTERPRETER
         tier = min(tiers, key=lambda t: self._score(c, t))
@@ -635,18 +641,14 @@ class Tiered(Interpreter):
         return tier
 
     def _score(self, c, tier) -> float:
-        best = c.best(tier)
+        best = c.estimate(tier)
         return math.inf if best is None else best * self.WEIGHT[tier]
 
     def _choose(self, c, which, tier, graph, why):
         with self._lock:
             if c.on is not None:  # chosen meanwhile by another request
                 return
-            c.on = (tier, self.module(graph, tier))
-            c.every = (c.best(tier) or 0.0) >= self.EVERY_SECONDS
-            c.interval = self.PROBE_FIRST
-            c.next_probe = c.runs + c.interval
-            c.pair = False
+            self._start(c, tier, self.module(graph, tier))
             if not c.made:
                 c.made = True
                 self.stats.chosen[tier] += 1
@@ -655,16 +657,34 @@ class Tiered(Interpreter):
                 why = f"switched from {c.last}"
         self._log(c, which, tier, why)
 
+    def _start(self, c, tier, mod):
+        """(Under the lock.) `tier` is chosen: the other tiers timed so far get their probes scheduled afresh."""
+        c.on = (tier, mod)
+        c.every = (c.estimate(tier) or 0.0) >= self.EVERY_SECONDS
+        c.pair = False
+        c.gap = {t: self.PROBE_FIRST for t in c.times if t != tier}
+        c.due = {t: c.runs + self._gap(c, t, tier, self.PROBE_FIRST) for t in c.gap}
+        c.next_probe = min(c.due.values(), default=c.runs + self.PROBE_MAX)
+
+    def _gap(self, c, tier, chosen, gap) -> int:
+        """Runs until `tier`'s next probe: `gap`, or more while its estimate says a probe costs more than
+        PROBE_BUDGET of the chosen tier's time (a probe of a tier 5x slower comes at most once in 400 runs)."""
+        mine, theirs = c.estimate(chosen), c.estimate(tier)
+        if not mine or theirs is None:
+            return gap
+        return int(min(max(gap, (theirs / mine - 1) / self.PROBE_BUDGET), self.PROBE_LONGEST))
+
     def _log(self, c, which, tier, why):
         if log.isEnabledFor(logging.INFO):
-            est = ", ".join(f"{t} {c.best(t) * 1e3:.3g} ms" for t in (NUMBA, PARALLEL, INTERPRETER)
-                            if c.best(t) is not None)
-            log.info("plan %s, batch of %d-%d: %s (%s; best recent runs: %s)", which[0], 1 << max(which[1] - 1, 0),
+            est = ", ".join(f"{t} {c.estimate(t) * 1e3:.3g} ms" for t in (NUMBA, PARALLEL, INTERPRETER)
+                            if c.estimate(t) is not None)
+            log.info("plan %s, batch of %d-%d: %s (%s; median recent runs: %s)", which[0], 1 << max(which[1] - 1, 0),
                      (1 << which[1]) - 1, tier, why, est)
 
     def _probe(self, c, which, on, graph, plan, B, args, meta):
         """A chosen plan's probe: a tier never timed for it (a parallel variant loaded since) reopens the choice;
-        else one run on another tier, the next run on the chosen one, then the choice is reconsidered."""
+        else one run on the tier whose probe is due first, the next run on the chosen one, then the choice is
+        reconsidered."""
         tiers = self._tiers(c, graph, plan, B)
         if any(t not in c.times for t in tiers):
             with self._lock:
@@ -674,12 +694,11 @@ class Tiered(Interpreter):
         if c.pair:  # the chosen tier's half of the probe
             c.pair = False
             return self._timed(c, which, on[0], on[1], graph, plan, B, args, meta, probe=True)
-        others = [t for t in tiers if t != on[0]]
-        if not others:
+        due = {t: d for t, d in c.due.items() if t in tiers}
+        if not due:
             c.next_probe = c.runs + self.PROBE_MAX
             return self._on(on[0], on[1], graph, plan, B, args, meta)
-        tier = others[c.turn % len(others)]
-        c.turn += 1
+        tier = c.probed = min(due, key=due.get)
         self.stats.probes += 1
         if c.every:  # the chosen tier is timed on every run anyway
             return self._timed(c, which, tier, self.module(graph, tier), graph, plan, B, args, meta, probe=True)
@@ -688,8 +707,9 @@ class Tiered(Interpreter):
         return self._timed(c, which, tier, self.module(graph, tier), graph, plan, B, args, meta)
 
     def _reconsider(self, c, which, plan, probe):
-        """After a timed run of a chosen plan: switch when another tier's estimate is clearly better; after a
-        probe that confirms the choice, the next one comes twice as late."""
+        """After a timed run of a chosen plan: switch when another tier's estimate is clearly better. After a
+        probe that confirms the choice, the probed tier's next one comes twice as late (or later, see `_gap`),
+        or soon when its run beat the chosen tier's (its estimate may follow with another sample or two)."""
         on = c.on
         if on is None:
             return
@@ -703,14 +723,14 @@ class Tiered(Interpreter):
             with self._lock:
                 if c.on is not on:
                     return
-                c.on = (best, mod)
-                c.every = (c.best(best) or 0.0) >= self.EVERY_SECONDS
-                c.interval = self.PROBE_FIRST
-                c.next_probe = c.runs + c.interval
-                c.pair = False
+                self._start(c, best, mod)
                 self.stats.switches += 1
             self._log(c, which, best, f"switched from {tier}")
             return
-        if probe:
-            c.interval = min(2 * c.interval, self.PROBE_MAX)
-            c.next_probe = c.runs + c.interval
+        t = c.probed
+        if probe and t in c.gap:
+            probed, chosen = c.times.get(t), c.times.get(tier)
+            beat = bool(probed and chosen) and probed[-1] * self.WEIGHT[t] < chosen[-1] * self.WEIGHT[tier]
+            c.gap[t] = self.PROBE_FIRST if beat else min(2 * c.gap[t], self.PROBE_MAX)
+            c.due[t] = c.runs + (c.gap[t] if beat else self._gap(c, t, tier, c.gap[t]))
+            c.next_probe = min(c.due.values())
