@@ -23,9 +23,10 @@ How it is measured (`make bench`, about {minutes:.0f} minutes here):
   its parallel variant compiled and awaited first); the primal and the derivative are timed the same way.
   After timing, each case checks from the backend's run counts that ours ran on the tier it claims, apart
   from the backend's probes (now and then it re-times another tier, at growing intervals); a case whose tier
-  changed while it was timed is flagged below the tables, as are tiers other than `numba`. **kernel** calls the generated kernel ours runs (serial or parallel) directly with
-  preallocated outputs, so `kernel/ours` is the share of a request spent in generated code. **interpreter**
-  is `api.evaluate` on the NumPy interpreter tier.
+  changed while it was timed is flagged below the tables, as are tiers other than `numba`. **kernel** calls
+  the generated kernel ours runs (serial or parallel) directly with preallocated outputs, so `kernel/ours` is
+  the share of a request spent in generated code. **interpreter** is `api.evaluate` on the NumPy interpreter
+  tier.
 - **JAX** is `jax.jit` of the same function in float64 (`jax_enable_x64`), warmed up, with
   `block_until_ready`: `value_and_grad` for gradients, `jvp(grad)` for the HVP, `vmap(value_and_grad)` for
   the batch. **autograd** is `value_and_grad` / `hessian_vector_product` on NumPy (no batch form).

@@ -257,8 +257,9 @@ def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, ro
             log(f"  {o.case.bench} {o.case.label}")
             results.append(r := run_case(o, rivals, budget_s, rounds))
             if tier is not None:
-                est = {p: ", ".join(f"{t} {s * 1e6:,.0f} us" for t, s in e.items()) for p, e in r["tier_estimates_s"].items()}
-                log(f"    ours on {r['tiers']} (best recent runs: {est}; timed runs {r['tier_runs']})"
+                est = {p: ", ".join(f"{t} {s * 1e6:,.0f} us" for t, s in e.items())
+                       for p, e in r["tier_estimates_s"].items()}
+                log(f"    ours on {r['tiers']} (median recent runs: {est}; timed runs {r['tier_runs']})"
                     + (f"; CHECK FAILED: {r['tier_check']}" if r["tier_check"] else ""))
     finally:
         api.set_backend(interp)
