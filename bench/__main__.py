@@ -44,6 +44,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for checking the harness")
     ap.add_argument("--interpreter-only", action="store_true", help="no numba kernels (ours = interpreter)")
     ap.add_argument("--no-server", action="store_true", help="skip the REST latency probe")
+    ap.add_argument("--serial", action="store_true", help="no parallel batch kernels (ours: serial kernels only)")
     ap.add_argument("--budget", type=float, default=12.0, help="seconds of timing per case (default 12)")
     ap.add_argument("--only", action="append", metavar="NAME",
                     help="only the cases whose benchmark name (or 'name label') contains NAME (repeatable); "
@@ -64,8 +65,8 @@ def main(argv=None):
             cases = [c for c in cases if any(n in c.bench or n in f"{c.bench} {c.label}" for n in args.only)]
             if not cases:
                 ap.error(f"no case matches {args.only}")
-        results = harness.run_all(cases, None if args.interpreter_only else cache,
-                                  budget_s=args.budget, log=lambda m: print(m, flush=True))
+        results = harness.run_all(cases, None if args.interpreter_only else cache, budget_s=args.budget,
+                                  log=lambda m: print(m, flush=True), parallel=not args.serial)
     load_mid = os.getloadavg()
     sv = None
     if not args.no_server and not args.only:

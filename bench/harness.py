@@ -236,11 +236,12 @@ def _tier_check(ours: Ours, before) -> tuple[dict, str]:
     return runs, "; ".join(problems)
 
 
-def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, rounds=21, log=print) -> dict:
+def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, rounds=21, log=print,
+            parallel=True) -> dict:
     """Time every case; kernels for all of them compile in the background first (two workers); a case's own
     parallel variant, if its batch asks for one, is compiled and awaited before that case is timed."""
     interp = backend.Interpreter()
-    tier = backend.Tiered(cache_dir, workers=2) if cache_dir else None
+    tier = backend.Tiered(cache_dir, workers=2, parallel=parallel) if cache_dir else None
     t0 = time.perf_counter()
     ours = [Ours(c, tier, interp) for c in cases]
     if tier is not None:
