@@ -328,7 +328,10 @@ def _index_text(index):
         else:
             start, length, step = e
             stop = start + length * step
-            parts.append(f"{start}:{'' if stop < 0 else stop}:{step}")
+            if step == 1:  # no step written: numba types the view contiguous, so loops over it vectorise
+                parts.append(f"{start}:{stop}")
+            else:
+                parts.append(f"{start}:{'' if stop < 0 else stop}:{step}")
     return ", ".join(parts)
 
 
