@@ -25,9 +25,12 @@ B = 37  # not a multiple of the chunk count: uneven chunks, some of one point
 
 @pytest.fixture(scope="module", autouse=True)
 def layer():
+    preset = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
     name = backend.parallel_layer()
     if name is None:
         pytest.skip(f"no thread-safe numba threading layer: {backend._layer_reason()}")
+    if name == "omp" and not preset:
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # threads sleep between kernels, never spin
     return name
 
 

@@ -167,6 +167,12 @@ def _launch_layer():
 
         from .codegen.worker import threadsafe_layer
         threadsafe_layer()  # numba reads it when it launches its threads, just below
+        if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+            # OpenMP threads sleep between parallel kernels instead of spinning for a while: a spinning thread
+            # takes a core from request threads (measured here: JAX beside it 0.8 -> 1.6 ms), and on a busy
+            # machine the next parallel region waits for it (5x the serial time); sleeping costs ~10% (read by
+            # libgomp when it loads, just below)
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         parallel._launch_threads()
         name = numba.threading_layer()
     except Exception as e:
@@ -543,14 +549,17 @@ class Tiered(Interpreter):
     # Generated kernels are scalar loops (no SIMD math library here): on large element-wise work NumPy's
     # vectorised exp/log can beat them; a parallel kernel pays only on large batches, and only while other
     # work leaves cores idle. So the first runs of a plan (per batch size class) once its kernel is ready are
-    # timed: KERNEL_TRIALS on each kernel, then the interpreter's (runs from before the kernel count) until it is
+    # timed: KERNEL_TRIALS on the kernel (PARALLEL_TRIALS on a parallel variant: threads are the first to suffer
+    # from a burst of other work), then the interpreter's (runs from before the kernel count) until it is
     # plainly slower or has INTERPRETER_TRIALS. A tier's estimate is the median of its last WINDOW times; the
     # serial kernel is preferred: the others must be clearly faster (WEIGHT). Timings on a busy machine can
     # mislead, so the choice is re-examined: one run on another tier now and then (after PROBE_FIRST runs, then
     # twice as many after each probe that confirms the choice, up to PROBE_MAX, and rarer for a tier much slower:
-    # PROBE_BUDGET; again after PROBE_FIRST when the probe's run beat the chosen tier's), paired with a timed run
+    # PROBE_BUDGET, but a kernel gets its first look within FIRST_LOOK runs of a choice, its trials being a few
+    # runs in a row; again after PROBE_FIRST when the probe's run beat the chosen tier's), paired with a timed run
     # on the chosen tier; runs of at least EVERY_SECONDS are all timed.
     KERNEL_TRIALS = 3
+    PARALLEL_TRIALS = 5
     INTERPRETER_TRIALS = 3
     CLEARLY_FASTER = 0.8   # the interpreter's (or parallel kernel's) best / the kernel's best below this: it wins
     PLAINLY_SLOWER = 4.0   # above this after one run (a first run may be cold): the interpreter is not run again
@@ -560,6 +569,7 @@ class Tiered(Interpreter):
     PROBE_FIRST = 16
     PROBE_MAX = 1024
     PROBE_BUDGET = 0.01    # probes of a slower tier may cost about this share of the chosen tier's time
+    FIRST_LOOK = 256
     PROBE_LONGEST = 1 << 16
     EVERY_SECONDS = 50e-6
     # the serial kernel's time on a batch from which a parallel variant is compiled and tried (measured here,
@@ -629,7 +639,7 @@ class Tiered(Interpreter):
         if len(c.times.get(NUMBA, ())) < self.KERNEL_TRIALS:
             return NUMBA
         tiers = self._tiers(c, graph, plan, B)
-        if PARALLEL in tiers and len(c.times.get(PARALLEL, ())) < self.KERNEL_TRIALS:
+        if PARALLEL in tiers and len(c.times.get(PARALLEL, ())) < self.PARALLEL_TRIALS:
             return PARALLEL
         if INTERPRETER in tiers:
             interp = c.times.get(INTERPRETER, ())
@@ -663,7 +673,8 @@ class Tiered(Interpreter):
         c.every = (c.estimate(tier) or 0.0) >= self.EVERY_SECONDS
         c.pair = False
         c.gap = {t: self.PROBE_FIRST for t in c.times if t != tier}
-        c.due = {t: c.runs + self._gap(c, t, tier, self.PROBE_FIRST) for t in c.gap}
+        c.due = {t: c.runs + min(self._gap(c, t, tier, self.PROBE_FIRST),
+                                 self.PROBE_LONGEST if t == INTERPRETER else self.FIRST_LOOK) for t in c.gap}
         c.next_probe = min(c.due.values(), default=c.runs + self.PROBE_MAX)
 
     def _gap(self, c, tier, chosen, gap) -> int:
