@@ -75,20 +75,28 @@ class Ours:
         c = self.case
         return len(next(iter(c.inputs.values()))) if c.batch else 1
 
-    def settle(self, part, graph, runs=400, timeout=600.0) -> str:
+    def settle(self, part, graph, runs=300, seconds=5.0, timeout=600.0) -> str:
         """Run a part until the backend has chosen its tier with nothing left compiling for its plan (a long batch
-        asks for its parallel variant, awaited here: nothing may compile while anything is timed); the tier."""
+        asks for its parallel variant, awaited here: nothing may compile while anything is timed), then `runs`
+        runs more or `seconds` (the backend's first looks at the other tiers come within them); the tier."""
         call = self.on(self.tier, self.request(part))
         deadline = time.monotonic() + timeout
-        for _ in range(runs):
+        since = None  # (time, runs) when the current choice was first seen
+        n = 0
+        while time.monotonic() < deadline:
             call()
+            n += 1
             if self.tier.pending(graph):
                 self.tier.wait(graph, max(1.0, deadline - time.monotonic()), parallel=True)
+                since = None
                 continue
-            tier = self.tier.choice(graph, self.points)
-            if tier is not None:
-                return tier
-        raise RuntimeError(f"{self.case.bench} {self.case.label}: no tier chosen for {part} after {runs} runs")
+            if self.tier.choice(graph, self.points) is None:
+                since = None
+                continue
+            since = since or (time.monotonic(), n)
+            if n - since[1] >= runs or time.monotonic() - since[0] >= seconds:
+                return self.tier.choice(graph, self.points)
+        raise RuntimeError(f"{self.case.bench} {self.case.label}: no tier chosen for {part} in {timeout:.0f} s")
 
     def contenders(self) -> dict:
         out = {f"interp:{p}": self.on(self.interp, self.request(p)) for p in self.plans}
