@@ -32,3 +32,31 @@ def test_openapi_documents_every_hand_parsed_body():
         ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.split("/")[-1] in schemas
     assert "InputSpec" in schemas and "B64Tensor" in schemas
+
+
+class MetaService(StubService):
+    """Answers every evaluation with a fixed account of how it was computed."""
+
+    def __init__(self, meta):
+        self.meta = meta
+
+    def evaluate(self, target, body, meta=None):
+        meta.update(self.meta)
+        return {"value": 1.0, "cached": bool(self.meta.get("cache_hit"))}
+
+
+def test_headers_name_the_tier_and_the_kernel_variant():
+    def headers(meta):
+        with TestClient(create_app(MetaService(meta), Settings())) as client:
+            r = client.post("/v1/functions/abc/evaluate", json={"inputs": {"x": 1.0}})
+            assert r.status_code == 200, r.text
+            return r.headers["x-adserve-backend"], r.headers["server-timing"]
+
+    tier, timing = headers({"backend": "numba-parallel", "compute_ms": 1.5})
+    assert tier == "numba" and timing.startswith("compute;dur=1.500;desc=parallel, total;dur=")
+    tier, timing = headers({"backend": "numba", "compute_ms": 2.0})
+    assert tier == "numba" and timing.startswith("compute;dur=2.000, total;dur=")
+    tier, timing = headers({"backend": "interpreter", "compute_ms": 3.0, "compile": "pending"})
+    assert tier == "interpreter" and timing.startswith("compute;dur=3.000, compile;desc=pending, total;dur=")
+    tier, timing = headers({"backend": "numba", "cache_hit": True})
+    assert tier == "numba" and timing.startswith("cache;desc=hit, total;dur=")

@@ -96,19 +96,24 @@ def _evaluate(service: Service, function_id: str | None, raw: bytes) -> tuple:
 
     Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
     (interpreter or numba; for a cached result, the tier that computed it) and `Server-Timing`:
-    `compute` (or `cache;desc=hit`), `compile;desc=pending` while the plan's kernel is being compiled in
-    the background, and `total` with parsing and encoding."""
+    `compute` (`;desc=parallel` for a parallel batch kernel) or `cache;desc=hit`, `compile;desc=pending`
+    while the plan's kernel is being compiled in the background, and `total` with parsing and encoding."""
     started = time.perf_counter()
     body, target = parse_json(raw), function_id
     if function_id is None and isinstance(body, dict):
         target, body = body.get("function"), {k: v for k, v in body.items() if k != "function"}
     meta = {}
     encoded = tensors.encode_tree(service.evaluate(target, body, meta), _wants_b64(body))
-    timing = ["cache;desc=hit" if meta.get("cache_hit") else f"compute;dur={meta.get('compute_ms', 0.0):.3f}"]
+    backend = meta.get("backend", "interpreter")
+    if meta.get("cache_hit"):
+        timing = ["cache;desc=hit"]
+    else:  # the kernel's variant, when it is not the serial one, as the compute entry's description
+        variant = backend.partition("-")[2]
+        timing = [f"compute;dur={meta.get('compute_ms', 0.0):.3f}" + (f";desc={variant}" if variant else "")]
     if meta.get("compile"):
         timing.append(f"compile;desc={meta['compile']}")
     timing.append(f"total;dur={(time.perf_counter() - started) * 1e3:.3f}")
-    return encoded, {"x-adserve-backend": meta.get("backend", "interpreter"), "Server-Timing": ", ".join(timing)}
+    return encoded, {"x-adserve-backend": backend.partition("-")[0], "Server-Timing": ", ".join(timing)}
 
 
 class _RunStream(StreamingResponse):
