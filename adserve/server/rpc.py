@@ -240,10 +240,15 @@ def _ended_by(error: BaseException, context) -> str:
     return "UNKNOWN"  # what grpc answers for an exception no handler mapped
 
 
+# A client whose deadline passes cancels the call itself, a little before the server's copy of the
+# deadline expires (that copy starts when the call arrives): a cancel this close to it is the deadline.
+DEADLINE_SLACK_SECONDS = 0.1
+
+
 def _cut_short(context) -> str:
     """A call ended from outside: its deadline passed, or else the client cancelled it or went away."""
     remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_SECONDS else "CANCELLED"
 
 
 class RpcServer:
