@@ -4,8 +4,8 @@ kernels on disk preloaded at start.
 Kernels of the first test are cached under ~/.cache (as in test_codegen), so reruns skip numba's compile."""
 
 import itertools
+import threading
 import os
-import time
 
 import numpy as np
 import pytest
@@ -59,10 +59,7 @@ def test_compiled_answers_like_the_interpreter_in_arrays_of_its_own(tier, defini
         api.set_backend(tier)
         for r in reqs:  # every plan's kernel starts compiling
             api.evaluate(fn, **r)
-        deadline = time.monotonic() + 600
-        while tier._pending and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not tier._pending and not tier._failed
+        assert tier.settle(600) and not tier._failed
         answers = []
         for r in reqs:
             meta = {}
@@ -189,3 +186,35 @@ def test_read_only_inputs_run_compiled(tier):
         assert "numba" in backends
     finally:
         api.set_backend(old)
+
+
+def test_a_plans_first_run_answers_at_once_and_hashes_and_compiles_afterwards(monkeypatch):
+    t = backend.Tiered(CACHE, workers=1)
+    gate, introduced = threading.Event(), []
+    original = t._introduce
+
+    def gated(graph):
+        gate.wait(60)
+        introduced.append(graph)
+        original(graph)
+
+    monkeypatch.setattr(t, "_introduce", gated)
+    old = api.get_backend()
+    try:
+        api.set_backend(t)
+        fn = api.compile_definition(SCALAR)
+        graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+        x = {"x": np.ones(3), "A": np.eye(3)}
+        meta = {}
+        got = api.evaluate(fn, x, ["value", "gradient"], meta=meta)
+        assert meta["backend"] == "interpreter" and meta["compile"] == "pending"
+        assert not introduced and backend._META not in graph.__dict__  # nothing hashed on the request's time
+        gate.set()
+        assert t.settle(600) and introduced == [graph] and t.kernel(graph) is not None
+        meta = {}
+        again = api.evaluate(fn, x, ["value", "gradient"], meta=meta)
+        assert meta["backend"] == "numba" and "compile" not in meta
+        assert float(got["value"]) == pytest.approx(float(again["value"]))
+    finally:
+        api.set_backend(old)
+        t.shutdown()

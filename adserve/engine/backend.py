@@ -267,6 +267,10 @@ class Tiered(Interpreter):
         self._closed = False
         self._choices: dict = {}  # (plan key, batch size class) -> _Choice (see `_pick`)
         self._clock = time.perf_counter
+        # plans seen for the first time are hashed (and their kernels asked for) here, after the request
+        self._introducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adserve-plans")
+        self._running = 0  # runs in progress: the introducer waits for a moment with none
+        self._last_run = 0.0
 
     # -- lookup --------------------------------------------------------------
     def kernel(self, graph):
@@ -304,6 +308,18 @@ class Tiered(Interpreter):
             with self._lock:
                 self._pending.discard(key)
         return None
+
+    def settle(self, timeout=600.0) -> bool:
+        """Block until every plan run so far has been introduced and no kernel is being loaded or compiled
+        (for tests and benchmarks). True if that happened within `timeout`."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._introducer.submit(lambda: None).result(timeout)  # jobs run in order: the earlier ones are done
+        except Exception:
+            return False
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self._pending
 
     def wait(self, graph, timeout=600.0, parallel=False) -> bool:
         """Block until the plan's kernel (or its parallel variant, once asked for) is ready or has failed
@@ -399,6 +415,7 @@ class Tiered(Interpreter):
 
     def _load(self, key):
         from .codegen.worker import load
+        self._quiet_moment()  # loading holds the interpreter's lock for milliseconds: not during a run
         mod = load(self._path(key), f"gen_{key}")
         with self._lock:
             self._ready[key] = mod
@@ -507,12 +524,55 @@ class Tiered(Interpreter):
         for p in list(self._procs):
             p.kill()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._introducer.shutdown(wait=False, cancel_futures=True)
+
+    # -- a plan's first run ------------------------------------------------------
+    INTRODUCE_WAIT_SECONDS = 0.1   # at most this long for a quiet moment
+    QUIET_SECONDS = 0.01           # no run in progress, and none ended this recently
+
+    def _first_run(self, graph, args, meta):
+        """A plan never run here: the interpreter answers now. Its key (a hash of the whole plan, a few ms
+        for a big one) and the request for its kernel (which writes the kernel's source, a few ms more) are
+        left to a background thread that waits for a moment with no run in progress, so they do not
+        share the interpreter's lock with the first answer."""
+        self._introducer.submit(self._introduce, graph)
+        if meta is not None and self.compile_enabled:
+            meta["compile"] = "pending"
+        try:
+            return Interpreter.run(self, graph, args, meta)
+        finally:
+            self._last_run = time.monotonic()
+
+    def _quiet_moment(self):
+        """Wait (at most INTRODUCE_WAIT_SECONDS) for no run in progress and none ended very recently."""
+        deadline = time.monotonic() + self.INTRODUCE_WAIT_SECONDS
+        while (self._running or time.monotonic() - self._last_run < self.QUIET_SECONDS) \
+                and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def _introduce(self, graph):
+        time.sleep(self.QUIET_SECONDS)  # the request that brought it is still encoding and sending its answer
+        self._quiet_moment()
+        try:
+            self.kernel(graph)
+        except Exception as e:  # never a request's problem: the plan stays on the interpreter
+            log.warning("plan not introduced: %s: %s", type(e).__name__, e)
 
     # -- run -------------------------------------------------------------------
     def run(self, graph, args, meta=None):
         """The plan's outputs, each of shape (B, ...); from a kernel (a `Fresh` list) once one is ready,
         on the tier timing chose for this plan and batch size (see `_pick`)."""
-        plan = plan_meta(graph)
+        plan = graph.__dict__.get(_META)
+        if plan is None:
+            return self._first_run(graph, args, meta)
+        self._running += 1
+        try:
+            return self._run(graph, plan, args, meta)
+        finally:
+            self._running -= 1
+            self._last_run = time.monotonic()
+
+    def _run(self, graph, plan, args, meta):
         B = max([a.shape[0] for a in args]) if args else 1
         which = (plan.key, B.bit_length())  # batch sizes within a factor of two share a choice
         c = self._choices.get(which)
@@ -609,6 +669,8 @@ class Tiered(Interpreter):
         if mod is None and (mod := self.kernel(graph)) is None:
             if plan.key not in self._pending:  # no kernel coming: nothing to compare
                 return Interpreter.run(self, graph, args, meta)
+            if meta is not None:
+                meta["compile"] = "pending"
             c = self._choices.get(which) or self._choices.setdefault(which, _Choice())
             return self._timed(c, which, INTERPRETER, None, graph, plan, B, args, meta)
         c = self._choices.get(which) or self._choices.setdefault(which, _Choice())
