@@ -1,6 +1,7 @@
 """The server's compiled tier: kernels built in the background under ADSERVE_CACHE_DIR answer
 like the interpreter, and a restarted server loads them from disk instead of compiling again."""
 
+import os
 import re
 import time
 
@@ -39,6 +40,10 @@ def test_kernels_answer_alike_and_survive_a_restart(tmp_path):
     with running_server(tmp_path / "first.log", env=env) as server, httpx.Client(base_url=server.url) as client:
         gradient_until_numba(client, timeout=600)
         assert metric(client, "adserve_kernel_compiles_total") >= 1
+        cores = len(os.sched_getaffinity(0))  # parallel variants need more than one core (and OpenMP, here)
+        assert metric(client, "adserve_parallel_kernels_enabled") == (1 if cores > 1 else 0)
+        assert metric(client, "adserve_parallel_kernel_failures_total") == 0
+        assert 'adserve_tier_switches_total' in client.get("/metrics").text
         x = np.array([0.3, 1.2, 2.5, 0.7, 1.0])
         r = client.post("/v1/evaluate", json={"function": FN, "inputs": {"x": x.tolist()},
                                               "compute": ["value", "gradient"]}).json()

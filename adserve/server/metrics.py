@@ -77,6 +77,18 @@ class _ServiceCollector:
         for tier, n in sorted(s.get("tier_choices", {}).items()):
             chosen.add_metric([tier], n)
         yield chosen
+        yield CounterMetricFamily("adserve_tier_switches", "Tier choices changed later by fresh timings",
+                                  value=s.get("tier_switches", 0))
+        yield CounterMetricFamily("adserve_tier_probes", "Runs on a tier other than the chosen one, to time it again",
+                                  value=s.get("tier_probes", 0))
+        yield CounterMetricFamily("adserve_parallel_kernel_compiles", "Parallel batch variants compiled",
+                                  value=s.get("parallel_compiles", 0))
+        yield CounterMetricFamily("adserve_parallel_kernel_failures", "Parallel batch variants that failed, timed "
+                                  "out or could not load (their plans stay on the serial kernel)",
+                                  value=s.get("parallel_failures", 0))
+        yield GaugeMetricFamily("adserve_parallel_kernels_enabled", "1 when parallel batch kernels may be used (a "
+                                "thread-safe threading layer and more than one core)",
+                                value=0 if s.get("parallel_disabled") else 1)
         yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
                                 value=optimize.running())
         if self._optimizers is not None:

@@ -147,6 +147,10 @@ class Service:
                 "compile_seconds": tier.compile_seconds, "kernel_disk_loads": tier.disk_loads,
                 "tier_choices": dict(tier.chosen),
                 "compile_failures": tier.compile_failures + tier.compile_timeouts,
+                "tier_switches": getattr(tier, "switches", 0), "tier_probes": getattr(tier, "probes", 0),
+                "parallel_compiles": getattr(tier, "parallel_compiles", 0),
+                "parallel_failures": getattr(tier, "parallel_failures", 0),
+                "parallel_disabled": getattr(tier, "parallel_disabled", ""),
                 "shared": None if self._shared is None else self._shared.stats()}
 
     def _lookup(self, function_id: str):
