@@ -11,12 +11,13 @@ machine skip numba's compile.
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, inline, jvp_graph, make_graph, run, vjp_graph
+from engine_helpers import Builder, inline, jvp_graph, make_graph, op, run, vjp_graph
 from hypothesis import given, settings
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
@@ -171,3 +172,58 @@ def test_the_compile_worker_runs_at_a_lower_priority(tmp_path):
     out = subprocess.run([sys.executable, "-m", "adserve.engine.codegen.worker", str(path)], capture_output=True,
                          text=True, check=True, timeout=120).stdout
     assert f"niceness {min(19, os.nice(0) + NICE)}" in out
+
+
+ROSENBROCK = {"inputs": [{"name": "x", "shape": [6]}], "expr": "sum(100*(x[1:]-x[:-1]**2)**2 + (1-x[:-1])**2)"}
+COPY = re.compile(r"^\s*(\w+)\[(i\d+)\] = (\w+)\[\2\]\s*(#.*)?$", re.MULTILINE)  # dst[i] = src[i]: a copy of a buffer
+
+
+def test_cotangent_accumulation_updates_in_place():
+    """Reverse mode accumulates a slice's cotangent as update(a, a[at] + v, at): with nothing reading `a` after
+    it, the kernel writes the slice into a's buffer instead of copying `a` first."""
+    fn = api.compile_definition(ROSENBROCK)
+    text = api.source(fn, "gradient")
+    assert "update" not in text and not COPY.findall(text), text
+    assert text.count("np.empty((6,))") == 1, text
+    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    rng = np.random.default_rng(1)
+    assert_same(graph, [rng.standard_normal((B, 6))], "rosenbrock gradient")
+
+
+def _updates_graph(case):
+    """a = concatenate([x, x]) (a buffer of the kernel's own), then an update of `a` by v and what `case` reads;
+    the graph and how many copies of a buffer its kernel makes."""
+    b = Builder()
+    x, v, i = b.input((4,)), b.input((2,)), b.input(())
+    a = op.concatenate(x, x, axis=0)
+    if case == "last use":
+        return b.build([op.sin(op.update_slice(a, v, index=((1, 2, 1),)))]), 0
+    if case == "dyn last use":
+        return b.build([op.dyn_update(op.update_slice(a, v, index=((1, 2, 1),)), v * 2.0, i, axis=0, size=2)]), 0
+    if case == "read after":
+        u = op.update_slice(a, v, index=((1, 2, 1),))
+        return b.build([u * op.sin(a)]), 1
+    if case == "view read after":
+        w = op.slice(a, index=((0, 4, 2),))
+        u = op.update_slice(a, v, index=((2, 2, 1),))
+        return b.build([op.reduce_sum(u, axes=(0,)) + op.reduce_sum(op.exp(w), axes=(0,))]), 1
+    if case == "value is a view":
+        return b.build([op.update_slice(a, op.slice(a, index=((0, 2, 1),)), index=((1, 2, 1),)) * 2.0]), 1
+    if case == "read by an open fused run":
+        # c = 3a opens a fused run; the update reads nothing the run computes, so it is emitted before the run's
+        # loop, which reads `a` after it: `a` must be copied although the update is its last use in graph order
+        c = a * 3.0
+        u = op.update_slice(a, v, index=((1, 2, 1),))
+        return b.build([op.sin(c) + 1.0, u]), 1
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["last use", "dyn last use", "read after", "view read after", "value is a view",
+                                  "read by an open fused run"])
+def test_updates_copy_only_when_their_operand_is_read_later(case):
+    graph, copies = _updates_graph(case)
+    text = kernel_module(graph, case)
+    assert len(COPY.findall(text)) == copies, text
+    rng = np.random.default_rng(2)
+    args = [rng.standard_normal((B, 4)), rng.standard_normal((B, 2)), np.array([0.0, 3.0, 6.0])]
+    assert_same(graph, args, case)

@@ -8,11 +8,17 @@ largest operand's last axis innermost. A `loop` stays a `for` loop (its stacked
 outputs, the VJP's tape among them, are preallocated from the static trip
 count) and a `cond` an `if`. Run-time index errors return a nonzero status,
 never touch memory out of range.
+
+A functional update (`update_slice`, `dyn_update`) copies its operand into a
+new buffer, except in the top-level body when the operand is a buffer of its
+own whose last read (its views' included) is this update: then it writes in
+place (see `Frame`), as the cotangent accumulations of reverse mode do.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from ..builder import PRIMS
 from ..ir import Graph, Lit, Var
@@ -43,9 +49,50 @@ def num(x: float) -> str:
     return repr(float(x))
 
 
+@dataclass
+class Frame:
+    """What the top-level graph's equations may overwrite: `root` maps a view to the value it views, `last`
+    gives each value the index of the last equation reading it or a view of it (graph outputs count as read
+    after every equation), `i` is the equation being emitted and `run` the open fused run (equations before
+    `i` whose loop is emitted after it)."""
+    root: dict
+    last: dict
+    i: int = 0
+    run: list = field(default_factory=list)
+
+    @staticmethod
+    def of(g: Graph) -> Frame:
+        root: dict = {}
+        for e in g.eqns:
+            x = e.inputs[0] if e.inputs else None
+            if e.prim in _VIEWS and isinstance(x, Var) and x.shape and e.out.shape:
+                root[e.out] = root.get(x, x)
+        last: dict = {}
+        for i, e in enumerate(g.eqns):
+            for a in e.inputs:
+                if isinstance(a, Var):
+                    last[root.get(a, a)] = i
+        for a in g.outputs:
+            if isinstance(a, Var):
+                last[root.get(a, a)] = len(g.eqns)
+        return Frame(root, last)
+
+    def in_place(self, s: Source, x, value) -> bool:
+        """May an update of `x` by `value` overwrite x's buffer? Only if x owns it (not an input, literal, view or
+        a loop's alias) and nothing reads x or a view of x after this equation."""
+        if not isinstance(x, Var) or not x.shape or s.owner.get(s.names.get(x)) is not x or x in self.root:
+            return False
+        if self.last.get(x, -1) > self.i or isinstance(value, Var) and self.root.get(value, value) is x:
+            return False
+        return not any(isinstance(a, Var) and self.root.get(a, a) is x for m in self.run for a in m.inputs)
+
+
 class Source:
     def __init__(self):
         self.names: dict = {}
+        self.owner: dict = {}  # buffer name -> the value it holds now (an in-place update hands it on)
+        self.frame: Frame | None = None  # set while the top-level graph is emitted
+        self.level = 0
         self.prologue: list[str] = []
         self.body: list[str] = []
         self.consts: list[str] = []
@@ -68,6 +115,7 @@ class Source:
 
     def buffer(self, var: Var, prefix="v") -> str:
         name = self.define(var, prefix)
+        self.owner[name] = var
         self.prologue.append(f"    {name} = np.empty({tuple(var.shape)!r})")
         return name
 
@@ -128,7 +176,17 @@ class Source:
         While a run is open, an equation that reads nothing the run computes is emitted
         ahead of it (it cannot depend on the run), so runs are not cut by unrelated work. One
         that reads a sum the run accumulates (`x * sum(x)`) closes the run: inside its loop
-        the sum is still partial."""
+        the sum is still partial. Only the top level (not a loop's or a branch's body) updates in place."""
+        saved = self.frame
+        self.frame = Frame.of(g) if self.level == 0 else None
+        self.level += 1
+        try:
+            self._graph(g)
+        finally:
+            self.level -= 1
+            self.frame = saved
+
+    def _graph(self, g: Graph):
         uses: dict = {}
         for e in g.eqns:
             for a in e.inputs:
@@ -138,7 +196,7 @@ class Source:
         run: list = []
         made: set = set()
         totals: set = set()  # the run's sums: complete only after its loop, so no member of the run may read one
-        for e in g.eqns:
+        for i, e in enumerate(g.eqns):
             if run and not any(a in totals for a in e.inputs) and (
                     _fusable(e) and e.out.shape == run[0].out.shape or _total_of(e, made)):
                 run.append(e)
@@ -154,6 +212,8 @@ class Source:
                     self._fused(run, uses)
                 run, made, totals = [e], {e.out}, set()
                 continue
+            if self.frame is not None:
+                self.frame.i, self.frame.run = i, run
             self._eqn(e)
         if run:
             self._fused(run, uses)
@@ -350,9 +410,19 @@ def _update_slice(s, e):
     if not x.shape:
         s.line(f"{s.define(e.out)} = {s.elem(v, [], ())}")
         return
+    name = _updated(s, e, x, v)
+    s.line(f"{name}[{_index_text(e.params['index'])}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+
+
+def _updated(s, e, x, v) -> str:
+    """The buffer an update of `x` writes: x's own when nothing reads x later (see `Frame`), else a copy."""
+    if s.frame is not None and s.frame.in_place(s, x, v):
+        name = s.names[e.out] = s.names[x]
+        s.owner[name] = e.out
+        return name
     name = s.buffer(e.out)
     s.copy(name, x, x.shape)
-    s.line(f"{name}[{_index_text(e.params['index'])}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+    return name
 
 
 def _dyn_index(s, e, i_atom, length):
@@ -381,8 +451,7 @@ def _dyn_slice(s, e):
 def _dyn_update(s, e):
     x, v, i = e.inputs
     sel = _dyn_index(s, e, i, x.shape[e.params["axis"]])
-    name = s.buffer(e.out)
-    s.copy(name, x, x.shape)
+    name = _updated(s, e, x, v)
     s.line(f"{name}[{sel}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
 
 
@@ -472,8 +541,11 @@ def _loop(s, e):
     s.depth -= 1
     for o, c in zip(e.outputs[:ncar], carries):
         s.names[o] = c
+        if o.shape:
+            s.owner[c] = o
     for o, yb in zip(e.outputs[ncar:], ybufs):
         s.names[o] = yb
+        s.owner[yb] = o
 
 
 def _is_view(g: Graph, a: Var) -> bool:
