@@ -13,10 +13,10 @@ slowly: the serial kernel never waits for it.
 
 from __future__ import annotations
 
-from ..ir import Graph, Lit
+from ..ir import Graph, Lit, Var
 from .source import Source, num
 
-CODEGEN_VERSION = "5"  # bump when generated code changes meaning: it is part of the cache key
+CODEGEN_VERSION = "6"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
 CHUNKS_PER_THREAD = 4   # the parallel kernel cuts a batch into this many chunks per numba thread
 
@@ -63,8 +63,14 @@ def kernel_module(graph: Graph, title: str, fastmath=True, parallel=False) -> st
     for j, v in enumerate(graph.inputs):
         s.names[v] = f"x{j}"
         s.line(f"x{j} = a{j}[p * s{j}]")
+    for j, a in enumerate(graph.outputs):
+        if isinstance(a, Var) and a.shape and a not in s.rows and a not in graph.inputs:
+            s.rows[a] = f"o{j}[p]"
+    rows = dict(s.rows)
     s.graph(graph)
     for j, a in enumerate(graph.outputs):
+        if s.in_output_row(a) and rows[a] == f"o{j}[p]":
+            continue
         value = num(a.fill) if isinstance(a, Lit) and a.fill is not None else s.ref(a)
         s.line(f"o{j}[p] = {value}")
     ins = [f"a{j}" for j in range(len(graph.inputs))]

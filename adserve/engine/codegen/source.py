@@ -13,6 +13,11 @@ A functional update (`update_slice`, `dyn_update`) copies its operand into a
 new buffer, except in the top-level body when the operand is a buffer of its
 own whose last read (its views' included) is this update: then it writes in
 place (see `Frame`), as the cotangent accumulations of reverse mode do.
+
+Values land where they end up rather than being copied there: an array output
+of the top-level body is computed in its row of the output array (`dest`), and
+a fused loop whose value only feeds a static-slice update writes straight into
+the updated buffer's slice (`_landing`), so reverse mode's `a[at] += v` is one loop.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ BINARY = {
     "where": "{1} if {0} != 0.0 else {2}",
 }
 _VIEWS = {"slice", "dyn_slice", "transpose", "reshape"}
+_UPDATES = {"update_slice", "dyn_update"}
 
 
 def num(x: float) -> str:
@@ -57,16 +63,21 @@ class Frame:
     `i` whose loop is emitted after it)."""
     root: dict
     last: dict
+    slices: dict = field(default_factory=dict)  # a static slice's value -> (the value sliced, the index)
+    succ: dict = field(default_factory=dict)  # a value -> the update that reads it last (it may take its buffer)
     i: int = 0
     run: list = field(default_factory=list)
 
     @staticmethod
     def of(g: Graph) -> Frame:
         root: dict = {}
+        slices: dict = {}
         for e in g.eqns:
             x = e.inputs[0] if e.inputs else None
             if e.prim in _VIEWS and isinstance(x, Var) and x.shape and e.out.shape:
                 root[e.out] = root.get(x, x)
+                if e.prim == "slice":
+                    slices[e.out] = (x, tuple(e.params["index"]))
         last: dict = {}
         for i, e in enumerate(g.eqns):
             for a in e.inputs:
@@ -75,7 +86,18 @@ class Frame:
         for a in g.outputs:
             if isinstance(a, Var):
                 last[root.get(a, a)] = len(g.eqns)
-        return Frame(root, last)
+        succ: dict = {}
+        for i, e in enumerate(g.eqns):
+            x = e.inputs[0] if e.inputs else None
+            if e.prim in _UPDATES and isinstance(x, Var) and x not in root and last.get(x) == i:
+                succ[x] = e.out
+        return Frame(root, last, slices, succ)
+
+    def heir(self, x):
+        """The value that will hold x's buffer if every update along the way may write in place."""
+        while x in self.succ:
+            x = self.succ[x]
+        return x
 
     def in_place(self, s: Source, x, value) -> bool:
         """May an update of `x` by `value` overwrite x's buffer? Only if x owns it (not an input, literal, view or
@@ -86,12 +108,25 @@ class Frame:
             return False
         return not any(isinstance(a, Var) and self.root.get(a, a) is x for m in self.run for a in m.inputs)
 
+    def reads_only(self, run, x, index, shape) -> bool:
+        """Does `run` read x only through the slice x[index], element by element (so a loop over that slice may
+        overwrite each element once it has read it)?"""
+        for m in run:
+            for a in m.inputs:
+                if isinstance(a, Var) and self.root.get(a, a) is x and (
+                        self.slices.get(a) != (x, index) or a.shape != shape):
+                    return False
+        return True
+
 
 class Source:
     def __init__(self):
         self.names: dict = {}
         self.owner: dict = {}  # buffer name -> the value it holds now (an in-place update hands it on)
         self.frame: Frame | None = None  # set while the top-level graph is emitted
+        self.rows: dict = {}  # top-level array output -> its row of the output array, until a buffer takes it
+        self.in_row: dict = {}  # top-level array output -> the buffer that is its row
+        self.landed: set = set()  # updates whose value a fused loop wrote in place (see _landing)
         self.level = 0
         self.prologue: list[str] = []
         self.body: list[str] = []
@@ -114,10 +149,25 @@ class Source:
         self.body.append("    " * self.depth + text)
 
     def buffer(self, var: Var, prefix="v") -> str:
+        """A buffer for array `var`: allocated once per call, or the row of the output array that will hold var's
+        value or, through updates in place, its heir's (see `Frame.heir`). Only that output lives in such a
+        buffer: every other value there is read last by an update, so it is neither an output nor read after
+        the outputs are written; when an update must copy after all, the output is copied into its row at
+        the end, as any other."""
         name = self.define(var, prefix)
         self.owner[name] = var
-        self.prologue.append(f"    {name} = np.empty({tuple(var.shape)!r})")
+        out = var if self.frame is None else self.frame.heir(var)
+        row = self.rows.pop(out, None) if self.level == 1 else None
+        if row is not None:
+            self.line(f"{name} = {row}")
+            self.in_row[out] = name
+        else:
+            self.prologue.append(f"    {name} = np.empty({tuple(var.shape)!r})")
         return name
+
+    def in_output_row(self, var) -> bool:
+        """Was `var` computed in its output row (so the module need not copy it there)?"""
+        return isinstance(var, Var) and var in self.in_row and self.in_row[var] == self.names.get(var)
 
     def ref(self, a) -> str:
         """A value as an expression: a name, a number, or a module constant."""
@@ -205,7 +255,9 @@ class Source:
                     totals.add(e.out)
                 continue
             if run and any(a in made for a in e.inputs):
-                self._fused(run, uses)
+                if self.frame is not None:
+                    self.frame.i, self.frame.run = i, []
+                self._fused(run, uses, closer=e)
                 run, made, totals = [], set(), set()
             if _fusable(e) and e.out.shape:
                 if run:  # a run of another shape is still open: this one cannot join it
@@ -227,16 +279,18 @@ class Source:
         if e.loc and len(self.body) > start:
             self.body[start] += f"  # {_loc_text(e.loc)}"
 
-    def _fused(self, run, uses):
-        if len(run) == 1:
-            return self._eqn(run[0])
+    def _fused(self, run, uses, closer=None):
         shape = run[0].out.shape
         inside: dict = {}
         for e in run:
             for a in e.inputs:
                 inside[a] = inside.get(a, 0) + 1
+        landing = self._landing(run, uses, inside, closer)
+        if len(run) == 1 and landing is None:
+            return self._eqn(run[0])
         totals = [e for e in run if e.prim == "reduce_sum"]
-        stored = [e.out for e in run if e not in totals and uses.get(e.out, 0) > inside.get(e.out, 0)]
+        stored = [e.out for e in run if e not in totals and uses.get(e.out, 0) > inside.get(e.out, 0)
+                  and e.out is not landing]
         for v in stored:
             self.buffer(v)
         self.line(f"# fused: {', '.join(e.prim for e in run)}")
@@ -254,9 +308,36 @@ class Source:
             line = f"{t} = " + FORMATS[e.prim].format(*args)
             self.line(line + (f"  # {_loc_text(e.loc)}" if e.loc else ""))
             temps[e.out] = t
-            if e.out in self.names:
+            if e.out in self.names and e.out is not landing:
                 self.line(f"{self.names[e.out]}[{at}] = {t}")
+        if landing is not None:  # last: the run may read the element it overwrites
+            self.line(f"{self.names[landing]}[{at}] = {temps[landing]}")
         self.end(len(shape))
+
+    def _landing(self, run, uses, inside, closer):
+        """The run's value that `closer`, an update x[index] = v, only stores: then the run's loop writes v
+        straight into x's slice (x's buffer when it may be overwritten, else a copy of x made before the loop)
+        and the update emits nothing. Returns v, or None when v needs a buffer of its own."""
+        if closer is None or closer.prim != "update_slice":
+            return None
+        x, v = closer.inputs
+        made = {e.out for e in run}
+        if not (isinstance(v, Var) and v in made and v.shape == run[0].out.shape and x.shape and x not in made
+                and uses.get(v, 0) == inside.get(v, 0) + 1):
+            return None
+        index = tuple(closer.params["index"])
+        if self.frame is not None and self.frame.in_place(self, x, v) and not self.frame.reads_only(
+                run, x, index, v.shape):
+            return None
+        name = _updated(self, closer, x, v)
+        same = [a for m in run for a in m.inputs if self.frame is not None and self.frame.slices.get(a) == (x, index)]
+        if same and self.names[x] == name:  # in place: the run reads the very slice it writes
+            self.names[v] = self.names[same[0]]
+        else:
+            self.names[v] = self.fresh("d")
+            self.line(f"{self.names[v]} = {name}[{_index_text(index)}]")
+        self.landed.add(closer)
+        return v
 
 
 def _fusable(e) -> bool:
@@ -407,6 +488,8 @@ def _slice(s, e):
 
 def _update_slice(s, e):
     x, v = e.inputs
+    if e in s.landed:
+        return
     if not x.shape:
         s.line(f"{s.define(e.out)} = {s.elem(v, [], ())}")
         return
