@@ -108,6 +108,12 @@ def f(x, w):
     # a sum read by the element-wise work it sums over: the fused loop must not read it while it is partial
     "sum-in-its-own-loop": ({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(x * sum(exp(x))) + x[0] * sum(x)"},
                             {"x": [0.3, -1.2, 0.8]}),
+    # sums over some axes accumulate inside the loop computing what they sum (sum_to: reverse mode's broadcasts);
+    # a later member reading one (the softmax's normaliser) closes that loop
+    "partial-sums": ({"inputs": [{"name": "X", "shape": [4, 3]}, {"name": "m", "shape": [1, 3]}], "expr":
+                      "sum(exp(sum((X - m) ** 2, axis=1)) * sum(X * m, axis=1))"
+                      " + sum(exp(X) / reshape(sum(exp(X), axis=1), (4, 1)) * X) + sum(sum(X, axis=0) * m)"},
+                     {"X": np.linspace(-1, 1, 12).reshape(4, 3), "m": [[0.3, -0.2, 0.5]]}),
     "matrices": ({"inputs": [{"name": "A", "shape": [3, 4]}, {"name": "v", "shape": [4]}],
                   "expr": "sum(tanh(A @ v) * softplus(transpose(A) @ A @ v)[0:3]) + sum(concatenate([v, A[1]])**2)"},
                  {"A": np.linspace(-1, 1, 12).reshape(3, 4), "v": [0.5, -1.0, 2.0, 0.1]}),
@@ -192,6 +198,20 @@ def test_cotangent_accumulation_updates_in_place():
     graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
     rng = np.random.default_rng(1)
     assert_same(graph, [rng.standard_normal((B, 6))], "rosenbrock gradient")
+
+
+def test_partial_sums_accumulate_in_the_loop_of_what_they_sum():
+    """sum(f(X), axis) and reverse mode's sum_to of a broadcast operand's cotangent need no buffer for f(X): one
+    loop nest computes the elements and adds them up (gmm's gradient: 434 -> 275 us)."""
+    fn = api.compile_definition({"inputs": [{"name": "X", "shape": [50, 7]}, {"name": "m", "shape": [1, 7]}],
+                                 "expr": "sum(log(sum((X - m) ** 2, axis=1)))"})
+    primal = api.source(fn, "primal")
+    assert "np.empty((50, 7))" not in primal and primal.count("# fused") == 2, primal
+    gradient = api.source(fn, "gradient")
+    assert "sum_to" in gradient and re.search(r"^ +v\d+\[0, i\d+\] \+= u\d+", gradient, re.MULTILINE), gradient
+    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    rng = np.random.default_rng(3)
+    assert_same(graph, [rng.standard_normal((B, 50, 7)), rng.standard_normal((B, 1, 7))], "partial sums")
 
 
 def _updates_graph(case):

@@ -149,6 +149,21 @@ def test_short_batches_never_ask_for_the_parallel_kernel(parallel_world):
     assert PAR not in w.runs(3000, B=100)  # below PARALLEL_SECONDS on the serial kernel
 
 
+def test_one_long_point_never_asks_for_the_parallel_kernel(tmp_path, monkeypatch):
+    """The parallel variant runs points in parallel: for a single point (gmm's gradient, ~0.5 ms) it is one chunk,
+    a compile of seconds for nothing, and its arrival would reopen a settled choice."""
+    w = World(tmp_path, monkeypatch)
+    try:
+        w.cost.update({NUMBA: 2.5e-3, PAR: 1.3e-3, INTERP: 0.26})
+        asked = []
+        w.t._request = lambda key, graph, parallel: asked.append((key, parallel))
+        assert PAR not in w.runs(300, B=1) and not asked
+        assert w.t.choice(w.graph, 1) == NUMBA
+        assert w.runs(10, B=2)[:3] == [NUMBA] * 3 and asked[0] == (w.plan.parallel_key, True)  # two points may pay
+    finally:
+        w.t.shutdown()
+
+
 def test_a_parallel_variant_loaded_later_is_tried(tmp_path, monkeypatch):
     w = World(tmp_path, monkeypatch)
     try:

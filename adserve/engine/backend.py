@@ -682,15 +682,16 @@ class Tiered(Interpreter):
         best = min(b for t in (NUMBA, PARALLEL) if (b := c.estimate(t)) is not None)
         return self.STEP_SECONDS * plan.steps + self.ELEMENT_SECONDS * plan.work * B > self.CLEARLY_FASTER * best
 
-    def _wants_parallel(self, c) -> bool:
+    def _wants_parallel(self, c, B) -> bool:
+        """A parallel variant can pay: a batch (it runs points in parallel; one point is one chunk) long enough."""
         serial = c.estimate(NUMBA)
-        return self.parallel and serial is not None and serial >= self.PARALLEL_SECONDS
+        return self.parallel and B > 1 and serial is not None and serial >= self.PARALLEL_SECONDS
 
     def _tiers(self, c, graph, plan, B) -> list:
         """The tiers to compare for this choice: the kernels loaded (the parallel variant when the batch is
         long enough for it; asking for it starts its compile) and the interpreter unless its floor loses."""
         tiers = [NUMBA]
-        if self._wants_parallel(c) and self.parallel_kernel(graph) is not None:
+        if self._wants_parallel(c, B) and self.parallel_kernel(graph) is not None:
             tiers.append(PARALLEL)
         if not self._hopeless(c, plan, B):
             tiers.append(INTERPRETER)

@@ -3,7 +3,8 @@
 The kernel `kernel(B, a0.., o0..)` loops over the B points; per point, scalar
 IR values are scalar locals (`v3 = math.log(x0)`) and array values live in
 buffers allocated once per call, before the point loop. Element-wise array
-ops become loop nests, reductions accumulate, contractions are loops with the
+ops become loop nests (a run of them one nest, which also accumulates the sums,
+over all axes or some, of what it computes), reductions accumulate, contractions are loops with the
 largest operand's last axis innermost. A `loop` stays a `for` loop (its stacked
 outputs, the VJP's tape among them, are preallocated from the static trip
 count) and a `cond` an `if`. Run-time index errors return a nonzero status,
@@ -225,8 +226,8 @@ class Source:
 
         While a run is open, an equation that reads nothing the run computes is emitted
         ahead of it (it cannot depend on the run), so runs are not cut by unrelated work. One
-        that reads a sum the run accumulates (`x * sum(x)`) closes the run: inside its loop
-        the sum is still partial. Only the top level (not a loop's or a branch's body) updates in place."""
+        that reads a sum the run accumulates (`x * sum(x)`, or a sum over some axes) closes the run: inside
+        its loop the sum is still partial. Only the top level (not a loop's or a branch's body) updates in place."""
         saved = self.frame
         self.frame = Frame.of(g) if self.level == 0 else None
         self.level += 1
@@ -288,21 +289,25 @@ class Source:
         landing = self._landing(run, uses, inside, closer)
         if len(run) == 1 and landing is None:
             return self._eqn(run[0])
-        totals = [e for e in run if e.prim == "reduce_sum"]
+        totals = [e for e in run if e.prim in _SUMS]
         stored = [e.out for e in run if e not in totals and uses.get(e.out, 0) > inside.get(e.out, 0)
                   and e.out is not landing]
         for v in stored:
             self.buffer(v)
         self.line(f"# fused: {', '.join(e.prim for e in run)}")
         for e in totals:
-            self.line(f"{self.define(e.out)} = 0.0")
+            if e.out.shape:
+                self.line(f"{self.buffer(e.out)}.fill(0.0)")
+            else:
+                self.line(f"{self.define(e.out)} = 0.0")
         idx = self.loops(shape)
         at = ", ".join(idx)
         temps: dict = {}
         for e in run:
             args = [temps[a] if a in temps else self.elem(a, idx, shape) for a in e.inputs]
             if e in totals:
-                self.line(f"{self.names[e.out]} += {args[0]}")
+                acc = f"{self.names[e.out]}[{', '.join(_kept(e, idx))}]" if e.out.shape else self.names[e.out]
+                self.line(f"{acc} += {args[0]}")
                 continue
             t = self.fresh("u")
             line = f"{t} = " + FORMATS[e.prim].format(*args)
@@ -321,7 +326,7 @@ class Source:
         if closer is None or closer.prim != "update_slice":
             return None
         x, v = closer.inputs
-        made = {e.out for e in run}
+        made = {e.out for e in run if e.prim not in _SUMS}
         if not (isinstance(v, Var) and v in made and v.shape == run[0].out.shape and x.shape and x not in made
                 and uses.get(v, 0) == inside.get(v, 0) + 1):
             return None
@@ -345,8 +350,22 @@ def _fusable(e) -> bool:
 
 
 def _total_of(e, made) -> bool:
-    """A sum of everything in a value the open run computes: accumulated inside the run's loop."""
-    return e.prim == "reduce_sum" and not e.out.shape and e.inputs[0] in made
+    """A sum (over all axes or some) of a value the open run computes: accumulated inside the run's loop, so
+    the summed value needs no buffer (reverse mode's sum_to of a broadcast operand's cotangent among them)."""
+    return e.prim in _SUMS and e.inputs[0] in made
+
+
+_SUMS = {"reduce_sum", "sum_to"}
+
+
+def _kept(e, idx) -> list[str]:
+    """The index into a sum's output that the element of its input at loop indices `idx` adds to."""
+    x, out = e.inputs[0], e.out
+    if e.prim == "sum_to":
+        lead = len(x.shape) - len(out.shape)
+        return ["0" if d == 1 and x.shape[lead + j] != 1 else idx[lead + j] for j, d in enumerate(out.shape)]
+    axes = e.params.get("axes")
+    return [idx[i] for i in range(len(x.shape)) if i not in axes]
 
 
 def _elementwise(fmt):
