@@ -44,6 +44,8 @@ def test_kernels_answer_alike_and_survive_a_restart(tmp_path):
         assert metric(client, "adserve_parallel_kernels_enabled") == (1 if cores > 1 else 0)
         assert metric(client, "adserve_parallel_kernel_failures_total") == 0
         assert 'adserve_tier_switches_total' in client.get("/metrics").text
+        # the heap keeper collected and froze what the requests left behind, between them (heap.py)
+        assert metric(client, "adserve_gc_keeps_total") >= 1
         x = np.array([0.3, 1.2, 2.5, 0.7, 1.0])
         r = client.post("/v1/evaluate", json={"function": FN, "inputs": {"x": x.tolist()},
                                               "compute": ["value", "gradient"]}).json()

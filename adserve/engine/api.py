@@ -43,6 +43,12 @@ def get_backend():
     return _backend
 
 
+def busy():
+    """`with api.busy():` around a call: the backend's background work (kernel source, loads) waits for a
+    moment with none in progress, so it does not share the interpreter's lock with a request's parsing."""
+    return _backend.busy()
+
+
 class Function:
     def __init__(self, graph: Graph, inputs):
         self.graph = graph

@@ -94,6 +94,10 @@ class Interpreter:
             meta["backend"] = INTERPRETER
         return interpret(graph, args)
 
+    def busy(self):
+        """Around a whole call (parsing, building plans, running): background work waits for its end."""
+        return contextlib.nullcontext()
+
     def source(self, graph, title, parallel=False):
         from .codegen.module import kernel_module
         return kernel_module(graph, title, parallel=parallel)
@@ -269,7 +273,8 @@ class Tiered(Interpreter):
         self._clock = time.perf_counter
         # plans seen for the first time are hashed (and their kernels asked for) here, after the request
         self._introducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adserve-plans")
-        self._running = 0  # runs in progress: the introducer waits for a moment with none
+        self._running = 0  # calls and runs in progress: the introducer waits for a moment with none
+        self._busy_lock = threading.Lock()
         self._last_run = 0.0
 
     # -- lookup --------------------------------------------------------------
@@ -541,6 +546,17 @@ class Tiered(Interpreter):
         try:
             return Interpreter.run(self, graph, args, meta)
         finally:
+            self._last_run = time.monotonic()
+
+    @contextlib.contextmanager
+    def busy(self):
+        with self._busy_lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._running -= 1
             self._last_run = time.monotonic()
 
     def _quiet_moment(self):

@@ -2,7 +2,6 @@
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -50,6 +49,7 @@ def main(argv=None) -> None:
     api.set_backend(tier)
     preloading = tier.preload() if settings.compile else None  # first thing: numba and the kernels used last
 
+    from .heap import HeapKeeper
     from .rest import create_app
     from .security import Guard, apply_engine_limits
     from .service import Service
@@ -62,13 +62,14 @@ def main(argv=None) -> None:
         shared = SharedStore(settings.redis_url, timeout=settings.redis_timeout_seconds,
                              result_ttl=settings.redis_result_ttl_seconds,
                              result_max_bytes=settings.redis_result_max_bytes)
+    heap = HeapKeeper()
     service = Service(engine=api, result_cache_bytes=settings.result_cache_bytes, shared=shared,
                       max_functions=settings.max_functions, max_function_bytes=settings.max_function_bytes,
                       max_expr_chars=settings.max_expr_chars, max_expr_depth=settings.max_expr_depth,
-                      max_batch=settings.max_batch)
+                      max_batch=settings.max_batch, heap=heap)
     guard = Guard(settings.api_keys, settings.rate_limit_per_second, settings.rate_limit_burst, shared)
     app = create_app(service, settings, guard)
-    _freeze_startup_objects(preloading)
+    _freeze_startup_objects(heap, preloading)
     grpc = f"gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port else "gRPC off"
     if guard.keys:
         log.info("API keys required on /v1 and gRPC (%d configured)", len(settings.api_keys))
@@ -84,12 +85,13 @@ def main(argv=None) -> None:
     _exit_past_stuck_workers()
 
 
-def _freeze_startup_objects(preloading) -> None:
+def _freeze_startup_objects(heap, preloading) -> None:
     """Keep the cyclic GC off what start-up made (modules, numba once its preload is done): a full
-    collection over all of it took 30-45 ms, landing on whichever request building a graph set it off."""
-    gc.freeze()
+    collection over all of it took 30-45 ms, landing on whichever request building a graph set it off.
+    From then on the heap keeper freezes what calls leave behind (see heap.py)."""
+    heap.start()
     if preloading is not None:
-        threading.Thread(target=lambda: (preloading.join(), gc.freeze()), name="adserve-gc-freeze",
+        threading.Thread(target=lambda: (preloading.join(), heap.keep()), name="adserve-gc-freeze",
                          daemon=True).start()
 
 

@@ -106,6 +106,10 @@ class _ServiceCollector:
         yield CounterMetricFamily("adserve_kernel_compile_failures",
                                   "numba kernels that failed or timed out (their plans stay interpreted)",
                                   value=s["compile_failures"])
+        heap = self._service.heap
+        yield CounterMetricFamily("adserve_gc_keeps", "Collections of what calls left behind, each followed by "
+                                  "gc.freeze, run between calls", value=heap.freezes)
+        yield CounterMetricFamily("adserve_gc_keep_seconds", "Seconds those collections took", value=heap.seconds)
         shared = s.get("shared")
         if shared is not None:
             yield GaugeMetricFamily("adserve_redis_up", "1 while the shared Redis answers (0: serving from memory)",

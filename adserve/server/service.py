@@ -26,6 +26,7 @@ from adserve.engine.errors import EngineError, LimitError
 from . import evaluation, tensors
 from .cache import LRU, result_nbytes
 from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
+from .heap import NoKeeper
 
 # estimated memory of one compiled function: IR, plans and their kernels grow with its operations
 FUNCTION_BASE_BYTES = 64 << 10
@@ -44,7 +45,7 @@ class Service:
     def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096,
                  shared=None, max_functions: int = 4096, max_function_bytes: int = 512 << 20,
                  definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 400,
-                 max_batch: int = 100_000):
+                 max_batch: int = 100_000, heap=None):
         if engine is None:
             from adserve.engine import api as engine
         self._engine = engine
@@ -60,10 +61,12 @@ class Service:
         self._shared = shared
         if shared is not None:
             shared.start(republish=self._exports)
+        self.heap = NoKeeper() if heap is None else heap  # told of every call, to collect garbage between them
 
     def register(self, definition) -> tuple[dict, bool]:
         """Compile and keep a definition; the function's info, and whether it is new."""
-        fn, created = self._register(definition)
+        with self.heap.busy(), self._busy():
+            fn, created = self._register(definition)
         return fn.info(), created
 
     def info(self, function_id: str) -> dict:
@@ -85,7 +88,14 @@ class Service:
         The result holds the arrays asked for in `compute`, and `cached`. `meta`, if given,
         receives how it was answered: `backend` (interpreter or numba: for a cached result, the tier
         that computed it), `cache_hit`, and `compute_ms` when it was computed now."""
-        meta = {} if meta is None else meta
+        with self.heap.busy(), self._busy():
+            return self._evaluate(target, body, {} if meta is None else meta)
+
+    def _busy(self):
+        busy = getattr(self._engine, "busy", None)  # an engine without background work has none
+        return contextlib.nullcontext() if busy is None else busy()
+
+    def _evaluate(self, target, body, meta) -> dict:
         request = evaluation.parse(body, self._engine.COMPUTE_KINDS)
         if target is None:
             raise ServiceError(UNPROCESSABLE, "missing_field",
@@ -132,6 +142,7 @@ class Service:
 
     def close(self) -> None:
         """Stop background engine work (kernel compiles in progress)."""
+        self.heap.stop()
         shutdown = getattr(self._engine.get_backend(), "shutdown", None)
         if shutdown is not None:
             shutdown()
