@@ -420,7 +420,7 @@ class Tiered(Interpreter):
 
     def _load(self, key):
         from .codegen.worker import load
-        self._quiet_moment()  # loading holds the interpreter's lock for milliseconds: not during a run
+        self._quiet_moment(self.LOAD_WAIT_SECONDS)  # loading holds the interpreter's lock for milliseconds
         mod = load(self._path(key), f"gen_{key}")
         with self._lock:
             self._ready[key] = mod
@@ -532,8 +532,12 @@ class Tiered(Interpreter):
         self._introducer.shutdown(wait=False, cancel_futures=True)
 
     # -- a plan's first run ------------------------------------------------------
-    INTRODUCE_WAIT_SECONDS = 0.1   # at most this long for a quiet moment
-    QUIET_SECONDS = 0.01           # no run in progress, and none ended this recently
+    # A quiet moment: no call or run in progress (see `busy`), and none ended within QUIET_SECONDS (its
+    # answer is being encoded and sent). Source writing waits for one at most INTRODUCE_WAIT_SECONDS (a burst
+    # of new functions back to back is answered first), a kernel load at most LOAD_WAIT_SECONDS.
+    INTRODUCE_WAIT_SECONDS = 0.5
+    LOAD_WAIT_SECONDS = 0.1
+    QUIET_SECONDS = 0.003
 
     def _first_run(self, graph, args, meta):
         """A plan never run here: the interpreter answers now. Its key (a hash of the whole plan, a few ms
@@ -559,16 +563,16 @@ class Tiered(Interpreter):
                 self._running -= 1
             self._last_run = time.monotonic()
 
-    def _quiet_moment(self):
-        """Wait (at most INTRODUCE_WAIT_SECONDS) for no run in progress and none ended very recently."""
-        deadline = time.monotonic() + self.INTRODUCE_WAIT_SECONDS
+    def _quiet_moment(self, wait):
+        """Wait (at most `wait` seconds) for no call or run in progress and none ended very recently."""
+        deadline = time.monotonic() + wait
         while (self._running or time.monotonic() - self._last_run < self.QUIET_SECONDS) \
                 and time.monotonic() < deadline:
             time.sleep(0.002)
 
     def _introduce(self, graph):
         time.sleep(self.QUIET_SECONDS)  # the request that brought it is still encoding and sending its answer
-        self._quiet_moment()
+        self._quiet_moment(self.INTRODUCE_WAIT_SECONDS)
         try:
             self.kernel(graph)
         except Exception as e:  # never a request's problem: the plan stays on the interpreter
