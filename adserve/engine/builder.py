@@ -177,7 +177,23 @@ class Builder:
         p = PRIMS.get(prim)
         if p is None:
             raise DefinitionError(f"unknown operation '{prim}'", self.loc, code="unknown_op")
-        atoms = [(a.atom if a.b is self else self.capture(a).atom) if type(a) is V else _atom(a) for a in args]
+        atoms = []
+        ids = []  # the atoms' part of the hash-consing key
+        consts = 0  # literal arguments: all of them, and the equation may fold
+        for a in args:
+            t = type(a)
+            if t is V:
+                a = a.atom if a.b is self else self.capture(a).atom
+            elif t is float:
+                a = Lit((), (a,))
+            else:
+                a = _atom(a)
+            if type(a) is Lit:
+                consts += 1
+                ids.append(_lit_key(a))
+            else:
+                ids.append(a.id)
+            atoms.append(a)
         if p.arity is not None and len(atoms) != p.arity:
             raise DefinitionError(f"'{prim}' takes {p.arity} argument(s), got {len(atoms)}", self.loc, code="bad_arguments")
         shapes = [a.shape for a in atoms]
@@ -194,14 +210,15 @@ class Builder:
         multi = p.multiple_results
         if not multi:
             out_shape = tuple(out_shapes)
-            simplified = _simplify(prim, atoms, out_shape)
-            if simplified is not None:
-                return V(self, simplified)
+            if consts and prim in _UNITS:
+                simplified = _simplify(prim, atoms, out_shape)
+                if simplified is not None:
+                    return V(self, simplified)
             if prim == "pow" and type(atoms[1]) is Lit and atoms[0].shape == out_shape:
                 power = _small_power(self, atoms[0], atoms[1].fill)
                 if power is not None:
                     return power
-            if all(type(a) is Lit for a in atoms) and math.prod(out_shape) <= _FOLD_WORK:
+            if consts == len(atoms) and math.prod(out_shape) <= _FOLD_WORK:
                 folded = _fold(p, atoms, params, out_shape)
                 if folded is not None:
                     return V(self, folded)
@@ -212,8 +229,7 @@ class Builder:
         if self is _orphan:
             raise EngineError(f"internal: '{prim}' of constants could not be folded")
 
-        key = (prim, tuple(_lit_key(a) if type(a) is Lit else a.id for a in atoms),
-               _params_key(params) if params else ())
+        key = (prim, tuple(ids), _params_key(params) if params else ())
         hit = self._cse.get(key)
         if hit is None:
             if self.budget is not None:
@@ -257,16 +273,18 @@ class Builder:
         if p.multiple_results:
             return self.emit(e.prim, args, e.params)
         atoms = []
+        ids = []
+        defined = self._defined
         for a, orig in zip(args, e.inputs):
             atom = a.atom if type(a) is V and a.b is self else None
-            if type(atom) is Var and type(orig) is Var and atom.shape == orig.shape and atom in self._defined:
-                atoms.append(atom)
+            if type(atom) is Var and type(orig) is Var and atom.shape == orig.shape and atom in defined:
+                ids.append(atom.id)
             elif type(orig) is Lit and atom is orig:
-                atoms.append(atom)
+                ids.append(_lit_key(atom))
             else:
                 return self.emit(e.prim, args, e.params)
-        key = (e.prim, tuple(_lit_key(a) if type(a) is Lit else a.id for a in atoms),
-               _params_key(e.params) if e.params else ())
+            atoms.append(atom)
+        key = (e.prim, tuple(ids), _params_key(e.params) if e.params else ())
         hit = self._cse.get(key)
         if hit is None:
             if self.budget is not None:
@@ -297,7 +315,13 @@ def _small_power(b, x, p):
 
 def _lit_key(a: Lit):
     """Literals equal bit for bit: 0.0 and -0.0 differ (1/x tells them apart), as do NaN payloads."""
-    return a.shape, tuple(float(x).hex() for x in a.data)
+    data = a.data
+    if len(data) == 1 and type(data[0]) is float:  # the common case, hot in `emit`
+        return a.shape, (data[0].hex(),)
+    return a.shape, tuple(float(x).hex() for x in data)
+
+
+_UNITS = {"add": 0.0, "sub": 0.0, "mul": 1.0, "div": 1.0}  # x op unit == x (see _simplify)
 
 
 def _params_key(params):
@@ -306,9 +330,9 @@ def _params_key(params):
 
 def _simplify(prim, atoms, out_shape):
     """Identities used by derivative rules; only where the shape is unchanged."""
-    if prim in ("add", "sub", "mul", "div") and len(atoms) == 2:
+    if prim in _UNITS and len(atoms) == 2:
         a, b = atoms
-        unit = 1.0 if prim in ("mul", "div") else 0.0
+        unit = _UNITS[prim]
         if isinstance(b, Lit) and b.fill == unit and a.shape == out_shape:
             return a
         if prim in ("add", "mul") and isinstance(a, Lit) and a.fill == unit and b.shape == out_shape:
@@ -382,9 +406,12 @@ def dce(graph: Graph) -> Graph:
     live = {a for a in graph.outputs if isinstance(a, Var)}
     kept = []
     for e in reversed(graph.eqns):
-        if any(o in live for o in e.outputs):
+        outs = e.outputs
+        if outs[0] in live if len(outs) == 1 else any(o in live for o in outs):
             kept.append(e)
-            live.update(a for a in e.inputs if isinstance(a, Var))
+            for a in e.inputs:
+                if type(a) is Var:
+                    live.add(a)
     if len(kept) == len(graph.eqns):
         return graph
     return Graph(graph.inputs, tuple(reversed(kept)), graph.outputs)

@@ -124,7 +124,9 @@ def binary(name, impl, da=None, db=None, *, nondiff=False, doc=""):
             return [g * da(a, b, ans), g * db(a, b, ans)]
 
     def shape(sa, sb):
-        return _broadcast_shape(sa, sb)
+        if sa == sb or not sb:
+            return sa
+        return tuple(sb) if not sa else _broadcast_shape(sa, sb)
 
     def run(a, b):
         a, b = _align(a, b)

@@ -29,21 +29,32 @@ def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts, record=None):
     def read(a):
         return env[a] if isinstance(a, Var) else V(b, a)
 
+    # written for speed (a new function's first gradient builds this plan): no per-equation closures
     tape = []
+    outer = b.loc
     for e in graph.eqns:
         p = PRIMS[e.prim]
-        ins = [read(a) for a in e.inputs]
-        in_active = [isinstance(a, Var) and a in active for a in e.inputs]
-        fwd = p.extra.get("vjp_fwd")
-        with b.at(e.loc):
-            if fwd and any(in_active):
+        ins = [env[a] if type(a) is Var else V(b, a) for a in e.inputs]
+        in_active = [type(a) is Var and a in active for a in e.inputs]
+        b.loc = e.loc
+        try:
+            fwd = p.extra.get("vjp_fwd") if True in in_active else None
+            if fwd:
                 ans, residuals = fwd(ins, **e.params)
             else:
                 ans, residuals = b.replay(e, ins), None
-        env.update(zip(e.outputs, ans if p.multiple_results else (ans,)))
+        finally:
+            b.loc = outer
+        outs = e.outputs
+        if len(outs) == 1 and not p.multiple_results:
+            env[outs[0]] = ans
+        else:
+            env.update(zip(outs, ans if p.multiple_results else (ans,)))
+        if True not in in_active:  # nothing active in, nothing active out (eqn_activity)
+            continue
         out_active = eqn_activity(e, in_active)
-        active.update(o for o, a in zip(e.outputs, out_active) if a)
-        if any(out_active):
+        if True in out_active:
+            active.update(o for o, a in zip(outs, out_active) if a)
             tape.append((e, ins, ans, in_active, residuals))
 
     cts = {}
@@ -61,11 +72,12 @@ def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts, record=None):
         gs = [cts.pop(o, None) for o in e.outputs]
         if record is not None:
             record.update((o, g) for o, g in zip(e.outputs, gs) if g is not None)
-        if all(g is None for g in gs):
+        if gs.count(None) == len(gs):
             continue
         if p.vjp is None:
             raise DefinitionError(f"'{e.prim}' has no derivative rule", e.loc, code="not_differentiable")
-        with b.at(e.loc):
+        b.loc = e.loc
+        try:
             if p.multiple_results:
                 in_cts = p.vjp(gs, ins, ans, active=in_active, residuals=residuals, **e.params)
             else:
@@ -73,6 +85,8 @@ def vjp_inline(b: Builder, graph: Graph, primals, wrt, out_cts, record=None):
             for a, ct, act in zip(e.inputs, in_cts, in_active):
                 if act:
                     accumulate(a, ct)
+        finally:
+            b.loc = outer
     if record is not None:
         record.update((v, cts[v]) for v in graph.inputs if v in cts)
     return [read(a) for a in graph.outputs], [cts.get(v) if w else None for v, w in zip(graph.inputs, wrt)]

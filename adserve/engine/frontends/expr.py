@@ -74,6 +74,7 @@ class ExprLowerer:
         self.env = env
         self._locs: dict = {}
         self.depth, self.max_depth = 0, max_depth
+        self._visitors: dict = {}  # node type -> this class's visit_ function (looked up once per lowering)
 
     def deeper(self, node):
         """Count one more level of nesting (undone by `shallower`); refuse past the limit, where it is crossed."""
@@ -87,9 +88,11 @@ class ExprLowerer:
 
     # -- helpers ----------------------------------------------------------
     def emit(self, prim, *args, **params):
-        return self.b.emit(prim, [as_value(self.b, a) if not isinstance(a, V) else a for a in args], params)
+        return self.b.emit(prim, [a if type(a) is V else as_value(self.b, a) for a in args], params)
 
     def value(self, x, node=None) -> V:
+        if type(x) is V:  # the common case: no location needed
+            return x
         return as_value(self.b, x, loc_of(node) if node is not None else self.b.loc)
 
     def fail(self, msg, node, code="unsupported"):
@@ -97,11 +100,17 @@ class ExprLowerer:
 
     # -- dispatch ---------------------------------------------------------
     def expr(self, node):
-        method = getattr(self, "visit_" + type(node).__name__, None)
+        kind = type(node)
+        method = self._visitors.get(kind)
         if method is None:
-            what = type(node).__name__
-            self.fail(f"{_describe(what)} is not supported here", node)
-        self.deeper(node)
+            method = getattr(type(self), "visit_" + kind.__name__, None)
+            if method is None:
+                self.fail(f"{_describe(kind.__name__)} is not supported here", node)
+            self._visitors[kind] = method
+        self.depth += 1
+        if self.depth > self.max_depth:
+            self.depth -= 1
+            self.deeper(node)  # raises, with the location
         b = self.b
         outer = b.loc
         try:
@@ -113,7 +122,7 @@ class ExprLowerer:
                 if loc is None:
                     loc = self._locs[where] = {"line": line, "column": node.col_offset + 1}
                 b.loc = loc
-            return method(node)
+            return method(self, node)
         finally:
             b.loc = outer
             self.depth -= 1
