@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from ..builder import PRIMS
 from ..ir import Graph, Lit, Var
+from .schedule import big_operand, pair_contractions
 
 UNARY = {
     "neg": "-{0}", "sin": "math.sin({0})", "cos": "math.cos({0})", "tan": "math.tan({0})",
@@ -128,6 +129,8 @@ class Source:
         self.rows: dict = {}  # top-level array output -> its row of the output array, until a buffer takes it
         self.in_row: dict = {}  # top-level array output -> the buffer that is its row
         self.landed: set = set()  # updates whose value a fused loop wrote in place (see _landing)
+        self.pairs: dict = {}  # einsum -> the one after it that shares its pass over a large operand (schedule.py)
+        self.joined: set = set()  # the second einsums of pairs: emitted with the first
         self.level = 0
         self.prologue: list[str] = []
         self.body: list[str] = []
@@ -229,6 +232,9 @@ class Source:
         that reads a sum the run accumulates (`x * sum(x)`, or a sum over some axes) closes the run: inside
         its loop the sum is still partial. Only the top level (not a loop's or a branch's body) updates in place."""
         saved = self.frame
+        if self.level == 0:
+            g, pairs = pair_contractions(g)
+            self.pairs.update(pairs)
         self.frame = Frame.of(g) if self.level == 0 else None
         self.level += 1
         try:
@@ -255,7 +261,9 @@ class Source:
                 if not _fusable(e):
                     totals.add(e.out)
                 continue
-            if run and any(a in made for a in e.inputs):
+            partner = self.pairs.get(e)
+            reads = e.inputs if partner is None else (*e.inputs, *partner.inputs)
+            if run and any(a in made for a in reads):
                 if self.frame is not None:
                     self.frame.i, self.frame.run = i, []
                 self._fused(run, uses, closer=e)
@@ -458,6 +466,12 @@ def _logsumexp(s, e):
 
 
 def _einsum(s, e):
+    if e in s.joined:
+        return
+    partner = s.pairs.get(e)
+    if partner is not None:
+        s.joined.add(partner)
+        return _shared_pass(s, (e, partner))
     a, b = e.inputs
     spec = e.params["spec"]
     ins, out_letters = spec.split("->")
@@ -478,6 +492,55 @@ def _einsum(s, e):
     target = name if scalar else f"{name}[{', '.join(idx[c] for c in out_letters)}]"
     s.line(f"{target} += {at(a, la)} * {at(b, lb)}")
     s.end(len(order))
+
+
+def _shared_pass(s, eqns):
+    """Contractions over one large operand in one loop nest over it: each element is read once. Written so
+    the innermost loop vectorises: what does not move along it (a sum over it, an operand entry) is a local."""
+    shared = big_operand(eqns[0])
+    terms = []
+    for e in eqns:
+        a, b = e.inputs
+        (ta, tb), out = (t.split(",") if i == 0 else t for i, t in enumerate(e.params["spec"].split("->")))
+        term, other, other_term = (ta, b, tb) if a is shared else (tb, a, ta)
+        name = s.define(e.out) if not e.out.shape else s.buffer(e.out)
+        s.line(f"{name} = 0.0" if not e.out.shape else f"{name}.fill(0.0)")
+        terms.append((e, term, other, other_term, out, name))
+    s.line(f"# one pass over {s.ref(shared)}: {len(eqns)} contractions")
+    idx = s.loops(shared.shape[:-1])
+    inner = s.fresh("i")
+    last = []  # lines after the innermost loop
+    body = []
+    for e, term, other, other_term, out, name in terms:
+        at = dict(zip(term, idx + [inner]))
+        moves = term[-1]  # the innermost loop's letter
+        if not other_term or isinstance(other, Lit) and other.fill is not None:
+            value = s.ref(other) if isinstance(other, Var) or other.fill is None else num(other.fill)
+        else:
+            value = f"{s.ref(other)}[{', '.join(at[c] for c in other_term)}]"
+            if moves not in other_term:
+                local = s.fresh("w")
+                s.line(f"{local} = {value}")
+                value = local
+        target = f"{name}[{', '.join(at[c] for c in out)}]" if out else name
+        loc = f"  # {_loc_text(e.loc)}" if e.loc else ""
+        if moves in out:
+            body.append(f"{target} += ELEM * {value}{loc}")
+        else:
+            acc = s.fresh("acc")
+            s.line(f"{acc} = 0.0")
+            body.append(f"{acc} += ELEM * {value}{loc}")
+            last.append(f"{target} += {acc}")
+    s.line(f"for {inner} in range({shared.shape[-1]}):")
+    s.depth += 1
+    elem = s.fresh("a")
+    s.line(f"{elem} = {s.ref(shared)}[{', '.join(idx + [inner])}]")
+    for line in body:
+        s.line(line.replace("ELEM", elem, 1))
+    s.depth -= 1
+    for line in last:
+        s.line(line)
+    s.end(len(shared.shape) - 1)
 
 
 def _index_text(index):

@@ -1,0 +1,86 @@
+"""Order a graph so that contractions reading one large array run in one pass over it.
+
+Reverse mode reads a matrix twice: `A @ x` on the way forward, `Aᵀ @ w` on the
+way back. When `w` does not depend on `A @ x` (a quadratic form `x·Ax` times
+anything that does not involve it, as in the survey's Helmholtz energy), both
+products can share one loop over `A`, which halves the memory traffic of a
+memory-bound gradient. `pair_contractions` finds such pairs, moves the later
+one (and whatever it needs that is not yet computed) next to the earlier one,
+and returns the new order and the pairs; the code generator then emits each
+pair as one loop nest (`source._einsum`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..ir import Eqn, Graph, Lit, Var
+
+SHARED_MIN = 1 << 15  # elements of the shared operand: below this (256 KB) a second pass hits the cache
+
+
+def big_operand(e: Eqn):
+    """The einsum's larger operand, if it is the one its loop nest runs over and the loop nest reads nothing
+    else at more indices (the other operand's and the output's letters are among its letters); else None."""
+    if e.prim != "einsum":
+        return None
+    a, b = e.inputs
+    ins, out = e.params["spec"].split("->")
+    ta, tb = ins.split(",")
+    big, term, other = (a, ta, tb) if math.prod(a.shape) >= math.prod(b.shape) else (b, tb, ta)
+    if a is b or not set(other) <= set(term) or not set(out) <= set(term):
+        return None
+    if not isinstance(big, (Var, Lit)) or isinstance(big, Lit) and big.fill is not None:
+        return None
+    return big
+
+
+def pair_contractions(g: Graph) -> tuple[Graph, dict]:
+    """(g reordered, {first: second}) for pairs of einsums over one shared operand of SHARED_MIN elements or
+    more, the second independent of the first; each second now directly follows its first."""
+    eqns = list(g.eqns)
+    pairs: dict = {}
+    taken: set = set()
+    i = 0
+    while i < len(eqns):
+        e1 = eqns[i]
+        shared = big_operand(e1) if e1 not in taken else None
+        if shared is None or math.prod(shared.shape) < SHARED_MIN:
+            i += 1
+            continue
+        for j in range(i + 1, len(eqns)):
+            e2 = eqns[j]
+            if e2 in taken or big_operand(e2) is not shared:
+                continue
+            moved = _needs(eqns, i, j)
+            if moved is None:  # it reads what e1 makes
+                continue
+            rest = [e for e in eqns[i + 1:j] if e not in moved]
+            before = [e for e in eqns[i + 1:j] if e in moved]
+            eqns[i:j + 1] = before + [e1, e2] + rest
+            i += len(before)
+            pairs[e1] = e2
+            taken.update((e1, e2))
+            break
+        i += 1
+    if not pairs:
+        return g, pairs
+    return Graph(g.inputs, tuple(eqns), g.outputs), pairs
+
+
+def _needs(eqns, i, j) -> set | None:
+    """The equations strictly between i and j that eqns[j] needs, or None if it needs eqns[i]."""
+    made = {o: k for k in range(i, j) for o in eqns[k].outputs}
+    need, todo = set(), [eqns[j]]
+    while todo:
+        e = todo.pop()
+        for a in e.inputs:
+            k = made.get(a) if isinstance(a, Var) else None
+            if k is None:
+                continue
+            if k == i:
+                return None
+            if eqns[k] not in need:
+                need.add(eqns[k])
+                todo.append(eqns[k])
+    return need
