@@ -121,6 +121,11 @@ def _tier_notes(results) -> list:
     out = []
     if other and any(c.get("tier_runs") for c in results["cases"]):
         out += ["", "Ours ran on `numba` (serial kernels) except: " + "; ".join(other) + "."]
+    switched = [f"{c['bench']} {c['label']}: {c['tier_switched']} ({c['tier_runs']})" for c in results["cases"]
+                if c.get("tier_switched")]
+    if switched:
+        out += ["", "Switched between its serial and parallel kernels while timed (the backend's timings of the "
+                "two were close and it corrected its choice; ours is the mix): " + "; ".join(switched) + "."]
     if failed:
         out += ["", "**Tier check failed** (ours did not run on the tier it claimed while timed): "
                 + "; ".join(failed) + "."]
