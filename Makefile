@@ -16,7 +16,7 @@ test: $(VENV)/.installed-test
 	bash scripts/install-system-deps.sh
 	$(PY) -m pytest -q
 
-# adserve against JAX and autograd, one run (about 10 minutes): writes docs/benchmarks.md and .png
+# adserve against JAX and autograd, one run (a few minutes; longer while kernels compile the first time): writes docs/benchmarks.md and .png
 bench: $(VENV)/.installed-bench
 	$(PY) -m bench
 
