@@ -25,7 +25,7 @@ class World:
         fn = api.compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(sin(x) * x)"})
         self.graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
         self.plan = backend.plan_meta(self.graph)
-        self.t = backend.Tiered(str(tmp_path), compile=False)
+        self.t = backend.Tiered(str(tmp_path), compile=False, python=False)  # lower tier: the fake interpreter
         self.t._clock = lambda: self.now
         self.t._ready[self.plan.key] = self._module(NUMBA)
         if parallel:

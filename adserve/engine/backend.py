@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -56,10 +57,15 @@ from .limits import cost
 log = logging.getLogger("adserve.engine")
 _F64 = np.dtype(np.float64)
 
-INTERPRETER, NUMBA, PARALLEL = "interpreter", "numba", "numba-parallel"
+INTERPRETER, PYTHON, NUMBA, PARALLEL = "interpreter", "python", "numba", "numba-parallel"
 
 
 def _tiers():
+    return {INTERPRETER: 0, PYTHON: 0, NUMBA: 0, PARALLEL: 0}
+
+
+def _choice_tiers():
+    """What timing chooses between (the python tier, where a plan has one, stands in for the interpreter)."""
     return {INTERPRETER: 0, NUMBA: 0, PARALLEL: 0}
 
 
@@ -73,13 +79,15 @@ class TierStats:
     preloaded: int = 0  # of disk_loads, loaded at start by `Tiered.preload`
     runs: dict = field(default_factory=_tiers)
     # (plan, batch size class) pairs whose tier was chosen by timing, by the tier first chosen
-    chosen: dict = field(default_factory=_tiers)
+    chosen: dict = field(default_factory=_choice_tiers)
     switches: int = 0          # choices changed later by fresh timings (a probe of another tier, or a new tier)
     probes: int = 0            # runs on a tier other than the chosen one, to re-time it
     parallel_compiles: int = 0   # of compiles, parallel batch variants
     parallel_compile_seconds: float = 0.0  # of compile_seconds, theirs
     parallel_failures: int = 0   # parallel variants that failed, timed out or could not load (plans stay serial)
     parallel_disabled: str = ""  # why parallel variants are off in this process ("" while they are not)
+    python_kernels: int = 0      # plans given a python-tier kernel (scalar-heavy plans, while numba compiles)
+    python_declined: int = 0     # python-tier runs that met a domain error and were answered by the interpreter
 
 
 class Interpreter:
@@ -254,8 +262,11 @@ class Tiered(Interpreter):
     """The interpreter until a plan's numba kernel is ready, then the fastest tier by timing."""
 
     def __init__(self, cache_dir: str, compile_timeout: float = 300.0, workers: int | None = None, compile=True,
-                 parallel=True):
+                 parallel=True, python=True):
         super().__init__()
+        self.python_enabled = python
+        self._python: OrderedDict = OrderedDict()  # plan key -> PythonKernel, while no numba kernel is loaded
+        self._python_asked: set = set()
         self.dir = os.path.join(cache_dir, "kernels")
         os.makedirs(self.dir, exist_ok=True)
         self.timeout = compile_timeout
@@ -425,6 +436,7 @@ class Tiered(Interpreter):
         with self._lock:
             self._ready[key] = mod
             self._pending.discard(key)
+            self._python.pop(key, None)
         self._mark_used(key)
         log.info("kernel %s ready", key)
         if _is_parallel_key(key):
@@ -578,6 +590,77 @@ class Tiered(Interpreter):
         except Exception as e:  # never a request's problem: the plan stays on the interpreter
             log.warning("plan not introduced: %s: %s", type(e).__name__, e)
 
+    # -- the python tier: the kernel's code run by CPython until numba's is loaded --------------------
+    # Cost per run, from the benchmarks' plans here (conservative: a scalar op took 25-50 ns, an array
+    # element 90-220 ns): PY_STEP_SECONDS per equation and PY_ELEMENT_SECONDS per element operation and
+    # point. The tier is used where that is below PYTHON_MARGIN of the interpreter's floor (STEP_SECONDS,
+    # ELEMENT_SECONDS): a new 1,000-op function's value and gradient, 0.1 ms against 2.4 ms; never Helmholtz
+    # or Rosenbrock at n >= 10, whose array work NumPy does faster. The kernel is built when a plan runs a
+    # second time (in the background: its second answer is still the interpreter's). A plan whose runs meet
+    # domain errors (the interpreter answers those) PYTHON_DECLINES times goes back to the interpreter.
+    PY_STEP_SECONDS = 0.05e-6
+    PY_ELEMENT_SECONDS = 0.2e-6
+    PYTHON_MARGIN = 0.5
+    PYTHON_DECLINES = 3
+    PYTHON_KEPT = 512  # python-tier kernels kept at once (each is a few hundred KB of bytecode for 1,000 ops)
+
+    def _python_pays(self, plan, B) -> bool:
+        python = B * (self.PY_STEP_SECONDS * plan.steps + self.PY_ELEMENT_SECONDS * plan.work)
+        return python < self.PYTHON_MARGIN * (self.STEP_SECONDS * plan.steps + self.ELEMENT_SECONDS * plan.work * B)
+
+    def _python_kernel(self, graph):
+        """Build the plan's python-tier kernel, unless a numba kernel is (about to be) loaded."""
+        plan = plan_meta(graph)
+        time.sleep(self.QUIET_SECONDS)
+        self._quiet_moment(self.INTRODUCE_WAIT_SECONDS)
+        if plan.key in self._ready or self._on_disk(plan.key):
+            return
+        from .codegen.module import kernel_module
+        from .codegen.python import PythonKernel
+        k = PythonKernel(kernel_module(graph, f"plan {plan.key}", python=True), plan.key)
+        with self._lock:
+            if plan.key in self._ready:
+                return
+            self._python[plan.key] = k
+            while len(self._python) > self.PYTHON_KEPT:
+                self._python.popitem(last=False)
+        self.stats.python_kernels += 1
+
+    def _python_kernel_safely(self, graph):
+        try:
+            self._python_kernel(graph)
+        except Exception as e:  # never a request's problem: the plan stays on the interpreter
+            log.warning("no python-tier kernel: %s: %s", type(e).__name__, e)
+
+    def _lower(self, graph, plan, B, args, meta):
+        """The plan on the python tier where it has a kernel there that pays for this batch, else the
+        interpreter (also when the python run meets a domain error: NumPy's error model answers it)."""
+        k = self._python.get(plan.key)
+        if k is None and self.python_enabled and plan.key not in self._python_asked and self._python_pays(plan, B):
+            # asked for on the plan's second run, not its first: a burst of new functions asked once each builds
+            # nothing (the Python code costs tens of milliseconds of the interpreter's lock to write and compile)
+            self._python_asked.add(plan.key)
+            self._introducer.submit(self._python_kernel_safely, graph)
+        if k is not None and k.failures < self.PYTHON_DECLINES and self._python_pays(plan, B):
+            from .codegen.python import Unsupported
+            ins = [a if a.dtype == _F64 and a.flags.c_contiguous else np.array(a, dtype=np.float64, order="C")
+                   for a in args]
+            outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
+            try:
+                status = k.run(B, *ins, *outs)
+            except Unsupported as e:
+                k.failures += 1
+                self.stats.python_declined += 1
+                log.debug("python tier declined plan %s: %s", plan.key, e)
+            else:
+                if status:
+                    raise EvaluationError(k.ERRORS[status - 1], code="index_out_of_range")
+                self.stats.runs[PYTHON] += 1
+                if meta is not None:
+                    meta["backend"] = PYTHON
+                return outs
+        return Interpreter.run(self, graph, args, meta)
+
     # -- run -------------------------------------------------------------------
     def run(self, graph, args, meta=None):
         """The plan's outputs, each of shape (B, ...); from a kernel (a `Fresh` list) once one is ready,
@@ -609,7 +692,7 @@ class Tiered(Interpreter):
 
     def _on(self, tier, mod, graph, plan, B, args, meta):
         if mod is None:
-            return Interpreter.run(self, graph, args, meta)
+            return self._lower(graph, plan, B, args, meta)
         return self._run_kernel(mod, tier, plan, B, args, meta)
 
     def _run_kernel(self, mod, tier, plan, B, args, meta):
@@ -688,7 +771,7 @@ class Tiered(Interpreter):
         mod = self._ready.get(plan.key)
         if mod is None and (mod := self.kernel(graph)) is None:
             if plan.key not in self._pending:  # no kernel coming: nothing to compare
-                return Interpreter.run(self, graph, args, meta)
+                return self._lower(graph, plan, B, args, meta)
             if meta is not None:
                 meta["compile"] = "pending"
             c = self._choices.get(which) or self._choices.setdefault(which, _Choice())

@@ -44,8 +44,8 @@ def main(argv=None) -> None:
     from adserve.engine import api, backend
 
     # plans run on the interpreter until their numba kernel, compiled in the background, is ready
-    tier = backend.Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds) \
-        if settings.compile else backend.Interpreter()
+    tier = backend.Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds,
+                          python=settings.python_tier) if settings.compile else backend.Interpreter()
     api.set_backend(tier)
     preloading = tier.preload() if settings.compile else None  # first thing: numba and the kernels used last
 

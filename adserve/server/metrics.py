@@ -89,6 +89,10 @@ class _ServiceCollector:
         yield GaugeMetricFamily("adserve_parallel_kernels_enabled", "1 when parallel batch kernels may be used (a "
                                 "thread-safe threading layer and more than one core)",
                                 value=0 if s.get("parallel_disabled") else 1)
+        yield CounterMetricFamily("adserve_python_kernels", "Plans given a python-tier kernel (their generated code "
+                                  "run by CPython until numba's is loaded)", value=s.get("python_kernels", 0))
+        yield CounterMetricFamily("adserve_python_declined", "Python-tier runs that met a domain error (log of a "
+                                  "negative, 1/0) and were answered by the interpreter", value=s.get("python_declined", 0))
         yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
                                 value=optimize.running())
         if self._optimizers is not None:

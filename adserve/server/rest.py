@@ -95,7 +95,7 @@ def _evaluate(service: Service, function_id: str | None, raw: bytes) -> tuple:
     """Parse, evaluate and encode: the CPU-bound part, run in a worker thread.
 
     Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
-    (interpreter or numba; for a cached result, the tier that computed it) and `Server-Timing`:
+    (interpreter, python or numba; for a cached result, the tier that computed it) and `Server-Timing`:
     `compute` (`;desc=parallel` for a parallel batch kernel) or `cache;desc=hit`, `compile;desc=pending`
     while the plan's kernel is being compiled in the background, and `total` with parsing and encoding."""
     started = time.perf_counter()

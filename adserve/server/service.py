@@ -86,7 +86,7 @@ class Service:
         """Evaluate `target` (a function id, or a definition to register on the way).
 
         The result holds the arrays asked for in `compute`, and `cached`. `meta`, if given,
-        receives how it was answered: `backend` (interpreter or numba: for a cached result, the tier
+        receives how it was answered: `backend` (interpreter, python or numba: for a cached result, the tier
         that computed it), `cache_hit`, and `compute_ms` when it was computed now."""
         with self.heap.busy(), self._busy():
             return self._evaluate(target, body, {} if meta is None else meta)
@@ -162,6 +162,8 @@ class Service:
                 "parallel_compiles": getattr(tier, "parallel_compiles", 0),
                 "parallel_failures": getattr(tier, "parallel_failures", 0),
                 "parallel_disabled": getattr(tier, "parallel_disabled", ""),
+                "python_kernels": getattr(tier, "python_kernels", 0),
+                "python_declined": getattr(tier, "python_declined", 0),
                 "shared": None if self._shared is None else self._shared.stats()}
 
     def _lookup(self, function_id: str):

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 leaves gRPC off")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="compiled code lives here")
     compile: bool = Field(True, description="compile plans with numba in the background (false: interpreter only)")
+    python_tier: bool = Field(True, description="until numba has compiled a plan, run scalar-heavy plans' generated "
+                              "code in CPython (the python tier) where that beats the interpreter")
     redis_url: str | None = Field(None, description="shared registry and result cache; unset: both in memory")
     redis_timeout_seconds: float = Field(0.25, gt=0, description="per Redis call; a failure opens the breaker")
     redis_result_ttl_seconds: int = Field(3600, ge=0, description="results kept in Redis; 0 keeps none there")
