@@ -9,6 +9,7 @@ test_property_graphs' strategy. Kernels are cached under ~/.cache so reruns on a
 machine skip numba's compile.
 """
 
+import ast
 import hashlib
 import os
 import re
@@ -318,3 +319,19 @@ def test_updates_copy_only_when_their_operand_is_read_later(case):
     rng = np.random.default_rng(2)
     args = [rng.standard_normal((B, 4)), rng.standard_normal((B, 2)), np.array([0.0, 3.0, 6.0])]
     assert_same(graph, args, case)
+
+
+def test_client_text_in_generated_code_stays_inside_its_comment():
+    """A graph node's id is the client's text and the generated code quotes it in comments: a newline there
+    would end the comment and make the rest code, run when the kernel module is imported (or by the python
+    tier). Ids are escaped to one line."""
+    evil = 'a\n        import os; os.system("touch /tmp/adserve-pwned")\n        #\u2028x'
+    fn = api.compile_definition({"inputs": [{"name": "x", "shape": []}],
+                                 "graph": {"nodes": [{"id": evil, "op": "sin", "args": ["x"]},
+                                                     {"id": "b", "op": "log", "args": [evil]}], "outputs": ["b"]}})
+    for transform in ("primal", "gradient", "hvp"):
+        text = api.source(fn, transform)
+        tree = ast.parse(text)
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "system"]
+        assert not calls and "import os" not in [line.strip() for line in text.splitlines()], text
+        assert "node a\\n        import os" in text

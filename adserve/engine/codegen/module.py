@@ -16,7 +16,7 @@ from __future__ import annotations
 from ..ir import Graph, Lit, Var
 from .source import Source, num
 
-CODEGEN_VERSION = "8"  # bump when generated code changes meaning: it is part of the cache key
+CODEGEN_VERSION = "9"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
 CHUNKS_PER_THREAD = 4   # the parallel kernel cuts a batch into this many chunks per numba thread
 

@@ -752,8 +752,11 @@ assert set(GENERATORS) >= set(PRIMS), f"primitives without a code template: {set
 
 
 def _loc_text(loc) -> str:
+    """A location for a comment or message in generated code. Node ids are the client's text: escaped to one
+    line of printable ASCII (a newline in a comment would end it, and what followed would be code)."""
     if isinstance(loc, dict) and "line" in loc:
-        return f"line {loc['line']}, column {loc.get('column', '?')}"
+        return f"line {int(loc['line'])}, column {int(loc.get('column', 0))}"
     if isinstance(loc, dict) and "node" in loc:
-        return f"node {loc['node']}"
-    return str(loc)
+        node = ascii(str(loc["node"]))[1:-1]
+        return f"node {node[:60]}{'...' if len(node) > 60 else ''}"
+    return ascii(str(loc))[1:-1][:60]
