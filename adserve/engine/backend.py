@@ -611,9 +611,11 @@ class Tiered(Interpreter):
     def _python_kernel(self, graph):
         """Build the plan's python-tier kernel, unless a numba kernel is (about to be) loaded."""
         plan = plan_meta(graph)
+        if plan.key in self._ready or self._on_disk(plan.key):
+            return
         time.sleep(self.QUIET_SECONDS)
         self._quiet_moment(self.INTRODUCE_WAIT_SECONDS)
-        if plan.key in self._ready or self._on_disk(plan.key):
+        if plan.key in self._ready:
             return
         from .codegen.module import kernel_module
         from .codegen.python import PythonKernel
