@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from engine_helpers import Builder, inline, jvp_graph, make_graph, op, run, vjp_graph
 from hypothesis import given, settings
-from test_codegen import PROGRAMS, compile_kernel, run_kernel
+from test_codegen import PROGRAMS, compile_kernel, program_case, run_kernel
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
 
@@ -78,14 +78,7 @@ def test_primitives_in_parallel_equal_interpreted():
 
 @pytest.mark.parametrize("name", ["loops-branches-assignment", "matrices"])
 def test_programs_in_parallel_equal_interpreted(name):
-    defn, point = PROGRAMS[name]
-    fn = api.compile_definition(defn)
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient", "hvp"}))
-    rng = np.random.default_rng(0)
-    xs = [np.asarray(point[n], dtype=np.float64) for n in fn.input_names]
-    args = [x[None] + 0.01 * rng.standard_normal((B, *x.shape)) for x in xs]
-    args += [rng.standard_normal((B, *x.shape)) for x in xs]
-    assert_parallel_same(graph, args, name)
+    assert_parallel_same(*program_case(name, points=B), name)
 
 
 @settings(max_examples=2, deadline=None, derandomize=True, database=None)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from engine_helpers import Builder, inline, jvp_graph, make_graph, run, vjp_graph
 from hypothesis import given, settings
-from test_codegen import PROGRAMS, _hvp_graph
+from test_codegen import PROGRAMS, _hvp_graph, program_case
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
 
@@ -61,14 +61,7 @@ def test_every_primitive_python_equals_interpreted(spec):
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_programs_python_equals_interpreted(name):
-    defn, point = PROGRAMS[name]
-    fn = api.compile_definition(defn)
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient", "hvp"}))
-    rng = np.random.default_rng(0)
-    xs = [np.asarray(point[n], dtype=np.float64) for n in fn.input_names]
-    args = [x[None] + 0.01 * rng.standard_normal((B, *x.shape)) for x in xs]
-    args += [rng.standard_normal((B, *x.shape)) for x in xs]
-    assert python_or_declined(graph, args, name)
+    assert python_or_declined(*program_case(name), name)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)

@@ -645,22 +645,12 @@ class Tiered(Interpreter):
             self._introducer.submit(self._python_kernel_safely, graph)
         if k is not None and k.failures < self.PYTHON_DECLINES and self._python_pays(plan, B):
             from .codegen.python import Unsupported
-            ins = [a if a.dtype == _F64 and a.flags.c_contiguous else np.array(a, dtype=np.float64, order="C")
-                   for a in args]
-            outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
             try:
-                status = k.run(B, *ins, *outs)
+                return self._call(k.run, k.ERRORS, PYTHON, plan, B, args, meta)
             except Unsupported as e:
                 k.failures += 1
                 self.stats.python_declined += 1
                 log.debug("python tier declined plan %s: %s", plan.key, e)
-            else:
-                if status:
-                    raise EvaluationError(k.ERRORS[status - 1], code="index_out_of_range")
-                self.stats.runs[PYTHON] += 1
-                if meta is not None:
-                    meta["backend"] = PYTHON
-                return outs
         return Interpreter.run(self, graph, args, meta)
 
     # -- run -------------------------------------------------------------------
@@ -698,13 +688,18 @@ class Tiered(Interpreter):
         return self._run_kernel(mod, tier, plan, B, args, meta)
 
     def _run_kernel(self, mod, tier, plan, B, args, meta):
+        return self._call(mod.kernel, mod.ERRORS, tier, plan, B, args, meta)
+
+    def _call(self, kernel, errors, tier, plan, B, args, meta):
+        """Run a generated kernel (numba's, or the python tier's) into fresh outputs; a nonzero status is the
+        index of its error message."""
         # kernels take writable C-ordered float64 arrays (numba types a read-only array apart): anything else is copied
         ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.writeable
                else np.array(a, dtype=np.float64, order="C") for a in args]
         outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
-        status = mod.kernel(B, *ins, *outs)
+        status = kernel(B, *ins, *outs)
         if status:
-            raise EvaluationError(mod.ERRORS[status - 1], code="index_out_of_range")
+            raise EvaluationError(errors[status - 1], code="index_out_of_range")
         self.stats.runs[tier] += 1
         if meta is not None:
             meta["backend"] = tier
