@@ -16,7 +16,7 @@ own whose last read (its views' included) is this update: then it writes in
 place (see `Frame`), as the cotangent accumulations of reverse mode do.
 
 Values land where they end up rather than being copied there: an array output
-of the top-level body is computed in its row of the output array (`dest`), and
+of the top-level body is computed in its row of the output array (`rows`), and
 a fused loop whose value only feeds a static-slice update writes straight into
 the updated buffer's slice (`_landing`), so reverse mode's `a[at] += v` is one loop.
 """
@@ -367,7 +367,7 @@ _SUMS = {"reduce_sum", "sum_to"}
 
 
 def _kept(e, idx) -> list[str]:
-    """The index into a sum's output that the element of its input at loop indices `idx` adds to."""
+    """The index into a reduction's output that the element of its input at loop indices `idx` goes to."""
     x, out = e.inputs[0], e.out
     if e.prim == "sum_to":
         lead = len(x.shape) - len(out.shape)
@@ -393,13 +393,6 @@ def _elementwise(fmt):
 def _accumulate(s: Source, e, init, update):
     """out[kept] (op)= x[...] over all of x; `update(acc_ref, value)` gives the statement."""
     x, out = e.inputs[0], e.out
-    axes = e.params.get("axes")
-    if e.prim == "sum_to":
-        lead = len(x.shape) - len(out.shape)
-        keep = [None] * lead + [None if (d == 1 and x.shape[lead + j] != 1) else j for j, d in enumerate(out.shape)]
-    else:
-        kept = [i for i in range(len(x.shape)) if i not in axes]
-        keep = [kept.index(i) if i in kept else None for i in range(len(x.shape))]
     scalar = not out.shape
     name = s.define(out) if scalar else s.buffer(out)
     if scalar:
@@ -407,13 +400,7 @@ def _accumulate(s: Source, e, init, update):
     else:
         s.line(f"{name}.fill({init})")
     idx = s.loops(x.shape)
-    acc = name
-    if not scalar:
-        out_idx = ["0"] * len(out.shape)
-        for i, k in enumerate(keep):
-            if k is not None:
-                out_idx[k] = idx[i]
-        acc = f"{name}[{', '.join(out_idx)}]"
+    acc = name if scalar else f"{name}[{', '.join(_kept(e, idx))}]"
     for stmt in update(acc, s.elem(x, idx, x.shape)):
         s.line(stmt)
     s.end(len(x.shape))
@@ -447,8 +434,6 @@ def _logsumexp(s, e):
         s.names[out] = s.fresh("v")
         s.line(f"{s.names[out]} = math.log({total}) + {shift}")
         return
-    axes = e.params["axes"]
-    kept = [i for i in range(len(x.shape)) if i not in axes]
     ms = s.fresh("m")
     s.prologue.append(f"    {ms} = np.empty({tuple(out.shape)!r})")
     oi = s.loops(out.shape)
@@ -457,7 +442,7 @@ def _logsumexp(s, e):
     res = s.buffer(out)
     s.line(f"{res}.fill(0.0)")
     idx = s.loops(x.shape)
-    o = ", ".join(idx[i] for i in kept)
+    o = ", ".join(_kept(e, idx))
     s.line(f"{res}[{o}] += math.exp({s.elem(x, idx, x.shape)} - {ms}[{o}])")
     s.end(len(x.shape))
     oi = s.loops(out.shape)
