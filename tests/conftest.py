@@ -1,4 +1,4 @@
-"""Shared fixtures. `server` is a real adserve process on free loopback ports (HTTP and gRPC)."""
+"""Shared fixtures and layer markers. `server` is a real adserve process on free loopback ports (HTTP and gRPC)."""
 
 import httpx
 import pytest
@@ -22,3 +22,11 @@ def server(tmp_path_factory):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=120) as c:
         yield c
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by the directory it lives in (engine, server, e2e), so `-m` selects a layer."""
+    for item in items:
+        layer = item.path.parent.name
+        if layer in ("engine", "server", "e2e"):
+            item.add_marker(getattr(pytest.mark, layer))

@@ -6,7 +6,7 @@ import re
 
 from adserve.engine import api
 
-DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "graph.md"
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "graph.md"
 
 
 def examples():

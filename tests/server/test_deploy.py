@@ -15,7 +15,7 @@ import yaml
 
 from adserve.server.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 K8S_VERSION = "1.30.0"  # the oldest version the manifests promise (native gRPC probes are GA since 1.27)
 SETTINGS = {f"ADSERVE_{name.upper()}" for name in Settings.model_fields}

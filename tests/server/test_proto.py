@@ -15,7 +15,7 @@ from google.protobuf import descriptor_pb2
 from adserve.server import errors, rest, rpc
 from adserve.server.grpc_gen import ad_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STUB_DIRS = ("adserve/server/grpc_gen", "clients/python/adserve_client/grpc_gen")
 
 

@@ -135,7 +135,7 @@ def test_grpc_stream_lockstep(server):
 
 
 def test_readme_example_runs(server):
-    example = Path(__file__).resolve().parent.parent / "clients/python/examples/rosenbrock.py"
+    example = Path(__file__).resolve().parents[2] / "clients/python/examples/rosenbrock.py"
     readme = (example.parent.parent / "README.md").read_text()
     assert example.read_text().strip() in readme  # the README shows the example as it is
     out = subprocess.run([sys.executable, str(example), server.grpc], capture_output=True, text=True, timeout=120)
