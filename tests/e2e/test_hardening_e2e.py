@@ -8,7 +8,7 @@ import pytest
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
 from server_process import free_port, running_server
-from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, _have_chromium, expect_text
+from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, expect_text, require_chromium
 
 KEY = "demo-key-7f3a"
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}], "expr": "log(x1) + x1*x2 - sin(x2)"}
@@ -42,8 +42,7 @@ def test_rest_and_grpc_need_a_key(keyed):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not _have_chromium():
-        pytest.skip(f"no browser: {CHROMIUM} is absent")
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

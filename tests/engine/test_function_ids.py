@@ -46,8 +46,6 @@ def test_input_names_and_shapes_are_part_of_the_id():
 
 def test_an_oversized_definition_is_refused_while_it_is_built():
     """The node limit stops the front end at the limit (with where), not after building everything."""
-    import time
-
     from adserve.engine.errors import LimitError
     from adserve.engine.limits import LIMITS
 
@@ -55,12 +53,10 @@ def test_an_oversized_definition_is_refused_while_it_is_built():
     LIMITS.update(max_nodes=500)
     try:
         body = "".join(f"        s = s + sin(x * {j}.25)\n" for j in range(5000))
-        started = time.perf_counter()
         with pytest.raises(LimitError, match="more than 500 operations") as err:
             api.compile_definition({"inputs": [{"name": "x", "shape": []}],
                                     "program": "def f(x):\n    s = 0.0\n    for i in range(3):\n" + body +
                                                "    return s\n"})
         assert err.value.location["line"] < 400  # stopped near the 500th operation, not at the end
-        assert time.perf_counter() - started < 1.0
     finally:
         LIMITS.update(max_nodes=old)

@@ -18,7 +18,8 @@ from adserve.server.rest import create_app
 from adserve.server.service import Service, ServiceError
 from adserve.server.settings import Settings
 
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)
+# no per-example deadline: CI may run beside a CPU hog, and a slow example is not a wrong one
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 XY = [{"name": "x", "shape": []}, {"name": "y", "shape": [3]}]
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}], "expr": "log(x1) + x1*x2 - sin(x2)"}
 GOOD = math.log(2.0) + 10.0 - math.sin(5.0)
@@ -156,7 +157,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Service(resu
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_openapi(case):
     response = case.call()
     case.validate_response(response, checks=[st_checks.not_a_server_error, st_checks.status_code_conformance,
