@@ -55,7 +55,9 @@ class Ours:
         self.plans = {"primal": main_plan(self.fn, {"value"}, case.wrt)[0],
                       "deriv": main_plan(self.fn, case.deriv_compute, case.wrt)[0]}
 
-    def request(self, engine, part):
+    def request(self, part, engine=None):
+        """A call running `part` on `engine` (default: the interpreter)."""
+        engine = engine or self.interpreted
         c = self.case
         compute = ["value"] if part == "primal" else c.deriv_compute
         tangent = c.tangent if part == "deriv" else None
@@ -74,7 +76,7 @@ class Ours:
         """Run a part until the backend has chosen its tier with nothing left compiling for its plan (a long batch
         asks for its parallel variant, awaited here: nothing may compile while anything is timed), then `runs`
         runs more or `seconds` (the backend's first looks at the other tiers come within them); the tier."""
-        call = self.request(self.compiled, part)
+        call = self.request(part, self.compiled)
         deadline = time.monotonic() + timeout
         since = None  # (time, runs) when the current choice was first seen
         n = 0
@@ -94,7 +96,7 @@ class Ours:
         raise RuntimeError(f"{self.case.bench} {self.case.label}: no tier chosen for {part} in {timeout:.0f} s")
 
     def contenders(self) -> dict:
-        out = {f"interp:{p}": self.request(self.interpreted, p) for p in self.plans}
+        out = {f"interp:{p}": self.request(p) for p in self.plans}
         if self.tier is None:
             self.tiers = {p: "interpreter" for p in self.plans}
             return {f"ours:{p}": out.pop(f"interp:{p}") for p in self.plans}
@@ -111,7 +113,7 @@ class Ours:
                     break
             else:
                 raise RuntimeError(f"{self.case.bench} {self.case.label}: {part} chose {tier} but does not run on it")
-            out[f"ours:{part}"] = self.request(self.compiled, part)
+            out[f"ours:{part}"] = self.request(part, self.compiled)
             out[f"kernel:{part}"] = self._kernel_call(part, g, tier)
         return out
 

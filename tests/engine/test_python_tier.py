@@ -108,7 +108,8 @@ def _introduced(engine):
 def test_a_scalar_heavy_plan_runs_on_the_python_tier_from_its_third_run(lower):
     fn = lower.compile_definition(SCALAR_HEAVY)
     x = np.array([0.3, -1.1, 0.7, 2.0])
-    assert _ask(lower, fn, x)[1] == "interpreter"  # a plan's first run: nothing built (a new function may be asked once)
+    # a plan's first run: nothing built (a new function may be asked once)
+    assert _ask(lower, fn, x)[1] == "interpreter"
     _introduced(lower)
     assert lower.stats()["python_kernels"] == 0
     assert _ask(lower, fn, x * 1.02)[1] == "interpreter"  # asked again: its Python code is built in the background

@@ -53,8 +53,8 @@ class TimingPolicy:
 
     # The first runs of a plan (per batch size class) once its kernel is ready are timed: KERNEL_TRIALS on the
     # kernel (PARALLEL_TRIALS on a parallel variant: threads are the first to suffer from a burst of other
-    # work), then the interpreter's (runs from before the kernel count) until it is
-    # plainly slower or has INTERPRETER_TRIALS. A tier's estimate is the median of its last WINDOW times; the
+    # work), then the interpreter's (runs from before the kernel count) until it is plainly slower or has
+    # INTERPRETER_TRIALS. A tier's estimate is the median of its last WINDOW times; the
     # serial kernel is preferred: the others must be clearly faster (WEIGHT). Timings on a busy machine can
     # mislead, so the choice is re-examined: one run on another tier now and then (after PROBE_FIRST runs, then
     # twice as many after each probe that confirms the choice, up to PROBE_MAX, and rarer for a tier much slower:
@@ -262,7 +262,8 @@ class TimingPolicy:
         tiers = [t for t in c.times if t != PARALLEL or self.store.ready.get(plan.parallel_key) is not None]
         best = min(tiers, key=lambda t: self._score(c, t))
         if best != tier and self._score(c, best) < self.SWITCH * self._score(c, tier):
-            mod = None if best == INTERPRETER else self.store.ready.get(plan.parallel_key if best == PARALLEL else plan.key)
+            key = plan.parallel_key if best == PARALLEL else plan.key
+            mod = None if best == INTERPRETER else self.store.ready.get(key)
             if best != INTERPRETER and mod is None:
                 return
             with self._lock:
