@@ -18,14 +18,14 @@ How it is measured (`make bench`, {took} here):
   contender, in a rotating order, as the fastest of three blocks of back-to-back calls (a block lasts about
   1 ms; other processes only ever add time). Ratios are taken per round and summarised as the median and
   interquartile range over the rounds, so drift of the machine hits both sides of a ratio alike.
-- **ours** is `api.evaluate` in process on the tiered backend, after `Tiered.wait()` says the plan's numba
+- **ours** is `Engine.evaluate` in process on the tiered backend, after `Tiered.wait()` says the plan's numba
   kernel is loaded and the backend has chosen the plan's tier by timing (a batch long enough for threads gets
   its parallel variant compiled and awaited first); the primal and the derivative are timed the same way.
   After timing, each case checks from the backend's run counts that ours ran on the tier it claims, apart
   from the backend's probes (now and then it re-times another tier, at growing intervals); a case whose tier
   changed while it was timed is flagged below the tables, as are tiers other than `numba`. **kernel** calls
   the generated kernel ours runs (serial or parallel) directly with preallocated outputs, so `kernel/ours` is
-  the share of a request spent in generated code. **interpreter** is `api.evaluate` on the NumPy interpreter
+  the share of a request spent in generated code. **interpreter** is `Engine.evaluate` on the NumPy interpreter
   tier.
 - **JAX** is `jax.jit` of the same function in float64 (`jax_enable_x64`), warmed up, with
   `block_until_ready`: `value_and_grad` for gradients, `jvp(grad)` for the HVP, `vmap(value_and_grad)` for

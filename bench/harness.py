@@ -2,12 +2,12 @@
 
 Contenders of a case (those that apply and are installed):
 
-* `ours:*`   `api.evaluate` in process on the tiered backend once its kernels are ready and it has chosen
+* `ours:*`   `Engine.evaluate` in process on the tiered backend once its kernels are ready and it has chosen
              its tier by timing (`numba`; `numba-parallel` when the batch is long enough for the parallel
              variant, which is compiled and awaited first; `interpreter` if that timed faster);
 * `kernel:*` the generated kernel `ours` runs (serial or parallel) called directly with preallocated
              outputs (what `ours` pays beyond it is the engine's request handling);
-* `interp:*` `api.evaluate` on the NumPy interpreter tier;
+* `interp:*` `Engine.evaluate` on the NumPy interpreter tier;
 * `jax:*`    `jax.jit` of the same function, float64, warmed up, `block_until_ready`;
 * `autograd:*` autograd on NumPy.
 
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from adserve.engine import api, backend
+from adserve.engine import Engine, backend, main_plan
 
 from .problems import Case
 from .timing import measure
@@ -48,23 +48,20 @@ class Ours:
     """Our contenders for one case, on the interpreter and (when `tier` is given) on compiled kernels."""
 
     def __init__(self, case: Case, tier, interp):
-        self.case, self.tier, self.interp = case, tier, interp
-        self.fn = api.compile_definition(case.definition)
+        self.case, self.tier = case, tier
+        self.interpreted, self.compiled = Engine(interp), None if tier is None else Engine(tier)
+        self.fn = self.interpreted.compile_definition(case.definition)
         self.tiers: dict = {}  # part -> the tier ours runs it on (see `contenders`)
-        self.plans = {"primal": api._main_plan(self.fn, frozenset({"value"}), case.wrt)[0],
-                      "deriv": api._main_plan(self.fn, frozenset(case.deriv_compute), case.wrt)[0]}
+        self.plans = {"primal": main_plan(self.fn, {"value"}, case.wrt)[0],
+                      "deriv": main_plan(self.fn, case.deriv_compute, case.wrt)[0]}
 
-    def request(self, part):
+    def request(self, part, engine=None):
+        """A call running `part` on `engine` (default: the interpreter)."""
+        engine = engine or self.interpreted
         c = self.case
         compute = ["value"] if part == "primal" else c.deriv_compute
         tangent = c.tangent if part == "deriv" else None
-        return lambda: api.evaluate(self.fn, c.inputs, compute, tangent=tangent, batch=c.batch, wrt=c.wrt)
-
-    def on(self, tier, call):
-        def run():
-            api.set_backend(tier)
-            return call()
-        return run
+        return lambda: engine.evaluate(self.fn, c.inputs, compute, tangent=tangent, batch=c.batch, wrt=c.wrt)
 
     def start_compiles(self):
         for g in self.plans.values():
@@ -79,7 +76,7 @@ class Ours:
         """Run a part until the backend has chosen its tier with nothing left compiling for its plan (a long batch
         asks for its parallel variant, awaited here: nothing may compile while anything is timed), then `runs`
         runs more or `seconds` (the backend's first looks at the other tiers come within them); the tier."""
-        call = self.on(self.tier, self.request(part))
+        call = self.request(part, self.compiled)
         deadline = time.monotonic() + timeout
         since = None  # (time, runs) when the current choice was first seen
         n = 0
@@ -99,7 +96,7 @@ class Ours:
         raise RuntimeError(f"{self.case.bench} {self.case.label}: no tier chosen for {part} in {timeout:.0f} s")
 
     def contenders(self) -> dict:
-        out = {f"interp:{p}": self.on(self.interp, self.request(p)) for p in self.plans}
+        out = {f"interp:{p}": self.request(p) for p in self.plans}
         if self.tier is None:
             self.tiers = {p: "interpreter" for p in self.plans}
             return {f"ours:{p}": out.pop(f"interp:{p}") for p in self.plans}
@@ -116,7 +113,7 @@ class Ours:
                     break
             else:
                 raise RuntimeError(f"{self.case.bench} {self.case.label}: {part} chose {tier} but does not run on it")
-            out[f"ours:{part}"] = self.on(self.tier, self.request(part))
+            out[f"ours:{part}"] = self.request(part, self.compiled)
             out[f"kernel:{part}"] = self._kernel_call(part, g, tier)
         return out
 
@@ -124,10 +121,10 @@ class Ours:
         """Does a run of `part` land on `tier`? (Three tries: a run may be one of the backend's probes.)"""
         for _ in range(3):
             meta = {}
-            api.set_backend(self.tier)
-            api.evaluate(self.fn, self.case.inputs, ["value"] if part == "primal" else self.case.deriv_compute,
-                         tangent=self.case.tangent if part == "deriv" else None, batch=self.case.batch,
-                         meta=meta, wrt=self.case.wrt)
+            self.compiled.evaluate(self.fn, self.case.inputs,
+                                   ["value"] if part == "primal" else self.case.deriv_compute,
+                                   tangent=self.case.tangent if part == "deriv" else None, batch=self.case.batch,
+                                   meta=meta, wrt=self.case.wrt)
             if meta.get("backend") == tier:
                 return True
         return False
@@ -289,7 +286,6 @@ def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, ro
                     + (f"; CHECK FAILED: {r['tier_check']}" if r["tier_check"] else "")
                     + (f"; switched kernels: {r['tier_switched']}" if r.get("tier_switched") else ""))
     finally:
-        api.set_backend(interp)
         if tier is not None:
             tier.shutdown()
     stats = tier.stats if tier is not None else None

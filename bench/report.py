@@ -77,7 +77,7 @@ def tables(results, service=None) -> str:
         out += _service_target_rows(service)
     out += ["", "## All ratios", "",
             "`deriv` is the case's derivative: value and gradient, or the HVP (ours computes value and HVP, "
-            "JAX `jvp(grad)` gradient and HVP). `ours` is `api.evaluate` on compiled kernels; `kernel` the same "
+            "JAX `jvp(grad)` gradient and HVP). `ours` is `Engine.evaluate` on compiled kernels; `kernel` the same "
             "kernel called directly.", ""]
     cols = [c for c in RATIO_COLUMNS if any(c.format(kind=r["kind"]) in r["ratios"] for r in results["cases"])]
     out.append("| benchmark | size | IR nodes | " + " | ".join(c.replace("{kind}", "deriv") for c in cols) + " |")

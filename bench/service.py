@@ -117,30 +117,26 @@ def probe(sizes=((334, "1,000-op"), (1000, "1,000 terms")), fresh=5, compute=("v
 
 def breakdown(n_terms: int, fresh=3, compute=("value", "gradient"), seed=None) -> dict:
     """Where a first answer's time goes, in process on the interpreter: median ms per stage."""
-    from adserve.engine import api, backend
+    from adserve.engine import Engine, main_plan
     rng, stages = np.random.default_rng(seed), {"definition": [], "plan": [], "interpreter run": []}
-    old = api.get_backend()
-    api.set_backend(backend.Interpreter())
-    try:
-        for _ in range(fresh):
-            defn = terms_definition(n_terms, rng)
-            t0 = time.perf_counter()
-            fn = api.compile_definition(defn)
-            t1 = time.perf_counter()
-            api._main_plan(fn, frozenset(compute))
-            t2 = time.perf_counter()
-            api.evaluate(fn, {"x": np.linspace(0.1, 0.9, N_X)}, list(compute))
-            t3 = time.perf_counter()
-            for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
-                stages[k].append(v)
-    finally:
-        api.set_backend(old)
+    engine = Engine()
+    for _ in range(fresh):
+        defn = terms_definition(n_terms, rng)
+        t0 = time.perf_counter()
+        fn = engine.compile_definition(defn)
+        t1 = time.perf_counter()
+        main_plan(fn, compute)
+        t2 = time.perf_counter()
+        engine.evaluate(fn, {"x": np.linspace(0.1, 0.9, N_X)}, list(compute))
+        t3 = time.perf_counter()
+        for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+            stages[k].append(v)
     return {k: 1e3 * float(np.median(v)) for k, v in stages.items()}
 
 
 def _n_nodes(defn) -> int:
-    from adserve.engine import api
-    return api.compile_definition(defn).n_nodes
+    from adserve.engine import Engine
+    return Engine().compile_definition(defn).n_nodes
 
 
 if __name__ == "__main__":

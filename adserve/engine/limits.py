@@ -7,10 +7,15 @@ which is what the interpreter pays per dispatch) and `work` (element
 operations: the elements each equation touches; a contraction the product of
 its index ranges). A request multiplies `work` by its batch size and by a
 factor for what it computes. Every rejection says which limit, and by how much.
+
+`Limits` is a frozen value: an engine is given one (`Engine(limits=...)`), and
+a different one is a new value (`limits.updated(...)`), never a change to a
+value another engine reads. The functions here take it explicitly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 
@@ -21,7 +26,7 @@ from .ir import Graph, Lit, sub_graphs
 KIND_FACTOR = {"value": 1, "gradient": 4, "jvp": 3, "vjp": 4, "hvp": 10, "trace": 8}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Limits:
     max_nodes: int = 20_000            # equations, counting loop and branch bodies
     max_elements: int = 10_000_000     # elements of any one value
@@ -30,15 +35,21 @@ class Limits:
     max_work: float = 5e9              # element operations per point per evaluation
     max_request_work: float = 5e10     # work x batch x derivative factor, per request
     max_expr_depth: int = 400          # nesting of an expr or program (expression and statement levels)
+    max_sweep_rows: int = 200_000      # batch points x basis vectors in one Jacobian/Hessian sweep
 
-    def update(self, **kw):
+    def updated(self, **kw) -> Limits:
+        """These limits with the given ones replaced; a None or an unknown name leaves a limit as it is."""
         names = {f.name for f in fields(self)}
-        for k, v in kw.items():
-            if k in names and v is not None:
-                setattr(self, k, type(getattr(self, k))(v))
+        return dataclasses.replace(self, **{k: type(getattr(self, k))(v) for k, v in kw.items()
+                                            if k in names and v is not None})
+
+    @classmethod
+    def from_settings(cls, settings) -> Limits:
+        """The defaults, with each limit the settings set (`settings.max_nodes` and so on; None: unset)."""
+        return cls().updated(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
-LIMITS = Limits()
+DEFAULT_LIMITS = Limits()
 
 
 def _over(what, value, limit, unit=""):
@@ -74,7 +85,7 @@ def cost(graph: Graph):
     return steps, work
 
 
-def check_function(graph: Graph, limits: Limits = LIMITS):
+def check_function(graph: Graph, limits: Limits = DEFAULT_LIMITS):
     """Check a new function against the limits; returns (nodes, steps, work), in one walk of the graph."""
     n, steps, work = _measure(graph, limits)
     if n > limits.max_nodes:
@@ -113,7 +124,7 @@ def _measure(graph: Graph, limits: Limits):
     return nodes, steps, work
 
 
-def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limits = LIMITS):
+def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limits = DEFAULT_LIMITS):
     factor = max(KIND_FACTOR.get(k, 4) for k in kinds) if kinds else 1
     total = work * factor * points * sweeps
     if total > limits.max_request_work:

@@ -9,7 +9,8 @@
 * `hessian`: HVPs against a basis, also through the batch axis.
 
 `wrt` names the inputs to differentiate (default: all); the rest are held
-constant, so a matrix of data costs no gradient.
+constant, so a matrix of data costs no gradient. A sweep's size is capped by
+`max_rows` (the engine's `Limits.max_sweep_rows`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from .errors import LimitError
 from .jvp import jvp_graph, jvp_inline
 from .vjp import vjp_graph, vjp_inline
 
-MAX_SWEEP_ROWS = 200_000  # batch points x basis vectors in one Jacobian/Hessian sweep
-MAX_BASIS = 20_000
+MAX_BASIS = 20_000  # basis vectors per point
 KINDS = ("value", "gradient", "jvp", "vjp", "hvp")
 
 
@@ -43,9 +43,13 @@ def grad_graph(fn, wrt):
     return fn.plan(("grad", wrt), make)
 
 
-def main_plan(fn, kinds: frozenset, wrt: tuple):
-    """(graph, order): inputs are x, tangents of `wrt` (for jvp/hvp), the cotangent (for vjp);
-    `order` lists (kind, names) per output group, names None for a single tensor."""
+def main_plan(fn, kinds, wrt=None):
+    """(graph, order) computing `kinds` (of KINDS) with derivatives for `wrt` (default: all inputs): its
+    inputs are x, tangents of `wrt` (for jvp/hvp), the cotangent (for vjp); `order` lists (kind, names) per
+    output group, names None for a single tensor."""
+    kinds = frozenset(kinds)
+    wrt = tuple(fn.input_names) if wrt is None else tuple(wrt)
+
     def make():
         mask = _mask(fn, wrt)
         b = Builder()
@@ -101,9 +105,9 @@ def sweeps(fn, kind, wrt) -> int:
     return min(n, math.prod(fn.output_shape)) if kind == "jacobian" else n
 
 
-def _guard(B, rows):
-    if rows > MAX_BASIS or B * rows > MAX_SWEEP_ROWS:
-        raise LimitError(f"this needs {B} x {rows} derivative sweeps; the limit is {MAX_SWEEP_ROWS:,} "
+def _guard(B, rows, max_rows):
+    if rows > MAX_BASIS or B * rows > max_rows:
+        raise LimitError(f"this needs {B} x {rows} derivative sweeps; the limit is {max_rows:,} "
                          f"(at most {MAX_BASIS:,} per point)", code="too_many_sweeps")
 
 
@@ -123,16 +127,16 @@ def _basis(fn, wrt, B):
             for nm, o, s in zip(wrt, offsets, sizes)]
 
 
-def jacobian(fn, xs, B, wrt, run):
+def jacobian(fn, xs, B, wrt, run, max_rows):
     sizes, offsets = _layout(fn, wrt)
     n, m, out = offsets[-1], math.prod(fn.output_shape), fn.output_shape
     if m <= n:  # reverse: one VJP per output component
-        _guard(B, m)
+        _guard(B, m, max_rows)
         g = fn.plan(("vjp", wrt), lambda: vjp_graph(fn.graph, _mask(fn, wrt), [True]))
         basis = np.tile(np.eye(m).reshape(m, *out), (B,) + (1,) * len(out))
         res = run(g, _repeat(xs, B, m) + [basis])[1:]
         return {nm: full(r, B * m).reshape(B, *out, *fn.input_shapes[nm]) for nm, r in zip(wrt, res)}
-    _guard(B, n)  # forward: one JVP per input component
+    _guard(B, n, max_rows)  # forward: one JVP per input component
     g, nz = fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))
     res = run(g, _repeat(xs, B, n) + _basis(fn, wrt, B))
     d = full(res[1], B * n).reshape(B, n, m) if nz[0] else np.zeros((B, n, m))
@@ -140,10 +144,10 @@ def jacobian(fn, xs, B, wrt, run):
             for nm, o, s in zip(wrt, offsets, sizes)}
 
 
-def hessian(fn, xs, B, wrt, run):
+def hessian(fn, xs, B, wrt, run, max_rows):
     sizes, offsets = _layout(fn, wrt)
     n = offsets[-1]
-    _guard(B, n)
+    _guard(B, n, max_rows)
     graph, _ = main_plan(fn, frozenset({"hvp"}), wrt)
     hvps = run(graph, _repeat(xs, B, n) + _basis(fn, wrt, B))[1:]
     out = {}

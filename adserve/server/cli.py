@@ -41,21 +41,17 @@ def main(argv=None) -> None:
     settings = load_settings(parse_args(argv))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from adserve.engine import api, backend
+    from adserve.engine import Engine
 
-    # plans run on the interpreter until their numba kernel, compiled in the background, is ready
-    tier = backend.Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds,
-                          python=settings.python_tier) if settings.compile else backend.Interpreter()
-    api.set_backend(tier)
-    preloading = tier.preload() if settings.compile else None  # first thing: numba and the kernels used last
+    engine = Engine.from_settings(settings)
+    preloading = engine.preload()  # first thing: numba and the kernels used last (None without compiles)
 
     from .heap import HeapKeeper
     from .rest import create_app
-    from .security import Guard, apply_engine_limits
+    from .security import Guard
     from .service import Service
 
-    limits = apply_engine_limits(settings)
-    log.debug("engine limits: %s", limits)
+    log.debug("engine limits: %s", engine.limits)
     shared = None
     if settings.redis_url:
         from .shared import SharedStore
@@ -63,7 +59,7 @@ def main(argv=None) -> None:
                              result_ttl=settings.redis_result_ttl_seconds,
                              result_max_bytes=settings.redis_result_max_bytes)
     heap = HeapKeeper()
-    service = Service(engine=api, result_cache_bytes=settings.result_cache_bytes, shared=shared,
+    service = Service(engine=engine, result_cache_bytes=settings.result_cache_bytes, shared=shared,
                       max_functions=settings.max_functions, max_function_bytes=settings.max_function_bytes,
                       max_expr_chars=settings.max_expr_chars, max_expr_depth=settings.max_expr_depth,
                       max_batch=settings.max_batch, heap=heap)

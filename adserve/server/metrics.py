@@ -61,6 +61,7 @@ class _ServiceCollector:
 
     def collect(self):
         s = self._service.stats()
+        e = s["engine"]  # Engine.stats(): the backend's counters
         yield GaugeMetricFamily("adserve_functions_registered", "Functions in the registry", value=s["functions"])
         yield CounterMetricFamily("adserve_result_cache_hits", "Evaluations answered from the result cache",
                                   value=s["cache_hits"])
@@ -69,30 +70,30 @@ class _ServiceCollector:
         yield GaugeMetricFamily("adserve_result_cache_entries", "Results held", value=s["cache_entries"])
         yield GaugeMetricFamily("adserve_result_cache_bytes", "Bytes of results held", value=s["cache_bytes"])
         runs = CounterMetricFamily("adserve_plan_runs", "Plans run, by execution tier", labels=["tier"])
-        for tier, n in sorted(s["runs"].items()):
+        for tier, n in sorted(e["runs"].items()):
             runs.add_metric([tier], n)
         yield runs
         chosen = CounterMetricFamily("adserve_tier_choices", "Plans (per batch size class) whose tier was chosen "
                                      "by timing both once the kernel was ready, by the tier chosen", labels=["tier"])
-        for tier, n in sorted(s.get("tier_choices", {}).items()):
+        for tier, n in sorted(e["chosen"].items()):
             chosen.add_metric([tier], n)
         yield chosen
         yield CounterMetricFamily("adserve_tier_switches", "Tier choices changed later by fresh timings",
-                                  value=s.get("tier_switches", 0))
+                                  value=e["switches"])
         yield CounterMetricFamily("adserve_tier_probes", "Runs on a tier other than the chosen one, to time it again",
-                                  value=s.get("tier_probes", 0))
+                                  value=e["probes"])
         yield CounterMetricFamily("adserve_parallel_kernel_compiles", "Parallel batch variants compiled",
-                                  value=s.get("parallel_compiles", 0))
+                                  value=e["parallel_compiles"])
         yield CounterMetricFamily("adserve_parallel_kernel_failures", "Parallel batch variants that failed, timed "
                                   "out or could not load (their plans stay on the serial kernel)",
-                                  value=s.get("parallel_failures", 0))
+                                  value=e["parallel_failures"])
         yield GaugeMetricFamily("adserve_parallel_kernels_enabled", "1 when parallel batch kernels may be used (a "
                                 "thread-safe threading layer and more than one core)",
-                                value=0 if s.get("parallel_disabled") else 1)
+                                value=0 if e["parallel_disabled"] else 1)
         yield CounterMetricFamily("adserve_python_kernels", "Plans given a python-tier kernel (their generated code "
-                                  "run by CPython until numba's is loaded)", value=s.get("python_kernels", 0))
+                                  "run by CPython until numba's is loaded)", value=e["python_kernels"])
         yield CounterMetricFamily("adserve_python_declined", "Python-tier runs that met a domain error (log of a "
-                                  "negative, 1/0) and were answered by the interpreter", value=s.get("python_declined", 0))
+                                  "negative, 1/0) and were answered by the interpreter", value=e["python_declined"])
         yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
                                 value=optimize.running())
         if self._optimizers is not None:
@@ -102,14 +103,14 @@ class _ServiceCollector:
                                     "(ADSERVE_MAX_OPTIMIZERS)", value=self._optimizers.limit)
             yield CounterMetricFamily("adserve_minimize_refused", "Minimize calls refused at the limit (429 / "
                                       "RESOURCE_EXHAUSTED)", value=self._optimizers.refused)
-        yield CounterMetricFamily("adserve_kernel_compiles", "numba kernels compiled", value=s["compiles"])
+        yield CounterMetricFamily("adserve_kernel_compiles", "numba kernels compiled", value=e["compiles"])
         yield CounterMetricFamily("adserve_kernel_compile_seconds", "Seconds spent compiling numba kernels "
-                                  "(in worker processes)", value=s.get("compile_seconds", 0.0))
+                                  "(in worker processes)", value=e["compile_seconds"])
         yield CounterMetricFamily("adserve_kernel_disk_loads", "Compiled kernels loaded from the disk cache "
-                                  "instead of compiled", value=s.get("kernel_disk_loads", 0))
+                                  "instead of compiled", value=e["disk_loads"])
         yield CounterMetricFamily("adserve_kernel_compile_failures",
                                   "numba kernels that failed or timed out (their plans stay interpreted)",
-                                  value=s["compile_failures"])
+                                  value=e["compile_failures"] + e["compile_timeouts"])
         heap = self._service.heap
         yield CounterMetricFamily("adserve_gc_keeps", "Collections of what calls left behind, each followed by "
                                   "gc.freeze, run between calls", value=heap.freezes)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from adserve.engine.api import COMPUTE_KINDS
+from adserve.engine import COMPUTE_KINDS
 
 from . import optimize
 

@@ -15,8 +15,6 @@
   takes a token: a call with one request message pays when it starts, a
   stream of requests (`EvaluateStream`) pays as each message is read, and
   the message that finds the bucket empty ends the stream.
-
-`apply_engine_limits` copies the `ADSERVE_MAX_*` settings into the engine's limits.
 """
 
 from __future__ import annotations
@@ -39,19 +37,6 @@ from .errors import RATE_LIMITED, UNAUTHENTICATED, ServiceError, error_body
 log = logging.getLogger("adserve.security")
 
 _MAX_LOCAL_BUCKETS = 10_000  # clients remembered per replica (least recently seen dropped first)
-
-
-def apply_engine_limits(settings) -> dict:
-    """Set the engine's static limits from the settings that are set; the limits now in force."""
-    from adserve.engine import plans
-    from adserve.engine.limits import LIMITS
-
-    LIMITS.update(max_nodes=settings.max_nodes, max_elements=settings.max_elements,
-                  max_trip_count=settings.max_trip_count, max_steps=settings.max_steps,
-                  max_work=settings.max_work, max_request_work=settings.max_request_work)
-    if settings.max_sweep_rows is not None:
-        plans.MAX_SWEEP_ROWS = settings.max_sweep_rows
-    return {**vars(LIMITS), "max_sweep_rows": plans.MAX_SWEEP_ROWS}
 
 
 def key_digest(key: str) -> str:

@@ -47,8 +47,9 @@ class Service:
                  definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 400,
                  max_batch: int = 100_000, heap=None):
         if engine is None:
-            from adserve.engine import api as engine
-        self._engine = engine
+            from adserve.engine import Engine
+            engine = Engine()
+        self.engine = engine
         self._functions = LRU(max_function_bytes, function_nbytes, max_items=max_functions)
         # id -> the definition as sent (orjson), to compile an evicted function again
         self._definitions = LRU(definition_bytes, len)
@@ -65,7 +66,7 @@ class Service:
 
     def register(self, definition) -> tuple[dict, bool]:
         """Compile and keep a definition; the function's info, and whether it is new."""
-        with self.heap.busy(), self._busy():
+        with self.heap.busy(), self.engine.busy():
             fn, created = self._register(definition)
         return fn.info(), created
 
@@ -80,7 +81,7 @@ class Service:
         """The generated kernel source of one transform (primal, gradient, jvp, vjp, hvp)."""
         fn = self._lookup(function_id)
         with self._engine_errors():
-            return self._engine.source(fn, transform)
+            return self.engine.source(fn, transform)
 
     def evaluate(self, target, body, meta=None) -> dict:
         """Evaluate `target` (a function id, or a definition to register on the way).
@@ -88,15 +89,11 @@ class Service:
         The result holds the arrays asked for in `compute`, and `cached`. `meta`, if given,
         receives how it was answered: `backend` (interpreter, python or numba: for a cached result, the tier
         that computed it), `cache_hit`, and `compute_ms` when it was computed now."""
-        with self.heap.busy(), self._busy():
+        with self.heap.busy(), self.engine.busy():
             return self._evaluate(target, body, {} if meta is None else meta)
 
-    def _busy(self):
-        busy = getattr(self._engine, "busy", None)  # an engine without background work has none
-        return contextlib.nullcontext() if busy is None else busy()
-
     def _evaluate(self, target, body, meta) -> dict:
-        request = evaluation.parse(body, self._engine.COMPUTE_KINDS)
+        request = evaluation.parse(body, self.engine.COMPUTE_KINDS)
         if target is None:
             raise ServiceError(UNPROCESSABLE, "missing_field",
                                '"function" is required: the definition to evaluate '
@@ -121,11 +118,11 @@ class Service:
             return {**{k: v for k, v in result.items() if k != _BACKEND}, "cached": True}
         started = time.perf_counter()
         with self._engine_errors():
-            raw = self._engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
-                                        request.cotangent, request.batch, meta=meta,
-                                        **({"wrt": list(request.wrt)} if request.wrt else {}))
+            raw = self.engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
+                                       request.cotangent, request.batch, meta=meta,
+                                       **({"wrt": list(request.wrt)} if request.wrt else {}))
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
-        result = _frozen(raw, owned=getattr(self._engine, "RESULTS_ARE_OWNED", False))
+        result = _frozen(raw, owned=self.engine.RESULTS_ARE_OWNED)
         kept = {**result, _BACKEND: meta.get("backend", "interpreter")}
         self._results.put(key, kept)
         if self._shared is not None:
@@ -134,7 +131,7 @@ class Service:
 
     def graph_schema(self) -> dict:
         if self._graph_schema is None:
-            self._graph_schema = self._engine.graph_schema()
+            self._graph_schema = self.engine.graph_schema()
         return self._graph_schema
 
     def ready(self) -> bool:
@@ -143,27 +140,16 @@ class Service:
     def close(self) -> None:
         """Stop background engine work (kernel compiles in progress)."""
         self.heap.stop()
-        shutdown = getattr(self._engine.get_backend(), "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        self.engine.close()
         if self._shared is not None:
             self._shared.close()
 
     def stats(self) -> dict:
-        tier = self._engine.get_backend().stats
+        """The service's counts, the engine's (`engine`: `Engine.stats()`) and the shared store's."""
         return {"functions": len(self._functions), "function_evictions": self._functions.evictions,
                 "cache_hits": self._results.hits,
                 "cache_misses": self._results.misses, "cache_entries": len(self._results),
-                "cache_bytes": self._results.size, "runs": dict(tier.runs), "compiles": tier.compiles,
-                "compile_seconds": tier.compile_seconds, "kernel_disk_loads": tier.disk_loads,
-                "tier_choices": dict(tier.chosen),
-                "compile_failures": tier.compile_failures + tier.compile_timeouts,
-                "tier_switches": getattr(tier, "switches", 0), "tier_probes": getattr(tier, "probes", 0),
-                "parallel_compiles": getattr(tier, "parallel_compiles", 0),
-                "parallel_failures": getattr(tier, "parallel_failures", 0),
-                "parallel_disabled": getattr(tier, "parallel_disabled", ""),
-                "python_kernels": getattr(tier, "python_kernels", 0),
-                "python_declined": getattr(tier, "python_declined", 0),
+                "cache_bytes": self._results.size, "engine": self.engine.stats(),
                 "shared": None if self._shared is None else self._shared.stats()}
 
     def _lookup(self, function_id: str):
@@ -183,7 +169,7 @@ class Service:
         if definition is None:
             return None
         try:
-            fn = self._engine.compile_definition(definition, max_depth=self.max_expr_depth)
+            fn = self.engine.compile_definition(definition, max_depth=self.max_expr_depth)
         except EngineError as e:
             log.warning("the shared definition of %s does not compile here: %s", function_id[:100], e)
             return None
@@ -218,7 +204,7 @@ class Service:
                 return fn, False
         self._check_text(definition)
         with self._engine_errors():
-            fn = self._engine.compile_definition(definition, max_depth=self.max_expr_depth)
+            fn = self.engine.compile_definition(definition, max_depth=self.max_expr_depth)
         fn, created = self._keep(fn)
         if self._definitions.peek(fn.id) is not None:
             created = False  # registered before, and compiled again after its eviction

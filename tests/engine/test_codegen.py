@@ -23,11 +23,13 @@ from hypothesis import given, settings
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
 
-from adserve.engine import api
+from adserve.engine import Engine, main_plan
 from adserve.engine.codegen import schedule
 from adserve.engine.codegen.module import kernel_module
 from adserve.engine.ir import Lit
 from adserve.engine.codegen.worker import NICE, load
+
+engine = Engine()  # the interpreter, default limits
 
 GROUP = 14
 GROUPS = [SPECS[i:i + GROUP] for i in range(0, len(SPECS), GROUP)]
@@ -126,8 +128,8 @@ def f(x, w):
 def program_case(name, points=B):
     """PROGRAMS[name]'s value, gradient and HVP plan, and `points` points near its point with tangents."""
     defn, point = PROGRAMS[name]
-    fn = api.compile_definition(defn)
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient", "hvp"}))
+    fn = engine.compile_definition(defn)
+    graph, _ = main_plan(fn, frozenset({"value", "gradient", "hvp"}))
     rng = np.random.default_rng(0)
     xs = [np.asarray(point[n], dtype=np.float64) for n in fn.input_names]
     args = [x[None] + 0.01 * rng.standard_normal((points, *x.shape)) for x in xs]
@@ -153,8 +155,8 @@ def test_index_out_of_range_is_an_error_not_a_crash():
 
 
 def test_generated_source_is_readable():
-    fn = api.compile_definition(PROGRAMS["survey"][0])
-    text = api.source(fn, "gradient")
+    fn = engine.compile_definition(PROGRAMS["survey"][0])
+    text = engine.source(fn, "gradient")
     assert "def kernel(" in text and "math.log(x0)" in text and "line 1, column" in text
     g = make_graph(lambda x: x, [()])
     assert "kernel" in kernel_module(g, "identity")
@@ -195,15 +197,15 @@ COPY = re.compile(r"^\s*(\w+)\[(i\d+)\] = (\w+)\[\2\]\s*(#.*)?$", re.MULTILINE) 
 def test_cotangent_accumulation_updates_in_place():
     """Reverse mode accumulates a slice's cotangent as update(a, a[at] + v, at): with nothing reading `a` after
     it, the kernel writes the slice into a's buffer instead of copying `a` first."""
-    fn = api.compile_definition(ROSENBROCK)
-    text = api.source(fn, "gradient")
+    fn = engine.compile_definition(ROSENBROCK)
+    text = engine.source(fn, "gradient")
     assert "update" not in text and not COPY.findall(text), text
     # the gradient is computed in its output row: no buffer of its shape, no copy into o1 at the end
     assert "np.empty((6,))" not in text and "o1[p] = o1[p]" not in text and re.search(r"= o1\[p\]\n", text), text
     assert not re.search(r"^\s*o1\[p\] = ", text, re.MULTILINE), text
     # the slice-add of the reverse sweep is one loop writing into the gradient's slice: no buffer of (5,) for it
     assert text.count("np.empty((5,))") == 1, text
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
     rng = np.random.default_rng(1)
     assert_same(graph, [rng.standard_normal((B, 6))], "rosenbrock gradient")
 
@@ -211,13 +213,13 @@ def test_cotangent_accumulation_updates_in_place():
 def test_partial_sums_accumulate_in_the_loop_of_what_they_sum():
     """sum(f(X), axis) and reverse mode's sum_to of a broadcast operand's cotangent need no buffer for f(X): one
     loop nest computes the elements and adds them up (gmm's gradient: 434 -> 275 us)."""
-    fn = api.compile_definition({"inputs": [{"name": "X", "shape": [50, 7]}, {"name": "m", "shape": [1, 7]}],
+    fn = engine.compile_definition({"inputs": [{"name": "X", "shape": [50, 7]}, {"name": "m", "shape": [1, 7]}],
                                  "expr": "sum(log(sum((X - m) ** 2, axis=1)))"})
-    primal = api.source(fn, "primal")
+    primal = engine.source(fn, "primal")
     assert "np.empty((50, 7))" not in primal and primal.count("# fused") == 2, primal
-    gradient = api.source(fn, "gradient")
+    gradient = engine.source(fn, "gradient")
     assert "sum_to" in gradient and re.search(r"^ +v\d+\[0, i\d+\] \+= u\d+", gradient, re.MULTILINE), gradient
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
     rng = np.random.default_rng(3)
     assert_same(graph, [rng.standard_normal((B, 50, 7)), rng.standard_normal((B, 1, 7))], "partial sums")
 
@@ -234,15 +236,15 @@ def test_contractions_over_one_matrix_share_one_pass_when_independent(defn, shar
     over A computes both (Helmholtz n=1000: gradient kernel 573 -> 287 us, the primal's time). Where the
     backward product needs the forward one (tanh(Ax)), they stay two passes. Small matrices pair here too."""
     monkeypatch.setattr(schedule, "SHARED_MIN", 1)
-    fn = api.compile_definition(defn)
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    fn = engine.compile_definition(defn)
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
     text = kernel_module(graph, "pairing")
     assert ("# one pass over x0:" in text) is shared, text  # x0: A (other vectors may pair too, here)
     rng = np.random.default_rng(4)
     args = [rng.standard_normal((B, *v.shape)) for v in graph.inputs]
     args[0][:, :, 0] *= -1  # A not symmetric: Ax and Aᵀw differ
     assert_same(graph, args, "pairing gradient")
-    hvp, _ = api._main_plan(fn, frozenset({"value", "gradient", "hvp"}))
+    hvp, _ = main_plan(fn, frozenset({"value", "gradient", "hvp"}))
     args += [rng.standard_normal((B, *v.shape)) for v in graph.inputs]
     assert_same(hvp, args, "pairing hvp")
 
@@ -250,8 +252,8 @@ def test_contractions_over_one_matrix_share_one_pass_when_independent(defn, shar
 def test_pairing_keeps_the_graph_in_dependency_order(monkeypatch):
     """The second product and what it needs move up next to the first; everything still follows its inputs."""
     monkeypatch.setattr(schedule, "SHARED_MIN", 1)
-    fn = api.compile_definition(QUADRATIC)
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    fn = engine.compile_definition(QUADRATIC)
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
     order, pairs = schedule.pair_contractions(graph)
     assert len(pairs) == 1 and sorted(map(id, order.eqns)) == sorted(map(id, graph.eqns))
     seen = set(order.inputs)
@@ -331,11 +333,11 @@ def test_client_text_in_generated_code_stays_inside_its_comment():
     would end the comment and make the rest code, run when the kernel module is imported (or by the python
     tier). Ids are escaped to one line."""
     evil = 'a\n        import os; os.system("touch /tmp/adserve-pwned")\n        #\u2028x'
-    fn = api.compile_definition({"inputs": [{"name": "x", "shape": []}],
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": []}],
                                  "graph": {"nodes": [{"id": evil, "op": "sin", "args": ["x"]},
                                                      {"id": "b", "op": "log", "args": [evil]}], "outputs": ["b"]}})
     for transform in ("primal", "gradient", "hvp"):
-        text = api.source(fn, transform)
+        text = engine.source(fn, transform)
         tree = ast.parse(text)
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "system"]
         assert not calls and "import os" not in [line.strip() for line in text.splitlines()], text

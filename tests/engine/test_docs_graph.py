@@ -4,7 +4,9 @@ import json
 import pathlib
 import re
 
-from adserve.engine import api
+from adserve.engine import Engine
+
+engine = Engine()
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "graph.md"
 
@@ -14,14 +16,14 @@ def examples():
 
 
 def test_the_survey_graph_is_the_survey_expression():
-    survey = api.compile_definition(examples()[0])
-    expr = api.compile_definition({"inputs": examples()[0]["inputs"], "expr": "log(x1) + x1*x2 - sin(x2)"})
+    survey = engine.compile_definition(examples()[0])
+    expr = engine.compile_definition({"inputs": examples()[0]["inputs"], "expr": "log(x1) + x1*x2 - sin(x2)"})
     assert survey.id == expr.id
 
 
 def test_the_loop_example_is_the_logistic_map():
-    fn = api.compile_definition(examples()[1])
-    r = api.evaluate(fn, {"x": 0.3}, ["value", "gradient"])
+    fn = engine.compile_definition(examples()[1])
+    r = engine.evaluate(fn, {"x": 0.3}, ["value", "gradient"])
     l, d = 0.3, 1.0
     for _ in range(3):
         l, d = 4 * l * (1 - l), d * 4 * (1 - 2 * l)

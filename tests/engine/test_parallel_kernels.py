@@ -17,10 +17,12 @@ from test_codegen import PROGRAMS, compile_kernel, program_case, run_kernel
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
 
-from adserve.engine import api, backend
+from adserve.engine import Engine, backend, main_plan
+from adserve.engine.errors import EvaluationError
 from adserve.engine.codegen.module import CHUNKS_PER_THREAD
 
 B = 37  # not a multiple of the chunk count: uneven chunks, some of one point
+reference = Engine()  # the interpreter
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,7 +30,7 @@ def layer():
     preset = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
     name = backend.parallel_layer()
     if name is None:
-        pytest.skip(f"no thread-safe numba threading layer: {backend._layer_reason()}")
+        pytest.skip(f"no thread-safe numba threading layer: {backend.threads.layer_reason()}")
     if name == "omp" and not preset:
         assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # threads sleep between kernels, never spin
     return name
@@ -124,16 +126,16 @@ def test_a_bad_index_on_the_compiled_tier_is_the_serial_error(tmp_path):
     j[20], i[9] = 7.0, -1.0
     errors = []
     for tier, mod in ((backend.NUMBA, serial), (backend.PARALLEL, par)):
-        with pytest.raises(api.EvaluationError) as e:
-            t._run_kernel(mod, tier, plan, B, [x, i, j], {})
+        with pytest.raises(EvaluationError) as e:
+            t.run_on(tier, mod, g, plan, B, [x, i, j], {})
         errors.append((e.value.code, str(e.value)))
     assert errors[0] == errors[1] and errors[0][0] == "index_out_of_range"
     t.shutdown()
 
 
 def test_threads_may_call_parallel_kernels_at_once():
-    fn = api.compile_definition(PROGRAMS["matrices"][0])
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    fn = reference.compile_definition(PROGRAMS["matrices"][0])
+    graph, _ = main_plan(fn, {"value", "gradient"})
     serial, par = both(graph, "matrices")
     rng = np.random.default_rng(2)
     batches = []
@@ -168,26 +170,22 @@ SUM = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}], 
 
 def _evaluate(t, fn, inputs, n):
     """`n` value-and-gradient requests on tier `t`: the backends that ran them, each answer checked."""
-    want = api.evaluate(fn, inputs, ["value", "gradient"], batch=True)
+    want = reference.evaluate(fn, inputs, ["value", "gradient"], batch=True)
+    compiled = Engine(t)
     seen = []
-    old = api.get_backend()
-    try:
-        api.set_backend(t)
-        for _ in range(n):
-            meta = {}
-            got = api.evaluate(fn, inputs, ["value", "gradient"], batch=True, meta=meta)
-            seen.append(meta["backend"])
-            np.testing.assert_allclose(got["value"], want["value"], rtol=1e-10)
-            np.testing.assert_allclose(got["gradient"]["x"], want["gradient"]["x"], rtol=1e-10, atol=1e-12)
-    finally:
-        api.set_backend(old)
+    for _ in range(n):
+        meta = {}
+        got = compiled.evaluate(fn, inputs, ["value", "gradient"], batch=True, meta=meta)
+        seen.append(meta["backend"])
+        np.testing.assert_allclose(got["value"], want["value"], rtol=1e-10)
+        np.testing.assert_allclose(got["gradient"]["x"], want["gradient"]["x"], rtol=1e-10, atol=1e-12)
     return seen
 
 
 @pytest.mark.timeout(600)
 def test_the_parallel_variant_is_compiled_for_long_batches_only():
-    fn = api.compile_definition(SUM)
-    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+    fn = reference.compile_definition(SUM)
+    graph = main_plan(fn, {"value", "gradient"})[0]
     plan = backend.plan_meta(graph)
     rng = np.random.default_rng(3)
     small = {"x": rng.standard_normal((4, 3)), "A": rng.standard_normal((4, 3, 3))}
@@ -198,37 +196,33 @@ def test_the_parallel_variant_is_compiled_for_long_batches_only():
         assert t.wait(graph, 300)
         _evaluate(t, fn, small, 12)
         assert t.choice(graph, 4) is not None
-        assert plan.parallel_key not in t._pending and plan.parallel_key not in t._ready  # never asked for
-        t.PARALLEL_SECONDS = 0.0  # any batch is long enough now
+        assert plan.parallel_key not in t.store.pending and plan.parallel_key not in t.store.ready  # never asked for
+        t.policy.PARALLEL_SECONDS = 0.0  # any batch is long enough now
         _evaluate(t, fn, long, 8)
-        assert t.wait(graph, 300, parallel=True), t._failed
+        assert t.wait(graph, 300, parallel=True), t.store.failed
         seen = _evaluate(t, fn, long, 40)
         assert backend.PARALLEL in seen  # tried once loaded
-        assert t.choice(graph, 300) is not None and not t._failed
+        assert t.choice(graph, 300) is not None and not t.store.failed
         assert t.stats.parallel_failures == 0 and t.stats.runs[backend.PARALLEL] > 0
 
         # request threads at once, while the tiers of new batch sizes are being timed and chosen
-        t.PROBE_FIRST = 2
+        t.policy.PROBE_FIRST = 2
         sizes = [{"x": rng.standard_normal((n, 3)), "A": rng.standard_normal((n, 3, 3))} for n in (150, 600, 1200)]
-        wants = [api.evaluate(fn, x, ["value", "gradient"], batch=True) for x in sizes]  # on the interpreter
+        wants = [reference.evaluate(fn, x, ["value", "gradient"], batch=True) for x in sizes]
 
         def requests(k):
             seen = []
             for _ in range(25):
                 meta = {}
-                got = api.evaluate(fn, sizes[k % 3], ["value", "gradient"], batch=True, meta=meta)
+                got = compiled.evaluate(fn, sizes[k % 3], ["value", "gradient"], batch=True, meta=meta)
                 seen.append(meta["backend"])
                 np.testing.assert_allclose(got["value"], wants[k % 3]["value"], rtol=1e-10)
                 np.testing.assert_allclose(got["gradient"]["x"], wants[k % 3]["gradient"]["x"], rtol=1e-10, atol=1e-12)
             return seen
 
-        old = api.get_backend()
-        api.set_backend(t)
-        try:
-            with concurrent.futures.ThreadPoolExecutor(6) as pool:
-                seen = [b for r in pool.map(requests, range(6)) for b in r]
-        finally:
-            api.set_backend(old)
+        compiled = Engine(t)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            seen = [b for r in pool.map(requests, range(6)) for b in r]
         assert backend.NUMBA in seen and set(seen) <= {backend.NUMBA, backend.PARALLEL, backend.INTERPRETER}
         assert all(t.choice(graph, len(x["x"])) is not None for x in sizes)
     finally:
@@ -244,11 +238,11 @@ def _broken(source):
 
 @pytest.mark.timeout(600)
 def test_a_failed_parallel_variant_leaves_the_plan_serial(tmp_path):
-    fn = api.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x * x)"})
-    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+    fn = reference.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x * x)"})
+    graph = main_plan(fn, {"value", "gradient"})[0]
     t = backend.Tiered(str(tmp_path))
-    t.PARALLEL_SECONDS = 0.0
-    t.source = _broken(t.source)
+    t.policy.PARALLEL_SECONDS = 0.0
+    t.store.source = _broken(t.store.source)
     x = {"x": np.ones((64, 2))}
     try:
         t.kernel(graph)
@@ -256,7 +250,7 @@ def test_a_failed_parallel_variant_leaves_the_plan_serial(tmp_path):
         _evaluate(t, fn, x, 8)
         assert not t.wait(graph, 300, parallel=True)
         assert t.stats.parallel_failures == 1 and t.stats.compile_failures == 1
-        assert "broken on purpose" in t._failed[backend.plan_meta(graph).parallel_key]
+        assert "broken on purpose" in t.store.failed[backend.plan_meta(graph).parallel_key]
         seen = _evaluate(t, fn, x, 40)
         assert backend.PARALLEL not in seen and backend.NUMBA in seen
     finally:
@@ -264,12 +258,12 @@ def test_a_failed_parallel_variant_leaves_the_plan_serial(tmp_path):
 
 
 def test_without_a_thread_safe_layer_plans_stay_serial(tmp_path, monkeypatch):
-    fn = api.compile_definition(SUM)
-    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
-    monkeypatch.setattr(backend, "parallel_layer", lambda: None)
-    monkeypatch.setattr(backend, "_layer_reason", lambda: "numba's threading layer is 'workqueue'")
+    fn = reference.compile_definition(SUM)
+    graph = main_plan(fn, {"value", "gradient"})[0]
+    monkeypatch.setattr(backend.threads, "parallel_layer", lambda: None)
+    monkeypatch.setattr(backend.threads, "layer_reason", lambda: "numba's threading layer is 'workqueue'")
     t = backend.Tiered(CACHE)
-    t.PARALLEL_SECONDS = 0.0
+    t.policy.PARALLEL_SECONDS = 0.0
     try:
         t.kernel(graph)
         assert t.wait(graph, 300)

@@ -15,7 +15,7 @@ from test_codegen import PROGRAMS, _hvp_graph, program_case
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
 
-from adserve.engine import api, backend
+from adserve.engine import Engine, backend, main_plan
 from adserve.engine.codegen.module import kernel_module
 from adserve.engine.codegen.python import PythonKernel, Unsupported
 
@@ -74,8 +74,8 @@ def test_random_programs_python_equals_interpreted(case):
 
 
 def test_a_domain_error_is_declined_not_answered_wrongly():
-    fn = api.compile_definition({"inputs": [{"name": "x", "shape": []}], "expr": "log(x) + x ** 0.5"})
-    graph, _ = api._main_plan(fn, frozenset({"value", "gradient"}))
+    fn = Engine().compile_definition({"inputs": [{"name": "x", "shape": []}], "expr": "log(x) + x ** 0.5"})
+    graph, _ = main_plan(fn, {"value", "gradient"})
     assert not python_or_declined(graph, [np.array([-1.0])], "log of a negative number")
     assert python_or_declined(graph, [np.array([2.0])], "log of a positive number")
 
@@ -89,69 +89,66 @@ LOGS = {"inputs": [{"name": "x", "shape": [2]}], "expr": " + ".join(f"log(x[0] *
 
 @pytest.fixture
 def lower(tmp_path):
-    """A backend whose numba compiles never come (compile off): its plans stay on the lower tiers."""
+    """An engine whose numba compiles never come (compile off): its plans stay on the lower tiers."""
     t = backend.Tiered(str(tmp_path), compile=False)
-    old = api.get_backend()
-    api.set_backend(t)
-    yield t
-    api.set_backend(old)
+    yield Engine(t)
     t.shutdown()
 
 
-def _ask(fn, x, kinds=("value", "gradient")):
+def _ask(engine, fn, x, kinds=("value", "gradient")):
     meta = {}
-    out = api.evaluate(fn, {"x": x}, list(kinds), meta=meta)
+    out = engine.evaluate(fn, {"x": x}, list(kinds), meta=meta)
     return out, meta["backend"]
 
 
-def _introduced(t):
-    t._introducer.submit(lambda: None).result(timeout=30)  # the plans' introductions are done
+def _introduced(engine):
+    assert engine.settle(30)  # the plans' introductions are done (compile off: nothing else runs)
 
 
 def test_a_scalar_heavy_plan_runs_on_the_python_tier_from_its_third_run(lower):
-    fn = api.compile_definition(SCALAR_HEAVY)
+    fn = lower.compile_definition(SCALAR_HEAVY)
     x = np.array([0.3, -1.1, 0.7, 2.0])
-    assert _ask(fn, x)[1] == "interpreter"  # a plan's first run: nothing built (a new function may be asked once)
+    # a plan's first run: nothing built (a new function may be asked once)
+    assert _ask(lower, fn, x)[1] == "interpreter"
     _introduced(lower)
-    assert lower.stats.python_kernels == 0
-    assert _ask(fn, x * 1.02)[1] == "interpreter"  # asked again: its Python code is built in the background
+    assert lower.stats()["python_kernels"] == 0
+    assert _ask(lower, fn, x * 1.02)[1] == "interpreter"  # asked again: its Python code is built in the background
     _introduced(lower)
-    again, tier = _ask(fn, x * 1.01)
-    assert tier == "python" and lower.stats.runs["python"] == 1 and lower.stats.python_kernels == 1
-    api.set_backend(backend.Interpreter())
-    want, _ = _ask(fn, x * 1.01)
+    again, tier = _ask(lower, fn, x * 1.01)
+    assert tier == "python" and lower.stats()["runs"]["python"] == 1 and lower.stats()["python_kernels"] == 1
+    want, _ = _ask(Engine(), fn, x * 1.01)
     np.testing.assert_allclose(again["value"], want["value"], rtol=1e-12)
     np.testing.assert_allclose(again["gradient"]["x"], want["gradient"]["x"], rtol=1e-12)
 
 
 def test_an_array_heavy_plan_stays_on_the_interpreter(lower):
-    fn = api.compile_definition(ARRAY_HEAVY)
+    fn = lower.compile_definition(ARRAY_HEAVY)
     x = np.linspace(-1, 1, 2000)
     for k in range(3):
-        assert _ask(fn, x + 0.1 * k)[1] == "interpreter"
+        assert _ask(lower, fn, x + 0.1 * k)[1] == "interpreter"
         _introduced(lower)
-    assert lower.stats.python_kernels == 0
+    assert lower.stats()["python_kernels"] == 0
 
 
 def test_a_long_batch_goes_back_to_the_interpreter(lower):
-    fn = api.compile_definition(SCALAR_HEAVY)
+    fn = lower.compile_definition(SCALAR_HEAVY)
     for k in range(2):
-        _ask(fn, np.ones(4) * (1 + k))
+        _ask(lower, fn, np.ones(4) * (1 + k))
         _introduced(lower)
-    assert _ask(fn, np.ones(4) * 3)[1] == "python"
+    assert _ask(lower, fn, np.ones(4) * 3)[1] == "python"
     meta = {}
-    api.evaluate(fn, {"x": np.ones((5000, 4))}, ["value", "gradient"], batch=True, meta=meta)
+    lower.evaluate(fn, {"x": np.ones((5000, 4))}, ["value", "gradient"], batch=True, meta=meta)
     assert meta["backend"] == "interpreter"  # NumPy over 5,000 points beats a Python loop over them
 
 
 def test_domain_errors_are_answered_by_the_interpreter_and_soon_leave_it_there(lower):
-    fn = api.compile_definition(LOGS)
+    fn = lower.compile_definition(LOGS)
     for k in range(2):
-        _ask(fn, np.array([1.0 + k, 2.0]))
+        _ask(lower, fn, np.array([1.0 + k, 2.0]))
         _introduced(lower)
-    assert _ask(fn, np.array([1.5, 2.0]))[1] == "python"
-    for k in range(lower.PYTHON_DECLINES + 2):
-        out, tier = _ask(fn, np.array([-1.0 - k, 2.0]))
+    assert _ask(lower, fn, np.array([1.5, 2.0]))[1] == "python"
+    for k in range(lower.backend.python.PYTHON_DECLINES + 2):
+        out, tier = _ask(lower, fn, np.array([-1.0 - k, 2.0]))
         assert tier == "interpreter" and np.isnan(out["value"])
-    assert lower.stats.python_declined == lower.PYTHON_DECLINES
-    assert _ask(fn, np.array([1.5, 3.0]))[1] == "interpreter"  # declined too often: the interpreter from now on
+    assert lower.stats()["python_declined"] == lower.backend.python.PYTHON_DECLINES
+    assert _ask(lower, fn, np.array([1.5, 3.0]))[1] == "interpreter"  # declined too often: the interpreter from now on

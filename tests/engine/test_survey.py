@@ -277,7 +277,7 @@ def test_vjp_record_hook_gives_table3_adjoints(monkeypatch):
 
 
 def test_engine_trace_reproduces_tables_2_and_3():
-    from adserve.engine.api import Function
+    from adserve.engine import Function
     from adserve.engine.trace import trace_graph
 
     fn = Function(_f_graph(), [("x1", ()), ("x2", ())])

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from adserve.engine import api, backend
+from adserve.engine import Engine, backend, main_plan
 
 INTERP, NUMBA, PAR = backend.INTERPRETER, backend.NUMBA, backend.PARALLEL
 
@@ -22,15 +22,15 @@ class World:
     def __init__(self, tmp_path, monkeypatch, parallel=False):
         self.now = 0.0
         self.cost = {INTERP: 1e-3, NUMBA: 1e-3, PAR: 1e-3}
-        fn = api.compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(sin(x) * x)"})
-        self.graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+        fn = Engine().compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(sin(x) * x)"})
+        self.graph = main_plan(fn, {"value", "gradient"})[0]
         self.plan = backend.plan_meta(self.graph)
-        self.t = backend.Tiered(str(tmp_path), compile=False, python=False)  # lower tier: the fake interpreter
-        self.t._clock = lambda: self.now
-        self.t._ready[self.plan.key] = self._module(NUMBA)
+        # lower tier: the fake interpreter
+        self.t = backend.Tiered(str(tmp_path), compile=False, python=False, clock=lambda: self.now)
+        self.t.store.add(self.plan.key, self._module(NUMBA))
         if parallel:
-            self.t._ready[self.plan.parallel_key] = self._module(PAR)
-        monkeypatch.setattr(backend, "interpret", self._interpret)
+            self.t.store.add(self.plan.parallel_key, self._module(PAR))
+        monkeypatch.setattr(backend.interpreter, "interpret", self._interpret)
 
     def _advance(self, tier):
         self.now += self.cost[tier]
@@ -73,9 +73,9 @@ def test_a_choice_made_on_noisy_timings_corrects_itself(world):
     # the kernel's first probe waits while its estimate says a probe costs over 1% (60 us against 43.5 us); as
     # its runs beat the interpreter's, it is probed again 16 runs later, and the third probe brings the median of
     # its last five runs down: the plan switches
-    first = int((60 / 43.5 - 1) / world.t.PROBE_BUDGET)
+    first = int((60 / 43.5 - 1) / world.t.policy.PROBE_BUDGET)
     kernel = [i for i, b in enumerate(later) if b == NUMBA]
-    assert kernel[:3] == [first - 1 + k * (world.t.PROBE_FIRST + 1) for k in range(3)]
+    assert kernel[:3] == [first - 1 + k * (world.t.policy.PROBE_FIRST + 1) for k in range(3)]
     assert set(later[kernel[2] + 2:]) == {NUMBA}
     assert world.t.choice(world.graph) == NUMBA and world.t.stats.switches == 1
     assert world.runs(2000).count(INTERP) == 0  # now its floor loses to 9.2 us: never probed
@@ -91,7 +91,7 @@ def test_probes_grow_rarer_while_they_confirm_the_choice(world):
     # the first after 150 runs (a probe of a tier 2.5x slower costs 1% of 150 runs), then gaps double up to
     # PROBE_MAX: a handful, then one in PROBE_MAX runs
     assert seen.index(INTERP, 10) >= 150
-    assert 8 <= probes <= 7 + 20_000 // world.t.PROBE_MAX
+    assert 8 <= probes <= 7 + 20_000 // world.t.policy.PROBE_MAX
 
 
 def test_a_hopeless_interpreter_is_never_tried(world):
@@ -103,7 +103,7 @@ def test_a_hopeless_interpreter_is_never_tried(world):
 def test_the_interpreter_plainly_slower_is_run_once(world):
     world.cost.update({NUMBA: 100e-6, INTERP: 1e-3})
     seen = world.runs(20)
-    assert seen[:4] == [NUMBA] * 3 + [INTERP] and seen[4:world.t.PROBE_FIRST].count(INTERP) == 0
+    assert seen[:4] == [NUMBA] * 3 + [INTERP] and seen[4:world.t.policy.PROBE_FIRST].count(INTERP) == 0
     assert world.t.choice(world.graph) == NUMBA
 
 
@@ -132,12 +132,12 @@ def test_long_batches_try_the_parallel_kernel_and_leave_it_when_it_turns_slow(pa
     w.cost[PAR] = 20e-3  # another process takes a core: the threads wait on each other
     seen = w.runs(10, B=10_000)
     # every long run is timed: left once most of its recent runs are slow
-    slow = w.t.WINDOW // 2 + 1
+    slow = w.t.policy.WINDOW // 2 + 1
     assert seen == [PAR] * slow + [NUMBA] * (10 - slow) and w.t.choice(w.graph, 10_000) == NUMBA
     w.cost[PAR] = 1.3e-3  # idle again: probes find it (three, 16 runs apart while it beats the serial kernel)
     seen = w.runs(800, B=10_000)
     # a kernel's first probe after a choice comes within FIRST_LOOK runs, however slow it looked
-    assert seen.index(PAR) < w.t.FIRST_LOOK
+    assert seen.index(PAR) < w.t.policy.FIRST_LOOK
     assert w.t.choice(w.graph, 10_000) == PAR and seen[-50:] == [PAR] * 50
     assert INTERP not in seen  # 100 times slower: its probes would come once in 10,000 runs
     assert w.t.stats.switches == 2
@@ -156,7 +156,7 @@ def test_one_long_point_never_asks_for_the_parallel_kernel(tmp_path, monkeypatch
     try:
         w.cost.update({NUMBA: 2.5e-3, PAR: 1.3e-3, INTERP: 0.26})
         asked = []
-        w.t._request = lambda key, graph, parallel: asked.append((key, parallel))
+        w.t.store.request = lambda key, graph, parallel: asked.append((key, parallel))
         assert PAR not in w.runs(300, B=1) and not asked
         assert w.t.choice(w.graph, 1) == NUMBA
         assert w.runs(10, B=2)[:3] == [NUMBA] * 3 and asked[0] == (w.plan.parallel_key, True)  # two points may pay
@@ -169,12 +169,11 @@ def test_a_parallel_variant_loaded_later_is_tried(tmp_path, monkeypatch):
     try:
         w.cost.update({NUMBA: 2.5e-3, PAR: 1.3e-3, INTERP: 0.26})
         asked = []
-        w.t._request = lambda key, graph, parallel: asked.append((key, parallel))  # no compile in this test
+        w.t.store.request = lambda key, graph, parallel: asked.append((key, parallel))  # no compile in this test
         assert w.runs(10, B=10_000)[:4] == [NUMBA] * 3 + [INTERP]
         assert asked and asked[0] == (w.plan.parallel_key, True)  # asked for once the serial runs were long
         assert w.t.choice(w.graph, 10_000) == NUMBA
-        w.t._ready[w.plan.parallel_key] = w._module(PAR)  # what `_load` does once compiled
-        w.t._retime(w.plan.key)
+        w.t.store.add(w.plan.parallel_key, w._module(PAR))  # what a load does once compiled
         seen = w.runs(10, B=10_000)
         assert seen[:4] == [PAR] * 3 + [PAR] and w.t.choice(w.graph, 10_000) == PAR
         assert w.t.stats.switches == 1
@@ -194,6 +193,6 @@ def test_compiles_leave_a_core_to_requests(tmp_path, monkeypatch):
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")  # cgroup v1, a limit of 1
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert backend.usable_cores(str(tmp_path)) == 1
-    monkeypatch.setattr(backend, "usable_cores", lambda: 3)
+    monkeypatch.setattr(backend.threads, "usable_cores", lambda: 3)
     t = backend.Tiered(str(tmp_path / "cache"), compile=False)
     assert t.workers == 2 and backend.Tiered(str(tmp_path / "cache"), workers=3).workers == 3

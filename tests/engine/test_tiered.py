@@ -1,22 +1,26 @@
-"""`api.evaluate` on the compiled tier: the same answers as the interpreter, arrays no one else holds, and
+"""`Engine.evaluate` on the compiled tier: the same answers as the interpreter, arrays no one else holds, and
 kernels on disk preloaded at start.
 
 Kernels of the first test are cached under ~/.cache (as in test_codegen), so reruns skip numba's compile."""
 
+import concurrent.futures
 import itertools
-import threading
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from adserve.engine import api, backend
+from adserve.engine import Engine, backend, main_plan
+from adserve.engine.backend.plan import known_meta
 from adserve.engine.codegen.module import CODEGEN_VERSION
 
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "adserve-test-tiered")
 SCALAR = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}],
           "expr": "dot(x, A @ x) + sum(sin(x))"}
 VECTOR = {"inputs": [{"name": "x", "shape": [2]}, {"name": "M", "shape": [3, 2]}], "expr": "sin(M @ x)"}
+reference = Engine()  # the interpreter
 
 
 def requests(fn, rng):
@@ -52,41 +56,35 @@ def tier():
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("definition", [SCALAR, VECTOR], ids=["scalar", "vector"])
 def test_compiled_answers_like_the_interpreter_in_arrays_of_its_own(tier, definition):
-    fn = api.compile_definition(definition)
+    compiled = Engine(tier)
+    fn = compiled.compile_definition(definition)
     reqs = list(requests(fn, np.random.default_rng(0)))
-    old = api.get_backend()
-    try:
-        api.set_backend(tier)
-        for r in reqs:  # every plan's kernel starts compiling
-            api.evaluate(fn, **r)
-        assert tier.settle(600) and not tier._failed
-        answers = []
-        for r in reqs:
-            meta = {}
-            api.set_backend(tier)
-            got = api.evaluate(fn, **r, meta=meta)
-            assert meta["backend"] == "numba", r
-            api.set_backend(backend.Interpreter())
-            want = api.evaluate(fn, **r)
-            assert list(got) == list(want)
-            answers.append((r, list(leaves(got)), list(leaves(want))))
-        held = [a for r in reqs for a in (*r["inputs"].values(), *r["tangent"].values(), r["cotangent"])]
-        every = [g for _, got, _ in answers for g in got]
-        for r, got, want in answers:  # compared after all ran: no later request wrote into an earlier answer
-            assert len(got) == len(want)
-            for g, w in zip(got, want):
-                assert g.dtype == np.float64 and g.shape == w.shape, r
-                np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg=str(r))
-                assert not any(np.shares_memory(g, h) for h in held), r
-                assert sum(np.shares_memory(g, h) for h in every) == 1, r  # itself only
-    finally:
-        api.set_backend(old)
+    for r in reqs:  # every plan's kernel starts compiling
+        compiled.evaluate(fn, **r)
+    assert compiled.settle(600) and not tier.store.failed
+    answers = []
+    for r in reqs:
+        meta = {}
+        got = compiled.evaluate(fn, **r, meta=meta)
+        assert meta["backend"] == "numba", r
+        want = reference.evaluate(fn, **r)
+        assert list(got) == list(want)
+        answers.append((r, list(leaves(got)), list(leaves(want))))
+    held = [a for r in reqs for a in (*r["inputs"].values(), *r["tangent"].values(), r["cotangent"])]
+    every = [g for _, got, _ in answers for g in got]
+    for r, got, want in answers:  # compared after all ran: no later request wrote into an earlier answer
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == np.float64 and g.shape == w.shape, r
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg=str(r))
+            assert not any(np.shares_memory(g, h) for h in held), r
+            assert sum(np.shares_memory(g, h) for h in every) == 1, r  # itself only
     assert tier.stats.runs["numba"] > 0
 
 
 def test_preload_loads_the_kernels_on_disk_most_recent_first(tmp_path):
-    fn = api.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x * x)"})
-    plans = [api._main_plan(fn, frozenset(k))[0] for k in ({"value"}, {"value", "gradient"})]
+    fn = reference.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x * x)"})
+    plans = [main_plan(fn, k)[0] for k in ({"value"}, {"value", "gradient"})]
     first = backend.Tiered(str(tmp_path))
     try:
         for g in plans:
@@ -103,14 +101,14 @@ def test_preload_loads_the_kernels_on_disk_most_recent_first(tmp_path):
     try:
         one.preload(limit=1).join(120)
         # the gradient plan was loaded last (its use recorded), so it comes first
-        assert list(one._ready) == [backend.plan_key(plans[1])] and one.stats.preloaded == 1
+        assert list(one.store.ready) == [backend.plan_key(plans[1])] and one.stats.preloaded == 1
     finally:
         one.shutdown()
 
     every = backend.Tiered(str(tmp_path), compile=False)
     try:
         every.preload().join(120)
-        assert set(every._ready) == {backend.plan_key(g) for g in plans} and not every._failed
+        assert set(every.store.ready) == {backend.plan_key(g) for g in plans} and not every.store.failed
         assert every.stats.preloaded == every.stats.disk_loads == 2 and every.stats.compiles == 0
         x = np.array([[1.0, 2.0]])
         assert every.run(plans[1], [x])[1].tolist() == [[2.0, 4.0]]
@@ -120,101 +118,130 @@ def test_preload_loads_the_kernels_on_disk_most_recent_first(tmp_path):
 
 def test_a_plan_keeps_the_tier_that_timed_faster(tmp_path):
     t = backend.Tiered(str(tmp_path), compile=False)
-    g = api._main_plan(api.compile_definition(VECTOR), frozenset({"value"}))[0]  # stands for the plans below
+    g = main_plan(reference.compile_definition(VECTOR), {"value"})[0]  # stands for the plans below
     small = backend.PlanMeta("small", ((),), steps=5, work=10)
-    w, c = ("small", 1), backend._Choice()
-    assert t._pick(c, w, g, small, 1) == "numba"  # the kernel's runs first
+    w, c = ("small", 1), backend.Choice()
+    assert t.policy.pick(c, w, g, small, 1) == "numba"  # the kernel's runs first
     c.times["numba"] = [1e-3, 1.2e-3, 1.1e-3]
-    assert t._pick(c, w, g, small, 1) == "interpreter"  # then the interpreter's
+    assert t.policy.pick(c, w, g, small, 1) == "interpreter"  # then the interpreter's
     c.times["interpreter"] = [2e-4]
-    assert t._pick(c, w, g, small, 1) == "interpreter" and c.on is None
+    assert t.policy.pick(c, w, g, small, 1) == "interpreter" and c.on is None
     c.times["interpreter"] += [3e-4, 2.5e-4]
-    assert t._pick(c, w, g, small, 1) == "interpreter" and c.on[0] == "interpreter"
+    assert t.policy.pick(c, w, g, small, 1) == "interpreter" and c.on[0] == "interpreter"
 
-    slower = backend._Choice()  # one run plainly slower: no second
+    slower = backend.Choice()  # one run plainly slower: no second
     slower.times = {"numba": [1e-3] * 3, "interpreter": [5e-3]}
-    assert t._pick(slower, ("small", 2), g, small, 2) == "numba" and slower.on[0] == "numba"
+    assert t.policy.pick(slower, ("small", 2), g, small, 2) == "numba" and slower.on[0] == "numba"
 
     big = backend.PlanMeta("big", ((),), steps=10_000, work=1e6)  # its floor alone loses: never tried
-    hopeless = backend._Choice()
+    hopeless = backend.Choice()
     hopeless.times = {"numba": [1e-3] * 3}
-    assert t._pick(hopeless, ("big", 1), g, big, 1) == "numba" and hopeless.on[0] == "numba"
+    assert t.policy.pick(hopeless, ("big", 1), g, big, 1) == "numba" and hopeless.on[0] == "numba"
     assert t.stats.chosen == {"interpreter": 1, "numba": 2, "numba-parallel": 0}
     t.shutdown()
 
 
 def test_a_plan_chosen_for_the_interpreter_runs_there(tier):
-    fn = api.compile_definition(SCALAR)
-    graph = api._main_plan(fn, frozenset({"value"}))[0]
+    compiled = Engine(tier)
+    fn = compiled.compile_definition(SCALAR)
+    graph = main_plan(fn, {"value"})[0]
     tier.kernel(graph)
     assert tier.wait(graph, 300)
     x = {"x": np.array([0.5, 1.0, 2.0]), "A": np.eye(3)}
     which = (backend.plan_key(graph), 1)
-    old = api.get_backend()
     try:
-        api.set_backend(tier)
         for _ in range(8):  # the choice is made on the first runs
-            api.evaluate(fn, x)
+            compiled.evaluate(fn, x)
         assert tier.choice(graph) == "numba"  # a few microseconds: the interpreter cannot win
-        tier._choices[which].on = ("interpreter", None)
+        tier.policy.choices[which].on = ("interpreter", None)
         meta = {}
-        assert float(api.evaluate(fn, x, meta=meta)["value"]) == pytest.approx(5.25 + np.sin([0.5, 1, 2]).sum())
+        assert float(compiled.evaluate(fn, x, meta=meta)["value"]) == pytest.approx(5.25 + np.sin([0.5, 1, 2]).sum())
         assert meta["backend"] == "interpreter"
     finally:
-        api.set_backend(old)
-        tier._choices.pop(which, None)
+        tier.policy.choices.pop(which, None)
 
 
 def test_read_only_inputs_run_compiled(tier):
     """numba types a read-only array apart from a writable one: such inputs are copied, not refused."""
-    fn = api.compile_definition(SCALAR)
-    graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+    compiled = Engine(tier)
+    fn = compiled.compile_definition(SCALAR)
+    graph = main_plan(fn, {"value", "gradient"})[0]
     tier.kernel(graph)
     assert tier.wait(graph, 300)
     x, A = np.array([0.5, 1.0, 2.0]), np.eye(3)
     for a in (x, A):
         a.setflags(write=False)
-    old = api.get_backend()
-    try:
-        api.set_backend(tier)
-        backends = set()
-        for _ in range(4):
-            meta = {}
-            r = api.evaluate(fn, {"x": x, "A": A}, ["value", "gradient"], meta=meta)
-            backends.add(meta["backend"])
-            np.testing.assert_allclose(r["gradient"]["x"], 2 * x + np.cos(x))
-        assert "numba" in backends
-    finally:
-        api.set_backend(old)
+    backends = set()
+    for _ in range(4):
+        meta = {}
+        r = compiled.evaluate(fn, {"x": x, "A": A}, ["value", "gradient"], meta=meta)
+        backends.add(meta["backend"])
+        np.testing.assert_allclose(r["gradient"]["x"], 2 * x + np.cos(x))
+    assert "numba" in backends
 
 
 def test_a_plans_first_run_answers_at_once_and_hashes_and_compiles_afterwards(monkeypatch):
     t = backend.Tiered(CACHE, workers=1)
     gate, introduced = threading.Event(), []
-    original = t._introduce
+    original = t.introduce
 
     def gated(graph):
         gate.wait(60)
         introduced.append(graph)
         original(graph)
 
-    monkeypatch.setattr(t, "_introduce", gated)
-    old = api.get_backend()
+    monkeypatch.setattr(t, "introduce", gated)
+    compiled = Engine(t)
     try:
-        api.set_backend(t)
-        fn = api.compile_definition(SCALAR)
-        graph = api._main_plan(fn, frozenset({"value", "gradient"}))[0]
+        fn = compiled.compile_definition(SCALAR)
+        graph = main_plan(fn, {"value", "gradient"})[0]
         x = {"x": np.ones(3), "A": np.eye(3)}
         meta = {}
-        got = api.evaluate(fn, x, ["value", "gradient"], meta=meta)
+        got = compiled.evaluate(fn, x, ["value", "gradient"], meta=meta)
         assert meta["backend"] == "interpreter" and meta["compile"] == "pending"
-        assert not introduced and backend._META not in graph.__dict__  # nothing hashed on the request's time
+        assert not introduced and known_meta(graph) is None  # nothing hashed on the request's time
         gate.set()
         assert t.settle(600) and introduced == [graph] and t.kernel(graph) is not None
         meta = {}
-        again = api.evaluate(fn, x, ["value", "gradient"], meta=meta)
+        again = compiled.evaluate(fn, x, ["value", "gradient"], meta=meta)
         assert meta["backend"] == "numba" and "compile" not in meta
         assert float(got["value"]) == pytest.approx(float(again["value"]))
     finally:
-        api.set_backend(old)
         t.shutdown()
+
+
+def test_calls_and_runs_in_flight_count_back_to_zero_from_many_threads(tmp_path):
+    """Every change of the in-flight count is under one lock (`busy` around calls, and each run of a plan):
+    a lost update would leave the count above 0 for good, and background work waiting its full time for a
+    quiet moment that never comes."""
+    t = backend.Tiered(str(tmp_path), compile=False, python=False)
+    try:
+        compiled = Engine(t)
+        fn = compiled.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x * x)"})
+        x = {"x": np.array([1.0, 2.0])}
+        compiled.evaluate(fn, x)
+        assert compiled.settle(60)  # introduced: its runs from now on go through the count
+        # CPython rarely switches threads inside `n += 1` on an int: an int whose + yields to other threads
+        # widens the window an unguarded read-modify-write would lose an update in
+        t.in_flight._count = YieldingInt(0)
+
+        def calls(_):
+            for _ in range(200):
+                with compiled.busy():
+                    compiled.evaluate(fn, x)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(calls, range(8)))
+        assert t.in_flight.count == 0
+        assert t.stats.runs["interpreter"] == 1 + 8 * 200
+    finally:
+        t.shutdown()
+
+
+class YieldingInt(int):
+    def __add__(self, other):
+        time.sleep(0)  # lets another thread run between this read and the write of the sum
+        return YieldingInt(int(self) + other)
+
+    def __sub__(self, other):
+        time.sleep(0)
+        return YieldingInt(int(self) - other)

@@ -2,6 +2,7 @@
 
 from fastapi.testclient import TestClient
 
+from adserve.engine import Engine
 from adserve.server.rest import create_app
 from adserve.server.settings import Settings
 
@@ -14,7 +15,7 @@ class StubService:
 
     def stats(self):
         return {"functions": 0, "cache_hits": 0, "cache_misses": 0, "cache_entries": 0, "cache_bytes": 0,
-                "runs": {}, "compiles": 0, "compile_failures": 0}
+                "engine": Engine().stats()}
 
 
 def test_shutdown_closes_the_service():

@@ -10,11 +10,12 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
+from adserve.engine import Engine, Limits
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
 from adserve.server.rest import create_app
 from adserve.server.rpc import SERVICE_NAME, RpcServer
-from adserve.server.security import Guard, GuardInterceptor, KeyRing, RateLimiter, apply_engine_limits
+from adserve.server.security import Guard, GuardInterceptor, KeyRing, RateLimiter
 from adserve.server.service import Service
 from adserve.server.settings import Settings
 from adserve.server.shared import SharedStore
@@ -55,21 +56,19 @@ def test_token_bucket_refills_at_the_rate_and_says_when():
 
 
 def test_engine_limits_come_from_the_settings():
-    from adserve.engine.limits import LIMITS
-    before = dict(vars(LIMITS))
-    try:
-        limits = apply_engine_limits(Settings(max_nodes=123, max_trip_count=77))
-        assert limits["max_nodes"] == 123 and limits["max_trip_count"] == 77
-        assert limits["max_work"] == before["max_work"]  # unset: the engine's default
-    finally:
-        LIMITS.update(**before)
+    engine = Engine.from_settings(Settings(compile=False, max_nodes=123, max_trip_count=77, max_sweep_rows=9))
+    limits = engine.limits
+    assert (limits.max_nodes, limits.max_trip_count, limits.max_sweep_rows) == (123, 77, 9)
+    assert limits.max_work == Limits().max_work  # unset: the engine's default
+    assert Engine().limits == Limits()  # another engine in the process keeps the defaults
 
 
 # -- REST ------------------------------------------------------------------------------
 def app(**settings):
     s = Settings(**settings)
-    return TestClient(create_app(Service(result_cache_bytes=1 << 20, max_batch=s.max_batch,
-                                         max_expr_chars=s.max_expr_chars, max_expr_depth=s.max_expr_depth), s))
+    return TestClient(create_app(Service(Engine(limits=Limits.from_settings(s)), result_cache_bytes=1 << 20,
+                                         max_batch=s.max_batch, max_expr_chars=s.max_expr_chars,
+                                         max_expr_depth=s.max_expr_depth), s))
 
 
 def test_rest_needs_a_key_on_v1_only():
@@ -133,19 +132,13 @@ def test_service_limits_answer_413_before_any_work():
 
 
 def test_engine_limits_are_413_with_which_limit_and_by_how_much():
-    from adserve.engine.limits import LIMITS
-    before = dict(vars(LIMITS))
-    try:
-        apply_engine_limits(Settings(max_trip_count=1000, max_elements=10_000))
-        c = app()
-        r = c.post("/v1/functions", json={"inputs": [{"name": "x", "shape": []}],
-                                          "program": "def f(x):\n    s = x\n    for i in range(5000):\n"
-                                                     "        s = s + x\n    return s"})
-        assert r.status_code == 413 and "5,000 iterations" in r.json()["error"]["message"]
-        r = c.post("/v1/functions", json={"inputs": [{"name": "x", "shape": [200, 200]}], "expr": "sum(x)"})
-        assert r.status_code == 413 and "40,000 elements" in r.json()["error"]["message"]
-    finally:
-        LIMITS.update(**before)
+    c = app(max_trip_count=1000, max_elements=10_000)
+    r = c.post("/v1/functions", json={"inputs": [{"name": "x", "shape": []}],
+                                      "program": "def f(x):\n    s = x\n    for i in range(5000):\n"
+                                                 "        s = s + x\n    return s"})
+    assert r.status_code == 413 and "5,000 iterations" in r.json()["error"]["message"]
+    r = c.post("/v1/functions", json={"inputs": [{"name": "x", "shape": [200, 200]}], "expr": "sum(x)"})
+    assert r.status_code == 413 and "40,000 elements" in r.json()["error"]["message"]
 
 
 # -- gRPC ------------------------------------------------------------------------------

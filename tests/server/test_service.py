@@ -1,9 +1,11 @@
 """The service layer on a stand-in engine: registry, result cache, validation, error kinds."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
-from adserve.engine.backend import Interpreter
+from adserve.engine import Engine
 from adserve.engine.errors import DefinitionError, EvaluationError, LimitError
 from adserve.server.cache import LRU, result_nbytes
 from adserve.server.service import Service, ServiceError
@@ -27,6 +29,7 @@ class FakeEngine:
     """Doubles `x`; refuses the expressions "bad" and "huge" the way the engine would."""
 
     COMPUTE_KINDS = KINDS
+    RESULTS_ARE_OWNED = False
 
     def __init__(self):
         self.compiles = self.evaluations = 0
@@ -53,8 +56,14 @@ class FakeEngine:
     def graph_schema(self):
         return {"type": "object"}
 
-    def get_backend(self):
-        return Interpreter()
+    def busy(self):
+        return contextlib.nullcontext()
+
+    def stats(self):
+        return Engine().stats()
+
+    def close(self):
+        pass
 
 
 DEF = {"inputs": [{"name": "x", "shape": []}], "expr": "2*x"}
@@ -116,8 +125,7 @@ def test_cached_results_cannot_be_changed_by_a_caller(service):
 
 
 def test_owned_engine_results_are_frozen_in_place_and_inputs_left_alone():
-    from adserve.engine import api
-    service = Service(engine=api, result_cache_bytes=1 << 20)
+    service = Service(engine=Engine(), result_cache_bytes=1 << 20)
     x = np.array([1.0, 2.0])
     body = {"inputs": {"x": x}, "compute": ["value", "gradient", "trace"]}
     first = service.evaluate({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x)"}, body)

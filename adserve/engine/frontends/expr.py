@@ -14,7 +14,6 @@ import threading
 
 from ..builder import Budget, Builder, V
 from ..errors import DefinitionError, LimitError, ParseError
-from ..limits import LIMITS
 from . import functions
 from .indexing import get_item
 from .values import Index, Undefined, as_value, static_int
@@ -290,10 +289,10 @@ def _describe(node_type: str) -> str:
             "Await": "await", "Yield": "yield", "Starred": "*unpacking", "Slice": "a slice"}.get(node_type, node_type)
 
 
-def lower_expression(text: str, inputs, max_depth: int) -> "Builder":
+def lower_expression(text: str, inputs, max_depth: int, max_nodes: int) -> "Builder":
     """Parse `text` and return (builder, output value)."""
     tree = parse(text, "eval")
-    b = Builder(budget=Budget(LIMITS.max_nodes))
+    b = Builder(budget=Budget(max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
     low = ExprLowerer(b, env, max_depth)
     out = low.expr(tree)

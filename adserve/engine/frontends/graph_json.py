@@ -22,7 +22,6 @@ import math
 from ..builder import PRIMS, Budget, Builder, V
 from ..errors import DefinitionError
 from ..ir import Graph, Lit, Var, sub_graphs
-from ..limits import LIMITS
 
 PARAMS = {
     "reduce_sum": ("axes",), "reduce_max": ("axes",), "reduce_min": ("axes",), "logsumexp": ("axes",),
@@ -71,9 +70,9 @@ def _jsonable(v):
 
 
 # -- import ---------------------------------------------------------------------
-def lower_graph(graph_json, inputs):
+def lower_graph(graph_json, inputs, max_nodes: int):
     """Build IR from the node-list form; returns (builder, output value)."""
-    b = Builder(budget=Budget(LIMITS.max_nodes))
+    b = Builder(budget=Budget(max_nodes))
     scope = {name: b.input(shape) for name, shape in inputs}
     if not isinstance(graph_json, dict):
         raise DefinitionError("graph must be an object with 'nodes' and 'outputs'", code="bad_graph")

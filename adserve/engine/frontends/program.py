@@ -15,7 +15,6 @@ import ast
 from ..builder import Budget, Builder, V
 from ..errors import DefinitionError
 from ..ir import Graph, Var
-from ..limits import LIMITS
 from .expr import ExprLowerer, _static_binop, loc_of, parse
 from .indexing import set_item
 from .values import Counter, Index, Undefined, as_value, static_int
@@ -245,7 +244,7 @@ def _as_branch_value(b, v):
     return as_value(b, v)
 
 
-def lower_program(text: str, inputs, max_depth: int):
+def lower_program(text: str, inputs, max_depth: int, max_nodes: int):
     """Parse a `def f(...)` program; returns (builder, output value)."""
     tree = parse(text, "exec")
     funcs = tree.body
@@ -261,7 +260,7 @@ def lower_program(text: str, inputs, max_depth: int):
     if names != want:
         raise DefinitionError(f"the function's arguments {names} must be the inputs in order {want}", loc_of(fn),
                               code="bad_program")
-    b = Builder(budget=Budget(LIMITS.max_nodes))
+    b = Builder(budget=Budget(max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
     low = ProgramLowerer(b, env, max_depth)
     if not low.block(fn.body):

@@ -1,64 +1,50 @@
-"""The engine's public face: compile a definition, evaluate what a caller asks for.
+"""The engine's public face: an `Engine` compiles definitions and evaluates what a caller asks for.
+
+An `Engine` owns what used to be process-wide: its backend (the NumPy
+interpreter, or `backend.Tiered`: numba kernels once ready), its `Limits`, and
+the backend's counters (`stats()`, one plain dict). It is passed to whoever
+needs it, never global: two engines in one process share nothing.
 
 `compile_definition` turns a JSON definition into a `Function` whose id is the
 hash of its canonical IR; static limits are checked there. `evaluate` validates
 a request (names, shapes, batch sizes, cost) and runs the plans of plans.py on
-the chosen backend (the NumPy interpreter, or numba kernels when ready).
+the engine's backend.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 
 import numpy as np
 
 from . import control, primitives  # noqa: F401  (fill the primitive table)
-from .backend import Fresh, Interpreter
+from .backend import Fresh, Interpreter, Tiered, stats_dict
 from .errors import DefinitionError, EngineError, EvaluationError, LimitError
 from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
 from .ir import Graph, canonical_text, structural_hash
-from .limits import LIMITS, check_function, check_request
+from .limits import DEFAULT_LIMITS, Limits, check_function, check_request
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
 COMPUTE_KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "trace")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SOURCE_TRANSFORMS = {"primal": "value", "gradient": "gradient", "jvp": "jvp", "vjp": "vjp", "hvp": "hvp"}
-_backend = Interpreter()
-# every array `evaluate` returns is the caller's alone (no input, other result or engine state shares its
-# memory), so a caller that keeps results may freeze them in place instead of copying (the service does)
-RESULTS_ARE_OWNED = True
-
-
-def set_backend(backend):
-    """Choose who runs plans: `backend.Interpreter()` (default) or `backend.Tiered(cache_dir)`."""
-    global _backend
-    _backend = backend
-
-
-def get_backend():
-    return _backend
-
-
-def busy():
-    """`with api.busy():` around a call: the backend's background work (kernel source, loads) waits for a
-    moment with none in progress, so it does not share the interpreter's lock with a request's parsing."""
-    return _backend.busy()
 
 
 class Function:
-    def __init__(self, graph: Graph, inputs):
+    def __init__(self, graph: Graph, inputs, limits: Limits = DEFAULT_LIMITS):
         self.graph = graph
         self.input_names = [n for n, _ in inputs]
         self.input_shapes = {n: tuple(s) for n, s in inputs}
         self.output_shape = tuple(graph.outputs[0].shape)
         self.id = structural_hash(graph, self.input_names)
-        self.n_nodes, self.steps, self.work = check_function(graph)
+        self.n_nodes, self.steps, self.work = check_function(graph, limits)
         self._plans: dict = {}
-        self._requests: dict = {}  # (compute, wrt) -> checked request form (api._request)
+        self._requests: dict = {}  # (compute, wrt) -> checked request form (see _request)
         self._lock = threading.RLock()  # plans are built from other plans
 
     def info(self) -> dict:
@@ -99,10 +85,10 @@ def _parse_inputs(defn) -> list:
     return out
 
 
-def compile_definition(defn, max_depth: int | None = None) -> Function:
-    """Compile a definition (inputs and one of expr, program, graph) into a `Function`.
+def compile_definition(defn, limits: Limits = DEFAULT_LIMITS, max_depth: int | None = None) -> Function:
+    """Compile a definition (inputs and one of expr, program, graph) into a `Function` within `limits`.
 
-    `max_depth` caps the nesting of an expr or program (default: the engine's `LIMITS.max_expr_depth`)."""
+    `max_depth` caps the nesting of an expr or program (default: `limits.max_expr_depth`)."""
     if not isinstance(defn, dict):
         raise DefinitionError("a definition is an object with 'inputs' and one of 'expr', 'program', 'graph'",
                               code="bad_definition")
@@ -116,17 +102,17 @@ def compile_definition(defn, max_depth: int | None = None) -> Function:
     if form != "graph" and not isinstance(body, str):
         raise DefinitionError(f"'{form}' must be a string", code="bad_definition")
     try:
-        depth = LIMITS.max_expr_depth if max_depth is None else max_depth
+        depth = limits.max_expr_depth if max_depth is None else max_depth
         if form == "expr":
-            b, out = lower_expression(body, inputs, depth)
+            b, out = lower_expression(body, inputs, depth, limits.max_nodes)
         elif form == "program":
-            b, out = lower_program(body, inputs, depth)
+            b, out = lower_program(body, inputs, depth, limits.max_nodes)
         else:
-            b, out = lower_graph(body, inputs)
+            b, out = lower_graph(body, inputs, limits.max_nodes)
         graph = b.build([out])
     except RecursionError:
         raise LimitError(f"the {form} is nested too deeply", code="too_deep") from None
-    return Function(graph, inputs)
+    return Function(graph, inputs, limits)
 
 
 # -- validation ------------------------------------------------------------------------
@@ -249,11 +235,8 @@ def _plain(fn, values, names, batch):
 
 
 def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False, meta=None,
-             wrt=None) -> dict:
-    """Values and derivatives as float64 arrays, derivatives for the inputs in `wrt` (default all).
-
-    Every array returned is the caller's own (none is shared with the inputs, another result or the engine).
-    `meta` (a dict), if given, receives which backend ran."""
+             wrt=None, *, execute, limits: Limits) -> dict:
+    """`Engine.evaluate`, its backend's runner (`execute(graph, args, meta)`) and its limits given explicitly."""
     req = _request(fn, compute, wrt)
     kinds, wrt = req.kinds, req.wrt
 
@@ -287,14 +270,14 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     B = _one_batch(sizes, "request") if batch else 1
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
-    check_request(fn.work, req.limit_kinds, B)
+    check_request(fn.work, req.limit_kinds, B, limits=limits)
     for kind in req.sweep_kinds:
-        check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt))
+        check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
 
     fresh = {}  # id -> array: kernel outputs of the sweeps, nobody else's (see _finish)
 
     def run(graph, args):
-        res = _run(graph, args, meta)
+        res = execute(graph, args, meta)
         if isinstance(res, Fresh):
             fresh.update((id(a), a) for a in res)
         return res
@@ -325,15 +308,15 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
             else:
                 out[kind] = {n: _own(next(res), batch) if own else _fix(next(res), B, batch) for n in names}
     if "jacobian" in kinds:
-        out["jacobian"] = _finish(jacobian(fn, xs, B, wrt, run), B, batch, fresh)
+        out["jacobian"] = _finish(jacobian(fn, xs, B, wrt, run, limits.max_sweep_rows), B, batch, fresh)
     if "hessian" in kinds:
-        out["hessian"] = _finish(hessian(fn, xs, B, wrt, run), B, batch, fresh)
+        out["hessian"] = _finish(hessian(fn, xs, B, wrt, run, limits.max_sweep_rows), B, batch, fresh)
     if "trace" in kinds:
-        out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch)
+        out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch, execute)
     return out
 
 
-def _trace(fn, xs, tangent, cotangent, batched, B, batch):
+def _trace(fn, xs, tangent, cotangent, batched, B, batch, execute):
     """Rows of the evaluation trace; adjoints when the output is scalar or a cotangent is given."""
     with_t, with_a = tangent is not None, cotangent is not None or fn.output_shape == ()
     graph, rows = fn.plan(("trace", with_t, with_a), lambda: trace_graph(fn, with_t, with_a))
@@ -342,7 +325,7 @@ def _trace(fn, xs, tangent, cotangent, batched, B, batch):
         args += [batched(tangent[n]) for n in fn.input_names]
     if with_a:
         args.append(batched(cotangent) if cotangent is not None else np.ones((1,)))
-    res = iter(_run(graph, args))
+    res = iter(execute(graph, args))
     out = []
     fields = ["value"] + (["tangent"] if with_t else []) + (["adjoint"] if with_a else [])
     for row in rows:
@@ -350,30 +333,92 @@ def _trace(fn, xs, tangent, cotangent, batched, B, batch):
     return out
 
 
-def source(fn: Function, transform: str) -> str:
-    """The generated kernel source for one transform of `fn`, as the numba tier compiles it."""
-    if transform not in SOURCE_TRANSFORMS:
-        raise EvaluationError(f"unknown transform {transform!r}; choose from {list(SOURCE_TRANSFORMS)}",
-                              code="unknown_transform")
-    kind = SOURCE_TRANSFORMS[transform]
-    if kind in ("gradient", "hvp") and fn.output_shape != ():
-        raise EvaluationError(f"{transform} needs a scalar output", code="not_scalar")
-    graph, _ = main_plan(fn, frozenset({kind}), tuple(fn.input_names))
-    return _backend.source(graph, f"function {fn.id}, {transform}")
+class Engine:
+    """Compiles definitions and evaluates requests on its own backend, within its own limits.
 
+    `Engine()` is the NumPy interpreter with the default limits; `Engine.from_settings(settings)` is what a
+    server runs. Nothing is shared between engines."""
 
-def _main_plan(fn: Function, kinds: frozenset, wrt=None):
-    """The main plan for all inputs (benchmarks and tests inspect it)."""
-    return main_plan(fn, frozenset(kinds), tuple(fn.input_names) if wrt is None else tuple(wrt))
+    COMPUTE_KINDS = COMPUTE_KINDS
+    # every array `evaluate` returns is the caller's alone (no input, other result or engine state shares its
+    # memory), so a caller that keeps results may freeze them in place instead of copying (the service does)
+    RESULTS_ARE_OWNED = True
 
+    def __init__(self, backend=None, limits: Limits | None = None):
+        """`backend`: who runs plans, `backend.Interpreter()` (default) or `backend.Tiered(cache_dir)`."""
+        self.backend = Interpreter() if backend is None else backend
+        self.limits = DEFAULT_LIMITS if limits is None else limits
 
-def _run(graph, args, meta=None):
-    try:
-        return _backend.run(graph, args, meta)
-    except EngineError:
-        raise
-    except MemoryError:
-        raise LimitError("out of memory evaluating this request", code="too_large") from None
+    @classmethod
+    def from_settings(cls, settings) -> Engine:
+        """The engine a server's settings (`adserve.server.settings.Settings`) describe: plans run on the
+        interpreter until their numba kernel, compiled in the background, is ready (unless `compile` is off);
+        the `max_*` limits that are set replace the defaults."""
+        if settings.compile:
+            backend = Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds,
+                             python=settings.python_tier)
+        else:
+            backend = Interpreter()
+        return cls(backend, Limits.from_settings(settings))
+
+    def compile_definition(self, defn, max_depth: int | None = None) -> Function:
+        """A definition (inputs and one of expr, program, graph) compiled into a `Function`; `max_depth` caps
+        the nesting of an expr or program (default: the limits' `max_expr_depth`)."""
+        return compile_definition(defn, self.limits, max_depth)
+
+    def evaluate(self, fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False,
+                 meta=None, wrt=None) -> dict:
+        """Values and derivatives as float64 arrays, derivatives for the inputs in `wrt` (default all).
+
+        Every array returned is the caller's own (none is shared with the inputs, another result or the engine).
+        `meta` (a dict), if given, receives which backend ran."""
+        return evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, execute=self._run,
+                        limits=self.limits)
+
+    def source(self, fn: Function, transform: str) -> str:
+        """The generated kernel source for one transform of `fn`, as the numba tier compiles it."""
+        if transform not in SOURCE_TRANSFORMS:
+            raise EvaluationError(f"unknown transform {transform!r}; choose from {list(SOURCE_TRANSFORMS)}",
+                                  code="unknown_transform")
+        kind = SOURCE_TRANSFORMS[transform]
+        if kind in ("gradient", "hvp") and fn.output_shape != ():
+            raise EvaluationError(f"{transform} needs a scalar output", code="not_scalar")
+        graph, _ = main_plan(fn, {kind})
+        return self.backend.source(graph, f"function {fn.id}, {transform}")
+
+    @staticmethod
+    def graph_schema() -> dict:
+        return graph_schema()
+
+    def busy(self):
+        """`with engine.busy():` around a call: the backend's background work (kernel source, loads) waits for a
+        moment with none in progress, so it does not share the interpreter's lock with a request's parsing."""
+        return self.backend.busy()
+
+    def settle(self, timeout: float = 600.0) -> bool:
+        """Block until the backend's background work (plans to introduce, kernels to load or compile) is done;
+        True if it was within `timeout` (for tests and benchmarks)."""
+        return self.backend.settle(timeout)
+
+    def preload(self, limit: int = 32):
+        """Start loading the kernels used last in the background; the thread doing it, or None (nothing to do)."""
+        return self.backend.preload(limit)
+
+    def stats(self) -> dict:
+        """The backend's counters as one plain dict (`backend.TierStats`' fields), and the limits in force."""
+        return {**stats_dict(self.backend.stats), "limits": dataclasses.asdict(self.limits)}
+
+    def close(self) -> None:
+        """Stop background work (kernel compiles in progress)."""
+        self.backend.shutdown()
+
+    def _run(self, graph, args, meta=None):
+        try:
+            return self.backend.run(graph, args, meta)
+        except EngineError:
+            raise
+        except MemoryError:
+            raise LimitError("out of memory evaluating this request", code="too_large") from None
 
 
 def _fix(a, B, batch):
@@ -409,4 +454,4 @@ def _finish(out, B, batch, fresh=None):
     return {k: walk(v) for k, v in out.items()}
 
 
-__all__ = ["Function", "compile_definition", "evaluate", "source", "graph_schema", "set_backend", "COMPUTE_KINDS"]
+__all__ = ["COMPUTE_KINDS", "Engine", "Function", "compile_definition", "evaluate"]

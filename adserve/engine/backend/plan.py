@@ -1,0 +1,79 @@
+"""What a backend knows of a plan graph besides the graph: its kernel's cache key, output shapes and cost,
+and how a generated kernel (numba's or the python tier's) is called on it.
+
+Keys are the plan's structural hash plus the code generator's version, so a changed generator never loads
+stale code; a parallel batch variant is a module of its own, `<key>_par<version>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import EvaluationError
+from ..ir import canonical_text
+from ..limits import cost
+from .interpreter import Fresh
+
+_F64 = np.dtype(np.float64)
+
+
+@dataclass(frozen=True)
+class PlanMeta:
+    """What running a plan needs besides its graph, computed once per graph and kept on it."""
+    key: str             # the kernel's cache key: the plan's structural hash and the generator's version
+    out_shapes: tuple    # per output, its shape without the batch axis
+    steps: float         # equations the interpreter dispatches per run (loops counted by trips)
+    work: float          # element operations per point (limits.cost)
+
+    @property
+    def parallel_key(self) -> str:
+        """The parallel batch variant's cache key (a module of its own)."""
+        from ..codegen.module import PARALLEL_VERSION
+        return f"{self.key}_par{PARALLEL_VERSION}"
+
+
+META_ATTR = "_adserve_plan_meta"  # where a graph keeps its PlanMeta (absent until the plan is introduced)
+
+
+def plan_meta(graph) -> PlanMeta:
+    meta = graph.__dict__.get(META_ATTR)
+    if meta is None:
+        from ..codegen.module import CODEGEN_VERSION
+        text = f"codegen {CODEGEN_VERSION}\n" + canonical_text(graph)
+        meta = PlanMeta(hashlib.sha256(text.encode()).hexdigest()[:32], tuple(tuple(a.shape) for a in graph.outputs),
+                        *cost(graph))
+        object.__setattr__(graph, META_ATTR, meta)  # graphs are frozen dataclasses; this is a cache, not structure
+    return meta
+
+
+def known_meta(graph) -> PlanMeta | None:
+    """The plan's meta if it was computed already (a plan run before), else None, without computing it."""
+    return graph.__dict__.get(META_ATTR)
+
+
+def plan_key(graph) -> str:
+    return plan_meta(graph).key
+
+
+def is_parallel_key(key: str) -> bool:
+    return "_par" in key
+
+
+def serial_key(key: str) -> str:
+    """The serial kernel's key of a parallel variant's key."""
+    return key.split("_par")[0]
+
+
+def call_kernel(kernel, errors, plan: PlanMeta, B: int, args) -> Fresh:
+    """Run a generated kernel into fresh outputs of (B, ...); a nonzero status is the index of its error message."""
+    # kernels take writable C-ordered float64 arrays (numba types a read-only array apart): anything else is copied
+    ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.writeable
+           else np.array(a, dtype=np.float64, order="C") for a in args]
+    outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
+    status = kernel(B, *ins, *outs)
+    if status:
+        raise EvaluationError(errors[status - 1], code="index_out_of_range")
+    return outs

@@ -1,0 +1,301 @@
+"""The kernel store: plan kernels compiled in worker processes, kept on disk, loaded into this process.
+
+A plan's kernel is compiled in a worker process (time-limited and killable, at a lowered CPU priority;
+numba's compile lock never stalls the server), single flight per key, into `<cache_dir>/kernels/`. The
+module is then imported here, which loads numba's on-disk cache in milliseconds. After a restart, kernels
+already on disk load on first use without compiling again, and `preload` loads the most recently used ones
+at start. A compile failure or timeout is logged and counted and leaves the key failed; it never reaches a
+request.
+
+`ready`, `failed` and `pending` (key -> module, key -> why, keys in progress) are for reading; they change
+through `request` (load or compile in the background) and `add` (a loaded module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import threads
+from .interpreter import NUMBA, PARALLEL
+from .plan import is_parallel_key, plan_meta
+
+log = logging.getLogger("adserve.engine")
+
+
+def _source(graph, title, parallel=False):
+    from ..codegen.module import kernel_module
+    return kernel_module(graph, title, parallel=parallel)
+
+
+class KernelStore:
+    LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
+
+    def __init__(self, cache_dir: str, stats, compile_timeout: float = 300.0, workers: int | None = None,
+                 compile=True, parallel=True, quiet=None, on_load=None):
+        """`stats`: the backend's `TierStats`, counted into. `quiet(seconds)`: waits (at most that long) for a
+        moment with no request running, before a load. `on_load(key)`: called once a module is ready."""
+        self.dir = os.path.join(cache_dir, "kernels")
+        os.makedirs(self.dir, exist_ok=True)
+        self.stats = stats
+        self.timeout = compile_timeout
+        self.compile_enabled = compile
+        self.parallel = parallel
+        self.source = _source  # writes a plan's kernel module (tests may break it on purpose)
+        self._quiet = quiet or (lambda seconds: None)
+        self._on_load = on_load or (lambda key: None)
+        self.ready: dict = {}    # module key (a plan's key, or its parallel variant's) -> loaded module
+        self.failed: dict = {}   # key -> why
+        self.pending: set = set()
+        self._lock = threading.Lock()
+        self.workers = workers or threads.default_workers()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
+        self._procs: set = set()
+        self.closed = False
+
+    # -- lookup --------------------------------------------------------------
+    def kernel(self, graph):
+        """The plan's serial kernel module if loaded; otherwise starts loading or compiling it (once, in the
+        background) and returns None."""
+        key = plan_meta(graph).key
+        mod = self.ready.get(key)
+        if mod is not None or key in self.failed:
+            return mod
+        return self.request(key, graph, False)
+
+    def parallel_kernel(self, graph):
+        """The plan's parallel batch variant if loaded; otherwise, once its serial kernel is ready, starts
+        loading or compiling it (once, in the background) and returns None. None too when parallel variants are
+        off (`parallel=False`, no thread-safe threading layer) or this one failed."""
+        plan = plan_meta(graph)
+        key = plan.parallel_key
+        mod = self.ready.get(key)
+        if mod is not None or not self.parallel or key in self.failed or plan.key not in self.ready:
+            return mod
+        if self.stats.parallel_disabled:
+            return None
+        return self.request(key, graph, True)
+
+    def module(self, graph, tier):
+        """The loaded module a tier runs for the plan (None for the interpreter)."""
+        plan = plan_meta(graph)
+        return {NUMBA: self.ready.get(plan.key), PARALLEL: self.ready.get(plan.parallel_key)}.get(tier)
+
+    def in_progress(self, graph) -> bool:
+        """Whether a kernel of the plan (serial or parallel) is being compiled or loaded."""
+        plan = plan_meta(graph)
+        return plan.key in self.pending or plan.parallel_key in self.pending
+
+    def request(self, key, graph, parallel):
+        """The module of `key` if ready; otherwise starts loading it from disk, or compiling it, in the
+        background (once: single flight per key) and returns None."""
+        with self._lock:
+            if key in self.ready or key in self.failed or key in self.pending:
+                return self.ready.get(key)
+            self.pending.add(key)
+        if self.on_disk(key):
+            self._pool.submit(self._load_only, key)
+        elif self.compile_enabled:
+            self._pool.submit(self._compile, key, graph, parallel)
+        else:
+            with self._lock:
+                self.pending.discard(key)
+        return None
+
+    def wait(self, graph, timeout=600.0, parallel=False) -> bool:
+        """Block until the plan's kernel (or its parallel variant, once asked for) is ready or has failed
+        (for tests and benchmarks)."""
+        plan = plan_meta(graph)
+        key = plan.parallel_key if parallel else plan.key
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.parallel_kernel(graph) if parallel else self.kernel(graph)) is not None:
+                return True
+            if key in self.failed or parallel and key not in self.pending:
+                return False
+            time.sleep(0.02)
+        return False
+
+    def idle(self, deadline: float) -> bool:
+        """Block until nothing is being loaded or compiled, or `deadline` (time.monotonic) passes; True if idle."""
+        while self.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.pending
+
+    def path(self, key):
+        return os.path.join(self.dir, f"gen_{key}.py")
+
+    def on_disk(self, key):
+        return os.path.exists(self.path(key)) and bool(
+            glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.kernel-*.nbi")))
+
+    # -- compile and load ----------------------------------------------------
+    def _compile(self, key, graph, parallel=False):
+        path = self.path(key)
+        try:
+            if parallel and threads.parallel_layer() is None:
+                return self._no_parallel(key)
+            if not os.path.exists(path):
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    f.write(self.source(graph, f"plan {plan_meta(graph).key}", parallel=parallel))
+                os.replace(tmp, path)
+            t = time.perf_counter()
+            # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
+            # are never forked into it
+            proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", path],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self._procs.add(proc)
+            try:
+                out, _ = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                self.stats.compile_timeouts += 1
+                return self._fail(key, f"compile timed out after {self.timeout:.0f}s")
+            finally:
+                self._procs.discard(proc)
+            if proc.returncode != 0:
+                self.stats.compile_failures += 1
+                return self._fail(key, f"compile failed ({proc.returncode}): {out[-2000:]}")
+            seconds = time.perf_counter() - t
+            self.stats.compiles += 1
+            self.stats.compile_seconds += seconds
+            if parallel:
+                self.stats.parallel_compiles += 1
+                self.stats.parallel_compile_seconds += seconds
+            log.info("kernel %s compiled in %.2f s", key, seconds)
+            self._load(key)
+        except Exception as e:  # a compile problem must never reach a request
+            self.stats.compile_failures += 1
+            self._fail(key, f"{type(e).__name__}: {e}")
+
+    def _load_only(self, key):
+        try:
+            if is_parallel_key(key) and threads.parallel_layer() is None:
+                return self._no_parallel(key)
+            self._load(key)
+            self.stats.disk_loads += 1
+        except Exception as e:
+            self._fail(key, f"load failed: {type(e).__name__}: {e}")
+
+    def _load(self, key):
+        from ..codegen.worker import load
+        self._quiet(self.LOAD_WAIT_SECONDS)  # loading holds the interpreter's lock for milliseconds
+        self.add(key, load(self.path(key), f"gen_{key}"))
+        self._mark_used(key)
+        log.info("kernel %s ready", key)
+
+    def add(self, key, module):
+        """`module` is the loaded kernel of `key` from now on (a load does this; tests hand in fakes)."""
+        with self._lock:
+            self.ready[key] = module
+            self.pending.discard(key)
+        self._on_load(key)
+
+    def _no_parallel(self, key):
+        self.stats.parallel_disabled = threads.layer_reason() or "no thread-safe threading layer"
+        with self._lock:
+            self.failed[key] = self.stats.parallel_disabled
+            self.pending.discard(key)
+
+    def _fail(self, key, why):
+        parallel = is_parallel_key(key)
+        if parallel:
+            self.stats.parallel_failures += 1
+        log.warning("kernel %s: %s stays %s", key, why, "serial" if parallel else "on the interpreter")
+        with self._lock:
+            self.failed[key] = why
+            self.pending.discard(key)
+
+    # -- preload at start ------------------------------------------------------
+    def preload(self, limit: int = 32) -> threading.Thread:
+        """Start a background thread that imports numba and the kernels' runtime helpers, then loads the
+        `limit` kernels on disk used most recently, so that after a restart known functions run compiled
+        from their first request. It never blocks: a request meanwhile runs on the interpreter, and a kernel
+        a request asks for that is not being preloaded loads through the pool as usual. (Parallel variants
+        are not preloaded: they load from disk when a large batch asks for them.)"""
+        thread = threading.Thread(target=self._preload, args=(limit,), name="adserve-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def _preload(self, limit):
+        t0 = time.perf_counter()
+        try:
+            import numba  # noqa: F401
+
+            from ..codegen import runtime  # noqa: F401
+            keys = self._recent(limit)
+        except Exception as e:
+            log.warning("kernel preload stopped: %s: %s", type(e).__name__, e)
+            return
+        t1 = time.perf_counter()
+        for key in keys:
+            if self.closed:
+                break
+            with self._lock:
+                if key in self.ready or key in self.failed or key in self.pending:
+                    continue
+                self.pending.add(key)
+            self._load_only(key)
+            if key in self.ready:
+                self.stats.preloaded += 1
+        log.info("numba imported in %.2f s; %d of %d recent kernels preloaded in %.2f s", t1 - t0,
+                 self.stats.preloaded, len(keys), time.perf_counter() - t1)
+
+    def _used_path(self, key):
+        return os.path.join(self.dir, "used", key)
+
+    def _mark_used(self, key):
+        """Record a kernel's last use for `preload` (a marker file's time: the module itself must not be
+        touched, numba's cache index checks its time stamp)."""
+        path = self._used_path(key)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a"):
+                pass
+            os.utime(path)
+        except OSError:
+            pass
+
+    def _recent(self, limit) -> list:
+        """Keys of serial kernels on disk for this code generator, most recently used (or compiled) first."""
+        from ..codegen.module import CODEGEN_VERSION
+        found = []
+        for path in glob.glob(os.path.join(self.dir, "gen_*.py")):
+            key = os.path.basename(path)[4:-3]
+            if is_parallel_key(key):
+                continue
+            index = glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.kernel-*.nbi"))
+            times = []
+            for p in [*index, self._used_path(key)]:
+                with contextlib.suppress(OSError):
+                    times.append(os.stat(p).st_mtime)
+            if index and times:
+                found.append((max(times), key, path))
+        found.sort(reverse=True)
+        out, tag = [], f"(codegen v{CODEGEN_VERSION})"
+        for _, key, path in found:
+            if len(out) >= limit:
+                break
+            try:
+                with open(path) as f:
+                    head = f.read(200)
+            except OSError:
+                continue
+            if tag in head:  # another generator's kernel can never be asked for
+                out.append(key)
+        return out
+
+    def shutdown(self):
+        self.closed = True
+        for p in list(self._procs):
+            p.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
