@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import checks as st_checks
 
-from adserve.server.rest import create_app
+from adserve.server.app import build
 from adserve.server.service import Service, ServiceError
 from adserve.server.settings import Settings
 
@@ -152,7 +152,8 @@ def test_report_what_was_tried():
 
 
 # -- schemathesis against the OpenAPI document -----------------------------------------------
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Service(result_cache_bytes=1 << 20), Settings()))
+app = build(Settings(grpc_port=0), service=Service(result_cache_bytes=1 << 20)).http
+schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @schema.parametrize()
