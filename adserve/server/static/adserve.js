@@ -14,6 +14,18 @@
  * registered once per client and remembered by their JSON text.
  */
 
+/**
+ * What to evaluate: the fields of an evaluation request (and of gRPC's EvaluateRequest).
+ * @typedef {Object} Evaluation
+ * @property {Object<string, *>} inputs one tensor per input
+ * @property {string[]} [compute] what to return (default ["value"]): value, gradient, jvp, vjp, hvp,
+ *   jacobian, hessian, trace
+ * @property {Object<string, *>} [tangent] for jvp and hvp: one tensor per input
+ * @property {*} [cotangent] for vjp: a tensor of the output's shape
+ * @property {boolean} [batch] every tensor has one extra leading axis of the same length
+ * @property {string[]} [wrt] the inputs to differentiate (default: all); the others are held constant
+ */
+
 export class AdserveError extends Error {
   /** @param {number} status HTTP status (0 when the server could not be reached) */
   constructor(status, code, message, location = null) {
@@ -56,8 +68,9 @@ export class Client {
   }
 
   /**
-   * Evaluate `fn` (an id or a definition) at `evaluation` =
-   * `{inputs, compute, tangent?, cotangent?, batch?}`; the results object.
+   * Evaluate `fn` (an id or a definition) at `evaluation`; the results object.
+   * @param {string | Object} fn
+   * @param {Evaluation} evaluation
    */
   evaluate(fn, evaluation) {
     if (typeof fn === "string") {
