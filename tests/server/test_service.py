@@ -3,13 +3,11 @@
 import numpy as np
 import pytest
 
+from adserve.engine.api import COMPUTE_KINDS
 from adserve.engine.backend import Interpreter
 from adserve.engine.errors import DefinitionError, EvaluationError, LimitError
 from adserve.server.cache import LRU, result_nbytes
 from adserve.server.service import Service, ServiceError
-
-KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "trace")
-
 
 class FakeFunction:
     def __init__(self, expr):
@@ -26,7 +24,7 @@ class FakeFunction:
 class FakeEngine:
     """Doubles `x`; refuses the expressions "bad" and "huge" the way the engine would."""
 
-    COMPUTE_KINDS = KINDS
+    COMPUTE_KINDS = COMPUTE_KINDS
 
     def __init__(self):
         self.compiles = self.evaluations = 0
