@@ -8,7 +8,7 @@
  *   const r = await ad.evaluate(f, {inputs: {x1: 2, x2: 5}, compute: ["value", "gradient"]});
  *   for await (const step of ad.minimize(f, {x0: {x1: 1, x2: 1}, method: "lbfgs"})) { ... }
  *
- * Requests and answers are the wire contract's JSON, unchanged (see docs/rest.md).
+ * Requests and answers are the REST API's JSON, unchanged (see docs/rest.md).
  * Every 4xx/5xx becomes an `AdserveError` carrying the server's code, message and
  * location. A function argument is an id or a definition; definitions are
  * registered once per client and remembered by their JSON text.
