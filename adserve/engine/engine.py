@@ -182,7 +182,7 @@ class _Request:
         unknown = [c for c in compute if c not in COMPUTE_KINDS]
         if unknown:
             raise EvaluationError(f"unknown compute kind {unknown[0]!r}; choose from {list(COMPUTE_KINDS)}",
-                                  code="unknown_compute")
+                                  code="invalid_compute")
         kinds = frozenset(compute) or frozenset({"value"})
         wrt = _wrt(fn, wrt)
         scalar_only = sorted(kinds & {"gradient", "hvp", "hessian"})

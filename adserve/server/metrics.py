@@ -1,13 +1,12 @@
-"""Prometheus metrics: HTTP requests per route template, gRPC calls per method, and the service's own counts.
+"""Prometheus metrics: one registry per built server, with HTTP requests, gRPC calls and the service's own counts.
 
-Each app gets its own registry (several apps in one process stay apart).
-`MetricsMiddleware` is plain ASGI so it sees every response, errors included;
-routes are labelled by template (`/v1/functions/{function_id}`), never by raw path.
-gRPC calls are counted by `rpc.MetricsInterceptor` into the same registry
-(`observe_grpc`, `grpc_messages`), so one `/metrics` shows both protocols.
+Each server gets its own registry (several in one process stay apart). The
+protocols' transports count into it: `web.MetricsMiddleware` HTTP requests per
+route template (`observe`), `grpc_server.MetricsInterceptor` gRPC calls per
+method (`observe_grpc`, `grpc_messages`), so one `/metrics` shows both. The
+service's counts (registry, caches, tiers, optimiser runs) are read from it at
+each scrape.
 """
-
-import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,7 +20,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, service, optimizers=None):
+    def __init__(self, service):
         self.registry = CollectorRegistry()
         labels = ("method", "route", "status")
         self._requests = Counter("adserve_http_requests", "HTTP requests answered", labels, registry=self.registry)
@@ -36,7 +35,7 @@ class Metrics:
                                       ("service", "method"), registry=self.registry)
         self._grpc_sent = Counter("adserve_grpc_messages_sent", "gRPC response messages written",
                                   ("service", "method"), registry=self.registry)
-        self.registry.register(_ServiceCollector(service, optimizers))
+        self.registry.register(_ServiceCollector(service))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method if method in _METHODS else "OTHER", route, str(status))
@@ -56,8 +55,9 @@ class Metrics:
 
 
 class _ServiceCollector:
-    def __init__(self, service, optimizers=None):
-        self._service, self._optimizers = service, optimizers
+    def __init__(self, service):
+        self._service = service
+        self._optimizers = getattr(service, "optimizers", None)  # the service's optimiser capacity
 
     def collect(self):
         s = self._service.stats()
@@ -126,25 +126,3 @@ class _ServiceCollector:
             yield CounterMetricFamily("adserve_shared_cache_misses", "Results in neither cache", value=shared["misses"])
             yield CounterMetricFamily("adserve_shared_registry_fetches",
                                       "Functions this replica fetched from Redis and compiled", value=shared["fetches"])
-
-
-class MetricsMiddleware:
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
-
-        async def send_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe(scope["method"], route, status, time.perf_counter() - start)

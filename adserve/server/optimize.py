@@ -11,11 +11,12 @@ gradients come from `service.evaluate`, Hessian-vector products from its `hvp`
 connection, a deadline) sets a flag that the optimiser's callbacks check, so it
 stops within one function evaluation.
 
-`Capacity` caps the runs in flight in one process (`ADSERVE_MAX_OPTIMIZERS`,
-shared by REST and gRPC): an adapter takes a `Slot` with `admit()` before it
-starts a run (over the cap: a RATE_LIMITED `ServiceError` at once) and passes
-it to `start`; the slot is free again once both the call and the optimiser's
-thread are over, however each ended.
+`Capacity` caps the runs in flight in one process (`ADSERVE_MAX_OPTIMIZERS`).
+The `Service` owns the one `Capacity` of its process and is the only caller
+of `admit()` (`Service.minimize`): it takes a `Slot` before it starts a run
+(over the cap: a RATE_LIMITED `ServiceError` at once) and passes it to
+`start`; the slot is free again once both the call (`Run.close()`) and the
+optimiser's thread are over, however each ended.
 """
 
 import asyncio
@@ -226,6 +227,7 @@ def _check_x0(x0: dict, inputs: list) -> None:
 class Run:
     def __init__(self, service, info: dict, request: Minimization, slot: Slot | None = None):
         self.request, self.slot = request, slot
+        self._closed = False
         self.stop = threading.Event()
         self.objective = _Objective(service, info["id"], info, self.stop)
         self.first = None
@@ -278,6 +280,13 @@ class Run:
     def cancel(self) -> None:
         """Stop the optimiser (it ends within one function evaluation); nothing if it is over."""
         self.stop.set()
+
+    def close(self) -> None:
+        """The call is over: stop the optimiser and give back the call's hold on its slot (once)."""
+        self.cancel()
+        if self.slot is not None and not self._closed:
+            self._closed = True
+            self.slot.release()
 
     def _ended(self) -> None:
         global _running

@@ -3,7 +3,8 @@
 Requests become the same dicts REST decodes from JSON (tensors as float64
 arrays), so the service checks them with the same messages; results and
 progress dicts become responses. A field left at its proto3 default counts as
-absent (empty `compute` is `["value"]`, `max_iter = 0` the default). A
+absent (empty `compute` is `["value"]`, empty `wrt` every input, `max_iter = 0`
+the default). A
 `Tensor` must hold exactly prod(shape) numbers.
 """
 
@@ -131,6 +132,8 @@ def evaluation_in(request: pb.EvaluateRequest) -> tuple:
         body["tangent"] = tensors_in(request.tangent, "tangent")
     if request.HasField("cotangent"):
         body["cotangent"] = tensor_in(request.cotangent, "cotangent")
+    if request.wrt:
+        body["wrt"] = list(request.wrt)
     return _target(request), body
 
 

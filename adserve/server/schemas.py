@@ -52,6 +52,8 @@ class Evaluation(BaseModel):
     tangent: dict[str, Tensor] | None = Field(None, description="for jvp and hvp: one entry per input")
     cotangent: Tensor | None = Field(None, description="for vjp: output shape")
     batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
+    wrt: list[str] | None = Field(None, description="the inputs to differentiate (the others are held constant); "
+                                                    "default: every input")
 
 
 class EvaluationWithFunction(Evaluation):

@@ -8,31 +8,27 @@
   `burst`. With a `SharedStore` the buckets live in Redis (one Lua script, the
   clock of Redis), so replicas share one budget per key; while Redis is down
   each replica falls back to its own buckets (fail-open, like the store).
-* `Guard` puts both together; `GuardMiddleware` (ASGI) and `GuardInterceptor`
-  (grpc.aio) apply it to `/v1/*` and to `ad.v1.Differentiator`. Health,
-  readiness, metrics, the demo page, its static files and the API
-  description stay open. Each REST request and each gRPC request message
-  takes a token: a call with one request message pays when it starts, a
-  stream of requests (`EvaluateStream`) pays as each message is read, and
-  the message that finds the bucket empty ends the stream.
+* `Guard` puts both together, free of any protocol: each transport applies it
+  beside its adapters (`web.GuardMiddleware` to the HTTP paths the protocols
+  guard, `/v1/*`; `grpc_server.GuardInterceptor` to their gRPC services,
+  `ad.v1.Differentiator`). Health, readiness, metrics, the demo page, its
+  static files and the API description stay open. Each REST request and each
+  gRPC request message takes a token: a call with one request message pays
+  when it starts, a stream of requests (`EvaluateStream`) pays as each message
+  is read, and the message that finds the bucket empty ends the stream.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import inspect
 import logging
 import math
 import threading
 import time
 from collections import OrderedDict
 
-import grpc
-import orjson
-
-from .errors import RATE_LIMITED, UNAUTHENTICATED, ServiceError, error_body
+from .errors import RATE_LIMITED, UNAUTHENTICATED, ServiceError
 
 log = logging.getLogger("adserve.security")
 
@@ -184,110 +180,3 @@ class Guard:
 
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
-
-
-# -- REST ------------------------------------------------------------------------------
-class GuardMiddleware:
-    """Plain ASGI: `/v1/*` calls pass the guard or get 401 / 429 in the contract's error format."""
-
-    def __init__(self, app, guard: Guard, prefix: str = "/v1/"):
-        self.app, self.guard, self.prefix = app, guard, prefix
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix) or scope["method"] == "OPTIONS":
-            return await self.app(scope, receive, send)
-        headers = {k: v for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")}
-        key = presented_key(headers.get(b"authorization", b"").decode("latin-1") or None,
-                            headers.get(b"x-api-key", b"").decode("latin-1") or None)
-        peer = (scope.get("client") or ("unknown", 0))[0]
-        try:
-            self.guard.check(key, peer)
-        except ServiceError as e:
-            status = 401 if e.kind == UNAUTHENTICATED else 429
-            extra = [(b"www-authenticate", b'Bearer realm="adserve"')] if status == 401 else \
-                [(b"retry-after", retry_after_header(e.retry_after).encode())]
-            body = orjson.dumps(error_body(e.code, e.message))
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode()), *extra]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await self.app(scope, receive, send)
-
-
-# -- gRPC ------------------------------------------------------------------------------
-class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the handlers of `service` (full name) so each call passes the guard first: a call that does
-    not ends UNAUTHENTICATED or RESOURCE_EXHAUSTED (with `retry-after` in the trailing metadata).
-
-    The key is checked when a call starts. A token is taken then for a call with one request message;
-    for a stream of requests, one as each message is read (through the request iterator, which is how the
-    Differentiator's stream handlers read), and a message over the limit ends the stream with
-    RESOURCE_EXHAUSTED: the responses before it stand, as for any error on a stream."""
-
-    def __init__(self, guard: Guard, service: str):
-        self.guard, self.prefix = guard, f"/{service}/"
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(self.prefix):
-            return handler
-        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-            behaviour = getattr(handler, kind)
-            if behaviour is not None:
-                return handler._replace(**{kind: self._guarded(behaviour, kind.startswith("stream"))})
-        return handler
-
-    def _guarded(self, behaviour, streamed_in: bool):
-        guard = self.guard
-
-        async def refuse(context, e: ServiceError):
-            from .rpc import STATUS
-            meta = [("adserve-error-code", e.code)]
-            if e.kind == RATE_LIMITED:
-                meta.append(("retry-after", retry_after_header(e.retry_after)))
-            await context.abort(STATUS[e.kind], e.message, trailing_metadata=tuple(meta))
-
-        async def check(context) -> str:
-            md = {k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            try:
-                client = guard.identify(presented_key(md.get("authorization"), md.get("x-api-key")),
-                                        _peer(context.peer()))
-                if not streamed_in:
-                    guard.charge(client)
-            except ServiceError as e:
-                await refuse(context, e)
-            return client
-
-        async def charged(requests, context, client):
-            async for request in requests:
-                try:
-                    guard.charge(client)
-                except ServiceError as e:
-                    await refuse(context, e)
-                yield request
-
-        def requests_of(request, context, client):
-            return charged(request, context, client) if streamed_in else request
-
-        if inspect.isasyncgenfunction(behaviour):
-            async def guarded_gen(request, context):
-                client = await check(context)
-                async with contextlib.aclosing(behaviour(requests_of(request, context, client), context)) as out:
-                    async for item in out:
-                        yield item
-            return guarded_gen
-
-        async def guarded(request, context):
-            client = await check(context)
-            return await behaviour(requests_of(request, context, client), context)
-        return guarded
-
-
-def _peer(peer: str | None) -> str:
-    """The address of a grpc peer string (`ipv4:127.0.0.1:5555`, `ipv6:[::1]:5555`), without the port."""
-    if not peer:
-        return "unknown"
-    _, _, rest = peer.partition(":")
-    host, _, _ = rest.rpartition(":")
-    return host.strip("[]") or rest

@@ -1,4 +1,4 @@
-"""The one service object the REST (and later gRPC) adapters share.
+"""The one service object every protocol adapter shares (the data plane).
 
 Plain data in and out: definitions and evaluations are dicts as decoded from
 JSON (tensors may already be arrays), results are dicts of float64 arrays.
@@ -6,12 +6,16 @@ It keeps the registry of compiled functions (an LRU bounded by count and
 estimated bytes; an evicted function is compiled again from its definition,
 kept in a smaller byte-bounded LRU) and a byte-bounded LRU of results, checks
 the service's own limits (text length and nesting, batch size) before any
-work, and turns engine errors into `ServiceError`s.
+work, and turns engine errors into `ServiceError`s. It owns the optimiser
+capacity: `minimize` admits a run under `ADSERVE_MAX_OPTIMIZERS` (or refuses
+it at once), and the `optimize.Run` it returns holds its place until the call
+and the optimiser are both over.
 With a `SharedStore` (Redis) both are also shared between replicas: a
 registration is published, an unknown id is looked up there and compiled, and
 results are read and written there after the local LRU.
 """
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -23,10 +27,11 @@ import orjson
 
 from adserve.engine.errors import EngineError, LimitError
 
-from . import evaluation, tensors
+from . import evaluation, optimize, tensors
 from .cache import LRU, result_nbytes
 from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
 from .heap import NoKeeper
+from .settings import default_max_optimizers
 
 # estimated memory of one compiled function: IR, plans and their kernels grow with its operations
 FUNCTION_BASE_BYTES = 64 << 10
@@ -45,7 +50,7 @@ class Service:
     def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096,
                  shared=None, max_functions: int = 4096, max_function_bytes: int = 512 << 20,
                  definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 400,
-                 max_batch: int = 100_000, heap=None):
+                 max_batch: int = 100_000, heap=None, max_optimizers: int | None = None):
         if engine is None:
             from adserve.engine import Engine
             engine = Engine()
@@ -63,6 +68,7 @@ class Service:
         if shared is not None:
             shared.start(republish=self._exports)
         self.heap = NoKeeper() if heap is None else heap  # told of every call, to collect garbage between them
+        self.optimizers = optimize.Capacity(max_optimizers or default_max_optimizers())
 
     def register(self, definition) -> tuple[dict, bool]:
         """Compile and keep a definition; the function's info, and whether it is new."""
@@ -128,6 +134,29 @@ class Service:
         if self._shared is not None:
             self._shared.put_result(key, kept)
         return {**result, "cached": False}
+
+    async def minimize(self, target, body) -> optimize.Run:
+        """Start minimising `target` (an id, or a definition to register on the way) from `body`'s x0.
+
+        Over the optimiser cap it raises RATE_LIMITED (with `retry_after`) before any work; then, in a worker
+        thread, it checks the request and evaluates at x0, so a bad request fails here. The caller iterates
+        `run.progress()` and, once its call is over however it ended, `run.close()`s it: that stops the
+        optimiser and gives back the call's hold on its place under the cap. A caller cancelled while the
+        run starts leaves it to be closed as soon as it has started."""
+        slot = self.optimizers.admit()
+        starting = asyncio.ensure_future(asyncio.to_thread(self._start_run, target, body, slot))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(_close_started)
+            raise
+
+    def _start_run(self, target, body, slot) -> optimize.Run:
+        try:
+            return optimize.start(self, target, body, slot)
+        except BaseException:
+            slot.release()
+            raise
 
     def graph_schema(self) -> dict:
         if self._graph_schema is None:
@@ -238,6 +267,11 @@ class Service:
             raise ServiceError(TOO_LARGE, "too_deep", "the definition is nested too deeply") from None
         except MemoryError:
             raise ServiceError(TOO_LARGE, "too_large", "out of memory: the request is too large") from None
+
+
+def _close_started(starting) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        starting.result().close()
 
 
 def _digest(definition: dict) -> tuple[bytes | None, bytes | None]:

@@ -8,10 +8,22 @@
  *   const r = await ad.evaluate(f, {inputs: {x1: 2, x2: 5}, compute: ["value", "gradient"]});
  *   for await (const step of ad.minimize(f, {x0: {x1: 1, x2: 1}, method: "lbfgs"})) { ... }
  *
- * Requests and answers are the wire contract's JSON, unchanged (see docs/rest.md).
+ * Requests and answers are the REST API's JSON, unchanged (see docs/rest.md).
  * Every 4xx/5xx becomes an `AdserveError` carrying the server's code, message and
  * location. A function argument is an id or a definition; definitions are
  * registered once per client and remembered by their JSON text.
+ */
+
+/**
+ * What to evaluate: the fields of an evaluation request (and of gRPC's EvaluateRequest).
+ * @typedef {Object} Evaluation
+ * @property {Object<string, *>} inputs one tensor per input
+ * @property {string[]} [compute] what to return (default ["value"]): value, gradient, jvp, vjp, hvp,
+ *   jacobian, hessian, trace
+ * @property {Object<string, *>} [tangent] for jvp and hvp: one tensor per input
+ * @property {*} [cotangent] for vjp: a tensor of the output's shape
+ * @property {boolean} [batch] every tensor has one extra leading axis of the same length
+ * @property {string[]} [wrt] the inputs to differentiate (default: all); the others are held constant
  */
 
 export class AdserveError extends Error {
@@ -56,8 +68,9 @@ export class Client {
   }
 
   /**
-   * Evaluate `fn` (an id or a definition) at `evaluation` =
-   * `{inputs, compute, tangent?, cotangent?, batch?}`; the results object.
+   * Evaluate `fn` (an id or a definition) at `evaluation`; the results object.
+   * @param {string | Object} fn
+   * @param {Evaluation} evaluation
    */
   evaluate(fn, evaluation) {
     if (typeof fn === "string") {

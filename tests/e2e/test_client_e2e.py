@@ -45,6 +45,14 @@ def test_vjp_jacobian_batch_and_definitions_on_the_way(ad):
     np.testing.assert_allclose(r.gradient["x1"], np.log(1.0) * 0 + 1 / np.array([1.0, 2.0]) + [3.0, 4.0])
 
 
+def test_wrt_differentiates_a_subset_of_the_inputs(ad):
+    r = ad.evaluate(VECTOR_OUT, {"x": [1.0, 2.0, 3.0], "s": 1.5}, compute=["jacobian", "vjp"],
+                    cotangent=[1.0, 1.0, 1.0], wrt=["s"])
+    assert set(r.jacobian) == set(r.vjp) == {"s"}
+    np.testing.assert_allclose(r.jacobian["s"], [1.0, 2.0, 3.0])
+    assert r.vjp["s"] == pytest.approx(6.0)
+
+
 def test_graph_form_round_trip_keeps_the_id(ad, client):
     """The canonical graph from REST, loop included, registered through this client gives the same id."""
     f = ad.register(LOOP)

@@ -133,6 +133,16 @@ def test_evaluate_every_kind_matches_rest(stub, client):
     assert not r.vjp and not r.trace
 
 
+def test_wrt_matches_rest(stub, client):
+    compute = ["gradient", "hvp"]
+    r = stub.Evaluate(survey_at(2.0, 5.0, compute=compute, tangent={"x2": T(1.0)}, wrt=["x2"]))
+    rest = client.post("/v1/evaluate", json={"function": SURVEY_JSON, "inputs": {"x1": 2.0, "x2": 5.0},
+                                             "compute": compute, "tangent": {"x2": 1.0}, "wrt": ["x2"]}).json()
+    for kind in compute:
+        assert {k: float(A(t)) for k, t in getattr(r, kind).items()} == rest[kind] and list(rest[kind]) == ["x2"]
+    assert rest["gradient"]["x2"] == pytest.approx(2 - math.cos(5))
+
+
 def test_evaluate_by_id_is_cached_and_holds_only_what_was_asked(stub):
     fid = stub.Register(SURVEY).id
     # a point no other test evaluates: the session's server (and its result cache) is shared

@@ -2,6 +2,7 @@
 shaped inputs, checks before any work, and leaving the iteration stopping the optimiser thread."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -87,3 +88,53 @@ def test_leaving_early_stops_the_optimiser(service):
     seen, run = asyncio.run(take_three())
     assert seen == [0, 1, 2] and run.stop.is_set()  # closing the generator set the flag
     assert wait_until(lambda: optimize.running() == 0, 2)
+
+
+X0 = {"a": [0.0, 0.0], "B": [[0.0, 0.0], [0.0, 0.0]], "c": 0.0}
+
+
+def test_the_service_admits_refuses_and_gives_back_places():
+    service = Service(max_optimizers=1)
+
+    async def scenario():
+        run = await service.minimize(BOWL, {"x0": X0})
+        with pytest.raises(ServiceError) as refused:
+            await service.minimize(BOWL, {"x0": X0})
+        steps = [p async for p in run.progress()]
+        run.close()
+        run.close()  # closing twice gives back one place, not two
+        return refused.value, steps
+    refused, steps = asyncio.run(scenario())
+    assert refused.kind == "rate_limited" and refused.code == "too_many_optimizers" and refused.retry_after > 0
+    assert steps[-1]["done"] and wait_until(lambda: service.optimizers.in_flight == 0, 2)
+    with pytest.raises(ServiceError):  # a bad request gives its place back at once
+        asyncio.run(service.minimize(BOWL, {"x0": {"a": [0.0]}}))
+    assert service.optimizers.in_flight == 0 and service.optimizers.refused == 1
+
+
+class SlowStart(Service):
+    """Its runs start only once `go` is set."""
+
+    def __init__(self):
+        super().__init__(max_optimizers=1)
+        self.go = threading.Event()
+
+    def _start_run(self, *args):
+        self.go.wait(10)
+        return super()._start_run(*args)
+
+
+def test_a_caller_cancelled_while_its_run_starts_leaves_no_place_taken():
+    service = SlowStart()
+
+    async def scenario():
+        starting = asyncio.ensure_future(service.minimize(BOWL, {"x0": X0}))
+        await asyncio.sleep(0)
+        assert service.optimizers.in_flight == 1
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        service.go.set()
+        await asyncio.to_thread(wait_until, lambda: service.optimizers.in_flight == 0, 5)
+    asyncio.run(scenario())
+    assert service.optimizers.in_flight == 0

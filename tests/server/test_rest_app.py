@@ -3,8 +3,12 @@
 from fastapi.testclient import TestClient
 
 from adserve.engine import Engine
-from adserve.server.rest import create_app
+from adserve.server.app import build
 from adserve.server.settings import Settings
+
+
+def app(service):
+    return build(Settings(grpc_port=0), service=service).http
 
 
 class StubService:
@@ -20,14 +24,14 @@ class StubService:
 
 def test_shutdown_closes_the_service():
     service = StubService()
-    with TestClient(create_app(service, Settings())) as client:
+    with TestClient(app(service)) as client:
         assert client.get("/healthz").status_code == 200
         assert not service.closed
     assert service.closed
 
 
 def test_openapi_documents_every_hand_parsed_body():
-    spec = TestClient(create_app(StubService(), Settings())).get("/openapi.json").json()
+    spec = TestClient(app(StubService())).get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     for path in ("/v1/functions", "/v1/functions/{function_id}/evaluate", "/v1/evaluate"):
         ref = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -48,7 +52,7 @@ class MetaService(StubService):
 
 def test_headers_name_the_tier_and_the_kernel_variant():
     def headers(meta):
-        with TestClient(create_app(MetaService(meta), Settings())) as client:
+        with TestClient(app(MetaService(meta))) as client:
             r = client.post("/v1/functions/abc/evaluate", json={"inputs": {"x": 1.0}})
             assert r.status_code == 200, r.text
             return r.headers["x-adserve-backend"], r.headers["server-timing"]

@@ -9,7 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
-from adserve.server.rpc import RpcServer
+from adserve.server.app import build
+from adserve.server.settings import Settings
 from server_process import free_port
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -31,7 +32,7 @@ class SlowService:
 def test_health_through_start_ready_and_drain():
     async def scenario():
         service, port = SlowService(), free_port()
-        server = RpcServer(service, "127.0.0.1", port, 1 << 20)
+        server = build(Settings(grpc_port=port, max_body_bytes=1 << 20), service=service)
         await server.start()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)

@@ -13,9 +13,8 @@ from fastapi.testclient import TestClient
 from adserve.engine import Engine, Limits
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
-from adserve.server.rest import create_app
-from adserve.server.rpc import SERVICE_NAME, RpcServer
-from adserve.server.security import Guard, GuardInterceptor, KeyRing, RateLimiter
+from adserve.server.app import build
+from adserve.server.security import KeyRing, RateLimiter
 from adserve.server.service import Service
 from adserve.server.settings import Settings
 from adserve.server.shared import SharedStore
@@ -65,10 +64,10 @@ def test_engine_limits_come_from_the_settings():
 
 # -- REST ------------------------------------------------------------------------------
 def app(**settings):
-    s = Settings(**settings)
-    return TestClient(create_app(Service(Engine(limits=Limits.from_settings(s)), result_cache_bytes=1 << 20,
-                                         max_batch=s.max_batch, max_expr_chars=s.max_expr_chars,
-                                         max_expr_depth=s.max_expr_depth), s))
+    s = Settings(grpc_port=0, **settings)
+    return TestClient(build(s, service=Service(Engine(limits=Limits.from_settings(s)), result_cache_bytes=1 << 20,
+                                               max_batch=s.max_batch, max_expr_chars=s.max_expr_chars,
+                                               max_expr_depth=s.max_expr_depth)).http)
 
 
 def test_rest_needs_a_key_on_v1_only():
@@ -145,9 +144,8 @@ def test_engine_limits_are_413_with_which_limit_and_by_how_much():
 def test_grpc_needs_a_key_and_is_rate_limited():
     async def scenario():
         port = free_port()
-        guard = Guard([KEY], rate=1, burst=2)
-        server = RpcServer(Service(result_cache_bytes=1 << 20), "127.0.0.1", port, 1 << 20,
-                           [GuardInterceptor(guard, SERVICE_NAME)])
+        server = build(Settings(grpc_port=port, api_keys=KEY, rate_limit_per_second=1, rate_limit_burst=2),
+                       service=Service(result_cache_bytes=1 << 20))
         await server.start()
         await server.serving()
         out = []

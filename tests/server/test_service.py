@@ -5,13 +5,10 @@ import contextlib
 import numpy as np
 import pytest
 
-from adserve.engine import Engine
+from adserve.engine import COMPUTE_KINDS, Engine
 from adserve.engine.errors import DefinitionError, EvaluationError, LimitError
 from adserve.server.cache import LRU, result_nbytes
 from adserve.server.service import Service, ServiceError
-
-KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "trace")
-
 
 class FakeFunction:
     def __init__(self, expr):
@@ -28,7 +25,7 @@ class FakeFunction:
 class FakeEngine:
     """Doubles `x`; refuses the expressions "bad" and "huge" the way the engine would."""
 
-    COMPUTE_KINDS = KINDS
+    COMPUTE_KINDS = COMPUTE_KINDS
     RESULTS_ARE_OWNED = False
 
     def __init__(self):

@@ -55,13 +55,15 @@ def function_id(function) -> str:
     return function.id if isinstance(function, FunctionInfo) else function
 
 
-def evaluation(function, inputs, compute, tangent, cotangent, batch) -> tuple:
+def evaluation(function, inputs, compute, tangent, cotangent, batch, wrt) -> tuple:
     """(path, body) of an evaluation."""
     body = {"inputs": tensors_out(inputs), "compute": list(compute), "batch": batch}
     if tangent is not None:
         body["tangent"] = tensors_out(tangent)
     if cotangent is not None:
         body["cotangent"] = tensor_out(cotangent)
+    if wrt is not None:
+        body["wrt"] = list(wrt)
     definition = definition_of(function)
     if definition is None:
         return f"/v1/functions/{function_id(function)}/evaluate", body

@@ -1,0 +1,227 @@
+"""The HTTP transport: `create_app` builds the FastAPI app every HTTP protocol mounts its routes on.
+
+It holds what all HTTP routes share and no protocol's routes: the bounded
+body reader and JSON (orjson) in and out, the error handlers (a `ServiceError`
+leaves as `{"error": {"code", "message", "location"?}}` with its status from
+`status.HTTP`), the operations routes (`/healthz`, `/readyz`, `/metrics`) and
+the browser demo, and two ASGI middlewares: `MetricsMiddleware` counts every
+request per route template, and `GuardMiddleware` applies the `Guard` (API
+keys, rate limits) to the path prefixes the protocols put in `guarded`.
+The app takes its service, metrics and guard from `app.build`; it makes none.
+"""
+
+import contextlib
+import logging
+import time
+from importlib import resources
+from typing import Annotated
+
+import orjson
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+
+from .. import __version__
+from . import schemas, status, tensors
+from .errors import BAD_REQUEST, TOO_LARGE, UNAUTHENTICATED, ServiceError, error_body
+from .security import Guard, presented_key, retry_after_header
+from .service import Service
+from .settings import Settings
+
+log = logging.getLogger("adserve.rest")
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+
+
+class JSONOut(JSONResponse):
+    """JSON via orjson; finite ndarrays from `tensors.encode` are written natively.
+
+    A JSONResponse, so the OpenAPI document says JSON objects (not strings) for the routes' answers."""
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return tensors.dumps(content)
+
+
+def error(status_code: int, code: str, message: str, location=None, headers=None) -> JSONOut:
+    return JSONOut(error_body(code, message, location), status_code=status_code, headers=headers)
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused with 413 past `max_body_bytes` (declared or actually sent)."""
+    limit = request.app.state.settings.max_body_bytes
+    too_large = ServiceError(TOO_LARGE, "body_too_large", f"the request body is over the limit of {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes):
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ServiceError(BAD_REQUEST, "malformed_json", f"the body is not valid JSON: {e}") from None
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+RawBody = Annotated[bytes, Depends(read_body)]
+ServiceDep = Annotated[Service, Depends(_service)]
+
+
+def _operations(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"], summary="200 while the process is alive")
+    def healthz():
+        return JSONOut({"status": "ok"})
+
+    @app.get("/readyz", tags=["operations"], summary="200 when ready to serve")
+    def readyz(service: ServiceDep):
+        if service.ready():
+            return JSONOut({"status": "ready"})
+        return error(503, "not_ready", "the service is starting or lost a backend")
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus text format", response_class=PlainTextResponse)
+    def metrics(request: Request):
+        m = request.app.state.metrics
+        return Response(m.render(), media_type=m.content_type)
+
+    page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return HTMLResponse(page)
+
+    static = StaticFiles(packages=[(__package__, "static")])
+
+    @app.get("/static/{path:path}", include_in_schema=False)
+    async def static_file(path: str, request: Request):
+        return await static.get_response(path, request.scope)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError):
+        retry = getattr(exc, "retry_after", None)  # a limit that frees up: when to call again
+        headers = None if retry is None else {"Retry-After": retry_after_header(retry)}
+        return JSONOut(exc.body(), status_code=status.http(exc), headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; the API is described at /docs"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+        else:
+            message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error(500, "internal_error", status.INTERNAL_MESSAGE)
+
+
+def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list) -> FastAPI:
+    """The app over `service`, counting into `metrics`; `guard` applies to paths starting with any prefix in
+    `guarded` (a list the protocols fill as they mount). Its shutdown closes the service."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        service.close()
+
+    app = FastAPI(title="adserve", version=__version__, default_response_class=JSONOut, lifespan=lifespan,
+                  description="Automatic differentiation as a service. Register a function (expr, program or "
+                              "graph), then ask for its value and derivatives (the `compute` kinds).")
+    app.state.service, app.state.settings, app.state.metrics = service, settings, metrics
+    if guard.active:  # inside the metrics, so 401 and 429 are counted
+        app.add_middleware(GuardMiddleware, guard=guard, prefixes=guarded)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.cors_origins:  # outermost: preflights are answered before the key check
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+                           expose_headers=["Retry-After", "x-adserve-backend", "Server-Timing"], max_age=600)
+    _error_handlers(app)
+    _operations(app)
+
+    plain_openapi = app.openapi
+
+    def openapi():
+        spec = plain_openapi()
+        spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas.request_components())
+        return spec
+
+    app.openapi = openapi
+    return app
+
+
+class GuardMiddleware:
+    """Plain ASGI: a call under a guarded prefix passes the guard or gets 401 / 429 in the error format."""
+
+    def __init__(self, app, guard: Guard, prefixes: list):
+        self.app, self.guard, self.prefixes = app, guard, prefixes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or \
+                not any(scope["path"].startswith(p) for p in self.prefixes):
+            return await self.app(scope, receive, send)
+        headers = {k: v for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")}
+        key = presented_key(headers.get(b"authorization", b"").decode("latin-1") or None,
+                            headers.get(b"x-api-key", b"").decode("latin-1") or None)
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        try:
+            self.guard.check(key, peer)
+        except ServiceError as e:
+            extra = [(b"www-authenticate", b'Bearer realm="adserve"')] if e.kind == UNAUTHENTICATED else \
+                [(b"retry-after", retry_after_header(e.retry_after).encode())]
+            body = orjson.dumps(error_body(e.code, e.message))
+            await send({"type": "http.response.start", "status": status.http(e),
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()), *extra]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Plain ASGI, so it sees every response, errors included; routes are labelled by template
+    (`/v1/functions/{function_id}`), never by raw path."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, code = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], route, code, time.perf_counter() - start)

@@ -1,0 +1,51 @@
+"""Protocol parity: an evaluation has the same fields everywhere a user can send one, and the compute kinds
+are the engine's, listed once.
+
+The fields the REST parser takes (`evaluation.FIELDS`) are compared with the OpenAPI model, the proto's
+`EvaluateRequest` (less `id` and `function`, how it names its function), the Python clients' `evaluate`
+parameters (REST and gRPC, blocking, asyncio and streams) and the JS client's `Evaluation` typedef. A field
+added to one and not the others fails here."""
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from adserve_client import AsyncClient, AsyncGrpcClient, Client, GrpcClient
+from adserve_client.rpc import AsyncEvaluationStream, EvaluationStream
+
+from adserve.engine import COMPUTE_KINDS
+from adserve.server import evaluation, schemas
+from adserve.server.grpc_gen import ad_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+FIELDS = set(evaluation.FIELDS)
+TARGET = {"id", "function"}  # how an EvaluateRequest names its function; REST has the path or "function"
+
+
+def test_openapi_model_has_the_fields():
+    assert set(schemas.Evaluation.model_fields) == FIELDS
+    assert set(schemas.EvaluationWithFunction.model_fields) == FIELDS | {"function"}
+
+
+def test_proto_has_the_fields():
+    assert {f.name for f in ad_pb2.EvaluateRequest.DESCRIPTOR.fields} - TARGET == FIELDS
+
+
+@pytest.mark.parametrize("method", [Client.evaluate, AsyncClient.evaluate, GrpcClient.evaluate,
+                                    AsyncGrpcClient.evaluate, EvaluationStream.evaluate,
+                                    AsyncEvaluationStream.evaluate], ids=lambda m: m.__qualname__)
+def test_python_clients_take_the_fields(method):
+    assert set(inspect.signature(method).parameters) - {"self", "function"} == FIELDS
+
+
+def test_js_client_documents_the_fields():
+    source = (ROOT / "clients/js/adserve.js").read_text(encoding="utf-8")
+    typedef = re.search(r"@typedef \{Object\} Evaluation\n(.*?)\*/", source, re.DOTALL)
+    assert typedef, "clients/js/adserve.js has no Evaluation typedef"
+    assert set(re.findall(r"@property \{[^}]+\} \[?(\w+)", typedef[1])) == FIELDS
+
+
+def test_compute_kinds_come_from_the_engine():
+    compute = schemas.Evaluation.model_json_schema()["properties"]["compute"]
+    assert tuple(compute["items"]["enum"]) == COMPUTE_KINDS
