@@ -90,10 +90,10 @@ def test_one_check_of_compute_one_code():
     """The service checks `compute` before the engine; the engine's own check (for callers in process) gives
     the same code."""
     from adserve.engine import Engine
-    engine = Engine()
-    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": []}], "expr": "sin(x)"})
+    eng = Engine()
+    fn = eng.compile_definition({"inputs": [{"name": "x", "shape": []}], "expr": "sin(x)"})
     with pytest.raises(engine_errors.EvaluationError) as engine:
-        engine.evaluate(fn, {"x": 1.0}, ["grad"])
+        eng.evaluate(fn, {"x": 1.0}, ["grad"])
     with pytest.raises(ServiceError) as service:
         Service().evaluate(fn.id, {"inputs": {"x": 1.0}, "compute": ["grad"]})
     assert engine.value.code == service.value.code == "invalid_compute"
