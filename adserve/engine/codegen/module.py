@@ -14,7 +14,8 @@ slowly: the serial kernel never waits for it.
 from __future__ import annotations
 
 from ..ir import Graph, Lit, Var
-from .source import Source, num
+from .emit import num
+from .fusion import Source
 
 CODEGEN_VERSION = "9"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
