@@ -16,21 +16,8 @@ from .emit import Emitter, loc_text, num
 from .memory import updated
 from .structured import cond, loop
 
-UNARY = {
-    "neg": "-{0}", "sin": "math.sin({0})", "cos": "math.cos({0})", "tan": "math.tan({0})",
-    "arcsin": "math.asin({0})", "arccos": "math.acos({0})", "arctan": "math.atan({0})",
-    "sinh": "math.sinh({0})", "cosh": "math.cosh({0})", "tanh": "math.tanh({0})", "exp": "math.exp({0})",
-    "expm1": "math.expm1({0})", "log": "math.log({0})", "log1p": "math.log1p({0})", "sqrt": "math.sqrt({0})",
-    "abs": "abs({0})", "sign": "sign({0})", "sigmoid": "sigmoid({0})", "softplus": "softplus({0})",
-}
-BINARY = {
-    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}", "pow": "{0} ** {1}",
-    "arctan2": "math.atan2({0}, {1})", "hypot": "math.hypot({0}, {1})",
-    "maximum": "maximum({0}, {1})", "minimum": "minimum({0}, {1})",
-    "lt": "1.0 if {0} < {1} else 0.0", "le": "1.0 if {0} <= {1} else 0.0", "gt": "1.0 if {0} > {1} else 0.0",
-    "ge": "1.0 if {0} >= {1} else 0.0", "eq": "1.0 if {0} == {1} else 0.0", "ne": "1.0 if {0} != {1} else 0.0",
-    "where": "{1} if {0} != 0.0 else {2}",
-}
+# an element-wise row's `template` is its whole generator: fused into loop nests (fusion.py) or a loop of its own
+FORMATS = {name: (f"({p.template})" if p.arity != 1 else p.template) for name, p in PRIMS.items() if p.template}
 
 
 def kept(e, idx) -> list[str]:
@@ -212,8 +199,6 @@ def _concatenate(s, e):
         start += n
 
 
-FORMATS = {name: (f"({fmt})" if name in BINARY else fmt) for name, fmt in {**UNARY, **BINARY}.items()}
-FORMATS["broadcast_to"] = "{0}"
 GENERATORS = {name: _elementwise(fmt) for name, fmt in FORMATS.items()}
 GENERATORS.update({
     "reduce_sum": _sum, "sum_to": _sum, "reduce_max": _max, "reduce_min": _min, "logsumexp": _logsumexp,
@@ -221,4 +206,3 @@ GENERATORS.update({
     "dyn_slice": _dyn_slice, "dyn_update": _dyn_update, "transpose": _transpose, "reshape": _reshape,
     "concatenate": _concatenate, "loop": loop, "cond": cond,
 })
-assert set(GENERATORS) >= set(PRIMS), f"primitives without a code template: {set(PRIMS) - set(GENERATORS)}"
