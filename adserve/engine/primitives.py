@@ -173,6 +173,31 @@ elementwise("sigmoid", _sigmoid, lambda x, a: a * (1.0 - a), template="sigmoid({
 elementwise("softplus", lambda x: np.logaddexp(0.0, x), lambda x, a: op.sigmoid(x), template="softplus({0})",
             helper=softplus, doc="log(1 + exp(x)), without overflow for large |x|")
 
+elementwise("erf", _special("erf"), lambda x, a: _TWO_OVER_SQRT_PI * op.exp(-(x * x)), template="math.erf({0})",
+            doc="the error function")
+elementwise("erfc", _special("erfc"), lambda x, a: -_TWO_OVER_SQRT_PI * op.exp(-(x * x)),
+            template="math.erfc({0})", doc="1 - erf(x), accurate where erf(x) is near 1")
+elementwise("log2", np.log2, lambda x, a: 1.0 / (x * math.log(2.0)), template="math.log2({0})",
+            doc="base-2 logarithm")
+elementwise("log10", np.log10, lambda x, a: 1.0 / (x * math.log(10.0)), template="math.log10({0})",
+            doc="base-10 logarithm")
+elementwise("exp2", np.exp2, lambda x, a: a * math.log(2.0), template="(2.0 ** {0})", doc="2 to the x")
+elementwise("cbrt", np.cbrt, lambda x, a: 1.0 / (3.0 * a * a), template="np.cbrt({0})",
+            doc="cube root, real for negative x; its derivative is infinite at 0")
+elementwise("arcsinh", np.arcsinh, lambda x, a: 1.0 / op.sqrt(x * x + 1.0), template="math.asinh({0})",
+            doc="inverse hyperbolic sine")
+elementwise("arccosh", np.arccosh, lambda x, a: 1.0 / (op.sqrt(x - 1.0) * op.sqrt(x + 1.0)),
+            template="math.acosh({0})", doc="inverse hyperbolic cosine, for x >= 1")
+elementwise("arctanh", np.arctanh, lambda x, a: 1.0 / (1.0 - x * x), template="math.atanh({0})",
+            doc="inverse hyperbolic tangent, for x in (-1, 1)")
+elementwise("square", np.square, lambda x, a: 2.0 * x, template="({0} * {0})", doc="x * x")
+elementwise("floor", np.floor, nondiff=True, template="np.floor({0})",
+            doc="the largest integer <= x; derivative 0, at the jumps too")
+elementwise("ceil", np.ceil, nondiff=True, template="np.ceil({0})",
+            doc="the smallest integer >= x; derivative 0, at the jumps too")
+elementwise("round", np.rint, nondiff=True, template="np.rint({0})",
+            doc="the nearest integer, halves to even (as NumPy: round(2.5) is 2); derivative 0, at the jumps too")
+
 
 def _pow_da(a, b, ans):
     if b.is_lit() and b.atom.fill not in (None, 0.0):
@@ -222,6 +247,22 @@ for _name, _fn, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt
                 template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b",
                 doc="comparison: 1.0 if true, else 0.0; derivative 0")
 
+
+def _clip_dx(x, lo, hi, ans):
+    m = op.maximum(x, lo)
+    return _min_d(True)(m, hi, ans) * _max_d(True)(x, lo, ans)
+
+
+def _clip_dlo(x, lo, hi, ans):
+    m = op.maximum(x, lo)
+    return _min_d(True)(m, hi, ans) * _max_d(False)(x, lo, ans)
+
+
+elementwise("clip", lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), _clip_dx, _clip_dlo,
+            lambda x, lo, hi, ans: _min_d(False)(op.maximum(x, lo), hi, ans),
+            template="minimum(maximum({0}, {1}), {2})", signature="clip(x, lo, hi)",
+            doc="minimum(maximum(x, lo), hi), and differentiated as that: where x is at a bound, "
+                "x and the bound each get half the derivative")
 
 def _where_impl(c, a, b):
     c, a, b = align(c, a, b)

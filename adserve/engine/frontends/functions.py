@@ -106,6 +106,20 @@ def _prod_axis(low, x, axis):
     return low.emit("slice", x, index=tuple(0 if i == axis else (0, d, 1) for i, d in enumerate(x.shape)))
 
 
+def norm(emit, x: V) -> V:
+    """The 2-norm of all of x, with derivative 0 at x = 0, to every order: the square root only ever sees a
+    positive sum (1 where the sum is 0), so no 0/0 reaches a derivative (`emit(prim, *args, **params)`)."""
+    s = emit("reduce_sum", emit("mul", x, x), axes=None)
+    zero = emit("eq", s, 0.0)
+    return emit("where", zero, 0.0, emit("sqrt", emit("where", zero, 1.0, s)))
+
+
+def _norm(low, node, *args, **kwargs):
+    _arity(node, "norm", args, 1)
+    _no_kwargs(node, "norm", kwargs)
+    return norm(low.emit, low.value(args[0], node))
+
+
 def dot(low, a: V, b: V) -> V:
     """numpy.dot: sum over the last axis of a and the second-to-last of b (the only axis of a 1-D b)."""
     ra, rb = len(a.shape), len(b.shape)
@@ -257,6 +271,8 @@ _CALLS = {"reduce_sum": _reduction("reduce_sum"), "reduce_max": _reduction("redu
 COMPOSITES = {
     "mean": (_mean, "mean(x, axis=None)", "the average over all axes or the given ones"),
     "prod": (_prod, "prod(x, axis=None)", "the product over all axes or the given ones; exact where entries are 0"),
+    "norm": (_norm, "norm(x)", "the 2-norm sqrt(sum(x * x)) over all entries; its derivative at x = 0 is 0 "
+                               "(the second derivative too)"),
     "dot": (_dot, "dot(a, b)", "numpy.dot: sum over the last axis of a and the second-to-last of b"),
     "matmul": (_matmul, "matmul(a, b), a @ b", "matrix product, batched over leading axes that broadcast"),
     "stack": (_stack, "stack([a, b, ...], axis=0)", "arrays of one shape joined along a new axis"),
