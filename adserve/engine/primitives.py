@@ -241,6 +241,10 @@ elementwise("maximum", np.maximum, _max_d(True), _max_d(False), template="maximu
             doc="the larger of a and b (NaN if either is); at a tie each gets half the derivative")
 elementwise("minimum", np.minimum, _min_d(True), _min_d(False), template="minimum({0}, {1})", helper=minimum,
             doc="the smaller of a and b (NaN if either is); at a tie each gets half the derivative")
+elementwise("logaddexp", np.logaddexp, lambda a, b, y: op.exp(a - y), lambda a, b, y: op.exp(b - y),
+            template="({0} + 0.6931471805599453) if {0} == {1} else "
+                     "maximum({0}, {1}) + math.log1p(math.exp(-abs({0} - {1})))",
+            doc="log(exp(a) + exp(b)) without overflow; d/da is exp(a - logaddexp(a, b))")
 for _name, _fn, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),
                          ("ge", np.greater_equal, ">="), ("eq", np.equal, "=="), ("ne", np.not_equal, "!=")):
     elementwise(_name, lambda a, b, _fn=_fn: _fn(a, b).astype(np.float64), arity=2, nondiff=True, lang=(),

@@ -180,6 +180,7 @@ BINARY = [
     ("hypot", op.hypot, jnp.hypot, [away0(), away0()]),
     ("maximum", op.maximum, jnp.maximum, [normal(), normal()]),
     ("minimum", op.minimum, jnp.minimum, [normal(), normal()]),
+    ("logaddexp", op.logaddexp, jnp.logaddexp, [normal(3.0), normal(3.0)]),
 ]
 BINARY_SHAPES = [((2, 3), (2, 3)), ((3, 1), (4,)), ((), (2, 3)), ((2, 3), ())]
 for _name, _f, _jf, _smp in BINARY:
