@@ -22,9 +22,29 @@ from .errors import DefinitionError, EngineError, ShapeError
 from .ir import Eqn, Graph, Lit, Var
 
 
+@dataclass(frozen=True)
+class Linear:
+    """A primitive linear in some of its arguments (JAX's `deflinear` and transpose rule, as one declaration).
+
+    `transpose(g, primals, **params)` gives the cotangent of each argument from the output's (None for the
+    arguments it is not linear in, such as a run-time index); both derivative rules follow from it. The JVP
+    is the primitive itself applied to the tangents of `args` (all arguments when None), a zero tangent
+    instantiated as zeros and the other arguments as they are. With `signs`, the primitive is the sum of its
+    arguments times those signs (add, sub): a zero tangent then drops out of the sum instead."""
+
+    transpose: Callable
+    args: Optional[tuple] = None
+    signs: Optional[tuple] = None
+
+
 @dataclass
 class Prim:
-    """A row of the primitive table (filled in by primitives.py and control.py)."""
+    """A row of the primitive table (filled in by primitives.py and control.py).
+
+    Besides the math (shape rule, NumPy implementation, derivative rules), a row says how the op is spelled
+    everywhere else: the function names of the expression and program languages (`lang`), the parameters
+    of its graph-JSON node (`params`: name and kind), the numba source of one element for element-wise ops
+    (`template`, calling `helper` by name when `math` has no twin) and a line of user documentation."""
 
     name: str
     shape: Callable  # (*input shapes, **params) -> output shape, or list of shapes if multi
@@ -34,9 +54,40 @@ class Prim:
     normalize: Optional[Callable] = None  # (input shapes, params) -> canonical params
     multiple_results: bool = False
     nondiff: bool = False  # output is piecewise constant: zero derivative (comparisons)
-    doc: str = ""
+    doc: str = ""  # for users: what it computes and its derivative where that is a convention (kinks, ties)
     arity: Optional[int] = None  # None: variadic
     extra: dict = field(default_factory=dict)
+    linear: Optional[Linear] = None  # gives jvp and vjp
+    lang: tuple = ()  # expression/program function names that lower to this op (none: an operator, or internal)
+    signature: str = ""  # how users call it, for the docs: "clip(x, lo, hi)"; default name(x) / name(a, b)
+    params: tuple = ()  # ((name, kind), ...) as a graph-JSON node spells them (kinds: frontends/graph_json.py)
+    template: Optional[str] = None  # element-wise: numba source of one element, "math.sin({0})"
+    helper: Optional[Callable] = None  # plain-Python scalar function `template` calls by its __name__
+
+    def __post_init__(self):
+        if self.linear is not None:
+            self.jvp, self.vjp = _linear_rules(self.name, self.linear)
+
+
+def _linear_rules(name, lin: Linear):
+    def jvp(ts, xs, ans, **params):
+        args = range(len(xs)) if lin.args is None else lin.args
+        if all(ts[i] is None for i in args):
+            return None
+        if lin.signs is not None:
+            out = None
+            for t, sign in zip(ts, lin.signs):
+                if t is not None:
+                    t = t if sign > 0 else -t
+                    out = t if out is None else out + t
+            return out
+        return emit(name, *[(zeros(x.shape) if t is None else t) if i in args else x
+                            for i, (t, x) in enumerate(zip(ts, xs))], **params)
+
+    def vjp(g, xs, ans, **params):
+        return lin.transpose(g, xs, **params)
+
+    return jvp, vjp
 
 
 PRIMS: dict[str, Prim] = {}

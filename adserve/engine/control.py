@@ -171,6 +171,7 @@ def _loop_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_car
 
 register(Prim("loop", _loop_shape, _loop_impl, _loop_jvp, _loop_vjp, multiple_results=True,
               extra={"activity": _loop_activity, "vjp_fwd": _loop_vjp_fwd},
+              params=(("length", "count"), ("n_consts", "count"), ("n_carry", "count"), ("reverse", "flag")),
               doc="a loop with a static trip count; carries and stacked outputs"))
 
 

@@ -1,5 +1,10 @@
-"""The primitive table: every operation with its shape rule, NumPy implementation,
-JVP rule and VJP rule, side by side (as HIPS autograd keeps each VJP beside its op).
+"""The primitive table, element-wise part: every row beside its derivative and its spellings.
+
+A row (`builder.Prim`) is the single source for an op: shape rule, NumPy
+implementation, derivative rules (as HIPS autograd keeps each VJP beside its op),
+its names in the languages (`lang`), its numba template with any scalar helper,
+and its line in the user documentation (docs/language.md is generated from it).
+Adding an element-wise op is one call below plus a `Spec` in the tests.
 
 Conventions
   * `impl` works on arrays with a leading batch axis (size B, or 1 for a value
@@ -8,7 +13,10 @@ Conventions
     again (HVP = jvp of vjp). A `None` tangent or cotangent is a symbolic zero.
   * The transforms broadcast or sum tangents/cotangents to the right shape, so
     rules need not (autograd's "unbroadcast" done once).
-Control flow (`loop`, `cond`) lives in control.py.
+  * A template reads its arguments as `{0}`, `{1}`..; it may call `math`, `np`,
+    `abs` and the helpers of any row (compiled by codegen/runtime.py).
+Reductions, shapes, contraction and indexing are in arrays.py; control flow
+(`loop`, `cond`) in control.py.
 """
 
 from __future__ import annotations
@@ -17,12 +25,11 @@ import math
 
 import numpy as np
 
-from .builder import PRIMS, Prim, V, op, register, zeros
-from .errors import DefinitionError, EvaluationError, ShapeError
+from .builder import Linear, Prim, op, register
+from .errors import ShapeError
 
 
-# -- helpers ----------------------------------------------------------------
-def _align(*arrays, ndim=None):
+def align(*arrays, ndim=None):
     """Give batched arrays equal rank (or `ndim`) by inserting unit axes after the batch axis."""
     if ndim is None and len(arrays) == 2 and arrays[0].ndim == arrays[1].ndim:
         return arrays  # the common case, and hot in the interpreter
@@ -30,7 +37,7 @@ def _align(*arrays, ndim=None):
     return [a if a.ndim == r else a.reshape(a.shape[:1] + (1,) * (r - a.ndim) + a.shape[1:]) for a in arrays]
 
 
-def _broadcast_shape(*shapes):
+def broadcast_shape(*shapes):
     first = shapes[0]
     if all(s == first or not s for s in shapes):  # the common cases, without NumPy's general machinery
         return tuple(first)
@@ -42,41 +49,82 @@ def _broadcast_shape(*shapes):
         raise ShapeError("shapes " + " and ".join(str(list(s)) for s in shapes) + " cannot be broadcast together") from None
 
 
-def _norm_axes(shape, axis):
-    r = len(shape)
-    if axis is None:
-        return tuple(range(r))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
-    for a in axes:
-        if not isinstance(a, int) or isinstance(a, bool) or not -r <= a < r:
-            raise ShapeError(f"axis {a} is out of range for shape {list(shape)}")
-        out.append(a % r)
-    if len(set(out)) != len(out):
-        raise ShapeError(f"repeated axis in {list(axes)}")
-    return tuple(sorted(out))
+# -- scalar helpers: what generated kernels call where `math` has no NumPy twin -----------------
+# Kernels use NumPy's error model (log(-1) is NaN, 1/0 infinity); these add NumPy's stable forms and NaN rules.
+def sigmoid(x):
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
 
 
-def _keepdims_shape(shape, axes):
-    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+def softplus(x):
+    if x > 0.0:
+        return x + math.log1p(math.exp(-x))
+    return math.log1p(math.exp(x))
 
 
-def expand_reduced(g: V, shape, axes) -> V:
-    """Broadcast a reduction's output back over the reduced axes of `shape`."""
-    return op.broadcast_to(op.reshape(g, shape=_keepdims_shape(shape, axes)), shape=tuple(shape))
+def sign(x):
+    if x > 0.0:
+        return 1.0
+    if x < 0.0:
+        return -1.0
+    return x  # 0.0, -0.0 or NaN, as numpy.sign
 
 
-# -- element-wise unary -----------------------------------------------------
-def unary(name, impl, deriv=None, *, nondiff=False, doc=""):
-    """An element-wise op; `deriv(x, ans)` is f'(x) as a value (None: zero derivative)."""
+def maximum(a, b):
+    if a != a or b != b:
+        return math.nan
+    return a if a >= b else b
+
+
+def minimum(a, b):
+    if a != a or b != b:
+        return math.nan
+    return a if a <= b else b
+
+
+# -- element-wise ops (NumPy broadcasting) ---------------------------------------------------------
+def elementwise(name, impl, *partials, arity=None, nondiff=False, **row):
+    """An element-wise op of `arity` arguments (default: one per partial, or 1); `partials[i](*xs, ans)` is
+    the derivative in argument i as a value. No partials and not `nondiff`: the row declares `linear`.
+    The language name defaults to `name` (`lang=()` for ops spelled as operators)."""
+    arity = arity or len(partials) or 1
     jvp = vjp = None
-    if deriv is not None:
+    if partials:
         def jvp(ts, xs, ans):
-            return ts[0] * deriv(xs[0], ans)
+            parts = [t * d(*xs, ans) for t, d in zip(ts, partials) if t is not None]
+            out = parts[0]
+            for p in parts[1:]:
+                out = out + p
+            return out
 
         def vjp(g, xs, ans):
-            return [g * deriv(xs[0], ans)]
-    register(Prim(name, lambda s: s, lambda x: impl(x), jvp, vjp, nondiff=nondiff, arity=1, doc=doc))
+            return [g * d(*xs, ans) for d in partials]
+
+    if arity == 1:
+        def shape(s):
+            return s
+
+        def run(x):
+            return impl(x)
+    elif arity == 2:
+        def shape(sa, sb):
+            if sa == sb or not sb:
+                return sa
+            return tuple(sb) if not sa else broadcast_shape(sa, sb)
+
+        def run(a, b):
+            a, b = align(a, b)
+            return impl(a, b)
+    else:
+        def shape(*shapes):
+            return broadcast_shape(*shapes)
+
+        def run(*xs):
+            return impl(*align(*xs))
+    row.setdefault("lang", (name,))
+    register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=arity, **row))
 
 
 def _sigmoid(x):
@@ -88,65 +136,67 @@ def _sigmoid(x):
     return out
 
 
-register(Prim("neg", lambda s: s, np.negative, lambda ts, xs, ans: -ts[0], lambda g, xs, ans: [-g], arity=1))
-unary("sin", np.sin, lambda x, a: op.cos(x))
-unary("cos", np.cos, lambda x, a: -op.sin(x))
-unary("tan", np.tan, lambda x, a: 1.0 + a * a)
-unary("arcsin", np.arcsin, lambda x, a: 1.0 / op.sqrt(1.0 - x * x))
-unary("arccos", np.arccos, lambda x, a: -1.0 / op.sqrt(1.0 - x * x))
-unary("arctan", np.arctan, lambda x, a: 1.0 / (1.0 + x * x))
-unary("sinh", np.sinh, lambda x, a: op.cosh(x))
-unary("cosh", np.cosh, lambda x, a: op.sinh(x))
-unary("tanh", np.tanh, lambda x, a: 1.0 - a * a)
-unary("exp", np.exp, lambda x, a: a)
-unary("expm1", np.expm1, lambda x, a: a + 1.0)
-unary("log", np.log, lambda x, a: 1.0 / x)
-unary("log1p", np.log1p, lambda x, a: 1.0 / (1.0 + x))
-unary("sqrt", np.sqrt, lambda x, a: 0.5 / a)
-unary("abs", np.abs, lambda x, a: op.sign(x), doc="derivative sign(x), 0 at 0")
-unary("sign", np.sign, nondiff=True)
-unary("sigmoid", _sigmoid, lambda x, a: a * (1.0 - a), doc="stable for large |x|")
-unary("softplus", lambda x: np.logaddexp(0.0, x), lambda x, a: op.sigmoid(x), doc="log(1+exp(x)), stable")
+def _special(fn):
+    def impl(x):
+        from scipy import special  # only graphs that use it pay for the import
+        return getattr(special, fn)(x)
+    return impl
 
 
-# -- element-wise binary (NumPy broadcasting) --------------------------------
-def binary(name, impl, da=None, db=None, *, nondiff=False, doc=""):
-    """`da(a, b, ans)`, `db(...)` are the partial derivatives as values."""
-    jvp = vjp = None
-    if da is not None:
-        def jvp(ts, xs, ans):
-            a, b = xs
-            parts = [t * d(a, b, ans) for t, d in zip(ts, (da, db)) if t is not None]
-            return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
-        def vjp(g, xs, ans):
-            a, b = xs
-            return [g * da(a, b, ans), g * db(a, b, ans)]
+elementwise("neg", np.negative, linear=Linear(lambda g, xs: [-g]), lang=(), template="-{0}", signature="-x",
+            doc="negation")
+elementwise("sin", np.sin, lambda x, a: op.cos(x), template="math.sin({0})", doc="sine")
+elementwise("cos", np.cos, lambda x, a: -op.sin(x), template="math.cos({0})", doc="cosine")
+elementwise("tan", np.tan, lambda x, a: 1.0 + a * a, template="math.tan({0})", doc="tangent")
+elementwise("arcsin", np.arcsin, lambda x, a: 1.0 / op.sqrt(1.0 - x * x), template="math.asin({0})",
+            doc="inverse sine, for x in [-1, 1]")
+elementwise("arccos", np.arccos, lambda x, a: -1.0 / op.sqrt(1.0 - x * x), template="math.acos({0})",
+            doc="inverse cosine, for x in [-1, 1]")
+elementwise("arctan", np.arctan, lambda x, a: 1.0 / (1.0 + x * x), template="math.atan({0})", doc="inverse tangent")
+elementwise("sinh", np.sinh, lambda x, a: op.cosh(x), template="math.sinh({0})", doc="hyperbolic sine")
+elementwise("cosh", np.cosh, lambda x, a: op.sinh(x), template="math.cosh({0})", doc="hyperbolic cosine")
+elementwise("tanh", np.tanh, lambda x, a: 1.0 - a * a, template="math.tanh({0})", doc="hyperbolic tangent")
+elementwise("exp", np.exp, lambda x, a: a, template="math.exp({0})", doc="e to the x")
+elementwise("expm1", np.expm1, lambda x, a: a + 1.0, template="math.expm1({0})", doc="exp(x) - 1, exact for small x")
+elementwise("log", np.log, lambda x, a: 1.0 / x, template="math.log({0})", doc="natural logarithm")
+elementwise("log1p", np.log1p, lambda x, a: 1.0 / (1.0 + x), template="math.log1p({0})",
+            doc="log(1 + x), exact for small x")
+elementwise("sqrt", np.sqrt, lambda x, a: 0.5 / a, template="math.sqrt({0})", doc="square root")
+elementwise("abs", np.abs, lambda x, a: op.sign(x), template="abs({0})",
+            doc="absolute value; derivative sign(x), which is 0 at x = 0")
+elementwise("sign", np.sign, nondiff=True, template="sign({0})", helper=sign,
+            doc="-1, 0 or 1 (0 at 0); derivative 0")
+elementwise("sigmoid", _sigmoid, lambda x, a: a * (1.0 - a), template="sigmoid({0})", helper=sigmoid,
+            doc="1 / (1 + exp(-x)), without overflow for large |x|")
+elementwise("softplus", lambda x: np.logaddexp(0.0, x), lambda x, a: op.sigmoid(x), template="softplus({0})",
+            helper=softplus, doc="log(1 + exp(x)), without overflow for large |x|")
 
-    def shape(sa, sb):
-        if sa == sb or not sb:
-            return sa
-        return tuple(sb) if not sa else _broadcast_shape(sa, sb)
-
-    def run(a, b):
-        a, b = _align(a, b)
-        return impl(a, b)
-
-    register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=2, doc=doc))
-
-
-def _linear_add(sign):
-    def jvp(ts, xs, ans):
-        ta, tb = ts
-        if tb is None:
-            return ta
-        tb = tb if sign > 0 else -tb
-        return tb if ta is None else ta + tb
-
-    def vjp(g, xs, ans):
-        return [g, g if sign > 0 else -g]
-
-    return jvp, vjp
+elementwise("erf", _special("erf"), lambda x, a: _TWO_OVER_SQRT_PI * op.exp(-(x * x)), template="math.erf({0})",
+            doc="the error function")
+elementwise("erfc", _special("erfc"), lambda x, a: -_TWO_OVER_SQRT_PI * op.exp(-(x * x)),
+            template="math.erfc({0})", doc="1 - erf(x), accurate where erf(x) is near 1")
+elementwise("log2", np.log2, lambda x, a: 1.0 / (x * math.log(2.0)), template="math.log2({0})",
+            doc="base-2 logarithm")
+elementwise("log10", np.log10, lambda x, a: 1.0 / (x * math.log(10.0)), template="math.log10({0})",
+            doc="base-10 logarithm")
+elementwise("exp2", np.exp2, lambda x, a: a * math.log(2.0), template="(2.0 ** {0})", doc="2 to the x")
+elementwise("cbrt", np.cbrt, lambda x, a: 1.0 / (3.0 * a * a), template="np.cbrt({0})",
+            doc="cube root, real for negative x; its derivative is infinite at 0")
+elementwise("arcsinh", np.arcsinh, lambda x, a: 1.0 / op.sqrt(x * x + 1.0), template="math.asinh({0})",
+            doc="inverse hyperbolic sine")
+elementwise("arccosh", np.arccosh, lambda x, a: 1.0 / (op.sqrt(x - 1.0) * op.sqrt(x + 1.0)),
+            template="math.acosh({0})", doc="inverse hyperbolic cosine, for x >= 1")
+elementwise("arctanh", np.arctanh, lambda x, a: 1.0 / (1.0 - x * x), template="math.atanh({0})",
+            doc="inverse hyperbolic tangent, for x in (-1, 1)")
+elementwise("square", np.square, lambda x, a: 2.0 * x, template="({0} * {0})", doc="x * x")
+elementwise("floor", np.floor, nondiff=True, template="np.floor({0})",
+            doc="the largest integer <= x; derivative 0, at the jumps too")
+elementwise("ceil", np.ceil, nondiff=True, template="np.ceil({0})",
+            doc="the smallest integer >= x; derivative 0, at the jumps too")
+elementwise("round", np.rint, nondiff=True, template="np.rint({0})",
+            doc="the nearest integer, halves to even (as NumPy: round(2.5) is 2); derivative 0, at the jumps too")
 
 
 def _pow_da(a, b, ans):
@@ -173,24 +223,53 @@ def _min_d(first):
     return d
 
 
-binary("add", np.add)
-binary("sub", np.subtract)
-PRIMS["add"].jvp, PRIMS["add"].vjp = _linear_add(+1)
-PRIMS["sub"].jvp, PRIMS["sub"].vjp = _linear_add(-1)
-binary("mul", np.multiply, lambda a, b, y: b, lambda a, b, y: a)
-binary("div", np.divide, lambda a, b, y: 1.0 / b, lambda a, b, y: -y / b)
-binary("pow", np.power, _pow_da, _pow_db)
-binary("arctan2", np.arctan2, lambda a, b, y: b / (a * a + b * b), lambda a, b, y: -a / (a * a + b * b))
-binary("hypot", np.hypot, lambda a, b, y: a / y, lambda a, b, y: b / y, doc="no overflow for large inputs")
-binary("maximum", np.maximum, _max_d(True), _max_d(False), doc="ties split the derivative evenly")
-binary("minimum", np.minimum, _min_d(True), _min_d(False), doc="ties split the derivative evenly")
-for _name, _fn in (("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
-                   ("eq", np.equal), ("ne", np.not_equal)):
-    binary(_name, lambda a, b, _fn=_fn: _fn(a, b).astype(np.float64), nondiff=True, doc="1.0 or 0.0")
+elementwise("add", np.add, arity=2, linear=Linear(lambda g, xs: [g, g], signs=(1, 1)), lang=(),
+            template="{0} + {1}", signature="a + b", doc="addition")
+elementwise("sub", np.subtract, arity=2, linear=Linear(lambda g, xs: [g, -g], signs=(1, -1)), lang=(),
+            template="{0} - {1}", signature="a - b", doc="subtraction")
+elementwise("mul", np.multiply, lambda a, b, y: b, lambda a, b, y: a, lang=(), template="{0} * {1}",
+            signature="a * b", doc="multiplication")
+elementwise("div", np.divide, lambda a, b, y: 1.0 / b, lambda a, b, y: -y / b, lang=(), template="{0} / {1}",
+            signature="a / b", doc="division")
+elementwise("pow", np.power, _pow_da, _pow_db, template="{0} ** {1}", signature="pow(a, b), a ** b",
+            doc="a to the power b; d/da is 0 where b = 0, d/db is 0 where a = 0")
+elementwise("arctan2", np.arctan2, lambda a, b, y: b / (a * a + b * b), lambda a, b, y: -a / (a * a + b * b),
+            template="math.atan2({0}, {1})", signature="arctan2(y, x)", doc="angle of the point (x, y)")
+elementwise("hypot", np.hypot, lambda a, b, y: a / y, lambda a, b, y: b / y, template="math.hypot({0}, {1})",
+            doc="sqrt(a**2 + b**2) without overflow for large inputs")
+elementwise("maximum", np.maximum, _max_d(True), _max_d(False), template="maximum({0}, {1})", helper=maximum,
+            doc="the larger of a and b (NaN if either is); at a tie each gets half the derivative")
+elementwise("minimum", np.minimum, _min_d(True), _min_d(False), template="minimum({0}, {1})", helper=minimum,
+            doc="the smaller of a and b (NaN if either is); at a tie each gets half the derivative")
+elementwise("logaddexp", np.logaddexp, lambda a, b, y: op.exp(a - y), lambda a, b, y: op.exp(b - y),
+            template="({0} + 0.6931471805599453) if {0} == {1} else "
+                     "maximum({0}, {1}) + math.log1p(math.exp(-abs({0} - {1})))",
+            doc="log(exp(a) + exp(b)) without overflow; d/da is exp(a - logaddexp(a, b))")
+for _name, _fn, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),
+                         ("ge", np.greater_equal, ">="), ("eq", np.equal, "=="), ("ne", np.not_equal, "!=")):
+    elementwise(_name, lambda a, b, _fn=_fn: _fn(a, b).astype(np.float64), arity=2, nondiff=True, lang=(),
+                template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b",
+                doc="comparison: 1.0 if true, else 0.0; derivative 0")
 
+
+def _clip_dx(x, lo, hi, ans):
+    m = op.maximum(x, lo)
+    return _min_d(True)(m, hi, ans) * _max_d(True)(x, lo, ans)
+
+
+def _clip_dlo(x, lo, hi, ans):
+    m = op.maximum(x, lo)
+    return _min_d(True)(m, hi, ans) * _max_d(False)(x, lo, ans)
+
+
+elementwise("clip", lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), _clip_dx, _clip_dlo,
+            lambda x, lo, hi, ans: _min_d(False)(op.maximum(x, lo), hi, ans),
+            template="minimum(maximum({0}, {1}), {2})", signature="clip(x, lo, hi)",
+            doc="minimum(maximum(x, lo), hi), and differentiated as that: where x is at a bound, "
+                "x and the bound each get half the derivative")
 
 def _where_impl(c, a, b):
-    c, a, b = _align(c, a, b)
+    c, a, b = align(c, a, b)
     return np.where(c != 0, a, b)
 
 
@@ -202,377 +281,7 @@ def _where_jvp(ts, xs, ans):
     return op.where(c, 0.0 if ta is None else ta, 0.0 if tb is None else tb)
 
 
-register(Prim("where", lambda sc, sa, sb: _broadcast_shape(sc, sa, sb), _where_impl, _where_jvp,
+register(Prim("where", lambda sc, sa, sb: broadcast_shape(sc, sa, sb), _where_impl, _where_jvp,
               lambda g, xs, ans: [None, op.where(xs[0], g, 0.0), op.where(xs[0], 0.0, g)], arity=3,
-              doc="where(c, a, b): a where c != 0, else b"))
-
-
-# -- reductions ----------------------------------------------------------------
-def _reduce_norm(shapes, params):
-    return {"axes": _norm_axes(shapes[0], params.get("axes"))}
-
-
-def _reduced_shape(s, axes):
-    return tuple(d for i, d in enumerate(s) if i not in axes)
-
-
-def _batched_axes(axes):
-    return tuple(a + 1 for a in axes)
-
-
-def _chooser(name, np_fn, identity):
-    def jvp(ts, xs, ans, axes):
-        x = xs[0]
-        loc = op.eq(x, expand_reduced(ans, x.shape, axes))
-        return op.reduce_sum(ts[0] * loc, axes=axes) / op.reduce_sum(loc, axes=axes)
-
-    def vjp(g, xs, ans, axes):
-        x = xs[0]
-        loc = op.eq(x, expand_reduced(ans, x.shape, axes))
-        return [expand_reduced(g / op.reduce_sum(loc, axes=axes), x.shape, axes) * loc]
-
-    register(Prim(name, lambda s, axes: _reduced_shape(s, axes),
-                  lambda x, axes: np_fn(x, axis=_batched_axes(axes), initial=identity),
-                  jvp, vjp, normalize=_reduce_norm, arity=1, doc="ties share the derivative evenly"))
-
-
-def _lse_impl(x, axes):
-    ax = _batched_axes(axes)
-    if x.size == 0:
-        return np.full(np.sum(x, axis=ax).shape, -np.inf)
-    m = np.max(x, axis=ax, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.log(np.sum(np.exp(x - m), axis=ax)) + np.squeeze(m, axis=ax)
-
-
-def _lse_jvp(ts, xs, ans, axes):
-    x = xs[0]
-    return op.reduce_sum(ts[0] * op.exp(x - expand_reduced(ans, x.shape, axes)), axes=axes)
-
-
-def _lse_vjp(g, xs, ans, axes):
-    x = xs[0]
-    return [expand_reduced(g, x.shape, axes) * op.exp(x - expand_reduced(ans, x.shape, axes))]
-
-
-register(Prim("reduce_sum", lambda s, axes: _reduced_shape(s, axes), lambda x, axes: np.sum(x, axis=_batched_axes(axes)),
-              lambda ts, xs, ans, axes: op.reduce_sum(ts[0], axes=axes),
-              lambda g, xs, ans, axes: [expand_reduced(g, xs[0].shape, axes)], normalize=_reduce_norm, arity=1))
-_chooser("reduce_max", np.max, -np.inf)  # an empty axis gives the identity, as in JAX
-_chooser("reduce_min", np.min, np.inf)
-register(Prim("logsumexp", lambda s, axes: _reduced_shape(s, axes), _lse_impl, _lse_jvp, _lse_vjp,
-              normalize=_reduce_norm, arity=1, doc="shifted by the max: no overflow"))
-
-
-# -- shape manipulation --------------------------------------------------------
-def _reshape_norm(shapes, params):
-    shape = tuple(params["shape"])
-    size = math.prod(shapes[0])
-    if sum(1 for d in shape if d == -1) > 1 or any(d < -1 for d in shape):
-        raise ShapeError(f"bad target shape {list(shape)}")
-    if -1 in shape:
-        rest = math.prod(d for d in shape if d != -1)
-        if rest == 0 or size % rest:
-            raise ShapeError(f"cannot reshape {list(shapes[0])} into {list(shape)}")
-        shape = tuple(size // rest if d == -1 else d for d in shape)
-    if math.prod(shape) != size:
-        raise ShapeError(f"cannot reshape {list(shapes[0])} ({size} elements) into {list(shape)}")
-    return {"shape": shape}
-
-
-register(Prim("reshape", lambda s, shape: shape, lambda x, shape: x.reshape((x.shape[0], *shape)),
-              lambda ts, xs, ans, shape: op.reshape(ts[0], shape=shape),
-              lambda g, xs, ans, shape: [op.reshape(g, shape=xs[0].shape)], normalize=_reshape_norm, arity=1))
-
-
-def _transpose_norm(shapes, params):
-    r = len(shapes[0])
-    perm = params.get("perm")
-    perm = tuple(reversed(range(r))) if perm is None else tuple(int(p) % r if r else int(p) for p in perm)
-    if sorted(perm) != list(range(r)):
-        raise ShapeError(f"axes {list(params.get('perm'))} are not a permutation of the {r} axes of {list(shapes[0])}")
-    return {"perm": perm}
-
-
-register(Prim("transpose", lambda s, perm: tuple(s[p] for p in perm),
-              lambda x, perm: np.transpose(x, (0, *(p + 1 for p in perm))),
-              lambda ts, xs, ans, perm: op.transpose(ts[0], perm=perm),
-              lambda g, xs, ans, perm: [op.transpose(g, perm=tuple(np.argsort(perm).tolist()))],
-              normalize=_transpose_norm, arity=1))
-
-
-def _bcast_shape(s, shape):
-    shape = tuple(shape)
-    if _broadcast_shape(s, shape) != shape:
-        raise ShapeError(f"cannot broadcast {list(s)} to {list(shape)}")
-    return shape
-
-
-def _bcast_impl(x, shape):
-    (x,) = _align(x, ndim=len(shape) + 1)
-    return np.broadcast_to(x, (x.shape[0], *shape))
-
-
-def _sum_to_shape(s, shape):
-    _bcast_shape(tuple(shape), tuple(s))
-    return tuple(shape)
-
-
-def _sum_to_impl(x, shape):
-    lead = x.ndim - 1 - len(shape)
-    axes = tuple(range(1, 1 + lead)) + tuple(1 + lead + i for i, d in enumerate(shape) if d == 1 and x.shape[1 + lead + i] != 1)
-    out = np.sum(x, axis=axes, keepdims=True) if axes else x
-    return out.reshape((x.shape[0], *shape))
-
-
-register(Prim("broadcast_to", _bcast_shape, _bcast_impl,
-              lambda ts, xs, ans, shape: op.broadcast_to(ts[0], shape=shape),
-              lambda g, xs, ans, shape: [op.sum_to(g, shape=xs[0].shape)], arity=1,
-              normalize=lambda shapes, p: {"shape": tuple(p["shape"])}))
-register(Prim("sum_to", _sum_to_shape, _sum_to_impl,
-              lambda ts, xs, ans, shape: op.sum_to(ts[0], shape=shape),
-              lambda g, xs, ans, shape: [op.broadcast_to(g, shape=xs[0].shape)], arity=1,
-              normalize=lambda shapes, p: {"shape": tuple(p["shape"])},
-              doc="sum a broadcast value back to `shape` (transpose of broadcast_to)"))
-
-
-def _concat_norm(shapes, params):
-    if not shapes:
-        raise ShapeError("concatenate needs at least one array")
-    r = len(shapes[0])
-    if r == 0:
-        raise ShapeError("cannot concatenate scalars (use stack)")
-    return {"axis": _norm_axes(shapes[0], params.get("axis", 0))[0]}
-
-
-def _concat_shape(*shapes, axis):
-    first = shapes[0]
-    for s in shapes[1:]:
-        if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != axis):
-            raise ShapeError(f"cannot concatenate shapes {[list(x) for x in shapes]} along axis {axis}")
-    return first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]
-
-
-def _concat_impl(*xs, axis):
-    b = max(x.shape[0] for x in xs)
-    return np.concatenate([np.broadcast_to(x, (b, *x.shape[1:])) for x in xs], axis=axis + 1)
-
-
-def _concat_jvp(ts, xs, ans, axis):
-    if all(t is None for t in ts):
-        return None
-    return op.concatenate(*[zeros(x.shape) if t is None else t for t, x in zip(ts, xs)], axis=axis)
-
-
-def _concat_vjp(g, xs, ans, axis):
-    out, start = [], 0
-    for x in xs:
-        n = x.shape[axis]
-        out.append(op.slice(g, index=tuple((0, d, 1) if i != axis else (start, n, 1) for i, d in enumerate(g.shape))))
-        start += n
-    return out
-
-
-register(Prim("concatenate", _concat_shape, _concat_impl, _concat_jvp, _concat_vjp, normalize=_concat_norm))
-
-
-# -- contraction ---------------------------------------------------------------
-def _einsum_norm(shapes, params):
-    spec = params["spec"].replace(" ", "")
-    try:
-        ins, out = spec.split("->")
-        sa, sb = ins.split(",")
-    except ValueError:
-        raise DefinitionError(f"einsum spec '{spec}' must look like 'ij,jk->ik'") from None
-    for part in (sa, sb, out):
-        if not all(c.isalpha() for c in part) or len(set(part)) != len(part):
-            raise DefinitionError(f"einsum spec '{spec}': each term needs distinct letters")
-    for part, others in ((sa, sb + out), (sb, sa + out), (out, sa + sb)):
-        missing = set(part) - set(others)
-        if missing:
-            raise DefinitionError(f"einsum spec '{spec}': index {''.join(sorted(missing))} appears only once")
-    return {"spec": spec}
-
-
-def _einsum_shape(sa, sb, spec):
-    ins, out = spec.split("->")
-    terms = ins.split(",")
-    dims = {}
-    for term, s in zip(terms, (sa, sb)):
-        if len(term) != len(s):
-            raise ShapeError(f"einsum '{spec}': operand of shape {list(s)} does not have {len(term)} axes")
-        for c, d in zip(term, s):
-            if dims.setdefault(c, d) != d:
-                raise ShapeError(f"einsum '{spec}': size mismatch on index {c}: {dims[c]} vs {d} "
-                                 f"(shapes {list(sa)} and {list(sb)})")
-    return tuple(dims[c] for c in out)
-
-
-def _einsum_impl(a, b, spec):
-    ins, out = spec.split("->")
-    ta, tb = ins.split(",")
-    return np.einsum(f"...{ta},...{tb}->...{out}", a, b)
-
-
-def _einsum_jvp(ts, xs, ans, spec):
-    a, b = xs
-    ta, tb = ts
-    parts = []
-    if ta is not None:
-        parts.append(op.einsum(ta, b, spec=spec))
-    if tb is not None:
-        parts.append(op.einsum(a, tb, spec=spec))
-    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
-
-
-def _einsum_vjp(g, xs, ans, spec):
-    a, b = xs
-    ins, out = spec.split("->")
-    sa, sb = ins.split(",")
-    return [op.einsum(g, b, spec=f"{out},{sb}->{sa}"), op.einsum(a, g, spec=f"{sa},{out}->{sb}")]
-
-
-register(Prim("einsum", _einsum_shape, _einsum_impl, _einsum_jvp, _einsum_vjp, normalize=_einsum_norm, arity=2,
-              doc="two-operand contraction; dot and matmul lower to it"))
-
-
-# -- indexing ------------------------------------------------------------------
-# A static index is a tuple with one entry per axis: an int k (the axis is
-# dropped) or (start, length, step) for a slice; all normalised and in range.
-def _np_index(index):
-    out = []
-    for e in index:
-        if isinstance(e, int):
-            out.append(e)
-        else:
-            start, length, step = e
-            stop = start + length * step
-            out.append(slice(start, None if stop < 0 else stop, step))
-    return tuple(out)
-
-
-def _check_index(s, index):
-    if len(index) != len(s):
-        raise ShapeError(f"index has {len(index)} entries for shape {list(s)}")
-    for e, d in zip(index, s):
-        if isinstance(e, int):
-            if not 0 <= e < d:
-                raise ShapeError(f"index {e} is out of range for an axis of length {d}")
-        else:
-            start, length, step = e
-            if length and not (0 <= start < d and 0 <= start + (length - 1) * step < d) or step == 0 or length < 0:
-                raise ShapeError(f"slice (start {start}, length {length}, step {step}) is out of range for an axis of length {d}")
-
-
-def _slice_shape(s, index):
-    _check_index(s, index)
-    return tuple(e[1] for e in index if not isinstance(e, int))
-
-
-def _slice_norm(shapes, params):
-    return {"index": tuple(e if isinstance(e, int) else tuple(e) for e in params["index"])}
-
-
-def _update_slice_impl(x, v, index):
-    b = max(x.shape[0], v.shape[0])
-    out = np.array(np.broadcast_to(x, (b, *x.shape[1:])))
-    out[(slice(None), *_np_index(index))] = v
-    return out
-
-
-def _update_slice_shape(sx, sv, index):
-    want = _slice_shape(sx, index)
-    if tuple(sv) != want:
-        raise ShapeError(f"cannot assign shape {list(sv)} into a slice of shape {list(want)}")
-    return sx
-
-
-def _zero_or(t, shape):
-    return zeros(shape) if t is None else t
-
-
-register(Prim("slice", _slice_shape, lambda x, index: x[(slice(None), *_np_index(index))],
-              lambda ts, xs, ans, index: op.slice(ts[0], index=index),
-              lambda g, xs, ans, index: [op.update_slice(zeros(xs[0].shape), g, index=index)],
-              normalize=_slice_norm, arity=1, doc="static basic indexing: ints and slices"))
-register(Prim("update_slice", _update_slice_shape, _update_slice_impl,
-              lambda ts, xs, ans, index: None if ts[0] is None and ts[1] is None else
-              op.update_slice(_zero_or(ts[0], xs[0].shape), _zero_or(ts[1], xs[1].shape), index=index),
-              lambda g, xs, ans, index: [op.update_slice(g, zeros(xs[1].shape), index=index),
-                                         op.slice(g, index=index)],
-              normalize=_slice_norm, arity=2, doc="x with x[index] replaced by v (functional update)"))
-
-
-# Dynamic indexing along one axis with a run-time index (a loop counter, say).
-# size None: pick one entry (the axis is dropped); size k: a window of length k.
-def _dyn_norm(shapes, params):
-    axis = _norm_axes(shapes[0], params.get("axis", 0))[0]
-    size = params.get("size")
-    return {"axis": axis, "size": None if size is None else int(size)}
-
-
-def _dyn_shape(sx, si, axis, size):
-    if si != ():
-        raise ShapeError(f"an index must be a scalar, got shape {list(si)}")
-    if size is None and sx[axis] == 0:
-        raise ShapeError("cannot index into an empty axis")
-    if size is not None and not 0 <= size <= sx[axis]:
-        raise ShapeError(f"window of {size} does not fit an axis of length {sx[axis]}")
-    return sx[:axis] + sx[axis + 1:] if size is None else sx[:axis] + (size,) + sx[axis + 1:]
-
-
-def _int_index(i, length, size):
-    f = np.asarray(i, dtype=np.float64).reshape(-1)
-    k = np.rint(f)
-    hi = length - (1 if size is None else size)
-    bad = ~((k == f) & (k >= 0) & (k <= hi))
-    if bad.any():
-        raise EvaluationError(f"index {f[bad][0]:g} is out of range 0..{hi} (or not an integer)", code="index_out_of_range")
-    return k.astype(np.int64)
-
-
-def _dyn_slice_impl(x, i, axis, size):
-    ax = axis + 1
-    k = _int_index(i, x.shape[ax], size)
-    window = k[:, None] + np.arange(1 if size is None else size)
-    if k.shape[0] == 1:
-        out = np.take(x, window[0], axis=ax)
-    else:
-        xm = np.moveaxis(np.broadcast_to(x, (k.shape[0], *x.shape[1:])), ax, 1)
-        out = np.moveaxis(xm[np.arange(k.shape[0])[:, None], window], 1, ax)
-    return np.squeeze(out, axis=ax) if size is None else out
-
-
-def _dyn_update_shape(sx, sv, si, axis, size):
-    want = _dyn_shape(sx, si, axis, size)
-    if tuple(sv) != want:
-        raise ShapeError(f"cannot assign shape {list(sv)} into an element of shape {list(want)}")
-    return sx
-
-
-def _dyn_update_impl(x, v, i, axis, size):
-    ax = axis + 1
-    k = _int_index(i, x.shape[ax], size)
-    b = max(x.shape[0], v.shape[0], k.shape[0])
-    out = np.array(np.broadcast_to(x, (b, *x.shape[1:])))
-    v = np.broadcast_to(v, (b, *v.shape[1:]))
-    if size is None:
-        v = np.expand_dims(v, ax)
-    window = np.broadcast_to(k[:, None] + np.arange(v.shape[ax]), (b, v.shape[ax]))
-    om, vm = np.moveaxis(out, ax, 1), np.moveaxis(v, ax, 1)
-    om[np.arange(b)[:, None], window] = vm
-    return out
-
-
-register(Prim("dyn_slice", _dyn_shape, _dyn_slice_impl,
-              lambda ts, xs, ans, axis, size: None if ts[0] is None else op.dyn_slice(ts[0], xs[1], axis=axis, size=size),
-              lambda g, xs, ans, axis, size: [op.dyn_update(zeros(xs[0].shape), g, xs[1],
-                                                            axis=axis, size=size), None],
-              normalize=_dyn_norm, arity=2, doc="x[i] (size None) or x[i:i+size] along `axis`, i at run time"))
-register(Prim("dyn_update", _dyn_update_shape, _dyn_update_impl,
-              lambda ts, xs, ans, axis, size: None if ts[0] is None and ts[1] is None else
-              op.dyn_update(_zero_or(ts[0], xs[0].shape), _zero_or(ts[1], xs[1].shape), xs[2], axis=axis, size=size),
-              lambda g, xs, ans, axis, size: [op.dyn_update(g, zeros(xs[1].shape), xs[2], axis=axis, size=size),
-                                              op.dyn_slice(g, xs[2], axis=axis, size=size), None],
-              normalize=_dyn_norm, arity=3, doc="x with x[i] (or the window at i) replaced by v"))
-
+              lang=("where",), signature="where(c, a, b)", template="{1} if {0} != 0.0 else {2}",
+              doc="a where c != 0, else b; the derivative flows to the branch taken, none to c"))

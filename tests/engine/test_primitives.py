@@ -39,6 +39,9 @@ from engine_helpers import (FD, PRIMS, VAL, Builder, Lit, V, assert_close, centr
 
 import jax
 
+from adserve.engine.builder import emit
+from adserve.engine.frontends.functions import norm
+
 
 # -- samplers: (rng, shape, k) -> array; k is the index of the point being drawn ------------
 def normal(scale=1.0):
@@ -70,6 +73,11 @@ def flags():
 def pred_alternating():
     """Even points take the true branch (any nonzero value), odd points the false one."""
     return lambda rng, s, k: np.asarray(float(rng.choice([1.0, -2.5, 0.5])) if k % 2 == 0 else 0.0)
+
+
+def off_jumps(jump):
+    """Values at least 0.1 from every integer + `jump` (where floor/ceil or round jump)."""
+    return lambda rng, s, k: rng.integers(-3, 4, s) + jump + rng.choice([-1.0, 1.0], s) * rng.uniform(0.1, 0.4, s)
 
 
 def fixed(value):
@@ -135,10 +143,27 @@ UNARY = [
     ("sign", op.sign, jnp.sign, away0()),
     ("sigmoid", op.sigmoid, jax.nn.sigmoid, normal(3.0)),
     ("softplus", op.softplus, jax.nn.softplus, normal(3.0)),
+    ("erf", op.erf, jax.scipy.special.erf, normal()),
+    ("erfc", op.erfc, jax.scipy.special.erfc, normal()),
+    ("log2", op.log2, jnp.log2, uniform(0.3, 3.0)),
+    ("log10", op.log10, jnp.log10, uniform(0.3, 3.0)),
+    ("exp2", op.exp2, jnp.exp2, normal()),
+    ("cbrt", op.cbrt, jnp.cbrt, away0()),
+    ("arcsinh", op.arcsinh, jnp.arcsinh, normal(2.0)),
+    ("arccosh", op.arccosh, jnp.arccosh, uniform(1.2, 3.0)),
+    ("arctanh", op.arctanh, jnp.arctanh, uniform(-0.9, 0.9)),
+    ("square", op.square, jnp.square, normal()),
+    ("floor", op.floor, jnp.floor, off_jumps(0.0)),
+    ("ceil", op.ceil, jnp.ceil, off_jumps(0.0)),
+    ("round", op.round, jnp.round, off_jumps(0.5)),
 ]
+NONDIFF = {"sign", "floor", "ceil", "round"}
 for _name, _f, _jf, _smp in UNARY:
     for _shape in [(), (2, 3)]:
-        spec(f"{_name}{list(_shape)}", _name, _f, _jf, [_shape], [_smp], nondiff=_name == "sign")
+        spec(f"{_name}{list(_shape)}", _name, _f, _jf, [_shape], [_smp], nondiff=_name in NONDIFF)
+# NumPy's round: halves to even (JAX's too)
+spec("round-halves", "round", op.round, jnp.round, [(6,)], [fixed([0.5, 1.5, 2.5, -0.5, -2.5, 3.5])], nondiff=True,
+     fd=False)
 # overflow-prone arguments: the stable formulations must agree with JAX's
 spec("sigmoid-large", "sigmoid", op.sigmoid, jax.nn.sigmoid, [(5,)], [fixed([-800.0, -40.0, 0.3, 40.0, 800.0])])
 spec("softplus-large", "softplus", op.softplus, jax.nn.softplus, [(5,)], [fixed([-800.0, -40.0, 0.3, 40.0, 800.0])])
@@ -155,6 +180,7 @@ BINARY = [
     ("hypot", op.hypot, jnp.hypot, [away0(), away0()]),
     ("maximum", op.maximum, jnp.maximum, [normal(), normal()]),
     ("minimum", op.minimum, jnp.minimum, [normal(), normal()]),
+    ("logaddexp", op.logaddexp, jnp.logaddexp, [normal(3.0), normal(3.0)]),
 ]
 BINARY_SHAPES = [((2, 3), (2, 3)), ((3, 1), (4,)), ((), (2, 3)), ((2, 3), ())]
 for _name, _f, _jf, _smp in BINARY:
@@ -176,6 +202,23 @@ for _name, _f, _jf in [("maximum", op.maximum, jnp.maximum), ("minimum", op.mini
     spec(f"{_name}-ties", _name, _f, _jf, [(8,), (8,)],
          [fixed([1, 2, 3, -1, 0, 5, 2, 2]), fixed([1, 0, 3, -1, 1, 4, 2, 3])], fd=False)
     spec(f"{_name}-self", _name, lambda x, _f=_f: _f(x, x), lambda x, _jf=_jf: _jf(x, x), [(3,)], fd=False)
+
+# clip(x, lo, hi): minimum(maximum(x, lo), hi), as JAX's jnp.clip (ties split the derivative as those do)
+for _shapes in [((2, 3), (), ()), ((2, 3), (3,), (2, 1)), ((), (2, 3), ())]:
+    spec(f"clip{[list(s) for s in _shapes]}", "clip", op.clip, jnp.clip, list(_shapes),
+         [normal(), uniform(-1.0, -0.2), uniform(0.2, 1.0)])
+spec("clip-at-bounds", "clip", op.clip, jnp.clip, [(5,), (5,), (5,)],
+     [fixed([-1.0, 0.5, 2.0, 0.0, 3.0]), fixed([-1.0, 0.0, 0.0, 0.0, 3.0]), fixed([1.0, 0.5, 1.0, 0.0, 3.0])], fd=False)
+
+# norm: a composite (functions.norm), safe at 0 to second order; the reference is written the same way
+def _jnorm(x):
+    s = jnp.sum(x * x)
+    return jnp.where(s == 0, 0.0, jnp.sqrt(jnp.where(s == 0, 1.0, s)))
+
+
+for _shape in [(), (3,), (2, 3)]:
+    spec(f"norm{list(_shape)}", "sqrt", lambda x: norm(emit, x), _jnorm, [_shape])
+spec("norm-at-zero", "sqrt", lambda x: norm(emit, x), _jnorm, [(3,)], [fixed([0.0, 0.0, 0.0])], fd=False)
 
 # comparisons: values 1.0/0.0, derivative a symbolic zero
 COMPARE = [("lt", jnp.less), ("le", jnp.less_equal), ("gt", jnp.greater), ("ge", jnp.greater_equal),

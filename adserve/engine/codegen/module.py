@@ -14,7 +14,9 @@ slowly: the serial kernel never waits for it.
 from __future__ import annotations
 
 from ..ir import Graph, Lit, Var
-from .source import Source, num
+from .runtime import HELPERS
+from .emit import num
+from .fusion import Source
 
 CODEGEN_VERSION = "9"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
@@ -31,7 +33,7 @@ import math
 import numpy as np
 from numba import njit, types
 
-from adserve.engine.codegen.runtime import maximum, minimum, sigmoid, sign, softplus  # noqa: F401
+from adserve.engine.codegen.runtime import {helpers}  # noqa: F401
 
 '''
 
@@ -49,7 +51,7 @@ import math
 import numpy as np
 from numba import config, njit, prange, types
 
-from adserve.engine.codegen.runtime import maximum, minimum, sigmoid, sign, softplus  # noqa: F401
+from adserve.engine.codegen.runtime import {helpers}  # noqa: F401
 
 '''
 
@@ -62,9 +64,13 @@ import math
 
 import numpy as np
 
-from adserve.engine.codegen.python import abs, maximum, minimum, njit, sigmoid, sign, softplus, types  # noqa: F401
+from adserve.engine.codegen.python import {python_names}  # noqa: F401
 
 '''
+
+
+_HELPERS = ", ".join(sorted(HELPERS))
+_PYTHON_NAMES = ", ".join(sorted([*HELPERS, "abs", "njit", "types"]))
 
 
 def _array(rank):
@@ -94,11 +100,12 @@ def kernel_module(graph: Graph, title: str, fastmath=True, parallel=False, pytho
     flags = '{"reassoc", "contract"}' if fastmath else "False"
     jit = f'cache=True, nogil=True, error_model="numpy", fastmath={flags}'
     if python:
-        lines = [PYTHON_HEADER.format(version=CODEGEN_VERSION, title=title)]
+        lines = [PYTHON_HEADER.format(version=CODEGEN_VERSION, title=title, python_names=_PYTHON_NAMES)]
     elif parallel:
-        lines = [PARALLEL_HEADER.format(version=CODEGEN_VERSION, parallel=PARALLEL_VERSION, title=title)]
+        lines = [PARALLEL_HEADER.format(version=CODEGEN_VERSION, parallel=PARALLEL_VERSION, title=title,
+                                        helpers=_HELPERS)]
     else:
-        lines = [HEADER.format(version=CODEGEN_VERSION, title=title)]
+        lines = [HEADER.format(version=CODEGEN_VERSION, title=title, helpers=_HELPERS)]
     lines += [c + "\n" for c in s.consts]
     lines.append(f"ERRORS = {s.errors!r}\n")
     lines.append(f"SIGNATURE = types.int64({sig})\n")

@@ -23,11 +23,7 @@ import numpy as np
 from . import runtime
 
 # the plain-Python originals of the numba helpers (a numba dispatcher called from Python costs microseconds)
-maximum = runtime.maximum.py_func
-minimum = runtime.minimum.py_func
-sigmoid = runtime.sigmoid.py_func
-sign = runtime.sign.py_func
-softplus = runtime.softplus.py_func
+globals().update({name: helper.py_func for name, helper in runtime.HELPERS.items()})
 
 
 def abs(x):  # noqa: A001  (the generated code's `abs`)

@@ -1,50 +1,16 @@
-"""Scalar helpers that generated kernels call where `math` has no NumPy twin.
+"""The scalar helpers generated kernels call, compiled by numba: one per table row that declares one.
 
-Kernels are compiled with `error_model="numpy"`, so `math.log(-1.0)` is NaN and
-`1.0 / 0.0` is infinity, as in the NumPy interpreter; these few helpers add
-the numerically stable forms and NaN propagation NumPy has.
+A row's `helper` is a plain-Python scalar function (primitives.py), called by its name from the row's
+template where `math` has no NumPy twin (stable sigmoid, NaN-propagating maximum). Kernels are compiled
+with `error_model="numpy"`, so `math.log(-1.0)` is NaN and `1.0 / 0.0` infinity, as in the NumPy
+interpreter. Each helper is a name of this module, as generated kernels import it.
 """
-
-import math
 
 from numba import njit
 
+from ..builder import PRIMS
+
 _jit = njit(inline="always", cache=True, error_model="numpy")
 
-
-@_jit
-def sigmoid(x):
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
-@_jit
-def softplus(x):
-    if x > 0.0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
-
-
-@_jit
-def sign(x):
-    if x > 0.0:
-        return 1.0
-    if x < 0.0:
-        return -1.0
-    return x  # 0.0, -0.0 or NaN, as numpy.sign
-
-
-@_jit
-def maximum(a, b):
-    if a != a or b != b:
-        return math.nan
-    return a if a >= b else b
-
-
-@_jit
-def minimum(a, b):
-    if a != a or b != b:
-        return math.nan
-    return a if a <= b else b
+HELPERS = {p.helper.__name__: _jit(p.helper) for p in PRIMS.values() if p.helper is not None}
+globals().update(HELPERS)

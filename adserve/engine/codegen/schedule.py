@@ -7,7 +7,7 @@ products can share one loop over `A`, which halves the memory traffic of a
 memory-bound gradient. `pair_contractions` finds such pairs, moves the later
 one (and whatever it needs that is not yet computed) next to the earlier one,
 and returns the new order and the pairs; the code generator then emits each
-pair as one loop nest (`source._einsum`).
+pair as one loop nest (`contraction.einsum`).
 """
 
 from __future__ import annotations

@@ -1,21 +1,22 @@
 """The functions an expression may call, each lowered to primitives.
 
-Composite functions (mean, prod, dot, matmul, stack) are lowered here to a few
-primitives, so their derivatives come from the primitives' rules. `prod` is a
-balanced tree of multiplications: exact at zeros, unlike a rule that divides.
+Which functions lower to a primitive is the table's to say (a row's `lang`): an
+element-wise one takes its arguments as they are; the few with axes, shapes or
+lists of arrays have a handler here (`_CALLS`, keyed by primitive). Composite
+functions (mean, prod, norm, dot, matmul, stack, ...) are lowered here to a few
+primitives, so their derivatives come from the primitives' rules; each has a doc
+line in `COMPOSITES` for docs/language.md. `prod` is a balanced tree of
+multiplications: exact at zeros, unlike a rule that divides.
 """
 
 from __future__ import annotations
 
 import math
 
-from ..builder import V
+from ..builder import PRIMS, V
 from ..errors import DefinitionError, LimitError
 from .values import static_int
 
-UNARY = ("sin", "cos", "tan", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "exp", "expm1", "log",
-         "log1p", "sqrt", "abs", "sigmoid", "softplus", "sign")
-BINARY = ("pow", "arctan2", "hypot", "maximum", "minimum")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -38,19 +39,13 @@ def _no_kwargs(node, name, kwargs, allowed=()):
                               code="bad_arguments")
 
 
-def _unary(name):
-    def call(low, node, *args, **kwargs):
-        _arity(node, name, args, 1)
-        _no_kwargs(node, name, kwargs)
-        return low.emit(name, low.value(args[0], node))
-    return call
+def _elementwise(prim, name):
+    n = PRIMS[prim].arity
 
-
-def _binary(name):
     def call(low, node, *args, **kwargs):
-        _arity(node, name, args, 2)
+        _arity(node, name, args, n)
         _no_kwargs(node, name, kwargs)
-        return low.emit(name, low.value(args[0], node), low.value(args[1], node))
+        return low.emit(prim, *[low.value(a, node) for a in args])
     return call
 
 
@@ -109,6 +104,20 @@ def _prod_axis(low, x, axis):
         pair = low.emit("mul", low.emit("slice", x, index=window(0, h)), low.emit("slice", x, index=window(h, h)))
         x = pair if n % 2 == 0 else low.emit("concatenate", pair, low.emit("slice", x, index=window(2 * h, 1)), axis=axis)
     return low.emit("slice", x, index=tuple(0 if i == axis else (0, d, 1) for i, d in enumerate(x.shape)))
+
+
+def norm(emit, x: V) -> V:
+    """The 2-norm of all of x, with derivative 0 at x = 0, to every order: the square root only ever sees a
+    positive sum (1 where the sum is 0), so no 0/0 reaches a derivative (`emit(prim, *args, **params)`)."""
+    s = emit("reduce_sum", emit("mul", x, x), axes=None)
+    zero = emit("eq", s, 0.0)
+    return emit("where", zero, 0.0, emit("sqrt", emit("where", zero, 1.0, s)))
+
+
+def _norm(low, node, *args, **kwargs):
+    _arity(node, "norm", args, 1)
+    _no_kwargs(node, "norm", kwargs)
+    return norm(low.emit, low.value(args[0], node))
 
 
 def dot(low, a: V, b: V) -> V:
@@ -253,12 +262,36 @@ def _range(low, node, *args, **kwargs):
     raise DefinitionError("range() is only allowed as the iterable of a for loop", _loc(node), code="unsupported")
 
 
-TABLE = {name: _unary(name) for name in UNARY}
-TABLE.update({name: _binary(name) for name in BINARY})
-TABLE.update({
-    "sum": _reduction("reduce_sum"), "max": _reduction("reduce_max"), "min": _reduction("reduce_min"),
-    "logsumexp": _reduction("logsumexp"), "mean": _mean, "prod": _prod,
-    "dot": _dot, "matmul": _matmul, "where": _where, "reshape": _reshape, "transpose": _transpose,
-    "stack": _stack, "concatenate": _concatenate, "zeros": _filled(0.0), "ones": _filled(1.0),
-    "len": _len, "range": _range,
-})
+# primitives whose language function is not element-wise: prim -> handler
+_CALLS = {"reduce_sum": _reduction("reduce_sum"), "reduce_max": _reduction("reduce_max"),
+          "reduce_min": _reduction("reduce_min"), "logsumexp": _reduction("logsumexp"),
+          "where": _where, "reshape": _reshape, "transpose": _transpose, "concatenate": _concatenate}
+
+# functions that are not one primitive: name -> (handler, signature, doc line for users)
+COMPOSITES = {
+    "mean": (_mean, "mean(x, axis=None)", "the average over all axes or the given ones"),
+    "prod": (_prod, "prod(x, axis=None)", "the product over all axes or the given ones; exact where entries are 0"),
+    "norm": (_norm, "norm(x)", "the 2-norm sqrt(sum(x * x)) over all entries; its derivative at x = 0 is 0 "
+                               "(the second derivative too)"),
+    "dot": (_dot, "dot(a, b)", "numpy.dot: sum over the last axis of a and the second-to-last of b"),
+    "matmul": (_matmul, "matmul(a, b), a @ b", "matrix product, batched over leading axes that broadcast"),
+    "stack": (_stack, "stack([a, b, ...], axis=0)", "arrays of one shape joined along a new axis"),
+    "zeros": (_filled(0.0), "zeros(shape)", "an array of zeros"),
+    "ones": (_filled(1.0), "ones(shape)", "an array of ones"),
+    "len": (_len, "len(x)", "the length of the first axis (a static integer)"),
+    "range": (_range, "range(n), range(a, b, step)", "the integers of a `for` loop (only there)"),
+}
+
+
+def _table():
+    table = {}
+    for p in PRIMS.values():
+        for name in p.lang:
+            table[name] = _CALLS[p.name] if p.name in _CALLS else _elementwise(p.name, name)
+    clash = set(table) & set(COMPOSITES)
+    assert not clash, f"functions both a primitive and a composite: {clash}"
+    table.update({name: handler for name, (handler, _, _) in COMPOSITES.items()})
+    return table
+
+
+TABLE = _table()

@@ -23,13 +23,29 @@ from ..builder import PRIMS, Budget, Builder, V
 from ..errors import DefinitionError
 from ..ir import Graph, Lit, Var, sub_graphs
 
-PARAMS = {
-    "reduce_sum": ("axes",), "reduce_max": ("axes",), "reduce_min": ("axes",), "logsumexp": ("axes",),
-    "reshape": ("shape",), "transpose": ("perm",), "broadcast_to": ("shape",), "sum_to": ("shape",),
-    "concatenate": ("axis",), "einsum": ("spec",), "slice": ("index",), "update_slice": ("index",),
-    "dyn_slice": ("axis", "size"), "dyn_update": ("axis", "size"),
-    "loop": ("length", "n_consts", "n_carry", "reverse"), "cond": (),
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(v):
+    return isinstance(v, list) and all(_int(x) for x in v)
+
+
+# the kinds of parameter a row may declare: kind -> (how users read it, does a JSON value fit)
+KINDS = {
+    "axes": ("an int, a list of ints, or null for all", lambda v: v is None or _int(v) or _ints(v)),
+    "axis": ("an int", _int),
+    "shape": ("a list of ints", _ints),
+    "perm": ("a list of ints, or null to reverse", lambda v: v is None or _ints(v)),
+    "spec": ('a string such as "ij,jk->ik"', lambda v: isinstance(v, str)),
+    "index": ("per axis an int or [start, length, step]",
+              lambda v: isinstance(v, list) and all(_int(e) or _ints(e) and len(e) == 3 for e in v)),
+    "size": ("an int, or null for one entry", lambda v: v is None or _int(v)),
+    "count": ("a non-negative int", lambda v: _int(v) and v >= 0),
+    "flag": ("true or false", lambda v: isinstance(v, bool)),
 }
+PARAMS = {name: dict(p.params) for name, p in PRIMS.items()}  # op -> {parameter: kind}
 BODIES = {"loop": ("body",), "cond": ("true_body", "false_body")}
 MAX_DEPTH = 16
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -139,9 +155,13 @@ def _build_node(b, node, i, scope, later, depth):
             raise DefinitionError("'args' must be a list", code="bad_graph")
         vals = [_arg(b, a, scope, f"node '{nid}'", later) for a in args]
         params = node.get("params", {}) or {}
-        if not isinstance(params, dict) or set(params) - set(PARAMS.get(prim, ())):
-            bad = sorted(set(params) - set(PARAMS.get(prim, ()))) if isinstance(params, dict) else ["?"]
+        if not isinstance(params, dict) or set(params) - set(PARAMS[prim]):
+            bad = sorted(set(params) - set(PARAMS[prim])) if isinstance(params, dict) else ["?"]
             raise DefinitionError(f"op '{prim}' has no parameter '{bad[0]}'", code="bad_graph")
+        for k, v in params.items():
+            what, fits = KINDS[PARAMS[prim][k]]
+            if not fits(v):
+                raise DefinitionError(f"op '{prim}': parameter '{k}' is {what}, got {v!r}"[:200], code="bad_graph")
         params = {k: _tuplify(v) for k, v in params.items()}
         for name in BODIES.get(prim, ()):
             params[name] = _body(node, name, depth, b.budget)
@@ -264,7 +284,8 @@ def graph_schema() -> dict:
                          "op": {"enum": sorted(PRIMS)},
                          "args": {"type": "array", "items": {"$ref": "#/$defs/arg"}},
                          "params": {"type": "object", "description": "per op: " + "; ".join(
-                             f"{k}: {', '.join(v)}" for k, v in PARAMS.items() if v)},
+                             f"{k}: {', '.join(f'{n} ({KINDS[kind][0]})' for n, kind in v.items())}"
+                             for k, v in PARAMS.items() if v)},
                          "bodies": {"type": "object", "additionalProperties": {"$ref": "#/$defs/body"}},
                          "outputs": {"type": "array", "items": {"type": "string"},
                                      "description": "ids of the results of a multi-result node (loop, cond)"}}},

@@ -1,0 +1,103 @@
+"""Loops and branches: a `loop` stays a `for` loop, a `cond` an `if`.
+
+A loop's carries live in buffers of their own; its stacked outputs (the VJP's
+tape among them) are preallocated from the static trip count. Bodies are
+emitted by the same walk as the top level (`Source.graph`), without in-place
+updates.
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph, Var
+from .emit import Emitter, num
+from .memory import VIEWS
+
+
+def _bind(s: Emitter, var: Var, expr: str):
+    s.names[var] = s.fresh("b")
+    s.line(f"{s.names[var]} = {expr}")
+
+
+def loop(s, e):
+    p = e.params
+    body, length, nc, ncar = p["body"], p["length"], p["n_consts"], p["n_carry"]
+    consts, inits, xs = e.inputs[:nc], e.inputs[nc:nc + ncar], e.inputs[nc + ncar:]
+    carries = []
+    for init in inits:
+        c = s.buffer(Var(init.shape), "c") if init.shape else s.fresh("c")
+        s.copy(c, init, init.shape)
+        carries.append(c)
+    ybufs = []
+    for y in body.outputs[ncar:]:
+        yb = s.fresh("ys")
+        s.prologue.append(f"    {yb} = np.empty({(length, *y.shape)!r})")
+        ybufs.append(yb)
+    k = s.fresh("k")
+    rng = f"range({length} - 1, -1, -1)" if p["reverse"] else f"range({length})"
+    s.line(f"for {k} in {rng}:")
+    s.depth += 1
+    ins = body.inputs
+    _bind(s, ins[0], f"float({k})")
+    for v, a in zip(ins[1:1 + nc], consts):
+        s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
+    for v, c in zip(ins[1 + nc:1 + nc + ncar], carries):
+        s.names[v] = c
+    for v, x in zip(ins[1 + nc + ncar:], xs):
+        _bind(s, v, f"{s.ref(x)}[{k}]")
+    s.graph(body)
+    for yb, y in zip(ybufs, body.outputs[ncar:]):
+        s.line(f"{yb}[{k}] = {s.ref(y) if isinstance(y, Var) or y.shape else num(y.fill)}")
+    # new carries are staged first: one may read another's old value (a, b = b, a)
+    new = body.outputs[:ncar]
+    aliased = any(isinstance(a, Var) and a.shape and (a in ins or _is_view(body, a)) for a in new)
+    assign = []
+    for a, c in zip(new, carries):
+        if not a.shape:
+            t = s.fresh("n")
+            s.line(f"{t} = {s.elem(a, [], ())}")
+            assign.append(f"{c} = {t}")
+        elif aliased:
+            t = s.buffer(Var(a.shape), "stage")
+            s.copy(t, a, a.shape)
+            assign.append(f"{c}[...] = {t}")
+        else:
+            assign.append((c, a))
+    for item in assign:
+        if isinstance(item, str):
+            s.line(item)
+        else:
+            s.copy(item[0], item[1], item[1].shape)
+    s.depth -= 1
+    for o, c in zip(e.outputs[:ncar], carries):
+        s.names[o] = c
+        if o.shape:
+            s.owner[c] = o
+    for o, yb in zip(e.outputs[ncar:], ybufs):
+        s.names[o] = yb
+        s.owner[yb] = o
+
+
+def _is_view(g: Graph, a: Var) -> bool:
+    return any(a in e.outputs and e.prim in VIEWS for e in g.eqns)
+
+
+def cond(s, e):
+    pred, ops = e.inputs[0], e.inputs[1:]
+    outs = []
+    for o in e.outputs:
+        outs.append(s.buffer(o) if o.shape else s.define(o))
+    s.line(f"if {s.ref(pred) if isinstance(pred, Var) else num(pred.fill)} != 0.0:")
+    for branch, first in ((e.params["true_body"], True), (e.params["false_body"], False)):
+        if not first:
+            s.line("else:")
+        s.depth += 1
+        for v, a in zip(branch.inputs, ops):
+            s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
+        s.graph(branch)
+        for name, a, o in zip(outs, branch.outputs, e.outputs):
+            if o.shape:
+                s.copy(name, a, o.shape)
+            else:
+                s.line(f"{name} = {s.ref(a) if isinstance(a, Var) else num(a.fill)}")
+        s.line("pass")
+        s.depth -= 1

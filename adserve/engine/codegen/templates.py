@@ -1,0 +1,208 @@
+"""Code templates: how each primitive's equation becomes numba source.
+
+Element-wise primitives are one expression per element (`FORMATS`, fused into
+loop nests by fusion.py); the others have a generator `gen(source, eqn)` that
+emits lines: reductions accumulate, shape ops are views or copies, indexing
+bounds-checks run-time indices. Contractions are in contraction.py, loops and
+branches in structured.py. `GENERATORS` maps every primitive to its generator.
+"""
+
+from __future__ import annotations
+
+from ..builder import PRIMS
+from ..ir import Lit, Var
+from .contraction import einsum
+from .emit import Emitter, loc_text, num
+from .memory import updated
+from .structured import cond, loop
+
+# an element-wise row's `template` is its whole generator: fused into loop nests (fusion.py) or a loop of its own
+FORMATS = {name: (f"({p.template})" if p.arity != 1 else p.template) for name, p in PRIMS.items() if p.template}
+
+
+def kept(e, idx) -> list[str]:
+    """The index into a reduction's output that the element of its input at loop indices `idx` goes to."""
+    x, out = e.inputs[0], e.out
+    if e.prim == "sum_to":
+        lead = len(x.shape) - len(out.shape)
+        return ["0" if d == 1 and x.shape[lead + j] != 1 else idx[lead + j] for j, d in enumerate(out.shape)]
+    axes = e.params.get("axes")
+    return [idx[i] for i in range(len(x.shape)) if i not in axes]
+
+
+def _elementwise(fmt):
+    def gen(s: Emitter, e):
+        out = e.out
+        if not out.shape:
+            name = s.define(out)
+            s.line(f"{name} = " + fmt.format(*[s.elem(a, [], ()) for a in e.inputs]))
+            return
+        name = s.buffer(out)
+        idx = s.loops(out.shape)
+        s.line(f"{name}[{', '.join(idx)}] = " + fmt.format(*[s.elem(a, idx, out.shape) for a in e.inputs]))
+        s.end(len(out.shape))
+    return gen
+
+
+def _accumulate(s: Emitter, e, init, update):
+    """out[kept] (op)= x[...] over all of x; `update(acc_ref, value)` gives the statement."""
+    x, out = e.inputs[0], e.out
+    scalar = not out.shape
+    name = s.define(out) if scalar else s.buffer(out)
+    if scalar:
+        s.line(f"{name} = {init}")
+    else:
+        s.line(f"{name}.fill({init})")
+    idx = s.loops(x.shape)
+    acc = name if scalar else f"{name}[{', '.join(kept(e, idx))}]"
+    for stmt in update(acc, s.elem(x, idx, x.shape)):
+        s.line(stmt)
+    s.end(len(x.shape))
+    return name
+
+
+def _sum(s, e):
+    _accumulate(s, e, "0.0", lambda acc, v: [f"{acc} += {v}"])
+
+
+def _max(s, e):
+    _accumulate(s, e, "-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u"])
+
+
+def _min(s, e):
+    _accumulate(s, e, "math.inf", lambda acc, v: [f"u = {v}", f"if u < {acc} or u != u:", f"    {acc} = u"])
+
+
+def _logsumexp(s, e):
+    x, out = e.inputs[0], e.out
+    m = _accumulate(s, e, "-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u"])
+    del s.names[out]
+    shift = s.define(Var(out.shape), "m") if not out.shape else None
+    if shift:
+        s.line(f"{shift} = {m} if {m} - {m} == 0.0 else 0.0")
+        total = s.define(Var(()), "acc")
+        s.line(f"{total} = 0.0")
+        idx = s.loops(x.shape)
+        s.line(f"{total} += math.exp({s.elem(x, idx, x.shape)} - {shift})")
+        s.end(len(x.shape))
+        s.names[out] = s.fresh("v")
+        s.line(f"{s.names[out]} = math.log({total}) + {shift}")
+        return
+    ms = s.fresh("m")
+    s.prologue.append(f"    {ms} = np.empty({tuple(out.shape)!r})")
+    oi = s.loops(out.shape)
+    s.line(f"{ms}[{', '.join(oi)}] = {m}[{', '.join(oi)}] if {m}[{', '.join(oi)}] - {m}[{', '.join(oi)}] == 0.0 else 0.0")
+    s.end(len(out.shape))
+    res = s.buffer(out)
+    s.line(f"{res}.fill(0.0)")
+    idx = s.loops(x.shape)
+    o = ", ".join(kept(e, idx))
+    s.line(f"{res}[{o}] += math.exp({s.elem(x, idx, x.shape)} - {ms}[{o}])")
+    s.end(len(x.shape))
+    oi = s.loops(out.shape)
+    s.line(f"{res}[{', '.join(oi)}] = math.log({res}[{', '.join(oi)}]) + {ms}[{', '.join(oi)}]")
+    s.end(len(out.shape))
+
+
+def index_text(index):
+    parts = []
+    for e in index:
+        if isinstance(e, int):
+            parts.append(str(e))
+        else:
+            start, length, step = e
+            stop = start + length * step
+            if step == 1:  # no step written: numba types the view contiguous, so loops over it vectorise
+                parts.append(f"{start}:{stop}")
+            else:
+                parts.append(f"{start}:{'' if stop < 0 else stop}:{step}")
+    return ", ".join(parts)
+
+
+def _slice(s, e):
+    x = e.inputs[0]
+    name = s.define(e.out)
+    src = s.ref(x)
+    if isinstance(x, Lit) and x.fill is not None:
+        s.line(f"{name} = {num(x.fill)}" if not e.out.shape else f"{name} = np.full({tuple(e.out.shape)!r}, {num(x.fill)})")
+        return
+    s.line(f"{name} = {src}[{index_text(e.params['index'])}]")
+
+
+def _update_slice(s, e):
+    x, v = e.inputs
+    if e in s.landed:
+        return
+    if not x.shape:
+        s.line(f"{s.define(e.out)} = {s.elem(v, [], ())}")
+        return
+    name = updated(s, e, x, v)
+    s.line(f"{name}[{index_text(e.params['index'])}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+
+
+def _dyn_index(s, e, i_atom, length):
+    """Bounds-check a run-time index; a bad one sets `err` (reported after the point) and reads entry 0."""
+    size = e.params["size"]
+    hi = length - (1 if size is None else size)
+    k = s.fresh("k")
+    i = s.ref(i_atom) if isinstance(i_atom, Var) else num(i_atom.fill)
+    code = s.error(f"index out of range 0..{hi} or not an integer at {loc_text(e.loc)}")
+    s.line(f"{k} = int({i}) if {i} == {i} else -1")
+    s.line(f"if {k} != {i} or {k} < 0 or {k} > {hi}:")
+    s.line(f"    err = {code}")
+    s.line(f"    {k} = 0")
+    axis = e.params["axis"]
+    sel = f"{k}" if size is None else f"{k}:{k} + {size}"
+    return ", ".join([":"] * axis + [sel])
+
+
+def _dyn_slice(s, e):
+    x, i = e.inputs
+    sel = _dyn_index(s, e, i, x.shape[e.params["axis"]])
+    name = s.define(e.out)
+    s.line(f"{name} = {s.ref(x)}[{sel}]")
+
+
+def _dyn_update(s, e):
+    x, v, i = e.inputs
+    sel = _dyn_index(s, e, i, x.shape[e.params["axis"]])
+    name = updated(s, e, x, v)
+    s.line(f"{name}[{sel}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+
+
+def _transpose(s, e):
+    name = s.define(e.out)
+    s.line(f"{name} = np.transpose({s.ref(e.inputs[0])}, {tuple(e.params['perm'])!r})")
+
+
+def _reshape(s, e):
+    x, out = e.inputs[0], e.out
+    if not out.shape:
+        name = s.define(out)
+        s.line(f"{name} = {s.elem(x, ['0'] * len(x.shape), x.shape)}")
+    elif isinstance(x, Lit) and x.fill is not None or not x.shape:
+        name = s.buffer(out)
+        s.line(f"{name}.fill({s.elem(x, [], ())})")
+    else:
+        name = s.define(out)
+        s.line(f"{name} = np.ascontiguousarray({s.ref(x)}).reshape({tuple(out.shape)!r})")
+
+
+def _concatenate(s, e):
+    axis = e.params["axis"]
+    name = s.buffer(e.out)
+    start = 0
+    for x in e.inputs:
+        n = x.shape[axis]
+        sel = ", ".join([":"] * axis + [f"{start}:{start + n}"])
+        s.line(f"{name}[{sel}] = {s.ref(x) if isinstance(x, Var) or x.fill is None else num(x.fill)}")
+        start += n
+
+
+GENERATORS = {name: _elementwise(fmt) for name, fmt in FORMATS.items()}
+GENERATORS.update({
+    "reduce_sum": _sum, "sum_to": _sum, "reduce_max": _max, "reduce_min": _min, "logsumexp": _logsumexp,
+    "einsum": einsum, "slice": _slice, "update_slice": _update_slice,
+    "dyn_slice": _dyn_slice, "dyn_update": _dyn_update, "transpose": _transpose, "reshape": _reshape,
+    "concatenate": _concatenate, "loop": loop, "cond": cond,
+})
