@@ -28,6 +28,10 @@ from adserve.engine.ir import Graph, Lit, Var, sub_graphs  # noqa: E402,F401
 from adserve.engine.jvp import jvp_graph  # noqa: E402
 from adserve.engine.vjp import vjp_graph  # noqa: E402
 
+# compiled test kernels are kept per machine, so reruns skip numba's compile; ADSERVE_TEST_CACHE moves them
+# (an empty directory gives a cold run, as on a new machine)
+TEST_CACHE = os.environ.get("ADSERVE_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache")
+
 # tolerances -------------------------------------------------------------------
 VAL = dict(rtol=1e-10, atol=1e-12)  # engine value vs NumPy/JAX
 DER = dict(rtol=1e-8, atol=1e-10)  # engine derivative vs JAX

@@ -11,9 +11,9 @@ import os
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, inline, jvp_graph, make_graph, op, run, vjp_graph
+from engine_helpers import TEST_CACHE, Builder, inline, jvp_graph, make_graph, op, run, vjp_graph
 from hypothesis import given, settings
-from test_codegen import PROGRAMS, compile_kernel, program_case, run_kernel
+from test_codegen import PROGRAMS, compile_kernel, groups, program_case, run_kernel, spec_graph
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
 
@@ -58,24 +58,20 @@ SOME = ["sigmoid[2, 3]", "pow[3, 1][4]", "where[3][2,3][]", "logsumexp[2, 3]-axe
 
 
 def test_primitives_in_parallel_equal_interpreted():
-    """The value, JVP and VJP of a few primitive specs (loops and branches among them), in one kernel."""
+    """The value, JVP and VJP of a few primitive specs (loops and branches among them), in a few kernels."""
     rng = np.random.default_rng(1)
-    b, args, outs = Builder(), [], []
     specs = [s for s in SPECS if s.id in SOME]
     assert len(specs) == len(SOME)
-    for s in specs:
-        g = make_graph(s.f, s.shapes)
-        n, m = len(g.inputs), len(g.outputs)
-        xs = [b.input(v.shape) for v in g.inputs]
-        ts = [b.input(v.shape) for v in g.inputs]
-        cts = [b.input(a.shape) for a in g.outputs]
-        outs += inline(b, jvp_graph(g, [True] * n)[0], xs + ts) + inline(b, vjp_graph(g, [True] * n, [True] * m),
-                                                                          xs + cts)[m:]
-        points = [s.draw(rng, k % 3) for k in range(B)]
-        args += [np.stack([p[j] for p in points]) if j else points[0][j][None] for j in range(n)]
-        args += [rng.standard_normal((B, *v.shape)) for v in g.inputs]
-        args += [rng.standard_normal((B, *a.shape)) for a in g.outputs]
-    assert_parallel_same(b.build(outs), args, "every third primitive")
+    for group in groups(specs):
+        args = []
+        for s in group:
+            g = make_graph(s.f, s.shapes)
+            n = len(g.inputs)
+            points = [s.draw(rng, k % 3) for k in range(B)]
+            args += [np.stack([p[j] for p in points]) if j else points[0][j][None] for j in range(n)]
+            args += [rng.standard_normal((B, *v.shape)) for v in g.inputs]
+            args += [rng.standard_normal((B, *a.shape)) for a in g.outputs]
+        assert_parallel_same(spec_graph(group), args, " ".join(s.id for s in group))
 
 
 @pytest.mark.parametrize("name", ["loops-branches-assignment", "matrices"])
@@ -164,7 +160,7 @@ def test_chunks_per_thread_is_in_the_source():
 
 
 # -- on the compiled tier -------------------------------------------------------------
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "adserve-test-tiered")
+CACHE = os.path.join(TEST_CACHE, "adserve-test-tiered")
 SUM = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}], "expr": "dot(x, A @ x) + sum(sin(x))"}
 
 

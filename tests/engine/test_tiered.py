@@ -15,8 +15,9 @@ import pytest
 from adserve.engine import Engine, backend, main_plan
 from adserve.engine.backend.plan import known_meta
 from adserve.engine.codegen.module import CODEGEN_VERSION
+from engine_helpers import TEST_CACHE
 
-CACHE = os.path.join(os.path.expanduser("~"), ".cache", "adserve-test-tiered")
+CACHE = os.path.join(TEST_CACHE, "adserve-test-tiered")
 SCALAR = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}],
           "expr": "dot(x, A @ x) + sum(sin(x))"}
 VECTOR = {"inputs": [{"name": "x", "shape": [2]}, {"name": "M", "shape": [3, 2]}], "expr": "sin(M @ x)"}
