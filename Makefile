@@ -7,7 +7,7 @@ HOST      ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 50051
 
-.PHONY: run test bench image-test clean
+.PHONY: run test test-fast bench image-test clean
 
 run: $(VENV)/.installed
 	$(VENV)/bin/adserve --host $(HOST) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT)
@@ -15,6 +15,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	bash scripts/install-system-deps.sh
 	$(PY) -m pytest -q
+
+# the engine and the service in process, without numba compiles: the edit-and-check loop (under two minutes)
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not e2e and not compiled"
 
 # adserve against JAX and autograd, one run (a few minutes; longer while kernels compile the first time): writes docs/benchmarks.md and .png
 bench: $(VENV)/.installed-bench

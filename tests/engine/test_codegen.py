@@ -29,6 +29,8 @@ from adserve.engine.codegen.module import kernel_module
 from adserve.engine.ir import Lit
 from adserve.engine.codegen.worker import NICE, load
 
+pytestmark = pytest.mark.compiled  # numba compiles (minutes on a machine whose kernel cache is cold)
+
 engine = Engine()  # the interpreter, default limits
 
 CACHE = os.path.join(TEST_CACHE, "adserve-test-kernels")

@@ -21,6 +21,8 @@ from adserve.engine import Engine, backend, main_plan
 from adserve.engine.errors import EvaluationError
 from adserve.engine.codegen.module import CHUNKS_PER_THREAD
 
+pytestmark = pytest.mark.compiled  # numba compiles (minutes on a machine whose kernel cache is cold)
+
 B = 37  # not a multiple of the chunk count: uneven chunks, some of one point
 reference = Engine()  # the interpreter
 

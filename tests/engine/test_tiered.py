@@ -17,6 +17,8 @@ from adserve.engine.backend.plan import known_meta
 from adserve.engine.codegen.module import CODEGEN_VERSION
 from engine_helpers import TEST_CACHE
 
+pytestmark = pytest.mark.compiled  # numba compiles (minutes on a machine whose kernel cache is cold)
+
 CACHE = os.path.join(TEST_CACHE, "adserve-test-tiered")
 SCALAR = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}],
           "expr": "dot(x, A @ x) + sum(sin(x))"}
