@@ -61,7 +61,7 @@ def _answer(e: ServiceError) -> JSONOut:
     return error(type_, e.message, code or status.http(e))
 
 
-def _invalid(message: str) -> ServiceError:
+def _bad(message: str) -> ServiceError:
     return ServiceError(UNPROCESSABLE, "invalid_umbridge_request", message)
 
 
@@ -70,8 +70,7 @@ def _invalid(message: str) -> ServiceError:
 def _body(raw: bytes) -> dict:
     body = parse_json(raw)
     if not isinstance(body, dict):
-        raise ServiceError(BAD_REQUEST, "invalid_umbridge_request",
-                           'a UM-Bridge request is a JSON object such as {"name": "f", "input": [[1.0, 2.0]]}')
+        raise _bad('a UM-Bridge request is a JSON object such as {"name": "f", "input": [[1.0, 2.0]]}')
     _config(body.get("config"))
     return body
 
@@ -81,15 +80,15 @@ def _config(config) -> None:
     if config is None or config == {} or config == []:
         return
     if isinstance(config, dict):
-        raise _invalid(f"config: unknown option {next(iter(config))!r}; adserve's models take no options "
+        raise _bad(f"config: unknown option {next(iter(config))!r}; adserve's models take no options "
                        "(send {} or leave config out)")
-    raise _invalid(f"config must be a JSON object (adserve's models take no options), not {tensors.describe(config)}")
+    raise _bad(f"config must be a JSON object (adserve's models take no options), not {tensors.describe(config)}")
 
 
 def _model(service, body) -> dict:
     name = body.get("name")
     if not isinstance(name, str) or not name:
-        raise _invalid(f'"name" must be the model\'s name (a function name or id), not {tensors.describe(name)}')
+        raise _bad(f'"name" must be the model\'s name (a function name or id), not {tensors.describe(name)}')
     return service.info(name) | {"model": name}
 
 
@@ -100,7 +99,7 @@ def _sizes(shapes) -> list[int]:
 def _index(body, field: str, count: int, what: str) -> int:
     value = body.get(field)
     if type(value) is not int or not 0 <= value < count:
-        raise _invalid(f"{field} must be an index of the model's {what}s, 0 to {count - 1}, "
+        raise _bad(f"{field} must be an index of the model's {what}s, 0 to {count - 1}, "
                        f"not {tensors.describe(value)}")
     return value
 
@@ -108,13 +107,13 @@ def _index(body, field: str, count: int, what: str) -> int:
 def _vector(value, where: str, size: int, shape) -> np.ndarray:
     """A UM-Bridge vector of `size` numbers, reshaped row-major to `shape`."""
     if not isinstance(value, list):
-        raise _invalid(f"{where} must be a list of {size} numbers, not {tensors.describe(value)}")
+        raise _bad(f"{where} must be a list of {size} numbers, not {tensors.describe(value)}")
     try:
         a = tensors.decode(value, where)
     except tensors.TensorError as e:
-        raise _invalid(str(e)) from None
+        raise _bad(str(e)) from None
     if a.ndim != 1 or a.size != size:
-        raise _invalid(f"{where} has {'shape ' + str(list(a.shape)) if a.ndim != 1 else str(a.size) + ' numbers'}; "
+        raise _bad(f"{where} has {'shape ' + str(list(a.shape)) if a.ndim != 1 else str(a.size) + ' numbers'}; "
                        f"this model expects {size} numbers")
     return a.reshape(shape)
 
@@ -123,7 +122,7 @@ def _inputs(info, body) -> dict:
     specs = info["inputs"]
     given = body.get("input")
     if not isinstance(given, list) or len(given) != len(specs):
-        raise _invalid(f"input must be a list of {len(specs)} vectors (one per input: "
+        raise _bad(f"input must be a list of {len(specs)} vectors (one per input: "
                        f"{', '.join(s['name'] for s in specs)}), not {tensors.describe(given)}")
     return {s["name"]: _vector(v, f"input[{i}]", math.prod(s["shape"]), s["shape"])
             for i, (s, v) in enumerate(zip(specs, given))}
@@ -222,10 +221,11 @@ async def _call(request: Request, call) -> JSONOut:
         return _answer(e)
 
 
-router = APIRouter(prefix=PREFIX, tags=["UM-Bridge"])
+# not in adserve's OpenAPI document: these are UM-Bridge's calls, documented by UM-Bridge (and docs/peers.md)
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
 
 
-@router.get("/Info", summary="UM-Bridge: protocol version and the models (registered functions)")
+@router.get("/Info")
 async def info(request: Request):
     return JSONOut(_info(request.app.state.service, None))
 
@@ -234,14 +234,14 @@ def _route(path: str, call):
     async def handler(request: Request):
         return await _call(request, call)
     handler.__name__ = f"umbridge_{path}"
-    router.add_api_route(f"/{path}", handler, methods=["POST"], summary=f"UM-Bridge {path}")
+    router.add_api_route(f"/{path}", handler, methods=["POST"])
 
 
 for _path, _fn in CALLS.items():
     _route(_path, _fn)
 
 
-@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 async def unsupported(path: str, request: Request):
     known = ["GET /Info"] + [f"POST /{p}" for p in CALLS]
     return error(UNSUPPORTED, f"{request.method} {PREFIX}/{path} is not part of UM-Bridge 1.0 here; "
