@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI
 
-from . import rest, rpc, web
+from . import rest, rpc, tesseract, umbridge, web
 from .grpc_server import GrpcServer
 from .metrics import Metrics
 from .security import Guard
@@ -30,6 +30,8 @@ log = logging.getLogger("adserve")
 PROTOCOLS = (
     rest.mount,  # ad.v1 over REST: /v1
     rpc.mount,   # ad.v1 over gRPC: ad.v1.Differentiator
+    umbridge.mount,  # UM-Bridge 1.0: /umbridge
+    tesseract.mount,  # the Tesseract runtime API: /tesseract/{name}
 )
 
 

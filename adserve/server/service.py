@@ -89,6 +89,22 @@ class Service:
         with self._engine_errors():
             return self.engine.source(fn, transform)
 
+    def function_ids(self) -> list[str]:
+        """Ids of the functions compiled here, most recently used last (what a peer protocol can list)."""
+        return [fn.id for fn in self._functions.values()]
+
+    def weighted(self, function_id: str) -> dict:
+        """The info of `(inputs..., w) -> sum(w * f(inputs...))`, registered on the way; `w`, its last input,
+        has f's output shape and a name none of f's inputs has.
+
+        Its `gradient` is f's VJP with cotangent w, and its `hvp` (with `wrt` naming f's inputs) is the
+        second-order adjoint `d/dt vjp(f, w)(x + t v)`: what a peer protocol asks for as the Hessian of a
+        weighted vector output (UM-Bridge's ApplyHessian), through the engine's own forward-over-reverse."""
+        fn = self._lookup(function_id)
+        definition = _weighted(fn.export(), fn.info()["output_shape"])
+        with self.heap.busy(), self.engine.busy():
+            return self._register(definition)[0].info()
+
     def evaluate(self, target, body, meta=None) -> dict:
         """Evaluate `target` (a function id, or a definition to register on the way).
 
@@ -267,6 +283,27 @@ class Service:
             raise ServiceError(TOO_LARGE, "too_deep", "the definition is nested too deeply") from None
         except MemoryError:
             raise ServiceError(TOO_LARGE, "too_large", "out of memory: the request is too large") from None
+
+
+def _weighted(definition: dict, shape) -> dict:
+    """`definition` (canonical graph form, output of `shape`) with one more input `w` of that shape, returning
+    sum(w * output): plain composition, no derivative taken here."""
+    inputs, graph = definition["inputs"], definition["graph"]
+    taken = {i["name"] for i in inputs} | {n["id"] for n in graph["nodes"]}
+    weight, product, total = (_fresh(stem, taken) for stem in ("w", "w_times_f", "w_dot_f"))
+    (output,) = graph["outputs"]
+    nodes = [*graph["nodes"], {"id": product, "op": "mul", "args": [output, weight]},
+             {"id": total, "op": "reduce_sum", "args": [product], "params": {"axes": list(range(len(shape)))}}]
+    return {"inputs": [*inputs, {"name": weight, "shape": list(shape)}],
+            "graph": {**graph, "nodes": nodes, "outputs": [total]}}
+
+
+def _fresh(stem: str, taken: set) -> str:
+    name = stem
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
 
 
 def _close_started(starting) -> None:
