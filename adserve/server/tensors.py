@@ -102,6 +102,8 @@ def describe(v) -> str:
 def _number(v, where: str) -> float:
     if type(v) in _NUMBER_TYPES:
         return float(v)
+    if isinstance(v, (np.floating, np.integer)):  # from adapters in process (a NumPy scalar is not JSON)
+        return float(v)
     if isinstance(v, str) and v in SPECIAL:
         return SPECIAL[v]
     if isinstance(v, str):

@@ -54,6 +54,12 @@ def test_decode_passes_arrays_through_as_float64():
     assert got.dtype == np.float64
 
 
+@pytest.mark.parametrize("scalar", [np.float64(2.5), np.float32(2.5), np.int64(2), np.int32(2)])
+def test_decode_takes_numpy_scalars(scalar):
+    got = decode(scalar, "x")
+    assert got.dtype == np.float64 and got.shape == () and got == float(scalar)
+
+
 DEEP = 1
 for _ in range(40):
     DEEP = [DEEP]
