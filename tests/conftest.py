@@ -2,6 +2,11 @@
 
 import httpx
 import pytest
+from hypothesis import settings
+
+# no per-example time limit: CI may run beside a CPU hog, and a slow example is not a wrong one
+settings.register_profile("adserve", deadline=None)
+settings.load_profile("adserve")
 
 from server_process import free_port, running_server
 
