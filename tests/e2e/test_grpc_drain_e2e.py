@@ -1,5 +1,6 @@
 """SIGTERM with gRPC calls in flight: health turns NOT_SERVING, new calls get UNAVAILABLE, the call in
-flight goes on for the grace period, then the process exits; with nothing in flight it exits at once."""
+flight goes on for the grace period, then ends with UNAVAILABLE and the process exits; with nothing in flight
+it exits at once."""
 
 import signal
 import time
@@ -40,10 +41,12 @@ def test_draining_with_a_call_in_flight(tmp_path):
             stub.Register(pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x"))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.details()
         more = 0
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(grpc.RpcError) as ended:
             for _ in call:
                 more += 1
         assert more > 0 and time.monotonic() - sent >= GRACE - 0.5  # it streamed on through the grace period
+        # then it was stopped, and told so (never a bare cancel or an internal error)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.value.details()
         server.process.wait(GRACE + 10)
         assert server.process.returncode == 0
 
