@@ -23,6 +23,7 @@ import pytest
 
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
+from server_process import evaluations_computing as computing
 from server_process import free_port, running_server, wait_until
 
 N = 1_000_000
@@ -30,11 +31,6 @@ PROGRAM = f"def f(x):\n    for i in range({N}):\n        x = x * 0.999999 + 0.00
 LOOP = {"inputs": [{"name": "x", "shape": []}], "program": PROGRAM}
 HVP = {"inputs": {"x": 0.5}, "compute": ["hvp"], "tangent": {"x": 1.0}}
 ENV = {"ADSERVE_COMPILE": "false", "ADSERVE_MAX_EVAL_SECONDS": "120", "ADSERVE_RESULT_CACHE_BYTES": "0"}
-
-
-def computing(c: httpx.Client) -> int:
-    text = c.get("/metrics").text
-    return int(float(re.search(r"^adserve_evaluations_computing (\S+)$", text, re.M)[1]))
 
 
 @pytest.fixture(scope="module")

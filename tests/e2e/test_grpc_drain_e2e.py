@@ -36,7 +36,8 @@ def test_draining_with_a_call_in_flight(tmp_path):
         next(call)
         sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        assert wait_until(lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 2)
+        # (within the grace period: health is NOT_SERVING from the signal until the server stops)
+        assert wait_until(lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, GRACE)
         with pytest.raises(grpc.RpcError) as refused:
             stub.Register(pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x"))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.details()
@@ -47,14 +48,13 @@ def test_draining_with_a_call_in_flight(tmp_path):
         assert more > 0 and time.monotonic() - sent >= GRACE - 0.5  # it streamed on through the grace period
         # then it was stopped, and told so (never a bare cancel or an internal error)
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.value.details()
-        server.process.wait(GRACE + 10)
+        server.process.wait(60)
         assert server.process.returncode == 0
 
 
 def test_nothing_in_flight_exits_without_waiting_for_the_grace_period(tmp_path):
-    env = {**ENV, "ADSERVE_SHUTDOWN_GRACE_SECONDS": "20"}
+    env = {**ENV, "ADSERVE_SHUTDOWN_GRACE_SECONDS": "3600"}  # waiting for it would outlast the wait below
     with running_server(tmp_path / "server.log", grpc_port=free_port(), env=env) as server:
-        sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        server.process.wait(30)
-        assert time.monotonic() - sent < 10 and server.process.returncode == 0
+        server.process.wait(120)
+        assert server.process.returncode == 0
