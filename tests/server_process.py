@@ -79,6 +79,12 @@ def minimizers_running(client: httpx.Client) -> int:
     return int(float(re.search(r"^adserve_minimize_running (\S+)$", metrics, re.M)[1]))
 
 
+def evaluations_computing(client: httpx.Client) -> int:
+    """The server's `adserve_evaluations_computing` gauge: evaluations in its engine now."""
+    metrics = client.get("/metrics").text
+    return int(float(re.search(r"^adserve_evaluations_computing (\S+)$", metrics, re.M)[1]))
+
+
 def wait_until(condition, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while not condition():

@@ -21,8 +21,9 @@ import numpy as np
 
 from .activity import graph_activity
 from .builder import Builder, Prim, inline, op, register, zeros
+from .deadline import Stopped
 from .errors import ShapeError
-from .interpreter import _run
+from .interpreter import TAKES_DEADLINE, _run
 
 
 # -- loop ------------------------------------------------------------------------
@@ -45,12 +46,19 @@ def _loop_shape(*shapes, body, length, n_consts, n_carry, reverse):
     return carries + [(length, *s) for s in outs[n_carry:]]
 
 
-def _loop_impl(*args, body, length, n_consts, n_carry, reverse):
+def _loop_impl(*args, body, length, n_consts, n_carry, reverse, deadline=None):
     consts, carry, xs = _split(args, n_consts, n_carry)
     ys = {}
-    for k in (range(length - 1, -1, -1) if reverse else range(length)):
-        outs = _run(body, [np.array([float(k)]), *consts, *carry, *[x[:, k] for x in xs]])
-        carry, ys[k] = outs[:n_carry], outs[n_carry:]
+    done = 0
+    try:
+        for k in (range(length - 1, -1, -1) if reverse else range(length)):
+            if deadline is not None and deadline.stopped:  # also between iterations of a body with no equations
+                raise deadline.error()
+            outs = _run(body, [np.array([float(k)]), *consts, *carry, *[x[:, k] for x in xs]], deadline)
+            carry, ys[k] = outs[:n_carry], outs[n_carry:]
+            done += 1
+    except Stopped as err:
+        raise err.inside("loop", done, length, None) from None
     y_avals = body.outputs[n_carry:]
     stacked = []
     for j, a in enumerate(y_avals):
@@ -169,6 +177,7 @@ def _loop_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_car
     return ct_c + [ct if a else None for ct, a in zip(ct_init, act_init)] + ct_xs
 
 
+TAKES_DEADLINE.update({"loop", "cond"})
 register(Prim("loop", _loop_shape, _loop_impl, _loop_jvp, _loop_vjp, multiple_results=True,
               extra={"activity": _loop_activity, "vjp_fwd": _loop_vjp_fwd},
               params=(("length", "count"), ("n_consts", "count"), ("n_carry", "count"), ("reverse", "flag")),
@@ -188,14 +197,14 @@ def _cond_shape(sp, *shapes, true_body, false_body):
     return t
 
 
-def _cond_impl(pred, *ops, true_body, false_body):
+def _cond_impl(pred, *ops, true_body, false_body, deadline=None):
     take = pred.reshape(-1) != 0
     if take.all() or not take.any():
-        return _run(true_body if take[0] else false_body, list(ops))
+        return _run(true_body if take[0] else false_body, list(ops), deadline)
     b = take.shape[0]
     outs = [np.empty((b, *a.shape)) for a in true_body.outputs]
     for body, idx in ((true_body, np.nonzero(take)[0]), (false_body, np.nonzero(~take)[0])):
-        res = _run(body, [o[idx] if o.shape[0] == b else o for o in ops])
+        res = _run(body, [o[idx] if o.shape[0] == b else o for o in ops], deadline)
         for out, r in zip(outs, res):
             out[idx] = np.broadcast_to(r, (len(idx), *r.shape[1:]))
     return outs

@@ -8,7 +8,8 @@ needs it, never global: two engines in one process share nothing.
 `compile_definition` turns a JSON definition into a `Function` whose id is the
 hash of its canonical IR; static limits are checked there. `evaluate` validates
 a request (names, shapes, batch sizes, cost) and runs the plans of plans.py on
-the engine's backend.
+the engine's backend, within the caller's `deadline` (deadline.py) if one is
+given: past it, or once it is cancelled, the work stops with `Stopped`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from . import control, primitives  # noqa: F401  (fill the primitive table)
 from .backend import Fresh, Interpreter, Tiered, stats_dict
+from .deadline import Stopped
 from .errors import DefinitionError, EngineError, EvaluationError, LimitError
 from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
@@ -235,8 +237,17 @@ def _plain(fn, values, names, batch):
 
 
 def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False, meta=None,
-             wrt=None, *, execute, limits: Limits) -> dict:
-    """`Engine.evaluate`, its backend's runner (`execute(graph, args, meta)`) and its limits given explicitly."""
+             wrt=None, deadline=None, *, execute, limits: Limits) -> dict:
+    """`Engine.evaluate`, its backend's runner (`execute(graph, args, meta, deadline)`) and its limits given
+    explicitly."""
+    try:
+        return _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute, limits)
+    except Stopped as err:
+        kinds = ", ".join(c for c in COMPUTE_KINDS if c in (compute if isinstance(compute, (list, tuple)) else ()))
+        raise err.about(f"the evaluation ({kinds or 'value'}) of function {fn.id}") from None
+
+
+def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute, limits) -> dict:
     req = _request(fn, compute, wrt)
     kinds, wrt = req.kinds, req.wrt
 
@@ -273,11 +284,13 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     check_request(fn.work, req.limit_kinds, B, limits=limits)
     for kind in req.sweep_kinds:
         check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
+    if deadline is not None:
+        deadline.check()
 
     fresh = {}  # id -> array: kernel outputs of the sweeps, nobody else's (see _finish)
 
     def run(graph, args):
-        res = execute(graph, args, meta)
+        res = execute(graph, args, meta, deadline)
         if isinstance(res, Fresh):
             fresh.update((id(a), a) for a in res)
         return res
@@ -312,11 +325,11 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     if "hessian" in kinds:
         out["hessian"] = _finish(hessian(fn, xs, B, wrt, run, limits.max_sweep_rows), B, batch, fresh)
     if "trace" in kinds:
-        out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch, execute)
+        out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline)
     return out
 
 
-def _trace(fn, xs, tangent, cotangent, batched, B, batch, execute):
+def _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline=None):
     """Rows of the evaluation trace; adjoints when the output is scalar or a cotangent is given."""
     with_t, with_a = tangent is not None, cotangent is not None or fn.output_shape == ()
     graph, rows = fn.plan(("trace", with_t, with_a), lambda: trace_graph(fn, with_t, with_a))
@@ -325,7 +338,7 @@ def _trace(fn, xs, tangent, cotangent, batched, B, batch, execute):
         args += [batched(tangent[n]) for n in fn.input_names]
     if with_a:
         args.append(batched(cotangent) if cotangent is not None else np.ones((1,)))
-    res = iter(execute(graph, args))
+    res = iter(execute(graph, args, None, deadline))
     out = []
     fields = ["value"] + (["tangent"] if with_t else []) + (["adjoint"] if with_a else [])
     for row in rows:
@@ -367,12 +380,13 @@ class Engine:
         return compile_definition(defn, self.limits, max_depth)
 
     def evaluate(self, fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False,
-                 meta=None, wrt=None) -> dict:
+                 meta=None, wrt=None, deadline=None) -> dict:
         """Values and derivatives as float64 arrays, derivatives for the inputs in `wrt` (default all).
 
         Every array returned is the caller's own (none is shared with the inputs, another result or the engine).
-        `meta` (a dict), if given, receives which backend ran."""
-        return evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, execute=self._run,
+        `meta` (a dict), if given, receives which backend ran. A `deadline` (`deadline.Deadline`) stops the
+        work when it passes or is cancelled: `deadline.Stopped`, saying which function and how far it got."""
+        return evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute=self._run,
                         limits=self.limits)
 
     def source(self, fn: Function, transform: str) -> str:
@@ -412,9 +426,9 @@ class Engine:
         """Stop background work (kernel compiles in progress)."""
         self.backend.shutdown()
 
-    def _run(self, graph, args, meta=None):
+    def _run(self, graph, args, meta=None, deadline=None):
         try:
-            return self.backend.run(graph, args, meta)
+            return self.backend.run(graph, args, meta, deadline)
         except EngineError:
             raise
         except MemoryError:

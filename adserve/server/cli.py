@@ -57,8 +57,9 @@ def main(argv=None) -> None:
 
 
 def _exit_past_stuck_workers() -> None:
-    """Requests still computing after the grace period would hold the interpreter's exit
-    forever (worker threads are not daemons, and engine work cannot be interrupted)."""
+    """Requests still computing after the grace period would hold the interpreter's exit (worker threads
+    are not daemons). Their evaluations were stopped (the interpreter stops at its next check), but a compiled
+    kernel runs to its end: it is not waited for past a moment."""
     deadline = time.monotonic() + 2  # threads that are just finishing may end on their own
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     for t in busy:

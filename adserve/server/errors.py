@@ -11,8 +11,10 @@ TOO_LARGE = "too_large"          # over a size limit
 UNPROCESSABLE = "unprocessable"  # well-formed, but a wrong definition or evaluation
 UNAUTHENTICATED = "unauthenticated"  # missing or bad API key (when keys are configured)
 RATE_LIMITED = "rate_limited"    # over the client's rate limit
+TIMED_OUT = "timed_out"          # the evaluation ran past its deadline and was stopped
+UNAVAILABLE = "unavailable"      # stopped by the server's shutdown (call again: another replica answers)
 
-KINDS = (BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, UNAUTHENTICATED, RATE_LIMITED)
+KINDS = (BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, UNAUTHENTICATED, RATE_LIMITED, TIMED_OUT, UNAVAILABLE)
 
 
 class ServiceError(Exception):
@@ -23,6 +25,20 @@ class ServiceError(Exception):
 
     def body(self) -> dict:
         return error_body(self.code, self.message, self.location)
+
+
+RETRY_AFTER_SECONDS = 1.0  # told to a caller whose evaluation a shutdown stopped: another replica answers
+
+
+def stopped(code: str, message: str) -> ServiceError:
+    """The error of work the server stopped before its end: the shutdown's grace period ended
+    (`shutting_down`), or its caller went away (`cancelled`); UNAVAILABLE, with Retry-After."""
+    if code == "shutting_down":
+        err = ServiceError(UNAVAILABLE, "shutting_down", message)
+    else:
+        err = ServiceError(UNAVAILABLE, "cancelled", message)
+    err.retry_after = RETRY_AFTER_SECONDS
+    return err
 
 
 def error_body(code: str, message: str, location=None) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 from .errors import UNPROCESSABLE, ServiceError
 from .tensors import TensorError, decode, describe
 
-FIELDS = ("inputs", "compute", "tangent", "cotangent", "batch", "wrt")
+FIELDS = ("inputs", "compute", "tangent", "cotangent", "batch", "wrt", "timeout_ms")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Evaluation:
     cotangent: np.ndarray | None
     batch: bool
     wrt: tuple | None = None  # inputs to differentiate; None: all
+    timeout_ms: int | None = None  # the caller's time limit (never part of the cache key)
 
     def cache_key(self, function_id: str) -> tuple:
         """Equal for requests that must get equal results; arrays enter by shape and bytes."""
@@ -61,6 +62,7 @@ def parse(body, kinds) -> Evaluation:
         cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent"),
         batch=_batch(body.get("batch", False)),
         wrt=_wrt(body.get("wrt")),
+        timeout_ms=_timeout_ms(body.get("timeout_ms")),
     )
 
 
@@ -93,6 +95,15 @@ def _wrt(value):
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise _error("invalid_field", f"wrt must be a non-empty list of input names, not {describe(value)}")
     return tuple(sorted(set(value)))
+
+
+def _timeout_ms(value):
+    if value is None:
+        return None
+    if type(value) is not int or value <= 0:
+        raise _error("invalid_field", f"timeout_ms must be a positive integer (milliseconds), not {describe(value)}"
+                                      + (f" {value}" if type(value) in (int, float) else ""))
+    return value
 
 
 def _batch(value) -> bool:

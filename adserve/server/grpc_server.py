@@ -7,7 +7,11 @@ three interceptors over the services the protocols `add`: `MetricsInterceptor`
 (outermost, every call of every service, refused ones too), `GuardInterceptor`
 (API keys and rate limits: UNAUTHENTICATED or RESOURCE_EXHAUSTED) and the
 drain (UNAVAILABLE once stopping, and the count of calls in flight that the
-grace period waits for). Each interceptor is one `around` context manager
+grace period waits for). The drain also gives each call its cancel token (an
+engine `Deadline`, `call_token(context)`): it carries the call's gRPC deadline,
+is cancelled when the call ends (the client cancels or goes away), and past
+the grace period it stops the call's work, which then ends UNAVAILABLE
+(`shutting_down`). Each interceptor is one `around` context manager
 over a `Call`; the loop that wraps a handler, whatever its streaming shape, is
 `Interceptor`'s, written once. `abort` ends a call with a `ServiceError`'s
 status (`status.GRPC`), message and, in the trailing metadata, its code,
@@ -28,14 +32,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..engine.deadline import Deadline
 from . import status
-from .errors import ServiceError
+from .errors import ServiceError, stopped
 from .security import Guard, presented_key, retry_after_header
 
 log = logging.getLogger("adserve.grpc")
 
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+SHUTTING_DOWN = "the server is shutting down; call again (another replica)"
 
 
 async def abort(context, error: ServiceError):
@@ -239,25 +245,62 @@ def _peer(peer: str | None) -> str:
     return host.strip("[]") or rest
 
 
+def call_token(context) -> Deadline | None:
+    """The call's cancel token (see `_Drain`), None for a service the drain does not cover."""
+    return getattr(context, "token", None)
+
+
+class _WithToken:
+    """The call's context as the handler sees it, with the call's `token`."""
+
+    __slots__ = ("_context", "token")
+
+    def __init__(self, context, token: Deadline):
+        self._context, self.token = context, token
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
+
+
 class _Drain(Interceptor):
-    """Once `draining`, new calls of the added services end UNAVAILABLE; `in_flight` counts the others."""
+    """Once `draining`, new calls of the added services end UNAVAILABLE; `in_flight` counts the others, each
+    with its token: the call's deadline, cancelled when the call ends or by `stop_calls`."""
 
     def __init__(self, services: set):
-        self.services, self.draining, self.in_flight = services, False, 0
+        self.services, self.draining, self.stopping, self.in_flight = services, False, False, 0
+        self._calls: dict = {}  # the task of each call in flight -> its token
 
     def applies(self, service: str) -> bool:
         return service in self.services
 
     @contextlib.asynccontextmanager
     async def around(self, call: Call):
+        context = call.context
         if self.draining:
-            await call.context.abort(grpc.StatusCode.UNAVAILABLE,
-                                     "the server is shutting down; call again (another replica)")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        token = Deadline(context.time_remaining(), "the call's gRPC deadline")
+        context.add_done_callback(lambda _: token.cancel("cancelled", "was cancelled: the call ended"))
+        call.context = _WithToken(context, token)
+        task = asyncio.current_task()
+        self._calls[task] = token
         self.in_flight += 1
         try:
             yield
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            await abort(context, stopped("shutting_down", SHUTTING_DOWN))
         finally:
+            self._calls.pop(task, None)
+            token.close()
             self.in_flight -= 1
+
+    def stop_calls(self) -> None:
+        """The grace period is over: stop every call's work (UNAVAILABLE) and end the calls."""
+        self.stopping = True
+        for task, token in list(self._calls.items()):
+            token.cancel("shutting_down", "was stopped: the server is shutting down")
+            task.cancel()
 
 
 class GrpcServer:
@@ -307,14 +350,21 @@ class GrpcServer:
     async def serving(self) -> None:
         await self._set(health_pb2.HealthCheckResponse.SERVING)
 
+    STOP_SECONDS = 1.0  # after the grace period, for the calls stopped to end with their status
+
     async def stop(self, grace: float) -> None:
-        """Health says NOT_SERVING, new calls are refused, calls in flight get `grace` seconds; then it stops."""
+        """Health says NOT_SERVING, new calls are refused, calls in flight get `grace` seconds; then their work
+        is stopped, they end UNAVAILABLE, and the server stops."""
         await self.health.enter_graceful_shutdown()
         self._drain.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while self._drain.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        self._drain.stop_calls()
+        deadline = loop.time() + self.STOP_SECONDS
+        while self._drain.in_flight and loop.time() < deadline:  # their UNAVAILABLE is on its way
+            await asyncio.sleep(0.02)
         await self.server.stop(0)
 
     async def _set(self, status_) -> None:

@@ -94,6 +94,9 @@ class _ServiceCollector:
                                   "run by CPython until numba's is loaded)", value=e["python_kernels"])
         yield CounterMetricFamily("adserve_python_declined", "Python-tier runs that met a domain error (log of a "
                                   "negative, 1/0) and were answered by the interpreter", value=e["python_declined"])
+        yield GaugeMetricFamily("adserve_evaluations_computing", "Evaluations in the engine now (one stopped by its "
+                                "deadline, its client or a shutdown counts until its thread has stopped)",
+                                value=s.get("computing", 0))
         yield GaugeMetricFamily("adserve_minimize_running", "Server-side optimisers running (Minimize, REST or gRPC)",
                                 value=optimize.running())
         if self._optimizers is not None:

@@ -8,8 +8,10 @@ optimiser in a thread of its own and yields one dict per iterate:
 "success"}`, iteration 0 being `x0` and the last having `done` true. Values and
 gradients come from `service.evaluate`, Hessian-vector products from its `hvp`
 (never a full Hessian). Leaving the iteration (a cancelled call, a closed
-connection, a deadline) sets a flag that the optimiser's callbacks check, so it
-stops within one function evaluation.
+connection, a deadline) sets a flag that the optimiser's callbacks check and
+cancels the run's `Deadline` token, which parents each of its evaluations'
+deadlines: the evaluation in progress stops too (between two operations), so
+the run ends at once.
 
 `Capacity` caps the runs in flight in one process (`ADSERVE_MAX_OPTIMIZERS`).
 The `Service` owns the one `Capacity` of its process and is the only caller
@@ -26,6 +28,8 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from adserve.engine.deadline import Deadline
 
 from .errors import RATE_LIMITED, UNPROCESSABLE, ServiceError
 from .evaluation import tensor_map
@@ -163,8 +167,8 @@ class _Converged(Exception):
 class _Objective:
     """A function of named, shaped inputs as a function of one flat vector, for scipy."""
 
-    def __init__(self, service, function_id: str, info: dict, stop: threading.Event):
-        self.service, self.id, self.stop = service, function_id, stop
+    def __init__(self, service, function_id: str, info: dict, stop: threading.Event, token: Deadline | None = None):
+        self.service, self.id, self.stop, self.token = service, function_id, stop, token
         self.names = [s["name"] for s in info["inputs"]]
         self.shapes = [tuple(s["shape"]) for s in info["inputs"]]
         self.bounds = np.cumsum([0] + [math.prod(s) for s in self.shapes])
@@ -182,7 +186,8 @@ class _Objective:
             return self._last[1], self._last[2]
         if self.stop.is_set():
             raise _Stopped
-        r = self.service.evaluate(self.id, {"inputs": self.split(x), "compute": ["value", "gradient"]})
+        r = self.service.evaluate(self.id, {"inputs": self.split(x), "compute": ["value", "gradient"]},
+                                  deadline=self.token)
         value, gradient = float(r["value"]), self.flat(r["gradient"])
         self._last = (np.array(x).tobytes(), value, gradient)
         return value, gradient
@@ -190,7 +195,8 @@ class _Objective:
     def hvp(self, x, p):
         if self.stop.is_set():
             raise _Stopped
-        r = self.service.evaluate(self.id, {"inputs": self.split(x), "compute": ["hvp"], "tangent": self.split(p)})
+        r = self.service.evaluate(self.id, {"inputs": self.split(x), "compute": ["hvp"], "tangent": self.split(p)},
+                                  deadline=self.token)
         return self.flat(r["hvp"])
 
 
@@ -229,7 +235,8 @@ class Run:
         self.request, self.slot = request, slot
         self._closed = False
         self.stop = threading.Event()
-        self.objective = _Objective(service, info["id"], info, self.stop)
+        self.token = Deadline()  # no time limit of its own (each evaluation has one): cancelled with the run
+        self.objective = _Objective(service, info["id"], info, self.stop, self.token)
         self.first = None
         self._slots = threading.Semaphore(QUEUED)
         self._queue: asyncio.Queue | None = None
@@ -258,7 +265,7 @@ class Run:
                 if item["done"]:
                     return
         finally:
-            self.stop.set()
+            self.cancel()
 
     def _optimise(self) -> None:
         try:
@@ -278,8 +285,9 @@ class Run:
             self._ended()
 
     def cancel(self) -> None:
-        """Stop the optimiser (it ends within one function evaluation); nothing if it is over."""
+        """Stop the optimiser and the evaluation it is in; nothing if it is over."""
         self.stop.set()
+        self.token.cancel("cancelled", "was cancelled: the minimisation was stopped")
 
     def close(self) -> None:
         """The call is over: stop the optimiser and give back the call's hold on its slot (once)."""

@@ -1,15 +1,17 @@
 """The REST adapter of `ad.v1`: the `/v1` routes, mounted on the HTTP app by `mount(server)`.
 
 Handlers only translate: read the raw body (bounded), parse it with orjson,
-call the service in a worker thread, encode tensors back. Errors are the
-service's, answered by the app's handlers (`web.py`, `status.HTTP`).
+call the service in a worker thread, encode tensors back. An evaluation runs
+under the transport's cancel token (`web.stoppable`: the client's leaving or
+the end of the shutdown's grace period stops it). Errors are the service's,
+answered by the app's handlers (`web.py`, `status.HTTP`).
 """
 
 import contextlib
 import logging
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +19,7 @@ from . import schemas, status, tensors
 from .errors import UNPROCESSABLE, ServiceError, error_body
 from .optimize import Run
 from .service import Service
-from .web import JSONOut, RawBody, ServiceDep, parse_json
+from .web import JSONOut, RawBody, ServiceDep, parse_json, stoppable
 
 log = logging.getLogger("adserve.rest")
 
@@ -37,7 +39,7 @@ def _wants_b64(body) -> bool:
     return tensors.is_b64(body.get("cotangent")) or any(tensors.is_b64(v) for m in maps for v in m.values())
 
 
-def _evaluate(service: Service, function_id: str | None, raw: bytes) -> tuple:
+def _evaluate(service: Service, function_id: str | None, raw: bytes, deadline=None) -> tuple:
     """Parse, evaluate and encode: the CPU-bound part, run in a worker thread.
 
     Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
@@ -49,7 +51,7 @@ def _evaluate(service: Service, function_id: str | None, raw: bytes) -> tuple:
     if function_id is None and isinstance(body, dict):
         target, body = body.get("function"), {k: v for k, v in body.items() if k != "function"}
     meta = {}
-    encoded = tensors.encode_tree(service.evaluate(target, body, meta), _wants_b64(body))
+    encoded = tensors.encode_tree(service.evaluate(target, body, meta, deadline=deadline), _wants_b64(body))
     backend = meta.get("backend", "interpreter")
     if meta.get("cache_hit"):
         timing = ["cache;desc=hit"]
@@ -109,6 +111,7 @@ router = APIRouter()
 # 401 and 429 only when API keys or rate limits are configured
 _err = {code: {"model": schemas.ErrorBody} for code in (400, 401, 413, 422, 429)}
 _not_found = {code: {"model": schemas.ErrorBody} for code in (401, 404, 429)}
+_stopped = {code: {"model": schemas.ErrorBody} for code in (503, 504)}  # shutting down; past its deadline
 
 
 @router.post("/v1/functions", status_code=201, tags=["functions"], summary="Register a function",
@@ -141,18 +144,18 @@ async def function_source(function_id: str, service: ServiceDep, transform: str 
 
 
 @router.post("/v1/functions/{function_id}/evaluate", tags=["evaluate"], summary="Evaluate a registered function",
-             responses={200: {"model": schemas.EvaluationResult}, **_err, **_not_found},
+             responses={200: {"model": schemas.EvaluationResult}, **_err, **_not_found, **_stopped},
              openapi_extra=schemas.request_body(schemas.Evaluation))
-async def evaluate_by_id(function_id: str, raw: RawBody, service: ServiceDep):
-    encoded, headers = await run_in_threadpool(_evaluate, service, function_id, raw)
+async def evaluate_by_id(function_id: str, raw: RawBody, service: ServiceDep, request: Request):
+    encoded, headers = await stoppable(request, _evaluate, service, function_id, raw)
     return JSONOut(encoded, headers=headers)
 
 
 @router.post("/v1/evaluate", tags=["evaluate"], summary="Evaluate a definition (registering it on the way)",
-             responses={200: {"model": schemas.EvaluationResult}, **_err, **_not_found},
+             responses={200: {"model": schemas.EvaluationResult}, **_err, **_not_found, **_stopped},
              openapi_extra=schemas.request_body(schemas.EvaluationWithFunction))
-async def evaluate(raw: RawBody, service: ServiceDep):
-    encoded, headers = await run_in_threadpool(_evaluate, service, None, raw)
+async def evaluate(raw: RawBody, service: ServiceDep, request: Request):
+    encoded, headers = await stoppable(request, _evaluate, service, None, raw)
     return JSONOut(encoded, headers=headers)
 
 

@@ -1,6 +1,8 @@
 """The gRPC adapter of `ad.v1`: the `Differentiator` servicer, added to the gRPC server by `mount(server)`.
 
-Handlers only translate (`rpc_codec`) and run the service in worker threads.
+Handlers only translate (`rpc_codec`) and run the service in worker threads,
+each evaluation under the call's token (`grpc_server.call_token`: the call's
+deadline; cancelled when the call ends or the server stops).
 A `ServiceError` ends the call with its status from `status.GRPC` and the same
 message as REST; its snake_case code (and location, as JSON) travel in the
 trailing metadata (`grpc_server.abort`). Health, reflection, metrics, the
@@ -16,7 +18,7 @@ import grpc
 from . import rpc_codec, status
 from .errors import ServiceError
 from .grpc_gen import ad_pb2, ad_pb2_grpc
-from .grpc_server import abort
+from .grpc_server import abort, call_token
 
 log = logging.getLogger("adserve.grpc")
 
@@ -40,12 +42,12 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
 
     async def Evaluate(self, request, context):
         async with _status(context):
-            return await asyncio.to_thread(self._evaluate, request)
+            return await asyncio.to_thread(self._evaluate, request, call_token(context))
 
     async def EvaluateStream(self, request_iterator, context):
         async with _status(context):
             async for request in request_iterator:
-                if not await _send(context, await asyncio.to_thread(self._evaluate, request)):
+                if not await _send(context, await asyncio.to_thread(self._evaluate, request, call_token(context))):
                     return
 
     async def Minimize(self, request, context):
@@ -60,9 +62,9 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
             finally:
                 run.close()
 
-    def _evaluate(self, request):
+    def _evaluate(self, request, token=None):
         """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
-        return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request)))
+        return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request), deadline=token))
 
 
 async def _send(context: grpc.aio.ServicerContext, message) -> bool:

@@ -3,8 +3,8 @@
 Requests become the same dicts REST decodes from JSON (tensors as float64
 arrays), so the service checks them with the same messages; results and
 progress dicts become responses. A field left at its proto3 default counts as
-absent (empty `compute` is `["value"]`, empty `wrt` every input, `max_iter = 0`
-the default). A
+absent (empty `compute` is `["value"]`, empty `wrt` every input, `timeout_ms = 0`
+no time limit of the request's own, `max_iter = 0` the default). A
 `Tensor` must hold exactly prod(shape) numbers.
 """
 
@@ -134,6 +134,8 @@ def evaluation_in(request: pb.EvaluateRequest) -> tuple:
         body["cotangent"] = tensor_in(request.cotangent, "cotangent")
     if request.wrt:
         body["wrt"] = list(request.wrt)
+    if request.timeout_ms:  # 0 (unset): none; a negative one is refused by the service, as REST's
+        body["timeout_ms"] = request.timeout_ms
     return _target(request), body
 
 

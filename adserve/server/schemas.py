@@ -54,6 +54,8 @@ class Evaluation(BaseModel):
     batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
     wrt: list[str] | None = Field(None, description="the inputs to differentiate (the others are held constant); "
                                                     "default: every input")
+    timeout_ms: int | None = Field(None, gt=0, description="stop the computation after this many milliseconds: 504 "
+                                   "deadline_exceeded (the server's ADSERVE_MAX_EVAL_SECONDS applies in any case)")
 
 
 class EvaluationWithFunction(Evaluation):

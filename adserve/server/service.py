@@ -6,7 +6,11 @@ It keeps the registry of compiled functions (an LRU bounded by count and
 estimated bytes; an evicted function is compiled again from its definition,
 kept in a smaller byte-bounded LRU) and a byte-bounded LRU of results, checks
 the service's own limits (text length and nesting, batch size) before any
-work, and turns engine errors into `ServiceError`s. It owns the optimiser
+work, and turns engine errors into `ServiceError`s. Every evaluation runs
+under a deadline: the earliest of its `timeout_ms`, `max_eval_seconds`
+(ADSERVE_MAX_EVAL_SECONDS) and the caller's token (an engine `Deadline`: a
+gRPC deadline, cancelled when the client leaves or the server stops); past it
+the engine stops (TIMED_OUT; UNAVAILABLE when cancelled). It owns the optimiser
 capacity: `minimize` admits a run under `ADSERVE_MAX_OPTIMIZERS` (or refuses
 it at once), and the `optimize.Run` it returns holds its place until the call
 and the optimiser are both over.
@@ -25,11 +29,12 @@ import time
 import numpy as np
 import orjson
 
+from adserve.engine.deadline import DEADLINE_EXCEEDED, Deadline, Stopped
 from adserve.engine.errors import EngineError, LimitError
 
 from . import evaluation, optimize, tensors
 from .cache import LRU, result_nbytes
-from .errors import NOT_FOUND, TOO_LARGE, UNPROCESSABLE, ServiceError
+from .errors import NOT_FOUND, TIMED_OUT, TOO_LARGE, UNPROCESSABLE, ServiceError, stopped
 from .heap import NoKeeper
 from .settings import default_max_optimizers
 
@@ -50,7 +55,8 @@ class Service:
     def __init__(self, engine=None, result_cache_bytes: int = 256 << 20, alias_capacity: int = 4096,
                  shared=None, max_functions: int = 4096, max_function_bytes: int = 512 << 20,
                  definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 400,
-                 max_batch: int = 100_000, heap=None, max_optimizers: int | None = None):
+                 max_batch: int = 100_000, heap=None, max_optimizers: int | None = None,
+                 max_eval_seconds: float = 30.0):
         if engine is None:
             from adserve.engine import Engine
             engine = Engine()
@@ -59,6 +65,8 @@ class Service:
         # id -> the definition as sent (orjson), to compile an evicted function again
         self._definitions = LRU(definition_bytes, len)
         self.max_expr_chars, self.max_expr_depth, self.max_batch = max_expr_chars, max_expr_depth, max_batch
+        self.max_eval_seconds = max_eval_seconds
+        self.computing = 0  # evaluations in the engine now (a stopped one counts until it has stopped)
         self._lock = threading.Lock()
         # definition text -> id, so a definition sent with every request compiles once
         self._aliases = LRU(alias_capacity)
@@ -105,16 +113,19 @@ class Service:
         with self.heap.busy(), self.engine.busy():
             return self._register(definition)[0].info()
 
-    def evaluate(self, target, body, meta=None) -> dict:
+    def evaluate(self, target, body, meta=None, deadline=None) -> dict:
         """Evaluate `target` (a function id, or a definition to register on the way).
 
         The result holds the arrays asked for in `compute`, and `cached`. `meta`, if given,
         receives how it was answered: `backend` (interpreter, python or numba: for a cached result, the tier
-        that computed it), `cache_hit`, and `compute_ms` when it was computed now."""
+        that computed it), `cache_hit`, and `compute_ms` when it was computed now.
+        The computation stops past the body's `timeout_ms`, `max_eval_seconds`, or `deadline` (the caller's
+        `engine.deadline.Deadline`), whichever comes first: a TIMED_OUT (UNAVAILABLE when cancelled)
+        `ServiceError`."""
         with self.heap.busy(), self.engine.busy():
-            return self._evaluate(target, body, {} if meta is None else meta)
+            return self._evaluate(target, body, {} if meta is None else meta, deadline)
 
-    def _evaluate(self, target, body, meta) -> dict:
+    def _evaluate(self, target, body, meta, deadline) -> dict:
         request = evaluation.parse(body, self.engine.COMPUTE_KINDS)
         if target is None:
             raise ServiceError(UNPROCESSABLE, "missing_field",
@@ -139,9 +150,9 @@ class Service:
             meta["backend"] = result.get(_BACKEND, "interpreter")  # a replica's entry from before it was kept
             return {**{k: v for k, v in result.items() if k != _BACKEND}, "cached": True}
         started = time.perf_counter()
-        with self._engine_errors():
+        with self._engine_errors(), self._deadline(request.timeout_ms, deadline) as limit:
             raw = self.engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
-                                       request.cotangent, request.batch, meta=meta,
+                                       request.cotangent, request.batch, meta=meta, deadline=limit,
                                        **({"wrt": list(request.wrt)} if request.wrt else {}))
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
         result = _frozen(raw, owned=self.engine.RESULTS_ARE_OWNED)
@@ -192,7 +203,7 @@ class Service:
     def stats(self) -> dict:
         """The service's counts, the engine's (`engine`: `Engine.stats()`) and the shared store's."""
         return {"functions": len(self._functions), "function_evictions": self._functions.evictions,
-                "cache_hits": self._results.hits,
+                "computing": self.computing, "cache_hits": self._results.hits,
                 "cache_misses": self._results.misses, "cache_entries": len(self._results),
                 "cache_bytes": self._results.size, "engine": self.engine.stats(),
                 "shared": None if self._shared is None else self._shared.stats()}
@@ -273,9 +284,31 @@ class Service:
                                    f"{self.max_expr_chars:,} ({len(text) / self.max_expr_chars:.1f}x)")
 
     @contextlib.contextmanager
+    def _deadline(self, timeout_ms, parent):
+        """This evaluation's deadline, the earliest of timeout_ms, max_eval_seconds and the caller's, while it
+        computes (counted in `computing`)."""
+        with self._lock:
+            self.computing += 1
+        try:
+            with self._limit(timeout_ms, parent) as deadline:
+                yield deadline
+        finally:
+            with self._lock:
+                self.computing -= 1
+
+    def _limit(self, timeout_ms, parent) -> Deadline:
+        if timeout_ms is not None and timeout_ms / 1e3 < self.max_eval_seconds:
+            return Deadline(timeout_ms / 1e3, f"timeout_ms {timeout_ms}", parent)
+        return Deadline(self.max_eval_seconds, "the server's limit, ADSERVE_MAX_EVAL_SECONDS", parent)
+
+    @contextlib.contextmanager
     def _engine_errors(self):
         try:
             yield
+        except Stopped as e:
+            if e.code == DEADLINE_EXCEEDED:
+                raise ServiceError(TIMED_OUT, "deadline_exceeded", e.message) from None
+            raise stopped(e.code, e.message) from None
         except EngineError as e:
             kind = TOO_LARGE if isinstance(e, LimitError) else UNPROCESSABLE
             raise ServiceError(kind, e.code, e.message, e.location) from e

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * MiB, gt=0)
     result_cache_bytes: int = Field(256 * MiB, ge=0, description="0 turns the result cache off")
     shutdown_grace_seconds: float = Field(10, ge=0, description="on SIGTERM, time to drain requests in flight")
+    max_eval_seconds: float = Field(30, gt=0, description="time limit of every evaluation (a request's timeout_ms "
+                                    "or gRPC deadline may be shorter); past it the work stops: 504 / DEADLINE_EXCEEDED")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys, or their sha256 hex digests as `sha256:<hex>`; "

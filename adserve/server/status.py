@@ -10,7 +10,8 @@ the engine can raise reaches a status in both tables.
 
 import grpc
 
-from .errors import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError
+from .errors import (BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TIMED_OUT, TOO_LARGE, UNAUTHENTICATED, UNAVAILABLE,
+                     UNPROCESSABLE, ServiceError)
 
 HTTP = {
     BAD_REQUEST: 400,
@@ -19,6 +20,8 @@ HTTP = {
     UNPROCESSABLE: 422,
     UNAUTHENTICATED: 401,
     RATE_LIMITED: 429,
+    UNAVAILABLE: 503,  # with Retry-After
+    TIMED_OUT: 504,
 }
 
 GRPC = {
@@ -28,6 +31,8 @@ GRPC = {
     TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,  # with retry-after
+    TIMED_OUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 INTERNAL_MESSAGE = "internal error: this is a bug in the server, and it has been logged"

@@ -7,9 +7,13 @@ leaves as `{"error": {"code", "message", "location"?}}` with its status from
 the browser demo, and two ASGI middlewares: `MetricsMiddleware` counts every
 request per route template, and `GuardMiddleware` applies the `Guard` (API
 keys, rate limits) to the path prefixes the protocols put in `guarded`.
+`stoppable` runs a request's work in a worker thread under a cancel token (an
+engine `Deadline`): the client's disconnecting stops it, and so does the end of
+the shutdown's grace period (that request is answered 503 `shutting_down`).
 The app takes its service, metrics and guard from `app.build`; it makes none.
 """
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,12 +24,14 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from .. import __version__
+from ..engine.deadline import Deadline
 from . import schemas, status, tensors
-from .errors import BAD_REQUEST, TOO_LARGE, UNAUTHENTICATED, ServiceError, error_body
+from .errors import BAD_REQUEST, TOO_LARGE, UNAUTHENTICATED, ServiceError, error_body, stopped
 from .security import Guard, presented_key, retry_after_header
 from .service import Service
 from .settings import Settings
@@ -71,6 +77,30 @@ def parse_json(raw: bytes):
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise ServiceError(BAD_REQUEST, "malformed_json", f"the body is not valid JSON: {e}") from None
+
+
+DISCONNECT_POLL_SECONDS = 0.1
+
+
+async def stoppable(request: Request, work, *args):
+    """`work(*args, token)` in a worker thread, where `token` (an engine `Deadline`) stops the evaluation when
+    the client disconnects (polled while the thread runs) or when the server's shutdown grace period ends
+    (uvicorn then cancels the request's task, the only thing that cancels one here): that request is answered
+    503 `shutting_down` with Retry-After, and its thread stops at its next check instead of computing on."""
+    token = Deadline()
+    task = asyncio.ensure_future(run_in_threadpool(work, *args, token))
+    try:
+        while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS))[0]:
+            if await request.is_disconnected():
+                token.cancel("cancelled", "was cancelled: the client went away")
+        return task.result()
+    except asyncio.CancelledError:
+        token.cancel("shutting_down", "was stopped: the server is shutting down")
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is nobody's to read
+        raise stopped("shutting_down", "the server is shutting down and stopped this evaluation; send it again "
+                                       "(another replica answers)") from None
+    finally:
+        token.close()
 
 
 def _service(request: Request) -> Service:

@@ -24,6 +24,8 @@
  * @property {*} [cotangent] for vjp: a tensor of the output's shape
  * @property {boolean} [batch] every tensor has one extra leading axis of the same length
  * @property {string[]} [wrt] the inputs to differentiate (default: all); the others are held constant
+ * @property {number} [timeout_ms] stop the computation after this many milliseconds (a positive integer):
+ *   the answer is then 504 deadline_exceeded; the server's own limit applies in any case
  */
 
 export class AdserveError extends Error {

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adserve_client import (AsyncClient, AsyncGrpcClient, Client, GrpcClient, InvalidArgument, NotFound,
-                            ResourceExhausted, expr, program)
+from adserve_client import (AsyncClient, AsyncGrpcClient, Client, DeadlineExceeded, GrpcClient, InvalidArgument,
+                            NotFound, ResourceExhausted, expr, program)
 
 SURVEY = expr("log(x1) + x1*x2 - sin(x2)", x1=[], x2=[])
 VECTOR_OUT = expr("x * s", x=[3], s=[])
@@ -51,6 +51,17 @@ def test_wrt_differentiates_a_subset_of_the_inputs(ad):
     assert set(r.jacobian) == set(r.vjp) == {"s"}
     np.testing.assert_allclose(r.jacobian["s"], [1.0, 2.0, 3.0])
     assert r.vjp["s"] == pytest.approx(6.0)
+
+
+def test_timeout_ms_stops_the_computation(ad):
+    """A loop of 10^6 iterations (a function new to the server, so its first run is on the interpreter, which
+    stops at the deadline): DeadlineExceeded with the server's code and how far it got."""
+    step = 1e-6 if isinstance(ad, Client) else 2e-6
+    long = program(f"def f(x):\n    for i in range(1000000):\n        x = x * 0.999999 + {step} * sin(x)\n"
+                   "    return x\n", x=[])
+    with pytest.raises(DeadlineExceeded) as e:
+        ad.evaluate(long, {"x": 0.5}, compute=["value"], timeout_ms=200)
+    assert e.value.code == "deadline_exceeded" and "of 1,000,000 loop iterations" in e.value.message
 
 
 def test_graph_form_round_trip_keeps_the_id(ad, client):

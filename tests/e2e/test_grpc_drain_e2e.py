@@ -1,5 +1,6 @@
 """SIGTERM with gRPC calls in flight: health turns NOT_SERVING, new calls get UNAVAILABLE, the call in
-flight goes on for the grace period, then the process exits; with nothing in flight it exits at once."""
+flight goes on for the grace period, then ends with UNAVAILABLE and the process exits; with nothing in flight
+it exits at once."""
 
 import signal
 import time
@@ -35,23 +36,25 @@ def test_draining_with_a_call_in_flight(tmp_path):
         next(call)
         sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        assert wait_until(lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 2)
+        # (within the grace period: health is NOT_SERVING from the signal until the server stops)
+        assert wait_until(lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, GRACE)
         with pytest.raises(grpc.RpcError) as refused:
             stub.Register(pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x"))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.details()
         more = 0
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(grpc.RpcError) as ended:
             for _ in call:
                 more += 1
         assert more > 0 and time.monotonic() - sent >= GRACE - 0.5  # it streamed on through the grace period
-        server.process.wait(GRACE + 10)
+        # then it was stopped, and told so (never a bare cancel or an internal error)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.value.details()
+        server.process.wait(60)
         assert server.process.returncode == 0
 
 
 def test_nothing_in_flight_exits_without_waiting_for_the_grace_period(tmp_path):
-    env = {**ENV, "ADSERVE_SHUTDOWN_GRACE_SECONDS": "20"}
+    env = {**ENV, "ADSERVE_SHUTDOWN_GRACE_SECONDS": "3600"}  # waiting for it would outlast the wait below
     with running_server(tmp_path / "server.log", grpc_port=free_port(), env=env) as server:
-        sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        server.process.wait(30)
-        assert time.monotonic() - sent < 10 and server.process.returncode == 0
+        server.process.wait(120)
+        assert server.process.returncode == 0

@@ -45,7 +45,7 @@ class MetaService(StubService):
     def __init__(self, meta):
         self.meta = meta
 
-    def evaluate(self, target, body, meta=None):
+    def evaluate(self, target, body, meta=None, deadline=None):
         meta.update(self.meta)
         return {"value": 1.0, "cached": bool(self.meta.get("cache_hit"))}
 

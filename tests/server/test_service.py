@@ -39,7 +39,7 @@ class FakeEngine:
             raise LimitError("too many nodes", code="too_many_nodes")
         return FakeFunction(defn.get("expr"))
 
-    def evaluate(self, fn, inputs, compute, tangent, cotangent, batch, meta=None):
+    def evaluate(self, fn, inputs, compute, tangent, cotangent, batch, meta=None, deadline=None):
         self.evaluations += 1
         if meta is not None:
             meta["backend"] = "interpreter"

@@ -15,6 +15,7 @@ import pytest
 import adserve.engine
 import adserve.server
 from adserve.engine import errors as engine_errors
+from adserve.engine.deadline import DEADLINE_EXCEEDED, Stopped
 from adserve.server import errors, status
 from adserve.server.service import Service, ServiceError
 
@@ -58,6 +59,9 @@ def _kind_of(error: engine_errors.EngineError) -> str:
 
 def engine_codes() -> set:
     found = {(cls.code, _kind_of(cls("m"))) for cls in ENGINE_CLASSES.values()}
+    # a stopped evaluation: its deadline passed, or it was cancelled (its client gone, the server stopping)
+    found |= {(code, _kind_of(Stopped(code, "was stopped"))) for code in (DEADLINE_EXCEEDED, "cancelled",
+                                                                          "shutting_down")}
     for path in ENGINE.rglob("*.py"):
         for call, name in _calls(path):
             code = next((_constant(k.value) for k in call.keywords if k.arg == "code"), None)
@@ -66,9 +70,14 @@ def engine_codes() -> set:
     return found
 
 
+# the kinds that are no fault of the request: work the server stopped (past its deadline; by its shutdown)
+STOPPED = {errors.TIMED_OUT: (504, "DEADLINE_EXCEEDED"), errors.UNAVAILABLE: (503, "UNAVAILABLE")}
+
+
 def test_the_tables_cover_every_kind():
     assert set(status.HTTP) == set(status.GRPC) == set(errors.KINDS)
-    assert all(400 <= s < 500 for s in status.HTTP.values())
+    assert all(400 <= s < 500 for kind, s in status.HTTP.items() if kind not in STOPPED)
+    assert {kind: (status.HTTP[kind], status.GRPC[kind].name) for kind in STOPPED} == STOPPED
 
 
 def test_every_code_raised_has_a_status_in_both_tables():
@@ -77,6 +86,17 @@ def test_every_code_raised_has_a_status_in_both_tables():
     assert ("not_scalar", errors.UNPROCESSABLE) in codes and ("too_many_sweeps", errors.TOO_LARGE) in codes
     for code, kind in codes:
         assert kind in status.HTTP and kind in status.GRPC, code
+
+
+def test_a_stopped_evaluation_is_504_or_503_with_retry_after():
+    with pytest.raises(ServiceError) as late, Service._engine_errors(None):
+        raise Stopped(DEADLINE_EXCEEDED, "ran past its time limit of 0.3 s")
+    assert (late.value.kind, late.value.code) == (errors.TIMED_OUT, "deadline_exceeded")
+    assert getattr(late.value, "retry_after", None) is None  # the same request would run out of time again
+    with pytest.raises(ServiceError) as stopped, Service._engine_errors(None):
+        raise Stopped("shutting_down", "was stopped: the server is shutting down")
+    assert (stopped.value.kind, stopped.value.code) == (errors.UNAVAILABLE, "shutting_down")
+    assert stopped.value.retry_after > 0 and "shutting down" in stopped.value.message
 
 
 def test_a_code_means_one_status():

@@ -1,6 +1,7 @@
 """The tiers' names and counters, and the tier every backend starts from: the NumPy interpreter.
 
-`Interpreter` answers at once, for any graph; `Tiered` (tiered.py) extends it.
+`Interpreter` answers at once, for any graph, and is the tier a deadline can
+stop (between operations and loop iterations); `Tiered` (tiered.py) extends it.
 `TierStats` counts what a backend did; `stats_dict` is its one plain-data form
 (what `Engine.stats` and the metrics read). `interpreter_floor` is the least
 time the interpreter can take on a plan, which the python tier and the timing
@@ -74,11 +75,12 @@ class Interpreter:
     def __init__(self):
         self.stats = TierStats()
 
-    def run(self, graph, args, meta=None):
+    def run(self, graph, args, meta=None, deadline=None):
+        """The plan's outputs; with a `deadline` (deadline.py) it stops, raising `Stopped`, once that is stopped."""
         self.stats.runs[INTERPRETER] += 1
         if meta is not None:
             meta["backend"] = INTERPRETER
-        return interpret(graph, args)
+        return interpret(graph, args) if deadline is None else interpret(graph, args, deadline)
 
     def busy(self):
         """Around a whole call (parsing, building plans, running): background work waits for its end."""

@@ -49,7 +49,8 @@ class Choice:
 
 class TimingPolicy:
     """The choices of one backend. `store` (a `KernelStore`) says which kernels are loaded and fetches them;
-    `execute(tier, module, graph, plan, B, args, meta)` runs a plan on a tier (module None: the lower tiers)."""
+    `execute(tier, module, graph, plan, B, args, meta, deadline)` runs a plan on a tier (module None: the lower
+    tiers); a run's `deadline` (None: none) is passed through to it, untouched."""
 
     # The first runs of a plan (per batch size class) once its kernel is ready are timed: KERNEL_TRIALS on the
     # kernel (PARALLEL_TRIALS on a parallel variant: threads are the first to suffer from a burst of other
@@ -96,7 +97,13 @@ class TimingPolicy:
         c = self.choices.get((key, max(1, batch).bit_length()))
         return {} if c is None else {t: b for t in (NUMBA, PARALLEL, INTERPRETER) if (b := c.estimate(t)) is not None}
 
-    def run(self, graph, plan, args, meta):
+    def slowest(self, key, batch, tiers) -> float | None:
+        """The longest of the recent timed runs of plan `key` at this batch size on any of `tiers`; None: none."""
+        c = self.choices.get((key, max(1, batch).bit_length()))
+        times = [t for tier in tiers for t in (c.times.get(tier) or ())] if c is not None else []
+        return max(times) if times else None
+
+    def run(self, graph, plan, args, meta, deadline=None):
         """The plan's outputs, on the tier chosen for this batch size class (trials while it is open)."""
         B = max([a.shape[0] for a in args]) if args else 1
         which = (plan.key, B.bit_length())  # batch sizes within a factor of two share a choice
@@ -107,14 +114,14 @@ class TimingPolicy:
                 c.runs += 1
                 if c.runs < c.next_probe:
                     if c.every:
-                        return self._timed(c, which, on[0], on[1], graph, plan, B, args, meta)
-                    return self._execute(on[0], on[1], graph, plan, B, args, meta)
-                return self._probe(c, which, on, graph, plan, B, args, meta)
-        return self._open(which, graph, plan, B, args, meta)
+                        return self._timed(c, which, on[0], on[1], graph, plan, B, args, meta, deadline)
+                    return self._execute(on[0], on[1], graph, plan, B, args, meta, deadline)
+                return self._probe(c, which, on, graph, plan, B, args, meta, deadline)
+        return self._open(which, graph, plan, B, args, meta, deadline)
 
-    def _timed(self, c, which, tier, mod, graph, plan, B, args, meta, probe=False):
+    def _timed(self, c, which, tier, mod, graph, plan, B, args, meta, deadline, probe=False):
         t = self.clock()
-        out = self._execute(tier, mod, graph, plan, B, args, meta)
+        out = self._execute(tier, mod, graph, plan, B, args, meta, deadline)
         self._record(c, tier, self.clock() - t)
         if c.on is not None and (c.every or probe):
             self._reconsider(c, which, plan, probe)
@@ -134,19 +141,19 @@ class TimingPolicy:
             if which[0] == key and c.on is not None:
                 c.next_probe = 0
 
-    def _open(self, which, graph, plan, B, args, meta):
+    def _open(self, which, graph, plan, B, args, meta, deadline):
         """A run while the plan's tier is open: trials (see `_pick`)."""
         mod = self.store.ready.get(plan.key)
         if mod is None and (mod := self.store.kernel(graph)) is None:
             if plan.key not in self.store.pending:  # no kernel coming: nothing to compare
-                return self._execute(INTERPRETER, None, graph, plan, B, args, meta)
+                return self._execute(INTERPRETER, None, graph, plan, B, args, meta, deadline)
             if meta is not None:
                 meta["compile"] = "pending"
             c = self.choices.get(which) or self.choices.setdefault(which, Choice())
-            return self._timed(c, which, INTERPRETER, None, graph, plan, B, args, meta)
+            return self._timed(c, which, INTERPRETER, None, graph, plan, B, args, meta, deadline)
         c = self.choices.get(which) or self.choices.setdefault(which, Choice())
         tier = self.pick(c, which, graph, plan, B)
-        return self._timed(c, which, tier, self.store.module(graph, tier), graph, plan, B, args, meta)
+        return self._timed(c, which, tier, self.store.module(graph, tier), graph, plan, B, args, meta, deadline)
 
     def _hopeless(self, c, plan, B) -> bool:
         """The interpreter's floor already loses to the best kernel's time."""
@@ -226,7 +233,7 @@ class TimingPolicy:
             log.info("plan %s, batch of %d-%d: %s (%s; median recent runs: %s)", which[0], 1 << max(which[1] - 1, 0),
                      (1 << which[1]) - 1, tier, why, est)
 
-    def _probe(self, c, which, on, graph, plan, B, args, meta):
+    def _probe(self, c, which, on, graph, plan, B, args, meta, deadline):
         """A chosen plan's probe: a tier never timed for it (a parallel variant loaded since) reopens the choice;
         else one run on the tier whose probe is due first, the next run on the chosen one, then the choice is
         reconsidered."""
@@ -235,21 +242,22 @@ class TimingPolicy:
             with self._lock:
                 if c.on is on:
                     c.last, c.on = on[0], None
-            return self._open(which, graph, plan, B, args, meta)
+            return self._open(which, graph, plan, B, args, meta, deadline)
         if c.pair:  # the chosen tier's half of the probe
             c.pair = False
-            return self._timed(c, which, on[0], on[1], graph, plan, B, args, meta, probe=True)
+            return self._timed(c, which, on[0], on[1], graph, plan, B, args, meta, deadline, probe=True)
         due = {t: d for t, d in c.due.items() if t in tiers}
         if not due:
             c.next_probe = c.runs + self.PROBE_MAX
-            return self._execute(on[0], on[1], graph, plan, B, args, meta)
+            return self._execute(on[0], on[1], graph, plan, B, args, meta, deadline)
         tier = c.probed = min(due, key=due.get)
         self.stats.probes += 1
         if c.every:  # the chosen tier is timed on every run anyway
-            return self._timed(c, which, tier, self.store.module(graph, tier), graph, plan, B, args, meta, probe=True)
+            return self._timed(c, which, tier, self.store.module(graph, tier), graph, plan, B, args, meta, deadline,
+                               probe=True)
         c.pair = True
         c.next_probe = c.runs + 1
-        return self._timed(c, which, tier, self.store.module(graph, tier), graph, plan, B, args, meta)
+        return self._timed(c, which, tier, self.store.module(graph, tier), graph, plan, B, args, meta, deadline)
 
     def _reconsider(self, c, which, plan, probe):
         """After a timed run of a chosen plan: switch when another tier's estimate is clearly better. After a

@@ -38,9 +38,16 @@ class PythonTier:
         self._asked: set = set()
         self._lock = threading.Lock()
 
+    def seconds(self, plan, B) -> float:
+        """The estimated time of one run of the plan's python-tier kernel on a batch of B."""
+        return B * (self.PY_STEP_SECONDS * plan.steps + self.PY_ELEMENT_SECONDS * plan.work)
+
     def pays(self, plan, B) -> bool:
-        python = B * (self.PY_STEP_SECONDS * plan.steps + self.PY_ELEMENT_SECONDS * plan.work)
-        return python < self.PYTHON_MARGIN * interpreter_floor(plan, B)
+        return self.seconds(plan, B) < self.PYTHON_MARGIN * interpreter_floor(plan, B)
+
+    def has(self, key) -> bool:
+        """Whether plan `key` has a python-tier kernel now."""
+        return key in self._kernels
 
     def kernel(self, graph, plan, B):
         """The plan's python-tier kernel to run for a batch of B, or None (the interpreter's turn). The first

@@ -55,7 +55,7 @@ def function_id(function) -> str:
     return function.id if isinstance(function, FunctionInfo) else function
 
 
-def evaluation(function, inputs, compute, tangent, cotangent, batch, wrt) -> tuple:
+def evaluation(function, inputs, compute, tangent, cotangent, batch, wrt, timeout_ms=None) -> tuple:
     """(path, body) of an evaluation."""
     body = {"inputs": tensors_out(inputs), "compute": list(compute), "batch": batch}
     if tangent is not None:
@@ -64,6 +64,8 @@ def evaluation(function, inputs, compute, tangent, cotangent, batch, wrt) -> tup
         body["cotangent"] = tensor_out(cotangent)
     if wrt is not None:
         body["wrt"] = list(wrt)
+    if timeout_ms is not None:
+        body["timeout_ms"] = timeout_ms
     definition = definition_of(function)
     if definition is None:
         return f"/v1/functions/{function_id(function)}/evaluate", body

@@ -30,15 +30,16 @@ class Unauthenticated(AdserveError):
 
 
 class DeadlineExceeded(AdserveError):
-    """The call took longer than its timeout."""
+    """The call took longer than its timeout, or the computation ran past its time limit on the server
+    (`timeout_ms`, or the server's own: HTTP 504; gRPC DEADLINE_EXCEEDED)."""
 
 
 class Unavailable(AdserveError):
-    """The server cannot be reached, or is not ready (HTTP 503; gRPC UNAVAILABLE)."""
+    """The server cannot be reached, is not ready, or is shutting down (HTTP 503; gRPC UNAVAILABLE): call again."""
 
 
 HTTP = {400: InvalidArgument, 401: Unauthenticated, 404: NotFound, 413: ResourceExhausted, 422: InvalidArgument,
-        429: ResourceExhausted, 503: Unavailable}
+        429: ResourceExhausted, 503: Unavailable, 504: DeadlineExceeded}
 GRPC = {"INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": NotFound, "RESOURCE_EXHAUSTED": ResourceExhausted,
         "UNAUTHENTICATED": Unauthenticated, "DEADLINE_EXCEEDED": DeadlineExceeded, "UNAVAILABLE": Unavailable}
 

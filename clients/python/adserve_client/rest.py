@@ -45,9 +45,9 @@ class Client:
         return _json.info(_answer(response), response.status_code)
 
     def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
-                 batch: bool = False, wrt=None) -> _json.Result:
+                 batch: bool = False, wrt=None, timeout_ms: int | None = None) -> _json.Result:
         return _json.result(_answer(self._post(*_json.evaluation(function, inputs, compute, tangent, cotangent,
-                                                                  batch, wrt))))
+                                                                  batch, wrt, timeout_ms))))
 
     def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
                  gtol: float | None = None):
@@ -92,9 +92,9 @@ class AsyncClient:
         return _json.info(_answer(response), response.status_code)
 
     async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
-                       batch: bool = False, wrt=None) -> _json.Result:
+                       batch: bool = False, wrt=None, timeout_ms: int | None = None) -> _json.Result:
         return _json.result(_answer(await self._post(*_json.evaluation(function, inputs, compute, tangent,
-                                                                        cotangent, batch, wrt))))
+                                                                        cotangent, batch, wrt, timeout_ms))))
 
     async def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
                        gtol: float | None = None):

@@ -105,8 +105,9 @@ def _target(request, function) -> None:
 
 
 def evaluate_request(function, inputs, compute=("value",), tangent=None, cotangent=None,
-                     batch=False, wrt=None) -> pb.EvaluateRequest:
+                     batch=False, wrt=None, timeout_ms=None) -> pb.EvaluateRequest:
     request = pb.EvaluateRequest(inputs=_tensors(inputs), compute=compute, batch=batch, wrt=wrt,
+                                 timeout_ms=timeout_ms or 0,
                                  tangent=None if tangent is None else _tensors(tangent),
                                  cotangent=None if cotangent is None else _tensor(cotangent))
     _target(request, function)
@@ -175,8 +176,8 @@ class GrpcClient:
             raise _error(e) from None
 
     def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
-                 batch: bool = False, wrt=None) -> Result:
-        request = evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt)
+                 batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
+        request = evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt, timeout_ms)
         try:
             return _result(self._stub.Evaluate(request, timeout=self.timeout))
         except grpc.RpcError as e:
@@ -216,8 +217,8 @@ class EvaluationStream:
         self._call = stub.EvaluateStream(iter(self._requests.get, _END), timeout=timeout)
 
     def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
-                 batch: bool = False, wrt=None) -> Result:
-        self._requests.put(evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt))
+                 batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
+        self._requests.put(evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt, timeout_ms))
         try:
             return _result(next(self._call))
         except grpc.RpcError as e:
@@ -249,8 +250,8 @@ class AsyncGrpcClient:
             raise _error(e) from None
 
     async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
-                       batch: bool = False, wrt=None) -> Result:
-        request = evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt)
+                       batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
+        request = evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt, timeout_ms)
         try:
             return _result(await self._stub.Evaluate(request, timeout=self.timeout))
         except grpc.RpcError as e:
@@ -287,9 +288,10 @@ class AsyncEvaluationStream:
         self._call = stub.EvaluateStream(timeout=timeout)
 
     async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
-                       batch: bool = False, wrt=None) -> Result:
+                       batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
         try:
-            await self._call.write(evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt))
+            await self._call.write(evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt,
+                                                    timeout_ms))
             return _result(await self._call.read())
         except grpc.RpcError as e:
             raise _error(e) from None

@@ -103,7 +103,7 @@ class FunctionInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., output_shape: _Optional[_Iterable[int]] = ..., n_nodes: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("id", "function", "inputs", "compute", "tangent", "cotangent", "batch", "wrt")
+    __slots__ = ("id", "function", "inputs", "compute", "tangent", "cotangent", "batch", "wrt", "timeout_ms")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class EvaluateRequest(_message.Message):
     COTANGENT_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     WRT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     id: str
     function: Definition
     inputs: _containers.MessageMap[str, Tensor]
@@ -134,7 +135,8 @@ class EvaluateRequest(_message.Message):
     cotangent: Tensor
     batch: bool
     wrt: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., function: _Optional[_Union[Definition, _Mapping]] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., compute: _Optional[_Iterable[str]] = ..., tangent: _Optional[_Mapping[str, Tensor]] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., batch: _Optional[bool] = ..., wrt: _Optional[_Iterable[str]] = ...) -> None: ...
+    timeout_ms: int
+    def __init__(self, id: _Optional[str] = ..., function: _Optional[_Union[Definition, _Mapping]] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., compute: _Optional[_Iterable[str]] = ..., tangent: _Optional[_Mapping[str, Tensor]] = ..., cotangent: _Optional[_Union[Tensor, _Mapping]] = ..., batch: _Optional[bool] = ..., wrt: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "cached", "trace")
