@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI
 
-from . import oip, rest, rpc, web
+from . import oip, oip_grpc, rest, rpc, web
 from .grpc_server import GrpcServer
 from .metrics import Metrics
 from .security import Guard
@@ -31,6 +31,7 @@ PROTOCOLS = (
     rest.mount,  # ad.v1 over REST: /v1
     rpc.mount,   # ad.v1 over gRPC: ad.v1.Differentiator
     oip.mount,   # Open Inference Protocol v2 (KServe, Triton) over REST: /v2
+    oip_grpc.mount,  # ... and over gRPC: inference.GRPCInferenceService
 )
 
 

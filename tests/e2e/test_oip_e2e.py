@@ -49,7 +49,7 @@ def ids(client):
     return registered
 
 
-@pytest.fixture(scope="module", params=["http"])
+@pytest.fixture(scope="module", params=["http", "grpc"])
 def triton(request, server):
     """(the tritonclient module, a client of it) for each protocol."""
     if request.param == "http":
@@ -243,3 +243,48 @@ def test_rest_health_and_metadata_at_the_wire(client):
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get("/v2").json()["name"] == "adserve"
     assert httpx.codes.is_success(client.get("/v2/health/ready").status_code)
+
+
+def test_grpc_typed_contents_raw_mismatch_unimplemented_and_reflection(server, ids):
+    """At the wire, with the client library's own stubs: typed contents in give typed contents out; a
+    raw_input_contents that does not match the inputs is INVALID_ARGUMENT; Triton's calls beyond the
+    protocol's are UNIMPLEMENTED; reflection describes the service."""
+    import grpc
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    from tritonclient.grpc import service_pb2 as tpb
+    from tritonclient.grpc import service_pb2_grpc as tpb_grpc
+
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = tpb_grpc.GRPCInferenceServiceStub(channel)
+        request = tpb.ModelInferRequest(model_name=ids["vector"], id="r1",
+                                        outputs=[tpb.ModelInferRequest.InferRequestedOutputTensor(name="jacobian.x")])
+        request.inputs.add(name="x", datatype="FP64", shape=[3]).contents.fp64_contents.extend(X.tolist())
+        request.inputs.add(name="s", datatype="FP64", shape=[]).contents.fp64_contents.append(float(S))
+        response = stub.ModelInfer(request, timeout=60)
+        assert response.id == "r1" and not response.raw_output_contents
+        (out,) = response.outputs
+        got = np.array(out.contents.fp64_contents).reshape(tuple(out.shape))
+        np.testing.assert_allclose(got, jax.jacobian(vector_f)(X, S), **TOL)
+
+        request.ClearField("outputs")
+        request.raw_input_contents.append(X.tobytes())  # one entry for two inputs
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request, timeout=60)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 inputs" in raised.value.details()
+
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelConfig(tpb.ModelConfigRequest(name=ids["vector"]), timeout=60)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (answer,) = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="inference.GRPCInferenceService")]), timeout=60)
+        files = [descriptor_pb2.FileDescriptorProto.FromString(f)
+                 for f in answer.file_descriptor_response.file_descriptor_proto]
+        methods = {m.name for f in files for s in f.service for m in s.method}
+        assert {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"} <= methods
+        (listed,) = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                 timeout=60)
+        names = {s.name for s in listed.list_services_response.service}
+        assert {"inference.GRPCInferenceService", "ad.v1.Differentiator", "grpc.health.v1.Health"} <= names
