@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI
 
-from . import rest, rpc, tesseract, umbridge, web
+from . import oip, oip_grpc, rest, rpc, tesseract, umbridge, web
 from .grpc_server import GrpcServer
 from .metrics import Metrics
 from .security import Guard
@@ -32,6 +32,8 @@ PROTOCOLS = (
     rpc.mount,   # ad.v1 over gRPC: ad.v1.Differentiator
     umbridge.mount,  # UM-Bridge 1.0: /umbridge
     tesseract.mount,  # the Tesseract runtime API: /tesseract/{name}
+    oip.mount,   # Open Inference Protocol v2 (KServe, Triton) over REST: /v2
+    oip_grpc.mount,  # ... and over gRPC: inference.GRPCInferenceService
 )
 
 

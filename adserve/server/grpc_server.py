@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -303,6 +304,23 @@ class _Drain(Interceptor):
             task.cancel()
 
 
+class _Pools:
+    """Descriptor pools as one, for reflection: each lookup answers from the first pool that knows the name."""
+
+    def __init__(self, pools: list):
+        self.pools = pools
+
+    def __getattr__(self, method: str):
+        def find(*args):
+            for pool in self.pools[:-1]:
+                try:
+                    return getattr(pool, method)(*args)
+                except KeyError:
+                    pass
+            return getattr(self.pools[-1], method)(*args)
+        return find
+
+
 class GrpcServer:
     """The services protocols `add`, with health and reflection, on `host:port` once `start()`ed."""
 
@@ -310,6 +328,7 @@ class GrpcServer:
         self.host, self.port, self.max_message_bytes = host, port, max_message_bytes
         self._added = []  # (full service name, add_XServicer_to_server, servicer)
         self._names, self._guarded = set(), set()
+        self._pools = [descriptor_pool.Default()]
         self._drain = _Drain(self._names)
         self.interceptors = [MetricsInterceptor(metrics)] if metrics is not None else []
         if guard is not None and guard.active:
@@ -318,9 +337,12 @@ class GrpcServer:
         self.server = None
         self.health = None
 
-    def add(self, name: str, add_to_server, servicer, guarded: bool = True) -> None:
-        """Serve `servicer` (generated `add_XServicer_to_server`, full service name `name`)."""
+    def add(self, name: str, add_to_server, servicer, guarded: bool = True, pool=None) -> None:
+        """Serve `servicer` (generated `add_XServicer_to_server`, full service name `name`); `pool`: the
+        descriptor pool of its messages, for reflection, when it is not the default one."""
         self._added.append((name, add_to_server, servicer))
+        if pool is not None:
+            self._pools.append(pool)
         self._names.add(name)
         if guarded:
             self._guarded.add(name)
@@ -339,7 +361,8 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [name for name, _, _ in self._added]
-        reflection.enable_server_reflection((*names, _HEALTH, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection((*names, _HEALTH, reflection.SERVICE_NAME), self.server,
+                                            pool=_Pools(self._pools))
         try:
             self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as e:  # grpc's way of saying the port is taken or the address wrong

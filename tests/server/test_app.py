@@ -40,5 +40,5 @@ def test_a_new_protocol_is_one_mount(monkeypatch):
 def test_build_makes_each_shared_piece_once():
     server = build(Settings(grpc_port=50999), service=Service(result_cache_bytes=1 << 20))
     assert server.http.state.service is server.service and server.http.state.metrics is server.metrics
-    assert server.grpc is not None and server.guarded_paths == ["/v1/", "/umbridge/", "/tesseract/"]
+    assert server.grpc is not None and server.guarded_paths == ["/v1/", "/umbridge/", "/tesseract/", "/v2/models/"]
     assert build(Settings(grpc_port=0), service=server.service).grpc is None
