@@ -230,15 +230,16 @@ class Service:
         return fn
 
     def _resolve(self, tenant: str, target: str) -> str | None:
-        """The id `target` stands for: an id the tenant registered, else the id of its name. Everyone's
-        (without keys, the one tenant) also reaches any id compiled here or kept in Redis, as ids always did."""
-        registry, public = self._registry, tenant == tenancy.PUBLIC
-        if registry.holds(tenant, target) or (public and self._functions.peek(target) is not None):
+        """The id `target` stands for: an id the tenant registered (kept here, or in Redis), else the id of
+        its name. One rule for every tenant, so a call that lost its tenant (a thread started outside the
+        call's context) finds nothing rather than another tenant's functions."""
+        registry = self._registry
+        if registry.holds(tenant, target):
             return target
         named = registry.resolve(tenant, target)
         if named is not None:
             return named
-        return target if public or registry.registered(tenant, target) else None
+        return target if registry.registered(tenant, target) else None
 
     def _fetch(self, tenant: str, function_id: str):
         """A function evicted here (its definition kept), or one another replica registered (its

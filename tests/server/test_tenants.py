@@ -38,6 +38,9 @@ def test_one_key_cannot_see_or_use_what_another_registered():
         assert c.post(f"/v1/functions/{target}/minimize", json={"x0": {"x": [1.0, 1.0]}}, headers=B).status_code == 404
     assert c.get("/v1/functions", headers=B).json() == {"functions": []}
     assert [f["id"] for f in c.get("/v1/functions", headers=A).json()["functions"]] == [fid]
+    # A's own calls go through, the optimiser's thread included (it evaluates as A)
+    lines = c.post("/v1/functions/mine/minimize", json={"x0": {"x": [1.0, 1.0]}}, headers=A).text.splitlines()
+    assert '"done":true' in lines[-1] and '"error"' not in lines[-1]
 
     # B registers the same definition itself: new for B (201, nothing said about A), same id, and B's own name
     other = {"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x)"}
@@ -104,3 +107,28 @@ def test_grpc_calls_are_scoped_by_their_key(use_b_key):
         assert listed == [] and got == grpc.StatusCode.NOT_FOUND
     else:
         assert listed == ["f"] and got == "f"
+
+
+def test_a_call_without_its_tenant_finds_nothing():
+    """Each call's tenant follows it into worker threads; code that loses it (a bare thread) finds no
+    function at all, rather than everyone's."""
+    import threading
+
+    from adserve.server import tenancy
+    from adserve.server.errors import ServiceError
+
+    s = Service(result_cache_bytes=1 << 20, tenants=2)
+    with tenancy.acting_as("a" * 32):
+        fid = s.register(SQUARES)[0]["id"]
+        assert s.info(fid)["id"] == fid
+        outcome = []
+
+        def bare():
+            try:
+                outcome.append(s.info(fid))
+            except ServiceError as e:
+                outcome.append(e.code)
+        thread = threading.Thread(target=bare)
+        thread.start()
+        thread.join()
+    assert outcome == ["function_not_found"]
