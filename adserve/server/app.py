@@ -144,4 +144,5 @@ def make_service(settings: Settings, engine, shared=None):
                    max_functions=settings.max_functions, max_function_bytes=settings.max_function_bytes,
                    max_expr_chars=settings.max_expr_chars, max_expr_depth=settings.max_expr_depth,
                    max_batch=settings.max_batch, heap=HeapKeeper(), max_optimizers=settings.max_optimizers,
-                   max_eval_seconds=settings.max_eval_seconds)
+                   max_eval_seconds=settings.max_eval_seconds,
+                   tenants=max(1, len(settings.api_keys)), tensor_cache_bytes=settings.tensor_cache_bytes)

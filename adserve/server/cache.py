@@ -3,6 +3,8 @@
 Sizes come from a `size_of` function: 1 per entry bounds the count, the bytes
 of the arrays in a result bounds memory. An entry larger than the whole bound
 is not stored. `max_items`, if given, bounds the count as well.
+`Shares` keeps one such LRU per tenant, each bounded by an equal share of a
+total, so one tenant's burst of entries evicts its own first.
 """
 
 import sys
@@ -61,9 +63,49 @@ class LRU:
             item = self._items.get(key)
             return None if item is None else item[0]
 
+    def pop(self, key) -> None:
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is not None:
+                self.size -= item[1]
+
+    def keys(self) -> list:
+        with self._lock:
+            return list(self._items)
+
     def values(self) -> list:
         with self._lock:
             return [v for v, _ in self._items.values()]
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class Shares:
+    """One `LRU` per tenant (made on first use), each of `capacity // tenants`: `tenants` is how many there
+    may be (the configured API keys; 1 without keys)."""
+
+    def __init__(self, capacity: int, tenants: int = 1, size_of=lambda value: 1):
+        self.share = capacity // max(1, tenants)
+        self._size_of = size_of
+        self._lrus: dict = {}
+        self._lock = threading.Lock()
+
+    def of(self, tenant: str) -> LRU:
+        lru = self._lrus.get(tenant)
+        if lru is None:
+            with self._lock:
+                lru = self._lrus.setdefault(tenant, LRU(self.share, self._size_of))
+        return lru
+
+    def items(self) -> list:
+        """(tenant, LRU) pairs."""
+        with self._lock:
+            return list(self._lrus.items())
+
+    @property
+    def size(self) -> int:
+        return sum(lru.size for _, lru in self.items())
+
+    def __len__(self) -> int:
+        return sum(len(lru) for _, lru in self.items())

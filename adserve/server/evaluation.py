@@ -4,9 +4,12 @@
 another adapter) and returns an `Evaluation` of float64 arrays, or raises a
 `ServiceError` whose message names the field. What only the function can
 tell (input names, shapes, batch sizes, a scalar output) the engine checks.
+Wherever a tensor is taken, `{"ref": R}` may stand for one the server holds
+(held.py): `refs(R, where)` gives its array, or raises 404 `unknown_tensor`.
 """
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +18,7 @@ from .errors import UNPROCESSABLE, ServiceError
 from .tensors import TensorError, decode, describe
 
 FIELDS = ("inputs", "compute", "tangent", "cotangent", "batch", "wrt", "timeout_ms")
+_REF = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ def _error(code: str, message: str) -> ServiceError:
     return ServiceError(UNPROCESSABLE, code, message)
 
 
-def parse(body, kinds) -> Evaluation:
-    """Check an evaluation's fields and decode its tensors; `kinds` are the allowed compute names."""
+def parse(body, kinds, refs=None) -> Evaluation:
+    """Check an evaluation's fields and decode its tensors; `kinds` are the allowed compute names, `refs` gives
+    the array of a held tensor's ref (None: refs are not taken)."""
     if not isinstance(body, dict):
         raise _error("invalid_evaluation", 'an evaluation must be a JSON object such as '
                                            '{"inputs": {"x": 1.0}, "compute": ["value", "gradient"]}')
@@ -56,27 +61,40 @@ def parse(body, kinds) -> Evaluation:
         raise _error("unknown_field", f"unknown field {unknown[0]!r} in the evaluation; "
                                       f"the fields are {', '.join(FIELDS)}")
     return Evaluation(
-        inputs=tensor_map(body.get("inputs", {}), "inputs"),
+        inputs=tensor_map(body.get("inputs", {}), "inputs", refs),
         compute=_compute(body.get("compute", ["value"]), kinds),
-        tangent=None if body.get("tangent") is None else tensor_map(body["tangent"], "tangent"),
-        cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent"),
+        tangent=None if body.get("tangent") is None else tensor_map(body["tangent"], "tangent", refs),
+        cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent", refs),
         batch=_batch(body.get("batch", False)),
         wrt=_wrt(body.get("wrt")),
         timeout_ms=_timeout_ms(body.get("timeout_ms")),
     )
 
 
-def _tensor(value, where: str) -> np.ndarray:
+def _tensor(value, where: str, refs=None) -> np.ndarray:
+    if isinstance(value, dict) and "ref" in value:
+        value = _held(value, where, refs)
     try:
         return decode(value, where)
     except TensorError as e:
         raise _error("invalid_tensor", str(e)) from None
 
 
-def tensor_map(value, field: str) -> dict:
+def _held(value: dict, where: str, refs) -> np.ndarray:
+    ref = value["ref"]
+    if len(value) != 1 or not isinstance(ref, str) or not _REF.fullmatch(ref):
+        raise _error("invalid_tensor", f'{where} must be {{"ref": "<64 lowercase hex digits>"}} to name a held '
+                                       f"tensor, not an object with {', '.join(map(repr, sorted(value)))[:200]}"
+                                       + ("" if isinstance(ref, str) else f" (ref is {describe(ref)})"))
+    if refs is None:
+        raise _error("invalid_tensor", f"{where}: held tensors (refs) are not taken here")
+    return refs(ref, where)
+
+
+def tensor_map(value, field: str, refs=None) -> dict:
     if not isinstance(value, dict):
         raise _error("invalid_field", f"{field} must be an object from input name to tensor, not {describe(value)}")
-    return {name: _tensor(v, f"{field}.{name}") for name, v in value.items()}
+    return {name: _tensor(v, f"{field}.{name}", refs) for name, v in value.items()}
 
 
 def _compute(value, kinds) -> tuple:

@@ -5,7 +5,8 @@
 drains), server reflection of every service added, the request size limit, and
 three interceptors over the services the protocols `add`: `MetricsInterceptor`
 (outermost, every call of every service, refused ones too), `GuardInterceptor`
-(API keys and rate limits: UNAUTHENTICATED or RESOURCE_EXHAUSTED) and the
+(API keys and rate limits: UNAUTHENTICATED or RESOURCE_EXHAUSTED; it sets the
+call's tenant, tenancy.py) and the
 drain (UNAVAILABLE once stopping, and the count of calls in flight that the
 grace period waits for). The drain also gives each call its cancel token (an
 engine `Deadline`, `call_token(context)`): it carries the call's gRPC deadline,
@@ -34,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.deadline import Deadline
-from . import status
+from . import status, tenancy
 from .errors import ServiceError, stopped
 from .security import Guard, presented_key, retry_after_header
 
@@ -226,7 +227,11 @@ class GuardInterceptor(Interceptor):
             await abort(context, e)
         if call.streamed_in:
             call.request = self._charged(call.request, context, client)
-        yield
+        token = tenancy.enter(tenancy.of_client(client))  # the key's names, functions and tensors
+        try:
+            yield
+        finally:
+            tenancy.leave(token)
 
     async def _charged(self, requests, context, client: str):
         async for request in requests:

@@ -22,6 +22,7 @@ optimiser's thread are over, however each ended.
 """
 
 import asyncio
+import contextvars
 import logging
 import math
 import threading
@@ -128,7 +129,7 @@ def _error(code: str, message: str) -> ServiceError:
     return ServiceError(UNPROCESSABLE, code, message)
 
 
-def parse(body) -> Minimization:
+def parse(body, refs=None) -> Minimization:
     """Check a minimisation's fields; absent ones take their defaults."""
     if not isinstance(body, dict):
         raise _error("invalid_minimization", 'a minimisation must be a JSON object such as '
@@ -150,7 +151,7 @@ def parse(body) -> Minimization:
     if type(gtol) not in (int, float) or not (math.isfinite(gtol) and gtol >= 0):
         raise _error("invalid_field", f"gtol must be a finite number >= 0, not {describe(gtol)}"
                                       + (f" {gtol}" if type(gtol) in (int, float) else ""))
-    return Minimization(tensor_map(body["x0"], "x0"), method, max_iter, float(gtol))
+    return Minimization(tensor_map(body["x0"], "x0", refs), method, max_iter, float(gtol))
 
 
 class _Stopped(Exception):
@@ -205,7 +206,7 @@ def start(service, target, body, slot: Slot | None = None) -> "Run":
 
     `slot`, from `Capacity.admit()`, is held by the optimiser's thread too while it runs; the caller still
     releases its own hold when its call is over."""
-    request = parse(body)
+    request = parse(body, getattr(service, "held_tensor", None))
     info = service.info(target) if isinstance(target, str) else service.register(target)[0]
     if info["output_shape"]:
         raise _error("not_scalar", f"minimize needs a function with a scalar output, but this one's output has "
@@ -251,7 +252,9 @@ class Run:
         with _running_lock:
             _running += 1
         try:
-            threading.Thread(target=self._optimise, name="adserve-minimize", daemon=True).start()
+            # in the call's context: its evaluations are the calling tenant's (tenancy.py)
+            threading.Thread(target=contextvars.copy_context().run, args=(self._optimise,), name="adserve-minimize",
+                             daemon=True).start()
         except BaseException:
             self._ended()
             raise

@@ -36,7 +36,22 @@ def _wants_b64(body) -> bool:
     if not isinstance(body, dict):
         return False
     maps = [m for m in (body.get("inputs"), body.get("tangent")) if isinstance(m, dict)]
-    return tensors.is_b64(body.get("cotangent")) or any(tensors.is_b64(v) for m in maps for v in m.values())
+    return _large(body.get("cotangent")) or any(_large(v) for m in maps for v in m.values())
+
+
+def _large(tensor) -> bool:
+    """Sent in base64, or as the ref of a held tensor (large data: the answer comes in base64 too)."""
+    return tensors.is_b64(tensor) or (isinstance(tensor, dict) and "ref" in tensor)
+
+
+def _shape(text: str | None) -> list:
+    """`?shape=3,4` as [3, 4]; empty (or absent) is a scalar."""
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    if len(parts) > tensors.MAX_DIMS or not all(p.isdigit() for p in parts):
+        raise ServiceError(UNPROCESSABLE, "invalid_parameter",
+                           f"shape must be sizes separated by commas, such as ?shape=3,4 (empty for a scalar), "
+                           f"not {(text or '')[:80]!r}")
+    return [int(p) for p in parts]
 
 
 def _evaluate(service: Service, function_id: str | None, raw: bytes, deadline=None) -> tuple:
@@ -121,6 +136,27 @@ _stopped = {code: {"model": schemas.ErrorBody} for code in (503, 504)}  # shutti
 async def register(raw: RawBody, service: ServiceDep):
     info, created = await run_in_threadpool(lambda: service.register(parse_json(raw)))
     return JSONOut(info, status_code=201 if created else 200)
+
+
+@router.get("/v1/functions", tags=["functions"], summary="List the registered functions (by id; paged)",
+            responses={200: {"model": schemas.FunctionList}, 422: {"model": schemas.ErrorBody}, **_not_found})
+def list_functions(service: ServiceDep, limit: str | None = None, after: str | None = None):
+    functions, following = service.list_functions(after, limit)
+    return JSONOut({"functions": functions, **({"next": following} if following else {})})
+
+
+@router.post("/v1/tensors", status_code=201, tags=["tensors"], summary="Hold a tensor: its ref stands for it",
+             responses={201: {"model": schemas.HeldTensor}, **_err},
+             openapi_extra=schemas.tensor_upload())
+async def put_tensor(request: Request, raw: RawBody, service: ServiceDep, shape: str | None = None,
+                     dtype: str = "float64"):
+    # raw bytes: so declared, or sent with ?shape= and not declared JSON (curl --data-binary's default type)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/octet-stream" or (shape is not None and kind != "application/json"):
+        held = await run_in_threadpool(service.put_tensor_bytes, raw, _shape(shape), dtype)
+    else:
+        held = await run_in_threadpool(lambda: service.put_tensor(parse_json(raw)))
+    return JSONOut(held, status_code=201)
 
 
 @router.get("/v1/functions/{function_id}", tags=["functions"], summary="A function's metadata",

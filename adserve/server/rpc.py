@@ -62,6 +62,20 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
             finally:
                 run.close()
 
+    async def ListFunctions(self, request, context):
+        async with _status(context):
+            page = await asyncio.to_thread(self.service.list_functions, request.after or None, request.limit or None)
+            return rpc_codec.listing_out(*page)
+
+    async def GetFunction(self, request, context):
+        async with _status(context):
+            return rpc_codec.info_out(await asyncio.to_thread(self.service.info, request.id))
+
+    async def PutTensor(self, request, context):
+        async with _status(context):
+            return rpc_codec.held_out(await asyncio.to_thread(self.service.put_tensor,
+                                                              rpc_codec.tensor_in(request, "tensor")))
+
     def _evaluate(self, request, token=None):
         """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
         return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request), deadline=token))

@@ -5,7 +5,8 @@ arrays), so the service checks them with the same messages; results and
 progress dicts become responses. A field left at its proto3 default counts as
 absent (empty `compute` is `["value"]`, empty `wrt` every input, `timeout_ms = 0`
 no time limit of the request's own, `max_iter = 0` the default). A
-`Tensor` must hold exactly prod(shape) numbers.
+`Tensor` must hold exactly prod(shape) numbers, or name a held tensor by its
+`ref` alone (it becomes `{"ref": R}`, which the service resolves).
 """
 
 import math
@@ -23,7 +24,11 @@ def _invalid(code: str, message: str) -> ServiceError:
 
 
 # -- tensors ----------------------------------------------------------------------
-def tensor_in(t: pb.Tensor, where: str) -> np.ndarray:
+def tensor_in(t: pb.Tensor, where: str):
+    if t.ref:
+        if t.shape or t.data:
+            raise _invalid("invalid_tensor", f"{where} has a ref and data: a ref stands for the whole tensor")
+        return {"ref": t.ref}
     shape = list(t.shape)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
         raise _invalid("invalid_tensor", f"{where}.shape is {shape}; expected at most {MAX_DIMS} "
@@ -75,6 +80,8 @@ def definition_in(d: pb.Definition) -> dict:
         out["graph"] = _graph_in(d.graph, body=False)
     elif form is not None:
         out[form] = getattr(d, form)
+    if d.name:
+        out["name"] = d.name
     return out
 
 
@@ -119,7 +126,16 @@ def _integers(v):
 
 def info_out(info: dict, created: bool = False) -> pb.FunctionInfo:
     return pb.FunctionInfo(id=info["id"], output_shape=info["output_shape"], n_nodes=info["n_nodes"], created=created,
-                           inputs=[pb.InputSpec(name=s["name"], shape=s["shape"]) for s in info["inputs"]])
+                           inputs=[pb.InputSpec(name=s["name"], shape=s["shape"]) for s in info["inputs"]],
+                           name=info.get("name", ""))
+
+
+def listing_out(functions: list, following: str | None) -> pb.ListFunctionsResponse:
+    return pb.ListFunctionsResponse(functions=[info_out(f) for f in functions], next=following or "")
+
+
+def held_out(held: dict) -> pb.HeldTensor:
+    return pb.HeldTensor(ref=held["ref"], shape=held["shape"], dtype=held["dtype"], nbytes=held["nbytes"])
 
 
 # -- evaluations --------------------------------------------------------------------

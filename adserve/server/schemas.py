@@ -15,7 +15,7 @@ from . import optimize
 
 TENSOR_DOC = ('A number, a row-major nested list of numbers, or {"dtype": "float64", "shape": [...], '
               '"b64": "..."} (base64 of little-endian bytes). "NaN", "Infinity" and "-Infinity" stand for '
-              "non-finite values.")
+              'non-finite values. {"ref": "..."} stands for a tensor held by the server (POST /v1/tensors).')
 
 
 class B64Tensor(BaseModel):
@@ -24,7 +24,14 @@ class B64Tensor(BaseModel):
     b64: str = Field(description="base64 of the little-endian float64 bytes, row-major")
 
 
-Tensor = float | Literal["NaN", "Infinity", "-Infinity"] | list[Any] | B64Tensor
+class TensorRef(BaseModel):
+    """A tensor held by the server (POST /v1/tensors), by its ref."""
+
+    model_config = ConfigDict(extra="forbid")
+    ref: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+Tensor = float | Literal["NaN", "Infinity", "-Infinity"] | list[Any] | B64Tensor | TensorRef
 
 
 class InputSpec(BaseModel):
@@ -38,6 +45,9 @@ class Definition(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
          "expr": "log(x1) + x1*x2 - sin(x2)"}]})
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                             description="points this name at the function (a later registration may move it); "
+                                         "the name is not part of the definition's id")
     inputs: list[InputSpec]
     expr: str | None = Field(None, description="one expression in Python syntax over the input names")
     program: str | None = Field(None, description="source of one `def f(<inputs>): ...` in the Python subset")
@@ -67,9 +77,24 @@ class EvaluationWithFunction(Evaluation):
 
 class FunctionInfo(BaseModel):
     id: str
+    name: str | None = Field(None, description="the name that points at it, if any (or the name it was asked by)")
     inputs: list[InputSpec]
     output_shape: list[int]
     n_nodes: int
+
+
+class FunctionList(BaseModel):
+    functions: list[FunctionInfo] = Field(description="in id order")
+    next: str | None = Field(None, description="present when there are more: pass it as ?after= for the next page")
+
+
+class HeldTensor(BaseModel):
+    ref: str = Field(description="sha256 (hex) of the text '<dtype>\\n<sizes joined by commas>\\n' followed by "
+                                 "the tensor's little-endian bytes; {\"ref\": ref} stands for the tensor in "
+                                 "inputs, tangent and cotangent")
+    shape: list[int]
+    dtype: Literal["float64", "int64"]
+    nbytes: int
 
 
 class EvaluationResult(BaseModel):
@@ -130,6 +155,14 @@ def request_components() -> dict:
     _, top = models_json_schema([(m, "validation") for m in REQUEST_MODELS],
                                 ref_template="#/components/schemas/{model}")
     return top["$defs"]
+
+
+def tensor_upload() -> dict:
+    """`openapi_extra` of POST /v1/tensors: a JSON tensor, or raw bytes with ?shape=&dtype=."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"description": TENSOR_DOC}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                "description": "little-endian, row-major; ?shape=3,4&dtype=float64"}}}}}
 
 
 def request_body(model) -> dict:

@@ -17,6 +17,12 @@ and the optimiser are both over.
 With a `SharedStore` (Redis) both are also shared between replicas: a
 registration is published, an unknown id is looked up there and compiled, and
 results are read and written there after the local LRU.
+
+Tenants (tenancy.py: one per API key, one in all without keys) share compiled
+functions, which are keyed by content, and nothing else: each has its own
+registry of ids and names (registry.py) and its own held tensors (held.py).
+Wherever a function id is taken, a name is taken too: `_lookup` resolves both,
+for the calling tenant, in one place.
 """
 
 import asyncio
@@ -32,10 +38,12 @@ import orjson
 from adserve.engine.deadline import DEADLINE_EXCEEDED, Deadline, Stopped
 from adserve.engine.errors import EngineError, LimitError
 
-from . import evaluation, optimize, tensors
+from . import evaluation, optimize, tenancy, tensors
 from .cache import LRU, result_nbytes
 from .errors import NOT_FOUND, TIMED_OUT, TOO_LARGE, UNPROCESSABLE, ServiceError, stopped
 from .heap import NoKeeper
+from .held import HeldTensors
+from .registry import Registry, page, split_name
 from .settings import default_max_optimizers
 
 # estimated memory of one compiled function: IR, plans and their kernels grow with its operations
@@ -56,14 +64,17 @@ class Service:
                  shared=None, max_functions: int = 4096, max_function_bytes: int = 512 << 20,
                  definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 400,
                  max_batch: int = 100_000, heap=None, max_optimizers: int | None = None,
-                 max_eval_seconds: float = 30.0):
+                 max_eval_seconds: float = 30.0, tenants: int = 1, tensor_cache_bytes: int = 256 << 20,
+                 max_names: int = 65536):
         if engine is None:
             from adserve.engine import Engine
             engine = Engine()
         self.engine = engine
         self._functions = LRU(max_function_bytes, function_nbytes, max_items=max_functions)
-        # id -> the definition as sent (orjson), to compile an evicted function again
-        self._definitions = LRU(definition_bytes, len)
+        # per tenant: what it registered (the definition as sent, to compile an evicted function again), names
+        self._registry = Registry(definition_bytes, tenants, max_names, shared)
+        self._definitions = self._registry.definitions
+        self.held = HeldTensors(tensor_cache_bytes, tenants, shared)
         self.max_expr_chars, self.max_expr_depth, self.max_batch = max_expr_chars, max_expr_depth, max_batch
         self.max_eval_seconds = max_eval_seconds
         self.computing = 0  # evaluations in the engine now (a stopped one counts until it has stopped)
@@ -74,18 +85,42 @@ class Service:
         self._graph_schema = None
         self._shared = shared
         if shared is not None:
-            shared.start(republish=self._exports)
+            shared.start(republish=self._exports, tenants=self._registry.exports)
         self.heap = NoKeeper() if heap is None else heap  # told of every call, to collect garbage between them
         self.optimizers = optimize.Capacity(max_optimizers or default_max_optimizers())
 
     def register(self, definition) -> tuple[dict, bool]:
         """Compile and keep a definition; the function's info, and whether it is new."""
         with self.heap.busy(), self.engine.busy():
-            fn, created = self._register(definition)
-        return fn.info(), created
+            fn, created, name = self._register(definition)
+        return {**fn.info(), **({"name": name} if name else {})}, created
 
     def info(self, function_id: str) -> dict:
-        return self._lookup(function_id).info()
+        """A function's metadata (by id or name), with "name" when one points at it."""
+        fn = self._lookup(function_id)
+        name = function_id if function_id != fn.id else self._registry.label(tenancy.current(), fn.id)
+        return {**fn.info(), **({"name": name} if name else {})}
+
+    def list_functions(self, after: str | None = None, limit: int | str | None = None) -> tuple[list, str | None]:
+        """The calling tenant's functions in id order after `after`: (up to `limit` metadata dicts, the
+        cursor of the next page or None). `limit` (an integer or its text) is checked here, for every protocol."""
+        return self._registry.list(tenancy.current(), *page(after, limit))
+
+    def put_tensor(self, value) -> dict:
+        """Hold a tensor (a JSON tensor or an array) for the calling tenant: its ref, shape, dtype, nbytes."""
+        try:
+            a = tensors.decode(value, "tensor")
+        except tensors.TensorError as e:
+            raise ServiceError(UNPROCESSABLE, "invalid_tensor", str(e)) from None
+        return self.held.put(tenancy.current(), a, owned=a is not value)
+
+    def put_tensor_bytes(self, data: bytes, shape, dtype: str = "float64") -> dict:
+        """Hold raw little-endian bytes as a tensor of `shape` and `dtype`, without copying them."""
+        return self.held.put_bytes(tenancy.current(), data, shape, dtype)
+
+    def held_tensor(self, ref: str, where: str = "tensor"):
+        """The calling tenant's held tensor `ref` (read-only), or 404 `unknown_tensor`."""
+        return self.held.get(tenancy.current(), ref, where)
 
     def graph(self, function_id: str) -> dict:
         """The definition in canonical graph form, which `register` takes back."""
@@ -126,7 +161,7 @@ class Service:
             return self._evaluate(target, body, {} if meta is None else meta, deadline)
 
     def _evaluate(self, target, body, meta, deadline) -> dict:
-        request = evaluation.parse(body, self.engine.COMPUTE_KINDS)
+        request = evaluation.parse(body, self.engine.COMPUTE_KINDS, refs=self.held_tensor)
         if target is None:
             raise ServiceError(UNPROCESSABLE, "missing_field",
                                '"function" is required: the definition to evaluate '
@@ -205,20 +240,38 @@ class Service:
         return {"functions": len(self._functions), "function_evictions": self._functions.evictions,
                 "computing": self.computing, "cache_hits": self._results.hits,
                 "cache_misses": self._results.misses, "cache_entries": len(self._results),
-                "cache_bytes": self._results.size, "engine": self.engine.stats(),
+                "cache_bytes": self._results.size, "engine": self.engine.stats(), **self.held.stats(),
                 "shared": None if self._shared is None else self._shared.stats()}
 
-    def _lookup(self, function_id: str):
-        fn = self._functions.get(function_id) or self._fetch(function_id)
+    def _lookup(self, target: str):
+        """The function an id or a name stands for, for the calling tenant; 404 when it has none."""
+        tenant = tenancy.current()
+        function_id = self._resolve(tenant, target)
+        fn = None
+        if function_id is not None:
+            fn = self._functions.get(function_id) or self._fetch(tenant, function_id)
         if fn is None:
             raise ServiceError(NOT_FOUND, "function_not_found",
-                               f"no function with id {function_id[:100]!r}; register it with POST /v1/functions")
+                               f"no function with id {target[:100]!r}, nor one named so; "
+                               "register it with POST /v1/functions")
         return fn
 
-    def _fetch(self, function_id: str):
+    def _resolve(self, tenant: str, target: str) -> str | None:
+        """The id `target` stands for: an id the tenant registered (kept here, or in Redis), else the id of
+        its name. One rule for every tenant, so a call that lost its tenant (a thread started outside the
+        call's context) finds nothing rather than another tenant's functions."""
+        registry = self._registry
+        if registry.holds(tenant, target):
+            return target
+        named = registry.resolve(tenant, target)
+        if named is not None:
+            return named
+        return target if registry.registered(tenant, target) else None
+
+    def _fetch(self, tenant: str, function_id: str):
         """A function evicted here (its definition kept), or one another replica registered (its
         definition from the shared registry), compiled here."""
-        kept = self._definitions.peek(function_id)
+        kept = self._registry.definition(tenant, function_id)
         definition = orjson.loads(kept) if kept is not None else None
         if definition is None and self._shared is not None:
             definition = self._shared.get_definition(function_id)
@@ -232,6 +285,8 @@ class Service:
         if fn.id != function_id:  # another engine version; its id is not this one
             log.warning("the shared definition of %s compiles to %s here; ignoring it", function_id[:100], fn.id)
             return None
+        if kept is None:  # registered on another replica: this tenant's here too from now on
+            self._registry.remember(tenant, fn.id, orjson.dumps(definition), fn.info())
         return self._keep(fn)[0]
 
     def _keep(self, fn):
@@ -249,29 +304,32 @@ class Service:
         return [(fn.id, fn.export()) for fn in functions]
 
     def _register(self, definition):
+        """(the function, whether it is new for the calling tenant, its name or None).
+
+        The name is taken off first: the id is that of the definition without it."""
         if not isinstance(definition, dict):
             raise ServiceError(UNPROCESSABLE, "invalid_definition",
                                'a definition must be a JSON object with "inputs" and one of "expr", "program", "graph"')
+        definition, name = split_name(definition)
         alias, raw = _digest(definition)
         known = alias and self._aliases.get(alias)
-        if known:
-            fn = self._functions.get(known)
-            if fn is not None:
-                return fn, False
-        self._check_text(definition)
-        with self._engine_errors():
-            fn = self.engine.compile_definition(definition, max_depth=self.max_expr_depth)
-        fn, created = self._keep(fn)
-        if self._definitions.peek(fn.id) is not None:
-            created = False  # registered before, and compiled again after its eviction
-        elif raw is not None:
-            self._definitions.put(fn.id, bytes(memoryview(raw)))  # a tight copy: orjson's buffer has slack
-        if alias:
-            self._aliases.put(alias, fn.id)
-        if created and self._shared is not None:
-            # already in the shared registry: another replica registered it first
-            created = self._shared.put_definition(fn.id, fn.export()) is not False
-        return fn, created
+        fn = self._functions.get(known) if known else None
+        if fn is None:
+            self._check_text(definition)
+            with self._engine_errors():
+                fn = self.engine.compile_definition(definition, max_depth=self.max_expr_depth)
+            fn = self._keep(fn)[0]
+            if alias:
+                self._aliases.put(alias, fn.id)
+        tenant = tenancy.current()
+        if name is None and self._registry.holds(tenant, fn.id):  # the definition sent with every request
+            return fn, False, None
+        # a tight copy: orjson's buffer has slack
+        kept = bytes(memoryview(raw)) if raw is not None else orjson.dumps(fn.export())
+        created = self._registry.add(tenant, fn.id, kept, fn.info(), name)
+        if created and self._shared is not None:  # the definition by content, for every replica and tenant
+            self._shared.put_definition(fn.id, fn.export())
+        return fn, created, name
 
     def _check_text(self, definition: dict) -> None:
         """An expr or program over the length limit is refused before the engine parses it (the engine

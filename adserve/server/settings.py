@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     redis_result_max_bytes: int = Field(8 * MiB, ge=0, description="larger results stay local")
     max_body_bytes: int = Field(16 * MiB, gt=0)
     result_cache_bytes: int = Field(256 * MiB, ge=0, description="0 turns the result cache off")
+    tensor_cache_bytes: int = Field(256 * MiB, ge=0, description="tensors held for refs (POST /v1/tensors), an LRU "
+                                                                  "per API key of an equal share of this")
     shutdown_grace_seconds: float = Field(10, ge=0, description="on SIGTERM, time to drain requests in flight")
     max_eval_seconds: float = Field(30, gt=0, description="time limit of every evaluation (a request's timeout_ms "
                                     "or gRPC deadline may be shorter); past it the work stops: 504 / DEADLINE_EXCEEDED")

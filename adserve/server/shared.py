@@ -9,6 +9,14 @@ Two kinds of keys, under a prefix (`adserve:v1:` by default):
   as compact bytes (`pack`), with a TTL. Only these keys expire, so under `maxmemory`
   with `maxmemory-policy volatile-lru` Redis evicts old results and never a
   definition.
+* per tenant (`t:<tenant>:`, see tenancy.py): `ids`, a sorted set of the ids
+  it registered (all scores 0, so it is ordered by id and paged with
+  ZRANGEBYLEX: the listing, and who may use which id); `names`, a hash of name
+  to id; `labels`, a hash of id to the last name given to it (checked against
+  `names` when read, so a name that moved is not shown on its old id); and
+  `tensor:<ref>`, a held tensor (its ref's preimage, see held.py) with a TTL.
+  `info:<id>` is a function's metadata for listings, by content like `fn:`.
+  None of these expire but the tensors.
 
 Redis speeds replicas up and lets them agree; it is never needed to answer.
 Every call fails open: an error opens a circuit breaker, and while it is open
@@ -108,14 +116,18 @@ class SharedStore:
         self._stop = threading.Event()
         self._thread = None
         self._republish: Callable[[], Iterable[tuple[str, dict]]] = lambda: ()
+        self._republish_tenants: Callable[[], Iterable[tuple]] = lambda: ()
         self.hits = self.misses = self.fetches = self.errors = 0
 
     # -- life cycle ---------------------------------------------------------------
-    def start(self, republish: Callable[[], Iterable[tuple[str, dict]]]) -> None:
+    def start(self, republish: Callable[[], Iterable[tuple[str, dict]]], tenants=None) -> None:
         """Probe once now (so a healthy Redis is used from the first request), then in the background.
 
-        `republish` lists this replica's (id, definition) pairs, written back after an outage."""
+        `republish` lists this replica's (id, definition) pairs, written back after an outage; `tenants`
+        its (tenant, id, info, name or None) registrations, written back too (a name only where none is)."""
         self._republish = republish
+        if tenants is not None:
+            self._republish_tenants = tenants
         self._probe()
         if not self.up:
             log.warning("Redis at %s is unreachable: serving from this replica's memory, retrying every %g s",
@@ -148,6 +160,77 @@ class SharedStore:
     def put_definition(self, function_id: str, definition: dict) -> bool | None:
         """Write a definition unless one is there: True if written, False if it was there, None if Redis is down."""
         return self._call(self._client.set, self.prefix + "fn:" + function_id, orjson.dumps(definition), nx=True)
+
+    # -- tenants: registrations, names, listings ---------------------------------------
+    def _t(self, tenant: str) -> str:
+        return f"{self.prefix}t:{tenant}:"
+
+    def add_function(self, tenant: str, function_id: str, info: dict, name: str | None = None) -> bool | None:
+        """Record that `tenant` registered `function_id` (and points `name` at it): True if the tenant had
+        not registered it before, None if Redis is down."""
+        t = self._t(tenant)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zadd(t + "ids", {function_id: 0})
+        pipe.set(self.prefix + "info:" + function_id, orjson.dumps(info), nx=True)
+        if name is not None:
+            pipe.hset(t + "names", name, function_id)
+            pipe.hset(t + "labels", function_id, name)
+        done = self._call(pipe.execute)
+        return None if done is None else bool(done[0])
+
+    def registered(self, tenant: str, function_id: str) -> bool | None:
+        """Whether `tenant` registered `function_id` (None: Redis is down)."""
+        if not self.up:
+            return None
+        score = self._call(self._client.zscore, self._t(tenant) + "ids", function_id)
+        return None if not self.up else score is not None
+
+    def name_target(self, tenant: str, name: str) -> str | None:
+        raw = self._call(self._client.hget, self._t(tenant) + "names", name)
+        return None if raw is None else raw.decode()
+
+    def label(self, tenant: str, function_id: str) -> str | None:
+        raw = self._call(self._client.hget, self._t(tenant) + "labels", function_id)
+        return None if raw is None else raw.decode()
+
+    def list_functions(self, tenant: str, after: str | None, limit: int) -> list | None:
+        """Up to `limit` of the tenant's (id, info, name or None) in id order after `after`; None when down."""
+        t = self._t(tenant)
+        ids = self._call(self._client.zrangebylex, t + "ids", "(" + after if after else "-", "+", start=0, num=limit)
+        if ids is None:
+            return None
+        ids = [i.decode() for i in ids]
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        pipe.mget([self.prefix + "info:" + i for i in ids])
+        pipe.hmget(t + "labels", ids)
+        got = self._call(pipe.execute)
+        if got is None:
+            return None
+        infos, labels = got
+        labels = [None if b is None else b.decode() for b in labels]
+        named = [n for n in labels if n is not None]
+        targets = dict(zip(named, self._call(self._client.hmget, t + "names", named) or [])) if named else {}
+        out = []
+        for i, raw, name in zip(ids, infos, labels):
+            if raw is None:  # written before listings were kept: listed without its metadata
+                info = {"id": i}
+            else:
+                info = orjson.loads(raw)
+            target = targets.get(name)
+            out.append((i, info, name if target is not None and target.decode() == i else None))
+        return out
+
+    # -- held tensors -----------------------------------------------------------------
+    def put_tensor(self, tenant: str, ref: str, preimage: bytes, ttl: int) -> None:
+        self._call(self._client.set, self._t(tenant) + "tensor:" + ref, preimage, ex=ttl)
+
+    def get_tensor(self, tenant: str, ref: str, ttl: int) -> bytes | None:
+        """The preimage of a held tensor, its TTL started again (a tensor in use stays)."""
+        if not self.up:
+            return None
+        return self._call(self._client.getex, self._t(tenant) + "tensor:" + ref, ex=ttl)
 
     # -- result cache ---------------------------------------------------------------
     def result_key(self, key: tuple) -> str:
@@ -237,7 +320,14 @@ class SharedStore:
         for function_id, definition in list(self._republish()):
             pipe.set(self.prefix + "fn:" + function_id, orjson.dumps(definition), nx=True)
             n += 1
-        if n:
+        for tenant, function_id, info, name in list(self._republish_tenants()):
+            t = self._t(tenant)
+            pipe.zadd(t + "ids", {function_id: 0})
+            pipe.set(self.prefix + "info:" + function_id, orjson.dumps(info), nx=True)
+            if name is not None:  # a name moved elsewhere during the outage stays where it is
+                pipe.hsetnx(t + "names", name, function_id)
+                pipe.hsetnx(t + "labels", function_id, name)
+        if len(pipe):
             pipe.execute()
         return n
 

@@ -6,7 +6,8 @@ leaves as `{"error": {"code", "message", "location"?}}` with its status from
 `status.HTTP`), the operations routes (`/healthz`, `/readyz`, `/metrics`) and
 the browser demo, and two ASGI middlewares: `MetricsMiddleware` counts every
 request per route template, and `GuardMiddleware` applies the `Guard` (API
-keys, rate limits) to the path prefixes the protocols put in `guarded`.
+keys, rate limits) to the path prefixes the protocols put in `guarded`, and
+sets the call's tenant (tenancy.py) from its key.
 `stoppable` runs a request's work in a worker thread under a cancel token (an
 engine `Deadline`): the client's disconnecting stops it, and so does the end of
 the shutdown's grace period (that request is answered 503 `shutting_down`).
@@ -30,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..engine.deadline import Deadline
-from . import schemas, status, tensors
+from . import schemas, status, tenancy, tensors
 from .errors import BAD_REQUEST, TOO_LARGE, UNAUTHENTICATED, ServiceError, error_body, stopped
 from .security import Guard, presented_key, retry_after_header
 from .service import Service
@@ -219,7 +220,7 @@ class GuardMiddleware:
                             headers.get(b"x-api-key", b"").decode("latin-1") or None)
         peer = (scope.get("client") or ("unknown", 0))[0]
         try:
-            self.guard.check(key, peer)
+            client = self.guard.check(key, peer)
         except ServiceError as e:
             extra = [(b"www-authenticate", b'Bearer realm="adserve"')] if e.kind == UNAUTHENTICATED else \
                 [(b"retry-after", retry_after_header(e.retry_after).encode())]
@@ -229,7 +230,11 @@ class GuardMiddleware:
                                     (b"content-length", str(len(body)).encode()), *extra]})
             await send({"type": "http.response.body", "body": body})
             return
-        await self.app(scope, receive, send)
+        token = tenancy.enter(tenancy.of_client(client))  # the key's names, functions and tensors
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            tenancy.leave(token)
 
 
 class MetricsMiddleware:

@@ -92,7 +92,8 @@ def test_reflection_lists_services_and_serves_the_proto(channel):
     protos = [descriptor_pb2.FileDescriptorProto.FromString(raw)
               for raw in files.file_descriptor_response.file_descriptor_proto]
     ad = next(p for p in protos if p.name == "ad/v1/ad.proto")
-    assert [m.name for m in ad.service[0].method] == ["Register", "Evaluate", "EvaluateStream", "Minimize"]
+    assert [m.name for m in ad.service[0].method] == ["Register", "Evaluate", "EvaluateStream", "Minimize",
+                                                      "ListFunctions", "GetFunction", "PutTensor"]
 
 
 # -- Register and Evaluate -----------------------------------------------------------------

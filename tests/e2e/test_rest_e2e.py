@@ -198,7 +198,7 @@ def test_unknown_function_is_404(client):
 
 
 def test_unknown_route_and_method_use_the_error_body(client):
-    error(client.get("/v2/nothing"), 404)
+    error(client.get("/v9/nothing"), 404)
     err = error(client.delete("/v1/functions"), 405)
     assert err["code"] == "method_not_allowed"
 

@@ -78,6 +78,8 @@ def test_rest_needs_a_key_on_v1_only():
     r = c.post("/v1/functions", json=SURVEY, headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and "not valid" in r.json()["error"]["message"]
     assert c.post("/v1/functions", json=SURVEY, headers=AUTH).status_code == 201
+    # each key has its own registry: new for "another" too, and then known to it
+    assert c.post("/v1/functions", json=SURVEY, headers={"X-API-Key": "another"}).status_code == 201
     assert c.post("/v1/functions", json=SURVEY, headers={"X-API-Key": "another"}).status_code == 200
     for path in ("/healthz", "/readyz", "/metrics", "/", "/static/adserve.js", "/openapi.json"):
         assert c.get(path).status_code == 200, path

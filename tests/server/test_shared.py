@@ -187,3 +187,29 @@ def wait_for(condition, timeout=10.0):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def test_names_listings_and_held_tensors_are_shared_and_written_back(redis_proc):
+    from adserve.server import tenancy
+
+    a, b = services(redis_proc)
+    try:
+        with tenancy.acting_as("k" * 32):
+            fn = a.register({**SURVEY, "name": "survey"})[0]["id"]
+            assert b.info("survey") == {**a.info(fn), "name": "survey"}
+            ref = a.put_tensor([1.0, 2.0])["ref"]
+            assert b.held_tensor(ref).tolist() == [1.0, 2.0]
+            assert b.list_functions() == a.list_functions() and len(a.list_functions()[0]) == 1
+        assert b.list_functions() == ([], None)  # another tenant's listing
+        redis_proc.kill()
+        redis_proc.start()  # same port, no data: a writes back its registrations and names
+        wait_for(lambda: redis_proc.client().hget(f"adserve:v1:t:{'k' * 32}:names", "survey") is not None)
+        c = services(redis_proc, n=1)[0]
+        try:
+            with tenancy.acting_as("k" * 32):
+                assert c.info("survey")["id"] == fn and [f["id"] for f in c.list_functions()[0]] == [fn]
+        finally:
+            c.close()
+    finally:
+        a.close()
+        b.close()

@@ -10,8 +10,9 @@
  *
  * Requests and answers are the REST API's JSON, unchanged (see docs/rest.md).
  * Every 4xx/5xx becomes an `AdserveError` carrying the server's code, message and
- * location. A function argument is an id or a definition; definitions are
- * registered once per client and remembered by their JSON text.
+ * location. A function argument is an id, a name or a definition; definitions are
+ * registered once per client and remembered by their JSON text. Any tensor may be
+ * `{ref}` of one the server holds (`putTensor`).
  */
 
 /**
@@ -59,7 +60,31 @@ export class Client {
     return info;
   }
 
-  /** A registered function's metadata. */
+  /**
+   * One page of the registered functions, in id order: `{functions: [{id, name?, inputs, output_shape,
+   * n_nodes}], next?}`; pass `next` as `after` for the following page.
+   * @param {{limit?: number, after?: string}} page
+   */
+  listFunctions({limit, after} = {}) {
+    const query = new URLSearchParams();
+    if (limit !== undefined) query.set("limit", String(limit));
+    if (after !== undefined) query.set("after", after);
+    const text = query.toString();
+    return this._json("GET", "/v1/functions" + (text ? `?${text}` : ""));
+  }
+
+  /**
+   * Hold float64 data (row-major, with `shape`) on the server, sent as raw bytes:
+   * `{ref, shape, dtype, nbytes}`; `{ref}` then stands for it in inputs, tangent and cotangent.
+   */
+  async putTensor(data, shape) {
+    const array = data instanceof Float64Array ? data : Float64Array.from(data);
+    const response = await this._request("POST", `/v1/tensors?shape=${shape.join(",")}&dtype=float64`,
+                                         new Uint8Array(array.buffer, array.byteOffset, array.byteLength));
+    return response.json();
+  }
+
+  /** A registered function's metadata (by id or name). */
   info(id) {
     return this._json("GET", `/v1/functions/${encodeURIComponent(id)}`);
   }
@@ -131,7 +156,10 @@ export class Client {
 
   async _request(method, path, body, signal) {
     const init = {method, headers: {...this.headers}, signal};
-    if (body !== undefined) {
+    if (body instanceof Uint8Array) {
+      init.headers["Content-Type"] = "application/octet-stream";
+      init.body = body;
+    } else if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }

@@ -73,3 +73,26 @@ test("minimize streams every iterate; leaving early or aborting stops it", async
     }
   }, {name: "AbortError"});
 });
+
+test("names, listing and held tensors", async () => {
+  const named = {...rosenbrock, name: "js.rosenbrock"};
+  const info = await ad.register(named);
+  assert.equal(info.name, "js.rosenbrock");
+  assert.equal((await ad.info("js.rosenbrock")).id, info.id);
+  const seen = [];
+  let page = await ad.listFunctions({limit: 1});
+  for (;;) {
+    seen.push(...page.functions);
+    if (!page.next) break;
+    page = await ad.listFunctions({limit: 1, after: page.next});
+  }
+  assert.ok(seen.some((f) => f.id === info.id && f.name === "js.rosenbrock"));
+  const held = await ad.putTensor([1, 1], [2]);
+  assert.deepEqual([held.shape, held.dtype, held.nbytes], [[2], "float64", 16]);
+  const r = await ad.evaluate("js.rosenbrock", {inputs: {x: 1, y: 1}, compute: ["value"]});
+  assert.equal(r.value, 0);
+  const s = await ad.evaluate({inputs: inputSpecs({v: [0, 0]}), expr: "sum(v * v)"},
+                              {inputs: {v: {ref: held.ref}}, compute: ["value"]});
+  assert.equal(fromTensor(s.value).data[0], 2);
+  await assert.rejects(ad.listFunctions({limit: 0}), (e) => e.status === 422 && e.code === "invalid_parameter");
+});

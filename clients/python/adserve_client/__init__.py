@@ -13,8 +13,8 @@ from .errors import (AdserveError, DeadlineExceeded, InvalidArgument, NotFound, 
                      Unavailable)
 from .rest import AsyncClient, Client
 from .rpc import AsyncEvaluationStream, AsyncGrpcClient, EvaluationStream, GrpcClient
-from .types import FunctionInfo, Progress, Result, expr, program
+from .types import FunctionInfo, FunctionPage, HeldTensor, Progress, Result, expr, program
 
 __all__ = ["Client", "AsyncClient", "GrpcClient", "AsyncGrpcClient", "EvaluationStream", "AsyncEvaluationStream",
-           "FunctionInfo", "Result", "Progress", "expr", "program", "AdserveError", "InvalidArgument", "NotFound",
+           "FunctionInfo", "FunctionPage", "HeldTensor", "Result", "Progress", "expr", "program", "AdserveError", "InvalidArgument", "NotFound",
            "ResourceExhausted", "Unauthenticated", "DeadlineExceeded", "Unavailable"]

@@ -11,13 +11,17 @@ import math
 import numpy as np
 
 from .errors import from_http
-from .types import FunctionInfo, Progress, Result
+from .types import FunctionInfo, FunctionPage, HeldTensor, Progress, Result
 
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _MAPS = ("gradient", "vjp", "hvp", "jacobian")
 
 
 def tensor_out(a) -> dict:
+    if isinstance(a, HeldTensor):
+        return a.tensor
+    if isinstance(a, dict) and "ref" in a:  # a held tensor, by its ref
+        return a
     a = np.asarray(a, dtype="<f8")  # not ascontiguousarray, which makes a scalar 1-d; tobytes is row-major
     return {"dtype": "float64", "shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode("ascii")}
 
@@ -88,8 +92,29 @@ def answer(status: int, body):
     raise from_http(status, body)
 
 
-def info(body: dict, status: int) -> FunctionInfo:
-    return FunctionInfo(body["id"], body["inputs"], tuple(body["output_shape"]), body["n_nodes"], status == 201)
+def info(body: dict, status: int | None = None) -> FunctionInfo:
+    return FunctionInfo(body["id"], body["inputs"], tuple(body["output_shape"]), body["n_nodes"],
+                        None if status is None else status == 201, body.get("name"))
+
+
+def listing(limit, after) -> dict:
+    """The query of GET /v1/functions."""
+    return {k: v for k, v in (("limit", limit), ("after", after)) if v is not None}
+
+
+def page(body: dict) -> FunctionPage:
+    return FunctionPage([info(f) for f in body["functions"]], body.get("next"))
+
+
+def upload(array) -> tuple:
+    """(query, bytes) of POST /v1/tensors for an array: float64 (or int64) little-endian bytes."""
+    a = np.asarray(array)
+    a = a.astype("<i8" if a.dtype.kind in "iu" else "<f8", copy=False)
+    return {"shape": ",".join(map(str, a.shape)), "dtype": "int64" if a.dtype.kind == "i" else "float64"}, a.tobytes()
+
+
+def held(body: dict) -> HeldTensor:
+    return HeldTensor(body["ref"], tuple(body["shape"]), body["dtype"], body["nbytes"])
 
 
 def result(body: dict) -> Result:

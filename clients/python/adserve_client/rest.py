@@ -1,7 +1,8 @@
 """The REST client, over httpx: `Client` (blocking) and `AsyncClient` (asyncio), the same calls.
 
-`function` arguments take an id, a `FunctionInfo`, or a definition (a dict,
-see `expr` and `program`), which the server registers on the way.
+`function` arguments take an id or a name, a `FunctionInfo`, or a definition (a
+dict, see `expr` and `program`), which the server registers on the way. A
+tensor argument may be a `HeldTensor` (`put_tensor`) or `{"ref": ...}`.
 """
 
 import json
@@ -43,6 +44,26 @@ class Client:
     def register(self, definition: dict) -> _json.FunctionInfo:
         response = self._post("/v1/functions", definition)
         return _json.info(_answer(response), response.status_code)
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise _transport_error(e) from e
+
+    def info(self, function) -> _json.FunctionInfo:
+        """A registered function's metadata, by id or name."""
+        return _json.info(_answer(self._send("GET", f"/v1/functions/{_json.function_id(function)}")))
+
+    def list_functions(self, limit: int | None = None, after: str | None = None) -> _json.FunctionPage:
+        """One page of the registered functions, in id order; pass `page.next` as `after` for the next."""
+        return _json.page(_answer(self._send("GET", "/v1/functions", params=_json.listing(limit, after))))
+
+    def put_tensor(self, array) -> _json.HeldTensor:
+        """Hold an array on the server (sent as raw bytes); the answer's `tensor` stands for it."""
+        params, data = _json.upload(array)
+        return _json.held(_answer(self._send("POST", "/v1/tensors", params=params, content=data,
+                                             headers={"Content-Type": "application/octet-stream"})))
 
     def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
                  batch: bool = False, wrt=None, timeout_ms: int | None = None) -> _json.Result:
@@ -90,6 +111,23 @@ class AsyncClient:
     async def register(self, definition: dict) -> _json.FunctionInfo:
         response = await self._post("/v1/functions", definition)
         return _json.info(_answer(response), response.status_code)
+
+    async def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise _transport_error(e) from e
+
+    async def info(self, function) -> _json.FunctionInfo:
+        return _json.info(_answer(await self._send("GET", f"/v1/functions/{_json.function_id(function)}")))
+
+    async def list_functions(self, limit: int | None = None, after: str | None = None) -> _json.FunctionPage:
+        return _json.page(_answer(await self._send("GET", "/v1/functions", params=_json.listing(limit, after))))
+
+    async def put_tensor(self, array) -> _json.HeldTensor:
+        params, data = _json.upload(array)
+        return _json.held(_answer(await self._send("POST", "/v1/tensors", params=params, content=data,
+                                                   headers={"Content-Type": "application/octet-stream"})))
 
     async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
                        batch: bool = False, wrt=None, timeout_ms: int | None = None) -> _json.Result:

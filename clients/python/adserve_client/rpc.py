@@ -18,7 +18,7 @@ from google.protobuf import struct_pb2
 from . import errors
 from .grpc_gen import ad_pb2 as pb
 from .grpc_gen import ad_pb2_grpc
-from .types import FunctionInfo, Progress, Result
+from .types import FunctionInfo, FunctionPage, HeldTensor, Progress, Result
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -27,6 +27,10 @@ _END = object()
 
 # -- numpy and definitions to messages -------------------------------------------------
 def _tensor(a) -> pb.Tensor:
+    if isinstance(a, HeldTensor):
+        return pb.Tensor(ref=a.ref)
+    if isinstance(a, dict) and "ref" in a:  # a held tensor, by its ref
+        return pb.Tensor(ref=a["ref"])
     a = np.asarray(a, dtype=np.float64)
     return pb.Tensor(shape=a.shape, data=a.ravel().tolist())
 
@@ -49,7 +53,7 @@ def _specs(specs) -> list:
 
 def definition(d: dict) -> pb.Definition:
     """A definition dict (inputs and one of expr, program, graph) as a message."""
-    out = pb.Definition(inputs=_specs(d["inputs"]))
+    out = pb.Definition(inputs=_specs(d["inputs"]), name=d.get("name", ""))
     if "graph" in d:
         out.graph.CopyFrom(_graph(d["graph"]))
     elif "program" in d:
@@ -125,9 +129,18 @@ def _channel_options(options) -> list:
 
 
 # -- messages to numpy ---------------------------------------------------------------
-def _info(m: pb.FunctionInfo) -> FunctionInfo:
+def _info(m: pb.FunctionInfo, registered: bool = False) -> FunctionInfo:
+    """`registered`: the answer of Register, whose `created` says whether it was new."""
     return FunctionInfo(m.id, [{"name": s.name, "shape": list(s.shape)} for s in m.inputs], tuple(m.output_shape),
-                        m.n_nodes, m.created)
+                        m.n_nodes, m.created if registered else None, m.name or None)
+
+
+def _page(m: pb.ListFunctionsResponse) -> FunctionPage:
+    return FunctionPage([_info(f) for f in m.functions], m.next or None)
+
+
+def _held(m: pb.HeldTensor) -> HeldTensor:
+    return HeldTensor(m.ref, tuple(m.shape), m.dtype, m.nbytes)
 
 
 def _result(m: pb.EvaluateResponse) -> Result:
@@ -171,7 +184,7 @@ class GrpcClient:
 
     def register(self, definition_: dict) -> FunctionInfo:
         try:
-            return _info(self._stub.Register(definition(definition_), timeout=self.timeout))
+            return _info(self._stub.Register(definition(definition_), timeout=self.timeout), True)
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -182,6 +195,25 @@ class GrpcClient:
             return _result(self._stub.Evaluate(request, timeout=self.timeout))
         except grpc.RpcError as e:
             raise _error(e) from None
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def info(self, function) -> FunctionInfo:
+        """A registered function's metadata, by id or name."""
+        fid = function.id if isinstance(function, FunctionInfo) else function
+        return _info(self._call(self._stub.GetFunction, pb.GetFunctionRequest(id=fid)))
+
+    def list_functions(self, limit: int | None = None, after: str | None = None) -> FunctionPage:
+        """One page of the registered functions, in id order; pass `page.next` as `after` for the next."""
+        return _page(self._call(self._stub.ListFunctions, pb.ListFunctionsRequest(limit=limit or 0, after=after or "")))
+
+    def put_tensor(self, array) -> HeldTensor:
+        """Hold an array on the server; the answer (or `{"ref": ...}`) stands for it in later requests."""
+        return _held(self._call(self._stub.PutTensor, _tensor(array)))
 
     def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
                  gtol: float | None = None):
@@ -245,7 +277,7 @@ class AsyncGrpcClient:
 
     async def register(self, definition_: dict) -> FunctionInfo:
         try:
-            return _info(await self._stub.Register(definition(definition_), timeout=self.timeout))
+            return _info(await self._stub.Register(definition(definition_), timeout=self.timeout), True)
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -256,6 +288,23 @@ class AsyncGrpcClient:
             return _result(await self._stub.Evaluate(request, timeout=self.timeout))
         except grpc.RpcError as e:
             raise _error(e) from None
+
+    async def _call(self, method, request):
+        try:
+            return await method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    async def info(self, function) -> FunctionInfo:
+        fid = function.id if isinstance(function, FunctionInfo) else function
+        return _info(await self._call(self._stub.GetFunction, pb.GetFunctionRequest(id=fid)))
+
+    async def list_functions(self, limit: int | None = None, after: str | None = None) -> FunctionPage:
+        return _page(await self._call(self._stub.ListFunctions,
+                                      pb.ListFunctionsRequest(limit=limit or 0, after=after or "")))
+
+    async def put_tensor(self, array) -> HeldTensor:
+        return _held(await self._call(self._stub.PutTensor, _tensor(array)))
 
     async def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
                        gtol: float | None = None):

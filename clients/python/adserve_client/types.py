@@ -15,6 +15,30 @@ class FunctionInfo:
     output_shape: tuple
     n_nodes: int
     created: bool | None = None  # whether this call registered it (None: not known)
+    name: str | None = None  # the name that points at it, if any
+
+
+@dataclass(frozen=True)
+class FunctionPage:
+    """One page of `list_functions`: `next`, when set, is the `after` of the next page."""
+
+    functions: list  # [FunctionInfo, ...] in id order
+    next: str | None = None
+
+
+@dataclass(frozen=True)
+class HeldTensor:
+    """A tensor the server holds (`put_tensor`); `{"ref": held.ref}`, or `held.tensor`, stands for it in
+    inputs, tangent and cotangent."""
+
+    ref: str
+    shape: tuple
+    dtype: str
+    nbytes: int
+
+    @property
+    def tensor(self) -> dict:
+        return {"ref": self.ref}
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tensor(_message.Message):
-    __slots__ = ("shape", "data")
+    __slots__ = ("shape", "data", "ref")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[_Iterable[float]] = ...) -> None: ...
+    ref: str
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[_Iterable[float]] = ..., ref: _Optional[str] = ...) -> None: ...
+
+class HeldTensor(_message.Message):
+    __slots__ = ("ref", "shape", "dtype", "nbytes")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    ref: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    nbytes: int
+    def __init__(self, ref: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ...) -> None: ...
 
 class InputSpec(_message.Message):
     __slots__ = ("name", "shape")
@@ -24,16 +38,18 @@ class InputSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Definition(_message.Message):
-    __slots__ = ("inputs", "expr", "program", "graph")
+    __slots__ = ("inputs", "expr", "program", "graph", "name")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     EXPR_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[InputSpec]
     expr: str
     program: str
     graph: Graph
-    def __init__(self, inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., expr: _Optional[str] = ..., program: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ...) -> None: ...
+    name: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., expr: _Optional[str] = ..., program: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class Graph(_message.Message):
     __slots__ = ("inputs", "nodes", "outputs")
@@ -89,18 +105,42 @@ class Literal(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., value: _Optional[float] = ..., data: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class FunctionInfo(_message.Message):
-    __slots__ = ("id", "inputs", "output_shape", "n_nodes", "created")
+    __slots__ = ("id", "inputs", "output_shape", "n_nodes", "created", "name")
     ID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     N_NODES_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     id: str
     inputs: _containers.RepeatedCompositeFieldContainer[InputSpec]
     output_shape: _containers.RepeatedScalarFieldContainer[int]
     n_nodes: int
     created: bool
-    def __init__(self, id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., output_shape: _Optional[_Iterable[int]] = ..., n_nodes: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
+    name: str
+    def __init__(self, id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., output_shape: _Optional[_Iterable[int]] = ..., n_nodes: _Optional[int] = ..., created: _Optional[bool] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ListFunctionsRequest(_message.Message):
+    __slots__ = ("limit", "after")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    after: str
+    def __init__(self, limit: _Optional[int] = ..., after: _Optional[str] = ...) -> None: ...
+
+class ListFunctionsResponse(_message.Message):
+    __slots__ = ("functions", "next")
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    functions: _containers.RepeatedCompositeFieldContainer[FunctionInfo]
+    next: str
+    def __init__(self, functions: _Optional[_Iterable[_Union[FunctionInfo, _Mapping]]] = ..., next: _Optional[str] = ...) -> None: ...
+
+class GetFunctionRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("id", "function", "inputs", "compute", "tangent", "cotangent", "batch", "wrt", "timeout_ms")

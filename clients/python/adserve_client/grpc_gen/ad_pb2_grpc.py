@@ -55,6 +55,21 @@ class DifferentiatorStub:
                 request_serializer=ad_dot_v1_dot_ad__pb2.MinimizeRequest.SerializeToString,
                 response_deserializer=ad_dot_v1_dot_ad__pb2.MinimizeProgress.FromString,
                 _registered_method=True)
+        self.ListFunctions = channel.unary_unary(
+                '/ad.v1.Differentiator/ListFunctions',
+                request_serializer=ad_dot_v1_dot_ad__pb2.ListFunctionsRequest.SerializeToString,
+                response_deserializer=ad_dot_v1_dot_ad__pb2.ListFunctionsResponse.FromString,
+                _registered_method=True)
+        self.GetFunction = channel.unary_unary(
+                '/ad.v1.Differentiator/GetFunction',
+                request_serializer=ad_dot_v1_dot_ad__pb2.GetFunctionRequest.SerializeToString,
+                response_deserializer=ad_dot_v1_dot_ad__pb2.FunctionInfo.FromString,
+                _registered_method=True)
+        self.PutTensor = channel.unary_unary(
+                '/ad.v1.Differentiator/PutTensor',
+                request_serializer=ad_dot_v1_dot_ad__pb2.Tensor.SerializeToString,
+                response_deserializer=ad_dot_v1_dot_ad__pb2.HeldTensor.FromString,
+                _registered_method=True)
 
 
 class DifferentiatorServicer:
@@ -90,6 +105,27 @@ class DifferentiatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFunctions(self, request, context):
+        """The registered functions in id order, a page at a time (REST: GET /v1/functions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFunction(self, request, context):
+        """One function's metadata, by id or name (REST: GET /v1/functions/{id}).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutTensor(self, request, context):
+        """Hold a tensor on the server; its ref stands for it in any Tensor field (REST: POST /v1/tensors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DifferentiatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +148,21 @@ def add_DifferentiatorServicer_to_server(servicer, server):
                     servicer.Minimize,
                     request_deserializer=ad_dot_v1_dot_ad__pb2.MinimizeRequest.FromString,
                     response_serializer=ad_dot_v1_dot_ad__pb2.MinimizeProgress.SerializeToString,
+            ),
+            'ListFunctions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFunctions,
+                    request_deserializer=ad_dot_v1_dot_ad__pb2.ListFunctionsRequest.FromString,
+                    response_serializer=ad_dot_v1_dot_ad__pb2.ListFunctionsResponse.SerializeToString,
+            ),
+            'GetFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFunction,
+                    request_deserializer=ad_dot_v1_dot_ad__pb2.GetFunctionRequest.FromString,
+                    response_serializer=ad_dot_v1_dot_ad__pb2.FunctionInfo.SerializeToString,
+            ),
+            'PutTensor': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTensor,
+                    request_deserializer=ad_dot_v1_dot_ad__pb2.Tensor.FromString,
+                    response_serializer=ad_dot_v1_dot_ad__pb2.HeldTensor.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +274,87 @@ class Differentiator:
             '/ad.v1.Differentiator/Minimize',
             ad_dot_v1_dot_ad__pb2.MinimizeRequest.SerializeToString,
             ad_dot_v1_dot_ad__pb2.MinimizeProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFunctions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ad.v1.Differentiator/ListFunctions',
+            ad_dot_v1_dot_ad__pb2.ListFunctionsRequest.SerializeToString,
+            ad_dot_v1_dot_ad__pb2.ListFunctionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ad.v1.Differentiator/GetFunction',
+            ad_dot_v1_dot_ad__pb2.GetFunctionRequest.SerializeToString,
+            ad_dot_v1_dot_ad__pb2.FunctionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTensor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ad.v1.Differentiator/PutTensor',
+            ad_dot_v1_dot_ad__pb2.Tensor.SerializeToString,
+            ad_dot_v1_dot_ad__pb2.HeldTensor.FromString,
             options,
             channel_credentials,
             insecure,
