@@ -217,7 +217,7 @@ def _check_ints(fn, xs):
             bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
             if bad.any():
                 v = a[bad].reshape(-1)[0]
-                raise EvaluationError(f"inputs.{n} is an int64 input, but holds {v!r}: its values must be integers "
+                raise EvaluationError(f"inputs.{n} is an int64 input, but holds {float(v):.17g}: its values must be integers "
                                       f"of magnitude at most 2**53", code="bad_integer")
 
 

@@ -357,6 +357,43 @@ for _shape, _axis, _size in [((5, 3), 0, None), ((4, 5), 1, 2), ((5,), 0, 3), ((
          [normal(), normal(), index(_hi)], fd_zero=(2,))
 
 
+
+# -- gather / scatter_add: integer index arrays (int64 data travels as float64 integers) -------------------
+def index_array(hi):
+    """Integer-valued entries in 0..hi, with repeats (so scatter_add's accumulation is exercised)."""
+    return lambda rng, s, k: rng.integers(0, hi + 1, s).astype(np.float64)
+
+
+def _jscatter_add(x, v, i, axis):
+    xm = jnp.moveaxis(x, axis, 0)
+    ni = jnp.ndim(i)
+    vm = jnp.moveaxis(v, tuple(range(axis, axis + ni)), tuple(range(ni)))
+    return jnp.moveaxis(xm.at[_jint(i)].add(vm), 0, axis)
+
+
+for _shape, _axis, _ishape in [((5, 3), 0, (4,)), ((4, 5), 1, (2, 3)), ((6,), 0, (6,)), ((3, 4, 2), 2, (3,))]:
+    _hi = _shape[_axis] - 1
+    _vshape = _shape[:_axis] + _ishape + _shape[_axis + 1:]
+    spec(f"gather{list(_shape)}-axis{_axis}-idx{list(_ishape)}", "gather",
+         lambda x, i, _a=_axis: op.gather(x, i, axis=_a),
+         lambda x, i, _a=_axis: jnp.take(x, _jint(i), axis=_a), [_shape, _ishape], [normal(), index_array(_hi)],
+         fd_zero=(1,))
+    spec(f"scatter_add{list(_shape)}-axis{_axis}-idx{list(_ishape)}", "scatter_add",
+         lambda x, v, i, _a=_axis: op.scatter_add(x, v, i, axis=_a),
+         lambda x, v, i, _a=_axis: _jscatter_add(x, v, i, _a), [_shape, _vshape, _ishape],
+         [normal(), normal(), index_array(_hi)], fd_zero=(2,))
+
+
+# -- integer results: argmax / argmin (positions, derivative 0) and arange ------------------------------------
+for _name, _jfn in (("argmax", jnp.argmax), ("argmin", jnp.argmin)):
+    for _shape, _axis in (((7,), None), ((3, 4), None), ((3, 4), 1), ((2, 3, 4), 0)):
+        spec(f"{_name}{list(_shape)}-axis{_axis}", _name,
+             lambda x, _n=_name, _a=_axis: getattr(op, _n)(x, axis=_a),
+             lambda x, _f=_jfn, _a=_axis: _f(x, axis=_a).astype(jnp.float64), [_shape], nondiff=True)
+# over 64 entries, so the builder does not fold it into a literal
+spec("arange-70-times-x", "arange", lambda x: x * x.b.emit("arange", [], {"n": 70}),
+     lambda x: x * jnp.arange(70.0), [(70,)])
+
 # -- loop (the engine's scan: carries, stacked outputs, loop counter k) ---------------------------------
 def _scan_basic(reverse):
     def f(w, c0, xs):
