@@ -26,7 +26,7 @@ from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
 from .ir import Graph, canonical_text, structural_hash
-from .limits import DEFAULT_LIMITS, Limits, check_function, check_request
+from .limits import DEFAULT_LIMITS, Limits, check_function, check_request, check_tape, tape_elements
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
@@ -45,6 +45,7 @@ class Function:
         self.output_shape = tuple(graph.outputs[0].shape)
         self.id = structural_hash(graph, self._typed_names())
         self.n_nodes, self.steps, self.work = check_function(graph, limits)
+        self.tape = tape_elements(graph)  # per point, for reverse mode through while loops
         self._plans: dict = {}
         self._requests: dict = {}  # (compute, wrt) -> checked request form (see _request)
         self._lock = threading.RLock()  # plans are built from other plans
@@ -136,6 +137,7 @@ def compile_definition(defn, limits: Limits = DEFAULT_LIMITS, max_depth: int | N
     body = defn[form]
     if form != "graph" and not isinstance(body, str):
         raise DefinitionError(f"'{form}' must be a string", code="bad_definition")
+    limit = control.WHILE_LIMIT.set(limits.max_while_iterations)  # the bound of the while loops lowered here
     try:
         depth = limits.max_expr_depth if max_depth is None else max_depth
         if form == "expr":
@@ -147,6 +149,8 @@ def compile_definition(defn, limits: Limits = DEFAULT_LIMITS, max_depth: int | N
         graph = b.build([out])
     except RecursionError:
         raise LimitError(f"the {form} is nested too deeply", code="too_deep") from None
+    finally:
+        control.WHILE_LIMIT.reset(limit)
     return Function(graph, inputs, limits, dtypes)
 
 
@@ -326,8 +330,12 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
     check_request(fn.work, req.limit_kinds, B, limits=limits)
+    if fn.tape and kinds & {"gradient", "vjp", "hvp", "jacobian", "hessian"}:
+        check_tape(fn.tape, B, limits)
     for kind in req.sweep_kinds:
         check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
+        if fn.tape:  # the sweeps run in chunks of at most max_sweep_rows points, each with its own tape
+            check_tape(fn.tape, min(B * sweeps(fn, kind, wrt), limits.max_sweep_rows), limits)
 
     fresh = {}  # id -> array: kernel outputs of the sweeps, nobody else's (see _finish)
 

@@ -47,7 +47,7 @@ KINDS = {
     "flag": ("true or false", lambda v: isinstance(v, bool)),
 }
 PARAMS = {name: dict(p.params) for name, p in PRIMS.items()}  # op -> {parameter: kind}
-BODIES = {"loop": ("body",), "cond": ("true_body", "false_body")}
+BODIES = {"loop": ("body",), "cond": ("true_body", "false_body"), "while": ("body", "cond")}
 MAX_DEPTH = 16
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
