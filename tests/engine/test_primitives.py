@@ -394,6 +394,56 @@ for _name, _jfn in (("argmax", jnp.argmax), ("argmin", jnp.argmin)):
 spec("arange-70-times-x", "arange", lambda x: x * x.b.emit("arange", [], {"n": 70}),
      lambda x: x * jnp.arange(70.0), [(70,)])
 
+
+# -- while: a run-time trip count; the JAX reference is a masked scan of a fixed length (the path taken) ------
+def while_(consts, carries, cond_fn, body_fn, max_iter=1000):
+    def graph(fn):
+        b = Builder()
+        ins = [b.input(() if isinstance(v, float) else v.shape)
+               for v in [*consts, *carries]]
+        out = fn(ins[:len(consts)], ins[len(consts):])
+        return b.build(list(out) if isinstance(out, (list, tuple)) else [out])
+    return emit("while", *consts, *carries, cond=graph(cond_fn), body=graph(body_fn), n_consts=len(consts),
+                max_iter=max_iter, tape=False)
+
+
+def _jmasked(cond, body, carry, length=80):
+    def step(c, _):
+        go = cond(c)
+        new = body(c)
+        return tuple(jnp.where(go, n, o) for n, o in zip(new, c)), None
+    return lax.scan(step, carry, None, length=length)[0]
+
+
+def _while_shrink(x, a):
+    y, n = while_([a], [x, 0.0], lambda c, v: op.gt(op.reduce_sum(v[0] * v[0]), 0.05),
+                  lambda c, v: [v[0] * c[0] + 0.01 * op.sin(v[0]), v[1] + 1.0])
+    return y, n
+
+
+def _jwhile_shrink(x, a):
+    return _jmasked(lambda c: jnp.sum(c[0] * c[0]) > 0.05, lambda c: (c[0] * a + 0.01 * jnp.sin(c[0]), c[1] + 1.0),
+                    (x, 0.0))
+
+
+spec("while-shrink", "while", _while_shrink, _jwhile_shrink, [(3,), ()], [normal(), uniform(0.5, 0.8)])
+
+
+def _while_index(w, s0):
+    i, s = while_([w], [0.0, s0], lambda c, v: op.lt(v[0], 5.0) * op.lt(v[1], 2.0),
+                  lambda c, v: [v[0] + 1.0, v[1] + op.dyn_slice(c[0], v[0], axis=0) ** 2 * op.cos(v[1])])
+    return s * i
+
+
+def _jwhile_index(w, s0):
+    i, s = _jmasked(lambda c: (c[0] < 5) & (c[1] < 2.0),
+                    lambda c: (c[0] + 1.0, c[1] + w[jnp.minimum(c[0], 4).astype(jnp.int32)] ** 2 * jnp.cos(c[1])),
+                    (0.0, s0))
+    return s * i
+
+
+spec("while-counter-indexes-const", "while", _while_index, _jwhile_index, [(5,), ()], [normal(), uniform(-1.0, 0.5)])
+
 # -- loop (the engine's scan: carries, stacked outputs, loop counter k) ---------------------------------
 def _scan_basic(reverse):
     def f(w, c0, xs):

@@ -270,3 +270,16 @@ GENERATORS.update({
     "concatenate": _concatenate, "loop": loop, "cond": cond, "gather": _gather, "scatter_add": _scatter_add,
     "argmax": _arg(">"), "argmin": _arg("<"), "arange": _arange,
 })
+
+
+def interpreter_only(graph) -> set:
+    """The primitives of `graph` (bodies included) that no kernel template covers (`while`, for now): a plan
+    holding one stays on the interpreter, declined before any code is written."""
+    from ..ir import sub_graphs
+    missing = set()
+    for e in graph.eqns:
+        if e.prim not in GENERATORS:
+            missing.add(e.prim)
+        for g in sub_graphs(e):
+            missing |= interpreter_only(g)
+    return missing

@@ -171,6 +171,8 @@ class ProgramLowerer(ExprLowerer):
         if RET in _assigned_names(s.body):
             self.fail("return inside a loop is not supported; assign a variable and return after the loop", s)
         test, body = s.test, s.body
+        if isinstance(test, ast.Constant) and test.value is True:  # `while True:` (ends with a break, or the limit)
+            test = _at(ast.Constant(1), test)
         if _has_jump(body):
             brk, cont = _flags(s)
             self.env[brk] = 0.0
