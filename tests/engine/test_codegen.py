@@ -32,9 +32,7 @@ from adserve.engine.codegen.worker import NICE, load
 engine = Engine()  # the interpreter, default limits
 
 GROUP = 14
-INTERPRETER_ONLY = {"while"}  # no kernel template yet: such plans are declined (see test_while_plans_are_declined)
-COMPILED = [s for s in SPECS if s.prim not in INTERPRETER_ONLY]
-GROUPS = [COMPILED[i:i + GROUP] for i in range(0, len(COMPILED), GROUP)]
+GROUPS = [SPECS[i:i + GROUP] for i in range(0, len(SPECS), GROUP)]
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "adserve-test-kernels")
 B = 3
 
@@ -144,11 +142,27 @@ def test_programs_compiled_equal_interpreted(name):
     assert_same(*program_case(name), name)
 
 
-def test_while_plans_are_declined_before_any_code_is_written():
+def test_every_spec_has_kernel_code_so_no_plan_is_declined():
     from adserve.engine.codegen.templates import interpreter_only
     for s in SPECS:
-        g = make_graph(s.f, s.shapes)
-        assert interpreter_only(g) == ({"while"} if s.prim == "while" else set()), s.id
+        assert interpreter_only(make_graph(s.f, s.shapes)) == set(), s.id
+
+
+def test_a_while_past_its_limit_is_a_status_not_a_hang():
+    from test_primitives import while_
+    b = Builder()
+    x = b.input(())
+    (y,) = while_([], [x], lambda c, v: op.gt(v[0], -1.0), lambda c, v: [v[0] + 1.0], max_iter=50)
+    g = b.build([y])
+    mod = compile_kernel(g, "while forever")
+    out = np.empty((1,))
+    status = mod.kernel(1, np.array([0.0]), out)
+    assert status > 0 and "ADSERVE_MAX_WHILE_ITERATIONS" in mod.ERRORS[status - 1]
+    b = Builder()
+    x = b.input(())
+    (y,) = while_([], [x], lambda c, v: op.lt(v[0], 3.0), lambda c, v: [v[0] + 1.0], max_iter=50)
+    mod = compile_kernel(b.build([y]), "while to 3")
+    assert mod.kernel(1, np.array([-5.5]), out) == 0 and out[0] == 3.5
 
 
 def test_index_out_of_range_is_an_error_not_a_crash():

@@ -14,7 +14,7 @@ from ..ir import Lit, Var
 from .contraction import einsum
 from .emit import Emitter, loc_text, num
 from .memory import updated
-from .structured import cond, loop
+from .structured import cond, loop, while_
 
 # an element-wise row's `template` is its whole generator: fused into loop nests (fusion.py) or a loop of its own
 FORMATS = {name: (f"({p.template})" if p.arity != 1 else p.template) for name, p in PRIMS.items() if p.template}
@@ -268,13 +268,13 @@ GENERATORS.update({
     "einsum": einsum, "slice": _slice, "update_slice": _update_slice,
     "dyn_slice": _dyn_slice, "dyn_update": _dyn_update, "transpose": _transpose, "reshape": _reshape,
     "concatenate": _concatenate, "loop": loop, "cond": cond, "gather": _gather, "scatter_add": _scatter_add,
-    "argmax": _arg(">"), "argmin": _arg("<"), "arange": _arange,
+    "argmax": _arg(">"), "argmin": _arg("<"), "arange": _arange, "while": while_,
 })
 
 
 def interpreter_only(graph) -> set:
-    """The primitives of `graph` (bodies included) that no kernel template covers (`while`, for now): a plan
-    holding one stays on the interpreter, declined before any code is written."""
+    """The primitives of `graph` (bodies included) that no kernel template covers (none today; a row added
+    without one): a plan holding one stays on the interpreter, declined before any code is written."""
     from ..ir import sub_graphs
     missing = set()
     for e in graph.eqns:
