@@ -226,3 +226,34 @@ def test_hostile_programs_get_a_4xx_naming_the_line(service):
         service.register({"inputs": [{"name": "x", "shape": []}],
                           "program": "def f(x):\n    while x > 0:\n        y = 1.0\n    return x"})
     assert http(e.value) == 422 and e.value.location["line"] == 2
+
+
+def test_graph_form_round_trips_with_the_same_id(service):
+    for d in (NEWTON, STATE, FOREVER):
+        info, _ = service.register(d)
+        assert service.register(service.graph(info["id"]))[0]["id"] == info["id"]
+
+
+def test_compiled_while_matches_the_interpreter_and_stops_at_the_limit(tmp_path):
+    from adserve.engine.backend import Tiered
+    from adserve.engine.errors import EvaluationError
+
+    engine = Engine(Tiered(str(tmp_path)), limits=Limits().updated(max_while_iterations=1000))
+    try:
+        fn, forever = engine.compile_definition(NEWTON), engine.compile_definition(FOREVER)
+        args = {"a": np.array([2.0, 9.0, 0.5]), "x0": np.array([1.3, 1.0, 3.0])}
+        want = engine.evaluate(fn, args, ["value", "gradient"], batch=True)
+        with pytest.raises(EvaluationError):
+            engine.evaluate(forever, {"x": np.array(0.0)})
+        assert engine.settle(900)
+        meta = {}
+        got = engine.evaluate(fn, args, ["value", "gradient"], batch=True, meta=meta)
+        assert meta["backend"] != "interpreter"
+        np.testing.assert_allclose(got["value"], want["value"], **TOL)
+        np.testing.assert_allclose(got["gradient"]["a"], want["gradient"]["a"], **TOL)
+        meta = {}
+        with pytest.raises(EvaluationError) as e:
+            engine.evaluate(forever, {"x": np.array(0.0)}, meta=meta)
+        assert e.value.code == "while_limit" and "line 4" in e.value.message
+    finally:
+        engine.close()
