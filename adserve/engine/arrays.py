@@ -410,3 +410,107 @@ register(Prim("dyn_update", _dyn_update_shape, _dyn_update_impl,
               normalize=_dyn_norm, arity=3, params=_DYN, signature="x[i] = v (i known at run time)",
               doc="x with x[i] (or the window at i) replaced by v; linear in x and v jointly"))
 
+
+
+# Gathers with run-time integer arrays (int64 inputs, arange, argmax...): `x[idx]`, `take(x, idx, axis)`.
+# Indices arrive as float64 values holding integers; one that is not an integer in 0..n-1 is refused at run time.
+def _gather_shape(sx, si, axis):
+    if sx[axis] == 0 and math.prod(si):
+        raise ShapeError("cannot gather from an empty axis")
+    return sx[:axis] + tuple(si) + sx[axis + 1:]
+
+
+def _gather_indices(idx, n):
+    """Batched index array (B, ...) as int64 (B, m), refusing non-integers and entries outside 0..n-1."""
+    f = idx.reshape(idx.shape[0], -1)
+    k = np.rint(f)
+    bad = ~((k == f) & (k >= 0) & (k <= n - 1))
+    if bad.any():
+        raise EvaluationError(f"index {f[bad][0]:g} is out of range 0..{n - 1} (or not an integer)",
+                              code="index_out_of_range")
+    return k.astype(np.int64)
+
+
+def _gather_impl(x, idx, axis):
+    ax, si = axis + 1, idx.shape[1:]
+    k = _gather_indices(idx, x.shape[ax])
+    if k.shape[0] == 1:
+        return np.take(x, k[0].reshape(si), axis=ax)
+    b = max(x.shape[0], k.shape[0])
+    xm = np.moveaxis(np.broadcast_to(x, (b, *x.shape[1:])), ax, 1)  # (B, n, rest...)
+    out = xm[np.arange(b)[:, None], np.broadcast_to(k, (b, k.shape[1]))]  # (B, m, rest...)
+    out = out.reshape((b, *si, *out.shape[2:]))
+    return np.moveaxis(out, tuple(range(1, 1 + len(si))), tuple(range(ax, ax + len(si))))
+
+
+def _scatter_add_shape(sx, sv, si, axis):
+    want = _gather_shape(sx, si, axis)
+    if tuple(sv) != want:
+        raise ShapeError(f"scatter_add: values of shape {list(sv)} do not match the gathered shape {list(want)}")
+    return sx
+
+
+def _scatter_add_impl(x, v, idx, axis):
+    ax, ni = axis + 1, len(idx.shape) - 1
+    k = _gather_indices(idx, x.shape[ax])
+    b = max(x.shape[0], v.shape[0], k.shape[0])
+    out = np.array(np.broadcast_to(x, (b, *x.shape[1:])))
+    vm = np.moveaxis(np.broadcast_to(v, (b, *v.shape[1:])), tuple(range(ax, ax + ni)), tuple(range(1, 1 + ni)))
+    vm = vm.reshape((b, k.shape[1], *vm.shape[1 + ni:]))
+    np.add.at(np.moveaxis(out, ax, 1), (np.arange(b)[:, None], np.broadcast_to(k, (b, k.shape[1]))), vm)
+    return out
+
+
+_AXIS = (("axis", "axis"),)
+register(Prim("gather", _gather_shape, _gather_impl,
+              linear=Linear(lambda g, xs, axis: [op.scatter_add(zeros(xs[0].shape), g, xs[1], axis=axis), None],
+                            args=(0,)),
+              normalize=lambda shapes, p: {"axis": _norm_axes(shapes[0], p.get("axis", 0))[0]}, arity=2,
+              params=_AXIS, signature="x[idx], take(x, idx, axis=0)",
+              doc="entries of x at the integers of idx along `axis` (the result has idx's axes there); "
+                  "linear in x, no derivative for idx; an index outside 0..n-1 is refused when it runs"))
+register(Prim("scatter_add", _scatter_add_shape, _scatter_add_impl,
+              linear=Linear(lambda g, xs, axis: [g, op.gather(g, xs[2], axis=axis), None], args=(0, 1)),
+              normalize=lambda shapes, p: {"axis": _norm_axes(shapes[0], p.get("axis", 0))[0]}, arity=3,
+              params=_AXIS, signature="scatter_add(x, v, idx, axis=0)",
+              doc="x with v added at the integers of idx along `axis` (repeats add up): the transpose of gather"))
+
+
+# Integer results: positions, as float64 values holding integers (usable as indices); derivative 0.
+def _arg_shape(s, axis):
+    if not math.prod(s):
+        raise ShapeError(f"argmin/argmax of an empty array (shape {list(s)})")
+    return () if axis is None else s[:axis] + s[axis + 1:]
+
+
+def _arg_norm(shapes, params):
+    axis = params.get("axis")
+    return {"axis": None if axis is None else _norm_axes(shapes[0], axis)[0]}
+
+
+def _arg_impl(np_fn):
+    def impl(x, axis):
+        if axis is None:
+            return np_fn(x.reshape(x.shape[0], -1), axis=1).astype(np.float64)
+        return np_fn(x, axis=axis + 1).astype(np.float64)
+    return impl
+
+
+for _name, _fn, _word in (("argmax", np.argmax, "largest"), ("argmin", np.argmin, "smallest")):
+    register(Prim(_name, _arg_shape, _arg_impl(_fn), nondiff=True, normalize=_arg_norm, arity=1,
+                  params=(("axis", "axis_or_none"),), lang=(_name,), signature=f"{_name}(x, axis=None)",
+                  doc=f"the position of the {_word} entry (the first one at a tie or NaN), of x flattened or along "
+                      "`axis`: an integer, usable as an index; derivative 0"))
+
+
+def _arange_norm(shapes, params):
+    n = params["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ShapeError(f"arange needs a non-negative integer length, got {n!r}")
+    return {"n": n}
+
+
+register(Prim("arange", lambda n: (n,), lambda n: np.arange(n, dtype=np.float64)[None], nondiff=True,
+              normalize=_arange_norm, arity=0, params=(("n", "count"),), lang=("arange",),
+              signature="arange(n), arange(start, stop, step=1)",
+              doc="the integers 0, 1, ..., n-1 (n a static integer), as numpy.arange; usable as indices"))

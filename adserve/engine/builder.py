@@ -160,7 +160,7 @@ def _atom(x):
     raise TypeError(f"not a value: {x!r}")
 
 
-_SCATTERS = ("update_slice", "dyn_update")  # x with a part replaced: on a zero x, a scatter
+_SCATTERS = ("update_slice", "dyn_update", "scatter_add")  # x with a part replaced (added): on a zero x, a scatter
 _FOLD_MAX = 64  # non-uniform folded constants stay this small; bigger ones remain equations
 _FOLD_WORK = 1 << 20
 
@@ -305,6 +305,8 @@ class Builder:
             if found is None or acc.shape != out_shape or sc.shape != out_shape:
                 continue
             prim, (_, v, *rest), params = found
+            if prim == "scatter_add":  # a + scatter_add(0, v, idx) is scatter_add(a, v, idx)
+                return self.emit(prim, [acc, v, *rest], params)
             if prim == "update_slice":
                 current = self.emit("slice", [acc], params)
             else:

@@ -64,7 +64,8 @@ class Stopped(EngineError):
         if loops:  # the outermost loop: its count is what a person can relate to the program
             _, done, length, loc = loops[-1]
             where = f" (the loop at {_place(loc)})" if loc else ""
-            parts.append(f"after {done:,} of {length:,} loop iterations{where}")
+            of = "" if length is None else f" of {length:,}"  # a while loop's count is known only as it runs
+            parts.append(f"after {done:,}{of} loop iterations{where}")
         if plans and plans[-1][2] > 1:
             _, done, total = plans[-1]
             parts.append(f"at operation {done + 1:,} of {total:,}")

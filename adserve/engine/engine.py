@@ -28,7 +28,7 @@ from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
 from .ir import Graph, canonical_text, structural_hash
-from .limits import DEFAULT_LIMITS, Limits, check_function, check_request
+from .limits import DEFAULT_LIMITS, Limits, check_function, check_request, check_tape, tape_elements
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
@@ -38,26 +38,39 @@ SOURCE_TRANSFORMS = {"primal": "value", "gradient": "gradient", "jvp": "jvp", "v
 
 
 class Function:
-    def __init__(self, graph: Graph, inputs, limits: Limits = DEFAULT_LIMITS):
+    def __init__(self, graph: Graph, inputs, limits: Limits = DEFAULT_LIMITS, dtypes=None):
         self.graph = graph
         self.input_names = [n for n, _ in inputs]
         self.input_shapes = {n: tuple(s) for n, s in inputs}
+        self.dtypes = {n: (dtypes or {}).get(n, "float64") for n in self.input_names}
+        self.int_inputs = frozenset(n for n, d in self.dtypes.items() if d == "int64")
         self.output_shape = tuple(graph.outputs[0].shape)
-        self.id = structural_hash(graph, self.input_names)
+        self.id = structural_hash(graph, self._typed_names())
         self.n_nodes, self.steps, self.work = check_function(graph, limits)
+        self.tape = tape_elements(graph)  # per point, for reverse mode through while loops
         self._plans: dict = {}
         self._requests: dict = {}  # (compute, wrt) -> checked request form (see _request)
         self._lock = threading.RLock()  # plans are built from other plans
 
+    def _typed_names(self):
+        """Input names as hashed: an int64 input's dtype is part of the id (float64 ids are unchanged)."""
+        return [f"{n}:int64" if n in self.int_inputs else n for n in self.input_names]
+
+    def _spec(self, n) -> dict:
+        spec = {"name": n, "shape": list(self.input_shapes[n])}
+        if n in self.int_inputs:
+            spec["dtype"] = "int64"
+        return spec
+
     def info(self) -> dict:
-        return {"id": self.id, "inputs": [{"name": n, "shape": list(self.input_shapes[n])} for n in self.input_names],
+        return {"id": self.id, "inputs": [self._spec(n) for n in self.input_names],
                 "output_shape": list(self.output_shape), "n_nodes": self.n_nodes}
 
     def export(self) -> dict:
         return {"inputs": self.info()["inputs"], "graph": export_graph(self.graph, self.input_names)}
 
     def text(self) -> str:
-        return canonical_text(self.graph, self.input_names)
+        return canonical_text(self.graph, self._typed_names())
 
     def plan(self, key, make):
         with self._lock:
@@ -66,7 +79,13 @@ class Function:
             return self._plans[key]
 
 
-def _parse_inputs(defn) -> list:
+DEFINITION_KEYS = ("inputs", "expr", "program", "graph", "name", "entry")  # name: the service's; entry: helpers'
+INPUT_KEYS = ("name", "shape", "dtype")
+DTYPES = ("float64", "int64")
+
+
+def _parse_inputs(defn, dtypes=None) -> list:
+    """The input specs as [(name, shape)]; `dtypes`, if given, receives {name: dtype} for every input."""
     specs = defn.get("inputs")
     if not isinstance(specs, list):
         raise DefinitionError("'inputs' must be a list of {\"name\", \"shape\"}", code="bad_definition")
@@ -74,6 +93,17 @@ def _parse_inputs(defn) -> list:
     for i, s in enumerate(specs):
         if not isinstance(s, dict) or not isinstance(s.get("name"), str):
             raise DefinitionError(f"inputs[{i}] must be {{\"name\": str, \"shape\": [int, ...]}}", code="bad_definition")
+        unknown = [k for k in s if k not in INPUT_KEYS]
+        if unknown:
+            raise DefinitionError(f"inputs[{i}]: unknown key {unknown[0]!r} (an input spec has "
+                                  f"{', '.join(INPUT_KEYS)})", {"field": f"inputs[{i}].{unknown[0]}"},
+                                  code="unknown_key")
+        dtype = s.get("dtype", "float64")
+        if dtype not in DTYPES:
+            raise DefinitionError(f"inputs[{i}].dtype is {dtype!r}; an input's dtype is \"float64\" (the default) "
+                                  f"or \"int64\"", {"field": f"inputs[{i}].dtype"}, code="bad_dtype")
+        if dtypes is not None:
+            dtypes[s["name"]] = dtype
         name, shape = s["name"], s.get("shape", [])
         if not _NAME.match(name):
             raise DefinitionError(f"inputs[{i}]: '{name}' is not a valid name (letters, digits, _)", code="bad_definition")
@@ -94,7 +124,13 @@ def compile_definition(defn, limits: Limits = DEFAULT_LIMITS, max_depth: int | N
     if not isinstance(defn, dict):
         raise DefinitionError("a definition is an object with 'inputs' and one of 'expr', 'program', 'graph'",
                               code="bad_definition")
-    inputs = _parse_inputs(defn)
+    unknown = [k for k in defn if k not in DEFINITION_KEYS]
+    if unknown:
+        raise DefinitionError(f"unknown key {unknown[0]!r} in the definition (its keys are inputs, one of expr, "
+                              f"program and graph, and optionally name)", {"field": str(unknown[0])},
+                              code="unknown_key")
+    dtypes: dict = {}
+    inputs = _parse_inputs(defn, dtypes)
     forms = [k for k in ("expr", "program", "graph") if k in defn]
     if len(forms) != 1:
         raise DefinitionError("a definition needs exactly one of 'expr', 'program', 'graph'"
@@ -103,6 +139,7 @@ def compile_definition(defn, limits: Limits = DEFAULT_LIMITS, max_depth: int | N
     body = defn[form]
     if form != "graph" and not isinstance(body, str):
         raise DefinitionError(f"'{form}' must be a string", code="bad_definition")
+    limit = control.WHILE_LIMIT.set(limits.max_while_iterations)  # the bound of the while loops lowered here
     try:
         depth = limits.max_expr_depth if max_depth is None else max_depth
         if form == "expr":
@@ -114,7 +151,9 @@ def compile_definition(defn, limits: Limits = DEFAULT_LIMITS, max_depth: int | N
         graph = b.build([out])
     except RecursionError:
         raise LimitError(f"the {form} is nested too deeply", code="too_deep") from None
-    return Function(graph, inputs, limits)
+    finally:
+        control.WHILE_LIMIT.reset(limit)
+    return Function(graph, inputs, limits, dtypes)
 
 
 # -- validation ------------------------------------------------------------------------
@@ -157,15 +196,35 @@ def _one_batch(sizes, what):
 
 
 def _wrt(fn, wrt) -> tuple:
+    """The inputs to differentiate, in input order: by default every float64 one (int64 inputs never are)."""
     if wrt is None:
-        return tuple(fn.input_names)
+        return tuple(n for n in fn.input_names if n not in fn.int_inputs)
     if isinstance(wrt, str) or not isinstance(wrt, (list, tuple)) or not wrt:
         raise EvaluationError("'wrt' must be a non-empty list of input names", code="bad_evaluation")
     bad = [w for w in wrt if w not in fn.input_shapes]
     if bad or len(set(wrt)) != len(wrt):
         raise EvaluationError(f"'wrt': {bad[0]!r} is not an input (the function takes {fn.input_names})" if bad
                               else "'wrt' lists an input twice", code="bad_evaluation")
+    ints = [w for w in wrt if w in fn.int_inputs]
+    if ints:
+        raise EvaluationError(f"'wrt': {ints[0]!r} is an int64 input, which is never differentiated",
+                              code="bad_evaluation")
     return tuple(n for n in fn.input_names if n in wrt)
+
+
+_MAX_EXACT = float(2 ** 53)  # int64 inputs travel as float64 values: exact up to here
+
+
+def _check_ints(fn, xs):
+    """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53)."""
+    for n, a in zip(fn.input_names, xs):
+        if n in fn.int_inputs:
+            a = np.asarray(a)
+            bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
+            if bad.any():
+                v = a[bad].reshape(-1)[0]
+                raise EvaluationError(f"inputs.{n} is an int64 input, but holds {float(v):.17g}: its values must be integers "
+                                      f"of magnitude at most 2**53", code="bad_integer")
 
 
 # -- evaluation ------------------------------------------------------------------------
@@ -282,8 +341,12 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
     check_request(fn.work, req.limit_kinds, B, limits=limits)
+    if fn.tape and kinds & {"gradient", "vjp", "hvp", "jacobian", "hessian"}:
+        check_tape(fn.tape, B, limits)
     for kind in req.sweep_kinds:
         check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
+        if fn.tape:  # the sweeps run in chunks of at most max_sweep_rows points, each with its own tape
+            check_tape(fn.tape, min(B * sweeps(fn, kind, wrt), limits.max_sweep_rows), limits)
     if deadline is not None:
         deadline.check()
 
@@ -297,6 +360,8 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
 
     if plain is None:
         xs = [batched(inputs[n]) for n in fn.input_names]
+    if fn.int_inputs:
+        _check_ints(fn, xs)
     out = {}
     main = req.main
     if main:

@@ -11,10 +11,11 @@ class EngineError(Exception):
 
     code = "invalid"
 
-    def __init__(self, message, location=None, code=None):
+    def __init__(self, message, location=None, code=None, cite_line=False):
         super().__init__(message)
         self.message = message
         self.location = location
+        self.cite_line = cite_line  # the message names the line once a location is attached (`at`)
         if code:
             self.code = code
 
@@ -22,6 +23,9 @@ class EngineError(Exception):
         """Attach a location unless a more precise one is already set."""
         if self.location is None and location is not None:
             self.location = location
+            if self.cite_line and isinstance(location, dict) and "line" in location:
+                self.message = f"line {location['line']}: {self.message}"
+                self.args = (self.message,)
         return self
 
 

@@ -36,6 +36,7 @@ class Limits:
     max_request_work: float = 5e10     # work x batch x derivative factor, per request
     max_expr_depth: int = 400          # nesting of an expr or program (expression and statement levels)
     max_sweep_rows: int = 200_000      # batch points x basis vectors in one Jacobian/Hessian sweep
+    max_while_iterations: int = 100_000  # iterations of one while loop (it runs at most this often)
 
     def updated(self, **kw) -> Limits:
         """These limits with the given ones replaced; a None or an unknown name leaves a limit as it is."""
@@ -75,6 +76,10 @@ def cost(graph: Graph):
             s, w = cost(e.params["body"])
             steps += 1 + e.params["length"] * s
             work += e.params["length"] * w
+        elif e.prim == "while":  # bounded by its iteration limit: the cost of a loop that runs to it
+            (sc, wc), (sb, wb) = cost(e.params["cond"]), cost(e.params["body"])
+            steps += 1 + e.params["max_iter"] * (sc + sb)
+            work += e.params["max_iter"] * (wc + wb)
         elif e.prim == "cond":
             branches = [cost(g) for g in sub_graphs(e)]
             steps += 1 + max(b[0] for b in branches)
@@ -114,6 +119,13 @@ def _measure(graph: Graph, limits: Limits):
                                  f"{limits.max_trip_count:,}", e.loc, code="limit_exceeded")
             n, s, w = _measure(e.params["body"], limits)
             nodes, steps, work = nodes + 1 + n, steps + 1 + e.params["length"] * s, work + e.params["length"] * w
+        elif e.prim == "while":
+            n_iter = e.params["max_iter"]
+            if n_iter > limits.max_while_iterations:
+                raise LimitError(f"a while loop bounded by {n_iter:,} iterations is over the limit of "
+                                 f"{limits.max_while_iterations:,}", e.loc, code="limit_exceeded")
+            (nc, sc, wc), (nb, sb, wb) = _measure(e.params["cond"], limits), _measure(e.params["body"], limits)
+            nodes, steps, work = nodes + 1 + nc + nb, steps + 1 + n_iter * (sc + sb), work + n_iter * (wc + wb)
         elif e.prim == "cond":
             branches = [_measure(g, limits) for g in sub_graphs(e)]
             nodes += 1 + sum(b[0] for b in branches)
@@ -122,6 +134,29 @@ def _measure(graph: Graph, limits: Limits):
         else:
             nodes, steps, work = nodes + 1, steps + 1, work + _eqn_work(e)
     return nodes, steps, work
+
+
+def tape_elements(graph: Graph) -> int:
+    """Elements per point that reverse mode stores for its while loops: each loop's carries, once per iteration
+    it may run (the most one loop needs; loops run one after another reuse nothing, so this is the largest)."""
+    most = 0
+    for e in graph.eqns:
+        if e.prim == "while":
+            carries = e.inputs[e.params["n_consts"]:]
+            most = max(most, e.params["max_iter"] * sum(math.prod(a.shape) for a in carries) + tape_elements(
+                e.params["body"]))
+        else:
+            most = max([most, *[tape_elements(g) for g in sub_graphs(e)]])
+    return most
+
+
+def check_tape(tape: int, points: int, limits: Limits = DEFAULT_LIMITS):
+    """Refuse, before it runs, a reverse pass whose while-loop tape could outgrow the element limit."""
+    if tape * points > limits.max_elements:
+        raise LimitError(f"reverse mode through this function's while loop stores up to {tape * points:,} values "
+                         f"(its carries at each of up to ADSERVE_MAX_WHILE_ITERATIONS iterations, for "
+                         f"{points} point(s)), over the limit of {limits.max_elements:,} elements (max_elements)",
+                         code="limit_exceeded")
 
 
 def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limits = DEFAULT_LIMITS):

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     max_work: float | None = Field(None, gt=0, description="element operations per evaluation at one point")
     max_request_work: float | None = Field(None, gt=0, description="element operations per request")
     max_sweep_rows: int | None = Field(None, gt=0, description="derivative sweeps of one jacobian/hessian request")
+    max_while_iterations: int | None = Field(None, gt=0, description="iterations of one while loop (default "
+                                             "100000); past it the evaluation stops with 422 while_limit")
     max_optimizers: int = Field(default_factory=default_max_optimizers, gt=0,
                                 description="Minimize runs (REST and gRPC) in flight at once in this process; "
                                             "over it: 429 / RESOURCE_EXHAUSTED. Default: 2 per core")

@@ -1,7 +1,8 @@
 """Tensors in JSON, both ways (the contract's "Tensors in JSON").
 
 A JSON tensor is a number, a row-major nested list of numbers, or
-`{"dtype": "float64", "shape": [...], "b64": "<base64 of little-endian bytes>"}`;
+`{"dtype": "float64", "shape": [...], "b64": "<base64 of little-endian bytes>"}` (or `"dtype": "int64"`
+for an int64 input's integers);
 the strings "NaN", "Infinity" and "-Infinity" stand for non-finite values
 anywhere a number may. `decode` turns one into a float64 ndarray or raises
 `TensorError` naming where it went wrong (`inputs.x[2][1]`); `encode` turns an
@@ -20,6 +21,7 @@ SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 MAX_DIMS = 32
 _NUMBER_TYPES = frozenset({int, float})
 _B64_KEYS = {"dtype", "shape", "b64"}
+_B64_DTYPES = {"float64": "<f8", "int64": "<i8"}
 TENSOR_TYPES = (np.ndarray, np.generic, float)  # leaves of a result that are tensors
 
 
@@ -166,8 +168,8 @@ def _decode_b64(obj: dict, where: str) -> np.ndarray:
         raise TensorError(where, f"has unknown key(s) {', '.join(map(repr, unknown))}; "
                                  "a base64 tensor has dtype, shape and b64")
     dtype = obj.get("dtype")
-    if dtype != "float64":
-        raise TensorError(f"{where}.dtype", f'is {describe(dtype)}; only "float64" is supported')
+    if not isinstance(dtype, str) or dtype not in _B64_DTYPES:
+        raise TensorError(f"{where}.dtype", f'is {describe(dtype)}; "float64" or "int64" (for int64 inputs)')
     shape = obj.get("shape")
     if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
         raise TensorError(f"{where}.shape", f"is {describe(shape)}; expected a list of non-negative integers")
@@ -182,5 +184,6 @@ def _decode_b64(obj: dict, where: str) -> np.ndarray:
         raise TensorError(f"{where}.b64", f"is not valid base64 ({e})") from None
     need = 8 * math.prod(shape)
     if len(raw) != need:
-        raise TensorError(f"{where}.b64", f"holds {len(raw)} bytes but shape {shape} needs {need} (8 per float64)")
-    return np.frombuffer(raw, dtype="<f8").astype(np.float64).reshape(shape)
+        raise TensorError(f"{where}.b64", f"holds {len(raw)} bytes but shape {shape} needs {need} (8 per {dtype})")
+    # int64 data travels as float64 values from here (exact to 2**53; the engine refuses larger ones by name)
+    return np.frombuffer(raw, dtype=_B64_DTYPES[dtype]).astype(np.float64).reshape(shape)

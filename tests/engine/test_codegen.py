@@ -168,6 +168,29 @@ def test_programs_compiled_equal_interpreted(name):
     assert_same(*program_case(name), name)
 
 
+def test_every_spec_has_kernel_code_so_no_plan_is_declined():
+    from adserve.engine.codegen.templates import interpreter_only
+    for s in SPECS:
+        assert interpreter_only(make_graph(s.f, s.shapes)) == set(), s.id
+
+
+def test_a_while_past_its_limit_is_a_status_not_a_hang():
+    from test_primitives import while_
+    b = Builder()
+    x = b.input(())
+    (y,) = while_([], [x], lambda c, v: op.gt(v[0], -1.0), lambda c, v: [v[0] + 1.0], max_iter=50)
+    g = b.build([y])
+    mod = compile_kernel(g, "while forever")
+    out = np.empty((1,))
+    status = mod.kernel(1, np.array([0.0]), out)
+    assert status > 0 and "ADSERVE_MAX_WHILE_ITERATIONS" in mod.ERRORS[status - 1]
+    b = Builder()
+    x = b.input(())
+    (y,) = while_([], [x], lambda c, v: op.lt(v[0], 3.0), lambda c, v: [v[0] + 1.0], max_iter=50)
+    mod = compile_kernel(b.build([y]), "while to 3")
+    assert mod.kernel(1, np.array([-5.5]), out) == 0 and out[0] == 3.5
+
+
 def test_index_out_of_range_is_an_error_not_a_crash():
     b = Builder()
     x, i = b.input((4,)), b.input(())

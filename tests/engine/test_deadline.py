@@ -46,6 +46,21 @@ def test_a_long_loop_stops_at_its_deadline_and_says_how_far_it_got(engine, long_
     assert "line 2" in err.message and "timeout_ms 200" in err.message
 
 
+@pytest.mark.parametrize("compute", [["value"], ["gradient"]])
+def test_a_while_loop_stops_at_its_deadline_and_says_how_far_it_got(engine, compute):
+    """A while loop whose condition stays true for long (under its iteration bound) stops at the deadline,
+    before the bound's while_limit, forward and on the taped pass of reverse mode."""
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": []}], "program":
+                                    "def f(x):\n    y = x\n    while y > -1.0:\n        y = y * 0.999999 + sin(y) * 1e-9\n"
+                                    "    return y\n"})
+    with Deadline(0.2, "timeout_ms 200") as d, pytest.raises(Stopped) as stopped:
+        engine.evaluate(fn, {"x": 0.5}, compute, deadline=d)
+    err = stopped.value
+    done, length = _loop_progress(err)
+    assert err.code == "deadline_exceeded" and length is None and done > 0
+    assert fn.id in err.message and f"after {done:,} loop iterations" in err.message and "line 3" in err.message
+
+
 def test_cancelling_from_another_thread_stops_the_work(engine, long_loop):
     d = Deadline()  # no time limit: only a cancel stops it
     outcome = {}

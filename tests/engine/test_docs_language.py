@@ -25,7 +25,7 @@ def test_the_examples_compile_and_run():
     blocks = re.findall(r"```(python)?\n(.*?)```", (docgen.DOCS / "language.md").read_text(), re.S)
     exprs = [line for lang, b in blocks if not lang for line in b.strip().splitlines()]
     programs = [b for lang, b in blocks if lang]
-    assert len(exprs) == 2 and len(programs) == 1
+    assert len(exprs) == 2 and len(programs) == 2
     inputs = {"x1": [], "x2": [], "x": [6]}
     engine = Engine()
     for e in exprs:
@@ -36,3 +36,7 @@ def test_the_examples_compile_and_run():
                                  "program": programs[0]})
     r = engine.evaluate(fn, {"x": [0.3, 0.9, 0.0, 2.0], "w": 1.5}, ["value", "gradient"])
     assert np.isfinite(r["value"]) and np.all(np.isfinite(r["gradient"]["x"]))
+    fn = engine.compile_definition({"inputs": [{"name": "a", "shape": []}, {"name": "x0", "shape": []}],
+                                    "program": programs[1]})  # the while example
+    r = engine.evaluate(fn, {"a": 2.0, "x0": 1.0}, ["value", "gradient"])
+    assert abs(r["value"] - 2 ** 0.5) < 1e-12 and abs(r["gradient"]["a"] - 0.5 / 2 ** 0.5) < 1e-9

@@ -52,6 +52,7 @@ class _Settings:
     """What `Engine.from_settings` reads of the server's settings."""
     compile_timeout_seconds, python_tier = 300.0, True
     max_nodes = max_elements = max_trip_count = max_steps = max_work = max_request_work = max_sweep_rows = None
+    max_while_iterations = None
     max_expr_depth = 400
 
     def __init__(self, compile, cache_dir, **limits):

@@ -357,6 +357,93 @@ for _shape, _axis, _size in [((5, 3), 0, None), ((4, 5), 1, 2), ((5,), 0, 3), ((
          [normal(), normal(), index(_hi)], fd_zero=(2,))
 
 
+
+# -- gather / scatter_add: integer index arrays (int64 data travels as float64 integers) -------------------
+def index_array(hi):
+    """Integer-valued entries in 0..hi, with repeats (so scatter_add's accumulation is exercised)."""
+    return lambda rng, s, k: rng.integers(0, hi + 1, s).astype(np.float64)
+
+
+def _jscatter_add(x, v, i, axis):
+    xm = jnp.moveaxis(x, axis, 0)
+    ni = jnp.ndim(i)
+    vm = jnp.moveaxis(v, tuple(range(axis, axis + ni)), tuple(range(ni)))
+    return jnp.moveaxis(xm.at[_jint(i)].add(vm), 0, axis)
+
+
+for _shape, _axis, _ishape in [((5, 3), 0, (4,)), ((4, 5), 1, (2, 3)), ((6,), 0, (6,)), ((3, 4, 2), 2, (3,))]:
+    _hi = _shape[_axis] - 1
+    _vshape = _shape[:_axis] + _ishape + _shape[_axis + 1:]
+    spec(f"gather{list(_shape)}-axis{_axis}-idx{list(_ishape)}", "gather",
+         lambda x, i, _a=_axis: op.gather(x, i, axis=_a),
+         lambda x, i, _a=_axis: jnp.take(x, _jint(i), axis=_a), [_shape, _ishape], [normal(), index_array(_hi)],
+         fd_zero=(1,))
+    spec(f"scatter_add{list(_shape)}-axis{_axis}-idx{list(_ishape)}", "scatter_add",
+         lambda x, v, i, _a=_axis: op.scatter_add(x, v, i, axis=_a),
+         lambda x, v, i, _a=_axis: _jscatter_add(x, v, i, _a), [_shape, _vshape, _ishape],
+         [normal(), normal(), index_array(_hi)], fd_zero=(2,))
+
+
+# -- integer results: argmax / argmin (positions, derivative 0) and arange ------------------------------------
+for _name, _jfn in (("argmax", jnp.argmax), ("argmin", jnp.argmin)):
+    for _shape, _axis in (((7,), None), ((3, 4), None), ((3, 4), 1), ((2, 3, 4), 0)):
+        spec(f"{_name}{list(_shape)}-axis{_axis}", _name,
+             lambda x, _n=_name, _a=_axis: getattr(op, _n)(x, axis=_a),
+             lambda x, _f=_jfn, _a=_axis: _f(x, axis=_a).astype(jnp.float64), [_shape], nondiff=True)
+# over 64 entries, so the builder does not fold it into a literal
+spec("arange-70-times-x", "arange", lambda x: x * x.b.emit("arange", [], {"n": 70}),
+     lambda x: x * jnp.arange(70.0), [(70,)])
+
+
+# -- while: a run-time trip count; the JAX reference is a masked scan of a fixed length (the path taken) ------
+def while_(consts, carries, cond_fn, body_fn, max_iter=1000):
+    def graph(fn):
+        b = Builder()
+        ins = [b.input(() if isinstance(v, float) else v.shape)
+               for v in [*consts, *carries]]
+        out = fn(ins[:len(consts)], ins[len(consts):])
+        return b.build(list(out) if isinstance(out, (list, tuple)) else [out])
+    return emit("while", *consts, *carries, cond=graph(cond_fn), body=graph(body_fn), n_consts=len(consts),
+                max_iter=max_iter, tape=False)
+
+
+def _jmasked(cond, body, carry, length=80):
+    def step(c, _):
+        go = cond(c)
+        new = body(c)
+        return tuple(jnp.where(go, n, o) for n, o in zip(new, c)), None
+    return lax.scan(step, carry, None, length=length)[0]
+
+
+def _while_shrink(x, a):
+    y, n = while_([a], [x, 0.0], lambda c, v: op.gt(op.reduce_sum(v[0] * v[0]), 0.05),
+                  lambda c, v: [v[0] * c[0] + 0.01 * op.sin(v[0]), v[1] + 1.0])
+    return y, n
+
+
+def _jwhile_shrink(x, a):
+    return _jmasked(lambda c: jnp.sum(c[0] * c[0]) > 0.05, lambda c: (c[0] * a + 0.01 * jnp.sin(c[0]), c[1] + 1.0),
+                    (x, 0.0))
+
+
+spec("while-shrink", "while", _while_shrink, _jwhile_shrink, [(3,), ()], [normal(), uniform(0.5, 0.8)])
+
+
+def _while_index(w, s0):
+    i, s = while_([w], [0.0, s0], lambda c, v: op.lt(v[0], 5.0) * op.lt(v[1], 2.0),
+                  lambda c, v: [v[0] + 1.0, v[1] + op.dyn_slice(c[0], v[0], axis=0) ** 2 * op.cos(v[1])])
+    return s * i
+
+
+def _jwhile_index(w, s0):
+    i, s = _jmasked(lambda c: (c[0] < 5) & (c[1] < 2.0),
+                    lambda c: (c[0] + 1.0, c[1] + w[jnp.minimum(c[0], 4).astype(jnp.int32)] ** 2 * jnp.cos(c[1])),
+                    (0.0, s0))
+    return s * i
+
+
+spec("while-counter-indexes-const", "while", _while_index, _jwhile_index, [(5,), ()], [normal(), uniform(-1.0, 0.5)])
+
 # -- loop (the engine's scan: carries, stacked outputs, loop counter k) ---------------------------------
 def _scan_basic(reverse):
     def f(w, c0, xs):

@@ -19,7 +19,7 @@ from adserve.engine.frontends import functions, graph_json
 
 ROWS = sorted(PRIMS)
 LINEAR = {"neg", "add", "sub", "reshape", "transpose", "broadcast_to", "sum_to", "reduce_sum", "slice",
-          "update_slice", "concatenate", "dyn_slice", "dyn_update"}
+          "update_slice", "concatenate", "dyn_slice", "dyn_update", "gather", "scatter_add"}
 
 
 @pytest.mark.parametrize("name", ROWS)

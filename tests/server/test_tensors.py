@@ -79,6 +79,8 @@ for _ in range(40):
     ({"shape": [1]}, "inputs.x", "base64 tensor"),
     ({**b64([1.0]), "extra": 1}, "inputs.x", "'extra'"),
     (b64([1.0], dtype="float32"), "inputs.x.dtype", "float64"),
+    ({"dtype": {}, "shape": [], "b64": ""}, "inputs.x.dtype", "float64"),
+    ({"dtype": ["float64"], "shape": [], "b64": ""}, "inputs.x.dtype", "float64"),
     ({"dtype": "float64", "b64": "AAAAAAAA8D8="}, "inputs.x.shape", "non-negative integers"),
     (b64([1.0], shape=[-1]), "inputs.x.shape", "non-negative integers"),
     (b64([1.0], shape=[True]), "inputs.x.shape", "non-negative integers"),

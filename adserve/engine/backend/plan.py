@@ -75,5 +75,7 @@ def call_kernel(kernel, errors, plan: PlanMeta, B: int, args) -> Fresh:
     outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
     status = kernel(B, *ins, *outs)
     if status:
-        raise EvaluationError(errors[status - 1], code="index_out_of_range")
+        message = errors[status - 1]
+        raise EvaluationError(message, code="while_limit" if "ADSERVE_MAX_WHILE_ITERATIONS" in message
+                              else "index_out_of_range")
     return outs

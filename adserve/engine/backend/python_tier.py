@@ -78,6 +78,9 @@ class PythonTier:
         plan = plan_meta(graph)
         if plan.key in self.store.ready or self.store.on_disk(plan.key):
             return
+        from ..codegen.templates import interpreter_only
+        if interpreter_only(graph):  # no code for it on any tier (see KernelStore.request)
+            return
         self._quiet()
         if plan.key in self.store.ready:
             return

@@ -99,6 +99,11 @@ class KernelStore:
         with self._lock:
             if key in self.ready or key in self.failed or key in self.pending:
                 return self.ready.get(key)
+            from ..codegen.templates import interpreter_only
+            missing = interpreter_only(graph)
+            if missing:  # declined, quietly and once: not a compile failure
+                self.failed[key] = f"interpreter only: no kernel template for {', '.join(sorted(missing))}"
+                return None
             self.pending.add(key)
         if self.on_disk(key):
             self._pool.submit(self._load_only, key)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .emit import Emitter
 
 VIEWS = {"slice", "dyn_slice", "transpose", "reshape"}
-UPDATES = {"update_slice", "dyn_update"}
+UPDATES = {"update_slice", "dyn_update", "scatter_add"}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Loops and branches: a `loop` stays a `for` loop, a `cond` an `if`.
+"""Loops and branches: a `loop` stays a `for` loop, a `while` a `while`, a `cond` an `if`.
 
 A loop's carries live in buffers of their own; its stacked outputs (the VJP's
 tape among them) are preallocated from the static trip count. Bodies are
@@ -9,7 +9,7 @@ updates.
 from __future__ import annotations
 
 from ..ir import Graph, Var
-from .emit import Emitter, num
+from .emit import Emitter, loc_text, num
 from .memory import VIEWS
 
 
@@ -101,3 +101,73 @@ def cond(s, e):
                 s.line(f"{name} = {s.ref(a) if isinstance(a, Var) else num(a.fill)}")
         s.line("pass")
         s.depth -= 1
+
+
+def while_(s, e):
+    """`while True:` with the condition's graph, a bound check (status `while_limit`, reported after the point,
+    as a bad index is) and the body's; in tape mode each iteration's carries go to rows preallocated for
+    `max_iter` iterations (the size the limits checked), and the count is the number of rows written."""
+    p = e.params
+    cond, body, nc, max_iter, tape = p["cond"], p["body"], p["n_consts"], p["max_iter"], p["tape"]
+    consts, inits = e.inputs[:nc], e.inputs[nc:]
+    carries = []
+    for init in inits:
+        c = s.buffer(Var(init.shape), "c") if init.shape else s.fresh("c")
+        s.copy(c, init, init.shape)
+        carries.append(c)
+    rows = []
+    for init in inits if tape else ():
+        r = s.fresh("tape")
+        s.prologue.append(f"    {r} = np.empty({(max_iter, *init.shape)!r})")
+        rows.append(r)
+    it = s.fresh("it")
+    code = s.error(f"a while loop ran past {max_iter:,} iterations, the limit (ADSERVE_MAX_WHILE_ITERATIONS), "
+                   f"at {loc_text(e.loc)}")
+    s.line(f"{it} = 0")
+    s.line("while True:")
+    s.depth += 1
+    for g in (cond, body):
+        for v, a in zip(g.inputs[:nc], consts):
+            s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
+        for v, c in zip(g.inputs[nc:], carries):
+            s.names[v] = c
+    s.graph(cond)
+    pred = cond.outputs[0]
+    s.line(f"if {s.ref(pred) if isinstance(pred, Var) else num(pred.fill)} == 0.0:")
+    s.line("    break")
+    s.line(f"if {it} >= {max_iter}:")
+    s.line(f"    err = {code}")
+    s.line("    break")
+    for r, c, init in zip(rows, carries, inits):
+        s.line(f"{r}[{it}] = {c}")
+    s.graph(body)
+    new = body.outputs
+    aliased = any(isinstance(a, Var) and a.shape and (a in body.inputs or _is_view(body, a)) for a in new)
+    assign = []
+    for a, c in zip(new, carries):
+        if not a.shape:
+            t = s.fresh("n")
+            s.line(f"{t} = {s.elem(a, [], ())}")
+            assign.append(f"{c} = {t}")
+        elif aliased:
+            t = s.buffer(Var(a.shape), "stage")
+            s.copy(t, a, a.shape)
+            assign.append(f"{c}[...] = {t}")
+        else:
+            assign.append((c, a))
+    for item in assign:
+        if isinstance(item, str):
+            s.line(item)
+        else:
+            s.copy(item[0], item[1], item[1].shape)
+    s.line(f"{it} += 1")
+    s.depth -= 1
+    outs = list(zip(e.outputs[:len(inits)], carries))
+    if tape:
+        count = e.outputs[len(inits)]
+        s.line(f"{s.define(count)} = float({it})")
+        outs += list(zip(e.outputs[len(inits) + 1:], rows))
+    for o, c in outs:
+        s.names[o] = c
+        if o.shape:
+            s.owner[c] = o

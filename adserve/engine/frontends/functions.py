@@ -258,6 +258,49 @@ def _len(low, node, *args, **kwargs):
     return x.shape[0]
 
 
+def _take(low, node, *args, **kwargs):
+    """numpy.take: entries of x at integer index data along `axis` (None: of x flattened)."""
+    axis = _axis_arg(node, "take", args, kwargs, pos=2)
+    x, idx = low.value(args[0], node), args[1]
+    if axis is None:
+        x, axis = low.emit("reshape", x, shape=(x.size,)), 0
+    if not isinstance(axis, int) or not -len(x.shape) <= axis < len(x.shape):
+        raise DefinitionError(f"take: axis {axis} is out of range for shape {list(x.shape)}", _loc(node),
+                              code="shape_mismatch")
+    axis %= len(x.shape)
+    i = low.value(idx, node)
+    if isinstance(idx, int) and not 0 <= idx < x.shape[axis]:
+        raise DefinitionError(f"take: index {idx} is out of range 0..{x.shape[axis] - 1}", _loc(node),
+                              code="index_out_of_range")
+    if not i.shape:
+        return low.emit("dyn_slice", x, i, axis=axis, size=None)
+    return low.emit("gather", x, i, axis=axis)
+
+
+def _argminmax(prim):
+    def call(low, node, *args, **kwargs):
+        axis = _axis_arg(node, prim, args, kwargs)
+        if isinstance(axis, tuple):
+            raise DefinitionError(f"{prim}() takes one axis or None", _loc(node), code="bad_arguments")
+        return low.emit(prim, low.value(args[0], node), axis=axis)
+    return call
+
+
+def _arange(low, node, *args, **kwargs):
+    _arity(node, "arange", args, 1, 3)
+    _no_kwargs(node, "arange", kwargs)
+    bounds = [static_int(a, "an arange() bound", _loc(node)) for a in args]
+    if len(bounds) == 3 and bounds[2] == 0:
+        raise DefinitionError("arange() step must not be zero", _loc(node), code="bad_arguments")
+    r = range(*bounds)
+    if len(r) > 10_000_000:
+        raise LimitError(f"arange of {len(r)} elements; the limit is 10000000", _loc(node), code="too_large")
+    out = low.b.emit("arange", [], {"n": len(r)})
+    if r.step != 1:
+        out = low.emit("mul", out, float(r.step))
+    return low.emit("add", out, float(r.start)) if r.start else out
+
+
 def _range(low, node, *args, **kwargs):
     raise DefinitionError("range() is only allowed as the iterable of a for loop", _loc(node), code="unsupported")
 
@@ -265,6 +308,7 @@ def _range(low, node, *args, **kwargs):
 # primitives whose language function is not element-wise: prim -> handler
 _CALLS = {"reduce_sum": _reduction("reduce_sum"), "reduce_max": _reduction("reduce_max"),
           "reduce_min": _reduction("reduce_min"), "logsumexp": _reduction("logsumexp"),
+          "argmax": _argminmax("argmax"), "argmin": _argminmax("argmin"), "arange": _arange,
           "where": _where, "reshape": _reshape, "transpose": _transpose, "concatenate": _concatenate}
 
 # functions that are not one primitive: name -> (handler, signature, doc line for users)
@@ -279,6 +323,9 @@ COMPOSITES = {
     "zeros": (_filled(0.0), "zeros(shape)", "an array of zeros"),
     "ones": (_filled(1.0), "ones(shape)", "an array of ones"),
     "len": (_len, "len(x)", "the length of the first axis (a static integer)"),
+    "take": (_take, "take(x, idx, axis=None)", "the entries of x at integer data idx along `axis` (of x flattened "
+                                               "when axis is None), as numpy.take; an index outside 0..n-1 is "
+                                               "refused when it runs; reverse mode adds into those entries"),
     "range": (_range, "range(n), range(a, b, step)", "the integers of a `for` loop (only there)"),
 }
 

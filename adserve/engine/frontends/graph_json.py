@@ -36,6 +36,7 @@ def _ints(v):
 KINDS = {
     "axes": ("an int, a list of ints, or null for all", lambda v: v is None or _int(v) or _ints(v)),
     "axis": ("an int", _int),
+    "axis_or_none": ("an int, or null for all axes (flattened)", lambda v: v is None or _int(v)),
     "shape": ("a list of ints", _ints),
     "perm": ("a list of ints, or null to reverse", lambda v: v is None or _ints(v)),
     "spec": ('a string such as "ij,jk->ik"', lambda v: isinstance(v, str)),
@@ -46,7 +47,7 @@ KINDS = {
     "flag": ("true or false", lambda v: isinstance(v, bool)),
 }
 PARAMS = {name: dict(p.params) for name, p in PRIMS.items()}  # op -> {parameter: kind}
-BODIES = {"loop": ("body",), "cond": ("true_body", "false_body")}
+BODIES = {"loop": ("body",), "cond": ("true_body", "false_body"), "while": ("body", "cond")}
 MAX_DEPTH = 16
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 

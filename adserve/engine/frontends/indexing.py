@@ -1,7 +1,8 @@
 """Indexing and element assignment: `x[i]`, `x[i, j]`, `x[a:b]`, `y[i] = e`.
 
 Static parts become one `slice` / `update_slice`; parts that depend on a loop
-counter become `dyn_slice` / `dyn_update` along one axis. Every index is
+counter or on integer data (a scalar value) become `dyn_slice` / `dyn_update`
+along one axis; an integer array `x[idx]` becomes a `gather`. Every index is
 checked against the axis length before anything runs, using the loop's trip
 count for indices that move (`x[i+1]` with i up to n-1 is refused with a message).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ast
 
+from ..builder import V
 from ..errors import DefinitionError
 from .values import Index
 
@@ -31,9 +33,15 @@ def _entries(low, x, slice_node):
             out.append(_slice_entry(low, node, dim))
             continue
         k = low.expr(node)
+        if isinstance(k, V):  # integer data (an int64 input, an element of one, argmax...): checked when it runs
+            if k.shape and any(isinstance(e, tuple) and e[0] == "gather" for e in out):
+                raise DefinitionError("at most one integer-array index per subscript (index twice instead)",
+                                      _loc(node), code="index_error")
+            out.append(("gather", k) if k.shape else k)
+            continue
         if isinstance(k, bool) or not isinstance(k, (int, Index)):
-            raise DefinitionError("an index must be an integer: a literal, a loop variable or integer arithmetic of those",
-                                  _loc(node), code="index_error")
+            raise DefinitionError("an index must be an integer: a literal, a loop variable, integer data or integer "
+                                  "arithmetic of those", _loc(node), code="index_error")
         if isinstance(k, int):
             if not -dim <= k < dim:
                 raise DefinitionError(f"index {k} is out of range for axis {axis} of length {dim}", _loc(node),
@@ -102,8 +110,10 @@ def get_item(low, x, slice_node):
             kept += 1
     for pos in reversed(range(len(entries))):
         e = entries[pos]
-        if isinstance(e, Index):
+        if isinstance(e, (Index, V)):
             x = low.emit("dyn_slice", x, low.value(e), axis=axis_after[pos], size=None)
+        elif isinstance(e, tuple) and e[0] == "gather":
+            x = low.emit("gather", x, e[1], axis=axis_after[pos])
         elif isinstance(e, tuple) and e[0] == "dyn":
             x = low.emit("dyn_slice", x, low.value(e[1]), axis=axis_after[pos], size=e[2])
     return x
@@ -124,9 +134,12 @@ def _set(low, y, entries, v, node):
         target = tuple(e[1] for e in index if not isinstance(e, int))
         v = low.emit("broadcast_to", v, shape=target)
         return low.emit("update_slice", y, v, index=index)
+    if any(isinstance(e, tuple) and e[0] == "gather" for e in entries):
+        raise DefinitionError("assignment through an integer-array index is not supported; assign element by "
+                              "element in a loop (y[idx[k]] = ...)", _loc(node), code="index_error")
     head, rest = entries[0], entries[1:]
     whole = tuple((0, d, 1) for d in y.shape[1:])
-    if isinstance(head, (int, Index)):
+    if isinstance(head, (int, Index, V)):
         if isinstance(head, int):
             row = low.emit("slice", y, index=(head, *whole))
             return low.emit("update_slice", y, _set(low, row, rest, v, node), index=(head, *whole))

@@ -6,6 +6,11 @@ captured as loop constants. `if` on a run-time condition becomes a `cond`
 equation whose outputs are the names either branch assigns; a condition on
 static integers is decided while lowering, as Python would. Element
 assignment `y[i] = e` is a functional update (see indexing.py).
+
+`while` becomes one `while` equation (condition and body sub-graphs, bounded by
+the engine's `max_while_iterations`). `break` and `continue` become carried
+flags: the statements a jump may skip are guarded by an `if` on them, and a
+`for` loop with a `break` runs its remaining iterations masked (a flag test).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import ast
 
 from ..builder import Budget, Builder, V
+from ..control import WHILE_LIMIT
 from ..errors import DefinitionError
 from ..ir import Graph, Var
 from .expr import ExprLowerer, _static_binop, loc_of, parse
@@ -63,10 +69,10 @@ class ProgramLowerer(ExprLowerer):
     def _stmt(self, s) -> bool:
         method = getattr(self, "stmt_" + type(s).__name__, None)
         if method is None:
-            what = {"While": "while loops (use for i in range(n))", "FunctionDef": "nested functions",
+            what = {"FunctionDef": "nested functions",
                     "Import": "import", "ImportFrom": "import", "Global": "global", "Nonlocal": "nonlocal",
                     "With": "with", "Try": "try", "Raise": "raise", "Delete": "del", "ClassDef": "classes",
-                    "Assert": "assert", "Break": "break", "Continue": "continue",
+                    "Assert": "assert", "Break": "break outside a loop", "Continue": "continue outside a loop",
                     "AnnAssign": "annotated assignment"}.get(type(s).__name__, type(s).__name__)
             self.fail(f"{what} is not supported", s)
         return bool(method(s))
@@ -146,7 +152,81 @@ class ProgramLowerer(ExprLowerer):
             self.fail("return inside a loop is not supported; assign a variable and return after the loop", s)
         if len(r) == 0:
             return False
+        if _has_jump(s.body):
+            s = self._masked_for(s)
         self._trace_loop(s, r)
+        return False
+
+    def _masked_for(self, s):
+        """`for` with break/continue as a masked loop: a carried flag skips the iterations after a break."""
+        brk, cont = _flags(s)
+        self.env[brk] = 0.0
+        guarded = _at(ast.If(test=_none_set(s, brk), body=_jumps(s.body, brk, cont), orelse=[]), s)
+        return _at(ast.For(target=s.target, iter=s.iter, body=[_set_flag(s, cont, 0.0), guarded], orelse=[]), s)
+
+    # -- while --------------------------------------------------------------
+    def stmt_While(self, s):
+        if s.orelse:
+            self.fail("while ... else is not supported", s)
+        if RET in _assigned_names(s.body):
+            self.fail("return inside a loop is not supported; assign a variable and return after the loop", s)
+        test, body = s.test, s.body
+        if isinstance(test, ast.Constant) and test.value is True:  # `while True:` (ends with a break, or the limit)
+            test = _at(ast.Constant(1), test)
+        if _has_jump(body):
+            brk, cont = _flags(s)
+            self.env[brk] = 0.0
+            test = _at(ast.BoolOp(op=ast.And(), values=[_none_set(s, brk), test]), s)
+            body = [_set_flag(s, cont, 0.0), *_jumps(body, brk, cont)]
+        assigned = _assigned_names(body)
+        carried = sorted(n for n in assigned if n in self.env and _usable(self.env[n]))
+        outer_b, outer_env = self.b, self.env
+        inits = [self.value(outer_env[n], s) for n in carried]
+        parts = []
+        for what in ("cond", "body"):
+            nb = Builder(parent=outer_b)
+            env = dict(outer_env)
+            ins = [nb.input(v.shape) for v in inits]
+            env.update(zip(carried, ins))
+            self.b, self.env = nb, env
+            try:
+                if what == "cond":
+                    c = self.expr(test)
+                    if isinstance(c, bool) or type(c) is int:
+                        if not c:  # statically false: the loop never runs
+                            return False
+                        c = nb.lit(1.0)
+                    pred = self.value(c, test)
+                    if pred.shape != ():
+                        self.fail(f"a while condition must be a scalar, got shape {list(pred.shape)}", test,
+                                  "shape_mismatch")
+                    outs = [pred]
+                else:
+                    self.block(body)
+                    outs = []
+                    for name, init in zip(carried, inits):
+                        new = self.value(self.env[name], s)
+                        if new.shape != init.shape:
+                            self.fail(f"'{name}' changes shape inside the loop: {list(init.shape)} -> "
+                                      f"{list(new.shape)}", s, "shape_mismatch")
+                        outs.append(new)
+                parts.append((nb, ins, nb.build(outs)))
+            finally:
+                self.b, self.env = outer_b, outer_env
+        consts = list(dict.fromkeys([*parts[0][0].captured, *parts[1][0].captured]))
+        graphs = [Graph((*[nb._capture_map.get(a) or Var(a.shape) for a in consts], *[v.atom for v in ins]),
+                        g.eqns, g.outputs) for nb, ins, g in parts]
+        if not carried:
+            self.fail("this while loop changes no variable that exists before it, so it either never runs or "
+                      "never stops", s)
+        results = self.b.emit("while", [*[V(self.b, a) for a in consts], *inits],
+                              {"cond": graphs[0], "body": graphs[1], "n_consts": len(consts),
+                               "max_iter": WHILE_LIMIT.get(), "tape": False})
+        for name, v in zip(carried, results):
+            self.env[name] = v
+        for name in assigned - set(carried):
+            self.env[name] = Undefined(f"'{name}' is first assigned inside the loop at line {s.lineno}; "
+                                       f"give it a value before the loop to use it after")
         return False
 
     def _trace_loop(self, s, r):
@@ -234,6 +314,56 @@ class ProgramLowerer(ExprLowerer):
             self.env[n] = Undefined(f"'{n}' is assigned in only one branch of the if at line {s.lineno}; "
                                     f"give it a value before the if or in both branches")
         return tret
+
+
+# -- break and continue: flags the loop carries, and guards on the statements a jump skips ----------------
+def _at(node, where):
+    return ast.fix_missing_locations(ast.copy_location(node, where))
+
+
+def _flags(s):
+    """Names no program can spell ('$' is not Python), distinct per loop, so loops nest."""
+    return f"$break@{s.lineno}:{s.col_offset}", f"$continue@{s.lineno}:{s.col_offset}"
+
+
+def _set_flag(where, name, value):
+    return _at(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=ast.Constant(value)), where)
+
+
+def _none_set(where, *names):
+    total = ast.Name(id=names[0], ctx=ast.Load())
+    for n in names[1:]:
+        total = ast.BinOp(left=total, op=ast.Add(), right=ast.Name(id=n, ctx=ast.Load()))
+    return _at(ast.Compare(left=total, ops=[ast.Eq()], comparators=[ast.Constant(0.0)]), where)
+
+
+def _has_jump(stmts) -> bool:
+    """A break or continue of this loop (not of a loop nested in it)."""
+    for s in stmts:
+        if isinstance(s, (ast.Break, ast.Continue)):
+            return True
+        if isinstance(s, ast.If) and _has_jump(s.body + s.orelse):
+            return True
+    return False
+
+
+def _jumps(stmts, brk, cont):
+    """The statements with break/continue as flag assignments, and what follows a possible jump guarded."""
+    out = []
+    for i, s in enumerate(stmts):
+        if isinstance(s, (ast.Break, ast.Continue)):
+            out.append(_set_flag(s, brk if isinstance(s, ast.Break) else cont, 1.0))
+            return out  # the rest of the block never runs
+        if isinstance(s, ast.If) and _has_jump([s]):
+            out.append(_at(ast.If(test=s.test, body=_jumps(s.body, brk, cont) or [ast.Pass()],
+                                  orelse=_jumps(s.orelse, brk, cont)), s))
+            rest = stmts[i + 1:]
+            if rest:
+                out.append(_at(ast.If(test=_none_set(rest[0], brk, cont), body=_jumps(rest, brk, cont),
+                                      orelse=[]), rest[0]))
+            return out
+        out.append(s)
+    return out
 
 
 def _usable(v):

@@ -1,0 +1,202 @@
+"""Integer data: definition validation (dtype, unknown keys), int64 inputs, gathers and scatters.
+
+Derivatives are checked against JAX (x64) at 1e-10; every refusal is a 422 naming where it went wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from adserve.engine import Engine
+from adserve.server.service import Service, ServiceError
+from adserve.server.status import http
+
+jax.config.update("jax_enable_x64", True)
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+def refused(service, definition, body=None):
+    """The ServiceError registering `definition` (and evaluating `body` on it, if given) raises."""
+    with pytest.raises(ServiceError) as e:
+        fid = service.register(definition)[0]["id"]
+        if body is not None:
+            service.evaluate(fid, body)
+    return e.value
+
+
+@pytest.fixture(scope="module")
+def service():
+    s = Service(Engine())
+    yield s
+    s.close()
+
+
+# -- (1) definition validation ------------------------------------------------------------------------
+@pytest.mark.parametrize("definition, code, words", [
+    ({"inputs": [{"name": "x", "shape": []}], "expr": "x", "colour": "red"}, "unknown_key", "'colour'"),
+    ({"inputs": [{"name": "x", "shape": [], "kind": 1}], "expr": "x"}, "unknown_key", "inputs[0]"),
+    ({"inputs": [{"name": "x", "shape": [], "dtype": "float32"}], "expr": "x"}, "bad_dtype", "inputs[0].dtype"),
+    ({"inputs": [{"name": "x", "shape": [], "dtype": 64}], "expr": "x"}, "bad_dtype", "int64"),
+])
+def test_bad_definitions_are_422_naming_the_key_and_where(service, definition, code, words):
+    e = refused(service, definition)
+    assert http(e) == 422 and e.code == code and words in e.message
+
+
+def test_name_entry_and_dtypes_are_accepted_and_kept(service):
+    d = {"name": "gather-demo", "inputs": [{"name": "x", "shape": [3]}, {"name": "i", "shape": [], "dtype": "int64"}],
+         "expr": "sum(x) * i"}
+    info, _ = service.register(d)
+    assert info["inputs"][1] == {"name": "i", "shape": [], "dtype": "int64"}
+    assert info["inputs"][0] == {"name": "x", "shape": [3]}
+    again, _ = service.register(service.graph(info["id"]))
+    assert again["id"] == info["id"]
+    as_float = {**d, "inputs": [d["inputs"][0], {"name": "i", "shape": []}]}
+    assert service.register(as_float)[0]["id"] != info["id"]  # the dtype is part of the function
+
+
+# -- (2) int64 inputs and gathers, against JAX --------------------------------------------------------------
+GATHERS = {"inputs": [{"name": "x", "shape": [5, 3]}, {"name": "w", "shape": [5]},
+                      {"name": "idx", "shape": [4], "dtype": "int64"},
+                      {"name": "pairs", "shape": [4, 2], "dtype": "int64"}],
+           "program": """
+def f(x, w, idx, pairs):
+    s = 0.0
+    for k in range(4):
+        s = s + w[idx[k]] * x[idx[k], 1] * x[pairs[k, 0], 0] - sin(x[pairs[k, 1], 2])
+    return s + sum(take(x, idx, axis=0) ** 2) + sum(take(x, pairs[1], axis=1) * w[pairs[1, 1]])
+"""}
+
+
+def j_gathers(x, w, idx, pairs):
+    s = 0.0
+    for k in range(4):
+        s = s + w[idx[k]] * x[idx[k], 1] * x[pairs[k, 0], 0] - jnp.sin(x[pairs[k, 1], 2])
+    return s + jnp.sum(jnp.take(x, idx, axis=0) ** 2) + jnp.sum(jnp.take(x, pairs[1], axis=1) * w[pairs[1, 1]])
+
+
+VECTOR = {"inputs": [{"name": "x", "shape": [5, 3]}, {"name": "idx", "shape": [4], "dtype": "int64"}],
+          "expr": "x[idx, 1] * x[idx, 2] + sin(take(x, idx, axis=0)[:, 0])"}
+
+
+def j_vector(x, idx):
+    return x[idx, 1] * x[idx, 2] + jnp.sin(jnp.take(x, idx, axis=0)[:, 0])
+
+
+def b64_int(a):
+    a = np.asarray(a, dtype="<i8")
+    return {"dtype": "int64", "shape": list(a.shape), "b64": base64.b64encode(a.tobytes()).decode()}
+
+
+@pytest.fixture()
+def data():
+    rng = np.random.default_rng(7)
+    return {"x": rng.standard_normal((5, 3)), "w": rng.standard_normal(5),
+            "idx": np.array([4, 0, 4, 2]), "pairs": np.array([[1, 3], [0, 0], [4, 2], [3, 3]])}
+
+
+def test_gathers_value_and_every_derivative_match_jax(service, data):
+    fid = service.register(GATHERS)[0]["id"]
+    rng = np.random.default_rng(1)
+    t = {"x": rng.standard_normal((5, 3)), "w": rng.standard_normal(5)}
+    body = {"inputs": {"x": data["x"].tolist(), "w": data["w"].tolist(), "idx": data["idx"].tolist(),
+                       "pairs": b64_int(data["pairs"])},
+            "compute": ["value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"],
+            "tangent": {k: v.tolist() for k, v in t.items()}, "cotangent": 1.5}
+    r = service.evaluate(fid, body)
+    ints = (jnp.asarray(data["idx"]), jnp.asarray(data["pairs"]))
+
+    def f(x, w):
+        return j_gathers(x, w, *ints)
+
+    x, w = jnp.asarray(data["x"]), jnp.asarray(data["w"])
+    np.testing.assert_allclose(r["value"], f(x, w), **TOL)
+    gx, gw = jax.grad(f, (0, 1))(x, w)
+    assert set(r["gradient"]) == {"x", "w"}  # int64 inputs are never differentiated
+    np.testing.assert_allclose(r["gradient"]["x"], gx, **TOL)
+    np.testing.assert_allclose(r["gradient"]["w"], gw, **TOL)
+    np.testing.assert_allclose(r["vjp"]["x"], 1.5 * gx, **TOL)
+    np.testing.assert_allclose(r["jacobian"]["w"], gw, **TOL)
+    _, jv = jax.jvp(f, (x, w), (t["x"], t["w"]))
+    np.testing.assert_allclose(r["jvp"], jv, **TOL)
+    _, hv = jax.jvp(jax.grad(f, (0, 1)), (x, w), (t["x"], t["w"]))
+    np.testing.assert_allclose(r["hvp"]["x"], hv[0], **TOL)
+    np.testing.assert_allclose(r["hvp"]["w"], hv[1], **TOL)
+    h = jax.hessian(f, (0, 1))(x, w)
+    np.testing.assert_allclose(r["hessian"]["x"]["w"], h[0][1], **TOL)
+    assert set(r["hessian"]) == {"x", "w"}
+
+
+def test_gather_jacobian_and_vjp_of_a_vector_output_match_jax(service, data):
+    fid = service.register(VECTOR)[0]["id"]
+    ct = np.arange(4.0) - 1.5
+    r = service.evaluate(fid, {"inputs": {"x": data["x"].tolist(), "idx": data["idx"].tolist()},
+                               "compute": ["value", "jacobian", "vjp"], "cotangent": ct.tolist()})
+    idx, x = jnp.asarray(data["idx"]), jnp.asarray(data["x"])
+    np.testing.assert_allclose(r["value"], j_vector(x, idx), **TOL)
+    np.testing.assert_allclose(r["jacobian"]["x"], jax.jacobian(j_vector)(x, idx), **TOL)
+    np.testing.assert_allclose(r["vjp"]["x"], jax.vjp(lambda x: j_vector(x, idx), x)[1](ct)[0], **TOL)
+
+
+@pytest.mark.parametrize("bad", [[0, 5, 1, 1], [0, -1, 1, 1], [0, 1.5, 1, 1]])
+def test_index_out_of_range_at_run_time_is_422_naming_the_line(service, data, bad):
+    e = refused(service, VECTOR, {"inputs": {"x": data["x"].tolist(), "idx": bad}})
+    if bad[1] == 1.5:  # not an integer: the int64 input itself is refused
+        assert (http(e), e.code) == (422, "bad_integer") and "inputs.idx" in e.message
+        return
+    assert (http(e), e.code) == (422, "index_out_of_range")
+    assert e.location == {"line": 1, "column": 1}
+
+
+def test_huge_and_non_integer_int64_inputs_are_422_naming_the_input(service, data):
+    for bad in ([0, 1, 2, 2 ** 62], b64_int([0, 1, 2, 2 ** 62])):
+        e = refused(service, VECTOR, {"inputs": {"x": data["x"].tolist(), "idx": bad}})
+        assert (http(e), e.code) == (422, "bad_integer") and "inputs.idx" in e.message
+
+
+def test_int64_inputs_take_no_tangent_and_cannot_be_in_wrt(service, data):
+    fid = service.register(VECTOR)[0]["id"]
+    r = service.evaluate(fid, {"inputs": {"x": data["x"].tolist(), "idx": data["idx"].tolist()},
+                               "compute": ["jvp"], "tangent": {"x": np.ones((5, 3)).tolist()}})
+    assert r["jvp"].shape == (4,)
+    e = refused(service, VECTOR, {"inputs": {"x": data["x"].tolist(), "idx": data["idx"].tolist()},
+                                  "compute": ["jacobian"], "wrt": ["idx"]})
+    assert http(e) == 422 and "int64" in e.message
+
+
+def test_assignment_through_an_index_array_is_refused_with_its_line(service):
+    e = refused(service, {"inputs": [{"name": "x", "shape": [3]}, {"name": "i", "shape": [2], "dtype": "int64"}],
+                          "program": "def f(x, i):\n    y = zeros(3)\n    y[i] = 1.0\n    return sum(y * x)"})
+    assert http(e) == 422 and e.location["line"] == 3
+
+
+def test_compiled_gather_and_scatter_return_a_status_for_a_bad_index_never_read_out_of_bounds(tmp_path, data):
+    """On the numba tier too, a bad index is a 422 index_out_of_range (the kernel's status), not a crash."""
+    from adserve.engine.backend import Tiered
+    from adserve.engine.errors import EvaluationError
+
+    engine = Engine(Tiered(str(tmp_path)))
+    try:
+        fn = engine.compile_definition(VECTOR)
+        good = {"x": data["x"], "idx": data["idx"].astype(float)}
+        want = engine.evaluate(fn, good, ["value", "vjp"], cotangent=np.ones(4))
+        assert engine.settle(900)
+        meta = {}
+        got = engine.evaluate(fn, good, ["value", "vjp"], cotangent=np.ones(4), meta=meta)
+        assert meta["backend"] != "interpreter"
+        np.testing.assert_allclose(got["value"], want["value"], **TOL)
+        np.testing.assert_allclose(got["vjp"]["x"], want["vjp"]["x"], **TOL)
+        for bad in ([0, 5, 1, 1], [0, -1, 1, 1]):
+            meta = {}
+            with pytest.raises(EvaluationError) as e:
+                engine.evaluate(fn, {"x": data["x"], "idx": np.array(bad, float)}, ["value", "vjp"],
+                                cotangent=np.ones(4), meta=meta)
+            assert e.value.code == "index_out_of_range"
+    finally:
+        engine.close()

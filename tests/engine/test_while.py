@@ -1,0 +1,259 @@
+"""`while`, `break` and `continue` in programs: values and every derivative against JAX (x64) at 1e-10,
+the iteration limit (422 while_limit naming the line), memory of reverse mode, and hostile programs.
+
+JAX references are Python loops over concrete values (the path taken), or `lax.while_loop` for values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from adserve.engine import Engine, Limits
+from adserve.server.service import Service, ServiceError
+from adserve.server.status import http
+
+jax.config.update("jax_enable_x64", True)
+TOL = dict(rtol=1e-10, atol=1e-10)
+ALL = ["value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"]
+
+
+@pytest.fixture(scope="module")
+def service():
+    s = Service(Engine())
+    yield s
+    s.close()
+
+
+def check_all(service, definition, jf, inputs, tangent):
+    """Every compute kind against JAX; `jf` takes the inputs in order (Python control flow on values)."""
+    fid = service.register(definition)[0]["id"]
+    r = service.evaluate(fid, {"inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}, "compute": ALL,
+                               "tangent": {k: np.asarray(v).tolist() for k, v in tangent.items()}, "cotangent": 2.0})
+    names = list(inputs)
+    xs = [jnp.asarray(inputs[n]) for n in names]
+    ts = [jnp.asarray(tangent[n]) for n in names]
+    argn = tuple(range(len(names)))
+    np.testing.assert_allclose(r["value"], jf(*xs), **TOL)
+    g = jax.grad(jf, argn)(*xs)
+    _, jv = jax.jvp(jf, xs, ts)
+    _, hv = jax.jvp(lambda *a: jax.grad(jf, argn)(*a), xs, ts)
+    h = jax.hessian(jf, argn)(*xs)
+    np.testing.assert_allclose(r["jvp"], jv, **TOL)
+    for i, n in enumerate(names):
+        np.testing.assert_allclose(r["gradient"][n], g[i], **TOL)
+        np.testing.assert_allclose(r["vjp"][n], 2.0 * g[i], **TOL)
+        np.testing.assert_allclose(r["jacobian"][n], g[i], **TOL)
+        np.testing.assert_allclose(r["hvp"][n], hv[i], **TOL)
+        for k, m in enumerate(names):
+            np.testing.assert_allclose(r["hessian"][n][m], h[i][k], **TOL)
+    return r
+
+
+NEWTON = {"inputs": [{"name": "a", "shape": []}, {"name": "x0", "shape": []}], "program": """
+def f(a, x0):
+    x = x0
+    n = 0
+    while abs(x * x - a) > 1e-12:
+        x = 0.5 * (x + a / x)
+        n += 1
+    return x * n + sin(x0) * x
+"""}
+
+
+def j_newton(a, x0):
+    x, n = x0, 0
+    while abs(x * x - a) > 1e-12:
+        x = 0.5 * (x + a / x)
+        n += 1
+    return x * n + jnp.sin(x0) * x
+
+
+def test_newton_square_root_every_derivative(service):
+    r = check_all(service, NEWTON, j_newton, {"a": 2.0, "x0": 1.3}, {"a": 0.7, "x0": -0.4})
+    assert abs(r["gradient"]["a"]) > 0
+
+
+STATE = {"inputs": [{"name": "x", "shape": [4]}, {"name": "w", "shape": [4]}], "program": """
+def f(x, w):
+    y = x
+    k = 0
+    while sum(y * y) > 0.1 and k < 50:
+        y = y * 0.8 + 0.05 * sin(w * y)
+        k += 1
+    total = 0.0
+    for i in range(4):
+        if y[i] < 0:
+            continue
+        total = total + y[i] * w[i]
+        if total > 0.2:
+            break
+    return total + sum(y * w)
+"""}
+
+
+def j_state(x, w):
+    y, k = x, 0
+    while jnp.sum(y * y) > 0.1 and k < 50:
+        y = y * 0.8 + 0.05 * jnp.sin(w * y)
+        k += 1
+    total = 0.0
+    for i in range(4):
+        if y[i] < 0:
+            continue
+        total = total + y[i] * w[i]
+        if total > 0.2:
+            break
+    return total + jnp.sum(y * w)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_while_with_array_state_break_and_continue_every_derivative(service, seed):
+    rng = np.random.default_rng(seed)
+    check_all(service, STATE, j_state, {"x": rng.standard_normal(4), "w": rng.uniform(0.5, 1.5, 4)},
+              {"x": rng.standard_normal(4), "w": rng.standard_normal(4)})
+
+
+BREAK_IN_WHILE = {"inputs": [{"name": "x", "shape": []}], "program": """
+def f(x):
+    y = x
+    while True:
+        y = y * 1.5 + 0.1
+        if y > 10:
+            break
+    return y
+"""}
+
+
+def test_while_true_with_break_matches_lax_while_loop(service):
+    fid = service.register(BREAK_IN_WHILE)[0]["id"]
+    for x in (0.3, 2.0, 20.0):
+        want = jax.lax.while_loop(lambda y: y[1], lambda y: (y[0] * 1.5 + 0.1, y[0] * 1.5 + 0.1 <= 10),
+                                  (jnp.asarray(x), True))[0]
+        r = service.evaluate(fid, {"inputs": {"x": x}, "compute": ["value", "gradient"]})
+        np.testing.assert_allclose(r["value"], want, **TOL)
+        steps = 1
+        y = x * 1.5 + 0.1
+        while y <= 10:
+            y, steps = y * 1.5 + 0.1, steps + 1
+        np.testing.assert_allclose(r["gradient"]["x"], 1.5 ** steps, **TOL)
+
+
+def test_batched_points_run_their_own_trip_counts(service):
+    fid = service.register(NEWTON)[0]["id"]
+    a, x0 = np.array([2.0, 9.0, 0.5]), np.array([1.3, 1.0, 3.0])
+    r = service.evaluate(fid, {"inputs": {"a": a.tolist(), "x0": x0.tolist()}, "compute": ["value", "gradient"],
+                               "batch": True})
+    for j in range(3):
+        np.testing.assert_allclose(r["value"][j], j_newton(a[j], x0[j]), **TOL)
+        np.testing.assert_allclose(r["gradient"]["a"][j], jax.grad(j_newton)(a[j], x0[j]), **TOL)
+
+
+FOREVER = {"inputs": [{"name": "x", "shape": []}], "program": """
+def f(x):
+    y = x
+    while y > -1:
+        y = y + 1
+    return y
+"""}
+
+
+def test_a_while_that_never_stops_is_422_while_limit_naming_its_line(service):
+    fid = service.register(FOREVER)[0]["id"]
+    for compute in (["value"], ["gradient"], ["jvp"]):
+        with pytest.raises(ServiceError) as e:
+            service.evaluate(fid, {"inputs": {"x": 0.0}, "compute": compute, "tangent": {"x": 1.0}})
+        assert (http(e.value), e.value.code) == (422, "while_limit")
+        assert e.value.location["line"] == 4 and "line 4" in e.value.message
+
+
+def test_the_limit_is_the_engine_setting():
+    engine = Engine(limits=Limits().updated(max_while_iterations=5))
+    fn = engine.compile_definition(BREAK_IN_WHILE)
+    assert float(engine.evaluate(fn, {"x": np.array(5.0)})["value"]) > 10  # 2 iterations
+    from adserve.engine.errors import EvaluationError
+    with pytest.raises(EvaluationError) as e:
+        engine.evaluate(fn, {"x": np.array(1e-9)})  # needs 10
+    assert e.value.code == "while_limit"
+
+
+LONG = {"inputs": [{"name": "x", "shape": [10]}, {"name": "r", "shape": []}], "program": """
+def f(x, r):
+    y = x
+    k = 0
+    while k < 100000:
+        y = y * r + 0.001 * sin(y)
+        k += 1
+    return sum(y)
+"""}
+
+
+def test_reverse_pass_through_a_100000_step_while_loop_of_10_elements_answers():
+    engine = Engine()
+    fn = engine.compile_definition(LONG)
+    x = np.linspace(-1, 1, 10)
+    r = engine.evaluate(fn, {"x": x, "r": np.array(0.99999)}, ["value", "gradient"])
+    y = x.copy()
+    for _ in range(100000):
+        y = y * 0.99999 + 0.001 * np.sin(y)
+    np.testing.assert_allclose(r["value"], y.sum(), rtol=1e-9)
+    assert np.all(np.isfinite(r["gradient"]["x"])) and r["gradient"]["x"].shape == (10,)
+
+
+def test_a_tape_that_cannot_fit_is_refused_up_front_naming_the_limit():
+    engine = Engine(limits=Limits().updated(max_elements=500_000))
+    fn = engine.compile_definition(LONG)
+    engine.evaluate(fn, {"x": np.zeros(10), "r": np.array(0.5)})  # the value needs no tape
+    from adserve.engine.errors import LimitError
+    with pytest.raises(LimitError) as e:
+        engine.evaluate(fn, {"x": np.zeros(10), "r": np.array(0.5)}, ["gradient"])
+    assert "max_elements" in e.value.message
+
+
+def test_hostile_programs_get_a_4xx_naming_the_line(service):
+    gather = {"inputs": [{"name": "x", "shape": [3]}, {"name": "i", "shape": [2], "dtype": "int64"}],
+              "program": "def f(x, i):\n    s = 0.0\n    for k in range(2):\n        s = s + x[i[k]]\n    return s"}
+    fid = service.register(gather)[0]["id"]
+    for bad in ([0, 3], [0, 2 ** 62]):
+        with pytest.raises(ServiceError) as e:
+            service.evaluate(fid, {"inputs": {"x": [1.0, 2.0, 3.0], "i": bad}})
+        assert 400 <= http(e.value) < 500
+        assert e.value.location == {"line": 4, "column": 17} if bad[1] == 3 else "inputs.i" in e.value.message
+    with pytest.raises(ServiceError) as e:
+        service.register({"inputs": [{"name": "x", "shape": []}],
+                          "program": "def f(x):\n    while x > 0:\n        y = 1.0\n    return x"})
+    assert http(e.value) == 422 and e.value.location["line"] == 2
+
+
+def test_graph_form_round_trips_with_the_same_id(service):
+    for d in (NEWTON, STATE, FOREVER):
+        info, _ = service.register(d)
+        assert service.register(service.graph(info["id"]))[0]["id"] == info["id"]
+
+
+def test_compiled_while_matches_the_interpreter_and_stops_at_the_limit(tmp_path):
+    from adserve.engine.backend import Tiered
+    from adserve.engine.errors import EvaluationError
+
+    engine = Engine(Tiered(str(tmp_path)), limits=Limits().updated(max_while_iterations=1000))
+    try:
+        fn, forever = engine.compile_definition(NEWTON), engine.compile_definition(FOREVER)
+        args = {"a": np.array([2.0, 9.0, 0.5]), "x0": np.array([1.3, 1.0, 3.0])}
+        want = engine.evaluate(fn, args, ["value", "gradient"], batch=True)
+        with pytest.raises(EvaluationError):
+            engine.evaluate(forever, {"x": np.array(0.0)})
+        assert engine.settle(900)
+        meta = {}
+        got = engine.evaluate(fn, args, ["value", "gradient"], batch=True, meta=meta)
+        assert meta["backend"] != "interpreter"
+        np.testing.assert_allclose(got["value"], want["value"], **TOL)
+        np.testing.assert_allclose(got["gradient"]["a"], want["gradient"]["a"], **TOL)
+        meta = {}
+        with pytest.raises(EvaluationError) as e:
+            engine.evaluate(forever, {"x": np.array(0.0)}, meta=meta)
+        assert e.value.code == "while_limit" and "line 4" in e.value.message
+    finally:
+        engine.close()
