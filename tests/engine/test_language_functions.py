@@ -186,6 +186,20 @@ CASES = [
                 w = w - 0.1 * grad(inner_loss)(w)
             return sum((w - data) ** 2)
         """, {"theta": (), "data": (3,)}),
+    Case("derivatives-inside-loops", """
+        def f(x, p):
+            def h(v):
+                acc = v
+                for k in range(3):
+                    acc = sin(acc) * p + v
+                return acc
+            out, pull = vjp(h, x)
+            total = 0.0
+            for i in range(2):
+                total = total + grad(h)(x) * total + x
+                total = total + pull(total)[0] * out
+            return total
+        """, {"x": (), "p": ()}),
     Case("branch-inside-grad", """
         def f(x):
             def h(v):

@@ -45,9 +45,11 @@ def _unflatten(tree, it):
 
 
 def _array(low, x, what, node) -> V:
+    """`x` as a value of the current builder: derivative rules emit into the builder of their first
+    argument, so a value of an enclosing loop or branch body is captured here first."""
     if isinstance(x, (Callable, tuple, list)):
         low.fail(f"{what} must be an array", node, "bad_arguments")
-    return low.value(x, node)
+    return low.b.capture(low.value(x, node))
 
 
 def trace(low, f, args, active, node, what):
@@ -223,8 +225,9 @@ class Pullback(Callable):
                          "shape_mismatch")
             cts.append(c)
         wrt = [True] * self.n_active + [False] * (len(self.primals) - self.n_active)
-        _, grads = vjp_inline(low.b, self.graph, self.primals, wrt, cts)
-        return tuple(_zeros_for(low.b, grads[:self.n_active], [p.shape for p in self.primals]))
+        primals = [low.b.capture(p) for p in self.primals]  # it may be called inside a later loop or branch
+        _, grads = vjp_inline(low.b, self.graph, primals, wrt, cts)
+        return tuple(_zeros_for(low.b, grads[:self.n_active], [p.shape for p in primals]))
 
 
 @dataclass(eq=False)

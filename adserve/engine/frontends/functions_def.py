@@ -124,13 +124,16 @@ class FunctionsMixin:
 
     frame: Optional[Frame] = None
     program_functions: dict = {}
-    stack: list = []  # (function, call node) being lowered: recursion is a function already on it
+    # (function, the functions passed to it) being lowered. Recursion is a call of a function already on it
+    # with the same function arguments: a solver may call a function that runs the solver again on another
+    # function (a saddle point's inner and outer argmin), and that ends.
+    stack: list = []
     work_left: int = 0
 
     def enter_program(self, functions_by_name, entry: UserFn, max_work: int):
         self.program_functions = functions_by_name
         self.frame = Frame(entry, self.env, None, self.b)
-        self.stack = [(entry, None)]
+        self.stack = [(entry, ())]
         self.work_left = max_work
 
     # -- names --------------------------------------------------------------
@@ -222,13 +225,13 @@ class FunctionsMixin:
         return v
 
     def call_user(self, fn: UserFn, args, node):
-        for other, where in self.stack:
-            if other is fn:
-                chain = " -> ".join(g.name for g, _ in self.stack[[g for g, _ in self.stack].index(fn):])
+        key = (fn, tuple(a for a in args if isinstance(a, Callable)))
+        for depth, (other, passed) in enumerate(self.stack):
+            if other is fn and len(passed) == len(key[1]) and all(a is b for a, b in zip(passed, key[1])):
+                chain = " -> ".join(g.name for g, _ in self.stack[depth:])
                 self.fail(f"recursion at line {node.lineno}: '{fn.name}' is called while it is still running "
-                          f"({chain} -> {fn.name}); "
-                          f"calls are inlined, so a function may not call itself, directly or through others",
-                          node, "recursion")
+                          f"({chain} -> {fn.name}); calls are inlined, so a function may not call itself, "
+                          f"directly or through others", node, "recursion")
         params = [a.arg for a in fn.node.args.args]
         needed = len(params) - len(fn.defaults)
         if not needed <= len(args) <= len(params):
@@ -243,7 +246,7 @@ class FunctionsMixin:
         if caller is not None:
             caller.env = caller_env
         self.frame, self.env = Frame(fn, env, fn.parent, self.b), env
-        self.stack.append((fn, node))
+        self.stack.append(key)
         try:
             if not self.block(fn.node.body):
                 self.fail(f"'{fn.name}' must end with `return <expression>`", fn.node.body[-1], "bad_program")
