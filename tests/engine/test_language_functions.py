@@ -6,7 +6,7 @@ say it means (late binding of closures included), and every `compute` kind of th
 (value, gradient, jvp, vjp, hvp, jacobian, hessian) is compared with JAX's, one point and a batch.
 Then: perturbation confusion (Siskind and Pearlmutter; the survey's section 3.1 example), the
 errors (recursion named at its line, arity, keywords, unknown names), the graph round trip, and the
-compiled tiers (numba and the python tier) on a few plans.
+compiled tiers (numba and the python tier) on a few plans, and random closures with a derivative inside.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from engine_helpers import jax, jnp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adserve.engine import Engine, main_plan
 from adserve.engine.errors import DefinitionError, EngineError, LimitError
@@ -500,3 +502,34 @@ def test_numba_kernel_equals_interpreter(name):
 def test_python_tier_equals_interpreter(name):
     from test_python_tier import python_or_declined
     assert python_or_declined(*_plan_and_args(name), f"language functions: {name}")
+
+
+# -- random programs with a derivative inside ---------------------------------------------------------------------
+_UNARY = ["sin", "cos", "tanh", "exp"]
+_OUTER = ["grad(g)(x)", "grad(g)(x * x)", "jvp(g, (x,), (x,))[1]", "grad(grad(g))(x)", "jacfwd(g)(x)",
+          "value_and_grad(g)(x)[0] * grad(g)(0.5)", "hessian(g)(x)"]
+
+
+@st.composite
+def _closure_programs(draw):
+    """`def f(x): def g(y): <random expression in x and y>; return <a derivative of g> * <x or 1>`."""
+    e = draw(st.sampled_from(["y", "x * y", "y + x"]))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.integers(0, 2))
+        if kind == 0:
+            e = f"{draw(st.sampled_from(_UNARY))}(0.5 * ({e}))"
+        else:
+            e = f"({e}) {draw(st.sampled_from(['+', '*', '-']))} {draw(st.sampled_from(['x', 'y', '0.7']))}"
+    outer = draw(st.sampled_from(_OUTER))
+    scale = draw(st.sampled_from(["x", "1.0", "sin(x)"]))
+    return f"def f(x):\n    def g(y):\n        return {e}\n    return {outer} * {scale}\n"
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(_closure_programs(), st.floats(-1.5, 1.5))
+def test_random_closures_with_a_derivative_inside_agree_with_jax(program, x):
+    case = Case("random", program, {"x": ()})
+    fn = engine.compile_definition(case.definition())
+    got = engine.evaluate(fn, {"x": x}, ["value", "gradient", "hvp", "hessian"], tangent={"x": 1.0})
+    want = jax_all(case.jax_fn(), [np.float64(x)], [np.float64(1.0)], np.float64(0.0))
+    compare(case, got, {k: want[k] for k in ("value", "gradient", "hvp", "hessian")}, ["x"], program)
