@@ -139,13 +139,16 @@ def compile_definition(defn, limits: Limits = DEFAULT_LIMITS, max_depth: int | N
     body = defn[form]
     if form != "graph" and not isinstance(body, str):
         raise DefinitionError(f"'{form}' must be a string", code="bad_definition")
+    entry = defn.get("entry")  # which function of a program is the entry (default: the last one)
+    if entry is not None and (form != "program" or not isinstance(entry, str)):
+        raise DefinitionError("'entry' is the name of a function of a 'program'", code="bad_definition")
     limit = control.WHILE_LIMIT.set(limits.max_while_iterations)  # the bound of the while loops lowered here
     try:
         depth = limits.max_expr_depth if max_depth is None else max_depth
         if form == "expr":
             b, out = lower_expression(body, inputs, depth, limits.max_nodes)
         elif form == "program":
-            b, out = lower_program(body, inputs, depth, limits.max_nodes)
+            b, out = lower_program(body, inputs, depth, limits.max_nodes, entry)
         else:
             b, out = lower_graph(body, inputs, limits.max_nodes)
         graph = b.build([out])

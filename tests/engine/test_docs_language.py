@@ -25,7 +25,7 @@ def test_the_examples_compile_and_run():
     blocks = re.findall(r"```(python)?\n(.*?)```", (docgen.DOCS / "language.md").read_text(), re.S)
     exprs = [line for lang, b in blocks if not lang for line in b.strip().splitlines()]
     programs = [b for lang, b in blocks if lang]
-    assert len(exprs) == 2 and len(programs) == 2
+    assert len(exprs) == 2 and len(programs) == 4
     inputs = {"x1": [], "x2": [], "x": [6]}
     engine = Engine()
     for e in exprs:
@@ -40,3 +40,9 @@ def test_the_examples_compile_and_run():
                                     "program": programs[1]})  # the while example
     r = engine.evaluate(fn, {"a": 2.0, "x0": 1.0}, ["value", "gradient"])
     assert abs(r["value"] - 2 ** 0.5) < 1e-12 and abs(r["gradient"]["a"] - 0.5 / 2 ** 0.5) < 1e-9
+    for program in programs[2:]:  # helper functions and derivatives: f(x, <a scalar>)
+        scalar = re.findall(r"^def f\(x, (\w+)\):", program, re.M)[-1]
+        fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [3]}, {"name": scalar, "shape": []}],
+                                        "program": program})
+        r = engine.evaluate(fn, {"x": [0.3, 0.9, -0.5], scalar: 1.5}, ["value", "gradient", "hessian"])
+        assert np.isfinite(r["value"]) and np.all(np.isfinite(r["hessian"]["x"]["x"]))

@@ -22,10 +22,9 @@ from ..control import WHILE_LIMIT
 from ..errors import DefinitionError
 from ..ir import Graph, Var
 from .expr import ExprLowerer, _static_binop, loc_of, parse
+from .functions_def import RET, Callable, FunctionsMixin, check_signature
 from .indexing import set_item
 from .values import Counter, Index, Undefined, as_value, static_int
-
-RET = "$return"
 _AUG = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
 
 
@@ -45,7 +44,7 @@ def _assigned_names(stmts) -> set:
     return names
 
 
-class ProgramLowerer(ExprLowerer):
+class ProgramLowerer(FunctionsMixin, ExprLowerer):
     form = "program"
 
     def block(self, stmts):
@@ -88,7 +87,11 @@ class ProgramLowerer(ExprLowerer):
     def stmt_Return(self, s):
         if s.value is None:
             self.fail("return needs a value", s)
-        self.env[RET] = self.value(self.expr(s.value), s.value)
+        value = self.result(self.expr(s.value), s.value)
+        if isinstance(value, tuple) and self.tuple_return_in_branch():
+            self.fail("a tuple returned inside an if is not supported; assign its parts in each branch and "
+                      "return the tuple after the if", s)
+        self.env[RET] = value
         return True
 
     def stmt_Assign(self, s):
@@ -367,33 +370,55 @@ def _jumps(stmts, brk, cont):
 
 
 def _usable(v):
-    return v is not None and not isinstance(v, (Undefined, tuple, list))
+    return v is not None and not isinstance(v, (Undefined, tuple, list, Callable))
 
 
 def _as_branch_value(b, v):
     return as_value(b, v)
 
 
-def lower_program(text: str, inputs, max_depth: int, max_nodes: int):
-    """Parse a `def f(...)` program; returns (builder, output value)."""
+def lower_program(text: str, inputs, max_depth: int, max_nodes: int, entry=None):
+    """Parse a program of one or more `def`s; returns (builder, output value) of its entry function:
+    `entry` if given, else the last top-level `def`."""
     tree = parse(text, "exec")
-    funcs = tree.body
-    if len(funcs) != 1 or not isinstance(funcs[0], ast.FunctionDef):
-        raise DefinitionError("a program must be exactly one function definition `def f(...):`",
-                              loc_of(funcs[0]) if funcs else {"line": 1, "column": 1}, code="bad_program")
-    fn = funcs[0]
-    a = fn.args
-    if a.vararg or a.kwarg or a.kwonlyargs or a.defaults or a.posonlyargs or fn.decorator_list:
-        raise DefinitionError("the function takes plain positional arguments only", loc_of(fn), code="bad_program")
-    names = [arg.arg for arg in a.args]
+    defs = {}
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef):
+            raise DefinitionError("a program is made of function definitions `def f(...):` only", loc_of(node),
+                                  code="bad_program")
+        if node.name in defs:
+            raise DefinitionError(f"'{node.name}' is defined twice (lines {defs[node.name].lineno} and {node.lineno})",
+                                  loc_of(node), code="bad_program")
+        defs[node.name] = node
+    if not defs:
+        raise DefinitionError("a program must define a function `def f(...):`", {"line": 1, "column": 1},
+                              code="bad_program")
+    if entry is not None and entry not in defs:
+        raise DefinitionError(f"the entry '{entry}' is not a function of the program (it defines "
+                              f"{', '.join(defs)})", code="bad_program")
+    fn = defs[entry] if entry is not None else tree.body[-1]
+    check_signature(fn, "the entry function")
+    if fn.args.defaults:
+        raise DefinitionError("the entry function takes its inputs as plain arguments (no default values)",
+                              loc_of(fn), code="bad_program")
+    names = [arg.arg for arg in fn.args.args]
     want = [n for n, _ in inputs]
     if names != want:
         raise DefinitionError(f"the function's arguments {names} must be the inputs in order {want}", loc_of(fn),
                               code="bad_program")
     b = Builder(budget=Budget(max_nodes))
-    env = {name: b.input(shape) for name, shape in inputs}
-    low = ProgramLowerer(b, env, max_depth)
+    low = ProgramLowerer(b, {}, max_depth)
+    functions = {name: low.define(node) for name, node in defs.items()}  # defaults: constants, read now
+    low.env = {name: b.input(shape) for name, shape in inputs}
+    low.enter_program(functions, functions[fn.name], max_work=_MAX_WORK_PER_NODE * max_nodes)
     if not low.block(fn.body):
         raise DefinitionError("the function must end with `return <expression>`", loc_of(fn.body[-1]),
                               code="bad_program")
-    return b, low.env[RET]
+    out = low.env[RET]
+    if isinstance(out, tuple):
+        raise DefinitionError(f"the entry function '{fn.name}' must return one array, not a tuple",
+                              loc_of(fn), code="bad_program")
+    return b, out
+
+
+_MAX_WORK_PER_NODE = 10  # AST nodes lowered (calls inlined) per operation a definition may have
