@@ -1,5 +1,7 @@
 """Shared fixtures and layer markers. `server` is a real adserve process on free loopback ports (HTTP and gRPC)."""
 
+import os
+
 import httpx
 import pytest
 from hypothesis import settings
@@ -9,6 +11,11 @@ settings.register_profile("adserve", deadline=None)
 settings.load_profile("adserve")
 
 from server_process import free_port, running_server
+
+# Kernel compiles run niced in production (they take only what requests leave idle); a test that waits for one
+# must not starve behind whatever else keeps the machine busy (CI may run beside a CPU hog). Servers the tests
+# start inherit this too.
+os.environ.setdefault("ADSERVE_COMPILE_NICE", "0")
 
 TEST_MAX_BODY_BYTES = 1 << 20
 

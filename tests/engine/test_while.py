@@ -161,7 +161,9 @@ def f(x):
 """}
 
 
-def test_a_while_that_never_stops_is_422_while_limit_naming_its_line(service):
+def test_a_while_that_never_stops_is_422_while_limit_naming_its_line():
+    """Past the bound (here 1,000 iterations; the default's value is the next test's) the service answers 422."""
+    service = Service(Engine(limits=Limits().updated(max_while_iterations=1000)))
     fid = service.register(FOREVER)[0]["id"]
     for compute in (["value"], ["gradient"], ["jvp"]):
         with pytest.raises(ServiceError) as e:
@@ -171,6 +173,7 @@ def test_a_while_that_never_stops_is_422_while_limit_naming_its_line(service):
 
 
 def test_the_limit_is_the_engine_setting():
+    assert Limits().max_while_iterations == 100_000  # ADSERVE_MAX_WHILE_ITERATIONS' default
     engine = Engine(limits=Limits().updated(max_while_iterations=5))
     fn = engine.compile_definition(BREAK_IN_WHILE)
     assert float(engine.evaluate(fn, {"x": np.array(5.0)})["value"]) > 10  # 2 iterations
