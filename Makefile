@@ -6,6 +6,9 @@ PY        := $(VENV)/bin/python
 HOST      ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 50051
+# test processes (pytest-xdist); each test file runs whole in one of them, so its module fixtures are made once
+TEST_WORKERS ?= 2
+PYTEST    := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: run test test-fast bench image-test clean
 
@@ -14,11 +17,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	bash scripts/install-system-deps.sh
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 # the engine and the service in process, without numba compiles: the edit-and-check loop (under two minutes)
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not e2e and not compiled"
+	$(PYTEST) -m "not e2e and not compiled"
 
 # adserve against JAX and autograd, one run (a few minutes; longer while kernels compile the first time): writes docs/benchmarks.md and .png
 bench: $(VENV)/.installed-bench
