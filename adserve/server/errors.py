@@ -12,12 +12,15 @@ UNPROCESSABLE = "unprocessable"  # well-formed, but a wrong definition or evalua
 UNAUTHENTICATED = "unauthenticated"  # missing or bad API key (when keys are configured)
 RATE_LIMITED = "rate_limited"    # over the client's rate limit
 
+MAX_MESSAGE = 2000
 KINDS = (BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, UNAUTHENTICATED, RATE_LIMITED)
 
 
 class ServiceError(Exception):
     def __init__(self, kind: str, code: str, message: str, location=None):
         assert kind in KINDS, kind
+        if len(message) > MAX_MESSAGE:  # every echo of client text is clipped; this bounds what is left
+            message = message[:MAX_MESSAGE] + "..."
         super().__init__(message)
         self.kind, self.code, self.message, self.location = kind, code, message, location
 
