@@ -102,3 +102,28 @@ def test_long_names_are_clipped_in_messages(service, make):
     e = refused(service, definition, evaluation)
     assert "qqqq" in e.message and len(e.message) < 2100, len(e.message)
     assert len(str(e.location or "")) < 400
+
+
+LOOP = "def f(x, y):\n    s = x\n    for i in range(3):\n        s = s * 0.5 + y[i]\n    return s"
+
+
+def _loop_graph(service):
+    graph = service.graph(service.register({"inputs": XY, "program": LOOP})[0]["id"])
+    (loop,) = [n for n in graph["graph"]["nodes"] if n["op"] == "loop"]
+    return graph, loop
+
+
+def test_an_output_naming_a_structured_node(service):
+    graph, loop = _loop_graph(service)
+    graph["graph"]["outputs"] = [loop["id"]]
+    e = refused(service, graph)
+    assert e.code == "bad_reference" and "several results" in e.message and loop["id"] in e.message
+
+
+@pytest.mark.parametrize("n_carry", [2, 5, 2 ** 63])
+@pytest.mark.parametrize("compute", [["jvp"], ["trace"], ["gradient"]])
+def test_a_loop_claiming_more_carried_values_than_it_has(service, n_carry, compute):
+    graph, loop = _loop_graph(service)
+    loop["params"]["n_carry"] = n_carry
+    e = refused(service, graph, {"inputs": POINT, "compute": compute, "tangent": {"x": 1.0, "y": [0.0] * 3}})
+    assert e.code in ("shape_mismatch", "bad_graph") and "loop" in e.message.lower()

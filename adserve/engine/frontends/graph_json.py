@@ -119,6 +119,9 @@ def _build_body(b: Builder, g: dict, scope: dict, depth: int):
 def _arg(b, a, scope, where, later=()):
     if isinstance(a, str):
         if a in scope:
+            if scope[a] is None:
+                raise DefinitionError(f"{where} reads '{clip(a)}', a node with several results: read one of the ids "
+                                      f"in its 'outputs'", code="bad_reference")
             return scope[a]
         if a in later:
             raise DefinitionError(f"{where} reads '{clip(a)}', which is defined later: nodes must come after what they read "
