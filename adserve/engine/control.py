@@ -34,6 +34,9 @@ def _split(seq, n_consts, n_carry):
 
 
 def _loop_shape(*shapes, body, length, n_consts, n_carry, reverse):
+    if n_consts + n_carry > len(shapes) or n_carry > len(body.outputs):
+        raise ShapeError(f"a loop of {len(shapes)} arguments and {len(body.outputs)} body outputs cannot have "
+                         f"{n_consts} constants and {n_carry} carried values")
     consts, carries, xs = _split(shapes, n_consts, n_carry)
     want = [()] + consts + carries + [s[1:] for s in xs]
     got = [v.shape for v in body.inputs]

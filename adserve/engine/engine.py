@@ -23,7 +23,7 @@ import numpy as np
 from . import control, primitives  # noqa: F401  (fill the primitive table)
 from .backend import Fresh, Interpreter, Tiered, stats_dict
 from .deadline import Stopped
-from .errors import DefinitionError, EngineError, EvaluationError, LimitError
+from .errors import DefinitionError, EngineError, EvaluationError, LimitError, clip
 from .frontends.expr import lower_expression
 from .frontends.graph_json import export_graph, graph_schema, lower_graph
 from .frontends.program import lower_program
@@ -167,11 +167,11 @@ def _check(fn, values, what, batch, names=None):
         raise EvaluationError(f"'{what}' must be an object with one entry per input", code="bad_evaluation")
     missing = [n for n in names if n not in values]
     if missing:
-        raise EvaluationError(f"{what}: missing input '{missing[0]}' (needed: {list(names)})", code="missing_input")
+        raise EvaluationError(f"{what}: missing input '{clip(missing[0])}' (needed: {clip(list(names), 200)})", code="missing_input")
     extra = [n for n in values if n not in names]
     if extra:
-        why = "not in 'wrt'" if extra[0] in fn.input_shapes else f"the function takes {fn.input_names}"
-        raise EvaluationError(f"{what}: unexpected entry '{extra[0]}' ({why})", code="unknown_input")
+        why = "not in 'wrt'" if extra[0] in fn.input_shapes else f"the function takes {clip(fn.input_names, 200)}"
+        raise EvaluationError(f"{what}: unexpected entry '{clip(extra[0])}' ({why})", code="unknown_input")
     sizes = set()
     for n in names:
         sizes.add(_check_shape(np.asarray(values[n]), fn.input_shapes[n], f"{what}.{n}", batch))
@@ -206,7 +206,7 @@ def _wrt(fn, wrt) -> tuple:
         raise EvaluationError("'wrt' must be a non-empty list of input names", code="bad_evaluation")
     bad = [w for w in wrt if w not in fn.input_shapes]
     if bad or len(set(wrt)) != len(wrt):
-        raise EvaluationError(f"'wrt': {bad[0]!r} is not an input (the function takes {fn.input_names})" if bad
+        raise EvaluationError(f"'wrt': {clip(repr(bad[0]))} is not an input (the function takes {clip(fn.input_names, 200)})" if bad
                               else "'wrt' lists an input twice", code="bad_evaluation")
     ints = [w for w in wrt if w in fn.int_inputs]
     if ints:
@@ -245,7 +245,7 @@ class _Request:
             raise EvaluationError("'compute' must be a list, e.g. [\"value\", \"gradient\"]", code="bad_evaluation")
         unknown = [c for c in compute if c not in COMPUTE_KINDS]
         if unknown:
-            raise EvaluationError(f"unknown compute kind {unknown[0]!r}; choose from {list(COMPUTE_KINDS)}",
+            raise EvaluationError(f"unknown compute kind {clip(repr(unknown[0]))}; choose from {list(COMPUTE_KINDS)}",
                                   code="invalid_compute")
         kinds = frozenset(compute) or frozenset({"value"})
         wrt = _wrt(fn, wrt)
@@ -340,7 +340,15 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
             raise EvaluationError(f"vjp needs 'cotangent' of the output's shape {list(fn.output_shape)}",
                                   code="missing_cotangent")
         sizes.add(_check_shape(np.asarray(cotangent), fn.output_shape, "cotangent", batch))
+    elif cotangent is not None:  # unused, but a wrong one is a mistake worth saying
+        _check_shape(np.asarray(cotangent), fn.output_shape, "cotangent", batch)
+    if tangent is not None and ts is None and not kinds & {"jvp", "hvp"} and "trace" not in kinds:
+        _check(fn, tangent, "tangent", batch, [n for n in fn.input_names if n in tangent]
+               if isinstance(tangent, dict) else None)
     B = _one_batch(sizes, "request") if batch else 1
+    if batch and B is None:
+        raise EvaluationError("with \"batch\": true the batch size comes from the inputs, and this function has "
+                              "none; send \"batch\": false", code="empty_batch")
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
     check_request(fn.work, req.limit_kinds, B, limits=limits)
@@ -402,8 +410,9 @@ def _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline=None
     with_t, with_a = tangent is not None, cotangent is not None or fn.output_shape == ()
     graph, rows = fn.plan(("trace", with_t, with_a), lambda: trace_graph(fn, with_t, with_a))
     args = list(xs)
-    if with_t:
-        args += [batched(tangent[n]) for n in fn.input_names]
+    if with_t:  # an input left out of the tangent (not in 'wrt') is held fixed
+        args += [batched(tangent[n]) if n in tangent else np.zeros((B if batch else 1, *fn.input_shapes[n]))
+                 for n in fn.input_names]
     if with_a:
         args.append(batched(cotangent) if cotangent is not None else np.ones((1,)))
     res = iter(execute(graph, args, None, deadline))

@@ -6,6 +6,12 @@ applicable a `location`: `{"line": L, "column": C}` in expr/program text (both
 """
 
 
+def clip(text, limit: int = 64) -> str:
+    """Client text (a name, an id) as an error message may echo it: at most `limit` characters."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
 class EngineError(Exception):
     """Base: a definition or evaluation that is well-formed but wrong (422)."""
 

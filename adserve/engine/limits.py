@@ -107,6 +107,10 @@ def _measure(graph: Graph, limits: Limits):
     """(nodes, steps, work) as `Graph.n_nodes` and `cost` count them; refuses oversized values and loops."""
     nodes, steps, work = 0, 0, 0.0
     max_elements = limits.max_elements
+    for a in graph.outputs:  # a literal output is in no equation
+        if math.prod(a.shape) > max_elements:
+            raise LimitError(f"the output of shape {list(a.shape)[:8]} ({math.prod(a.shape):,} elements) is over the "
+                             f"limit of {max_elements:,} elements", code="limit_exceeded")
     for e in graph.eqns:
         for a in (*e.inputs, *e.outputs):
             size = math.prod(a.shape)

@@ -14,12 +14,15 @@ RATE_LIMITED = "rate_limited"    # over the client's rate limit
 TIMED_OUT = "timed_out"          # the evaluation ran past its deadline and was stopped
 UNAVAILABLE = "unavailable"      # stopped by the server's shutdown (call again: another replica answers)
 
+MAX_MESSAGE = 2000
 KINDS = (BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNPROCESSABLE, UNAUTHENTICATED, RATE_LIMITED, TIMED_OUT, UNAVAILABLE)
 
 
 class ServiceError(Exception):
     def __init__(self, kind: str, code: str, message: str, location=None):
         assert kind in KINDS, kind
+        if len(message) > MAX_MESSAGE:  # every echo of client text is clipped; this bounds what is left
+            message = message[:MAX_MESSAGE] + "..."
         super().__init__(message)
         self.kind, self.code, self.message, self.location = kind, code, message, location
 

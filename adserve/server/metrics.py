@@ -114,6 +114,14 @@ class _ServiceCollector:
         yield CounterMetricFamily("adserve_kernel_compile_failures",
                                   "numba kernels that failed or timed out (their plans stay interpreted)",
                                   value=e["compile_failures"] + e["compile_timeouts"])
+        reasons = CounterMetricFamily("adserve_compile_failures", "numba compiles that failed, by reason: timeout, "
+                                      "killed (the worker died of a signal), error, io (the cache directory is not "
+                                      "writable), load", labels=["reason"])
+        for reason in ("timeout", "killed", "error", "io", "load"):
+            reasons.add_metric([reason], e["compile_failure_reasons"].get(reason, 0))
+        yield reasons
+        yield CounterMetricFamily("adserve_kernel_load_failures", "Kernels on disk that did not load (corrupt or "
+                                  "truncated): set aside and compiled again", value=e["load_failures"])
         heap = self._service.heap
         yield CounterMetricFamily("adserve_gc_keeps", "Collections of what calls left behind, each followed by "
                                   "gc.freeze, run between calls", value=heap.freezes)

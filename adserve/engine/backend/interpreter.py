@@ -57,6 +57,10 @@ class TierStats:
     parallel_disabled: str = ""  # why parallel variants are off in this process ("" while they are not)
     python_kernels: int = 0      # plans given a python-tier kernel (scalar-heavy plans, while numba compiles)
     python_declined: int = 0     # python-tier runs that met a domain error and were answered by the interpreter
+    # compiles that failed, by reason: timeout, killed (the worker died of a signal), error (it exited non-zero),
+    # io (the module could not be written: a read-only or full cache directory), load (it compiled, but did not load)
+    compile_failure_reasons: dict = field(default_factory=dict)
+    load_failures: int = 0       # kernels on disk that did not load (corrupt or truncated): compiled again
 
 
 def stats_dict(stats: TierStats) -> dict:

@@ -43,7 +43,10 @@ class KernelStore:
         """`stats`: the backend's `TierStats`, counted into. `quiet(seconds)`: waits (at most that long) for a
         moment with no request running, before a load. `on_load(key)`: called once a module is ready."""
         self.dir = os.path.join(cache_dir, "kernels")
-        os.makedirs(self.dir, exist_ok=True)
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as e:  # a read-only cache: nothing loads or compiles, requests run on the lower tiers
+            log.warning("kernel cache %s is not usable (%s): kernels will not be compiled", self.dir, e)
         self.stats = stats
         self.timeout = compile_timeout
         self.compile_enabled = compile
@@ -58,6 +61,8 @@ class KernelStore:
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
         self._procs: set = set()
+        self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
+        self._reloaded: set = set()  # keys compiled again after a failed load (once each)
         self.closed = False
 
     # -- lookup --------------------------------------------------------------
@@ -106,6 +111,7 @@ class KernelStore:
                 return None
             self.pending.add(key)
         if self.on_disk(key):
+            self._graphs[key] = graph
             self._pool.submit(self._load_only, key)
         elif self.compile_enabled:
             self._pool.submit(self._compile, key, graph, parallel)
@@ -164,12 +170,15 @@ class KernelStore:
                 proc.kill()
                 proc.communicate()
                 self.stats.compile_timeouts += 1
+                self._count_failure("timeout")
                 return self._fail(key, f"compile timed out after {self.timeout:.0f}s")
             finally:
                 self._procs.discard(proc)
             if proc.returncode != 0:
                 self.stats.compile_failures += 1
-                return self._fail(key, f"compile failed ({proc.returncode}): {out[-2000:]}")
+                self._count_failure("killed" if proc.returncode < 0 else "error")
+                why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+                return self._fail(key, f"compile worker failed ({why}): {out[-2000:]}")
             seconds = time.perf_counter() - t
             self.stats.compiles += 1
             self.stats.compile_seconds += seconds
@@ -180,6 +189,7 @@ class KernelStore:
             self._load(key)
         except Exception as e:  # a compile problem must never reach a request
             self.stats.compile_failures += 1
+            self._count_failure("io" if isinstance(e, OSError) else "load")
             self._fail(key, f"{type(e).__name__}: {e}")
 
     def _load_only(self, key):
@@ -188,8 +198,36 @@ class KernelStore:
                 return self._no_parallel(key)
             self._load(key)
             self.stats.disk_loads += 1
-        except Exception as e:
-            self._fail(key, f"load failed: {type(e).__name__}: {e}")
+            self._graphs.pop(key, None)
+        except Exception as e:  # corrupt or truncated on disk: set it aside and compile it again
+            self.stats.load_failures += 1
+            log.warning("kernel %s on disk did not load (%s: %s); compiling it again", key, type(e).__name__,
+                        str(e)[:500])
+            if not self.compile_enabled or key in self._reloaded or not self._discard(key):
+                return self._fail(key, f"load failed: {type(e).__name__}: {e}")
+            self._reloaded.add(key)
+            graph = self._graphs.pop(key, None)
+            if graph is None:  # a preload: no plan at hand; the next request for it compiles it
+                with self._lock:
+                    self.pending.discard(key)
+                return
+            self._compile(key, graph, is_parallel_key(key))
+
+    def _discard(self, key) -> bool:
+        """Remove a kernel's module and numba cache files; False if they could not all be removed."""
+        try:
+            for path in [self.path(key), *glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.*"))]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            sys.modules.pop(f"gen_{key}", None)
+            return True
+        except OSError as e:
+            log.warning("kernel %s: cannot remove it from the cache (%s)", key, e)
+            return False
+
+    def _count_failure(self, reason):
+        reasons = self.stats.compile_failure_reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
 
     def _load(self, key):
         from ..codegen.worker import load

@@ -13,10 +13,10 @@ import math
 import threading
 
 from ..builder import Budget, Builder, V
-from ..errors import DefinitionError, LimitError, ParseError
+from ..errors import DefinitionError, LimitError, ParseError, clip
 from . import functions
 from .indexing import get_item
-from .values import Index, Undefined, as_value, static_int
+from .values import INT64_MAX, INT64_MIN, Index, Undefined, as_value, static_int
 
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow"}
 _CMPOPS = {ast.Lt: "lt", ast.LtE: "le", ast.Gt: "gt", ast.GtE: "ge", ast.Eq: "eq", ast.NotEq: "ne"}
@@ -121,7 +121,10 @@ class ExprLowerer:
                 if loc is None:
                     loc = self._locs[where] = {"line": line, "column": node.col_offset + 1}
                 b.loc = loc
-            return method(self, node)
+            out = method(self, node)
+            if type(out) is int and not INT64_MIN <= out <= INT64_MAX:  # sizes and bounds are int64 downstream
+                self.fail(f"an integer of {out.bit_length()} bits is beyond int64", node, "integer_overflow")
+            return out
         finally:
             b.loc = outer
             self.depth -= 1
@@ -139,7 +142,7 @@ class ExprLowerer:
 
     def visit_Name(self, node):
         if node.id not in self.env:
-            self.fail(f"name '{node.id}' is not defined", node, "undefined_name")
+            self.fail(f"name '{clip(node.id)}' is not defined", node, "undefined_name")
         v = self.env[node.id]
         if isinstance(v, Undefined):
             self.fail(v.reason, node, "undefined_name")
@@ -245,7 +248,7 @@ class ExprLowerer:
         name = node.func.id
         handler = functions.TABLE.get(name)
         if handler is None:
-            self.fail(f"unknown function '{name}'", node.func, "unknown_function")
+            self.fail(f"unknown function '{clip(name)}'", node.func, "unknown_function")
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             self.fail("*args and **kwargs are not supported", node)
         args = [self.expr(a) for a in node.args]

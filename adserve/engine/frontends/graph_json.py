@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 from ..builder import PRIMS, Budget, Builder, V
-from ..errors import DefinitionError
+from ..errors import DefinitionError, clip
 from ..ir import Graph, Lit, Var, sub_graphs
 
 
@@ -65,7 +65,10 @@ def _num_in(x, where):
         return _NONFINITE[x]
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise DefinitionError(f"{where}: expected a number, got {x!r}"[:200], code="bad_graph")
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:  # an int beyond float64
+        raise DefinitionError(f"{where}: a number of {x.bit_length()} bits is beyond float64", code="bad_graph") from None
 
 
 def _shape_in(s, where):
@@ -102,7 +105,7 @@ def lower_graph(graph_json, inputs, max_nodes: int):
 def _build_body(b: Builder, g: dict, scope: dict, depth: int):
     extra = set(g) - {"nodes", "outputs", "inputs"}
     if extra:
-        raise DefinitionError(f"unknown graph field '{sorted(extra)[0]}'", code="bad_graph")
+        raise DefinitionError(f"unknown graph field '{clip(sorted(map(str, extra))[0])}'", code="bad_graph")
     nodes, outputs = g.get("nodes", []), g.get("outputs")
     if not isinstance(nodes, list):
         raise DefinitionError("'nodes' must be a list", code="bad_graph")
@@ -117,13 +120,16 @@ def _build_body(b: Builder, g: dict, scope: dict, depth: int):
 def _arg(b, a, scope, where, later=()):
     if isinstance(a, str):
         if a in scope:
+            if scope[a] is None:
+                raise DefinitionError(f"{where} reads '{clip(a)}', a node with several results: read one of the ids "
+                                      f"in its 'outputs'", code="bad_reference")
             return scope[a]
         if a in later:
-            raise DefinitionError(f"{where} reads '{a}', which is defined later: nodes must come after what they read "
+            raise DefinitionError(f"{where} reads '{clip(a)}', which is defined later: nodes must come after what they read "
                                   f"(a cycle is not allowed)", code="cycle")
-        raise DefinitionError(f"{where} reads '{a}', which is not an input or an earlier node", code="unknown_reference")
+        raise DefinitionError(f"{where} reads '{clip(a)}', which is not an input or an earlier node", code="unknown_reference")
     if isinstance(a, (int, float)) and not isinstance(a, bool):
-        return b.lit(float(a))
+        return b.lit(_num_in(a, where))
     if isinstance(a, dict):
         shape = _shape_in(a.get("shape", []), where)
         if "value" in a:
@@ -139,26 +145,26 @@ def _build_node(b, node, i, scope, later, depth):
     if not isinstance(node, dict):
         raise DefinitionError(f"node #{i} must be an object", code="bad_graph")
     nid = node.get("id")
-    loc = {"node": nid if isinstance(nid, str) else f"#{i}"}
+    loc = {"node": clip(nid, 256) if isinstance(nid, str) else f"#{i}"}
     try:
         if not isinstance(nid, str) or not nid:
             raise DefinitionError(f"node #{i} needs a string 'id'", code="bad_graph")
         if nid in scope:
-            raise DefinitionError(f"id '{nid}' is defined twice", code="duplicate_id")
+            raise DefinitionError(f"id '{clip(nid)}' is defined twice", code="duplicate_id")
         prim = node.get("op")
         if prim not in PRIMS:
-            raise DefinitionError(f"unknown op '{prim}'", code="unknown_op")
+            raise DefinitionError(f"unknown op '{clip(prim)}'", code="unknown_op")
         allowed = {"id", "op", "args", "params", "bodies", "outputs"}
         if set(node) - allowed:
             raise DefinitionError(f"unknown node field '{sorted(set(node) - allowed)[0]}'", code="bad_graph")
         args = node.get("args", [])
         if not isinstance(args, list):
             raise DefinitionError("'args' must be a list", code="bad_graph")
-        vals = [_arg(b, a, scope, f"node '{nid}'", later) for a in args]
+        vals = [_arg(b, a, scope, f"node '{clip(nid)}'", later) for a in args]
         params = node.get("params", {}) or {}
         if not isinstance(params, dict) or set(params) - set(PARAMS[prim]):
             bad = sorted(set(params) - set(PARAMS[prim])) if isinstance(params, dict) else ["?"]
-            raise DefinitionError(f"op '{prim}' has no parameter '{bad[0]}'", code="bad_graph")
+            raise DefinitionError(f"op '{prim}' has no parameter '{clip(bad[0])}'", code="bad_graph")
         for k, v in params.items():
             what, fits = KINDS[PARAMS[prim][k]]
             if not fits(v):
@@ -174,7 +180,7 @@ def _build_node(b, node, i, scope, later, depth):
                 raise DefinitionError(f"'{prim}' gives {len(res)} results: list their ids in 'outputs'", code="bad_graph")
             for n in names:
                 if n in scope:
-                    raise DefinitionError(f"id '{n}' is defined twice", code="duplicate_id")
+                    raise DefinitionError(f"id '{clip(n)}' is defined twice", code="duplicate_id")
                 scope[n] = res[names.index(n)]
             scope[nid] = None  # the node's own id names no value
         else:

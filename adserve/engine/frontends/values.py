@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..builder import V
 from ..errors import DefinitionError
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # static integers beyond these are refused where they appear
 
 @dataclass(eq=False)
 class Counter:
