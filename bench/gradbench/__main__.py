@@ -21,7 +21,7 @@ from . import BEGIN, END
 
 def default_evals() -> list:
     """One size per eval, from GradBench's default lists (the mid or top of each, as the machine allows)."""
-    return [E.hello(), E.lse(80_000), E.llsq(4096, 128), E.det(11), E.kmeans(100, 10_000, 16), E.ode(10_000, 10),
+    return [E.hello(), E.lse(80_000), E.llsq(4096, 128), E.llsq(4096, 128, loop=True), E.det(11), E.kmeans(100, 10_000, 16), E.ode(10_000, 10),
             E.gmm(10, 25, 1000), E.lstm(2, 1024), E.ba(*E.BA_FILES[1], name="ba1 (n=49, m=7776, p=31843)")]
 
 

@@ -114,7 +114,7 @@ def lse(n: int, seed=31337) -> Eval:
 
 
 # -- llsq ----------------------------------------------------------------------------------------------------
-def llsq(n: int, m: int = 128, seed=31337) -> Eval:
+def llsq(n: int, m: int = 128, seed=31337, loop: bool = False) -> Eval:
     """y(x) = 1/2 sum_i (s_i - sum_j x_j t_i^j)^2, t_i = -1 + 2i/(n-1), s_i = sign(t_i); t and s are computed
     inside the function from n (as GradBench's tools do), only x is sent."""
     np.random.seed(seed)
@@ -122,6 +122,16 @@ def llsq(n: int, m: int = 128, seed=31337) -> Eval:
     expr = (f"0.5 * sum((sign(-1 + 2 * arange({n}) / {n - 1}) - dot(reshape(-1 + 2 * arange({n}) / {n - 1}, "
             f"({n}, 1)) ** reshape(arange({m}), (1, {m})), x)) ** 2)")
     d = {"inputs": _inputs(**inputs), "expr": expr}
+    if loop:  # the powers by repeated multiplication, as the JAX tool's cumprod (the expression uses pow)
+        d = {"inputs": _inputs(**inputs), "program": "\n".join([
+            "def f(x):",
+            f"    t = -1 + 2 * arange({n}) / {n - 1}",
+            f"    p = ones({n})",
+            "    r = sign(t) - x[0]",
+            f"    for j in range(1, {m}):",
+            "        p = p * t",
+            "        r = r - x[j] * p",
+            "    return 0.5 * sum(r * r)"])}
 
     def prim(x):
         import jax
@@ -135,7 +145,7 @@ def llsq(n: int, m: int = 128, seed=31337) -> Eval:
 
     def grad(x):
         return _jax().grad(prim)(x)
-    return Eval("llsq", f"n={n}, m={m}", [
+    return Eval("llsq", f"n={n}, m={m}" + (", loop" if loop else ""), [
         Part("primal", d, ["value"], inputs, lambda r: r["value"], _fresh(prim, inputs["x"])),
         Part("gradient", d, ["gradient"], inputs, lambda r: r["gradient"]["x"], _fresh(grad, inputs["x"])),
     ])
@@ -500,5 +510,5 @@ NOT_WRITTEN = {
 
 def tiny() -> list:
     """Every eval at sizes small enough for a correctness test on the interpreter."""
-    return [hello(), lse(7), llsq(9, 4), det(4), kmeans(3, 12, 2), ode(6, 3), gmm(3, 2, 8), lstm(2, 5, b=3),
+    return [hello(), lse(7), llsq(9, 4), llsq(9, 4, loop=True), det(4), kmeans(3, 12, 2), ode(6, 3), gmm(3, 2, 8), lstm(2, 5, b=3),
             ba(3, 4, 10)]
