@@ -36,6 +36,7 @@ def loop(s, e):
     rng = f"range({length} - 1, -1, -1)" if p["reverse"] else f"range({length})"
     s.line(f"for {k} in {rng}:")
     s.depth += 1
+    s.open_loop(length, e.loc, f"{length} - 1 - {k}" if p["reverse"] else k)
     ins = body.inputs
     _bind(s, ins[0], f"float({k})")
     for v, a in zip(ins[1:1 + nc], consts):
@@ -67,6 +68,7 @@ def loop(s, e):
             s.line(item)
         else:
             s.copy(item[0], item[1], item[1].shape)
+    s.close_loop()
     s.depth -= 1
     for o, c in zip(e.outputs[:ncar], carries):
         s.names[o] = c
@@ -126,6 +128,7 @@ def while_(s, e):
     s.line(f"{it} = 0")
     s.line("while True:")
     s.depth += 1
+    s.open_loop(None, e.loc, it)
     for g in (cond, body):
         for v, a in zip(g.inputs[:nc], consts):
             s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
@@ -161,6 +164,7 @@ def while_(s, e):
         else:
             s.copy(item[0], item[1], item[1].shape)
     s.line(f"{it} += 1")
+    s.close_loop()
     s.depth -= 1
     outs = list(zip(e.outputs[:len(inits)], carries))
     if tape:
