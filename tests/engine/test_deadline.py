@@ -323,3 +323,18 @@ def test_the_python_tier_stops_at_its_deadline(tmp_path, long_loop):
         assert t.in_flight.count == 0 and t.stats.runs[backend.INTERPRETER] == 0
     finally:
         t.shutdown()
+
+
+def test_generated_kernels_check_the_flag_per_point_and_in_long_loops(engine, long_loop):
+    """Every point checks; a long `for` loop and every `while` check per iteration; a short loop nest (its whole
+    run a few thousand operations) leaves it to the check around it."""
+    def checks(definition, compute):
+        fn = definition if not isinstance(definition, dict) else engine.compile_definition(definition)
+        return kernel_module(main_plan(fn, compute)[0], "t").count("if stop_flag(stop) != 0:")
+
+    assert checks(long_loop, {"value"}) == 2 and checks(long_loop, {"hvp"}) == 3  # forward and reverse loops
+    nested = ("def f(x):\n    s = 0.0\n    for i in range(40):\n        for j in range(40):\n"
+              "            s = s + x * i - j\n    return s\n")
+    assert checks({"inputs": [{"name": "x", "shape": []}], "program": nested}, {"value", "gradient"}) == 1
+    short_while = "def f(x):\n    while x < 3.0:\n        x = x + 1.0\n    return x\n"
+    assert checks({"inputs": [{"name": "x", "shape": []}], "program": short_while}, {"value"}) == 2

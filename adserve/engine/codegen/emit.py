@@ -126,14 +126,16 @@ class Emitter:
         self.line(f"{dst}[{', '.join(idx)}] = {self.elem(src_atom, idx, shape)}")
         self.end(len(shape))
 
-    def open_loop(self, length, loc, done: str):
-        """A loop's body starts (`done`: its iterations done, as an expression): checks the stop flag first."""
+    def open_loop(self, length, loc, done: str, check=True):
+        """A loop's body starts (`done`: its iterations done, as an expression): checks the stop flag first
+        (`check`; a short loop need not: see structured.UNCHECKED_STEPS)."""
         if not self.enclosing:
             self.stop_loops.append((length, loc))
             self.enclosing.append((len(self.stop_loops), done))
         else:
             self.enclosing.append(self.enclosing[0])  # a stop inside reports the outermost loop, as the interpreter
-        self.stop_check()
+        if check:
+            self.stop_check()
 
     def close_loop(self):
         self.enclosing.pop()
