@@ -158,7 +158,8 @@ def test_chunks_per_thread_is_in_the_source():
     with open(text) as f:
         src = f.read()
     assert "prange" in src and f"CHUNKS = {CHUNKS_PER_THREAD} * config.NUMBA_NUM_THREADS" in src
-    assert "def chunk(lo, hi, a0, o0):" in src and "for p in range(lo, hi):" in src
+    assert "def chunk(lo, hi, stop, a0, o0):" in src and "for p in range(lo, hi):" in src
+    assert src.count("if stop_flag(stop) != 0:") == 1  # every chunk checks the stop flag at each point
 
 
 # -- on the compiled tier -------------------------------------------------------------
