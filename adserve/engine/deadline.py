@@ -14,6 +14,10 @@ outlives it: a request's token (cancelled when its client leaves) parents the
 budget of each evaluation the request makes. `close()` (or leaving a `with`
 block) says the work is over: the watchdog forgets it and its parent stops
 telling it.
+
+Compiled kernels cannot read an attribute: they read `flag`, a small int64 array made on first use, whose
+first element becomes 1 when the deadline stops (the other FLAG_SLOTS are where a kernel that stopped says
+how far it got: see codegen/runtime.py).
 """
 
 from __future__ import annotations
@@ -24,16 +28,21 @@ import threading
 import time
 import weakref
 
+import numpy as np
+
 from .errors import EngineError
 
 DEADLINE_EXCEEDED = "deadline_exceeded"
+FLAG_SLOTS = 4  # a kernel's stop array: the flag, then where it stopped (point, loop, iterations done)
+STOPPED_STATUS = -1  # what a compiled kernel returns when it stopped at its flag (errors are k > 0)
 
 
 class Stopped(EngineError):
     """The work was stopped: its deadline passed (`deadline_exceeded`) or it was cancelled (the code given).
 
     `progress` lists where it stopped, innermost first: ("loop", iterations done, length, location) and
-    ("plan", operations done, operations); `message` says it in words, after `what` (e.g. the function)."""
+    ("plan", operations done, operations); from compiled code, ("point", the batch point, batch size) and
+    ("compiled", the tier); `message` says it in words, after `what` (e.g. the function)."""
 
     def __init__(self, code: str, reason: str, what: str = "the evaluation"):
         self.reason, self.what, self.progress = reason, what, []
@@ -69,6 +78,11 @@ class Stopped(EngineError):
         if plans and plans[-1][2] > 1:
             _, done, total = plans[-1]
             parts.append(f"at operation {done + 1:,} of {total:,}")
+        for kind, *what in self.progress:
+            if kind == "point" and what[1] > 1:
+                parts.append(f"at point {what[0] + 1:,} of {what[1]:,}")
+            elif kind == "compiled":
+                parts.append(f"inside compiled code ({what[0]})")
         how = f"; it stopped {', '.join(parts)}" if parts else ""
         self.message = f"{self.what} {self.reason}{how}"
         self.args = (self.message,)
@@ -84,8 +98,8 @@ def _place(loc) -> str:
 
 
 class Deadline:
-    __slots__ = ("__weakref__", "_children", "_closed", "_lock", "_queued", "code", "expires", "label", "reason",
-                 "seconds", "stopped")
+    __slots__ = ("__weakref__", "_children", "_closed", "_flag", "_lock", "_queued", "code", "expires", "label",
+                 "reason", "seconds", "stopped")
 
     def __init__(self, seconds: float | None = None, label: str = "", parent: Deadline | None = None):
         now = time.monotonic()
@@ -95,6 +109,7 @@ class Deadline:
         self.code = self.reason = None
         self._closed = self._queued = False
         self._children: weakref.WeakSet | None = None
+        self._flag: np.ndarray | None = None
         self._lock = threading.Lock()
         if parent is not None:
             if parent.expires < self.expires:  # the parent's time limit is the tighter one: say so when it ends
@@ -115,9 +130,24 @@ class Deadline:
             if self.stopped:
                 return
             self.code, self.reason, self.stopped = code, reason, True
+            if self._flag is not None:
+                self._flag[0] = 1
             children = list(self._children or ())
         for child in children:
             child.cancel(code, reason)
+
+    @property
+    def flag(self) -> np.ndarray:
+        """The stop array compiled kernels read (made on first use): flag[0] is 1 once the deadline is stopped."""
+        flag = self._flag
+        if flag is None:
+            with self._lock:  # against a cancel in between: it sets the flag it finds, or we see `stopped`
+                if self._flag is None:
+                    flag = np.zeros(FLAG_SLOTS, np.int64)
+                    flag[0] = 1 if self.stopped else 0
+                    self._flag = flag
+                flag = self._flag
+        return flag
 
     def _expire(self) -> None:
         took = f" of {self.seconds:g} s" if self.seconds is not None else ""

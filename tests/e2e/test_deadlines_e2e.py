@@ -1,4 +1,4 @@
-"""Deadlines against real server processes (interpreter only, so every evaluation can be stopped).
+"""Deadlines against real server processes (the interpreter; the last test, a compiled kernel too).
 
 * REST `timeout_ms` on the HVP of a 10^6-step loop: 504 deadline_exceeded naming the function and how far it
   got; afterwards nothing is left computing (the `adserve_evaluations_computing` gauge is back to 0) and a
@@ -8,6 +8,7 @@
 * `ADSERVE_MAX_EVAL_SECONDS` bounds an evaluation that asked for no limit.
 * SIGTERM with evaluations in flight past the grace period: REST gets 503 shutting_down with Retry-After,
   gRPC gets UNAVAILABLE, never a 500; their threads stop and the process exits 0 without waiting on any.
+* With compiles on, the loop's numba kernel stops at `timeout_ms` too (504, inside compiled code).
 
 The loop's HVP runs for a minute or more on the interpreter, so "back to 0 within 20 s" shows it was stopped
 (a bound against hanging, not a timing measurement).
@@ -147,3 +148,32 @@ def test_past_the_grace_period_requests_in_flight_get_503_and_stop(tmp_path):
         assert server.process.returncode == 0
         log = server.log()
         assert "Traceback" not in log and "still running" not in log, log[-3000:]
+
+
+@pytest.mark.timeout(900)
+def test_a_compiled_kernel_stops_at_timeout_ms_too(tmp_path):
+    """With compiles on, once the loop's HVP kernel is ready (a single point answered by numba), a batch that
+    would take the kernel many seconds is stopped inside it at timeout_ms: 504, and a quick request right
+    after is answered."""
+    env = {**ENV, "ADSERVE_COMPILE": "true", "ADSERVE_CACHE_DIR": str(tmp_path)}
+    with running_server(tmp_path / "server.log", env=env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        fid = c.post("/v1/functions", json=LOOP).json()["id"]
+        url = f"/v1/functions/{fid}/evaluate"
+
+        def numba_answers():  # the interpreter (or the python tier) is stopped at 3 s meanwhile: a 504
+            r = c.post(url, json={**HVP, "timeout_ms": 3000})
+            return r.status_code == 200 and r.headers["x-adserve-backend"] == "numba"
+
+        assert wait_until(numba_answers, 600), "no kernel was ready in time"
+        points = 200  # tens of ms each on the kernel
+        r = c.post(url, json={"inputs": {"x": [0.5] * points}, "tangent": {"x": [1.0] * points}, "batch": True,
+                              "compute": ["hvp"], "timeout_ms": 1000})
+        assert r.status_code == 504, r.text
+        err = r.json()["error"]
+        assert err["code"] == "deadline_exceeded" and "timeout_ms 1000" in err["message"]
+        assert "inside compiled code (numba)" in err["message"], err["message"]
+        assert re.search(rf"after [\d,]+ of {N:,} loop iterations", err["message"]), err["message"]
+        assert wait_until(lambda: computing(c) == 0, 20)
+        quick = c.post("/v1/evaluate", json={"function": {"inputs": [{"name": "x", "shape": []}], "expr": "x * x"},
+                                             "inputs": {"x": 3.0}, "compute": ["gradient"]})
+        assert quick.status_code == 200 and quick.json()["gradient"]["x"] == 6.0

@@ -32,6 +32,12 @@ from adserve.engine.vjp import vjp_graph  # noqa: E402
 # (an empty directory gives a cold run, as on a new machine)
 TEST_CACHE = os.environ.get("ADSERVE_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache")
 
+
+def no_stop():
+    """A stop array whose flag is never set: what a generated kernel takes after B when nothing stops it."""
+    from adserve.engine.deadline import FLAG_SLOTS
+    return np.zeros(FLAG_SLOTS, np.int64)
+
 # tolerances -------------------------------------------------------------------
 VAL = dict(rtol=1e-10, atol=1e-12)  # engine value vs NumPy/JAX
 DER = dict(rtol=1e-8, atol=1e-10)  # engine derivative vs JAX

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from engine_helpers import TEST_CACHE, Builder, inline, jvp_graph, make_graph, op, run, vjp_graph
+from engine_helpers import TEST_CACHE, Builder, inline, jvp_graph, make_graph, no_stop, op, run, vjp_graph
 from hypothesis import given, settings
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
@@ -86,7 +86,7 @@ def compile_kernel(graph, title, parallel=False):
 def run_kernel(mod, graph, args):
     n = max(a.shape[0] for a in args)
     outs = [np.empty((n, *a.shape)) for a in graph.outputs]
-    status = mod.kernel(n, *[np.ascontiguousarray(a, dtype=np.float64) for a in args], *outs)
+    status = mod.kernel(n, no_stop(), *[np.ascontiguousarray(a, dtype=np.float64) for a in args], *outs)
     assert status == 0, mod.ERRORS[status - 1]
     return outs
 
@@ -182,13 +182,13 @@ def test_a_while_past_its_limit_is_a_status_not_a_hang():
     g = b.build([y])
     mod = compile_kernel(g, "while forever")
     out = np.empty((1,))
-    status = mod.kernel(1, np.array([0.0]), out)
+    status = mod.kernel(1, no_stop(), np.array([0.0]), out)
     assert status > 0 and "ADSERVE_MAX_WHILE_ITERATIONS" in mod.ERRORS[status - 1]
     b = Builder()
     x = b.input(())
     (y,) = while_([], [x], lambda c, v: op.lt(v[0], 3.0), lambda c, v: [v[0] + 1.0], max_iter=50)
     mod = compile_kernel(b.build([y]), "while to 3")
-    assert mod.kernel(1, np.array([-5.5]), out) == 0 and out[0] == 3.5
+    assert mod.kernel(1, no_stop(), np.array([-5.5]), out) == 0 and out[0] == 3.5
 
 
 def test_index_out_of_range_is_an_error_not_a_crash():
@@ -199,8 +199,8 @@ def test_index_out_of_range_is_an_error_not_a_crash():
     mod = compile_kernel(g, "dyn index")
     out = np.empty((1,))
     for bad in (4.0, -1.0, 1.5, float("nan")):
-        assert mod.kernel(1, np.zeros((1, 4)), np.array([bad]), out) > 0
-    assert mod.kernel(1, np.arange(4.0)[None], np.array([2.0]), out) == 0 and out[0] == 2.0
+        assert mod.kernel(1, no_stop(), np.zeros((1, 4)), np.array([bad]), out) > 0
+    assert mod.kernel(1, no_stop(), np.arange(4.0)[None], np.array([2.0]), out) == 0 and out[0] == 2.0
 
 
 def test_generated_source_is_readable():

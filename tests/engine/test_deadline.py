@@ -1,17 +1,23 @@
-"""Deadlines stop the interpreter: between equations and loop iterations, at the time limit or when another
-thread cancels; the error says which function and how far the work got. A tiered backend given a deadline
-runs a plan on the interpreter when its compiled run could overrun. No wall-clock assertion: what is checked
-is that the work stopped short, and where.
+"""Deadlines stop every tier: the interpreter between equations and loop iterations, generated kernels (numba's,
+its parallel batch variant, the python tier's) at the top of every batch point and loop iteration, at the
+time limit or when another thread cancels; the error says which function and how far the work got. No
+wall-clock assertion: what is checked is that the work stopped short, and where, and that nothing is left
+computing.
 """
 
+import os
 import threading
 import time
 import types
 
 import numpy as np
 import pytest
+from engine_helpers import TEST_CACHE
 
 from adserve.engine import Engine, backend, main_plan
+from adserve.engine.backend import plan as plan_module
+from adserve.engine.codegen.module import kernel_module
+from adserve.engine.codegen.python import PythonKernel
 from adserve.engine.deadline import _WATCHDOG, Deadline, Stopped
 
 N = 1_000_000
@@ -155,12 +161,18 @@ def tiered(tmp_path, long_loop, monkeypatch):
     t.shutdown()
 
 
-def test_a_compiled_run_that_could_overrun_goes_to_the_interpreter(tiered):
+def test_a_kernel_gets_its_deadlines_stop_array(tiered):
+    """A compiled run is no longer sent to the interpreter for fear of overrunning: the kernel takes the
+    deadline's flag (it stops itself); a run without a deadline gets an array whose flag is never set."""
     t, graph, calls = tiered
-    # the static estimate of the loop's kernel (2M equation runs) is far over a 50 ms budget
-    with Deadline(0.05) as d, pytest.raises(Stopped):
+    seen = []
+    t.store.ready[backend.plan_meta(graph).key].kernel = lambda B, stop, *arrays: seen.append(stop) or 0
+    with Deadline(0.05) as d:
         t.run(graph, [np.array([0.5])], {}, deadline=d)
-    assert calls == [] and t.stats.runs[backend.INTERPRETER] == 1
+        assert seen[-1] is d.flag
+    t.run(graph, [np.array([0.5])], {})
+    assert seen[-1] is plan_module._NO_STOP and not seen[-1].any()
+    assert t.stats.runs[backend.NUMBA] == 2 and t.stats.runs[backend.INTERPRETER] == 0
 
 
 def test_a_compiled_run_well_within_the_deadline_stays_compiled(tiered):
@@ -183,3 +195,146 @@ def test_the_timing_policy_passes_the_deadline_to_its_interpreter_runs(tmp_path,
         assert _loop_progress(stopped.value)[0] < N and t.stats.runs[backend.INTERPRETER] == 1
     finally:
         t.shutdown()
+
+
+def test_the_stop_flag_follows_the_deadline():
+    d = Deadline()
+    assert d.flag[0] == 0 and d.flag is d.flag
+    d.cancel()
+    assert d.flag[0] == 1
+    late = Deadline()
+    late.cancel()
+    assert late.flag[0] == 1  # made after the stop
+    parent = Deadline()
+    child = Deadline(parent=parent)
+    flag = child.flag
+    parent.cancel("shutting_down", "was stopped")
+    assert flag[0] == 1
+    timed = Deadline(0.05)
+    flag = timed.flag
+    assert _eventually(lambda: flag[0] == 1)  # the watchdog sets it
+    for x in (d, late, parent, child, timed):
+        x.close()
+
+
+# -- compiled kernels stop too ------------------------------------------------------------------------
+KERNELS = os.path.join(TEST_CACHE, "adserve-test-deadline")
+POINTS = 400  # the loop's HVP on numba: tens of ms a point, so the batch is many seconds of work
+
+
+@pytest.fixture(scope="module")
+def compiled(long_loop):
+    """A `Tiered` with the long loop's HVP plan compiled: its numba kernel and its parallel variant (None
+    where parallel kernels are off: no thread-safe threading layer)."""
+    graph = main_plan(long_loop, {"hvp"})[0]
+    t = backend.Tiered(KERNELS, python=False)
+    t.kernel(graph)
+    assert t.wait(graph, 900), t.store.failed
+    t.parallel_kernel(graph)
+    t.wait(graph, 900, parallel=True)
+    yield t, graph
+    t.shutdown()
+
+
+def _hvp_args(points):
+    return [np.full(points, 0.5), np.ones(points)]
+
+
+def _stopped_inside(err, tier, points):
+    done, length = _loop_progress(err)
+    point = next(w for w in err.progress if w[0] == "point")
+    assert ("compiled", tier) in err.progress and f"inside compiled code ({tier})" in err.message
+    assert length == N and 0 <= done < N and point[2] == points and point[1] < points
+    assert "line 2" in err.message
+
+
+@pytest.mark.compiled
+@pytest.mark.timeout(1200)
+def test_a_numba_kernel_stops_at_its_deadline(compiled, long_loop):
+    t, graph = compiled
+    baseline = set(threading.enumerate())
+    engine = Engine(t)
+    x, v = _hvp_args(POINTS)
+    meta = {}
+    with Deadline(0.3, "timeout_ms 300") as d, pytest.raises(Stopped) as stopped:
+        engine.evaluate(long_loop, {"x": x}, ["hvp"], tangent={"x": v}, batch=True, meta=meta, deadline=d)
+    err = stopped.value
+    assert err.code == "deadline_exceeded" and long_loop.id in err.message and "timeout_ms 300" in err.message
+    _stopped_inside(err, backend.NUMBA, POINTS)
+    assert t.in_flight.count == 0 and set(threading.enumerate()) <= baseline | {_WATCHDOG._thread}
+
+
+@pytest.mark.compiled
+@pytest.mark.timeout(1200)
+def test_a_numba_kernel_stops_when_cancelled_from_another_thread(compiled, long_loop):
+    t, graph = compiled
+    engine = Engine(t)
+    x, v = _hvp_args(POINTS)
+    d = Deadline()  # no time limit: only a cancel stops it
+    outcome = {}
+
+    def work():
+        try:
+            engine.evaluate(long_loop, {"x": x}, ["hvp"], tangent={"x": v}, batch=True, meta=outcome, deadline=d)
+        except Stopped as e:
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    time.sleep(0.2)  # let it get into the kernel (not a timing assertion)
+    d.cancel("cancelled", "was cancelled: the client went away")
+    worker.join(120)  # an anti-hang bound: the whole batch would take many seconds more
+    assert not worker.is_alive()
+    err = outcome["error"]
+    assert err.code == "cancelled" and "client went away" in err.message
+    _stopped_inside(err, backend.NUMBA, POINTS)
+    assert t.in_flight.count == 0
+
+
+@pytest.mark.compiled
+@pytest.mark.timeout(1200)
+def test_the_parallel_variant_stops_at_its_deadline(compiled):
+    t, graph = compiled
+    module = t.module(graph, backend.PARALLEL)
+    if module is None:
+        pytest.skip(f"no parallel variant here: {t.store.failed or backend.threads.layer_reason()}")
+    plan = backend.plan_meta(graph)
+    with Deadline(0.3, "timeout_ms 300") as d, pytest.raises(Stopped) as stopped:
+        t.run_on(backend.PARALLEL, module, graph, plan, POINTS, _hvp_args(POINTS), {}, d)
+    assert stopped.value.code == "deadline_exceeded"
+    _stopped_inside(stopped.value, backend.PARALLEL, POINTS)
+    # every chunk stopped: the kernel returned (numba's prange joins its threads) and runs again
+    small = t.run_on(backend.PARALLEL, module, graph, plan, 2, [np.full(2, 0.5), np.ones(2)], {})
+    assert np.all(np.isfinite(small[0])) and np.all(np.isfinite(small[1]))
+
+
+def test_the_python_tier_stops_at_its_deadline(tmp_path, long_loop):
+    graph = main_plan(long_loop, {"hvp"})[0]
+    plan = backend.plan_meta(graph)
+    t = backend.Tiered(str(tmp_path), compile=False)
+    try:
+        t.python._kernels[plan.key] = PythonKernel(kernel_module(graph, "long loop", python=True), plan.key)
+        assert t.python.kernel(graph, plan, 2) is not None  # the tier this plan runs on (it pays)
+        with Deadline(0.3, "timeout_ms 300") as d, pytest.raises(Stopped) as stopped:
+            Engine(t).evaluate(long_loop, {"x": np.full(2, 0.5)}, ["hvp"], tangent={"x": np.ones(2)}, batch=True,
+                               deadline=d)
+        assert stopped.value.code == "deadline_exceeded" and long_loop.id in stopped.value.message
+        _stopped_inside(stopped.value, backend.PYTHON, 2)
+        assert t.in_flight.count == 0 and t.stats.runs[backend.INTERPRETER] == 0
+    finally:
+        t.shutdown()
+
+
+def test_generated_kernels_check_the_flag_per_point_and_in_long_loops(engine, long_loop):
+    """Every point checks; a long `for` loop and every `while` check per iteration; a short loop nest (its whole
+    run a few thousand operations) leaves it to the check around it."""
+    def checks(definition, compute):
+        fn = definition if not isinstance(definition, dict) else engine.compile_definition(definition)
+        return kernel_module(main_plan(fn, compute)[0], "t").count("if stop_flag(stop) != 0:")
+
+    assert checks(long_loop, {"value"}) == 2 and checks(long_loop, {"hvp"}) == 3  # forward and reverse loops
+    nested = ("def f(x):\n    s = 0.0\n    for i in range(40):\n        for j in range(40):\n"
+              "            s = s + x * i - j\n    return s\n")
+    assert checks({"inputs": [{"name": "x", "shape": []}], "program": nested}, {"value", "gradient"}) == 1
+    short_while = "def f(x):\n    while x < 3.0:\n        x = x + 1.0\n    return x\n"
+    assert checks({"inputs": [{"name": "x", "shape": []}], "program": short_while}, {"value"}) == 2

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from engine_helpers import TEST_CACHE, Builder, inline, jvp_graph, make_graph, op, run, vjp_graph
+from engine_helpers import TEST_CACHE, Builder, inline, jvp_graph, make_graph, no_stop, op, run, vjp_graph
 from hypothesis import given, settings
 from test_codegen import PROGRAMS, compile_kernel, groups, program_case, run_kernel, spec_graph
 from test_primitives import SPECS
@@ -109,7 +109,7 @@ def test_a_bad_index_gives_the_serial_kernels_error(bad):
     codes = []
     for mod in (serial, par):
         out = [np.empty(B), np.empty(B)]
-        codes.append(mod.kernel(B, x, i, j, *out))
+        codes.append(mod.kernel(B, no_stop(), x, i, j, *out))
     first = min(bad)
     assert codes[0] == codes[1] == (2 if bad.index(first) % 2 == 0 else 1)
 
@@ -158,7 +158,8 @@ def test_chunks_per_thread_is_in_the_source():
     with open(text) as f:
         src = f.read()
     assert "prange" in src and f"CHUNKS = {CHUNKS_PER_THREAD} * config.NUMBA_NUM_THREADS" in src
-    assert "def chunk(lo, hi, a0, o0):" in src and "for p in range(lo, hi):" in src
+    assert "def chunk(lo, hi, stop, a0, o0):" in src and "for p in range(lo, hi):" in src
+    assert src.count("if stop_flag(stop) != 0:") == 1  # every chunk checks the stop flag at each point
 
 
 # -- on the compiled tier -------------------------------------------------------------

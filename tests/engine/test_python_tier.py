@@ -9,7 +9,7 @@ keeps array-heavy plans on the interpreter, and falls back to the interpreter wh
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, inline, jvp_graph, make_graph, run, vjp_graph
+from engine_helpers import Builder, inline, jvp_graph, make_graph, no_stop, run, vjp_graph
 from hypothesis import given, settings
 from test_codegen import PROGRAMS, _hvp_graph, program_case
 from test_primitives import SPECS
@@ -29,7 +29,7 @@ def python_or_declined(graph, args, title) -> bool:
     n = max(a.shape[0] for a in args)
     outs = [np.empty((n, *a.shape)) for a in graph.outputs]
     try:
-        status = k.run(n, *[np.ascontiguousarray(a, dtype=np.float64) for a in args], *outs)
+        status = k.run(n, no_stop(), *[np.ascontiguousarray(a, dtype=np.float64) for a in args], *outs)
     except Unsupported as e:
         assert any(not np.all(np.isfinite(w)) for w in want), f"{title}: declined ({e}) with finite answers"
         return False

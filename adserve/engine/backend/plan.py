@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..deadline import DEADLINE_EXCEEDED, FLAG_SLOTS, STOPPED_STATUS, Stopped
 from ..errors import EvaluationError
 from ..ir import canonical_text
 from ..limits import cost
@@ -67,15 +68,34 @@ def serial_key(key: str) -> str:
     return key.split("_par")[0]
 
 
-def call_kernel(kernel, errors, plan: PlanMeta, B: int, args) -> Fresh:
-    """Run a generated kernel into fresh outputs of (B, ...); a nonzero status is the index of its error message."""
+# the stop array of runs without a deadline: its flag is never set, and a kernel writes only once stopped
+_NO_STOP = np.zeros(FLAG_SLOTS, np.int64)
+
+
+def call_kernel(kernel, errors, plan: PlanMeta, B: int, args, deadline=None, loops=(), tier="compiled") -> Fresh:
+    """Run a generated kernel into fresh outputs of (B, ...); a nonzero status is the index of its error message,
+    or STOPPED: the kernel saw its `deadline`'s flag (`Stopped`, saying where: `loops` is the module's LOOPS)."""
     # kernels take writable C-ordered float64 arrays (numba types a read-only array apart): anything else is copied
     ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.writeable
            else np.array(a, dtype=np.float64, order="C") for a in args]
     outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
-    status = kernel(B, *ins, *outs)
+    stop = _NO_STOP if deadline is None else deadline.flag
+    status = kernel(B, stop, *ins, *outs)
     if status:
+        if status == STOPPED_STATUS:
+            raise stopped_in_kernel(deadline, stop, B, loops, tier)
         message = errors[status - 1]
         raise EvaluationError(message, code="while_limit" if "ADSERVE_MAX_WHILE_ITERATIONS" in message
                               else "index_out_of_range")
     return outs
+
+
+def stopped_in_kernel(deadline, stop, B, loops, tier) -> Stopped:
+    """The `Stopped` of a kernel that returned STOPPED: where it was, from its stop array (see codegen/runtime.py)."""
+    err = deadline.error() if deadline is not None else Stopped(DEADLINE_EXCEEDED, "was stopped")
+    point, loop, done = (int(x) for x in stop[1:4])
+    stop[1:] = 0  # the kernel has returned (a parallel one's chunks too): clean for the deadline's next kernel
+    if 0 < loop <= len(loops):
+        length, loc = loops[loop - 1]
+        err.inside("loop", done, length, loc)
+    return err.inside("point", point, B).inside("compiled", tier)

@@ -97,12 +97,6 @@ class TimingPolicy:
         c = self.choices.get((key, max(1, batch).bit_length()))
         return {} if c is None else {t: b for t in (NUMBA, PARALLEL, INTERPRETER) if (b := c.estimate(t)) is not None}
 
-    def slowest(self, key, batch, tiers) -> float | None:
-        """The longest of the recent timed runs of plan `key` at this batch size on any of `tiers`; None: none."""
-        c = self.choices.get((key, max(1, batch).bit_length()))
-        times = [t for tier in tiers for t in (c.times.get(tier) or ())] if c is not None else []
-        return max(times) if times else None
-
     def run(self, graph, plan, args, meta, deadline=None):
         """The plan's outputs, on the tier chosen for this batch size class (trials while it is open)."""
         B = max([a.shape[0] for a in args]) if args else 1

@@ -45,10 +45,6 @@ class PythonTier:
     def pays(self, plan, B) -> bool:
         return self.seconds(plan, B) < self.PYTHON_MARGIN * interpreter_floor(plan, B)
 
-    def has(self, key) -> bool:
-        """Whether plan `key` has a python-tier kernel now."""
-        return key in self._kernels
-
     def kernel(self, graph, plan, B):
         """The plan's python-tier kernel to run for a batch of B, or None (the interpreter's turn). The first
         time a plan without one could use one, it is built in the background."""

@@ -13,10 +13,10 @@ Kernel outputs are fresh arrays per run (a `Fresh` list), which the engine hands
 compile failure or timeout leaves the plan on the interpreter (a parallel variant's: on the serial kernel);
 it never fails a request.
 
-A run with a deadline (deadline.py) may not overrun it, and compiled code cannot be stopped mid-way: a plan
-whose compiled run could take longer than the time left (COMPILED_SAFETY times its slowest recent compiled
-run, or a static estimate before there is one) runs on the interpreter, which stops at the deadline. The
-deadline is passed down explicitly (through the timing policy) to whichever interpreter run answers.
+A run with a deadline (deadline.py) stops at it on every tier: the deadline is passed down explicitly
+(through the timing policy) to whichever tier answers; the interpreter checks it between equations and loop
+iterations, a generated kernel (numba's, its parallel variant, the python tier's) reads its flag at the top
+of every batch point and loop iteration (codegen/runtime.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .interpreter import NUMBA, PARALLEL, PYTHON, Interpreter
+from .interpreter import PYTHON, Interpreter
 from .plan import call_kernel, is_parallel_key, known_meta, plan_key, serial_key
 from .policy import TimingPolicy
 from .python_tier import PythonTier
@@ -171,46 +171,22 @@ class Tiered(Interpreter):
     # -- run -------------------------------------------------------------------------
     def run(self, graph, args, meta=None, deadline=None):
         """The plan's outputs, each of shape (B, ...); from a kernel (a `Fresh` list) once one is ready,
-        on the tier timing chose for this plan and batch size (see policy.py). With a `deadline`: on the
-        interpreter when a compiled run could overrun it (`may_overrun`)."""
+        on the tier timing chose for this plan and batch size (see policy.py), which stops at the `deadline`."""
         plan = known_meta(graph)
         if plan is None:
             return self._first_run(graph, args, meta, deadline)
         self.in_flight.enter()
         try:
-            if deadline is not None and self.may_overrun(plan, _batch(args), deadline.remaining()):
-                return Interpreter.run(self, graph, args, meta, deadline)
             return self.policy.run(graph, plan, args, meta, deadline)
         finally:
             self.in_flight.exit()
 
-    # a compiled run is trusted to end within the time left when this many times its slowest recent run (or
-    # the static estimate: COMPILED_STEP_SECONDS per equation run, COMPILED_ELEMENT_SECONDS per element
-    # operation, per point; the python tier's own cost per run) is below it
-    COMPILED_SAFETY = 2.0
-    COMPILED_STEP_SECONDS = 20e-9
-    COMPILED_ELEMENT_SECONDS = 2e-9
-
-    def may_overrun(self, plan, B, remaining) -> bool:
-        """Whether a compiled tier this plan may run on now could take longer than `remaining` seconds
-        (None: no time limit)."""
-        if remaining is None:
-            return False
-        slowest = 0.0
-        if self.store.ready.get(plan.key) is not None or self.store.ready.get(plan.parallel_key) is not None:
-            timed = self.policy.slowest(plan.key, B, (NUMBA, PARALLEL))
-            slowest = timed if timed is not None else B * (self.COMPILED_STEP_SECONDS * plan.steps
-                                                           + self.COMPILED_ELEMENT_SECONDS * plan.work)
-        if self.python.has(plan.key):
-            slowest = max(slowest, self.python.seconds(plan, B))
-        return self.COMPILED_SAFETY * slowest > remaining
-
     def run_on(self, tier, module, graph, plan, B, args, meta, deadline=None):
-        """Run the plan on `tier` with its loaded `module`; module None: the lower tiers (python or interpreter,
-        the one a `deadline` stops)."""
+        """Run the plan on `tier` with its loaded `module`; module None: the lower tiers (python or interpreter).
+        Every tier stops at the `deadline`."""
         if module is None:
             return self._lower(graph, plan, B, args, meta, deadline)
-        return self._call(module.kernel, module.ERRORS, tier, plan, B, args, meta)
+        return self._call(module.kernel, module, tier, plan, B, args, meta, deadline)
 
     def _lower(self, graph, plan, B, args, meta, deadline=None):
         """The plan on the python tier where it has a kernel there that pays for this batch, else the
@@ -219,18 +195,15 @@ class Tiered(Interpreter):
         if k is not None:
             from ..codegen.python import Unsupported
             try:
-                return self._call(k.run, k.ERRORS, PYTHON, plan, B, args, meta)
+                return self._call(k.run, k, PYTHON, plan, B, args, meta, deadline)
             except Unsupported as e:
                 self.python.declined(k, plan, e)
         return Interpreter.run(self, graph, args, meta, deadline)
 
-    def _call(self, kernel, errors, tier, plan, B, args, meta):
-        outs = call_kernel(kernel, errors, plan, B, args)
+    def _call(self, kernel, module, tier, plan, B, args, meta, deadline=None):
+        outs = call_kernel(kernel, module.ERRORS, plan, B, args, deadline, getattr(module, "LOOPS", ()), tier)
         self.stats.runs[tier] += 1
         if meta is not None:
             meta["backend"] = tier
         return outs
 
-
-def _batch(args) -> int:
-    return max([a.shape[0] for a in args]) if args else 1

@@ -41,6 +41,8 @@ class Emitter:
         self.body: list[str] = []
         self.consts: list[str] = []
         self.errors: list[str] = []
+        self.stop_loops: list = []  # (length or None, location) of each outermost loop, the module's LOOPS
+        self.enclosing: list = []  # the loops open where lines are written now: (number in LOOPS, iterations done)
         self.depth = 2
         self.count = 0
 
@@ -123,6 +125,26 @@ class Emitter:
         idx = self.loops(shape)
         self.line(f"{dst}[{', '.join(idx)}] = {self.elem(src_atom, idx, shape)}")
         self.end(len(shape))
+
+    def open_loop(self, length, loc, done: str, check=True):
+        """A loop's body starts (`done`: its iterations done, as an expression): checks the stop flag first
+        (`check`; a short loop need not: see structured.UNCHECKED_STEPS)."""
+        if not self.enclosing:
+            self.stop_loops.append((length, loc))
+            self.enclosing.append((len(self.stop_loops), done))
+        else:
+            self.enclosing.append(self.enclosing[0])  # a stop inside reports the outermost loop, as the interpreter
+        if check:
+            self.stop_check()
+
+    def close_loop(self):
+        self.enclosing.pop()
+
+    def stop_check(self):
+        """Return STOPPED, saying where, when the stop flag is set (one load; see runtime.py)."""
+        loop, done = self.enclosing[0] if self.enclosing else (0, "0")
+        self.line("if stop_flag(stop) != 0:")
+        self.line(f"    return stopped(stop, p, {loop}, {done})")
 
     def error(self, message) -> int:
         self.errors.append(message)

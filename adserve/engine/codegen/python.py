@@ -24,6 +24,7 @@ from . import runtime
 
 # the plain-Python originals of the numba helpers (a numba dispatcher called from Python costs microseconds)
 globals().update({name: helper.py_func for name, helper in runtime.HELPERS.items()})
+stop_flag, stopped = runtime.stop_flag_py, runtime.stopped.py_func
 
 
 def abs(x):  # noqa: A001  (the generated code's `abs`)
@@ -59,6 +60,7 @@ class PythonKernel:
         exec(compile(text, f"<adserve python tier: {title}>", "exec"), namespace)  # generated from the IR
         self.kernel = namespace["kernel"]
         self.ERRORS = namespace["ERRORS"]
+        self.LOOPS = namespace["LOOPS"]
         self.failures = 0
 
     def run(self, B, *arrays) -> int:
