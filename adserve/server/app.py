@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI
 
-from . import oip, oip_grpc, rest, rpc, tesseract, umbridge, web
+from . import oip, oip_grpc, ports, rest, rpc, tesseract, umbridge, web
 from .grpc_server import GrpcServer
 from .metrics import Metrics
 from .security import Guard
@@ -77,8 +77,14 @@ class Server:
         # they ask for the same shutdown, so a signal before uvicorn starts (or that re-raise) does not kill the drain
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
-        await self.start()
-        http_task = asyncio.create_task(http.serve())
+        # HTTP's socket is bound here, before gRPC's: a taken port of either stops the start before anything serves
+        listening = ports.bind(settings.host, settings.http_port, "HTTP")
+        try:
+            await self.start()
+        except BaseException:
+            listening.close()
+            raise
+        http_task = asyncio.create_task(http.serve(sockets=[listening]))
         if self.grpc is not None:
             while not (http.started or http_task.done()):
                 await asyncio.sleep(0.05)

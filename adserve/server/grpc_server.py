@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.deadline import Deadline
-from . import status, tenancy
+from . import ports, status, tenancy
 from .errors import ServiceError, stopped
 from .security import Guard, presented_key, retry_after_header
 
@@ -360,6 +360,9 @@ class GrpcServer:
         self.server = grpc.aio.server(interceptors=self.interceptors, options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", -1),
+            # grpc sets SO_REUSEPORT by default: a second server on a taken port would bind too and share
+            # (steal) its calls; without it, a taken port is an error at start
+            ("grpc.so_reuseport", 0),
         ])
         for _, add_to_server, servicer in self._added:
             add_to_server(servicer, self.server)
@@ -368,6 +371,7 @@ class GrpcServer:
         names = [name for name, _, _ in self._added]
         reflection.enable_server_reflection((*names, _HEALTH, reflection.SERVICE_NAME), self.server,
                                             pool=_Pools(self._pools))
+        ports.bind(self.host, self.port, "gRPC").close()  # a taken port: one line, not grpc's C-core error log
         try:
             self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
         except RuntimeError as e:  # grpc's way of saying the port is taken or the address wrong
