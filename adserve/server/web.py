@@ -123,10 +123,11 @@ def _operations(app: FastAPI) -> None:
             return JSONOut({"status": "ready"})
         return error(503, "not_ready", "the service is starting or lost a backend")
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus text format", response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["operations"], summary="Prometheus text format (OpenMetrics when the Accept header "
+             "asks for application/openmetrics-text)", response_class=PlainTextResponse)
     def metrics(request: Request):
-        m = request.app.state.metrics
-        return Response(m.render(), media_type=m.content_type)
+        body, content_type = request.app.state.metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 

@@ -1,0 +1,36 @@
+"""What users of FastAPI, Prometheus and HTTP tooling expect of the app, in process: `/metrics` as a scraper
+reads it, HEAD where GET is, request ids, gzip."""
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from adserve.server.app import build
+from adserve.server.service import Service
+from adserve.server.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(build(Settings(grpc_port=0), service=Service(result_cache_bytes=1 << 20)).http) as c:
+        yield c
+
+
+def test_metrics_parse_with_the_process_collectors_and_no_created_series(client):
+    client.get("/healthz")
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert {"process_resident_memory_bytes", "python_info", "python_gc_collections"} <= families.keys()
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    assert "adserve_http_requests" in families
+    assert not [s for f in families.values() for s in f.samples if s.name.endswith("_created")]
+
+
+def test_metrics_speak_openmetrics_when_asked(client):
+    r = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0,text/plain;q=0.5"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/openmetrics-text")
+    assert r.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(r.text)}  # the strict parser: it refuses a bad exposition
+    assert "process_resident_memory_bytes" in families and "adserve_http_requests" in families
