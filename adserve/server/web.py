@@ -4,10 +4,11 @@ It holds what all HTTP routes share and no protocol's routes: the bounded
 body reader and JSON (orjson) in and out, the error handlers (a `ServiceError`
 leaves as `{"error": {"code", "message", "location"?}}` with its status from
 `status.HTTP`), the operations routes (`/healthz`, `/readyz`, `/metrics`) and
-the browser demo, and two ASGI middlewares: `MetricsMiddleware` counts every
-request per route template, and `GuardMiddleware` applies the `Guard` (API
+the browser demo, and ASGI middlewares: `MetricsMiddleware` counts every
+request per route template, `GuardMiddleware` applies the `Guard` (API
 keys, rate limits) to the path prefixes the protocols put in `guarded`, and
-sets the call's tenant (tenancy.py) from its key.
+sets the call's tenant (tenancy.py) from its key, and `HeadMiddleware` answers
+HEAD wherever GET is answered (FastAPI routes GET only).
 `stoppable` runs a request's work in a worker thread under a cancel token (an
 engine `Deadline`): the client's disconnecting stops it, and so does the end of
 the shutdown's grace period (that request is answered 503 `shutting_down`).
@@ -184,6 +185,7 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
                   description="Automatic differentiation as a service. Register a function (expr, program or "
                               "graph), then ask for its value and derivatives (the `compute` kinds).")
     app.state.service, app.state.settings, app.state.metrics = service, settings, metrics
+    app.add_middleware(HeadMiddleware)  # innermost: the guard and the metrics see the HEAD
     if guard.active:  # inside the metrics, so 401 and 429 are counted
         app.add_middleware(GuardMiddleware, guard=guard, prefixes=guarded)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -236,6 +238,31 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
         finally:
             tenancy.leave(token)
+
+
+class HeadMiddleware:
+    """Plain ASGI: HEAD is answered as GET (status and headers, Content-Length included) without the body,
+    as HTTP says and as probes, link checkers and `curl -I` expect; FastAPI's GET routes answer 405 to it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        as_get = dict(scope, method="GET")  # a copy: the server's scope still says HEAD, so it sends no body
+
+        async def headers_only(message):
+            if message["type"] != "http.response.body":
+                await send(message)
+            elif not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:
+            if "route" in as_get:  # the route template, for the metrics
+                scope["route"] = as_get["route"]
 
 
 class MetricsMiddleware:

@@ -34,3 +34,17 @@ def test_metrics_speak_openmetrics_when_asked(client):
     assert r.text.endswith("# EOF\n")
     families = {f.name: f for f in openmetrics_families(r.text)}  # the strict parser: it refuses a bad exposition
     assert "process_resident_memory_bytes" in families and "adserve_http_requests" in families
+
+
+def test_head_answers_wherever_get_does_without_a_body(client):
+    fid = client.post("/v1/functions", json={"inputs": [{"name": "x", "shape": []}], "expr": "x * x"}).json()["id"]
+    for path in ("/", "/healthz", "/readyz", "/metrics", "/v1/functions", f"/v1/functions/{fid}",
+                 "/openapi.json", "/static/adserve.js"):
+        get, head = client.get(path), client.head(path)
+        assert (path, head.status_code) == (path, 200) and head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        if path not in ("/metrics", f"/v1/functions/{fid}"):  # their bodies change between calls
+            assert head.headers["content-length"] == get.headers["content-length"]
+    assert 'method="HEAD",route="/healthz",status="200"' in client.get("/metrics").text
+    missing = client.head(f"/v1/functions/{fid}x")
+    assert missing.status_code == 404 and missing.content == b""
