@@ -3,8 +3,9 @@
 `GrpcServer` holds what all gRPC services share and no protocol's handlers:
 `grpc.health.v1.Health` (NOT_SERVING until `serving()` and again while it
 drains), server reflection of every service added, the request size limit, and
-three interceptors over the services the protocols `add`: `MetricsInterceptor`
-(outermost, every call of every service, refused ones too), `GuardInterceptor`
+interceptors: `RequestIdInterceptor` (outermost, every call: its request id,
+logs.py, and one access log line when it ends), `MetricsInterceptor`
+(every call of every service, refused ones too), `GuardInterceptor`
 (API keys and rate limits: UNAUTHENTICATED or RESOURCE_EXHAUSTED; it sets the
 call's tenant, tenancy.py) and the
 drain (UNAVAILABLE once stopping, and the count of calls in flight that the
@@ -35,11 +36,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.deadline import Deadline
-from . import ports, status, tenancy
+from . import logs, ports, status, tenancy
 from .errors import ServiceError, stopped
 from .security import Guard, presented_key, retry_after_header
 
 log = logging.getLogger("adserve.grpc")
+access = logging.getLogger("adserve.grpc.access")
 
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -109,6 +111,32 @@ class Interceptor(grpc.aio.ServerInterceptor):
                     call.responded()
                 return response
         return wrapped
+
+
+class RequestIdInterceptor(Interceptor):
+    """The call's request id (its `x-request-id` metadata, or a new one) is `logs.request_id` while it runs and
+    goes back in its initial metadata; when the call ends, one access line (method, status code, duration),
+    as uvicorn's for HTTP."""
+
+    @contextlib.asynccontextmanager
+    async def around(self, call: Call):
+        context = call.context
+        presented = next((v for k, v in context.invocation_metadata() or ()
+                          if k.lower() == logs.HEADER and isinstance(v, str)), None)
+        rid = logs.accept(presented)
+        logs.request_id.set(rid)  # each call is its own task: the id ends with it
+        start, code = time.perf_counter(), None
+        try:
+            await context.send_initial_metadata(((logs.HEADER, rid),))
+            yield
+        except BaseException as e:
+            code = _ended_by(e, context)
+            raise
+        finally:
+            method, code = f"/{call.service}/{call.method}", code or _returned(context)
+            ms = round((time.perf_counter() - start) * 1000, 1)
+            access.info("%s %s %.1f ms", method, code, ms,
+                        extra={"grpc_method": method, "grpc_code": code, "duration_ms": ms})
 
 
 class MetricsInterceptor(Interceptor):
@@ -335,7 +363,9 @@ class GrpcServer:
         self._names, self._guarded = set(), set()
         self._pools = [descriptor_pool.Default()]
         self._drain = _Drain(self._names)
-        self.interceptors = [MetricsInterceptor(metrics)] if metrics is not None else []
+        self.interceptors = [RequestIdInterceptor()]
+        if metrics is not None:
+            self.interceptors.append(MetricsInterceptor(metrics))
         if guard is not None and guard.active:
             self.interceptors.append(GuardInterceptor(guard, self._guarded))
         self.interceptors.append(self._drain)

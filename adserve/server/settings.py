@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     max_eval_seconds: float = Field(30, gt=0, description="time limit of every evaluation (a request's timeout_ms "
                                     "or gRPC deadline may be shorter); past it the work stops: 504 / DEADLINE_EXCEEDED")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, with the "
+                                                "request id of the call it was logged in")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys, or their sha256 hex digests as `sha256:<hex>`; "
                                           "set: every /v1 call needs one (`Authorization: Bearer <key>`)")
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
     compile_timeout_seconds: float = Field(300, gt=0, description="a numba compile longer than this is abandoned "
                                                                   "(the plan stays on the interpreter)")
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, v):
         return v.lower() if isinstance(v, str) else v

@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import __version__
 from ..engine.deadline import Deadline
-from . import schemas, status, tenancy, tensors
+from . import logs, schemas, status, tenancy, tensors
 from .errors import BAD_REQUEST, TOO_LARGE, UNAUTHENTICATED, ServiceError, error_body, stopped
 from .security import Guard, presented_key, retry_after_header
 from .service import Service
@@ -189,11 +189,13 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
     if guard.active:  # inside the metrics, so 401 and 429 are counted
         app.add_middleware(GuardMiddleware, guard=guard, prefixes=guarded)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    if settings.cors_origins:  # outermost: preflights are answered before the key check
+    if settings.cors_origins:  # outside the guard: preflights are answered before the key check
         from starlette.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-API-Key"],
-                           expose_headers=["Retry-After", "x-adserve-backend", "Server-Timing"], max_age=600)
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+                           expose_headers=["Retry-After", "x-adserve-backend", "Server-Timing", "X-Request-ID"],
+                           max_age=600)
+    app.add_middleware(logs.RequestIdMiddleware)  # outermost: every answer has its id, and every line logged
     _error_handlers(app)
     _operations(app)
 
