@@ -48,3 +48,34 @@ def test_head_answers_wherever_get_does_without_a_body(client):
     assert 'method="HEAD",route="/healthz",status="200"' in client.get("/metrics").text
     missing = client.head(f"/v1/functions/{fid}x")
     assert missing.status_code == 404 and missing.content == b""
+
+
+GZIP = {"Accept-Encoding": "gzip"}
+
+
+def test_static_assets_and_large_json_are_gzipped_for_clients_that_accept_it(client):
+    for path in ("/static/adserve.js", "/openapi.json", "/"):
+        r = client.get(path, headers=GZIP)
+        assert r.headers.get("content-encoding") == "gzip", path
+        assert len(r.content) > 1024  # httpx decoded it
+        assert "gzip" not in client.get(path, headers={"Accept-Encoding": "identity"}).headers.get(
+            "content-encoding", "")
+    small = client.get("/healthz", headers=GZIP)
+    assert "content-encoding" not in small.headers and small.json() == {"status": "ok"}
+
+
+def test_minimize_streams_and_binary_answers_are_not_gzipped(client):
+    fid = client.post("/v1/functions", json={"inputs": [{"name": "x", "shape": [40]}],
+                                              "expr": "sum(100.0 * (x[1:] - x[:-1]**2)**2 + (1.0 - x[:-1])**2)"}
+                      ).json()["id"]
+    with client.stream("POST", f"/v1/functions/{fid}/minimize", json={"x0": {"x": [-1.0] * 40}},
+                       headers=GZIP) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        assert "content-encoding" not in r.headers
+        assert sum(1 for line in r.iter_lines() if line) > 2
+    head = b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [40], "data": %s}], ' \
+           b'"parameters": {"binary_data_output": true}}' % str([0.5] * 40).encode()
+    r = client.post(f"/v2/models/{fid}/infer", content=head, headers=GZIP)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    assert "content-encoding" not in r.headers
+    assert int(r.headers["inference-header-content-length"]) < len(r.content)
