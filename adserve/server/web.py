@@ -4,7 +4,9 @@ It holds what all HTTP routes share and no protocol's routes: the bounded
 body reader and JSON (orjson) in and out, the error handlers (a `ServiceError`
 leaves as `{"error": {"code", "message", "location"?}}` with its status from
 `status.HTTP`), the operations routes (`/healthz`, `/readyz`, `/metrics`) and
-the browser demo, and ASGI middlewares: `MetricsMiddleware` counts every
+the browser demo, `/docs` (Swagger UI) and `/redoc` served from the package's
+own copies of their scripts (static/vendor/docs, scripts/vendor-js.sh: no CDN,
+so they work offline and behind strict egress), and ASGI middlewares: `MetricsMiddleware` counts every
 request per route template, `GuardMiddleware` applies the `Guard` (API
 keys, rate limits) to the path prefixes the protocols put in `guarded`, and
 sets the call's tenant (tenancy.py) from its key, and `HeadMiddleware` answers
@@ -27,6 +29,7 @@ from typing import Annotated
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -152,6 +155,36 @@ def _operations(app: FastAPI) -> None:
     async def static_file(path: str, request: Request):
         return await static.get_response(path, request.scope)
 
+    _docs(app)
+
+
+DOCS_ASSETS = "/static/vendor/docs"
+
+
+def _docs(app: FastAPI) -> None:
+    """FastAPI's /docs and /redoc pages, their scripts served from here rather than from jsDelivr."""
+    title = f"{app.title} {app.version}"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{title}: Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+                                   oauth2_redirect_url="/docs/oauth2-redirect",
+                                   # no badge asking validator.swagger.io about the document
+                                   swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect():
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title=f"{title}: ReDoc",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png", with_google_fonts=False)
+
 
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
@@ -192,6 +225,7 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
         service.close()
 
     app = FastAPI(title="adserve", version=__version__, default_response_class=JSONOut, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # served by _docs, from the package
                   description="Automatic differentiation as a service. Register a function (expr, program or "
                               "graph), then ask for its value and derivatives (the `compute` kinds).")
     app.state.service, app.state.settings, app.state.metrics = service, settings, metrics
