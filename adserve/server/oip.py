@@ -28,14 +28,17 @@ from . import oip_codec, tensors
 from .errors import BAD_REQUEST, TOO_LARGE, ServiceError
 from .oip_codec import Model
 from .service import Service
-from .web import JSONOut, RawBody, ServiceDep, parse_json
+from .web import JSONOut, RawBody, ServiceDep, parse_json, security
 
 PREFIX = "/v2"
 HEADER_LENGTH = "inference-header-content-length"
 
 
 def mount(server) -> None:
-    server.http.include_router(router)
+    # the model routes are behind the guard: documented so (API keys) when the server has keys
+    models = APIRouter(routes=[r for r in router.routes if r.path.startswith(PREFIX + "/models/")])
+    server.http.include_router(APIRouter(routes=[r for r in router.routes if r not in models.routes]))
+    server.http.include_router(models, dependencies=security(server.guard))
     server.http.add_middleware(ErrorForm)
     server.guarded_paths.append(PREFIX + "/models/")  # health and server metadata stay open, as /readyz is
 
@@ -71,42 +74,45 @@ _INFER_ANSWER = {200: {"description": "the outputs: JSON, or a JSON header and t
 router = APIRouter(prefix=PREFIX, tags=["open inference protocol (v2)"])
 
 
-@router.get("/health/live", summary="200 while the server is alive")
+@router.get("/health/live", summary="200 while the server is alive", operation_id="oipServerLive")
 def live():
     return JSONOut({"live": True})
 
 
-@router.get("/health/ready", summary="200 when the server is ready to infer",
+@router.get("/health/ready", summary="200 when the server is ready to infer", operation_id="oipServerReady",
             responses={503: {"description": "not ready"}})
 def ready(service: ServiceDep):
     ok = service.ready()
     return JSONOut({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", operation_id="oipServerMetadata")
 def server_metadata():
     return JSONOut(oip_codec.server_metadata())
 
 
-@router.get("/models/{name}", summary="Model metadata: a function's inputs and outputs", responses=_ERRORS)
-@router.get("/models/{name}/versions/{version}", summary="Model metadata (version 1)", responses=_ERRORS)
+@router.get("/models/{name}", summary="Model metadata: a function's inputs and outputs", responses=_ERRORS,
+            operation_id="oipModelMetadata")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (version 1)", responses=_ERRORS,
+            operation_id="oipModelVersionMetadata")
 async def model_metadata(name: str, service: ServiceDep, version: str = ""):
     return JSONOut((await run_in_threadpool(Model.of, service, name, version)).metadata())
 
 
 @router.get("/models/{name}/ready", summary="200 when the model (function name or id) is there",
-            responses=_ERRORS)
+            responses=_ERRORS, operation_id="oipModelReady")
 @router.get("/models/{name}/versions/{version}/ready", summary="200 when the model is there (version 1)",
-            responses=_ERRORS)
+            responses=_ERRORS, operation_id="oipModelVersionReady")
 async def model_ready(name: str, service: ServiceDep, version: str = ""):
     await run_in_threadpool(Model.of, service, name, version)
     return JSONOut({"name": name, "ready": True})
 
 
 @router.post("/models/{name}/infer", summary="Infer: the outputs asked for (value, derivatives)",
-             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST)
+             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST, operation_id="oipModelInfer")
 @router.post("/models/{name}/versions/{version}/infer", summary="Infer (version 1)",
-             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST)
+             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST,
+             operation_id="oipModelVersionInfer")
 async def infer(name: str, request: Request, raw: RawBody, service: ServiceDep, version: str = ""):
     raw = _inflate(raw, request.headers.get("content-encoding", "identity"),
                    request.app.state.settings.max_body_bytes)

@@ -31,6 +31,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
@@ -127,18 +128,19 @@ ServiceDep = Annotated[Service, Depends(_service)]
 
 
 def _operations(app: FastAPI) -> None:
-    @app.get("/healthz", tags=["operations"], summary="200 while the process is alive")
+    @app.get("/healthz", tags=["operations"], summary="200 while the process is alive", operation_id="healthz")
     def healthz():
         return JSONOut({"status": "ok"})
 
-    @app.get("/readyz", tags=["operations"], summary="200 when ready to serve")
+    @app.get("/readyz", tags=["operations"], summary="200 when ready to serve", operation_id="readyz",
+             responses={503: {"model": schemas.ErrorBody, "description": "starting, or a backend is lost"}})
     def readyz(service: ServiceDep):
         if service.ready():
             return JSONOut({"status": "ready"})
         return error(503, "not_ready", "the service is starting or lost a backend")
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus text format (OpenMetrics when the Accept header "
-             "asks for application/openmetrics-text)", response_class=PlainTextResponse)
+             "asks for application/openmetrics-text)", response_class=PlainTextResponse, operation_id="metrics")
     def metrics(request: Request):
         body, content_type = request.app.state.metrics.render(request.headers.get("accept"))
         return Response(body, media_type=content_type)
@@ -216,6 +218,49 @@ def _error_handlers(app: FastAPI) -> None:
         return error(500, "internal_error", status.INTERNAL_MESSAGE)
 
 
+_VALIDATION_ERROR = "#/components/schemas/HTTPValidationError"
+
+
+def _no_validation_errors(spec: dict) -> None:
+    """FastAPI documents a 422 `HTTPValidationError` on every route with parameters; this app answers its
+    own error body (`validation_error` below), and on its GET routes, whose parameters are strings checked by
+    hand (documented where they can fail), no such 422 at all."""
+    for operations in spec.get("paths", {}).values():
+        for method, operation in operations.items():
+            answer = operation.get("responses", {}).get("422", {})
+            schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+            if schema.get("$ref") == _VALIDATION_ERROR:
+                if method == "get":
+                    del operation["responses"]["422"]
+                else:
+                    answer.update(description="an invalid request",
+                                  content={"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
+    for name in ("HTTPValidationError", "ValidationError"):
+        spec.get("components", {}).get("schemas", {}).pop(name, None)
+
+
+def _no_type_beside_refs(node) -> None:
+    """FastAPI writes the type it infers (a str parameter, a streamed answer's string) beside a `$ref` given for
+    that schema; the referenced schema is the whole truth, and generators read a sibling type as a conflict."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            node.pop("type", None)
+        for value in node.values():
+            _no_type_beside_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            _no_type_beside_refs(value)
+
+
+def security(guard: Guard) -> list:
+    """Dependencies that document the API keys (OpenAPI `securitySchemes`: a bearer token, or the `x-api-key`
+    header) on a router's routes when the server has keys. They check nothing: `GuardMiddleware` does."""
+    if not guard.keys:
+        return []
+    return [Depends(HTTPBearer(auto_error=False, description="an API key (ADSERVE_API_KEYS) as a bearer token")),
+            Depends(APIKeyHeader(name="x-api-key", auto_error=False, description="an API key (ADSERVE_API_KEYS)"))]
+
+
 def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list) -> FastAPI:
     """The app over `service`, counting into `metrics`; `guard` applies to paths starting with any prefix in
     `guarded` (a list the protocols fill as they mount). Its shutdown closes the service."""
@@ -249,9 +294,12 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
     plain_openapi = app.openapi
 
     def openapi():
-        spec = plain_openapi()
-        spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas.request_components())
-        return spec
+        if app.openapi_schema is None:
+            spec = plain_openapi()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas.request_components())
+            _no_validation_errors(spec)
+            _no_type_beside_refs(spec)
+        return app.openapi_schema
 
     app.openapi = openapi
     return app

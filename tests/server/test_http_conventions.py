@@ -79,3 +79,83 @@ def test_minimize_streams_and_binary_answers_are_not_gzipped(client):
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
     assert "content-encoding" not in r.headers
     assert int(r.headers["inference-header-content-length"]) < len(r.content)
+
+
+def spec_of(settings: Settings) -> dict:
+    app = build(settings, service=Service(result_cache_bytes=1 << 20)).http
+    return TestClient(app).get("/openapi.json").json()
+
+
+def operations(spec: dict):
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            yield path, method, op
+
+
+def test_openapi_operation_ids_are_explicit_and_unique(client):
+    spec = client.get("/openapi.json").json()
+    ids = [op.get("operationId") for _, _, op in operations(spec)]
+    assert len(ids) > 15 and len(set(ids)) == len(ids)
+    # FastAPI's own are the function name, path and method (evaluate_v1_evaluate_post)
+    assert not [i for i in ids if i is None or i.endswith(("_get", "_post", "_head"))], ids
+    assert {"evaluate", "evaluateFunction", "registerFunction", "minimizeFunction", "healthz"} <= set(ids)
+
+
+def test_openapi_names_its_shared_types(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert {"Tensor", "Real", "ComputeKind", "Transform", "ErrorCode"} <= schemas.keys()
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    evaluation = schemas["Evaluation"]["properties"]
+    assert evaluation["inputs"]["additionalProperties"] == {"$ref": "#/components/schemas/Tensor"}
+    assert evaluation["compute"]["items"] == {"$ref": "#/components/schemas/ComputeKind"}
+    assert set(schemas["ComputeKind"]["enum"]) >= {"value", "gradient", "hessian"}
+    assert {"$ref": "#/components/schemas/ErrorCode"} in schemas["ErrorDetail"]["properties"]["code"]["anyOf"]
+    # the union is written once, in Tensor, and referred to everywhere else
+    text = str({k: v for k, v in schemas.items() if k != "Tensor"})
+    assert "#/components/schemas/B64Tensor" not in text
+    [transform] = [p for p in spec["paths"]["/v1/functions/{function_id}/source"]["get"]["parameters"]
+                   if p["name"] == "transform"]
+    assert transform["schema"]["$ref"] == "#/components/schemas/Transform"
+
+
+def test_openapi_responses_say_what_is_sent(client):
+    spec = client.get("/openapi.json").json()
+    evaluate = spec["paths"]["/v1/evaluate"]["post"]["responses"]
+    assert {"Server-Timing", "x-adserve-backend"} <= evaluate["200"]["headers"].keys()
+    assert "Retry-After" in evaluate["429"]["headers"] and "Retry-After" in evaluate["503"]["headers"]
+    assert evaluate["422"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorBody"
+    assert evaluate["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EvaluationResult")
+    assert spec["components"]["schemas"]["EvaluationResult"]["examples"]
+    minimize = spec["paths"]["/v1/functions/{function_id}/minimize"]["post"]["responses"]["200"]["content"]
+    assert minimize == {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/MinimizeProgress"}}}
+    refused = spec["paths"]["/v1/functions/{function_id}/minimize"]["post"]["responses"]["429"]
+    assert list(refused["content"]) == ["application/json"] and "Retry-After" in refused["headers"]
+    for path, method, op in operations(spec):
+        if method == "get" and path.startswith("/v1/") and path != "/v1/functions":
+            assert "422" not in op["responses"] or path.endswith("/source"), path  # source: unknown_transform
+
+
+def test_openapi_declares_the_api_keys_when_the_server_has_them():
+    keyed = spec_of(Settings(grpc_port=0, api_keys="k-0123456789"))
+    assert keyed["components"]["securitySchemes"] == {
+        "HTTPBearer": {"type": "http", "scheme": "bearer", "description": keyed["components"]["securitySchemes"][
+            "HTTPBearer"]["description"]},
+        "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": keyed["components"][
+            "securitySchemes"]["APIKeyHeader"]["description"]}}
+    ops = {(path, method): op for path, method, op in operations(keyed)}
+    assert ops["/v1/evaluate", "post"]["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
+    assert ops["/v2/models/{name}/infer", "post"]["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
+    assert "security" not in ops["/healthz", "get"] and "security" not in ops["/v2/health/ready", "get"]
+    open_spec = spec_of(Settings(grpc_port=0))
+    assert "securitySchemes" not in open_spec["components"]
+    assert not [op for _, _, op in operations(open_spec) if "security" in op]
+
+
+def test_the_api_key_dependencies_check_nothing_themselves():
+    """The guard checks keys; the documenting dependencies must not turn a keyless call into FastAPI's 403."""
+    app = build(Settings(grpc_port=0, api_keys="k-0123456789"), service=Service(result_cache_bytes=1 << 20)).http
+    c = TestClient(app)
+    assert c.get("/v1/functions").status_code == 401
+    assert c.get("/v1/functions", headers={"x-api-key": "k-0123456789"}).status_code == 200
+    assert c.get("/v1/functions", headers={"Authorization": "Bearer k-0123456789"}).status_code == 200
