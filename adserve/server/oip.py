@@ -39,6 +39,7 @@ def mount(server) -> None:
     models = APIRouter(routes=[r for r in router.routes if r.path.startswith(PREFIX + "/models/")])
     server.http.include_router(APIRouter(routes=[r for r in router.routes if r not in models.routes]))
     server.http.include_router(models, dependencies=security(server.guard))
+    server.http.state.openapi_components.update(COMPONENTS)
     server.http.add_middleware(ErrorForm)
     server.guarded_paths.append(PREFIX + "/models/")  # health and server metadata stay open, as /readyz is
 
@@ -54,20 +55,30 @@ class ProtocolError(BaseModel):
 
 
 _ERRORS = {code: {"model": ProtocolError} for code in (400, 401, 404, 413, 422, 429)}
-_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-    "name": {"type": "string"}, "datatype": {"type": "string", "enum": list(oip_codec.DATATYPES)},
-    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-    "data": {"type": "array", "items": {}, "description": "the elements, row-major (flat or nested)"},
-    "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}
-_INFER_REQUEST = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["inputs"], "properties": {
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+# named once in the OpenAPI document's components (`mount`), so both infer routes share them
+COMPONENTS = {
+    "OipDatatype": {"type": "string", "enum": list(oip_codec.DATATYPES)},
+    "OipInputTensor": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": _ref("OipDatatype"),
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "data": {"type": "array", "items": {}, "description": "the elements, row-major (flat or nested)"},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}},
+    "OipRequestedOutput": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}},
+    "OipInferRequest": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"},
         "parameters": {"type": "object", "properties": {"batch": {"type": "boolean"},
                                                         "binary_data_output": {"type": "boolean"}}},
-        "inputs": {"type": "array", "items": _TENSOR},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string"},
-            "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}}}}}}
+        "inputs": {"type": "array", "items": _ref("OipInputTensor")},
+        "outputs": {"type": "array", "items": _ref("OipRequestedOutput")}}},
+}
+_INFER_REQUEST = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": _ref("OipInferRequest")}}}}
 _INFER_ANSWER = {200: {"description": "the outputs: JSON, or a JSON header and the binary outputs after it",
                        "content": {"application/json": {}, "application/octet-stream": {}}}}
 

@@ -2,7 +2,7 @@
 
 Requests are parsed by hand (orjson, then `evaluation.parse` and the engine),
 so that every error has the contract's shape; these models describe them.
-Shared types are named components (`Tensor`, `Real`, `ComputeKind`,
+Shared types are named components (`Tensor`, `TensorMap`, `Real`, `ComputeKind`,
 `Transform`, `ErrorCode`), so a generated client has one type for each rather
 than an inlined union at every use.
 """
@@ -37,10 +37,13 @@ class TensorRef(BaseModel):
     ref: str = Field(pattern="^[0-9a-f]{64}$")
 
 
-Real = TypeAliasType("Real", Annotated[float | Literal["NaN", "Infinity", "-Infinity"], Field(
+NonFinite = TypeAliasType("NonFinite", Literal["NaN", "Infinity", "-Infinity"])
+Real = TypeAliasType("Real", Annotated[float | NonFinite, Field(
     description='a number; "NaN", "Infinity" and "-Infinity" stand for the non-finite values')])
-Tensor = TypeAliasType("Tensor", Annotated[float | Literal["NaN", "Infinity", "-Infinity"] | list[Any] | B64Tensor |
-                                           TensorRef, Field(description=TENSOR_DOC)])
+Tensor = TypeAliasType("Tensor", Annotated[float | NonFinite | list[Any] | B64Tensor | TensorRef,
+                                           Field(description=TENSOR_DOC)])
+TensorMap = TypeAliasType("TensorMap", Annotated[dict[str, Tensor], Field(
+    description="one tensor per input name")])
 
 ComputeKind = Enum("ComputeKind", {k: k for k in COMPUTE_KINDS}, type=str)
 ComputeKind.__doc__ = "What an evaluation computes; each kind is a key of the answer."
@@ -83,9 +86,9 @@ class Definition(BaseModel):
 class Evaluation(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
-    inputs: dict[str, Tensor] = Field(description=TENSOR_DOC)
+    inputs: TensorMap = Field(description=TENSOR_DOC)
     compute: list[ComputeKind] = [ComputeKind("value")]
-    tangent: dict[str, Tensor] | None = Field(None, description="for jvp and hvp: one entry per input")
+    tangent: TensorMap | None = Field(None, description="for jvp and hvp: one entry per input")
     cotangent: Tensor | None = Field(None, description="for vjp: output shape")
     batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
     wrt: list[str] | None = Field(None, description="the inputs to differentiate (the others are held constant); "
@@ -127,12 +130,12 @@ class EvaluationResult(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"value": 11.652071455223084, "gradient": {"x1": 5.5, "x2": 1.7163378145367738}, "cached": False}]})
     value: Tensor | None = None
-    gradient: dict[str, Tensor] | None = None
+    gradient: TensorMap | None = None
     jvp: Tensor | None = None
-    vjp: dict[str, Tensor] | None = None
-    hvp: dict[str, Tensor] | None = None
-    jacobian: dict[str, Tensor] | None = None
-    hessian: dict[str, dict[str, Tensor]] | None = None
+    vjp: TensorMap | None = None
+    hvp: TensorMap | None = None
+    jacobian: TensorMap | None = None
+    hessian: dict[str, TensorMap] | None = None
     trace: list[dict[str, Any]] | None = Field(None, description="one row per variable: name, expr, shape, "
                                                                    "output, value, tangent?, adjoint?")
     cached: bool
@@ -144,7 +147,7 @@ class Minimization(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"x0": {"x": [-1.0, -1.0]}, "method": "lbfgs", "max_iter": 200, "gtol": 1e-6}]})
     id: str | None = Field(None, description="may repeat the id in the path")
-    x0: dict[str, Tensor] = Field(description="the starting point, one entry per input. " + TENSOR_DOC)
+    x0: TensorMap = Field(description="the starting point, one entry per input. " + TENSOR_DOC)
     method: Literal[tuple(optimize.METHODS)] = optimize.DEFAULT_METHOD
     max_iter: int = Field(optimize.DEFAULT_MAX_ITER, ge=1, le=optimize.MAX_ITER)
     gtol: float = Field(optimize.DEFAULT_GTOL, ge=0,
@@ -155,7 +158,7 @@ class MinimizeProgress(BaseModel):
     """One line of the NDJSON answer; iteration 0 is x0, the last line has `done` true."""
 
     iteration: int
-    x: dict[str, Tensor]
+    x: TensorMap
     value: Real
     grad_norm: Real = Field(description="the largest absolute component of the gradient at x")
     done: bool

@@ -274,6 +274,7 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
                   description="Automatic differentiation as a service. Register a function (expr, program or "
                               "graph), then ask for its value and derivatives (the `compute` kinds).")
     app.state.service, app.state.settings, app.state.metrics = service, settings, metrics
+    app.state.openapi_components = {}  # JSON Schemas the protocols name in their openapi_extra
     # innermost: a HEAD's headers are those of its GET, Content-Encoding and Content-Length included
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL,
                        exclude_content_types=GZIP_EXCLUDED)
@@ -297,6 +298,7 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
         if app.openapi_schema is None:
             spec = plain_openapi()
             spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas.request_components())
+            spec["components"]["schemas"].update(app.state.openapi_components)
             _no_validation_errors(spec)
             _no_type_beside_refs(spec)
         return app.openapi_schema

@@ -104,10 +104,11 @@ def test_openapi_operation_ids_are_explicit_and_unique(client):
 def test_openapi_names_its_shared_types(client):
     spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
-    assert {"Tensor", "Real", "ComputeKind", "Transform", "ErrorCode"} <= schemas.keys()
+    assert {"Tensor", "TensorMap", "Real", "ComputeKind", "Transform", "ErrorCode"} <= schemas.keys()
     assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
     evaluation = schemas["Evaluation"]["properties"]
-    assert evaluation["inputs"]["additionalProperties"] == {"$ref": "#/components/schemas/Tensor"}
+    assert evaluation["inputs"]["$ref"] == "#/components/schemas/TensorMap"
+    assert schemas["TensorMap"]["additionalProperties"] == {"$ref": "#/components/schemas/Tensor"}
     assert evaluation["compute"]["items"] == {"$ref": "#/components/schemas/ComputeKind"}
     assert set(schemas["ComputeKind"]["enum"]) >= {"value", "gradient", "hessian"}
     assert {"$ref": "#/components/schemas/ErrorCode"} in schemas["ErrorDetail"]["properties"]["code"]["anyOf"]
