@@ -70,9 +70,11 @@ class Server:
         self._freeze_startup_objects()
         settings = self.settings
         grace = settings.shutdown_grace_seconds
+        tls = {} if settings.tls_cert_file is None else {"ssl_certfile": str(settings.tls_cert_file),
+                                                         "ssl_keyfile": str(settings.tls_key_file)}
         http = uvicorn.Server(uvicorn.Config(self.http, host=settings.host, port=settings.http_port,
                                              log_config=None, log_level=settings.log_level,
-                                             timeout_graceful_shutdown=grace))
+                                             timeout_graceful_shutdown=grace, **tls))
         # uvicorn handles the signals while it serves, then puts these back and raises the signal again:
         # they ask for the same shutdown, so a signal before uvicorn starts (or that re-raise) does not kill the drain
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,10 +127,22 @@ def build(settings: Settings, service=None) -> Server:
     server = Server(settings, service, metrics, guard, preloading=preloading)
     server.http = web.create_app(service, settings, metrics, guard, server.guarded_paths)
     if settings.grpc_port:
-        server.grpc = GrpcServer(settings.host, settings.grpc_port, settings.max_body_bytes, metrics, guard)
+        server.grpc = GrpcServer(settings.host, settings.grpc_port, settings.max_body_bytes, metrics, guard,
+                                 tls=_tls_pair(settings))
     for mount in PROTOCOLS:
         mount(server)
     return server
+
+
+def _tls_pair(settings: Settings) -> tuple[bytes, bytes] | None:
+    """(private key, certificate chain) PEM of the settings' TLS files, or None; a file that cannot be read
+    stops the start with its name."""
+    if settings.tls_cert_file is None:
+        return None
+    try:
+        return settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"adserve: cannot read the TLS files: {e}") from None
 
 
 def make_engine(settings: Settings):

@@ -357,8 +357,10 @@ class _Pools:
 class GrpcServer:
     """The services protocols `add`, with health and reflection, on `host:port` once `start()`ed."""
 
-    def __init__(self, host: str, port: int, max_message_bytes: int, metrics=None, guard: Guard | None = None):
-        self.host, self.port, self.max_message_bytes = host, port, max_message_bytes
+    def __init__(self, host: str, port: int, max_message_bytes: int, metrics=None, guard: Guard | None = None,
+                 tls: tuple[bytes, bytes] | None = None):
+        """`tls`: (private key, certificate chain) PEM to serve over TLS; None: plaintext."""
+        self.host, self.port, self.max_message_bytes, self.tls = host, port, max_message_bytes, tls
         self._added = []  # (full service name, add_XServicer_to_server, servicer)
         self._names, self._guarded = set(), set()
         self._pools = [descriptor_pool.Default()]
@@ -403,7 +405,9 @@ class GrpcServer:
                                             pool=_Pools(self._pools))
         ports.bind(self.host, self.port, "gRPC").close()  # a taken port: one line, not grpc's C-core error log
         try:
-            self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+            address = f"{self.host}:{self.port}"
+            self.port = self.server.add_insecure_port(address) if self.tls is None else \
+                self.server.add_secure_port(address, grpc.ssl_server_credentials([self.tls]))
         except RuntimeError as e:  # grpc's way of saying the port is taken or the address wrong
             raise OSError(f"cannot listen for gRPC on {self.host}:{self.port}: {e}") from None
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)

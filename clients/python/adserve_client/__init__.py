@@ -13,8 +13,9 @@ from .errors import (AdserveError, DeadlineExceeded, InvalidArgument, NotFound, 
                      Unavailable)
 from .rest import AsyncClient, Client
 from .rpc import AsyncEvaluationStream, AsyncGrpcClient, EvaluationStream, GrpcClient
+from .retry import Retry
 from .types import FunctionInfo, FunctionPage, HeldTensor, Progress, Result, expr, program
 
-__all__ = ["Client", "AsyncClient", "GrpcClient", "AsyncGrpcClient", "EvaluationStream", "AsyncEvaluationStream",
+__all__ = ["Client", "AsyncClient", "GrpcClient", "AsyncGrpcClient", "Retry", "EvaluationStream", "AsyncEvaluationStream",
            "FunctionInfo", "FunctionPage", "HeldTensor", "Result", "Progress", "expr", "program", "AdserveError", "InvalidArgument", "NotFound",
            "ResourceExhausted", "Unauthenticated", "DeadlineExceeded", "Unavailable"]
