@@ -73,3 +73,11 @@ def test_a_taken_grpc_port_exits_with_a_message():
         r = subprocess.run([sys.executable, "-m", "adserve.server.cli", "--http-port", str(free_port()),
                             "--grpc-port", str(port)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and f"cannot listen for gRPC on 127.0.0.1:{port}" in r.stderr
+
+
+def test_a_tls_certificate_without_its_key_exits_with_a_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADSERVE_TLS_CERT_FILE", str(tmp_path / "cert.pem"))
+    monkeypatch.delenv("ADSERVE_TLS_KEY_FILE", raising=False)
+    with pytest.raises(SystemExit) as e:
+        load_settings(parse_args([]))
+    assert "tls_cert_file and tls_key_file go together" in str(e.value.code)

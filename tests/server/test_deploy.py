@@ -107,6 +107,20 @@ def test_dockerfile_has_what_the_deployment_relies_on():
     assert "*" in ignored and "!adserve/" in ignored
 
 
+def test_the_image_carries_only_what_the_server_runs():
+    """No `# syntax=` line (it makes BuildKit fetch a frontend image from Docker Hub: no offline builds), no apt
+    lists or package cache left, and no dependency the server never imports (protoc, an HTTP client)."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert not re.search(r"^# *syntax=", text, re.M | re.I)
+    assert "rm -rf /var/lib/apt/lists/*" in text and "apt-get clean" in text
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.M | re.S)[1]
+    sources = "\n".join(p.read_text() for p in (ROOT / "adserve").rglob("*.py") if "grpc_gen" not in p.parts)
+    for package, module in (("grpcio-tools", "grpc_tools"), ("httpx", "httpx")):
+        assert not re.search(rf"^\s*(import|from) {module}\b", sources, re.M), f"the server imports {module}"
+        assert not re.search(rf'^\s*"{package}', dependencies, re.M), f"{package} is not needed at run time"
+
+
 def test_hadolint_passes():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
