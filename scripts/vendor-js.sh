@@ -36,7 +36,14 @@ vendor_docs() {
     # without their sourceMappingURL: the maps are not shipped, and a browser's dev tools would ask for them
     sed '/^\/\/# sourceMappingURL=/d' "$work/docs/swagger-ui/swagger-ui-bundle.js" >"$docs/swagger-ui-bundle.js"
     sed '/^\/\*# sourceMappingURL=/d' "$work/docs/swagger-ui/swagger-ui.css" >"$docs/swagger-ui.css"
-    sed '/^\/\/# sourceMappingURL=/d' "$work/docs/redoc/bundles/redoc.standalone.js" >"$docs/redoc.standalone.js"
+    # ReDoc draws its sidebar's "API docs by Redocly" logo from cdn.redoc.ly, the one request either page makes
+    # to another host: pointed at nothing (the image then hides itself; the link stays)
+    sed -e '/^\/\/# sourceMappingURL=/d' -e 's#"https://cdn.redoc.ly/redoc/logo-mini.svg"#"data:,"#' \
+        "$work/docs/redoc/bundles/redoc.standalone.js" >"$docs/redoc.standalone.js"
+    if grep -q 'cdn.redoc.ly' "$docs/redoc.standalone.js"; then
+        echo "redoc.standalone.js still loads from cdn.redoc.ly: update the sed above" >&2
+        exit 1
+    fi
     cp "$work/docs/swagger-ui/favicon-32x32.png" "$docs/favicon-32x32.png"
     {
         echo "Swagger UI and ReDoc, vendored by scripts/vendor-js.sh; each is under the license below."

@@ -45,6 +45,7 @@ def test_swagger_ui_renders_the_operations_offline(offline_page, server):
     expect(page.locator(".opblock-summary-path", has_text="/v1/functions/{function_id}/evaluate").first).to_be_visible()
     assert page.locator(".opblock").count() > 20
     assert page.locator(".swagger-ui .info .title").inner_text().startswith("adserve")
+    page.wait_for_load_state("networkidle")
     assert not elsewhere and not errors
 
 
@@ -55,4 +56,6 @@ def test_redoc_renders_the_operations_offline(offline_page, server):
     page.goto(server.url + "/redoc")
     expect(page.locator("h2", has_text="Evaluate").first).to_be_visible()
     assert page.locator("[data-section-id^='operation/']").count() > 20
+    expect(page.get_by_text("API docs by Redocly")).to_be_visible()  # its logo came from a CDN: not any more
+    page.wait_for_load_state("networkidle")
     assert not elsewhere and not errors
