@@ -57,7 +57,8 @@ def test_nothing_runs_off_the_side(browser, server, width):
         page.wait_for_function("document.getElementById('plot').data?.[0]?.type === 'contour'")
         plot = page.locator("#plot").bounding_box()
         assert plot["width"] <= width and plot["width"] > 0.6 * min(width, 700)
-        columns = page.evaluate("getComputedStyle(document.querySelector('.layout')).gridTemplateColumns.split(' ').length")
+        columns = page.evaluate("getComputedStyle(document.querySelector('.layout'))"
+                                ".gridTemplateColumns.split(' ').length")
         assert columns == (1 if width < 980 else 2)
         assert not errors
     finally:
