@@ -52,7 +52,9 @@ log = logging.getLogger("adserve.rest")
 # raw tensors) are float64 bytes that barely compress, and their readers take byte offsets literally.
 GZIP_EXCLUDED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/x-ndjson", "application/octet-stream")
 GZIP_MIN_BYTES = 1024  # below it, the header and the CPU cost more than the bytes saved
-GZIP_LEVEL = 6  # zlib's default: nearly level 9's ratio on JSON and JavaScript, at a fraction of the CPU
+# zlib level 1: on a 3.7 MiB answer of floats it keeps 49 % of the bytes at 60 MB/s, where level 6 keeps 46 % at
+# 11 MB/s (a third of a second of CPU per answer); on Plotly's bundle, 38 % against 33 %
+GZIP_LEVEL = 1
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
