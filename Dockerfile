@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # adserve: HTTP on 8000, gRPC on 50051; compiled kernels kept on the volume at
 # /var/cache/adserve; every setting is an ADSERVE_* variable (README, Settings).
 #   docker build -t adserve .          (deploy/test-image.sh builds it with podman)
@@ -24,7 +23,8 @@ FROM ${BASE}
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /var/log/apt /var/log/dpkg.log \
     && groupadd --system --gid 10001 adserve \
     && useradd --system --uid 10001 --gid adserve --no-create-home --home-dir /nonexistent \
                --shell /usr/sbin/nologin adserve \

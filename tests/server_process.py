@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,24 +39,26 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(log_path: Path, grpc_port: int = 0, env=None, ready_within: float = 90, *,
-                   append: bool = False, poll: float = 0.1):
+                   append: bool = False, poll: float = 0.1, tls_ca: Path | None = None):
     """Yield a server that answers 200 on /readyz; stop it afterwards, whatever happened (SIGTERM, then
     SIGKILL after 20 s). `env` is added to this process's environment; its output goes to `log_path`
-    (appended to with `append`); /readyz is asked every `poll` seconds."""
+    (appended to with `append`); /readyz is asked every `poll` seconds. `tls_ca`: the server serves TLS
+    (ADSERVE_TLS_* in `env`) with a certificate this CA file verifies; its url is then https."""
     port = free_port()
     cmd = [sys.executable, "-m", "adserve.server.cli", "--host", "127.0.0.1", "--http-port", str(port),
            "--grpc-port", str(grpc_port)]
+    verify = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
     started = time.perf_counter()
     with open(log_path, "a" if append else "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = RunningServer(f"http://127.0.0.1:{port}", Path(log_path), proc,
+    server = RunningServer(f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}", Path(log_path), proc,
                            f"127.0.0.1:{grpc_port}" if grpc_port else None)
     try:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode} (log: {log_path}):\n{server.log()[-3000:]}")
             try:
-                if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(server.url + "/readyz", timeout=2, verify=verify).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

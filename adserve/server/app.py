@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from fastapi import FastAPI
 
-from . import oip, oip_grpc, rest, rpc, tesseract, umbridge, web
+from . import oip, oip_grpc, ports, rest, rpc, tesseract, umbridge, web
 from .grpc_server import GrpcServer
 from .metrics import Metrics
 from .security import Guard
@@ -70,15 +70,23 @@ class Server:
         self._freeze_startup_objects()
         settings = self.settings
         grace = settings.shutdown_grace_seconds
+        tls = {} if settings.tls_cert_file is None else {"ssl_certfile": str(settings.tls_cert_file),
+                                                         "ssl_keyfile": str(settings.tls_key_file)}
         http = uvicorn.Server(uvicorn.Config(self.http, host=settings.host, port=settings.http_port,
                                              log_config=None, log_level=settings.log_level,
-                                             timeout_graceful_shutdown=grace))
+                                             timeout_graceful_shutdown=grace, **tls))
         # uvicorn handles the signals while it serves, then puts these back and raises the signal again:
         # they ask for the same shutdown, so a signal before uvicorn starts (or that re-raise) does not kill the drain
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
-        await self.start()
-        http_task = asyncio.create_task(http.serve())
+        # HTTP's socket is bound here, before gRPC's: a taken port of either stops the start before anything serves
+        listening = ports.bind(settings.host, settings.http_port, "HTTP")
+        try:
+            await self.start()
+        except BaseException:
+            listening.close()
+            raise
+        http_task = asyncio.create_task(http.serve(sockets=[listening]))
         if self.grpc is not None:
             while not (http.started or http_task.done()):
                 await asyncio.sleep(0.05)
@@ -119,10 +127,22 @@ def build(settings: Settings, service=None) -> Server:
     server = Server(settings, service, metrics, guard, preloading=preloading)
     server.http = web.create_app(service, settings, metrics, guard, server.guarded_paths)
     if settings.grpc_port:
-        server.grpc = GrpcServer(settings.host, settings.grpc_port, settings.max_body_bytes, metrics, guard)
+        server.grpc = GrpcServer(settings.host, settings.grpc_port, settings.max_body_bytes, metrics, guard,
+                                 tls=_tls_pair(settings))
     for mount in PROTOCOLS:
         mount(server)
     return server
+
+
+def _tls_pair(settings: Settings) -> tuple[bytes, bytes] | None:
+    """(private key, certificate chain) PEM of the settings' TLS files, or None; a file that cannot be read
+    stops the start with its name."""
+    if settings.tls_cert_file is None:
+        return None
+    try:
+        return settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"adserve: cannot read the TLS files: {e}") from None
 
 
 def make_engine(settings: Settings):

@@ -22,6 +22,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--http-port", type=int, help="HTTP port (ADSERVE_HTTP_PORT, default 8000)")
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for none (ADSERVE_GRPC_PORT, default 50051)")
     p.add_argument("--log-level", help="critical, error, warning, info or debug (ADSERVE_LOG_LEVEL)")
+    p.add_argument("--log-format", help="text or json (ADSERVE_LOG_FORMAT, default text)")
     p.add_argument("--version", action="version", version=f"adserve {__version__}")
     return p.parse_args(argv)
 
@@ -37,7 +38,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv=None) -> None:
     settings = load_settings(parse_args(argv))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logs
+    logs.configure(settings.log_level, settings.log_format)
     from .app import build
 
     server = build(settings)

@@ -3,8 +3,9 @@
 `GrpcServer` holds what all gRPC services share and no protocol's handlers:
 `grpc.health.v1.Health` (NOT_SERVING until `serving()` and again while it
 drains), server reflection of every service added, the request size limit, and
-three interceptors over the services the protocols `add`: `MetricsInterceptor`
-(outermost, every call of every service, refused ones too), `GuardInterceptor`
+interceptors: `RequestIdInterceptor` (outermost, every call: its request id,
+logs.py, and one access log line when it ends), `MetricsInterceptor`
+(every call of every service, refused ones too), `GuardInterceptor`
 (API keys and rate limits: UNAUTHENTICATED or RESOURCE_EXHAUSTED; it sets the
 call's tenant, tenancy.py) and the
 drain (UNAVAILABLE once stopping, and the count of calls in flight that the
@@ -35,11 +36,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..engine.deadline import Deadline
-from . import status, tenancy
+from . import logs, ports, status, tenancy
 from .errors import ServiceError, stopped
 from .security import Guard, presented_key, retry_after_header
 
 log = logging.getLogger("adserve.grpc")
+access = logging.getLogger("adserve.grpc.access")
 
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -109,6 +111,32 @@ class Interceptor(grpc.aio.ServerInterceptor):
                     call.responded()
                 return response
         return wrapped
+
+
+class RequestIdInterceptor(Interceptor):
+    """The call's request id (its `x-request-id` metadata, or a new one) is `logs.request_id` while it runs and
+    goes back in its initial metadata; when the call ends, one access line (method, status code, duration),
+    as uvicorn's for HTTP."""
+
+    @contextlib.asynccontextmanager
+    async def around(self, call: Call):
+        context = call.context
+        presented = next((v for k, v in context.invocation_metadata() or ()
+                          if k.lower() == logs.HEADER and isinstance(v, str)), None)
+        rid = logs.accept(presented)
+        logs.request_id.set(rid)  # each call is its own task: the id ends with it
+        start, code = time.perf_counter(), None
+        try:
+            await context.send_initial_metadata(((logs.HEADER, rid),))
+            yield
+        except BaseException as e:
+            code = _ended_by(e, context)
+            raise
+        finally:
+            method, code = f"/{call.service}/{call.method}", code or _returned(context)
+            ms = round((time.perf_counter() - start) * 1000, 1)
+            access.info("%s %s %.1f ms", method, code, ms,
+                        extra={"grpc_method": method, "grpc_code": code, "duration_ms": ms})
 
 
 class MetricsInterceptor(Interceptor):
@@ -329,13 +357,17 @@ class _Pools:
 class GrpcServer:
     """The services protocols `add`, with health and reflection, on `host:port` once `start()`ed."""
 
-    def __init__(self, host: str, port: int, max_message_bytes: int, metrics=None, guard: Guard | None = None):
-        self.host, self.port, self.max_message_bytes = host, port, max_message_bytes
+    def __init__(self, host: str, port: int, max_message_bytes: int, metrics=None, guard: Guard | None = None,
+                 tls: tuple[bytes, bytes] | None = None):
+        """`tls`: (private key, certificate chain) PEM to serve over TLS; None: plaintext."""
+        self.host, self.port, self.max_message_bytes, self.tls = host, port, max_message_bytes, tls
         self._added = []  # (full service name, add_XServicer_to_server, servicer)
         self._names, self._guarded = set(), set()
         self._pools = [descriptor_pool.Default()]
         self._drain = _Drain(self._names)
-        self.interceptors = [MetricsInterceptor(metrics)] if metrics is not None else []
+        self.interceptors = [RequestIdInterceptor()]
+        if metrics is not None:
+            self.interceptors.append(MetricsInterceptor(metrics))
         if guard is not None and guard.active:
             self.interceptors.append(GuardInterceptor(guard, self._guarded))
         self.interceptors.append(self._drain)
@@ -360,6 +392,9 @@ class GrpcServer:
         self.server = grpc.aio.server(interceptors=self.interceptors, options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", -1),
+            # grpc sets SO_REUSEPORT by default: a second server on a taken port would bind too and share
+            # (steal) its calls; without it, a taken port is an error at start
+            ("grpc.so_reuseport", 0),
         ])
         for _, add_to_server, servicer in self._added:
             add_to_server(servicer, self.server)
@@ -368,8 +403,11 @@ class GrpcServer:
         names = [name for name, _, _ in self._added]
         reflection.enable_server_reflection((*names, _HEALTH, reflection.SERVICE_NAME), self.server,
                                             pool=_Pools(self._pools))
+        ports.bind(self.host, self.port, "gRPC").close()  # a taken port: one line, not grpc's C-core error log
         try:
-            self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+            address = f"{self.host}:{self.port}"
+            self.port = self.server.add_insecure_port(address) if self.tls is None else \
+                self.server.add_secure_port(address, grpc.ssl_server_credentials([self.tls]))
         except RuntimeError as e:  # grpc's way of saying the port is taken or the address wrong
             raise OSError(f"cannot listen for gRPC on {self.host}:{self.port}: {e}") from None
         await self._set(health_pb2.HealthCheckResponse.NOT_SERVING)

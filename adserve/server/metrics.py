@@ -5,11 +5,20 @@ protocols' transports count into it: `web.MetricsMiddleware` HTTP requests per
 route template (`observe`), `grpc_server.MetricsInterceptor` gRPC calls per
 method (`observe_grpc`, `grpc_messages`), so one `/metrics` shows both. The
 service's counts (registry, caches, tiers, optimiser runs) are read from it at
-each scrape.
+each scrape. The registry also holds prometheus_client's default process,
+platform and GC collectors (`process_resident_memory_bytes`, `python_info`...),
+as the default registry would. `render(accept)` negotiates the format:
+OpenMetrics for a scraper that asks for it, else the Prometheus text format.
 """
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+# No `*_created` series beside every counter and histogram: a scraper stores each as one more time series
+# and Prometheus does not use them. (A process-wide setting of prometheus_client, read at each scrape.)
+disable_created_metrics()
 
 from . import optimize
 
@@ -18,10 +27,10 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 
 class Metrics:
-    content_type = CONTENT_TYPE_LATEST
-
     def __init__(self, service):
         self.registry = CollectorRegistry()
+        for default in (ProcessCollector, PlatformCollector, GCCollector):  # what the default registry has
+            default(registry=self.registry)
         labels = ("method", "route", "status")
         self._requests = Counter("adserve_http_requests", "HTTP requests answered", labels, registry=self.registry)
         self._latency = Histogram("adserve_http_request_duration_seconds", "HTTP request latency", labels,
@@ -50,8 +59,11 @@ class Metrics:
         """(received, sent) counters of one method, to `inc()` per message."""
         return self._grpc_received.labels(service, method), self._grpc_sent.labels(service, method)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """(the exposition, its content type) in the format the `Accept` header asks for: OpenMetrics
+        (`application/openmetrics-text`), else the Prometheus text format."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type
 
 
 class _ServiceCollector:

@@ -28,14 +28,18 @@ from . import oip_codec, tensors
 from .errors import BAD_REQUEST, TOO_LARGE, ServiceError
 from .oip_codec import Model
 from .service import Service
-from .web import JSONOut, RawBody, ServiceDep, parse_json
+from .web import JSONOut, RawBody, ServiceDep, parse_json, security
 
 PREFIX = "/v2"
 HEADER_LENGTH = "inference-header-content-length"
 
 
 def mount(server) -> None:
-    server.http.include_router(router)
+    # the model routes are behind the guard: documented so (API keys) when the server has keys
+    models = APIRouter(routes=[r for r in router.routes if r.path.startswith(PREFIX + "/models/")])
+    server.http.include_router(APIRouter(routes=[r for r in router.routes if r not in models.routes]))
+    server.http.include_router(models, dependencies=security(server.guard))
+    server.http.state.openapi_components.update(COMPONENTS)
     server.http.add_middleware(ErrorForm)
     server.guarded_paths.append(PREFIX + "/models/")  # health and server metadata stay open, as /readyz is
 
@@ -51,62 +55,75 @@ class ProtocolError(BaseModel):
 
 
 _ERRORS = {code: {"model": ProtocolError} for code in (400, 401, 404, 413, 422, 429)}
-_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-    "name": {"type": "string"}, "datatype": {"type": "string", "enum": list(oip_codec.DATATYPES)},
-    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-    "data": {"type": "array", "items": {}, "description": "the elements, row-major (flat or nested)"},
-    "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}
-_INFER_REQUEST = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["inputs"], "properties": {
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+# named once in the OpenAPI document's components (`mount`), so both infer routes share them
+COMPONENTS = {
+    "OipDatatype": {"type": "string", "enum": list(oip_codec.DATATYPES)},
+    "OipInputTensor": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": _ref("OipDatatype"),
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "data": {"type": "array", "items": {}, "description": "the elements, row-major (flat or nested)"},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}},
+    "OipRequestedOutput": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}},
+    "OipInferRequest": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"},
         "parameters": {"type": "object", "properties": {"batch": {"type": "boolean"},
                                                         "binary_data_output": {"type": "boolean"}}},
-        "inputs": {"type": "array", "items": _TENSOR},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string"},
-            "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}}}}}}}}
+        "inputs": {"type": "array", "items": _ref("OipInputTensor")},
+        "outputs": {"type": "array", "items": _ref("OipRequestedOutput")}}},
+}
+_INFER_REQUEST = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": _ref("OipInferRequest")}}}}
 _INFER_ANSWER = {200: {"description": "the outputs: JSON, or a JSON header and the binary outputs after it",
                        "content": {"application/json": {}, "application/octet-stream": {}}}}
 
 router = APIRouter(prefix=PREFIX, tags=["open inference protocol (v2)"])
 
 
-@router.get("/health/live", summary="200 while the server is alive")
+@router.get("/health/live", summary="200 while the server is alive", operation_id="oipServerLive")
 def live():
     return JSONOut({"live": True})
 
 
-@router.get("/health/ready", summary="200 when the server is ready to infer",
+@router.get("/health/ready", summary="200 when the server is ready to infer", operation_id="oipServerReady",
             responses={503: {"description": "not ready"}})
 def ready(service: ServiceDep):
     ok = service.ready()
     return JSONOut({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", operation_id="oipServerMetadata")
 def server_metadata():
     return JSONOut(oip_codec.server_metadata())
 
 
-@router.get("/models/{name}", summary="Model metadata: a function's inputs and outputs", responses=_ERRORS)
-@router.get("/models/{name}/versions/{version}", summary="Model metadata (version 1)", responses=_ERRORS)
+@router.get("/models/{name}", summary="Model metadata: a function's inputs and outputs", responses=_ERRORS,
+            operation_id="oipModelMetadata")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (version 1)", responses=_ERRORS,
+            operation_id="oipModelVersionMetadata")
 async def model_metadata(name: str, service: ServiceDep, version: str = ""):
     return JSONOut((await run_in_threadpool(Model.of, service, name, version)).metadata())
 
 
 @router.get("/models/{name}/ready", summary="200 when the model (function name or id) is there",
-            responses=_ERRORS)
+            responses=_ERRORS, operation_id="oipModelReady")
 @router.get("/models/{name}/versions/{version}/ready", summary="200 when the model is there (version 1)",
-            responses=_ERRORS)
+            responses=_ERRORS, operation_id="oipModelVersionReady")
 async def model_ready(name: str, service: ServiceDep, version: str = ""):
     await run_in_threadpool(Model.of, service, name, version)
     return JSONOut({"name": name, "ready": True})
 
 
 @router.post("/models/{name}/infer", summary="Infer: the outputs asked for (value, derivatives)",
-             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST)
+             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST, operation_id="oipModelInfer")
 @router.post("/models/{name}/versions/{version}/infer", summary="Infer (version 1)",
-             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST)
+             responses={**_INFER_ANSWER, **_ERRORS}, openapi_extra=_INFER_REQUEST,
+             operation_id="oipModelVersionInfer")
 async def infer(name: str, request: Request, raw: RawBody, service: ServiceDep, version: str = ""):
     raw = _inflate(raw, request.headers.get("content-encoding", "identity"),
                    request.app.state.settings.max_body_bytes)

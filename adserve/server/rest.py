@@ -10,8 +10,9 @@ answered by the app's handlers (`web.py`, `status.HTTP`).
 import contextlib
 import logging
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +21,7 @@ from .errors import UNPROCESSABLE, ServiceError, error_body
 from .optimize import Run
 from .service import Service
 from .web import JSONOut, RawBody, ServiceDep, parse_json, stoppable
+from .web import security as web_security
 
 log = logging.getLogger("adserve.rest")
 
@@ -27,7 +29,7 @@ PREFIX = "/v1/"
 
 
 def mount(server) -> None:
-    server.http.include_router(router)
+    server.http.include_router(router, dependencies=web_security(server.guard))
     server.guarded_paths.append(PREFIX)
 
 
@@ -83,8 +85,10 @@ class _RunStream(StreamingResponse):
     """NDJSON of a minimisation: once the response is over, however it ended (finished, the client gone,
     or before its body ever started), the run is closed."""
 
+    media_type = "application/x-ndjson"  # what the OpenAPI document gives as the answer's only type
+
     def __init__(self, content, run: Run):
-        super().__init__(content, media_type="application/x-ndjson")
+        super().__init__(content, media_type=self.media_type)
         self._run = run
 
     async def __call__(self, scope, receive, send):
@@ -124,12 +128,14 @@ async def _minimize(service: Service, function_id: str, raw: bytes) -> Streaming
 
 router = APIRouter()
 # 401 and 429 only when API keys or rate limits are configured
-_err = {code: {"model": schemas.ErrorBody} for code in (400, 401, 413, 422, 429)}
-_not_found = {code: {"model": schemas.ErrorBody} for code in (401, 404, 429)}
-_stopped = {code: {"model": schemas.ErrorBody} for code in (503, 504)}  # shutting down; past its deadline
+_err = {code: schemas.error_response(code) for code in (400, 401, 413, 422, 429)}
+_not_found = {code: schemas.error_response(code) for code in (401, 404, 429)}
+_stopped = {code: schemas.error_response(code) for code in (503, 504)}  # shutting down; past its deadline
+_evaluated = {200: {"model": schemas.EvaluationResult, "headers": schemas.EVALUATION_HEADERS}}
 
 
 @router.post("/v1/functions", status_code=201, tags=["functions"], summary="Register a function",
+             operation_id="registerFunction",
              responses={200: {"model": schemas.FunctionInfo, "description": "already registered"},
                         201: {"model": schemas.FunctionInfo, "description": "registered now"}, **_err},
              openapi_extra=schemas.request_body(schemas.Definition))
@@ -139,13 +145,15 @@ async def register(raw: RawBody, service: ServiceDep):
 
 
 @router.get("/v1/functions", tags=["functions"], summary="List the registered functions (by id; paged)",
-            responses={200: {"model": schemas.FunctionList}, 422: {"model": schemas.ErrorBody}, **_not_found})
+            operation_id="listFunctions",
+            responses={200: {"model": schemas.FunctionList}, 422: schemas.error_response(422), **_not_found})
 def list_functions(service: ServiceDep, limit: str | None = None, after: str | None = None):
     functions, following = service.list_functions(after, limit)
     return JSONOut({"functions": functions, **({"next": following} if following else {})})
 
 
 @router.post("/v1/tensors", status_code=201, tags=["tensors"], summary="Hold a tensor: its ref stands for it",
+             operation_id="holdTensor",
              responses={201: {"model": schemas.HeldTensor}, **_err},
              openapi_extra=schemas.tensor_upload())
 async def put_tensor(request: Request, raw: RawBody, service: ServiceDep, shape: str | None = None,
@@ -160,27 +168,33 @@ async def put_tensor(request: Request, raw: RawBody, service: ServiceDep, shape:
 
 
 @router.get("/v1/functions/{function_id}", tags=["functions"], summary="A function's metadata",
+            operation_id="getFunction",
             responses={200: {"model": schemas.FunctionInfo}, **_not_found})
 def function_info(function_id: str, service: ServiceDep):
     return JSONOut(service.info(function_id))
 
 
 @router.get("/v1/functions/{function_id}/graph", tags=["functions"], responses=_not_found,
+            operation_id="getFunctionGraph",
             summary="The definition in canonical graph form (POST-able back, same id)")
 def function_graph(function_id: str, service: ServiceDep):
     return JSONOut(service.graph(function_id))
 
 
 @router.get("/v1/functions/{function_id}/source", tags=["functions"], response_class=PlainTextResponse,
+            operation_id="getFunctionSource",
             summary="Generated kernel source of one transform: primal, gradient, jvp, vjp or hvp (text/plain)",
             responses={code: {"description": "an error", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/ErrorBody"}}}} for code in (404, 422)})
-async def function_source(function_id: str, service: ServiceDep, transform: str = "primal"):
+async def function_source(function_id: str, service: ServiceDep, transform: Annotated[str, Query(
+        json_schema_extra={"$ref": "#/components/schemas/Transform"})] = "primal"):
+    # a str checked by the engine (422 unknown_transform, naming the transforms), documented as the enum
     return PlainTextResponse(await run_in_threadpool(service.source, function_id, transform))
 
 
 @router.post("/v1/functions/{function_id}/evaluate", tags=["evaluate"], summary="Evaluate a registered function",
-             responses={200: {"model": schemas.EvaluationResult}, **_err, **_not_found, **_stopped},
+             operation_id="evaluateFunction",
+             responses={**_evaluated, **_err, **_not_found, **_stopped},
              openapi_extra=schemas.request_body(schemas.Evaluation))
 async def evaluate_by_id(function_id: str, raw: RawBody, service: ServiceDep, request: Request):
     encoded, headers = await stoppable(request, _evaluate, service, function_id, raw)
@@ -188,23 +202,26 @@ async def evaluate_by_id(function_id: str, raw: RawBody, service: ServiceDep, re
 
 
 @router.post("/v1/evaluate", tags=["evaluate"], summary="Evaluate a definition (registering it on the way)",
-             responses={200: {"model": schemas.EvaluationResult}, **_err, **_not_found, **_stopped},
+             operation_id="evaluate", responses={**_evaluated, **_err, **_not_found, **_stopped},
              openapi_extra=schemas.request_body(schemas.EvaluationWithFunction))
 async def evaluate(raw: RawBody, service: ServiceDep, request: Request):
     encoded, headers = await stoppable(request, _evaluate, service, None, raw)
     return JSONOut(encoded, headers=headers)
 
 
-@router.post("/v1/functions/{function_id}/minimize", tags=["optimize"],
-             summary="Minimise a function on the server: every iterate, as NDJSON",
+@router.post("/v1/functions/{function_id}/minimize", tags=["optimize"], operation_id="minimizeFunction",
+             summary="Minimise a function on the server: every iterate, as NDJSON", response_class=_RunStream,
+             status_code=200,
              responses={200: {"description": "one MinimizeProgress per line; the last has done true",
                               "content": {"application/x-ndjson": {"schema": {
-                                  "$ref": "#/components/schemas/MinimizeProgress"}}}}, **_err, **_not_found},
+                                  "$ref": "#/components/schemas/MinimizeProgress"}}}},
+                        **schemas.json_errors({**_err, **_not_found})},
              openapi_extra=schemas.request_body(schemas.Minimization))
 async def minimize(function_id: str, raw: RawBody, service: ServiceDep):
     return await _minimize(service, function_id, raw)
 
 
-@router.get("/v1/schema/graph", tags=["functions"], summary='JSON Schema of the "graph" form')
+@router.get("/v1/schema/graph", tags=["functions"], summary='JSON Schema of the "graph" form',
+            operation_id="getGraphSchema")
 def graph_schema(service: ServiceDep):
     return JSONOut(service.graph_schema())

@@ -2,14 +2,20 @@
 
 Requests are parsed by hand (orjson, then `evaluation.parse` and the engine),
 so that every error has the contract's shape; these models describe them.
+Shared types are named components (`Tensor`, `TensorMap`, `Real`, `ComputeKind`,
+`Transform`, `ErrorCode`), so a generated client has one type for each rather
+than an inlined union at every use.
 """
 
-from typing import Any, Literal
+from enum import Enum
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
+from typing_extensions import TypeAliasType
 
 from adserve.engine import COMPUTE_KINDS
+from adserve.engine.engine import SOURCE_TRANSFORMS
 
 from . import optimize
 
@@ -31,7 +37,30 @@ class TensorRef(BaseModel):
     ref: str = Field(pattern="^[0-9a-f]{64}$")
 
 
-Tensor = float | Literal["NaN", "Infinity", "-Infinity"] | list[Any] | B64Tensor | TensorRef
+NonFinite = TypeAliasType("NonFinite", Literal["NaN", "Infinity", "-Infinity"])
+Real = TypeAliasType("Real", Annotated[float | NonFinite, Field(
+    description='a number; "NaN", "Infinity" and "-Infinity" stand for the non-finite values')])
+Tensor = TypeAliasType("Tensor", Annotated[float | NonFinite | list[Any] | B64Tensor | TensorRef,
+                                           Field(description=TENSOR_DOC)])
+TensorMap = TypeAliasType("TensorMap", Annotated[dict[str, Tensor], Field(
+    description="one tensor per input name")])
+
+ComputeKind = Enum("ComputeKind", {k: k for k in COMPUTE_KINDS}, type=str)
+ComputeKind.__doc__ = "What an evaluation computes; each kind is a key of the answer."
+Transform = Enum("Transform", {k: k for k in SOURCE_TRANSFORMS}, type=str)
+Transform.__doc__ = "A transform whose generated source GET /v1/functions/{function_id}/source gives."
+
+# The codes clients act on (docs/rest.md#errors). The engine's own codes pass through too (`syntax_error`,
+# `shape_mismatch`, ...: the message says what to fix), so `ErrorDetail.code` is one of these or any string.
+ERROR_CODES = (
+    "malformed_json", "function_not_found", "unknown_tensor", "invalid_name", "invalid_parameter", "not_found",
+    "method_not_allowed", "unauthenticated", "body_too_large", "text_too_long", "too_deep", "batch_too_large",
+    "limit_exceeded", "rate_limited", "too_many_optimizers", "invalid_evaluation", "invalid_definition",
+    "invalid_request", "unknown_field", "missing_field", "invalid_field", "invalid_compute", "invalid_tensor",
+    "unknown_transform", "syntax_error", "shape_mismatch", "while_limit", "cancelled", "shutting_down",
+    "deadline_exceeded", "internal_error")
+ErrorCode = Enum("ErrorCode", {k: k for k in ERROR_CODES}, type=str)
+ErrorCode.__doc__ = "The error codes clients act on; others (the engine's own) may appear: see the message."
 
 
 class InputSpec(BaseModel):
@@ -57,9 +86,9 @@ class Definition(BaseModel):
 class Evaluation(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
-    inputs: dict[str, Tensor] = Field(description=TENSOR_DOC)
-    compute: list[Literal[COMPUTE_KINDS]] = ["value"]
-    tangent: dict[str, Tensor] | None = Field(None, description="for jvp and hvp: one entry per input")
+    inputs: TensorMap = Field(description=TENSOR_DOC)
+    compute: list[ComputeKind] = [ComputeKind("value")]
+    tangent: TensorMap | None = Field(None, description="for jvp and hvp: one entry per input")
     cotangent: Tensor | None = Field(None, description="for vjp: output shape")
     batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
     wrt: list[str] | None = Field(None, description="the inputs to differentiate (the others are held constant); "
@@ -98,13 +127,15 @@ class HeldTensor(BaseModel):
 
 
 class EvaluationResult(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"value": 11.652071455223084, "gradient": {"x1": 5.5, "x2": 1.7163378145367738}, "cached": False}]})
     value: Tensor | None = None
-    gradient: dict[str, Tensor] | None = None
+    gradient: TensorMap | None = None
     jvp: Tensor | None = None
-    vjp: dict[str, Tensor] | None = None
-    hvp: dict[str, Tensor] | None = None
-    jacobian: dict[str, Tensor] | None = None
-    hessian: dict[str, dict[str, Tensor]] | None = None
+    vjp: TensorMap | None = None
+    hvp: TensorMap | None = None
+    jacobian: TensorMap | None = None
+    hessian: dict[str, TensorMap] | None = None
     trace: list[dict[str, Any]] | None = Field(None, description="one row per variable: name, expr, shape, "
                                                                    "output, value, tangent?, adjoint?")
     cached: bool
@@ -116,7 +147,7 @@ class Minimization(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"x0": {"x": [-1.0, -1.0]}, "method": "lbfgs", "max_iter": 200, "gtol": 1e-6}]})
     id: str | None = Field(None, description="may repeat the id in the path")
-    x0: dict[str, Tensor] = Field(description="the starting point, one entry per input. " + TENSOR_DOC)
+    x0: TensorMap = Field(description="the starting point, one entry per input. " + TENSOR_DOC)
     method: Literal[tuple(optimize.METHODS)] = optimize.DEFAULT_METHOD
     max_iter: int = Field(optimize.DEFAULT_MAX_ITER, ge=1, le=optimize.MAX_ITER)
     gtol: float = Field(optimize.DEFAULT_GTOL, ge=0,
@@ -127,33 +158,72 @@ class MinimizeProgress(BaseModel):
     """One line of the NDJSON answer; iteration 0 is x0, the last line has `done` true."""
 
     iteration: int
-    x: dict[str, Tensor]
-    value: float | Literal["NaN", "Infinity", "-Infinity"]
-    grad_norm: float | Literal["NaN", "Infinity", "-Infinity"] = Field(
-        description="the largest absolute component of the gradient at x")
+    x: TensorMap
+    value: Real
+    grad_norm: Real = Field(description="the largest absolute component of the gradient at x")
     done: bool
     message: str = Field(description="on the last line: why the optimiser stopped")
     success: bool = Field(description="on the last line: whether the optimiser reports convergence")
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="snake_case")
+    code: ErrorCode | str = Field(description="snake_case; one of ErrorCode, or one of the engine's own")
     message: str
     location: dict[str, Any] | None = Field(None, description='{"line", "column"} or {"node"}')
 
 
 class ErrorBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": {"code": "syntax_error", "message": "invalid syntax", "location": {"line": 1, "column": 7}}}]})
     error: ErrorDetail
 
 
-# bodies parsed by hand, and the NDJSON lines of the minimize stream
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before calling again", "schema": {"type": "integer"}}}
+EVALUATION_HEADERS = {
+    "x-adserve-backend": {"description": "the tier that computed the answer (for a cached one, the tier that did)",
+                          "schema": {"type": "string", "enum": ["interpreter", "python", "numba"]}},
+    "Server-Timing": {"description": "compute;dur=<ms> (;desc=parallel for a parallel batch kernel) or "
+                                     "cache;desc=hit, compile;desc=pending while the kernel compiles, total;dur=<ms>",
+                      "schema": {"type": "string"}, "example": "compute;dur=0.041, total;dur=0.212"}}
+_ERROR_DESCRIPTIONS = {400: "not JSON", 401: "no API key, or a wrong one (when the server has keys)",
+                       404: "no such function or held tensor", 413: "over a size or cost limit",
+                       422: "a wrong definition or evaluation", 429: "over the rate limit or the optimiser cap",
+                       503: "the server is shutting down: call again (another replica answers)",
+                       504: "past the evaluation's deadline (timeout_ms or the server's)"}
+
+
+def error_response(status: int) -> dict:
+    """A `responses` entry of FastAPI for an error status: the error body, and Retry-After where it is sent."""
+    entry = {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS.get(status, "an error")}
+    if status in (429, 503):
+        entry["headers"] = RETRY_AFTER
+    return entry
+
+
+def json_errors(responses: dict) -> dict:
+    """`responses` (of `error_response`) with their bodies declared JSON outright: FastAPI gives a model's body
+    the media type of the route's response class, which for the minimize stream is NDJSON."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {status: {**{k: v for k, v in entry.items() if k != "model"}, "content": body}
+            for status, entry in responses.items()}
+
+
+class _Named(BaseModel):
+    """Types only parameters or the error body's anyOf name: carried into components through this model."""
+
+    transform: Transform
+    code: ErrorCode
+
+
+# bodies parsed by hand, the NDJSON lines of the minimize stream, and the types _Named carries
 REQUEST_MODELS = (Definition, Evaluation, EvaluationWithFunction, Minimization, MinimizeProgress)
 
 
 def request_components() -> dict:
     """JSON Schemas of the models FastAPI does not see, keyed by name, for `components.schemas`."""
-    _, top = models_json_schema([(m, "validation") for m in REQUEST_MODELS],
+    _, top = models_json_schema([(m, "validation") for m in (*REQUEST_MODELS, _Named)],
                                 ref_template="#/components/schemas/{model}")
+    top["$defs"].pop(_Named.__name__)
     return top["$defs"]
 
 

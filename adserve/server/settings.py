@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1 << 20
@@ -45,7 +45,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(10, ge=0, description="on SIGTERM, time to drain requests in flight")
     max_eval_seconds: float = Field(30, gt=0, description="time limit of every evaluation (a request's timeout_ms "
                                     "or gRPC deadline may be shorter); past it the work stops: 504 / DEADLINE_EXCEEDED")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS and gRPC over TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line, with the "
+                                                "request id of the call it was logged in")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys, or their sha256 hex digests as `sha256:<hex>`; "
                                           "set: every /v1 call needs one (`Authorization: Bearer <key>`)")
@@ -75,7 +79,13 @@ class Settings(BaseSettings):
     compile_timeout_seconds: float = Field(300, gt=0, description="a numba compile longer than this is abandoned "
                                                                   "(the plan stays on the interpreter)")
 
-    @field_validator("log_level", mode="before")
+    @model_validator(mode="after")
+    def _tls_pair(self):
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both, or neither")
+        return self
+
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, v):
         return v.lower() if isinstance(v, str) else v

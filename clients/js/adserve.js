@@ -12,7 +12,9 @@
  * Every 4xx/5xx becomes an `AdserveError` carrying the server's code, message and
  * location. A function argument is an id, a name or a definition; definitions are
  * registered once per client and remembered by their JSON text. Any tensor may be
- * `{ref}` of one the server holds (`putTensor`).
+ * `{ref}` of one the server holds (`putTensor`). A call the server refuses for now
+ * (429: a rate limit or the optimiser cap; 503: shutting down; or no connection) is
+ * made again after its Retry-After plus a jittered exponential backoff (`retries`).
  */
 
 /**
@@ -30,27 +32,40 @@
  */
 
 export class AdserveError extends Error {
-  /** @param {number} status HTTP status (0 when the server could not be reached) */
-  constructor(status, code, message, location = null) {
+  /**
+   * @param {number} status HTTP status (0 when the server could not be reached)
+   * @param {number | null} retryAfter seconds the server asked to wait before calling again (429, 503)
+   */
+  constructor(status, code, message, location = null, retryAfter = null) {
     super(message);
     this.name = "AdserveError";
     this.status = status;
     this.code = code;
     this.location = location;
+    this.retryAfter = retryAfter;
   }
 }
+
+const RETRY_STATUS = new Set([429, 503]);
 
 export class Client {
   /**
    * @param {string} baseUrl where the server answers, "" for the page's own origin
-   * @param {{headers?: Object<string,string>, fetch?: typeof fetch}} options
-   *   headers go with every request (an API key, say); fetch replaces the global one
+   * @param {{headers?: Object<string,string>, apiKey?: string, fetch?: typeof fetch, retries?: number,
+   *          backoffMs?: number, maxBackoffMs?: number}} options
+   *   headers go with every request; apiKey is sent as `Authorization: Bearer`; fetch replaces the global
+   *   one; retries (default 2): how many times a refused call is made again, after the server's Retry-After
+   *   plus a backoff of backoffMs (100) doubled each time, at most maxBackoffMs (5000), of which a random
+   *   half is kept, so that clients refused together do not come back together
    */
-  constructor(baseUrl = "", {headers = {}, fetch: fetchImpl} = {}) {
+  constructor(baseUrl = "", {headers = {}, apiKey, fetch: fetchImpl, retries = 2, backoffMs = 100,
+                             maxBackoffMs = 5000} = {}) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
-    this.headers = headers;
+    this.headers = apiKey === undefined ? headers : {Authorization: `Bearer ${apiKey}`, ...headers};
     this._fetch = fetchImpl || globalThis.fetch.bind(globalThis);
     this._ids = new Map();
+    this.retries = retries;
+    this._backoff = {backoffMs, maxBackoffMs};
   }
 
   /** Register a definition: `{id, inputs, output_shape, n_nodes}`. */
@@ -163,15 +178,31 @@ export class Client {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    let response;
-    try {
-      response = await this._fetch(this.baseUrl + path, init);
-    } catch (e) {
-      if (e.name === "AbortError") throw e;
-      throw new AdserveError(0, "unreachable", `could not reach the server: ${e.message}`);
+    for (let attempt = 0; ; attempt++) {
+      let response;
+      try {
+        response = await this._fetch(this.baseUrl + path, init);
+      } catch (e) {
+        if (e.name === "AbortError") throw e;
+        if (attempt < this.retries) {
+          await this._pause(attempt, null, signal);
+          continue;
+        }
+        throw new AdserveError(0, "unreachable", `could not reach the server: ${e.message}`);
+      }
+      if (response.ok) return response;
+      const error = await errorOf(response);
+      if (!RETRY_STATUS.has(response.status) || attempt >= this.retries) throw error;
+      await this._pause(attempt, error.retryAfter, signal);
     }
-    if (!response.ok) throw await errorOf(response);
-    return response;
+  }
+
+  /** Wait before attempt `attempt + 1`: Retry-After, plus the backoff with "equal jitter". */
+  async _pause(attempt, retryAfter, signal) {
+    const {backoffMs, maxBackoffMs} = this._backoff;
+    const backoff = Math.min(maxBackoffMs, backoffMs * 2 ** attempt) * (0.5 + Math.random() / 2);
+    await new Promise((resolve) => setTimeout(resolve, (retryAfter ?? 0) * 1000 + backoff));
+    signal?.throwIfAborted?.();
   }
 }
 
@@ -182,8 +213,10 @@ async function errorOf(response) {
   } catch {
     // not the contract's error body (a proxy's page, say): fall back on the status
   }
+  const retryAfter = Number.parseFloat(response.headers.get("retry-after") ?? "");
   return new AdserveError(response.status, err.code || `http_${response.status}`,
-                          err.message || `${response.status} ${response.statusText}`, err.location || null);
+                          err.message || `${response.status} ${response.statusText}`, err.location || null,
+                          Number.isFinite(retryAfter) ? retryAfter : null);
 }
 
 function progress(line, status) {

@@ -40,6 +40,31 @@ def test_console_entry_serves_both_protocols(tmp_path):
     assert f"gRPC on 127.0.0.1:{grpc_port}" in server.log()
 
 
+def _start_failure(http_port: int, grpc_port: int) -> tuple[int, list[str]]:
+    """(exit status, the lines of stderr that are not INFO log lines) of an adserve that should not start."""
+    r = subprocess.run([sys.executable, "-m", "adserve.server.cli", "--http-port", str(http_port),
+                        "--grpc-port", str(grpc_port)], capture_output=True, text=True, timeout=120)
+    return r.returncode, [line for line in r.stderr.splitlines() if " INFO " not in line]
+
+
+def test_a_second_server_on_the_same_grpc_port_exits_with_one_line(tmp_path):
+    """grpc sets SO_REUSEPORT unless told not to: a second server would bind the port and share its calls."""
+    grpc_port = free_port()
+    with running_server(tmp_path / "server.log", grpc_port=grpc_port):
+        code, lines = _start_failure(free_port(), grpc_port)
+    assert code != 0
+    assert lines == [f"adserve: cannot listen for gRPC on 127.0.0.1:{grpc_port}: the port is taken"]
+
+
+def test_a_second_server_on_the_same_http_port_exits_with_one_line(tmp_path):
+    with running_server(tmp_path / "server.log") as server:
+        http_port = int(server.url.rsplit(":", 1)[1])
+        code, lines = _start_failure(http_port, free_port())
+        assert httpx.get(server.url + "/healthz").status_code == 200  # the first one serves on
+    assert code != 0
+    assert lines == [f"adserve: cannot listen for HTTP on 127.0.0.1:{http_port}: the port is taken"]
+
+
 def test_a_taken_grpc_port_exits_with_a_message():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -48,3 +73,11 @@ def test_a_taken_grpc_port_exits_with_a_message():
         r = subprocess.run([sys.executable, "-m", "adserve.server.cli", "--http-port", str(free_port()),
                             "--grpc-port", str(port)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and f"cannot listen for gRPC on 127.0.0.1:{port}" in r.stderr
+
+
+def test_a_tls_certificate_without_its_key_exits_with_a_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADSERVE_TLS_CERT_FILE", str(tmp_path / "cert.pem"))
+    monkeypatch.delenv("ADSERVE_TLS_KEY_FILE", raising=False)
+    with pytest.raises(SystemExit) as e:
+        load_settings(parse_args([]))
+    assert "tls_cert_file and tls_key_file go together" in str(e.value.code)

@@ -41,7 +41,7 @@ test("errors carry status, code and location", async () => {
     return true;
   });
   await assert.rejects(ad.info("no-such-id"), {status: 404, code: "function_not_found"});
-  await assert.rejects(new Client("http://127.0.0.1:9").info("x"), {status: 0, code: "unreachable"});
+  await assert.rejects(new Client("http://127.0.0.1:9", {retries: 0}).info("x"), {status: 0, code: "unreachable"});
 });
 
 test("generated source as text", async () => {
@@ -95,4 +95,27 @@ test("names, listing and held tensors", async () => {
                               {inputs: {v: {ref: held.ref}}, compute: ["value"]});
   assert.equal(fromTensor(s.value).data[0], 2);
   await assert.rejects(ad.listFunctions({limit: 0}), (e) => e.status === 422 && e.code === "invalid_parameter");
+});
+
+test("a 429 is made again after its Retry-After; with retries 0 it is the error", async () => {
+  const refused = () => new Response(JSON.stringify({error: {code: "rate_limited", message: "over the rate"}}),
+                                     {status: 429, headers: {"Content-Type": "application/json", "Retry-After": "0"}});
+  let calls = 0;
+  const once = async (input, init) => (++calls === 1 ? refused() : fetch(input, init));
+  const r = await new Client(url, {fetch: once}).evaluate(survey, {inputs: {x1: 2, x2: 5}});
+  assert.equal(calls, 2);
+  assert.ok(Math.abs(r.value - 11.652071455223084) < 1e-12);
+  await assert.rejects(new Client(url, {fetch: async () => refused(), retries: 0}).info("x"),
+                       {status: 429, code: "rate_limited", retryAfter: 0});
+  calls = 0;
+  const always = async () => (calls++, refused());
+  await assert.rejects(new Client(url, {fetch: always, retries: 2, backoffMs: 1}).info("x"), {status: 429});
+  assert.equal(calls, 3);  // the call and two more
+});
+
+test("apiKey goes as a bearer token", async () => {
+  let sent;
+  const spy = async (input, init) => ((sent = init.headers), fetch(input, init));
+  await new Client(url, {fetch: spy, apiKey: "k-123"}).info(await ad.id(survey));
+  assert.equal(sent.Authorization, "Bearer k-123");
 });

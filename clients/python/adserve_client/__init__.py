@@ -12,9 +12,10 @@ Errors of the server are raised as `AdserveError` subclasses carrying its messag
 from .errors import (AdserveError, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated,
                      Unavailable)
 from .rest import AsyncClient, Client
+from .retry import Retry
 from .rpc import AsyncEvaluationStream, AsyncGrpcClient, EvaluationStream, GrpcClient
 from .types import FunctionInfo, FunctionPage, HeldTensor, Progress, Result, expr, program
 
-__all__ = ["Client", "AsyncClient", "GrpcClient", "AsyncGrpcClient", "EvaluationStream", "AsyncEvaluationStream",
+__all__ = ["Client", "AsyncClient", "GrpcClient", "AsyncGrpcClient", "EvaluationStream", "AsyncEvaluationStream", "Retry",
            "FunctionInfo", "FunctionPage", "HeldTensor", "Result", "Progress", "expr", "program", "AdserveError", "InvalidArgument", "NotFound",
            "ResourceExhausted", "Unauthenticated", "DeadlineExceeded", "Unavailable"]

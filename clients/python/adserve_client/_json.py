@@ -85,11 +85,11 @@ def minimization(x0, method, max_iter, gtol) -> dict:
     return body
 
 
-def answer(status: int, body):
+def answer(status: int, body, retry_after: float | None = None):
     """The JSON body of a 2xx, or the typed error of anything else."""
     if 200 <= status < 300:
         return body
-    raise from_http(status, body)
+    raise from_http(status, body, retry_after)
 
 
 def info(body: dict, status: int | None = None) -> FunctionInfo:

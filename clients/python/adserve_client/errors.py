@@ -8,9 +8,15 @@ in a definition it went wrong.
 
 
 class AdserveError(Exception):
-    def __init__(self, message: str, code: str = "error", status=None, location=None):
+    """`retryable`: the server refused for now (a rate limit, the optimiser cap, shutting down, unreachable), and
+    the same call may succeed later, `retry_after` seconds from now when the server said so. The clients retry
+    these themselves (`retries=`); this is what is raised once their attempts are spent."""
+
+    def __init__(self, message: str, code: str = "error", status=None, location=None, retry_after=None,
+                 retryable: bool = False):
         super().__init__(message)
         self.message, self.code, self.status, self.location = message, code, status, location
+        self.retry_after, self.retryable = retry_after, retryable
 
 
 class InvalidArgument(AdserveError):
@@ -44,9 +50,12 @@ GRPC = {"INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": NotFound, "RESOURCE_EX
         "UNAUTHENTICATED": Unauthenticated, "DEADLINE_EXCEEDED": DeadlineExceeded, "UNAVAILABLE": Unavailable}
 
 
-def from_http(status: int, body) -> AdserveError:
+RETRYABLE_HTTP = frozenset({429, 503})
+
+
+def from_http(status: int, body, retry_after: float | None = None) -> AdserveError:
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
         err = {"code": "http_error", "message": f"HTTP {status}: {str(body)[:300]}"}
     return HTTP.get(status, AdserveError)(err.get("message", ""), err.get("code", "error"), status,
-                                          err.get("location"))
+                                          err.get("location"), retry_after, status in RETRYABLE_HTTP)

@@ -5,11 +5,21 @@ REST clients, plus `stream()`.
 (send one request, read its answer): the path for a client-driven optimisation
 loop, with no per-step call set-up. The asyncio client's stream is the faster
 of the two: the blocking one hands each request to grpc's own thread.
+
+`tls=True` (or `root_certificates=`, the PEM of a private CA or a self-signed
+certificate) makes the channel TLS; `api_key` goes with every call as
+`authorization: Bearer` metadata, beside any `metadata` given. A call the
+server refuses for now (UNAVAILABLE; RESOURCE_EXHAUSTED with `retry-after`,
+that is a rate limit or the optimiser cap, not a message over the size limit)
+is made again after a backoff (`retries`, retry.py); a stream only before its
+first answer.
 """
 
+import asyncio
 import json
 import math
 import queue
+import time
 
 import grpc
 import numpy as np
@@ -18,6 +28,7 @@ from google.protobuf import struct_pb2
 from . import errors
 from .grpc_gen import ad_pb2 as pb
 from .grpc_gen import ad_pb2_grpc
+from .retry import Retry, policy, seconds
 from .types import FunctionInfo, FunctionPage, HeldTensor, Progress, Result
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -128,6 +139,23 @@ def _channel_options(options) -> list:
     return [("grpc.max_receive_message_length", -1), *options]
 
 
+def _channel(target: str, options, tls, root_certificates: bytes | None, aio: bool):
+    """An insecure channel, or a TLS one: `tls` True (the system's roots, or `root_certificates`), or
+    `grpc.ChannelCredentials` of your own (client certificates, say)."""
+    module = grpc.aio if aio else grpc
+    if isinstance(tls, grpc.ChannelCredentials):
+        return module.secure_channel(target, tls, options=_channel_options(options))
+    if tls or root_certificates is not None:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return module.secure_channel(target, credentials, options=_channel_options(options))
+    return module.insecure_channel(target, options=_channel_options(options))
+
+
+def _metadata(api_key: str | None, metadata) -> tuple | None:
+    pairs = (*((("authorization", f"Bearer {api_key}"),) if api_key is not None else ()), *metadata)
+    return pairs or None
+
+
 # -- messages to numpy ---------------------------------------------------------------
 def _info(m: pb.FunctionInfo, registered: bool = False) -> FunctionInfo:
     """`registered`: the answer of Register, whose `created` says whether it was new."""
@@ -165,42 +193,62 @@ def _progress(m: pb.MinimizeProgress) -> Progress:
 
 
 def _error(e: grpc.RpcError) -> errors.AdserveError:
-    """The typed error of a failed call, with the server's message, code and location."""
+    """The typed error of a failed call, with the server's message, code and location, and whether calling
+    again may succeed: UNAVAILABLE, or RESOURCE_EXHAUSTED with a `retry-after` (a rate limit, the optimiser
+    cap; grpc's own refusal of a message over the size limit has none)."""
     meta = dict(e.trailing_metadata() or ())
     location = meta.get("adserve-error-location")
     cls = errors.GRPC.get(e.code().name, errors.AdserveError)
+    retry_after = seconds(meta.get("retry-after"))
+    retryable = e.code() == grpc.StatusCode.UNAVAILABLE or (
+        e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry-after" in meta)
     return cls(e.details() or e.code().name, meta.get("adserve-error-code", e.code().name.lower()), e.code().name,
-               None if location is None else json.loads(location))
+               None if location is None else json.loads(location), retry_after, retryable)
+
+
+def _wait(error: errors.AdserveError, attempt: int, retry: Retry) -> float | None:
+    """Seconds to wait before calling again after `error`, or None: raise it."""
+    if not error.retryable or attempt + 1 >= retry.attempts:
+        return None
+    return retry.delay(attempt, error.retry_after)
 
 
 # -- the client ----------------------------------------------------------------------
 class GrpcClient:
-    """Blocking gRPC client on one channel; `timeout` (seconds) is each call's deadline."""
+    """Blocking gRPC client on one channel.
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, options=()):
-        self._channel = grpc.insecure_channel(target, options=_channel_options(options))
+    `timeout` (seconds) is each call's deadline; for `minimize`, the deadline of the whole run, every iterate
+    included: give a long optimisation a longer one (`minimize(..., timeout=600)`, or None for none). `tls`,
+    `root_certificates`, `api_key`, `metadata` and `retries`: see the module's docstring."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, options=(), *,
+                 tls: bool | grpc.ChannelCredentials = False, root_certificates: bytes | None = None,
+                 api_key: str | None = None, metadata=(), retries: int | Retry = 2):
+        self._channel = _channel(target, options, tls, root_certificates, aio=False)
         self._stub = ad_pb2_grpc.DifferentiatorStub(self._channel)
         self.timeout = timeout
+        self.metadata = _metadata(api_key, metadata)
+        self.retry = policy(retries)
+
+    def _call(self, method, request):
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                error = _error(e)
+            if (wait := _wait(error, attempt, self.retry)) is None:
+                raise error from None
+            time.sleep(wait)
+            attempt += 1
 
     def register(self, definition_: dict) -> FunctionInfo:
-        try:
-            return _info(self._stub.Register(definition(definition_), timeout=self.timeout), True)
-        except grpc.RpcError as e:
-            raise _error(e) from None
+        return _info(self._call(self._stub.Register, definition(definition_)), True)
 
     def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
                  batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
         request = evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt, timeout_ms)
-        try:
-            return _result(self._stub.Evaluate(request, timeout=self.timeout))
-        except grpc.RpcError as e:
-            raise _error(e) from None
-
-    def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise _error(e) from None
+        return _result(self._call(self._stub.Evaluate, request))
 
     def info(self, function) -> FunctionInfo:
         """A registered function's metadata, by id or name."""
@@ -215,21 +263,39 @@ class GrpcClient:
         """Hold an array on the server; the answer (or `{"ref": ...}`) stands for it in later requests."""
         return _held(self._call(self._stub.PutTensor, _tensor(array)))
 
+    _DEFAULT = object()
+
     def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
-                 gtol: float | None = None):
-        """Iterate over the optimiser's progress; leaving the loop early cancels the call, which stops it."""
-        call = self._stub.Minimize(minimize_request(function, x0, method, max_iter, gtol), timeout=self.timeout)
-        try:
-            for m in call:
-                yield _progress(m)
-        except grpc.RpcError as e:
-            raise _error(e) from None
-        finally:
-            call.cancel()
+                 gtol: float | None = None, timeout=_DEFAULT):
+        """Iterate over the optimiser's progress; leaving the loop early cancels the call, which stops it.
+
+        `timeout`: the deadline of the whole run in seconds (default: the client's `timeout`; None: none). Past
+        it the run stops and DeadlineExceeded is raised after the iterates so far. A run refused before its
+        first iterate (the optimiser cap) is started again after a backoff (`retries`)."""
+        request = minimize_request(function, x0, method, max_iter, gtol)
+        deadline = self.timeout if timeout is self._DEFAULT else timeout
+        attempt = 0
+        while True:
+            call = self._stub.Minimize(request, timeout=deadline, metadata=self.metadata)
+            started = False
+            try:
+                for m in call:
+                    started = True
+                    yield _progress(m)
+                return
+            except grpc.RpcError as e:
+                error = _error(e)
+            finally:
+                call.cancel()
+            if started or (wait := _wait(error, attempt, self.retry)) is None:
+                raise error from None
+            time.sleep(wait)
+            attempt += 1
 
     def stream(self, timeout: float | None = None) -> "EvaluationStream":
-        """One EvaluateStream call for many evaluations in lockstep (`timeout` bounds the whole stream)."""
-        return EvaluationStream(self._stub, timeout)
+        """One EvaluateStream call for many evaluations in lockstep (`timeout` bounds the whole stream).
+        Not retried: an error ends the stream, as gRPC streams end."""
+        return EvaluationStream(self._stub, timeout, self.metadata)
 
     def close(self) -> None:
         self._channel.close()
@@ -244,9 +310,9 @@ class GrpcClient:
 class EvaluationStream:
     """`evaluate` as on the client, each on the same open call; use it as a context manager."""
 
-    def __init__(self, stub, timeout):
+    def __init__(self, stub, timeout, metadata=None):
         self._requests = queue.SimpleQueue()
-        self._call = stub.EvaluateStream(iter(self._requests.get, _END), timeout=timeout)
+        self._call = stub.EvaluateStream(iter(self._requests.get, _END), timeout=timeout, metadata=metadata)
 
     def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
                  batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
@@ -270,30 +336,34 @@ class EvaluationStream:
 class AsyncGrpcClient:
     """The same calls as `GrpcClient`, as coroutines on a grpc.aio channel (`minimize` is an async iterator)."""
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, options=()):
-        self._channel = grpc.aio.insecure_channel(target, options=_channel_options(options))
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, options=(), *,
+                 tls: bool | grpc.ChannelCredentials = False, root_certificates: bytes | None = None,
+                 api_key: str | None = None, metadata=(), retries: int | Retry = 2):
+        self._channel = _channel(target, options, tls, root_certificates, aio=True)
         self._stub = ad_pb2_grpc.DifferentiatorStub(self._channel)
         self.timeout = timeout
+        self.metadata = _metadata(api_key, metadata)
+        self.retry = policy(retries)
+
+    async def _call(self, method, request):
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                error = _error(e)
+            if (wait := _wait(error, attempt, self.retry)) is None:
+                raise error from None
+            await asyncio.sleep(wait)
+            attempt += 1
 
     async def register(self, definition_: dict) -> FunctionInfo:
-        try:
-            return _info(await self._stub.Register(definition(definition_), timeout=self.timeout), True)
-        except grpc.RpcError as e:
-            raise _error(e) from None
+        return _info(await self._call(self._stub.Register, definition(definition_)), True)
 
     async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
                        batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
         request = evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt, timeout_ms)
-        try:
-            return _result(await self._stub.Evaluate(request, timeout=self.timeout))
-        except grpc.RpcError as e:
-            raise _error(e) from None
-
-    async def _call(self, method, request):
-        try:
-            return await method(request, timeout=self.timeout)
-        except grpc.RpcError as e:
-            raise _error(e) from None
+        return _result(await self._call(self._stub.Evaluate, request))
 
     async def info(self, function) -> FunctionInfo:
         fid = function.id if isinstance(function, FunctionInfo) else function
@@ -306,19 +376,33 @@ class AsyncGrpcClient:
     async def put_tensor(self, array) -> HeldTensor:
         return _held(await self._call(self._stub.PutTensor, _tensor(array)))
 
+    _DEFAULT = object()
+
     async def minimize(self, function, x0: dict, method: str = "lbfgs", max_iter: int | None = None,
-                       gtol: float | None = None):
-        call = self._stub.Minimize(minimize_request(function, x0, method, max_iter, gtol), timeout=self.timeout)
-        try:
-            async for m in call:
-                yield _progress(m)
-        except grpc.RpcError as e:
-            raise _error(e) from None
-        finally:
-            call.cancel()
+                       gtol: float | None = None, timeout=_DEFAULT):
+        """As `GrpcClient.minimize`: `timeout` is the deadline of the whole run."""
+        request = minimize_request(function, x0, method, max_iter, gtol)
+        deadline = self.timeout if timeout is self._DEFAULT else timeout
+        attempt = 0
+        while True:
+            call = self._stub.Minimize(request, timeout=deadline, metadata=self.metadata)
+            started = False
+            try:
+                async for m in call:
+                    started = True
+                    yield _progress(m)
+                return
+            except grpc.RpcError as e:
+                error = _error(e)
+            finally:
+                call.cancel()
+            if started or (wait := _wait(error, attempt, self.retry)) is None:
+                raise error from None
+            await asyncio.sleep(wait)
+            attempt += 1
 
     def stream(self, timeout: float | None = None) -> "AsyncEvaluationStream":
-        return AsyncEvaluationStream(self._stub, timeout)
+        return AsyncEvaluationStream(self._stub, timeout, self.metadata)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -333,8 +417,8 @@ class AsyncGrpcClient:
 class AsyncEvaluationStream:
     """`await evaluate(...)` in lockstep on one open call; use it as an async context manager."""
 
-    def __init__(self, stub, timeout):
-        self._call = stub.EvaluateStream(timeout=timeout)
+    def __init__(self, stub, timeout, metadata=None):
+        self._call = stub.EvaluateStream(timeout=timeout, metadata=metadata)
 
     async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
                        batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:

@@ -127,6 +127,7 @@ function ticked() {
 }
 
 function loadExample(ex) {
+  clearOptimiser();
   setMode(ex.mode);
   setText(editor, ex.source);
   $("example-note").textContent = ex.note;
@@ -401,6 +402,17 @@ function num(v) {
 function showPlotNote(text) {
   $("plot-note").textContent = text;
   $("plot-note").hidden = false;
+}
+
+/** A new example starts without the last one's optimiser run: stopped, its status and convergence plot gone
+ * (the contour plot is drawn again, with an empty path). */
+function clearOptimiser() {
+  state.run?.abort();
+  const status = $("opt-status");
+  status.replaceChildren();
+  delete status.dataset.state;
+  plots.purge($("convergence"));
+  $("convergence").hidden = true;
 }
 
 async function runOptimiser() {

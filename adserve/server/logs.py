@@ -1,0 +1,101 @@
+"""Logging: the request id of the call a log line belongs to, and JSON lines for log collectors.
+
+Every HTTP request and gRPC call has a request id: the one the caller sent
+(`X-Request-ID` header, `x-request-id` metadata) when it is a reasonable token,
+else a new one. It goes back to the caller (response header, initial metadata)
+and is in `request_id` while the call runs: contexts follow the request into
+its worker threads, so every line logged on its behalf (uvicorn's access line
+included) carries it. `configure` sets up the process's logging: the classic
+text lines, or with `ADSERVE_LOG_FORMAT=json` one JSON object per line with
+`request_id` for the lines logged within a call.
+"""
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("adserve_request_id", default=None)
+
+HEADER = "x-request-id"
+# what a proxy or a client's tracing might send (uuids, hex, base64, dotted ids); anything else is replaced,
+# so a log line cannot be forged or bloated through the header
+_ACCEPTED = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def accept(presented: str | None) -> str:
+    """The request id for a call that presented `presented`: it, when it is a reasonable token, else a new one."""
+    if presented and _ACCEPTED.fullmatch(presented):
+        return presented
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current call's request id (or None) on each record, as `record.request_id`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, request_id when in a call,
+    the fields of an access line (uvicorn's), and the exception's traceback when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) +
+                f".{int(record.msecs):03d}Z", "level": record.levelname, "logger": record.name,
+                "message": record.getMessage()}
+        rid = getattr(record, "request_id", None)
+        if rid is not None:
+            line["request_id"] = rid
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, _, status_code = record.args
+            line.update(client=client, method=method, path=path, status=status_code)
+        for extra in ("grpc_method", "grpc_code", "duration_ms"):
+            if hasattr(record, extra):
+                line[extra] = getattr(record, extra)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure(level: str, fmt: str = "text") -> None:
+    """The process's logging: to stderr at `level`, as text lines or (`fmt` "json") JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class RequestIdMiddleware:
+    """Plain ASGI, outermost: the request's id (`X-Request-ID`, or a new one) is `request_id` while the app
+    answers, and the response's `X-Request-ID`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        presented = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        rid = accept(presented)
+        encoded = rid.encode()
+
+        async def with_id(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", encoded)]}
+            await send(message)
+
+        token = request_id.set(rid)
+        try:
+            await self.app(scope, receive, with_id)
+        finally:
+            request_id.reset(token)
