@@ -5,7 +5,7 @@ Newton-CG run streamed onto the contours).
     .venv/bin/python scripts/demo-screenshot.py
 
 Starts its own server on a free port and drives Debian's /usr/bin/chromium with
-Playwright, as tests/test_demo_browser.py does.
+Playwright, as tests/e2e/test_demo_browser.py does.
 """
 
 import sys

@@ -3,41 +3,14 @@
 Playwright cannot download its own browsers here, so it launches
 `/usr/bin/chromium`, which `scripts/install-system-deps.sh` installs (`make test`
 runs it first). The tests skip only when that binary is absent and the script
-could not install it; under CI (CI set) they fail instead. The page talks to the session's real server (conftest.py).
+could not install it; under CI (CI set) they fail instead (browser_helpers.py). The page talks to the
+session's real server (tests/conftest.py).
 """
 
-import os
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-TIMEOUT_MS = 20_000
-
-
-def require_chromium() -> None:
-    """Install Debian's chromium if it is missing; still missing, skip (fail under CI, where it must be there)."""
-    if not CHROMIUM.exists():
-        subprocess.run(["bash", str(ROOT / "scripts" / "install-system-deps.sh")], timeout=900, check=False)
-    if not CHROMIUM.exists():
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"no browser: {CHROMIUM} is absent and scripts/install-system-deps.sh could not install "
-            "Debian's chromium (it needs apt-get and root or passwordless sudo)")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+from browser_helpers import TIMEOUT_MS, expect_text
 
 
 @pytest.fixture
@@ -56,12 +29,6 @@ def page(browser, server):
     yield pg
     context.close()
     assert not script_errors
-
-
-def expect_text(pg, selector: str, text: str):
-    from playwright.sync_api import expect
-
-    expect(pg.locator(selector)).to_contain_text(text, timeout=TIMEOUT_MS)
 
 
 def set_editor(pg, text: str):

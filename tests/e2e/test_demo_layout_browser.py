@@ -3,18 +3,7 @@ examples, in a real browser (Playwright, Debian's Chromium; see test_demo_browse
 
 import pytest
 
-from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, expect_text, require_chromium
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+from browser_helpers import TIMEOUT_MS, expect_text
 
 
 def open_demo(browser, server, width: int):

@@ -3,18 +3,7 @@ operations from the package's own copies of their scripts (scripts/vendor-js.sh)
 
 import pytest
 
-from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+from browser_helpers import TIMEOUT_MS
 
 
 @pytest.fixture

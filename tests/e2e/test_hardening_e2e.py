@@ -8,7 +8,7 @@ import pytest
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
 from server_process import free_port, running_server
-from test_demo_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, expect_text, require_chromium
+from browser_helpers import TIMEOUT_MS, expect_text
 
 KEY = "demo-key-7f3a"
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}], "expr": "log(x1) + x1*x2 - sin(x2)"}
@@ -38,17 +38,6 @@ def test_rest_and_grpc_need_a_key(keyed):
             stub.Register(definition)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert stub.Register(definition, metadata=(("authorization", f"Bearer {KEY}"),)).id
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_demo_with_a_key_in_the_fragment_and_typed_after_a_401(keyed, browser):
