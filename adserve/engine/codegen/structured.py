@@ -56,26 +56,7 @@ def loop(s, e):
     s.graph(body)
     for yb, y in zip(ybufs, body.outputs[ncar:]):
         s.line(f"{yb}[{k}] = {s.ref(y) if isinstance(y, Var) or y.shape else num(y.fill)}")
-    # new carries are staged first: one may read another's old value (a, b = b, a)
-    new = body.outputs[:ncar]
-    aliased = any(isinstance(a, Var) and a.shape and (a in ins or _is_view(body, a)) for a in new)
-    assign = []
-    for a, c in zip(new, carries):
-        if not a.shape:
-            t = s.fresh("n")
-            s.line(f"{t} = {s.elem(a, [], ())}")
-            assign.append(f"{c} = {t}")
-        elif aliased:
-            t = s.buffer(Var(a.shape), "stage")
-            s.copy(t, a, a.shape)
-            assign.append(f"{c}[...] = {t}")
-        else:
-            assign.append((c, a))
-    for item in assign:
-        if isinstance(item, str):
-            s.line(item)
-        else:
-            s.copy(item[0], item[1], item[1].shape)
+    _carry_on(s, body, body.outputs[:ncar], carries)
     s.close_loop()
     s.depth -= 1
     for o, c in zip(e.outputs[:ncar], carries):
@@ -152,7 +133,24 @@ def while_(s, e):
     for r, c, init in zip(rows, carries, inits):
         s.line(f"{r}[{it}] = {c}")
     s.graph(body)
-    new = body.outputs
+    _carry_on(s, body, body.outputs, carries)
+    s.line(f"{it} += 1")
+    s.close_loop()
+    s.depth -= 1
+    outs = list(zip(e.outputs[:len(inits)], carries))
+    if tape:
+        count = e.outputs[len(inits)]
+        s.line(f"{s.define(count)} = float({it})")
+        outs += list(zip(e.outputs[len(inits) + 1:], rows))
+    for o, c in outs:
+        s.names[o] = c
+        if o.shape:
+            s.owner[c] = o
+
+
+def _carry_on(s, body, new, carries):
+    """Set the carries to the body's `new` values, staged first where one may read another's old value
+    (a, b = b, a) or a new value is a view of an input."""
     aliased = any(isinstance(a, Var) and a.shape and (a in body.inputs or _is_view(body, a)) for a in new)
     assign = []
     for a, c in zip(new, carries):
@@ -171,15 +169,3 @@ def while_(s, e):
             s.line(item)
         else:
             s.copy(item[0], item[1], item[1].shape)
-    s.line(f"{it} += 1")
-    s.close_loop()
-    s.depth -= 1
-    outs = list(zip(e.outputs[:len(inits)], carries))
-    if tape:
-        count = e.outputs[len(inits)]
-        s.line(f"{s.define(count)} = float({it})")
-        outs += list(zip(e.outputs[len(inits) + 1:], rows))
-    for o, c in outs:
-        s.names[o] = c
-        if o.shape:
-            s.owner[c] = o
