@@ -10,14 +10,12 @@ from hypothesis import settings
 settings.register_profile("adserve", deadline=None)
 settings.load_profile("adserve")
 
-from server_process import free_port, running_server
+from server_process import TEST_MAX_BODY_BYTES, free_port, running_server
 
 # Kernel compiles run niced in production (they take only what requests leave idle); a test that waits for one
 # must not starve behind whatever else keeps the machine busy (CI may run beside a CPU hog). Servers the tests
 # start inherit this too.
 os.environ.setdefault("ADSERVE_COMPILE_NICE", "0")
-
-TEST_MAX_BODY_BYTES = 1 << 20
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +34,20 @@ def client(server):
         yield c
 
 
+# The longest files of a cold run (numba compiles, long interpreter runs), longest first. The test processes
+# (pytest-xdist, a file whole in one) take them first, so two long files run side by side, not one after the
+# other at the end while the other process idles.
+LONGEST_FIRST = ("test_codegen.py", "test_parallel_kernels.py", "test_language_functions.py",
+                 "test_gradbench_nested.py", "test_property_graphs.py", "test_tiered.py", "test_while.py",
+                 "test_deadline.py", "test_int_data.py", "test_faults_e2e.py", "test_compiled_e2e.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark each test by the directory it lives in (engine, server, e2e), so `-m` selects a layer."""
+    """Mark each test by the directory it lives in (engine, server, e2e), so `-m` selects a layer; run the
+    longest files first."""
     for item in items:
         layer = item.path.parent.name
         if layer in ("engine", "server", "e2e"):
             item.add_marker(getattr(pytest.mark, layer))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -19,6 +19,9 @@ from pathlib import Path
 import httpx
 
 
+TEST_MAX_BODY_BYTES = 1 << 20  # the body limit of the session's shared server (conftest.py's `server`)
+
+
 @dataclass
 class RunningServer:
     url: str

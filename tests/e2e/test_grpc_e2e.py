@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
-from conftest import TEST_MAX_BODY_BYTES
+from server_process import TEST_MAX_BODY_BYTES
 from server_process import minimizers_running, wait_until
 
 SURVEY_JSON = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import TEST_MAX_BODY_BYTES
+from server_process import TEST_MAX_BODY_BYTES
 
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
           "expr": "log(x1) + x1*x2 - sin(x2)"}
