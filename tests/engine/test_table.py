@@ -59,7 +59,7 @@ def test_derived_lists_are_what_the_rows_say():
         assert getattr(runtime, helper) is runtime.HELPERS[helper]
         assert getattr(python, helper) is runtime.HELPERS[helper].py_func
     text = module.kernel_module(_identity(), "imports")
-    assert f"import {', '.join(sorted(runtime.HELPERS))}  # noqa" in text
+    assert f"import {', '.join(sorted([*runtime.HELPERS, *module.KERNEL_RUNTIME]))}  # noqa" in text
     lang = {w for p in PRIMS.values() for w in p.lang}
     assert set(functions.TABLE) == lang | set(functions.COMPOSITES)
 

@@ -75,8 +75,9 @@ from adserve.engine.codegen.python import {python_names}  # noqa: F401
 '''
 
 
-_HELPERS = ", ".join(sorted([*HELPERS, "stop_flag", "stopped"]))
-_PYTHON_NAMES = ", ".join(sorted([*HELPERS, "abs", "njit", "stop_flag", "stopped", "types"]))
+KERNEL_RUNTIME = ("stop_flag", "stopped")  # every kernel's stop check; the rows' helpers come beside them
+_HELPERS = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME]))
+_PYTHON_NAMES = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME, "abs", "njit", "types"]))
 _STOP = 'types.Array(types.int64, 1, "C")'  # the stop array
 
 
