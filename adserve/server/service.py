@@ -132,10 +132,6 @@ class Service:
         with self._engine_errors():
             return self.engine.source(fn, transform)
 
-    def function_ids(self) -> list[str]:
-        """Ids of the functions compiled here, most recently used last (what a peer protocol can list)."""
-        return [fn.id for fn in self._functions.values()]
-
     def weighted(self, function_id: str) -> dict:
         """The info of `(inputs..., w) -> sum(w * f(inputs...))`, registered on the way; `w`, its last input,
         has f's output shape and a name none of f's inputs has.

@@ -139,7 +139,15 @@ def _flat(a) -> list | np.ndarray:
 # -- the calls ---------------------------------------------------------------------------------
 
 def _info(service, body) -> dict:
-    return {"protocolVersion": PROTOCOL_VERSION, "models": service.function_ids()}
+    """Every function the caller registered (the same set on every replica sharing Redis), by name where it has
+    one and by id: the client accepts only a model name listed here."""
+    models, after = [], None
+    while True:
+        page, after = service.list_functions(after, 1000)
+        for f in page:
+            models += [f["name"], f["id"]] if f.get("name") else [f["id"]]
+        if after is None:
+            return {"protocolVersion": PROTOCOL_VERSION, "models": models}
 
 
 def _model_info(service, body) -> dict:

@@ -1,5 +1,5 @@
 """`Service.weighted`: the scalar `sum(w * f(x))` a peer protocol differentiates for a weighted vector output
-(UM-Bridge's ApplyHessian), checked against JAX; and `Service.function_ids`, what UM-Bridge's Info lists."""
+(UM-Bridge's ApplyHessian), checked against JAX; and what UM-Bridge's Info lists."""
 
 import numpy as np
 import pytest
@@ -60,7 +60,10 @@ def test_weighted_of_an_unknown_function_is_not_found(service):
     assert e.value.code == "function_not_found"
 
 
-def test_function_ids_lists_what_is_registered(service):
-    assert service.function_ids() == []
-    fid = service.register(DEFINITION)[0]["id"]
-    assert service.function_ids() == [fid]
+def test_umbridge_info_lists_what_is_registered_by_name_and_id(service):
+    """UM-Bridge's Info (its client accepts only a listed model) is the caller's listing: names and ids."""
+    from adserve.server import umbridge
+    before = umbridge._info(service, None)["models"]
+    fid = service.register({**DEFINITION, "name": "info.listed"})[0]["id"]
+    models = umbridge._info(service, None)["models"]
+    assert {"info.listed", fid} <= set(models) and not {"info.listed", fid} & set(before)
