@@ -325,12 +325,20 @@ def test_redis_dropping_connections(redis_pair):
         thread = threading.Thread(target=load)
         thread.start()
         try:
-            for i in range(5):
+            # first, connections stay down until the replica has noticed (registering functions new to the
+            # cluster, which it publishes): on a busy machine a short cut may pass while it touches no Redis
+            proxy.cut()
+            fresh = iter(range(1000, 100000))
+
+            def noticed():
+                statuses.append(ca.post("/v1/evaluate", json={**AT, "function": other(next(fresh))}).status_code)
+                return metric(ca, "adserve_redis_errors_total") >= 1
+
+            assert wait_until(noticed, 60, 0.05), "the dropped connection went unnoticed"
+            proxy.drop = False
+            for _ in range(5):  # then short cuts, landing mid-request on whatever the load thread is doing
                 time.sleep(0.2)
                 proxy.cut()
-                # a function new to the cluster must be published while the connection is down, whatever the
-                # load thread got to do in the window (on a busy machine, maybe nothing)
-                statuses.append(ca.post("/v1/evaluate", json={**AT, "function": other(1000 + i)}).status_code)
                 time.sleep(0.2)
                 proxy.drop = False
         finally:
