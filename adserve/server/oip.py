@@ -228,22 +228,23 @@ def _tensors(inputs, binary: memoryview) -> list:
     return found
 
 
-def _object(v, where: str) -> dict:
-    if not isinstance(v, dict):
-        raise _malformed("invalid_inference_request", f"{where} must be a JSON object, not {tensors.describe(v)}")
+def _expect(v, kind: type, what: str, where: str):
+    """`v` if it is a `kind`, else the protocol's 400 saying where and what it is instead."""
+    if not isinstance(v, kind):
+        raise _malformed("invalid_inference_request", f"{where} must be {what}, not {tensors.describe(v)}")
     return v
+
+
+def _object(v, where: str) -> dict:
+    return _expect(v, dict, "a JSON object", where)
 
 
 def _list(v, where: str) -> list:
-    if not isinstance(v, list):
-        raise _malformed("invalid_inference_request", f"{where} must be a JSON list, not {tensors.describe(v)}")
-    return v
+    return _expect(v, list, "a JSON list", where)
 
 
 def _string(v, where: str) -> str:
-    if not isinstance(v, str):
-        raise _malformed("invalid_inference_request", f"{where} must be a string, not {tensors.describe(v)}")
-    return v
+    return _expect(v, str, "a string", where)
 
 
 class ErrorForm:
