@@ -25,7 +25,7 @@ from .activity import graph_activity
 from .builder import Builder, Prim, emit, inline, op, register, zeros
 from .deadline import Stopped
 from .errors import DefinitionError, EvaluationError, ShapeError
-from .interpreter import TAKES_DEADLINE, _run
+from .interpreter import TAKES_DEADLINE, run_nested
 
 
 # -- loop ------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def _loop_impl(*args, body, length, n_consts, n_carry, reverse, deadline=None):
         for k in (range(length - 1, -1, -1) if reverse else range(length)):
             if deadline is not None and deadline.stopped:  # also between iterations of a body with no equations
                 raise deadline.error()
-            outs = _run(body, [np.array([float(k)]), *consts, *carry, *[x[:, k] for x in xs]], deadline)
+            outs = run_nested(body, [np.array([float(k)]), *consts, *carry, *[x[:, k] for x in xs]], deadline)
             carry, ys[k] = outs[:n_carry], outs[n_carry:]
             done += 1
     except Stopped as err:
@@ -205,11 +205,11 @@ def _cond_shape(sp, *shapes, true_body, false_body):
 def _cond_impl(pred, *ops, true_body, false_body, deadline=None):
     take = pred.reshape(-1) != 0
     if take.all() or not take.any():
-        return _run(true_body if take[0] else false_body, list(ops), deadline)
+        return run_nested(true_body if take[0] else false_body, list(ops), deadline)
     b = take.shape[0]
     outs = [np.empty((b, *a.shape)) for a in true_body.outputs]
     for body, idx in ((true_body, np.nonzero(take)[0]), (false_body, np.nonzero(~take)[0])):
-        res = _run(body, [o[idx] if o.shape[0] == b else o for o in ops], deadline)
+        res = run_nested(body, [o[idx] if o.shape[0] == b else o for o in ops], deadline)
         for out, r in zip(outs, res):
             out[idx] = np.broadcast_to(r, (len(idx), *r.shape[1:]))
     return outs
@@ -311,7 +311,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, deadline, done):
         cur = [c if every else c[active] for c in carry]
         if deadline is not None and deadline.stopped:
             raise deadline.error()
-        pred = np.broadcast_to(_run(cond, [*sub, *cur], deadline)[0].reshape(-1), (len(active),)) != 0
+        pred = np.broadcast_to(run_nested(cond, [*sub, *cur], deadline)[0].reshape(-1), (len(active),)) != 0
         if not pred.all():
             active = active[pred]
             if not len(active):
@@ -325,7 +325,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, deadline, done):
         if tape:
             for r, c in zip(rows, carry):
                 r.append(c.copy())
-        for c, new in zip(carry, _run(body, [*sub, *cur], deadline)):
+        for c, new in zip(carry, run_nested(body, [*sub, *cur], deadline)):
             c[active] = new
         count[active] += 1
         iterations += 1

@@ -35,10 +35,11 @@ def run(graph: Graph, args, deadline=None) -> list:
 
     With a `deadline`, raises `Stopped` at the first equation or loop iteration it finds it stopped."""
     with np.errstate(all="ignore"):
-        return _run(graph, [np.asarray(a, dtype=np.float64) for a in args], deadline)
+        return run_nested(graph, [np.asarray(a, dtype=np.float64) for a in args], deadline)
 
 
-def _run(graph: Graph, args, deadline=None) -> list:
+def run_nested(graph: Graph, args, deadline=None) -> list:
+    """`run` for a body inside a running graph (loop, cond, while): args are float64 already, errors silenced."""
     env = dict(zip(graph.inputs, args, strict=True))
     lits = {}  # one array per literal object in this run (read-only: implementations never write inputs)
 

@@ -168,7 +168,7 @@ class ExprLowerer:
         a, b = self.expr(node.left), self.expr(node.right)
         if isinstance(node.op, ast.MatMult):
             return functions.matmul(self, self.value(a, node.left), self.value(b, node.right))
-        static = _static_binop(node.op, a, b)
+        static = static_binop(node.op, a, b)
         if static is not None:
             return static
         prim = _BINOPS.get(type(node.op))
@@ -256,7 +256,7 @@ class ExprLowerer:
         return handler(self, node, *args, **kwargs)
 
 
-def _static_binop(op, a, b):
+def static_binop(op, a, b):
     """Integer and index arithmetic stays static; returns None for runtime arithmetic."""
     ints = (int, Index)
     if isinstance(a, bool) or isinstance(b, bool):

@@ -21,7 +21,7 @@ from ..builder import Budget, Builder, V
 from ..control import WHILE_LIMIT
 from ..errors import DefinitionError
 from ..ir import Graph, Var
-from .expr import ExprLowerer, _static_binop, loc_of, parse
+from .expr import ExprLowerer, loc_of, parse, static_binop
 from .functions_def import RET, Callable, FunctionsMixin, check_signature
 from .indexing import set_item
 from .values import Counter, Index, Undefined, as_value, static_int
@@ -113,7 +113,7 @@ class ProgramLowerer(FunctionsMixin, ExprLowerer):
         rhs = self.expr(s.value)
         new = None
         if isinstance(old, (int, Index)) and isinstance(rhs, (int, Index)) and prim in ("add", "sub", "mul"):
-            new = _static_binop({"add": ast.Add(), "sub": ast.Sub(), "mul": ast.Mult()}[prim], old, rhs)
+            new = static_binop({"add": ast.Add(), "sub": ast.Sub(), "mul": ast.Mult()}[prim], old, rhs)
         if new is None:
             new = self.emit(prim, self.value(old, target), self.value(rhs, s.value))
         self.assign(target, s.value, new)
