@@ -24,22 +24,39 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from .. import __version__
 from . import oip_codec, tensors
 from .errors import BAD_REQUEST, TOO_LARGE, ServiceError
 from .oip_codec import Model
 from .service import Service
-from .web import JSONOut, RawBody, ServiceDep, parse_json, security
+from .web import JSONOut, RawBody, ServiceDep, document, parse_json, security
 
 PREFIX = "/v2"
+DOCUMENT_DESCRIPTION = (
+    "The Open Inference Protocol's REST routes as adserve serves them: a model is a registered function, by "
+    "name or id. The protocol: https://github.com/kserve/open-inference-protocol; how adserve maps it: "
+    "docs/peers.md.")
 HEADER_LENGTH = "inference-header-content-length"
 
 
 def mount(server) -> None:
     # the model routes are behind the guard: documented so (API keys) when the server has keys
     models = APIRouter(routes=[r for r in router.routes if r.path.startswith(PREFIX + "/models/")])
-    server.http.include_router(APIRouter(routes=[r for r in router.routes if r not in models.routes]))
-    server.http.include_router(models, dependencies=security(server.guard))
-    server.http.state.openapi_components.update(COMPONENTS)
+    protocol = APIRouter()
+    protocol.include_router(APIRouter(routes=[r for r in router.routes if r not in models.routes]))
+    protocol.include_router(models, dependencies=security(server.guard))
+    # described by their own document, as the protocol's specification describes them, not in adserve's
+    # /openapi.json: that one is adserve's API, which its clients and client generators read (docs/peers.md)
+    server.http.include_router(protocol, include_in_schema=False)
+    spec = {}
+
+    @server.http.get(PREFIX + "/openapi.json", include_in_schema=False)
+    def openapi():
+        if not spec:
+            spec.update(document(protocol.routes, COMPONENTS, title="adserve: Open Inference Protocol (v2)",
+                                 version=__version__, description=DOCUMENT_DESCRIPTION))
+        return JSONOut(spec)
+
     server.http.add_middleware(ErrorForm)
     server.guarded_paths.append(PREFIX + "/models/")  # health and server metadata stay open, as /readyz is
 
@@ -59,7 +76,7 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-# named once in the OpenAPI document's components (`mount`), so both infer routes share them
+# named once in the components of the protocol's OpenAPI document (`mount`), so both infer routes share them
 COMPONENTS = {
     "OipDatatype": {"type": "string", "enum": list(oip_codec.DATATYPES)},
     "OipInputTensor": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {

@@ -30,6 +30,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
@@ -223,6 +224,21 @@ def _error_handlers(app: FastAPI) -> None:
 _VALIDATION_ERROR = "#/components/schemas/HTTPValidationError"
 
 
+def document(routes, components: dict, **info) -> dict:
+    """The OpenAPI document of `routes` (title, version, description in `info`), in the form of the app's own:
+    for a protocol that has its own document rather than a place in the app's (Open Inference Protocol)."""
+    spec = get_openapi(routes=routes, **info)
+    _tidy(spec, components)
+    return spec
+
+
+def _tidy(spec: dict, components: dict) -> None:
+    """`components` (JSON Schemas that routes name in their openapi_extra) added; FastAPI's additions undone."""
+    spec.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    _no_validation_errors(spec)
+    _no_type_beside_refs(spec)
+
+
 def _no_validation_errors(spec: dict) -> None:
     """FastAPI documents a 422 `HTTPValidationError` on every route with parameters; this app answers its
     own error body (`validation_error` below), and on its GET routes, whose parameters are strings checked by
@@ -276,7 +292,6 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
                   description="Automatic differentiation as a service. Register a function (expr, program or "
                               "graph), then ask for its value and derivatives (the `compute` kinds).")
     app.state.service, app.state.settings, app.state.metrics = service, settings, metrics
-    app.state.openapi_components = {}  # JSON Schemas the protocols name in their openapi_extra
     # innermost: a HEAD's headers are those of its GET, Content-Encoding and Content-Length included
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL,
                        exclude_content_types=GZIP_EXCLUDED)
@@ -299,10 +314,7 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
     def openapi():
         if app.openapi_schema is None:
             spec = plain_openapi()
-            spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas.request_components())
-            spec["components"]["schemas"].update(app.state.openapi_components)
-            _no_validation_errors(spec)
-            _no_type_beside_refs(spec)
+            _tidy(spec, schemas.request_components())
         return app.openapi_schema
 
     app.openapi = openapi

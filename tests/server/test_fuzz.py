@@ -1,6 +1,6 @@
 """Fuzzing that reaches the engine, bounded in time: hypothesis over the three front ends (expr, program,
 graph) and every evaluation (`compute` kinds, `wrt` subsets, `batch`, tangents and cotangents, used or not),
-and schemathesis against the app's own /openapi.json.
+and schemathesis against the app's own /openapi.json and the Open Inference Protocol's /v2/openapi.json.
 
 Graph nodes are drawn from the primitive table itself (`PRIMS`: arity and parameter kinds), so most graphs are
 valid and get built, compiled and evaluated; a share of them is mutated (parameters of the wrong type, wrong
@@ -360,14 +360,25 @@ def test_report():
         assert count["evaluated"] / count["inputs"] >= evaluated, (front, count)
 
 
-# -- schemathesis against the OpenAPI document -----------------------------------------------
+# -- schemathesis against the OpenAPI documents ----------------------------------------------
 app = build(Settings(grpc_port=0), service=Service(result_cache_bytes=1 << 20)).http
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+oip_schema = schemathesis.openapi.from_asgi("/v2/openapi.json", app)
 
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_openapi(case):
+    conforms(case)
+
+
+@oip_schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_oip_openapi(case):
+    conforms(case)
+
+
+def conforms(case):
     response = case.call()
     case.validate_response(response, checks=[st_checks.not_a_server_error, st_checks.status_code_conformance,
                                              st_checks.content_type_conformance,

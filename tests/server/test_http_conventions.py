@@ -81,9 +81,9 @@ def test_minimize_streams_and_binary_answers_are_not_gzipped(client):
     assert int(r.headers["inference-header-content-length"]) < len(r.content)
 
 
-def spec_of(settings: Settings) -> dict:
+def spec_of(settings: Settings, path: str = "/openapi.json") -> dict:
     app = build(settings, service=Service(result_cache_bytes=1 << 20)).http
-    return TestClient(app).get("/openapi.json").json()
+    return TestClient(app).get(path).json()
 
 
 def operations(spec: dict):
@@ -93,8 +93,9 @@ def operations(spec: dict):
 
 
 def test_openapi_operation_ids_are_explicit_and_unique(client):
-    spec = client.get("/openapi.json").json()
-    ids = [op.get("operationId") for _, _, op in operations(spec)]
+    # unique across both documents: a generator given both makes one client
+    ids = [op.get("operationId") for path in ("/openapi.json", "/v2/openapi.json")
+           for _, _, op in operations(client.get(path).json())]
     assert len(ids) > 15 and len(set(ids)) == len(ids)
     # FastAPI's own are the function name, path and method (evaluate_v1_evaluate_post)
     assert not [i for i in ids if i is None or i.endswith(("_get", "_post", "_head"))], ids
@@ -146,11 +147,48 @@ def test_openapi_declares_the_api_keys_when_the_server_has_them():
             "securitySchemes"]["APIKeyHeader"]["description"]}}
     ops = {(path, method): op for path, method, op in operations(keyed)}
     assert ops["/v1/evaluate", "post"]["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
+    assert "security" not in ops["/healthz", "get"]
+    keyed_oip = spec_of(Settings(grpc_port=0, api_keys="k-0123456789"), "/v2/openapi.json")
+    assert keyed_oip["components"]["securitySchemes"] == keyed["components"]["securitySchemes"]
+    ops = {(path, method): op for path, method, op in operations(keyed_oip)}
     assert ops["/v2/models/{name}/infer", "post"]["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
-    assert "security" not in ops["/healthz", "get"] and "security" not in ops["/v2/health/ready", "get"]
-    open_spec = spec_of(Settings(grpc_port=0))
-    assert "securitySchemes" not in open_spec["components"]
-    assert not [op for _, _, op in operations(open_spec) if "security" in op]
+    assert "security" not in ops["/v2/health/ready", "get"]
+    for path in ("/openapi.json", "/v2/openapi.json"):
+        open_spec = spec_of(Settings(grpc_port=0), path)
+        assert "securitySchemes" not in open_spec["components"]
+        assert not [op for _, _, op in operations(open_spec) if "security" in op]
+
+
+def refs(node):
+    if isinstance(node, dict):
+        yield from ([node["$ref"]] if "$ref" in node else [])
+        for value in node.values():
+            yield from refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from refs(value)
+
+
+def test_openapi_describes_adserves_api_and_each_peer_protocol_has_its_own(client):
+    """/openapi.json is adserve's API (what its clients and client generators read); the Open Inference
+    Protocol's routes are in a document of their own, UM-Bridge's and Tesseract's in their specifications (and
+    each Tesseract's own /tesseract/{name}/openapi.json). Each document names every type it refers to."""
+    spec = client.get("/openapi.json").json()
+    assert {path.split("/")[1] for path in spec["paths"]} == {"v1", "healthz", "readyz", "metrics"}
+    assert not [name for name in spec["components"]["schemas"] if name.startswith("Oip")]
+    oip = client.get("/v2/openapi.json")
+    assert oip.status_code == 200
+    oip = oip.json()
+    assert all(path.startswith("/v2") for path in oip["paths"])
+    assert {"/v2", "/v2/health/ready", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"} \
+        <= oip["paths"].keys()
+    infer = oip["paths"]["/v2/models/{name}/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OipInferRequest"}
+    assert oip["info"]["version"] == spec["info"]["version"]
+    for document in (spec, oip):
+        named = {"#/components/schemas/" + name for name in document["components"]["schemas"]}
+        assert set(refs(document)) <= named
 
 
 def test_the_api_key_dependencies_check_nothing_themselves():

@@ -9,6 +9,7 @@
 Errors of the server are raised as `AdserveError` subclasses carrying its message.
 """
 
+from ._version import __version__
 from .errors import (AdserveError, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unauthenticated,
                      Unavailable)
 from .rest import AsyncClient, Client
@@ -18,4 +19,4 @@ from .types import FunctionInfo, FunctionPage, HeldTensor, Progress, Result, exp
 
 __all__ = ["Client", "AsyncClient", "GrpcClient", "AsyncGrpcClient", "EvaluationStream", "AsyncEvaluationStream", "Retry",
            "FunctionInfo", "FunctionPage", "HeldTensor", "Result", "Progress", "expr", "program", "AdserveError", "InvalidArgument", "NotFound",
-           "ResourceExhausted", "Unauthenticated", "DeadlineExceeded", "Unavailable"]
+           "ResourceExhausted", "Unauthenticated", "DeadlineExceeded", "Unavailable", "__version__"]
