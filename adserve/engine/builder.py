@@ -259,6 +259,9 @@ class Builder:
         except (ValueError, TypeError, IndexError) as e:
             raise ShapeError(f"{prim}: {e}", self.loc) from None
         multi = p.multiple_results
+        if prim == "cond" and type(atoms[0]) is Lit:  # a branch known when built (break/continue flags): take it
+            body = params["true_body"] if atoms[0].fill != 0 else params["false_body"]
+            return tuple(inline(self, body, [V(self, a) for a in atoms[1:]]))
         if not multi:
             out_shape = tuple(out_shapes)
             if consts and prim in _UNITS:

@@ -46,6 +46,14 @@ def parse_python(text, mode):
                              code="too_deep") from None
 
 
+def _syntax_location(text, line, offset):
+    """Where a syntax error is; CPython gives offset 0 for "the text ended too soon": the column after the end."""
+    if not offset:
+        lines = text.split("\n")
+        offset = len(lines[line - 1]) + 1 if 0 < line <= len(lines) else 1
+    return {"line": line, "column": offset}
+
+
 def parse(text: str, mode: str):
     """Parse user text. An expression that starts with spaces or a line break is parsed
     inside parentheses (implicit line joining), keeping the user's line numbers."""
@@ -55,12 +63,12 @@ def parse(text: str, mode: str):
         if mode != "eval" or not text.strip():
             raise ParseError("syntax error: unexpected indent", {"line": 1, "column": 1}) from None
     except SyntaxError as e:
-        raise ParseError(f"syntax error: {e.msg}", {"line": e.lineno or 1, "column": e.offset or 1}) from None
+        raise ParseError(f"syntax error: {e.msg}", _syntax_location(text, e.lineno or 1, e.offset)) from None
     try:
         tree = parse_python("(\n" + text + "\n)", mode)
     except SyntaxError as e:
         line = min(max(1, (e.lineno or 2) - 1), text.count("\n") + 1)
-        raise ParseError(f"syntax error: {e.msg}", {"line": line, "column": e.offset or 1}) from None
+        raise ParseError(f"syntax error: {e.msg}", _syntax_location(text, line, e.offset)) from None
     ast.increment_lineno(tree, -1)
     return tree
 
