@@ -42,6 +42,14 @@ LONGEST_FIRST = ("test_codegen.py", "test_parallel_kernels.py", "test_language_f
                  "test_deadline.py", "test_int_data.py", "test_faults_e2e.py", "test_compiled_e2e.py")
 
 
+def pytest_configure(config):
+    where = os.environ.get("ADSERVE_TEST_CPU_REPORT")
+    if where:
+        from cpu_report import CpuReport
+
+        config.pluginmanager.register(CpuReport(where), "adserve-cpu-report")
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark each test by the directory it lives in (engine, server, e2e), so `-m` selects a layer; run the
     longest files first."""
