@@ -15,8 +15,8 @@ Conventions
     rules need not (autograd's "unbroadcast" done once).
   * A template reads its arguments as `{0}`, `{1}`..; it may call `math`, `np`,
     `abs` and the helpers of any row (compiled by codegen/runtime.py).
-Reductions, shapes, contraction and indexing are in arrays.py; control flow
-(`loop`, `cond`) in control.py.
+Reductions, shapes and contraction are in arrays.py, indexing and gathers in
+indexing.py, control flow (`loop`, `cond`, `while`) in control.py.
 """
 
 from __future__ import annotations
