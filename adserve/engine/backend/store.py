@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import threads
+from ..codegen.worker import MEMORY_ENV, out_of_memory
 from .interpreter import NUMBA, PARALLEL
 from .plan import is_parallel_key, plan_meta
 
@@ -39,9 +40,10 @@ class KernelStore:
     LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
 
     def __init__(self, cache_dir: str, stats, compile_timeout: float = 300.0, workers: int | None = None,
-                 compile=True, parallel=True, quiet=None, on_load=None):
+                 compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30):
         """`stats`: the backend's `TierStats`, counted into. `quiet(seconds)`: waits (at most that long) for a
-        moment with no request running, before a load. `on_load(key)`: called once a module is ready."""
+        moment with no request running, before a load. `on_load(key)`: called once a module is ready.
+        `memory`: the address space (RLIMIT_AS) of a compile worker, 0 for none."""
         self.dir = os.path.join(cache_dir, "kernels")
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -49,6 +51,7 @@ class KernelStore:
             log.warning("kernel cache %s is not usable (%s): kernels will not be compiled", self.dir, e)
         self.stats = stats
         self.timeout = compile_timeout
+        self.memory = memory
         self.compile_enabled = compile
         self.parallel = parallel
         self.source = _source  # writes a plan's kernel module (tests may break it on purpose)
@@ -161,8 +164,9 @@ class KernelStore:
             t = time.perf_counter()
             # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
             # are never forked into it
+            env = {**os.environ, MEMORY_ENV: str(self.memory)}
             proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", path],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             self._procs.add(proc)
             try:
                 out, _ = proc.communicate(timeout=self.timeout)
@@ -176,7 +180,11 @@ class KernelStore:
                 self._procs.discard(proc)
             if proc.returncode != 0:
                 self.stats.compile_failures += 1
-                self._count_failure("killed" if proc.returncode < 0 else "error")
+                memory = out_of_memory(proc.returncode, out)
+                self._count_failure("memory" if memory else "killed" if proc.returncode < 0 else "error")
+                if memory:
+                    return self._fail(key, f"compile worker ran out of memory (its limit: {self.memory:,} bytes of "
+                                           f"address space, ADSERVE_COMPILE_MEMORY_BYTES): {out[-1000:]}")
                 why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
                 return self._fail(key, f"compile worker failed ({why}): {out[-2000:]}")
             seconds = time.perf_counter() - t
