@@ -401,7 +401,10 @@ class Engine:
         return self.backend.settle(timeout)
 
     def preload(self, limit: int = 32):
-        """Start loading the kernels used last in the background; the thread doing it, or None (nothing to do)."""
+        """Start the isolation workers, and loading the kernels used last in the background; the thread doing
+        that, or None (nothing to load)."""
+        if self.isolation is not None:
+            self.isolation.start()
         return self.backend.preload(limit)
 
     def stats(self) -> dict:

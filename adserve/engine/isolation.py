@@ -15,11 +15,14 @@ interpreter step costs about as much as STEP_WORK element operations. Each worke
 * runs under a memory limit (RLIMIT_AS): a request that needs more is answered 413 too_large naming it,
   and the worker is replaced;
 * stops itself at the request's deadline (the interpreter and kernels check it as in process) and says
-  how far it got; one that has not answered `grace` seconds after the deadline, or whose request was
-  cancelled (its client left, a shutdown), is killed (SIGKILL) and replaced, so no process keeps computing.
+  how far it got, and so it does when the request is cancelled (its client left, a shutdown: the pool tells
+  it on a pipe of its own); one that has not answered `grace` seconds later is killed (SIGKILL) and
+  replaced, so no process keeps computing. A stopped worker that answered is kept: a new one would first
+  spend a second or more on its imports.
 
 Arrays travel pickled over a pipe (one copy each way; ~1 GB/s, so a 80 MB result adds ~0.1 s). The pool
-starts workers on first need, at most `size`; a request waits for a free one within its deadline.
+starts its `size` workers with the server (`start`), or on first need; a request waits for a free one
+within its deadline.
 """
 
 from __future__ import annotations
@@ -80,13 +83,17 @@ class _Worker:
     def __init__(self, spec: WorkerSpec):
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
-        self.proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.isolation_worker", str(to_child_r),
-                                      str(from_child_w)], pass_fds=(to_child_r, from_child_w))
-        os.close(to_child_r)
-        os.close(from_child_w)
+        stop_r, stop_w = os.pipe()
+        fds = (to_child_r, from_child_w, stop_r)
+        self.proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.isolation_worker", *map(str, fds)],
+                                     pass_fds=fds)
+        for fd in fds:
+            os.close(fd)
         self.send_conn = Connection(to_child_w, readable=False)
         self.recv_conn = Connection(from_child_r, writable=False)
+        self.stop_conn = Connection(stop_w, readable=False)  # (request number, code, reason): stop that request
         self.known: set = set()  # function ids sent to it
+        self.seq = 0  # requests sent
         self.send_conn.send_bytes(pickle.dumps(spec, protocol=5))
 
     @property
@@ -97,8 +104,15 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
-        self.send_conn.close()
-        self.recv_conn.close()
+        for conn in (self.send_conn, self.recv_conn, self.stop_conn):
+            conn.close()
+
+    def stop(self, code: str, reason: str) -> None:
+        """Ask it to stop the request it computes (its deadline is cancelled with this code and reason)."""
+        try:
+            self.stop_conn.send_bytes(pickle.dumps((self.seq, code, reason)))
+        except OSError:  # it is gone: the wait for its answer sees that
+            pass
 
 
 class WorkerPool:
@@ -164,7 +178,8 @@ class WorkerPool:
             # the time it expires, not what is left: the worker may start (imports) or compile before it reads
             # this (time.monotonic is the system's clock, the same in every process on Linux)
             limit = (deadline.expires, deadline.seconds, deadline.label)
-        worker.send_conn.send_bytes(pickle.dumps(("evaluate", fn.id, graph, call, limit), protocol=5))
+        worker.seq += 1
+        worker.send_conn.send_bytes(pickle.dumps(("evaluate", worker.seq, fn.id, graph, call, limit), protocol=5))
         worker.known.add(fn.id)
         stopped_at = None
         while True:
@@ -175,12 +190,12 @@ class WorkerPool:
                     self._lost(worker, deadline)
             if deadline is None or not deadline.stopped:
                 continue
-            if deadline.code != DEADLINE_EXCEEDED:  # cancelled: nobody waits for the answer
-                self._kill(worker, "cancelled")
-                raise deadline.error()
-            stopped_at = stopped_at or time.monotonic()
-            if time.monotonic() - stopped_at >= self.grace:  # it stops itself at its deadline; this one did not
-                self._kill(worker, "deadline")
+            if stopped_at is None:  # it stops at its own deadline; a cancel it is told of
+                stopped_at = time.monotonic()
+                if deadline.code != DEADLINE_EXCEEDED:
+                    worker.stop(deadline.code, deadline.reason or "was cancelled")
+            if time.monotonic() - stopped_at >= self.grace:  # it did not stop in time: nothing keeps computing
+                self._kill(worker, "deadline" if deadline.code == DEADLINE_EXCEEDED else "cancelled")
                 raise deadline.error()
 
     def _lost(self, worker: _Worker, deadline):
@@ -208,6 +223,13 @@ class WorkerPool:
                 if deadline is not None and deadline.stopped:
                     raise deadline.error()
                 self._cond.wait(POLL_SECONDS if deadline is not None else None)
+
+    def start(self) -> None:
+        """Start the workers now (a server's start), so the first long request does not wait for one's imports."""
+        with self._cond:
+            while not self._closed and len(self._all) < self.size:
+                self._idle.append(self._start())
+            self._cond.notify_all()
 
     def _start(self) -> _Worker:
         worker = _Worker(self.spec)

@@ -1,11 +1,12 @@
-"""An isolated evaluation worker: `python -m adserve.engine.isolation_worker READ_FD WRITE_FD`.
+"""An isolated evaluation worker: `python -m adserve.engine.isolation_worker READ_FD WRITE_FD STOP_FD`.
 
 Started by isolation.py's `WorkerPool`. It reads a `WorkerSpec`, sets its memory limit (RLIMIT_AS) and
 CPU priority, builds its own engine, then answers requests one at a time, each a pickled
-("evaluate", function id, exported graph or None, Engine.evaluate's keyword arguments, (the deadline's
+("evaluate", request number, function id, exported graph or None, Engine.evaluate's keyword arguments, (the deadline's
 time.monotonic() expiry, seconds, label) or None). Replies are pickled tuples: ("ok", result, meta), ("stopped", code, reason, what,
 progress), ("error", class name, code, message, location), ("memory", message), ("unknown",) when it no
-longer keeps the function and no graph came, or ("failed", text). It exits when its pipe closes, or within
+longer keeps the function and no graph came, or ("failed", text). A thread reads STOP_FD: (request number,
+code, reason) cancels that request's deadline if it is the one computing. It exits when its pipe closes, or within
 a second of its parent's end (a thread watches), even in the middle of a request.
 """
 
@@ -40,6 +41,7 @@ def _engine(spec):
         backend = Tiered(spec.cache_dir, compile=spec.compile, compile_timeout=spec.compile_timeout,
                          python=spec.python, workers=1, compile_memory=spec.compile_memory)
     engine = Engine(backend, spec.limits)
+    engine.preload()  # numba and the kernels used last, in the background, as the server does
     if spec.memory_bytes:
         from .isolation import _bytes
         engine.out_of_memory = (f"out of memory evaluating this request: over the memory limit of an isolated "
@@ -47,10 +49,36 @@ def _engine(spec):
     return engine
 
 
-def _answer(engine, functions, msg):
+class _Current:
+    """The request being computed (its number and deadline), for the thread that stops it."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.seq, self.deadline = 0, None
+
+    def set(self, seq, deadline):
+        with self.lock:
+            self.seq, self.deadline = seq, deadline
+
+    def stop(self, seq, code, reason):
+        with self.lock:
+            if seq == self.seq and self.deadline is not None:
+                self.deadline.cancel(code, reason)
+
+
+def _listen(conn, current):
+    """Stop requests as the pool asks (their deadline cancelled): the main thread is busy computing them."""
+    while True:
+        try:
+            current.stop(*pickle.loads(conn.recv_bytes()))
+        except (EOFError, OSError):
+            return
+
+
+def _answer(engine, functions, msg, current):
     from .deadline import Deadline, Stopped
     from .errors import EngineError, LimitError
-    _, fid, graph, call, limit = msg
+    _, seq, fid, graph, call, limit = msg
     fn = functions.get(fid)
     if fn is None:
         if graph is None:
@@ -60,11 +88,13 @@ def _answer(engine, functions, msg):
         if len(functions) > MAX_FUNCTIONS:
             functions.popitem(last=False)
     functions.move_to_end(fid)
-    deadline = None
     if limit is not None:
         expires, seconds, label = limit
         deadline = Deadline(max(0.0, expires - time.monotonic()), label)
         deadline.seconds = seconds  # the message names the caller's limit, not what was left of it
+    else:
+        deadline = Deadline(None)  # no time limit, but a cancel from the pool stops it
+    current.set(seq, deadline)
     meta = {}
     try:
         result = engine.evaluate(fn, **call, meta=meta, deadline=deadline)
@@ -79,8 +109,8 @@ def _answer(engine, functions, msg):
     except MemoryError:
         return ("memory", engine.out_of_memory)
     finally:
-        if deadline is not None:
-            deadline.close()
+        current.set(0, None)
+        deadline.close()
     return ("ok", result, meta)
 
 
@@ -88,6 +118,9 @@ def main():
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     recv = Connection(int(sys.argv[1]), writable=False)
     send = Connection(int(sys.argv[2]), readable=False)
+    current = _Current()
+    threading.Thread(target=_listen, args=(Connection(int(sys.argv[3]), writable=False), current),
+                     daemon=True).start()
     try:
         spec = pickle.loads(recv.recv_bytes())
     except EOFError:
@@ -106,7 +139,7 @@ def main():
         except EOFError:
             return
         try:
-            reply = _answer(engine, functions, msg)
+            reply = _answer(engine, functions, msg, current)
         except MemoryError:
             reply = ("memory", engine.out_of_memory)
         except Exception as e:  # a bug: said, and the worker goes on

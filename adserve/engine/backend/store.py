@@ -36,6 +36,21 @@ def _source(graph, title, parallel=False):
     return kernel_module(graph, title, parallel=parallel)
 
 
+MEMORY_GRACE = 5.0  # seconds a compile worker at its memory limit has to finish or fail by itself
+
+
+def _peak_bytes(pid: int) -> int:
+    """The most address space process `pid` has held (Linux's VmPeak; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class KernelStore:
     LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
 
@@ -169,18 +184,16 @@ class KernelStore:
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             self._procs.add(proc)
             try:
-                out, _ = proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+                out, why = self._wait(proc)
+            finally:
+                self._procs.discard(proc)
+            if why == "timeout":
                 self.stats.compile_timeouts += 1
                 self._count_failure("timeout")
                 return self._fail(key, f"compile timed out after {self.timeout:.0f}s")
-            finally:
-                self._procs.discard(proc)
             if proc.returncode != 0:
                 self.stats.compile_failures += 1
-                memory = out_of_memory(proc.returncode, out)
+                memory = why == "memory" or out_of_memory(proc.returncode, out)
                 self._count_failure("memory" if memory else "killed" if proc.returncode < 0 else "error")
                 if memory:
                     return self._fail(key, f"compile worker ran out of memory (its limit: {self.memory:,} bytes of "
@@ -199,6 +212,24 @@ class KernelStore:
             self.stats.compile_failures += 1
             self._count_failure("io" if isinstance(e, OSError) else "load")
             self._fail(key, f"{type(e).__name__}: {e}")
+
+    def _wait(self, proc):
+        """(its output, None) once the compile worker ends; killed past the timeout, (output, "timeout"), or
+        `MEMORY_GRACE` seconds after its address space came within 2% of its limit, (output, "memory"): numba
+        at its limit may retry allocations for minutes instead of failing."""
+        started, near = time.monotonic(), None
+        while True:
+            try:
+                return proc.communicate(timeout=1.0)[0], None
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if near is None and self.memory and _peak_bytes(proc.pid) >= 0.98 * self.memory:
+                    near = now
+                why = ("timeout" if now - started >= self.timeout else
+                       "memory" if near is not None and now - near >= MEMORY_GRACE else None)
+                if why:
+                    proc.kill()
+                    return proc.communicate()[0], why
 
     def _load_only(self, key):
         try:

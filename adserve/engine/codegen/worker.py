@@ -29,13 +29,15 @@ def out_of_memory(returncode: int, output: str) -> bool:
                                                         "cannot allocate memory"))
 
 
-def limit_memory() -> None:
+def limit_memory() -> bool:
+    """Apply `ADSERVE_COMPILE_MEMORY_BYTES` as this process's RLIMIT_AS; whether a limit was set."""
     try:
         limit = int(os.environ.get(MEMORY_ENV, "0"))
     except ValueError:
-        return
+        return False
     if limit > 0:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limit > 0
 
 
 def load(path: str, name: str):
@@ -61,13 +63,17 @@ def main():
         os.nice(int(os.environ.get("ADSERVE_COMPILE_NICE", NICE)))
     except (OSError, ValueError):
         pass
-    limit_memory()
-    threadsafe_layer()
+    limited = limit_memory()
     t = time.perf_counter()
     try:
+        threadsafe_layer()  # imports numba
         load(path, name)
-    except MemoryError:
-        print(f"MemoryError: out of memory compiling {name} (limit {os.environ.get(MEMORY_ENV)} bytes)", flush=True)
+    except (MemoryError, OSError) as e:
+        # under an address-space limit, numba's LLVM library may fail to map (an OSError) instead
+        if not isinstance(e, MemoryError) and not (limited and "shared object" in str(e)):
+            raise
+        print(f"MemoryError: out of memory compiling {name} ({type(e).__name__}: {str(e)[:300]}; limit "
+              f"{os.environ.get(MEMORY_ENV)} bytes)", flush=True)
         sys.exit(MEMORY_EXIT)
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
 
