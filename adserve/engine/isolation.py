@@ -85,8 +85,10 @@ class _Worker:
         from_child_r, from_child_w = os.pipe()
         stop_r, stop_w = os.pipe()
         fds = (to_child_r, from_child_w, stop_r)
+        # few malloc arenas: each thread's arena reserves 64 MiB of the address space the limit counts
+        env = {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
         self.proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.isolation_worker", *map(str, fds)],
-                                     pass_fds=fds)
+                                     pass_fds=fds, env=env)
         for fd in fds:
             os.close(fd)
         self.send_conn = Connection(to_child_w, readable=False)

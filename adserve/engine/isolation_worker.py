@@ -138,8 +138,10 @@ def main():
             msg = pickle.loads(recv.recv_bytes())
         except EOFError:
             return
+        except MemoryError:  # the request's own inputs do not fit
+            msg = None
         try:
-            reply = _answer(engine, functions, msg, current)
+            reply = _answer(engine, functions, msg, current) if msg is not None else ("memory", engine.out_of_memory)
         except MemoryError:
             reply = ("memory", engine.out_of_memory)
         except Exception as e:  # a bug: said, and the worker goes on
