@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -40,8 +42,9 @@ SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
           "expr": "log(x1) + x1*x2 - sin(x2)"}
 SURVEY_BODY = {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}
 INTERPRETER_STEPS = 1_000_000
-NUMBA_STEPS, NUMBA_BATCH = 100_000, 1000
+NUMBA_STEPS, NUMBA_BATCH = 100_000, 300
 PHASES = ("idle", "interpreter", "numba")
+BEGIN, END = "<!-- BEGIN ISOLATION (python -m bench.isolation --write) -->", "<!-- END ISOLATION -->"
 
 
 def loop_program(n: int, c: float) -> dict:
@@ -161,6 +164,45 @@ def table(result) -> str:
     return "\n".join(lines)
 
 
+def kept_section(path) -> str:
+    """The isolation section of an existing docs/benchmarks.md ('' if none), which `make bench` keeps."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return ""
+    m = re.search(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", text, flags=re.S)
+    return m.group(0) if m else ""
+
+
+def section(runs) -> str:
+    """The benchmarks.md section: one table per run, (label, result) each."""
+    load = os.getloadavg()[0]
+    out = [BEGIN, "## Short requests beside a long one", "",
+           "The survey example (`log(x1) + x1*x2 - sin(x2)` at (2, 5), value and gradient) asked back to back "
+           "over one keep-alive REST connection, idle and while another connection keeps a long evaluation "
+           "running: a 10^6-iteration loop on the interpreter (a new function each time), or a 10^5-iteration "
+           f"loop over a batch of {NUMBA_BATCH} points on its numba kernel. Each phase lasts "
+           f"{runs[0][1]['seconds']:g} s; the phases of a round run one after another in the same server "
+           "process, so the machine's drift hits all of them alike. `p99 / idle` compares a loaded phase with "
+           "the idle phase of the same round.", "",
+           f"Run {datetime.date.today().isoformat()}, {os.cpu_count()} cores, load average {load:.1f} at the end "
+           "(the machine was shared).", ""]
+    for label, result in runs:
+        out += [f"**{label}**", "", table(result), ""]
+    out.append(END)
+    return "\n".join(out) + "\n"
+
+
+def write(path, text) -> None:
+    doc = open(path).read() if os.path.exists(path) else ""
+    if BEGIN in doc:
+        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", lambda _: text, doc, flags=re.S)
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    with open(path, "w") as f:
+        f.write(doc)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.isolation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,14 +210,27 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each phase (default 8)")
     ap.add_argument("--timeout-ms", type=int, default=4000, help="timeout_ms of each long evaluation")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a server setting")
+    ap.add_argument("--compare", action="store_true",
+                    help="two servers, one after the other: isolation off (ADSERVE_ISOLATE_WORKERS=0), then on")
+    ap.add_argument("--write", metavar="PATH", nargs="?", const="docs/benchmarks.md",
+                    help="write the tables into PATH's isolation section (default docs/benchmarks.md)")
     args = ap.parse_args(argv)
     env = dict(e.split("=", 1) for e in args.env)
-    result = run(args.rounds, args.seconds, args.timeout_ms, env)
-    print(table(result))
-    with contextlib.suppress(Exception):
-        ratios = {p: [r[p]["p99"] / r["idle"]["p99"] for r in result["rounds"]] for p in PHASES[1:]}
-        print("p99 / idle p99, per round: " + "; ".join(f"{p} {', '.join(f'{x:.2f}' for x in v)}"
-                                                      for p, v in ratios.items()))
+    variants = ([("isolation off (ADSERVE_ISOLATE_WORKERS=0)", {**env, "ADSERVE_ISOLATE_WORKERS": "0"}),
+                 ("isolation on (the defaults)", env)] if args.compare else [("this run", env)])
+    runs = []
+    for label, e in variants:
+        print(label)
+        result = run(args.rounds, args.seconds, args.timeout_ms, e)
+        runs.append((label, result))
+        print(table(result))
+        with contextlib.suppress(Exception):
+            ratios = {p: [r[p]["p99"] / r["idle"]["p99"] for r in result["rounds"]] for p in PHASES[1:]}
+            print("p99 / idle p99, per round: " + "; ".join(f"{p} {', '.join(f'{x:.2f}' for x in v)}"
+                                                          for p, v in ratios.items()))
+    if args.write:
+        write(args.write, section(runs))
+        print(f"wrote {args.write}")
 
 
 if __name__ == "__main__":
