@@ -12,8 +12,10 @@ Each round has three phases of the same length, measured one after another in th
 * numba: another connection keeps a numba-bound evaluation running (a 10^5-iteration loop over a batch of
   points, once its kernel is compiled).
 
-Rounds repeat the three phases so that the machine's drift hits all of them alike; the table gives p50, p99
-and the maximum per phase and round, and each loaded phase's p99 over the same round's idle p99.
+Rounds repeat the three phases (in a rotating order) so that the machine's drift hits all of them alike; the
+table gives p50, p99 and the maximum per phase over all rounds, and each loaded phase's p99 over the idle
+p99: pooled, and per round (the median and range of the rounds' ratios).
+`--compare` runs it twice, isolation off then on; `--write` puts the tables into docs/benchmarks.md.
 `--env NAME=VALUE` sets server settings (e.g. `ADSERVE_ISOLATE_WORKERS=0` for no isolation).
 """
 
@@ -116,7 +118,7 @@ def summary(lat) -> dict:
             "max": float(a.max())}
 
 
-def run(rounds=3, seconds=8.0, timeout_ms=4000, env=None, log=print) -> dict:
+def run(rounds=6, seconds=4.0, timeout_ms=4000, env=None, log=print) -> dict:
     out = {"rounds": [], "env": dict(env or {}), "seconds": seconds, "timeout_ms": timeout_ms}
     with tempfile.TemporaryDirectory(prefix="adserve-iso-") as home:
         server_env = {"ADSERVE_CACHE_DIR": os.path.join(home, "cache"), "ADSERVE_LOG_LEVEL": "warning",
@@ -135,16 +137,18 @@ def run(rounds=3, seconds=8.0, timeout_ms=4000, env=None, log=print) -> dict:
             survey(c, fid, 2.0)  # warm
             for r in range(rounds):
                 row = {}
-                for phase in PHASES:
+                for phase in PHASES[r % 3:] + PHASES[:r % 3]:  # a rotating order: no phase always follows another
                     wait_until(lambda: evaluations_computing(c) == 0, 60)
                     if phase == "idle":
-                        row[phase] = summary(survey(c, fid, seconds))
+                        lat = survey(c, fid, seconds)
+                        row[phase] = {**summary(lat), "latencies": lat}
                         continue
                     with Load(s.url, phase, numba_id, timeout_ms) as load:
                         time.sleep(0.5)  # the long evaluation has started
                         lat = survey(c, fid, seconds)
                     row[phase] = summary(lat)
                     row[phase]["load"] = sorted({f"{st} {b}" for st, b, _ in load.answers})
+                    row[phase]["latencies"] = lat
                 log(f"  round {r + 1}: " + "; ".join(
                     f"{p} p50 {v['p50']:.2f} p99 {v['p99']:.2f} max {v['max']:.1f} ms (n {v['n']})"
                     + (f" load {v['load']}" if "load" in v else "") for p, v in row.items()))
@@ -153,14 +157,17 @@ def run(rounds=3, seconds=8.0, timeout_ms=4000, env=None, log=print) -> dict:
 
 
 def table(result) -> str:
-    lines = ["| round | phase | requests | p50 ms | p99 ms | max ms | p99 / idle p99 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for i, row in enumerate(result["rounds"], 1):
-        idle = row["idle"]["p99"]
-        for p in PHASES:
-            v = row[p]
-            lines.append(f"| {i} | {p} | {v['n']} | {v['p50']:.2f} | {v['p99']:.2f} | {v['max']:.1f} | "
-                         f"{v['p99'] / idle:.2f} |")
+    """One row per phase: every round's requests pooled, and the per-round p99 ratios to the same round's idle
+    p99 (their median and range)."""
+    lines = ["| phase | requests | p50 ms | p99 ms | max ms | p99 / idle p99 (all rounds) | "
+             "per round: median (min-max) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    rounds = result["rounds"]
+    idle = summary([x for r in rounds for x in r["idle"]["latencies"]])
+    for p in PHASES:
+        v = summary([x for r in rounds for x in r[p]["latencies"]])
+        ratios = [r[p]["p99"] / r["idle"]["p99"] for r in rounds]
+        lines.append(f"| {p} | {v['n']} | {v['p50']:.2f} | {v['p99']:.2f} | {v['max']:.1f} | "
+                     f"{v['p99'] / idle['p99']:.2f} | {np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
     return "\n".join(lines)
 
 
@@ -182,9 +189,11 @@ def section(runs) -> str:
            "over one keep-alive REST connection, idle and while another connection keeps a long evaluation "
            "running: a 10^6-iteration loop on the interpreter (a new function each time), or a 10^5-iteration "
            f"loop over a batch of {NUMBA_BATCH} points on its numba kernel. Each phase lasts "
-           f"{runs[0][1]['seconds']:g} s; the phases of a round run one after another in the same server "
-           "process, so the machine's drift hits all of them alike. `p99 / idle` compares a loaded phase with "
-           "the idle phase of the same round.", "",
+           f"{runs[0][1]['seconds']:g} s; the phases of a round run one after another (in a rotating order) in "
+           "the same server process, so the machine's drift hits all of them alike. The p99 ratio to idle is "
+           "given over all rounds pooled, and per round (the loaded phase against the same round's idle "
+           "phase: the median and range of the rounds). The numbers swing with the load of the (shared) "
+           "machine; the ratios are what to read.", "",
            f"Run {datetime.date.today().isoformat()}, {os.cpu_count()} cores, load average {load:.1f} at the end "
            "(the machine was shared).", ""]
     for label, result in runs:
@@ -206,8 +215,8 @@ def write(path, text) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.isolation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=8.0, help="length of each phase (default 8)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=4.0, help="length of each phase (default 4)")
     ap.add_argument("--timeout-ms", type=int, default=4000, help="timeout_ms of each long evaluation")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="a server setting")
     ap.add_argument("--compare", action="store_true",

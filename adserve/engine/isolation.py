@@ -137,7 +137,6 @@ class WorkerPool:
     def evaluate(self, fn, call: dict, meta=None, deadline=None) -> dict:
         """`Engine.evaluate(fn, **call)` in a worker: its result, or the error it raised."""
         worker = self._take(deadline)
-        self.evaluations += 1
         try:
             reply = self._call(worker, fn, call, deadline)
             if reply[0] == "unknown":  # it no longer keeps the function: send it again with its graph
@@ -161,8 +160,7 @@ class WorkerPool:
         if kind == "stopped":
             _, code, reason, what, progress = reply
             err = Stopped(code, reason, what)
-            for where in reversed(progress):
-                err.progress.insert(0, where)
+            err.progress = list(progress)
             err._describe()
             raise err
         if kind == "error":
@@ -181,7 +179,11 @@ class WorkerPool:
             # this (time.monotonic is the system's clock, the same in every process on Linux)
             limit = (deadline.expires, deadline.seconds, deadline.label)
         worker.seq += 1
-        worker.send_conn.send_bytes(pickle.dumps(("evaluate", worker.seq, fn.id, graph, call, limit), protocol=5))
+        message = pickle.dumps(("evaluate", worker.seq, fn.id, graph, call, limit), protocol=5)
+        try:
+            worker.send_conn.send_bytes(message)
+        except OSError:  # it died before this request
+            self._lost(worker, deadline)
         worker.known.add(fn.id)
         stopped_at = None
         while True:
@@ -218,9 +220,16 @@ class WorkerPool:
             while True:
                 if self._closed:
                     raise Stopped("shutting_down", "was not started: the engine is closing")
-                if self._idle:
-                    return self._idle.pop()
+                while self._idle:
+                    worker = self._idle.pop()
+                    if worker.proc.poll() is None:
+                        self.evaluations += 1
+                        return worker
+                    self._all.discard(worker)  # it died while idle (killed from outside): a fresh one
+                    self.replaced["died"] += 1
+                    worker.kill()
                 if len(self._all) < self.size:
+                    self.evaluations += 1
                     return self._start()
                 if deadline is not None and deadline.stopped:
                     raise deadline.error()

@@ -204,3 +204,31 @@ def test_a_compile_worker_out_of_memory_leaves_the_plan_on_the_interpreter(tmp_p
         assert any("memory" in why for why in backend.store.failed.values())
     finally:
         engine.close()
+
+
+def test_a_worker_killed_from_outside_while_idle_is_replaced_before_the_next_request(pool):
+    iso = Engine(isolation=pool)
+    fn = iso.compile_definition(SURVEY)
+    iso.evaluate(fn, {"x1": 2.0, "x2": 5.0})
+    (pid,) = pool.pids()
+    os.kill(pid, 9)
+    assert wait_for(lambda: gone_or_zombie(pid))
+    assert iso.evaluate(fn, {"x1": 2.0, "x2": 5.0})["value"] == pytest.approx(np.log(2) + 10 - np.sin(5))
+    assert pool.stats()["replaced"] == {"died": 1} and pool.pids() != [pid]
+
+
+def wait_for(condition, seconds=10.0):
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def gone_or_zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
