@@ -407,6 +407,11 @@ class Engine:
             self.isolation.start()
         return self.backend.preload(limit)
 
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Block until the isolation workers `preload` started have done their imports (at most `timeout`
+        seconds), so the first long request does not wait for them; True if they have (or there are none)."""
+        return self.isolation is None or self.isolation.wait_ready(timeout)
+
     def stats(self) -> dict:
         """The backend's counters as one plain dict (`backend.TierStats`' fields), and the limits in force."""
         return {**stats_dict(self.backend.stats), "limits": dataclasses.asdict(self.limits),

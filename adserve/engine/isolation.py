@@ -21,8 +21,8 @@ interpreter step costs about as much as STEP_WORK element operations. Each worke
   spend a second or more on its imports.
 
 Arrays travel pickled over a pipe (one copy each way; ~1 GB/s, so a 80 MB result adds ~0.1 s). The pool
-starts its `size` workers with the server (`start`), or on first need; a request waits for a free one
-within its deadline.
+starts its `size` workers with the server (`start`; the server listens once they are ready, `wait_ready`),
+or on first need; a request waits for a free one within its deadline.
 """
 
 from __future__ import annotations
@@ -96,7 +96,17 @@ class _Worker:
         self.stop_conn = Connection(stop_w, readable=False)  # (request number, code, reason): stop that request
         self.known: set = set()  # function ids sent to it
         self.seq = 0  # requests sent
+        self.ready = False  # it said so: its imports are done
         self.send_conn.send_bytes(pickle.dumps(spec, protocol=5))
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether it said it is ready, waiting at most `timeout` seconds for that (when nothing else reads it)."""
+        if not self.ready and self.recv_conn.poll(timeout):
+            try:
+                self.ready = pickle.loads(self.recv_conn.recv_bytes()) == ("ready",)
+            except (EOFError, OSError):
+                return False
+        return self.ready
 
     @property
     def pid(self) -> int:
@@ -189,9 +199,12 @@ class WorkerPool:
         while True:
             if worker.recv_conn.poll(POLL_SECONDS):
                 try:
-                    return pickle.loads(worker.recv_conn.recv_bytes())
+                    reply = pickle.loads(worker.recv_conn.recv_bytes())
                 except (EOFError, OSError):
                     self._lost(worker, deadline)
+                if reply != ("ready",):
+                    return reply
+                worker.ready = True
             if deadline is None or not deadline.stopped:
                 continue
             if stopped_at is None:  # it stops at its own deadline; a cancel it is told of
@@ -241,6 +254,14 @@ class WorkerPool:
             while not self._closed and len(self._all) < self.size:
                 self._idle.append(self._start())
             self._cond.notify_all()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until the idle workers have done their imports (at most `timeout` seconds); True if they have.
+        For a server's start, before it takes requests."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            idle = list(self._idle)
+        return all([w.wait_ready(max(0.0, end - time.monotonic())) for w in idle])
 
     def _start(self) -> _Worker:
         worker = _Worker(self.spec)

@@ -1,7 +1,7 @@
 """An isolated evaluation worker: `python -m adserve.engine.isolation_worker READ_FD WRITE_FD STOP_FD`.
 
 Started by isolation.py's `WorkerPool`. It reads a `WorkerSpec`, sets its memory limit (RLIMIT_AS) and
-CPU priority, builds its own engine, then answers requests one at a time, each a pickled
+CPU priority, builds its own engine and says ("ready",), then answers requests one at a time, each a pickled
 ("evaluate", request number, function id, exported graph or None, Engine.evaluate's keyword arguments, (the deadline's
 time.monotonic() expiry, seconds, label) or None). Replies are pickled tuples: ("ok", result, meta), ("stopped", code, reason, what,
 progress), ("error", class name, code, message, location), ("memory", message), ("unknown",) when it no
@@ -132,6 +132,7 @@ def main():
     except OSError:
         pass
     engine = _engine(spec)
+    send.send_bytes(pickle.dumps(("ready",)))
     functions: OrderedDict = OrderedDict()
     while True:
         try:

@@ -83,7 +83,7 @@ def test_from_settings_gives_the_isolation_workers_their_settings(tmp_path):
         assert pool.spec.memory_bytes == 700 << 20 and pool.spec.limits.max_nodes == 99
         assert pool.spec.cache_dir is None  # compile off: the workers run the interpreter too
         engine.preload()  # a server's start: the workers start
-        assert len(pool.pids()) == 2
+        assert len(pool.pids()) == 2 and engine.wait_ready(60)
     finally:
         engine.close()
     assert pool.pids() == []

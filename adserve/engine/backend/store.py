@@ -24,7 +24,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import threads
-from ..codegen.worker import MEMORY_ENV, out_of_memory
 from .interpreter import NUMBA, PARALLEL
 from .plan import is_parallel_key, plan_meta
 
@@ -167,6 +166,8 @@ class KernelStore:
 
     # -- compile and load ----------------------------------------------------
     def _compile(self, key, graph, parallel=False):
+        # imported here: `python -m` of the worker module must not find it imported by the package already
+        from ..codegen.worker import MEMORY_ENV, out_of_memory
         path = self.path(key)
         try:
             if parallel and threads.parallel_layer() is None:
