@@ -106,6 +106,10 @@ def test_short_requests_answer_while_a_long_one_runs_to_its_timeout(server, clie
     assert f"of {N:,} loop iterations" in err["message"]
     assert wait_until(lambda: computing(client) == 0, 20)
     assert metric(client, "adserve_isolated_evaluations_total") >= 1
+    shorter = {**LOOP, "program": LOOP["program"].replace(f"range({N})", "range(100000)")}  # still isolated
+    r = client.post("/v1/evaluate", json={"function": shorter, "inputs": {"x": 0.5}, "compute": ["value"]})
+    assert r.status_code == 200 and "compute;dur=" in r.headers["server-timing"]
+    assert ";desc=isolated" in r.headers["server-timing"] and r.headers["x-adserve-backend"] == "interpreter"
     assert metric(client, "adserve_isolation_workers") == 1
     assert isolation_workers(server.process.pid) == [worker]  # it stopped by itself and is kept
     check_survey(client.post(f"/v1/functions/{survey_id}/evaluate", json=AT))
