@@ -190,8 +190,9 @@ def _points(inputs, batch) -> int:
     """The batch size the inputs hold (1 without batch), for the cost estimate: the largest leading axis."""
     if not batch or not isinstance(inputs, dict):
         return 1
-    return max((len(v) for v in inputs.values() if isinstance(v, (list, tuple, np.ndarray)) and np.ndim(v)),
-               default=1)
+    sizes = [len(v) if isinstance(v, (list, tuple)) else v.shape[0] for v in inputs.values()
+             if isinstance(v, (list, tuple)) or isinstance(v, np.ndarray) and v.ndim]
+    return max(sizes, default=1)
 
 
 def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute, limits) -> dict:
