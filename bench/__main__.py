@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from . import gradbench, harness, problems, report, service
+from . import gradbench, harness, isolation, problems, report, service
 
 METHOD = """\
 How it is measured (`make bench`, {took} here):
@@ -99,7 +99,8 @@ def main(argv=None):
         print(report.tables(results, sv))
         print(f"load average (1 min) {load0[0]:.1f} at start, {load1[0]:.1f} at the end; {minutes:.1f} min")
         return 0
-    kept = gradbench.kept_section(args.out)  # written by `python -m bench.gradbench`, not by this run
+    # written by `python -m bench.gradbench` and `python -m bench.isolation --write`, not by this run
+    kept = "\n".join(k for k in (gradbench.kept_section(args.out), isolation.kept_section(args.out)) if k)
     with open(args.out, "w") as f:
         f.write("\n".join(text) + ("\n\n" + kept if kept else ""))
     print(f"wrote {args.out}" + (f" and {args.plot}" if have_plot else "") + f" in {minutes:.1f} min")

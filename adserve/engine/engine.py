@@ -23,6 +23,7 @@ from .deadline import Stopped
 from .definition import Function, compile_definition
 from .errors import EngineError, EvaluationError, LimitError, clip
 from .frontends.graph_json import graph_schema
+from .isolation import WorkerPool, WorkerSpec
 from .limits import DEFAULT_LIMITS, Limits, check_request, check_tape
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
@@ -177,8 +178,21 @@ def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=N
     try:
         return _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute, limits)
     except Stopped as err:
-        kinds = ", ".join(c for c in COMPUTE_KINDS if c in (compute if isinstance(compute, (list, tuple)) else ()))
-        raise err.about(f"the evaluation ({kinds or 'value'}) of function {fn.id}") from None
+        raise err.about(f"the evaluation ({_kinds(compute)}) of function {fn.id}") from None
+
+
+def _kinds(compute) -> str:
+    kinds = ", ".join(c for c in COMPUTE_KINDS if c in (compute if isinstance(compute, (list, tuple)) else ()))
+    return kinds or "value"
+
+
+def _points(inputs, batch) -> int:
+    """The batch size the inputs hold (1 without batch), for the cost estimate: the largest leading axis."""
+    if not batch or not isinstance(inputs, dict):
+        return 1
+    sizes = [len(v) if isinstance(v, (list, tuple)) else v.shape[0] for v in inputs.values()
+             if isinstance(v, (list, tuple)) or isinstance(v, np.ndarray) and v.ndim]
+    return max(sizes, default=1)
 
 
 def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute, limits) -> dict:
@@ -306,22 +320,36 @@ class Engine:
     # memory), so a caller that keeps results may freeze them in place instead of copying (the service does)
     RESULTS_ARE_OWNED = True
 
-    def __init__(self, backend=None, limits: Limits | None = None):
-        """`backend`: who runs plans, `backend.Interpreter()` (default) or `backend.Tiered(cache_dir)`."""
+    out_of_memory = "out of memory evaluating this request"  # the message of a MemoryError (isolation_worker's)
+
+    def __init__(self, backend=None, limits: Limits | None = None, isolation: WorkerPool | None = None):
+        """`backend`: who runs plans, `backend.Interpreter()` (default) or `backend.Tiered(cache_dir)`.
+        `isolation`: the worker processes that evaluate requests the cost model expects to be long (None: all
+        run in the calling thread)."""
         self.backend = Interpreter() if backend is None else backend
         self.limits = DEFAULT_LIMITS if limits is None else limits
+        self.isolation = isolation
 
     @classmethod
     def from_settings(cls, settings) -> Engine:
         """The engine a server's settings (`adserve.server.settings.Settings`) describe: plans run on the
         interpreter until their numba kernel, compiled in the background, is ready (unless `compile` is off);
-        the `max_*` limits that are set replace the defaults."""
+        the `max_*` limits that are set replace the defaults. Requests the cost model expects to cost at least
+        `isolate_work` run in up to `isolate_workers` worker processes (0: none), each limited to
+        `worker_memory_bytes` (isolation.py)."""
+        limits = Limits.from_settings(settings)
         if settings.compile:
             backend = Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds,
-                             python=settings.python_tier)
+                             python=settings.python_tier, compile_memory=settings.compile_memory_bytes)
         else:
             backend = Interpreter()
-        return cls(backend, Limits.from_settings(settings))
+        pool = None
+        if settings.isolate_workers > 0:
+            spec = WorkerSpec(limits, str(settings.cache_dir) if settings.compile else None, settings.compile,
+                              settings.compile_timeout_seconds, settings.python_tier, settings.compile_memory_bytes,
+                              settings.worker_memory_bytes)
+            pool = WorkerPool(spec, settings.isolate_workers, settings.isolate_work)
+        return cls(backend, limits, pool)
 
     def compile_definition(self, defn, max_depth: int | None = None) -> Function:
         """A definition (inputs and one of expr, program, graph) compiled into a `Function`; `max_depth` caps
@@ -334,7 +362,17 @@ class Engine:
 
         Every array returned is the caller's own (none is shared with the inputs, another result or the engine).
         `meta` (a dict), if given, receives which backend ran. A `deadline` (`deadline.Deadline`) stops the
-        work when it passes or is cancelled: `deadline.Stopped`, saying which function and how far it got."""
+        work when it passes or is cancelled: `deadline.Stopped`, saying which function and how far it got.
+        A request the cost model expects to be long runs in an isolation worker process, when there are some."""
+        if self.isolation is not None and self.isolation.wants(fn, compute, _points(inputs, batch)):
+            call = {"inputs": inputs, "compute": compute, "tangent": tangent, "cotangent": cotangent,
+                    "batch": batch, "wrt": wrt}
+            try:
+                return self.isolation.evaluate(fn, call, meta, deadline)
+            except Stopped as err:
+                if err.what == "the evaluation":  # stopped here, not in the worker (which names the function)
+                    err.about(f"the evaluation ({_kinds(compute)}) of function {fn.id}")
+                raise
         return evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute=self._run,
                         limits=self.limits)
 
@@ -364,16 +402,27 @@ class Engine:
         return self.backend.settle(timeout)
 
     def preload(self, limit: int = 32):
-        """Start loading the kernels used last in the background; the thread doing it, or None (nothing to do)."""
+        """Start the isolation workers, and loading the kernels used last in the background; the thread doing
+        that, or None (nothing to load)."""
+        if self.isolation is not None:
+            self.isolation.start()
         return self.backend.preload(limit)
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Block until the isolation workers `preload` started have done their imports (at most `timeout`
+        seconds), so the first long request does not wait for them; True if they have (or there are none)."""
+        return self.isolation is None or self.isolation.wait_ready(timeout)
 
     def stats(self) -> dict:
         """The backend's counters as one plain dict (`backend.TierStats`' fields), and the limits in force."""
-        return {**stats_dict(self.backend.stats), "limits": dataclasses.asdict(self.limits)}
+        return {**stats_dict(self.backend.stats), "limits": dataclasses.asdict(self.limits),
+                "isolation": None if self.isolation is None else self.isolation.stats()}
 
     def close(self) -> None:
-        """Stop background work (kernel compiles in progress)."""
+        """Stop background work (kernel compiles in progress) and the isolation workers."""
         self.backend.shutdown()
+        if self.isolation is not None:
+            self.isolation.close()
 
     def _run(self, graph, args, meta=None, deadline=None):
         try:
@@ -381,7 +430,7 @@ class Engine:
         except EngineError:
             raise
         except MemoryError:
-            raise LimitError("out of memory evaluating this request", code="too_large") from None
+            raise LimitError(self.out_of_memory, code="too_large") from None
 
 
 def _fix(a, B, batch):

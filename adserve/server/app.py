@@ -79,6 +79,10 @@ class Server:
         # they ask for the same shutdown, so a signal before uvicorn starts (or that re-raise) does not kill the drain
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: setattr(http, "should_exit", True))
+        # the isolation workers' imports (started with the engine) are done before the first request
+        engine = self.service.engine
+        if hasattr(engine, "wait_ready") and not await asyncio.to_thread(engine.wait_ready, 60.0):
+            log.warning("isolation workers not ready after 60 s; serving anyway")
         # HTTP's socket is bound here, before gRPC's: a taken port of either stops the start before anything serves
         listening = ports.bind(settings.host, settings.http_port, "HTTP")
         try:

@@ -127,11 +127,26 @@ class _ServiceCollector:
                                   "numba kernels that failed or timed out (their plans stay interpreted)",
                                   value=e["compile_failures"] + e["compile_timeouts"])
         reasons = CounterMetricFamily("adserve_compile_failures", "numba compiles that failed, by reason: timeout, "
-                                      "killed (the worker died of a signal), error, io (the cache directory is not "
+                                      "killed (the worker died of a signal), memory (it ran out of its memory limit, "
+                                      "ADSERVE_COMPILE_MEMORY_BYTES), error, io (the cache directory is not "
                                       "writable), load", labels=["reason"])
-        for reason in ("timeout", "killed", "error", "io", "load"):
+        for reason in ("timeout", "killed", "memory", "error", "io", "load"):
             reasons.add_metric([reason], e["compile_failure_reasons"].get(reason, 0))
         yield reasons
+        iso = e.get("isolation")
+        if iso is not None:
+            yield GaugeMetricFamily("adserve_isolation_workers", "Isolation worker processes running (long "
+                                    "evaluations run there; at most ADSERVE_ISOLATE_WORKERS)", value=iso["workers"])
+            yield CounterMetricFamily("adserve_isolated_evaluations", "Evaluations sent to an isolation worker "
+                                      "(however they ended)",
+                                      value=iso["evaluations"])
+            replaced = CounterMetricFamily("adserve_isolation_workers_replaced", "Isolation workers killed and "
+                                           "replaced, by reason: deadline (it had not stopped at its request's "
+                                           "deadline), cancelled (its client left, a shutdown), memory (over "
+                                           "ADSERVE_WORKER_MEMORY_BYTES), died", labels=["reason"])
+            for reason in ("deadline", "cancelled", "memory", "died"):
+                replaced.add_metric([reason], iso["replaced"].get(reason, 0))
+            yield replaced
         yield CounterMetricFamily("adserve_kernel_load_failures", "Kernels on disk that did not load (corrupt or "
                                   "truncated): set aside and compiled again", value=e["load_failures"])
         heap = self._service.heap

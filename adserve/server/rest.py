@@ -72,9 +72,10 @@ def _evaluate(service: Service, function_id: str | None, raw: bytes, deadline=No
     backend = meta.get("backend", "interpreter")
     if meta.get("cache_hit"):
         timing = ["cache;desc=hit"]
-    else:  # the kernel's variant, when it is not the serial one, as the compute entry's description
-        variant = backend.partition("-")[2]
-        timing = [f"compute;dur={meta.get('compute_ms', 0.0):.3f}" + (f";desc={variant}" if variant else "")]
+    else:  # the kernel's variant, when it is not the serial one, and an isolation worker, as its description
+        variant = " ".join(filter(None, (backend.partition("-")[2], "isolated" if meta.get("isolated") else "")))
+        timing = [f"compute;dur={meta.get('compute_ms', 0.0):.3f}" + (f";desc=\"{variant}\"" if " " in variant
+                                                                     else f";desc={variant}" if variant else "")]
     if meta.get("compile"):
         timing.append(f"compile;desc={meta['compile']}")
     timing.append(f"total;dur={(time.perf_counter() - started) * 1e3:.3f}")

@@ -24,6 +24,12 @@ def default_max_optimizers() -> int:
     return 2 * (cores or 1)
 
 
+def default_isolate_workers() -> int:
+    """Isolation workers: like compiles, long evaluations leave one usable core to short requests."""
+    from adserve.engine.backend import default_workers
+    return default_workers()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ADSERVE_", extra="ignore")
 
@@ -78,6 +84,16 @@ class Settings(BaseSettings):
                                             "over it: 429 / RESOURCE_EXHAUSTED. Default: 2 per core")
     compile_timeout_seconds: float = Field(300, gt=0, description="a numba compile longer than this is abandoned "
                                                                   "(the plan stays on the interpreter)")
+    compile_memory_bytes: int = Field(1 << 30, ge=0, description="address space (RLIMIT_AS) of a numba compile "
+                                      "worker; one that runs out leaves its plan on a lower tier. 0: no limit")
+    isolate_workers: int = Field(default_factory=default_isolate_workers, ge=0,
+                                 description="worker processes for evaluations the cost model expects to be long "
+                                             "(at least isolate_work); 0 runs every evaluation in the server "
+                                             "process. Default: one per usable core less one, at least 1")
+    isolate_work: float = Field(1e8, ge=0, description="estimated cost (element operations, an interpreter "
+                                "step counting 1,000) from which an evaluation runs in an isolation worker")
+    worker_memory_bytes: int = Field(2 << 30, ge=0, description="address space (RLIMIT_AS) of an isolation "
+                                     "worker: a request that needs more is answered 413 too_large. 0: no limit")
 
     @model_validator(mode="after")
     def _tls_pair(self):

@@ -35,13 +35,29 @@ def _source(graph, title, parallel=False):
     return kernel_module(graph, title, parallel=parallel)
 
 
+MEMORY_GRACE = 5.0  # seconds a compile worker at its memory limit has to finish or fail by itself
+
+
+def _peak_bytes(pid: int) -> int:
+    """The most address space process `pid` has held (Linux's VmPeak; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmPeak:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class KernelStore:
     LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
 
     def __init__(self, cache_dir: str, stats, compile_timeout: float = 300.0, workers: int | None = None,
-                 compile=True, parallel=True, quiet=None, on_load=None):
+                 compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30):
         """`stats`: the backend's `TierStats`, counted into. `quiet(seconds)`: waits (at most that long) for a
-        moment with no request running, before a load. `on_load(key)`: called once a module is ready."""
+        moment with no request running, before a load. `on_load(key)`: called once a module is ready.
+        `memory`: the address space (RLIMIT_AS) of a compile worker, 0 for none."""
         self.dir = os.path.join(cache_dir, "kernels")
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -49,6 +65,7 @@ class KernelStore:
             log.warning("kernel cache %s is not usable (%s): kernels will not be compiled", self.dir, e)
         self.stats = stats
         self.timeout = compile_timeout
+        self.memory = memory
         self.compile_enabled = compile
         self.parallel = parallel
         self.source = _source  # writes a plan's kernel module (tests may break it on purpose)
@@ -149,6 +166,8 @@ class KernelStore:
 
     # -- compile and load ----------------------------------------------------
     def _compile(self, key, graph, parallel=False):
+        # imported here: `python -m` of the worker module must not find it imported by the package already
+        from ..codegen.worker import MEMORY_ENV, out_of_memory
         path = self.path(key)
         try:
             if parallel and threads.parallel_layer() is None:
@@ -161,22 +180,25 @@ class KernelStore:
             t = time.perf_counter()
             # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
             # are never forked into it
+            env = {**os.environ, MEMORY_ENV: str(self.memory)}
             proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", path],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
             self._procs.add(proc)
             try:
-                out, _ = proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+                out, why = self._wait(proc)
+            finally:
+                self._procs.discard(proc)
+            if why == "timeout":
                 self.stats.compile_timeouts += 1
                 self._count_failure("timeout")
                 return self._fail(key, f"compile timed out after {self.timeout:.0f}s")
-            finally:
-                self._procs.discard(proc)
             if proc.returncode != 0:
                 self.stats.compile_failures += 1
-                self._count_failure("killed" if proc.returncode < 0 else "error")
+                memory = why == "memory" or out_of_memory(proc.returncode, out)
+                self._count_failure("memory" if memory else "killed" if proc.returncode < 0 else "error")
+                if memory:
+                    return self._fail(key, f"compile worker ran out of memory (its limit: {self.memory:,} bytes of "
+                                           f"address space, ADSERVE_COMPILE_MEMORY_BYTES): {out[-1000:]}")
                 why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
                 return self._fail(key, f"compile worker failed ({why}): {out[-2000:]}")
             seconds = time.perf_counter() - t
@@ -191,6 +213,24 @@ class KernelStore:
             self.stats.compile_failures += 1
             self._count_failure("io" if isinstance(e, OSError) else "load")
             self._fail(key, f"{type(e).__name__}: {e}")
+
+    def _wait(self, proc):
+        """(its output, None) once the compile worker ends; killed past the timeout, (output, "timeout"), or
+        `MEMORY_GRACE` seconds after its address space came within 2% of its limit, (output, "memory"): numba
+        at its limit may retry allocations for minutes instead of failing."""
+        started, near = time.monotonic(), None
+        while True:
+            try:
+                return proc.communicate(timeout=1.0)[0], None
+            except subprocess.TimeoutExpired:
+                now = time.monotonic()
+                if near is None and self.memory and _peak_bytes(proc.pid) >= 0.98 * self.memory:
+                    near = now
+                why = ("timeout" if now - started >= self.timeout else
+                       "memory" if near is not None and now - near >= MEMORY_GRACE else None)
+                if why:
+                    proc.kill()
+                    return proc.communicate()[0], why
 
     def _load_only(self, key):
         try:

@@ -4,15 +4,40 @@ Importing the module compiles its kernel (eager signature) and writes numba's
 cache beside it. A separate process can be timed out and killed, and numba's
 global compile lock never stalls the server. The worker runs at a lowered CPU
 priority (`NICE`, or `ADSERVE_COMPILE_NICE`), so a background compile takes
-only CPU time that requests leave idle.
+only CPU time that requests leave idle. Its address space is limited (RLIMIT_AS) to the bytes in
+`ADSERVE_COMPILE_MEMORY_BYTES` (set by the kernel store; 0 or unset: no limit): a compile that needs more
+exits with status MEMORY_EXIT (numba's MemoryError) or is aborted by LLVM, and `out_of_memory` tells so.
 """
 
 import importlib.util
 import os
+import resource
 import sys
 import time
 
 NICE = 10
+MEMORY_ENV = "ADSERVE_COMPILE_MEMORY_BYTES"
+MEMORY_EXIT = 3
+
+
+def out_of_memory(returncode: int, output: str) -> bool:
+    """Whether a compile worker that ended with `returncode` and printed `output` ran out of memory."""
+    if returncode == MEMORY_EXIT:
+        return True
+    text = output[-4000:].lower()
+    return returncode != 0 and any(s in text for s in ("memoryerror", "out of memory", "bad_alloc",
+                                                        "cannot allocate memory"))
+
+
+def limit_memory() -> bool:
+    """Apply `ADSERVE_COMPILE_MEMORY_BYTES` as this process's RLIMIT_AS; whether a limit was set."""
+    try:
+        limit = int(os.environ.get(MEMORY_ENV, "0"))
+    except ValueError:
+        return False
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limit > 0
 
 
 def load(path: str, name: str):
@@ -38,9 +63,18 @@ def main():
         os.nice(int(os.environ.get("ADSERVE_COMPILE_NICE", NICE)))
     except (OSError, ValueError):
         pass
-    threadsafe_layer()
+    limited = limit_memory()
     t = time.perf_counter()
-    load(path, name)
+    try:
+        threadsafe_layer()  # imports numba
+        load(path, name)
+    except (MemoryError, OSError) as e:
+        # under an address-space limit, numba's LLVM library may fail to map (an OSError) instead
+        if not isinstance(e, MemoryError) and not (limited and "shared object" in str(e)):
+            raise
+        print(f"MemoryError: out of memory compiling {name} ({type(e).__name__}: {str(e)[:300]}; limit "
+              f"{os.environ.get(MEMORY_ENV)} bytes)", flush=True)
+        sys.exit(MEMORY_EXIT)
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
 
 
