@@ -14,6 +14,7 @@ given: past it, or once it is cancelled, the work stops with `Stopped`.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -23,7 +24,8 @@ from .deadline import Stopped
 from .definition import Function, compile_definition
 from .errors import EngineError, EvaluationError, LimitError, clip
 from .frontends.graph_json import graph_schema
-from .limits import DEFAULT_LIMITS, Limits, check_request, check_tape
+from .limits import DEFAULT_LIMITS, Limits, check_bytes, check_request, check_tape
+from .memory import request_bytes
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
@@ -230,6 +232,13 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
         check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
         if fn.tape:  # the sweeps run in chunks of at most max_sweep_rows points, each with its own tape
             check_tape(fn.tape, min(B * sweeps(fn, kind, wrt), limits.max_sweep_rows), limits)
+    if req.main and req.plan is None:
+        req.plan = main_plan(fn, req.main, wrt)
+    estimated = request_bytes(fn, req.plan if req.main else None, kinds, wrt, B,
+                              _arg_elements(fn, kinds, wrt, tangent_names))
+    if meta is not None:
+        meta["estimated_bytes"] = estimated
+    check_bytes(estimated, limits)
     if deadline is not None:
         deadline.check()
 
@@ -275,6 +284,17 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
     if "trace" in kinds:
         out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline)
     return out
+
+
+def _arg_elements(fn, kinds, wrt, tangent_names) -> int:
+    """Elements of one point's inputs, tangents and cotangent."""
+    shapes = fn.input_shapes
+    n = sum(math.prod(s) for s in shapes.values())
+    if kinds & {"jvp", "hvp", "trace"}:
+        n += sum(math.prod(shapes[t]) for t in tangent_names)
+    if kinds & {"vjp", "trace"}:
+        n += math.prod(fn.output_shape)
+    return n
 
 
 def _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline=None):
