@@ -132,6 +132,9 @@ class _ServiceCollector:
         for reason in ("timeout", "killed", "error", "io", "load"):
             reasons.add_metric([reason], e["compile_failure_reasons"].get(reason, 0))
         yield reasons
+        yield CounterMetricFamily("adserve_compile_retries", "numba compiles tried once more after their worker "
+                                  "was killed (a second death leaves the plan on the lower tiers)",
+                                  value=e["compile_retries"])
         yield CounterMetricFamily("adserve_kernel_load_failures", "Kernels on disk that did not load (corrupt or "
                                   "truncated): set aside and compiled again", value=e["load_failures"])
         heap = self._service.heap
