@@ -5,8 +5,8 @@ it keeps every value of a plan until the plan ends, each with a leading axis of 
 size, or the batch times the basis of a Jacobian or Hessian sweep) or of 1 (a value computed only from
 literals and inputs shared by every row). So a plan's peak is the sum of its values, the literals it
 materialises, and the largest temporary of one operation on the way (TEMP_FACTOR times its largest operand or
-result). Structured operations hold more: a `loop` keeps one iteration's body at a time, and its stacked
-outputs twice at its end (a list of rows, then the stack): this is the tape of a `for` loop under reverse mode;
+result). Structured operations hold more: a `loop` keeps one iteration's body at a time beside its stacked
+outputs (filled in place: the tape of a `for` loop under reverse mode);
 a `while` loop copies its carries to every row and, with a tape, keeps a row per iteration it may run (its
 declared `max_iter`) twice; a branch taken by some rows but not others copies its operands' rows.
 The compiled tiers keep less (one point's intermediates at a time), so the estimate bounds them too.
@@ -27,8 +27,7 @@ from .ir import Lit, Var
 
 F64 = 8
 TEMP_FACTOR = 2       # one operation's temporaries (NumPy broadcasts, masks, reductions) / its largest array
-ROW_BYTES = 160        # one row of a stacked loop output or while tape, beyond its data: the array object, list entry
-ITERATION_BYTES = 512  # a loop iteration's list of outputs in a dict (resized as it grows), kept until the stack
+ROW_BYTES = 160        # one row of a while loop's tape, beyond its data: the array object and its list entry
 ANSWER_BYTES = 48     # per result element: its JSON text (<= 25 bytes) or gRPC's Python float list (32 + 8)
 MiB = 1 << 20
 
@@ -90,9 +89,10 @@ def _loop(e, ins, b) -> _Cost:
     consts, xs = ins[:n_consts], ins[n_consts + n_carry:]
     body = p["body"]
     row, one = plan_bytes(body, [False, *consts, *[b] * n_carry, *xs])
-    ys = body.outputs[n_carry:]
-    c = _Cost(row, one + p["length"] * (ITERATION_BYTES + ROW_BYTES * len(ys)) if ys else one)
-    c.add(F64 * p["length"] * sum(_size(a) for a in ys), b)  # the list of rows before the stack
+    # the stacked outputs (the tape, under reverse mode) are the loop's outputs, filled in place; a row shared by
+    # every point that becomes one per point is copied once: counted as a second stack
+    c = _Cost(row, one)
+    c.add(F64 * p["length"] * sum(_size(a) for a in body.outputs[n_carry:]), b)
     return c
 
 
