@@ -24,8 +24,8 @@ from .deadline import Stopped
 from .definition import Function, compile_definition
 from .errors import EngineError, EvaluationError, LimitError, clip
 from .frontends.graph_json import graph_schema
-from .limits import DEFAULT_LIMITS, Limits, check_bytes, check_request, check_tape
-from .memory import request_bytes
+from .limits import DEFAULT_LIMITS, Limits, check_bytes, check_request, check_steps, check_tape
+from .memory import request_bytes, request_plans, request_steps
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
@@ -234,6 +234,10 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
             check_tape(fn.tape, min(B * sweeps(fn, kind, wrt), limits.max_sweep_rows), limits)
     if req.main and req.plan is None:
         req.plan = main_plan(fn, req.main, wrt)
+    steps = request_steps(fn, request_plans(fn, req.plan if req.main else None, kinds, wrt))
+    if meta is not None:
+        meta["steps"] = steps
+    check_steps(steps, limits)
     estimated = request_bytes(fn, req.plan if req.main else None, kinds, wrt, B,
                               _arg_elements(fn, kinds, wrt, tangent_names))
     if meta is not None:

@@ -28,6 +28,7 @@ from .ir import Lit, Var
 F64 = 8
 TEMP_FACTOR = 2       # one operation's temporaries (NumPy broadcasts, masks, reductions) / its largest array
 ROW_BYTES = 160        # one row of a while loop's tape, beyond its data: the array object and its list entry
+REQUEST_BYTES = 1 << 20  # a request's fixed share: Python objects, plan bookkeeping, small temporaries
 ANSWER_BYTES = 48     # per result element: its JSON text (<= 25 bytes) or gRPC's Python float list (32 + 8)
 MiB = 1 << 20
 
@@ -140,12 +141,29 @@ def _plan_cost(fn, key, graph, batched) -> tuple:
     return fn.plan(("bytes", key, id(graph), tuple(batched)), lambda: plan_bytes(graph, batched))
 
 
+def request_plans(fn, main, kinds, wrt) -> list:
+    """The plan graphs a request runs: its main plan, then a Jacobian's or Hessian's sweep plan."""
+    from .plans import jacobian_plan, main_plan
+    graphs = [] if main is None else [main[0]]
+    if "jacobian" in kinds:
+        graphs.append(jacobian_plan(fn, wrt)[0])
+    if "hessian" in kinds:
+        graphs.append(main_plan(fn, frozenset({"hvp"}), wrt)[0])
+    return graphs
+
+
+def request_steps(fn, graphs) -> int:
+    """Operation executions of one run of each plan (the interpreter's dispatches; loops multiply bodies)."""
+    from .limits import cost
+    return sum(fn.plan(("cost", id(g)), lambda g=g: cost(g))[0] for g in graphs)
+
+
 def request_bytes(fn, main, kinds, wrt, B: int, n_args: int) -> int:
     """Estimated peak bytes of a request on `fn`: `main` is its main plan's (graph, order) or None, `kinds`
     what it computes, `wrt` the inputs differentiated, `B` its batch size (1 without batch), `n_args` the
     elements of one point's inputs, tangents and cotangent."""
     from .plans import jacobian_plan, sweeps
-    total = 2 * F64 * n_args * B  # decoded, then batched as float64
+    total = REQUEST_BYTES + 2 * F64 * n_args * B  # inputs decoded, then batched as float64
     answer = 0
     if main is not None:
         graph, order = main
