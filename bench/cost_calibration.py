@@ -291,7 +291,8 @@ def fit(record, kind, tiers):
 
 def report(record):
     limits = Limits()
-    out = {"worst": {k: {"ratio": v[0], **v[1]} for k, v in record.worst.items()}, "fits": {}, "memory": []}
+    out = {"worst": {k: {"ratio": v[0], **v[1]} for k, v in record.worst.items()}, "fits": {}, "memory": [],
+           "rows": record.rows}
     print("\n| tier | kind | seconds per step (worst) | seconds per work unit (worst) | at max_request_steps | "
           "at max_request_work |")
     print("| --- | --- | --- | --- | --- | --- |")
