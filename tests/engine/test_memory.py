@@ -133,3 +133,28 @@ def test_a_batch_counts_per_point():
     assert meta["estimated_bytes"] < 64 * MiB
     message = _refused(small, fn, {"x": np.zeros((1000, 10_000))}, ["gradient"], batch=True)
     assert "64 MiB" in message
+
+
+@pytest.mark.parametrize("name", ["batch gradient", "batch jacobian", "branch batch"])
+def test_the_estimate_kept_per_request_form_is_the_estimate_at_every_batch_size(name):
+    """The engine keeps a request form's estimate as a line in B (from two batch sizes): it is exact."""
+    from adserve.engine.engine import _arg_elements
+    from adserve.engine.memory import request_bytes
+    inputs, body, compute, extra, B = CASES[name]
+    engine = Engine(limits=WIDE)
+    fn = engine.compile_definition(_definition(inputs, body))
+    for b in (1, 2, 7, B, 5000):
+        args, kw = _request(fn, compute, extra, b if b > 1 else None)
+        meta = {}
+        engine.limits = WIDE.updated(max_request_bytes=1)  # refused after the estimate: nothing runs
+        with pytest.raises(LimitError):
+            engine.evaluate(fn, args, compute, batch=b > 1, meta=meta, **kw)
+        req = _request_form(fn, compute)
+        want = request_bytes(fn, req.plan if req.main else None, req.kinds, req.wrt, b,
+                             _arg_elements(fn, req.kinds, req.wrt, req.wrt))
+        assert meta["estimated_bytes"] == want, b
+
+
+def _request_form(fn, compute):
+    from adserve.engine.engine import _request
+    return _request(fn, compute, None)
