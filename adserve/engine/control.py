@@ -53,25 +53,25 @@ def _loop_shape(*shapes, body, length, n_consts, n_carry, reverse):
 
 def _loop_impl(*args, body, length, n_consts, n_carry, reverse, deadline=None):
     consts, carry, xs = _split(args, n_consts, n_carry)
-    ys = {}
+    y_avals = body.outputs[n_carry:]
+    # each stacked output is one array, filled in place: a loop's tape costs its data and nothing per iteration
+    stacked = [np.zeros((1, length, *a.shape)) for a in y_avals] if not length else None
     done = 0
     try:
         for k in (range(length - 1, -1, -1) if reverse else range(length)):
             if deadline is not None and deadline.stopped:  # also between iterations of a body with no equations
                 raise deadline.error()
             outs = run_nested(body, [np.array([float(k)]), *consts, *carry, *[x[:, k] for x in xs]], deadline)
-            carry, ys[k] = outs[:n_carry], outs[n_carry:]
+            carry, ys = outs[:n_carry], outs[n_carry:]
+            if stacked is None:
+                stacked = [np.empty((y.shape[0], length, *a.shape)) for y, a in zip(ys, y_avals)]
+            for j, y in enumerate(ys):
+                if y.shape[0] > stacked[j].shape[0]:  # a row shared so far becomes one per point
+                    stacked[j] = np.array(np.broadcast_to(stacked[j], (y.shape[0], *stacked[j].shape[1:])))
+                stacked[j][:, k] = y
             done += 1
     except Stopped as err:
         raise err.inside("loop", done, length, None) from None
-    y_avals = body.outputs[n_carry:]
-    stacked = []
-    for j, a in enumerate(y_avals):
-        if length == 0:
-            stacked.append(np.zeros((1, 0, *a.shape)))
-            continue
-        b = max(ys[k][j].shape[0] for k in ys)
-        stacked.append(np.stack([np.broadcast_to(ys[k][j], (b, *a.shape)) for k in range(length)], axis=1))
     return [*carry, *stacked]
 
 

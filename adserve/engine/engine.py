@@ -14,6 +14,7 @@ given: past it, or once it is cancelled, the work stops with `Stopped`.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -24,7 +25,8 @@ from .definition import Function, compile_definition
 from .errors import EngineError, EvaluationError, LimitError, clip
 from .frontends.graph_json import graph_schema
 from .isolation import WorkerPool, WorkerSpec
-from .limits import DEFAULT_LIMITS, Limits, check_request, check_tape
+from .limits import DEFAULT_LIMITS, Limits, check_bytes, check_request, check_steps, check_tape
+from .memory import request_bytes, request_plans, request_steps
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
@@ -111,7 +113,7 @@ _F64 = np.dtype(np.float64)
 class _Request:
     """What a request's `compute` and `wrt` settle, checked once per function and kept (see `_request`)."""
 
-    __slots__ = ("kinds", "limit_kinds", "main", "plan", "sweep_kinds", "wrt")
+    __slots__ = ("bytes", "kinds", "limit_kinds", "main", "plan", "steps", "sweep_kinds", "wrt")
 
     def __init__(self, fn, compute, wrt):
         if isinstance(compute, str) or not isinstance(compute, (list, tuple)):
@@ -127,6 +129,7 @@ class _Request:
             raise EvaluationError(f"{scalar_only[0]} needs a scalar output, but this function's output has shape "
                                   f"{list(fn.output_shape)} (use vjp or jacobian)", code="not_scalar")
         self.kinds, self.wrt, self.main, self.plan = kinds, wrt, kinds & _MAIN_KINDS, None
+        self.steps, self.bytes = None, {}  # its plans' steps; its peak bytes as a line in B (see _peak_bytes)
         self.limit_kinds = kinds - {"jacobian", "hessian"}
         self.sweep_kinds = sorted(kinds & {"jacobian", "hessian"})
 
@@ -244,6 +247,15 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
         check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
         if fn.tape:  # the sweeps run in chunks of at most max_sweep_rows points, each with its own tape
             check_tape(fn.tape, min(B * sweeps(fn, kind, wrt), limits.max_sweep_rows), limits)
+    if req.main and req.plan is None:
+        req.plan = main_plan(fn, req.main, wrt)
+    if req.steps is None:
+        req.steps = request_steps(fn, request_plans(fn, req.plan if req.main else None, kinds, wrt))
+    check_steps(req.steps, limits)
+    estimated = _peak_bytes(fn, req, B, tangent_names)
+    if meta is not None:
+        meta["steps"], meta["estimated_bytes"] = req.steps, estimated
+    check_bytes(estimated, limits)
     if deadline is not None:
         deadline.check()
 
@@ -289,6 +301,35 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
     if "trace" in kinds:
         out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline)
     return out
+
+
+def _peak_bytes(fn, req, B, tangent_names) -> int:
+    """`memory.request_bytes` of the request form `req` on a batch of B, kept per form as a line in B (exact:
+    every term is linear in B from B = 2 on, where inputs stop being shared by a sweep's rows)."""
+    key = 1 if B == 1 else 2
+    line = req.bytes.get(key)
+    if line is None:
+        def at(b):
+            return request_bytes(fn, req.plan if req.main else None, req.kinds, req.wrt, b,
+                                 _arg_elements(fn, req.kinds, req.wrt, tangent_names))
+        if B == 1:
+            line = (0, at(1))
+        else:
+            two, three = at(2), at(3)
+            line = (three - two, 3 * two - 2 * three)
+        req.bytes[key] = line
+    return line[0] * B + line[1]
+
+
+def _arg_elements(fn, kinds, wrt, tangent_names) -> int:
+    """Elements of one point's inputs, tangents and cotangent."""
+    shapes = fn.input_shapes
+    n = sum(math.prod(s) for s in shapes.values())
+    if kinds & {"jvp", "hvp", "trace"}:
+        n += sum(math.prod(shapes[t]) for t in tangent_names)
+    if kinds & {"vjp", "trace"}:
+        n += math.prod(fn.output_shape)
+    return n
 
 
 def _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline=None):

@@ -37,6 +37,11 @@ class Limits:
     max_expr_depth: int = 400          # nesting of an expr or program (expression and statement levels)
     max_sweep_rows: int = 200_000      # batch points x basis vectors in one Jacobian/Hessian sweep
     max_while_iterations: int = 100_000  # iterations of one while loop (it runs at most this often)
+    max_request_bytes: int = 512 << 20   # estimated peak memory of one request (memory.py), answer included
+    # operation executions of a request's plans (its derivatives included): 10x max_steps, what an HVP of a
+    # function at max_steps runs, so it refuses nothing registration admitted; the deadline bounds the time
+    # (docs/security.md gives the value that fits 30 s on the interpreter)
+    max_request_steps: int = 50_000_000
 
     def updated(self, **kw) -> Limits:
         """These limits with the given ones replaced; a None or an unknown name leaves a limit as it is."""
@@ -47,7 +52,7 @@ class Limits:
     @classmethod
     def from_settings(cls, settings) -> Limits:
         """The defaults, with each limit the settings set (`settings.max_nodes` and so on; None: unset)."""
-        return cls().updated(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+        return cls().updated(**{f.name: getattr(settings, f.name, None) for f in fields(cls)})
 
 
 DEFAULT_LIMITS = Limits()
@@ -169,3 +174,24 @@ def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limi
     if total > limits.max_request_work:
         _over("the estimated element operations of this request (work x batch x derivative sweeps)", total,
               limits.max_request_work)
+
+
+def check_bytes(estimate: int, limits: Limits = DEFAULT_LIMITS):
+    """Refuse, before it runs, a request whose estimated peak memory (memory.py) is over `max_request_bytes`."""
+    if estimate > limits.max_request_bytes:
+        mib = 1 << 20
+        raise LimitError(f"this request needs an estimated {estimate / mib:,.0f} MiB at its peak (its plans' values "
+                         f"and tapes, batch copies, results and the answer), over the limit of "
+                         f"{limits.max_request_bytes / mib:,.0f} MiB (ADSERVE_MAX_REQUEST_BYTES; "
+                         f"{estimate / limits.max_request_bytes:.1f}x): ask for less at once (a smaller batch, "
+                         f"fewer inputs in 'wrt', hvp instead of hessian)", code="request_too_large")
+
+
+def check_steps(steps: int, limits: Limits = DEFAULT_LIMITS):
+    """Refuse a request whose plans (the value and the derivatives asked for, as run) execute more operations
+    than `max_request_steps`: the interpreter pays each one (bench/cost_calibration.py)."""
+    if steps > limits.max_request_steps:
+        raise LimitError(f"this request runs {steps:,} operation executions (its value and derivatives, loops "
+                         f"multiplying their bodies), over the limit of {limits.max_request_steps:,} "
+                         f"(ADSERVE_MAX_REQUEST_STEPS; {steps / limits.max_request_steps:.1f}x)",
+                         code="limit_exceeded")

@@ -127,12 +127,21 @@ def _basis(fn, wrt, B):
             for nm, o, s in zip(wrt, offsets, sizes)]
 
 
+def jacobian_plan(fn, wrt):
+    """(graph, basis size, reverse) of a Jacobian: one VJP per output component (reverse) or one JVP per
+    input component (forward), whichever is fewer."""
+    n, m = _layout(fn, wrt)[1][-1], math.prod(fn.output_shape)
+    if m <= n:
+        return fn.plan(("vjp", wrt), lambda: vjp_graph(fn.graph, _mask(fn, wrt), [True])), m, True
+    return fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))[0], n, False
+
+
 def jacobian(fn, xs, B, wrt, run, max_rows):
     sizes, offsets = _layout(fn, wrt)
     n, m, out = offsets[-1], math.prod(fn.output_shape), fn.output_shape
     if m <= n:  # reverse: one VJP per output component
         _guard(B, m, max_rows)
-        g = fn.plan(("vjp", wrt), lambda: vjp_graph(fn.graph, _mask(fn, wrt), [True]))
+        g = jacobian_plan(fn, wrt)[0]
         basis = np.tile(np.eye(m).reshape(m, *out), (B,) + (1,) * len(out))
         res = run(g, _repeat(xs, B, m) + [basis])[1:]
         return {nm: full(r, B * m).reshape(B, *out, *fn.input_shapes[nm]) for nm, r in zip(wrt, res)}

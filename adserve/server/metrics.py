@@ -147,6 +147,9 @@ class _ServiceCollector:
             for reason in ("deadline", "cancelled", "memory", "died"):
                 replaced.add_metric([reason], iso["replaced"].get(reason, 0))
             yield replaced
+        yield CounterMetricFamily("adserve_compile_retries", "numba compiles tried once more after their worker "
+                                  "was killed (a second death leaves the plan on the lower tiers)",
+                                  value=e["compile_retries"])
         yield CounterMetricFamily("adserve_kernel_load_failures", "Kernels on disk that did not load (corrupt or "
                                   "truncated): set aside and compiled again", value=e["load_failures"])
         heap = self._service.heap

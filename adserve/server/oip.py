@@ -29,7 +29,7 @@ from . import oip_codec, tensors
 from .errors import BAD_REQUEST, TOO_LARGE, ServiceError
 from .oip_codec import Model
 from .service import Service
-from .web import JSONOut, RawBody, ServiceDep, document, parse_json, security
+from .web import JSONOut, RawBody, ServiceDep, document, parse_json, security, stoppable_call
 
 PREFIX = "/v2"
 DOCUMENT_DESCRIPTION = (
@@ -144,8 +144,8 @@ async def model_ready(name: str, service: ServiceDep, version: str = ""):
 async def infer(name: str, request: Request, raw: RawBody, service: ServiceDep, version: str = ""):
     raw = _inflate(raw, request.headers.get("content-encoding", "identity"),
                    request.app.state.settings.max_body_bytes)
-    body, headers = await run_in_threadpool(_infer, service, name, version, raw,
-                                            request.headers.get(HEADER_LENGTH))
+    body, headers = await stoppable_call(request, service, _infer, name, version, raw,
+                                         request.headers.get(HEADER_LENGTH))
     return Response(body, headers=headers, media_type=headers.pop("content-type"))
 
 

@@ -55,9 +55,9 @@ Transform.__doc__ = "A transform whose generated source GET /v1/functions/{funct
 ERROR_CODES = (
     "malformed_json", "function_not_found", "unknown_tensor", "invalid_name", "invalid_parameter", "not_found",
     "method_not_allowed", "unauthenticated", "body_too_large", "text_too_long", "too_deep", "batch_too_large",
-    "limit_exceeded", "rate_limited", "too_many_optimizers", "invalid_evaluation", "invalid_definition",
+    "limit_exceeded", "request_too_large", "rate_limited", "too_many_optimizers", "invalid_evaluation", "invalid_definition",
     "invalid_request", "unknown_field", "missing_field", "invalid_field", "invalid_compute", "invalid_tensor",
-    "unknown_transform", "syntax_error", "shape_mismatch", "while_limit", "cancelled", "shutting_down",
+    "unknown_transform", "syntax_error", "shape_mismatch", "while_limit", "cancelled", "shutting_down", "registry_unavailable",
     "deadline_exceeded", "internal_error")
 ErrorCode = Enum("ErrorCode", {k: k for k in ERROR_CODES}, type=str)
 ErrorCode.__doc__ = "The error codes clients act on; others (the engine's own) may appear: see the message."

@@ -40,7 +40,7 @@ from adserve.engine.errors import EngineError, LimitError
 
 from . import evaluation, optimize, tenancy, tensors
 from .cache import LRU, result_nbytes
-from .errors import NOT_FOUND, TIMED_OUT, TOO_LARGE, UNPROCESSABLE, ServiceError, stopped
+from .errors import NOT_FOUND, TIMED_OUT, TOO_LARGE, UNAVAILABLE, UNPROCESSABLE, ServiceError, stopped
 from .heap import NoKeeper
 from .held import HeldTensors
 from .registry import Registry, page, split_name
@@ -246,6 +246,14 @@ class Service:
         fn = None
         if function_id is not None:
             fn = self._functions.get(function_id) or self._fetch(tenant, function_id)
+        if fn is None and self._shared is not None and not self._shared.up:
+            # Redis may hold it (registered on another replica), and this replica cannot ask: not a 404
+            err = ServiceError(UNAVAILABLE, "registry_unavailable",
+                               f"no function with id {target[:100]!r}, nor one named so, is known to this replica, "
+                               "and the shared registry (Redis) is unreachable, so it cannot tell whether another "
+                               f"replica registered it; retry in {self._shared.probe_interval:g} s")
+            err.retry_after = self._shared.probe_interval  # the breaker's next look at Redis
+            raise err
         if fn is None:
             raise ServiceError(NOT_FOUND, "function_not_found",
                                f"no function with id {target[:100]!r}, nor one named so; "

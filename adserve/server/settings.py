@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     max_sweep_rows: int | None = Field(None, gt=0, description="derivative sweeps of one jacobian/hessian request")
     max_while_iterations: int | None = Field(None, gt=0, description="iterations of one while loop (default "
                                              "100000); past it the evaluation stops with 422 while_limit")
+    max_request_steps: int | None = Field(None, gt=0, description="operation executions of one request's plans "
+                                          "(value and derivatives as run, loops multiplying their bodies)")
+    max_request_bytes: int | None = Field(None, gt=0, description="estimated peak memory of one evaluation "
+                                          "request (plans' values, reverse-mode tapes, batch copies, results and "
+                                          "the answer; default 512 MiB); over it: 413 request_too_large")
     max_optimizers: int = Field(default_factory=default_max_optimizers, gt=0,
                                 description="Minimize runs (REST and gRPC) in flight at once in this process; "
                                             "over it: 429 / RESOURCE_EXHAUSTED. Default: 2 per core")

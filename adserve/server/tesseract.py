@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from . import status, tensors
 from .tesseract_schema import FORMATS, OUTPUT, SUMMARIES, differentiable, input_schema, openapi, output_schema
 from .errors import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError
-from .web import JSONOut, parse_json, read_body
+from .web import JSONOut, parse_json, read_body, stoppable_call
 
 PREFIX = "/tesseract"
 # dtypes an input array may arrive in: every one converts to float64 without surprise
@@ -274,10 +274,10 @@ async def _post(request: Request, name: str, endpoint) -> JSONOut:
         raw = await read_body(request)
         service, accept = request.app.state.service, request.headers.get("accept")
 
-        def work():
+        def work(service):
             info = _model(service, name)
             return endpoint(service, info, parse_json(raw), accept)
-        return JSONOut(await run_in_threadpool(work))
+        return JSONOut(await stoppable_call(request, service, work))
     except ServiceError as e:
         return _answer(e)
 

@@ -26,11 +26,10 @@ import math
 
 import numpy as np
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from . import status, tensors
 from .errors import BAD_REQUEST, NOT_FOUND, RATE_LIMITED, TOO_LARGE, UNAUTHENTICATED, UNPROCESSABLE, ServiceError
-from .web import JSONOut, parse_json, read_body
+from .web import JSONOut, parse_json, read_body, stoppable_call
 
 PREFIX = "/umbridge"
 PROTOCOL_VERSION = 1.0
@@ -224,7 +223,7 @@ async def _call(request: Request, call) -> JSONOut:
     try:
         raw = await read_body(request)
         service = request.app.state.service
-        return JSONOut(await run_in_threadpool(lambda: call(service, _body(raw))))
+        return JSONOut(await stoppable_call(request, service, lambda s: call(s, _body(raw))))
     except ServiceError as e:
         return _answer(e)
 

@@ -122,6 +122,28 @@ async def stoppable(request: Request, work, *args):
         token.close()
 
 
+class Cancellable:
+    """A service whose evaluations run under one request's cancel token (`stoppable`'s), for adapters whose
+    helpers call `service.evaluate` further down (the peer protocols): everything else is the service's."""
+
+    __slots__ = ("_service", "_token")
+
+    def __init__(self, service, token):
+        self._service, self._token = service, token
+
+    def evaluate(self, target, body, meta=None, deadline=None):
+        return self._service.evaluate(target, body, meta, self._token if deadline is None else deadline)
+
+    def __getattr__(self, name):
+        return getattr(self._service, name)
+
+
+async def stoppable_call(request: Request, service, work, *args):
+    """`work(service, *args)` as `stoppable` runs it: its evaluations stop when the client disconnects or the
+    shutdown's grace period ends."""
+    return await stoppable(request, lambda *a: work(Cancellable(service, a[-1]), *a[:-1]), *args)
+
+
 def _service(request: Request) -> Service:
     return request.app.state.service
 

@@ -14,6 +14,7 @@ The loop's HVP runs for a minute or more on the interpreter, so "back to 0 withi
 (a bound against hanging, not a timing measurement).
 """
 
+import json
 import re
 import signal
 import threading
@@ -76,6 +77,28 @@ def test_a_client_that_gives_up_stops_its_evaluation(server, client, loop_id):
     with httpx.Client(base_url=server.url, timeout=0.5) as impatient:
         with pytest.raises(httpx.TimeoutException):
             impatient.post(f"/v1/functions/{loop_id}/evaluate", json=HVP)
+    assert wait_until(lambda: computing(client) == 0, 20)
+
+
+def _scalar(name, v):
+    return {"name": name, "shape": [1], "datatype": "FP64", "data": [v]}
+
+
+PEERS = {  # a peer protocol's call that computes the loop's HVP, by path (the function named by {id})
+    "umbridge": ("/umbridge/ApplyHessian", {"name": "{id}", "input": [[0.5]], "config": {}, "outWrt": 0,
+                                            "inWrt1": 0, "inWrt2": 0, "sens": [1.0], "vec": [1.0]}),
+    "oip": ("/v2/models/{id}/infer", {"inputs": [_scalar("x", 0.5), _scalar("tangent.x", 1.0)],
+                                       "outputs": [{"name": "hvp.x"}]}),
+}
+
+
+@pytest.mark.parametrize("peer", sorted(PEERS))
+def test_a_peer_protocol_client_that_gives_up_stops_its_evaluation(server, client, loop_id, peer):
+    path, body = PEERS[peer]
+    body = json.loads(json.dumps(body).replace("{id}", loop_id))
+    with httpx.Client(base_url=server.url, timeout=0.5) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            impatient.post(path.replace("{id}", loop_id), json=body)
     assert wait_until(lambda: computing(client) == 0, 20)
 
 
@@ -155,7 +178,10 @@ def test_a_compiled_kernel_stops_at_timeout_ms_too(tmp_path):
     """With compiles on, once the loop's HVP kernel is ready (a single point answered by numba), a batch that
     would take the kernel many seconds is stopped inside it at timeout_ms: 504, and a quick request right
     after is answered."""
-    env = {**ENV, "ADSERVE_COMPILE": "true", "ADSERVE_CACHE_DIR": str(tmp_path)}
+    # the batch's HVP tapes 200 x 1,000,000 iterations: ~6 GB were the interpreter to run it, which the memory
+    # limit refuses (the kernel holds one point's tape at a time); this test is about the kernel's stop
+    env = {**ENV, "ADSERVE_COMPILE": "true", "ADSERVE_CACHE_DIR": str(tmp_path),
+           "ADSERVE_MAX_REQUEST_BYTES": str(16 << 30)}
     with running_server(tmp_path / "server.log", env=env) as server, httpx.Client(base_url=server.url, timeout=60) as c:
         fid = c.post("/v1/functions", json=LOOP).json()["id"]
         url = f"/v1/functions/{fid}/evaluate"

@@ -19,6 +19,7 @@ from adserve.engine.backend import plan as plan_module
 from adserve.engine.codegen.module import kernel_module
 from adserve.engine.codegen.python import PythonKernel
 from adserve.engine.deadline import _WATCHDOG, Deadline, Stopped
+from adserve.engine.limits import Limits
 
 N = 1_000_000
 LOOP = {"inputs": [{"name": "x", "shape": []}],
@@ -236,6 +237,12 @@ def compiled(long_loop):
     t.shutdown()
 
 
+def _kernel_engine(t):
+    """An engine on `t` whose memory limit admits the long batches here: their HVP tapes would take ~12 GB were
+    the interpreter to run them (the estimate is the interpreter's), and the kernel keeps one point's at a time."""
+    return Engine(t, limits=Limits(max_request_bytes=32 << 30))
+
+
 def _hvp_args(points):
     return [np.full(points, 0.5), np.ones(points)]
 
@@ -253,7 +260,7 @@ def _stopped_inside(err, tier, points):
 def test_a_numba_kernel_stops_at_its_deadline(compiled, long_loop):
     t, graph = compiled
     baseline = set(threading.enumerate())
-    engine = Engine(t)
+    engine = _kernel_engine(t)
     x, v = _hvp_args(POINTS)
     meta = {}
     with Deadline(0.3, "timeout_ms 300") as d, pytest.raises(Stopped) as stopped:
@@ -268,7 +275,7 @@ def test_a_numba_kernel_stops_at_its_deadline(compiled, long_loop):
 @pytest.mark.timeout(1200)
 def test_a_numba_kernel_stops_when_cancelled_from_another_thread(compiled, long_loop):
     t, graph = compiled
-    engine = Engine(t)
+    engine = _kernel_engine(t)
     x, v = _hvp_args(POINTS)
     d = Deadline()  # no time limit: only a cancel stops it
     outcome = {}

@@ -152,3 +152,16 @@ def test_domain_errors_are_answered_by_the_interpreter_and_soon_leave_it_there(l
         assert tier == "interpreter" and np.isnan(out["value"])
     assert lower.stats()["python_declined"] == lower.backend.python.PYTHON_DECLINES
     assert _ask(lower, fn, np.array([1.5, 3.0]))[1] == "interpreter"  # declined too often: the interpreter from now on
+
+
+@pytest.mark.parametrize("expr", ["sum(sin(x) * 2)", "sum(x * x)", "sum(matmul(transpose(x), x))"])
+def test_an_empty_axis_beside_a_long_one_runs_no_loop(expr):
+    """A [50,000,000 x 0] input has no elements: its kernel loops over none (it used to run the long axis with
+    an empty loop inside: about 15 s in the python tier), on the python tier and in numba's source alike, and
+    answers as the interpreter: a zero value and an empty gradient."""
+    n = 50_000_000
+    fn = Engine().compile_definition({"inputs": [{"name": "x", "shape": [n, 0]}], "expr": expr})
+    graph, _ = main_plan(fn, {"value", "gradient"})
+    source = kernel_module(graph, "empty axis", python=True)
+    assert f"range({n})" not in source
+    assert python_or_declined(graph, [np.zeros((1, n, 0))], "empty axis")

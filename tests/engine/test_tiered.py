@@ -4,6 +4,7 @@ kernels on disk preloaded at start.
 Kernels of the first test are cached under ~/.cache (as in test_codegen), so reruns skip numba's compile."""
 
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import threading
@@ -248,3 +249,49 @@ class YieldingInt(int):
     def __sub__(self, other):
         time.sleep(0)
         return YieldingInt(int(self) - other)
+
+
+def _kill_compiles(store, n, done):
+    """Kill the next `n` compile workers the store starts (SIGKILL, as the kernel's OOM killer would)."""
+    import signal
+    killed = set()
+    while len(killed) < n and not done.is_set():
+        for proc in list(store._procs):
+            if proc.pid not in killed:
+                time.sleep(0.2)  # mid-compile
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                killed.add(proc.pid)
+        time.sleep(0.01)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_killed_compile_is_tried_once_more(tmp_path, kills):
+    """A compile worker killed mid-way is compiled again once, after a backoff (counted in compile_retries):
+    the plan then runs compiled. Killed a second time, the plan stays on the interpreter, still answering."""
+    t = backend.Tiered(str(tmp_path), workers=1, python=False)
+    t.store.RETRY_KILLED_SECONDS = 0.5
+    done = threading.Event()
+    killer = threading.Thread(target=_kill_compiles, args=(t.store, kills, done), daemon=True)
+    killer.start()
+    try:
+        engine = Engine(t)
+        fn = engine.compile_definition(VECTOR)
+        args = {"x": np.array([0.3, -0.2]), "M": np.arange(6.0).reshape(3, 2) / 7}
+        want = reference.evaluate(fn, args, ["value", "vjp"], cotangent=np.ones(3))
+        engine.evaluate(fn, args, ["value", "vjp"], cotangent=np.ones(3))
+        assert engine.settle(600)
+        stats = engine.stats()
+        assert stats["compile_failure_reasons"] == {"killed": kills} and stats["compile_retries"] == 1
+        graph, _ = main_plan(fn, {"value", "vjp"})
+        assert (known_meta(graph).key in t.store.ready) == (kills == 1)
+        for _ in range(3):
+            meta = {}
+            got = engine.evaluate(fn, args, ["value", "vjp"], cotangent=np.ones(3), meta=meta)
+            np.testing.assert_allclose(got["vjp"]["M"], want["vjp"]["M"], rtol=1e-12)
+        if kills == 2:
+            assert meta["backend"] == "interpreter"
+    finally:
+        done.set()
+        t.shutdown()

@@ -194,3 +194,27 @@ def test_replicas_share_a_key_budget_through_redis_and_fall_back_when_it_dies(tm
         redis_proc.kill()
         for s in stores:
             s.close()
+
+
+def test_a_request_over_the_memory_limit_is_413_request_too_large_naming_both():
+    c = app(max_request_bytes=64 << 20)
+    fid = c.post("/v1/functions", json={"inputs": [{"name": "x", "shape": [3000]}],
+                                        "expr": "sum(sin(x) * x)"}).json()["id"]
+    r = c.post(f"/v1/functions/{fid}/evaluate", json={"inputs": {"x": [0.5] * 3000}, "compute": ["hessian"]})
+    assert r.status_code == 413
+    err = r.json()["error"]
+    assert err["code"] == "request_too_large"
+    assert "ADSERVE_MAX_REQUEST_BYTES" in err["message"] and "64 MiB" in err["message"]
+    ok = c.post(f"/v1/functions/{fid}/evaluate", json={"inputs": {"x": [0.5] * 3000}, "compute": ["gradient"]})
+    assert ok.status_code == 200 and len(ok.json()["gradient"]["x"]) == 3000
+
+
+def test_a_request_over_the_step_limit_is_413_naming_it():
+    c = app(max_request_steps=10_000)
+    fid = c.post("/v1/functions", json={"inputs": [{"name": "x", "shape": []}], "program":
+                                        "def f(x):\n    for i in range(2000):\n        x = sin(x) * 0.9 + x * 0.1\n"
+                                        "    return x\n"}).json()["id"]
+    assert c.post(f"/v1/functions/{fid}/evaluate", json={"inputs": {"x": 0.5}}).status_code == 200
+    r = c.post(f"/v1/functions/{fid}/evaluate", json={"inputs": {"x": 0.5}, "compute": ["hvp"],
+                                                      "tangent": {"x": 1.0}})
+    assert r.status_code == 413 and "ADSERVE_MAX_REQUEST_STEPS" in r.json()["error"]["message"]

@@ -213,3 +213,64 @@ def test_names_listings_and_held_tensors_are_shared_and_written_back(redis_proc)
     finally:
         a.close()
         b.close()
+
+
+def test_an_id_only_redis_holds_is_503_while_the_breaker_is_open(redis_proc):
+    """A replica asked for an id or name it does not hold, while Redis is unreachable, cannot know whether
+    another replica registered it: 503 `registry_unavailable` with Retry-After (gRPC UNAVAILABLE with
+    `retry-after`), not a 404 the client would take as final. What it holds still answers, and once Redis is
+    back the id resolves; an id nobody has is a 404 again."""
+    import asyncio
+
+    import grpc
+    from fastapi.testclient import TestClient
+
+    from adserve.server import errors
+    from adserve.server.app import build
+    from adserve.server.grpc_gen import ad_pb2 as pb
+    from adserve.server.grpc_gen import ad_pb2_grpc
+    from adserve.server.settings import Settings
+    from server_process import free_port
+
+    a, b = services(redis_proc, probe_interval=0.2)
+    try:
+        fn = a.register({**SURVEY, "name": "survey"})[0]["id"]
+        held = b.register({"inputs": [{"name": "x", "shape": []}], "expr": "x * 2"})[0]["id"]
+        redis_proc.kill()
+        for target in (fn, "survey"):
+            with pytest.raises(errors.ServiceError) as e:
+                b.info(target)
+            assert (e.value.kind, e.value.code) == (errors.UNAVAILABLE, "registry_unavailable")
+            assert e.value.retry_after == 0.2 and "Redis" in e.value.message
+        assert b.info(held)["id"] == held  # what this replica holds needs no Redis
+
+        port = free_port()
+        server = build(Settings(grpc_port=port), service=b)
+        r = TestClient(server.http).post(f"/v1/functions/{fn}/evaluate", json=AT)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
+        assert int(r.headers["retry-after"]) >= 1
+
+        async def grpc_call():
+            await server.start()
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = ad_pb2_grpc.DifferentiatorStub(channel)
+                    try:
+                        await stub.Evaluate(pb.EvaluateRequest(id=fn, inputs={"x1": pb.Tensor(data=[2.0]),
+                                                                              "x2": pb.Tensor(data=[5.0])}))
+                    except grpc.aio.AioRpcError as err:
+                        return err.code(), dict(err.trailing_metadata()).get("retry-after")
+            finally:
+                await server.stop(0)
+        code, retry = asyncio.run(grpc_call())
+        assert code == grpc.StatusCode.UNAVAILABLE and retry is not None
+
+        redis_proc.start()  # empty: a writes its registrations back
+        wait_for(lambda: b._shared.up and redis_proc.client().exists("adserve:v1:fn:" + fn))
+        assert b.info(fn)["id"] == fn
+        with pytest.raises(errors.ServiceError) as e:
+            b.info("0" * 64)
+        assert e.value.code == "function_not_found"
+    finally:
+        a.close()
+        b.close()

@@ -44,6 +44,7 @@ class TierStats:
     compile_seconds: float = 0.0
     compile_failures: int = 0
     compile_timeouts: int = 0
+    compile_retries: int = 0   # compiles tried again after their worker was killed (once per plan)
     disk_loads: int = 0
     preloaded: int = 0  # of disk_loads, loaded at start by `Tiered.preload`
     runs: dict = field(default_factory=_tiers)

@@ -52,6 +52,9 @@ def _peak_bytes(pid: int) -> int:
 
 class KernelStore:
     LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
+    # a compile whose worker died of a signal (out of memory, an operator) is tried once more after this; a
+    # second death leaves the plan on the lower tiers until the server restarts
+    RETRY_KILLED_SECONDS = 30.0
 
     def __init__(self, cache_dir: str, stats, compile_timeout: float = 300.0, workers: int | None = None,
                  compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30):
@@ -80,6 +83,7 @@ class KernelStore:
         self._procs: set = set()
         self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
         self._reloaded: set = set()  # keys compiled again after a failed load (once each)
+        self._retried: set = set()   # keys compiled again after their worker was killed (once each)
         self.closed = False
 
     # -- lookup --------------------------------------------------------------
@@ -200,6 +204,8 @@ class KernelStore:
                     return self._fail(key, f"compile worker ran out of memory (its limit: {self.memory:,} bytes of "
                                            f"address space, ADSERVE_COMPILE_MEMORY_BYTES): {out[-1000:]}")
                 why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+                if proc.returncode < 0 and self._retry_later(key, graph, parallel, why):
+                    return
                 return self._fail(key, f"compile worker failed ({why}): {out[-2000:]}")
             seconds = time.perf_counter() - t
             self.stats.compiles += 1
@@ -231,6 +237,30 @@ class KernelStore:
                 if why:
                     proc.kill()
                     return proc.communicate()[0], why
+
+    def _retry_later(self, key, graph, parallel, why) -> bool:
+        """Compile `key` again after RETRY_KILLED_SECONDS (it stays pending meanwhile), once per key; False
+        if it was retried before (or the store is closing)."""
+        with self._lock:
+            if key in self._retried or self.closed:
+                return False
+            self._retried.add(key)
+        self.stats.compile_retries += 1
+        log.warning("kernel %s: compile worker failed (%s); trying once more in %g s", key, why,
+                    self.RETRY_KILLED_SECONDS)
+        timer = threading.Timer(self.RETRY_KILLED_SECONDS, self._retry, (key, graph, parallel))
+        timer.daemon = True
+        timer.start()
+        return True
+
+    def _retry(self, key, graph, parallel):
+        try:
+            if self.closed:
+                raise RuntimeError("the store is closed")
+            self._pool.submit(self._compile, key, graph, parallel)
+        except RuntimeError:  # shut down meanwhile: nothing more to do for it
+            with self._lock:
+                self.pending.discard(key)
 
     def _load_only(self, key):
         try:

@@ -51,7 +51,7 @@ def _shared_pass(s, eqns):
         s.line(f"{name} = 0.0" if not e.out.shape else f"{name}.fill(0.0)")
         terms.append((e, term, other, other_term, out, name))
     s.line(f"# one pass over {s.ref(shared)}: {len(eqns)} contractions")
-    idx = s.loops(shared.shape[:-1])
+    idx = s.loops(shared.shape[:-1] if shared.shape[-1] else (0,) * (len(shared.shape) - 1))  # empty: no pass
     inner = s.fresh("i")
     last = []  # lines after the innermost loop
     body = []

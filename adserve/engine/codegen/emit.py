@@ -105,6 +105,8 @@ class Emitter:
 
     def loops(self, shape, prefix="i"):
         idx = []
+        if 0 in shape:  # no elements: every loop is empty, so a long axis beside an empty one costs nothing
+            shape = (0,) * len(shape)
         for d in shape:
             i = self.fresh(prefix)
             self.line(f"for {i} in range({d}):")
