@@ -66,6 +66,8 @@ ErrorCode.__doc__ = "The error codes clients act on; others (the engine's own) m
 class InputSpec(BaseModel):
     name: str
     shape: list[int] = Field(description="[] for a scalar")
+    dtype: Literal["float64", "int64"] | None = Field(
+        None, description='"float64" (the default) or "int64": integer data (indices), never differentiated')
 
 
 class Definition(BaseModel):
@@ -81,6 +83,8 @@ class Definition(BaseModel):
     expr: str | None = Field(None, description="one expression in Python syntax over the input names")
     program: str | None = Field(None, description="source of one `def f(<inputs>): ...` in the Python subset")
     graph: dict[str, Any] | None = Field(None, description="canonical node list; schema at GET /v1/schema/graph")
+    entry: str | None = Field(None, description="for a program with several `def`s: the function the inputs go "
+                                                "to (default: the last top-level one)")
 
 
 class Evaluation(BaseModel):
