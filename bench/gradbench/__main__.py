@@ -37,6 +37,7 @@ def default_evals(ht_data=None) -> list:
     """One size per eval, from GradBench's default lists (the mid or top of each, as the machine allows)."""
     return [E.hello(), E.lse(80_000), E.llsq(4096, 128), E.llsq(4096, 128, loop=True), E.det(11), E.kmeans(100, 10_000, 16), E.ode(10_000, 10),
             E.gmm(10, 25, 1000), E.lstm(2, 1024), E.ba(*E.BA_FILES[1], name="ba1 (n=49, m=7776, p=31843)"),
+            E.ba(10, 100, 300, whole_jacobian=True, name="n=10, m=100, p=300"),
             *ht_evals(ht_data)]
 
 
