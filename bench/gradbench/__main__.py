@@ -84,11 +84,17 @@ def section(rows, facts: dict, minutes: float) -> str:
 - Sizes: one per eval, from GradBench's default lists. What differs from GradBench: **det** is expansion by
   minors with each sub-minor computed once (2^ell·ell products instead of ell!, which no single definition
   can hold; JAX runs the same); **lstm** uses random bits for its text (the text file is not in the snapshot
-  read); **ba** `jacobian` is a batch over observations of the one-observation function (its 3x15 blocks),
-  JAX `vmap(jacrev)`; the gathers are done before timing for both; **kmeans** `dir` is the gradient divided
-  by the HVP with a tangent of ones (the Hessian is diagonal), JAX `jvp(grad)` as GradBench's JAX tool.
+  read); **ba** `objective` is one definition of (cams, X, w, obs, cam_idx, pt_idx) gathering by its int64
+  indices; `jacobian` is that definition's whole dense Jacobian (JAX `jacrev`), at a small size only (it is
+  mostly zeros), and `jacobian (blocks)` is GradBench's sparse Jacobian, a batch over observations of the
+  one-observation function (its 3x15 blocks; JAX `vmap(jacrev)`; the gathers done before timing for both);
+  **ht** is one program (the bone hierarchy, correspondences and triangles as int64 inputs) on GradBench's
+  small model and instance `hand1` when a copy of its data is given (`--ht-data`), else on a model of the
+  same structure made here; `jacobian` is in theta (simple) or the `us` blocks then theta (complicated), as
+  GradBench reports it; **kmeans** `dir` is the gradient divided by the HVP with a tangent of ones (the
+  Hessian is diagonal), JAX `jvp(grad)` as GradBench's JAX tool.
 
-Not written:
+Not in this table:
 
 {missing}
 

@@ -469,9 +469,11 @@ def ba(n: int, m: int, p: int, name: str = "", whole_jacobian: bool = False, blo
     return Eval("ba", name or f"n={n}, m={m}, p={p}", parts)
 
 
-NOT_WRITTEN = {
-    "particle": "needs `grad` inside a program (nested AD: the particle's acceleration is a gradient)",
-    "saddle": "needs `grad` inside a program (nested AD: gradient descent inside gradient descent)",
+NOT_WRITTEN = {  # not in this table: written as programs (nested AD) in bench/gradbench_nested.py
+    "particle": "nested AD (the particle's acceleration is a gradient): a program in bench/gradbench_nested.py, "
+                "checked against GradBench's validator, not timed here",
+    "saddle": "nested AD (gradient descent inside gradient descent): a program in bench/gradbench_nested.py, "
+              "checked against GradBench's validator, not timed here",
 }
 
 
