@@ -307,11 +307,12 @@ FIXED_POINT_EVERY = 16  # iterations between checks that the carries still chang
 
 
 def _stuck(cur, new, n):
-    """Per active point: whether the body left every carry as it was (NaN as NaN)."""
+    """Per active point: whether the body left every carry as it was, bit for bit (so -0.0 is not 0.0, and a
+    NaN is the same NaN)."""
     same = np.ones(n, dtype=bool)
     for old, v in zip(cur, new):
-        v = np.broadcast_to(v, old.shape)
-        same &= ((old == v) | (np.isnan(old) & np.isnan(v))).reshape(n, -1).all(axis=1)
+        v = np.broadcast_to(np.asarray(v, dtype=np.float64), old.shape)
+        same &= (np.asarray(old, dtype=np.float64).view(np.int64) == v.view(np.int64)).reshape(n, -1).all(axis=1)
     return same
 
 
