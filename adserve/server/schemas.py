@@ -38,6 +38,8 @@ class TensorRef(BaseModel):
 
 
 NonFinite = TypeAliasType("NonFinite", Literal["NaN", "Infinity", "-Infinity"])
+# the dtype of integer data: an input's, a held tensor's (one named schema, so clients make one type of it)
+Dtype = TypeAliasType("Dtype", Literal["float64", "int64"])
 Real = TypeAliasType("Real", Annotated[float | NonFinite, Field(
     description='a number; "NaN", "Infinity" and "-Infinity" stand for the non-finite values')])
 Tensor = TypeAliasType("Tensor", Annotated[float | NonFinite | list[Any] | B64Tensor | TensorRef,
@@ -66,7 +68,7 @@ ErrorCode.__doc__ = "The error codes clients act on; others (the engine's own) m
 class InputSpec(BaseModel):
     name: str
     shape: list[int] = Field(description="[] for a scalar")
-    dtype: Literal["float64", "int64"] | None = Field(
+    dtype: Dtype | None = Field(
         None, description='"float64" (the default) or "int64": integer data (indices), never differentiated')
 
 
@@ -126,7 +128,7 @@ class HeldTensor(BaseModel):
                                  "the tensor's little-endian bytes; {\"ref\": ref} stands for the tensor in "
                                  "inputs, tangent and cotangent")
     shape: list[int]
-    dtype: Literal["float64", "int64"]
+    dtype: Dtype
     nbytes: int
 
 
