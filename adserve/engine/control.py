@@ -297,7 +297,28 @@ def _while_impl(*args, cond, body, n_consts, max_iter, tape, deadline=None):
         raise err.inside("loop", done[0], None, None) from None  # its length is known only as it runs
 
 
+def _limit_error(max_iter):
+    return EvaluationError(f"a while loop ran past {max_iter:,} iterations, the limit "
+                           "(ADSERVE_MAX_WHILE_ITERATIONS); does its condition ever become false?",
+                           code="while_limit", cite_line=True)
+
+
+FIXED_POINT_EVERY = 16  # iterations between checks that the carries still change
+
+
+def _stuck(cur, new, n):
+    """Per active point: whether the body left every carry as it was, bit for bit (so -0.0 is not 0.0, and a
+    NaN is the same NaN)."""
+    same = np.ones(n, dtype=bool)
+    for old, v in zip(cur, new):
+        v = np.broadcast_to(np.asarray(v, dtype=np.float64), old.shape)
+        same &= (np.asarray(old, dtype=np.float64).view(np.int64) == v.view(np.int64)).reshape(n, -1).all(axis=1)
+    return same
+
+
 def _while_run(args, cond, body, n_consts, max_iter, tape, deadline, done):
+    from .codegen import while_kernel
+
     consts, carry = _while_split(args, n_consts)
     B = max([a.shape[0] for a in args], default=1)
     carry = [np.array(np.broadcast_to(c, (B, *c.shape[1:]))) for c in carry]
@@ -305,35 +326,74 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, deadline, done):
     rows = [[] for _ in carry] if tape else None
     active = np.arange(B)
     iterations = 0
+    cond_lits, body_lits = {}, {}  # literal arrays, made once for all iterations
     while True:
         every = len(active) == B
-        sub = [c if every or c.shape[0] != B else c[active] for c in consts]
-        cur = [c if every else c[active] for c in carry]
+        sub = consts if every else [c if c.shape[0] != B else c[active] for c in consts]
+        cur = carry if every else [c[active] for c in carry]
         if deadline is not None and deadline.stopped:
             raise deadline.error()
-        pred = np.broadcast_to(run_nested(cond, [*sub, *cur], deadline)[0].reshape(-1), (len(active),)) != 0
+        pred = run_nested(cond, [*sub, *cur], deadline, cond_lits)[0].reshape(-1) != 0
         if not pred.all():
-            active = active[pred]
+            active = active[np.broadcast_to(pred, (len(active),))]
             if not len(active):
                 break
             sub = [c if c.shape[0] != B else c[active] for c in consts]
             cur = [c[active] for c in carry]
+            every = False
         if iterations >= max_iter:
-            raise EvaluationError(f"a while loop ran past {max_iter:,} iterations, the limit "
-                                  "(ADSERVE_MAX_WHILE_ITERATIONS); does its condition ever become false?",
-                                  code="while_limit", cite_line=True)
+            raise _limit_error(max_iter)
+        if iterations == while_kernel.ESCALATE_AFTER and while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
+            rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, deadline)
+            if rest is not None:
+                return rest
         if tape:
             for r, c in zip(rows, carry):
                 r.append(c.copy())
-        for c, new in zip(carry, run_nested(body, [*sub, *cur], deadline)):
-            c[active] = new
-        count[active] += 1
+        new = run_nested(body, [*sub, *cur], deadline, body_lits)
+        if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and _stuck(cur, new, len(active)).any():
+            # the body is a function of the carries: unchanged carries whose condition holds never change again
+            raise EvaluationError(f"a while loop can never end: after {iterations + 1:,} iterations its variables "
+                                  "stopped changing while its condition still holds (it would run past "
+                                  f"{max_iter:,} iterations, the limit, ADSERVE_MAX_WHILE_ITERATIONS)",
+                                  code="while_limit", cite_line=True)
+        for c, v in zip(carry, new):
+            if every:
+                c[...] = v
+            else:
+                c[active] = v
+        if every:
+            count += 1
+        else:
+            count[active] += 1
         iterations += 1
         done[0] = iterations
     if not tape:
         return carry
     stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
     return [*carry, count, *stacked]
+
+
+def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, deadline):
+    """The rest of a long loop in generated code (codegen/while_kernel.py), from the carries reached after
+    `iterations`, merged with what the interpreter has (counts, tape rows); None: the interpreter goes on."""
+    from .codegen import while_kernel
+
+    try:
+        out = while_kernel.finish([*consts, *carry], cond, body, n_consts, max_iter - iterations, tape, deadline)
+    except EvaluationError as err:
+        if err.code == "while_limit":  # its budget was what is left of this loop's: the limit is the loop's
+            raise _limit_error(max_iter) from None
+        raise
+    if out is None:
+        return None
+    n = len(carry)
+    if not tape:
+        return out[:n]
+    more = out[n]
+    ran = int(more.max(initial=0))
+    stacked = [np.concatenate([np.stack(r, axis=1), k[:, :ran]], axis=1) for r, k in zip(rows, out[n + 1:])]
+    return [*out[:n], count + more, *stacked]
 
 
 def _while_activity(in_active, cond, body, n_consts, max_iter, tape):

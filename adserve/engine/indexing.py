@@ -103,7 +103,8 @@ def _int_index(i, length, size):
     hi = length - (1 if size is None else size)
     bad = ~((k == f) & (k >= 0) & (k <= hi))
     if bad.any():
-        raise EvaluationError(f"index {f[bad][0]:g} is out of range 0..{hi} (or not an integer)", code="index_out_of_range")
+        raise EvaluationError(f"index {f[bad][0]:g} is out of range 0..{hi} (or not an integer)", code="index_out_of_range",
+                              cite_line=True)
     return k.astype(np.int64)
 
 
@@ -170,7 +171,7 @@ def _gather_indices(idx, n):
     bad = ~((k == f) & (k >= 0) & (k <= n - 1))
     if bad.any():
         raise EvaluationError(f"index {f[bad][0]:g} is out of range 0..{n - 1} (or not an integer)",
-                              code="index_out_of_range")
+                              code="index_out_of_range", cite_line=True)
     return k.astype(np.int64)
 
 

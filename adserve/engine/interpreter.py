@@ -38,10 +38,13 @@ def run(graph: Graph, args, deadline=None) -> list:
         return run_nested(graph, [np.asarray(a, dtype=np.float64) for a in args], deadline)
 
 
-def run_nested(graph: Graph, args, deadline=None) -> list:
-    """`run` for a body inside a running graph (loop, cond, while): args are float64 already, errors silenced."""
+def run_nested(graph: Graph, args, deadline=None, lits=None) -> list:
+    """`run` for a body inside a running graph (loop, cond, while): args are float64 already, errors silenced.
+    `lits`: the literal arrays of earlier runs of this graph to reuse (a loop passes one dict to every
+    iteration)."""
     env = dict(zip(graph.inputs, args, strict=True))
-    lits = {}  # one array per literal object in this run (read-only: implementations never write inputs)
+    if lits is None:
+        lits = {}  # one array per literal object in this run (read-only: implementations never write inputs)
 
     def read(a):
         if type(a) is Var:

@@ -57,7 +57,8 @@ def _set_tensors(field, tensors: dict) -> None:
 
 # -- definitions --------------------------------------------------------------------
 def _specs(specs) -> list:
-    return [{"name": s.name, "shape": list(s.shape)} for s in specs]
+    """Input specs as the JSON form has them: "dtype" only when set (empty means the default, float64)."""
+    return [{"name": s.name, "shape": list(s.shape), **({"dtype": s.dtype} if s.dtype else {})} for s in specs]
 
 
 def _target(request):
@@ -82,6 +83,8 @@ def definition_in(d: pb.Definition) -> dict:
         out[form] = getattr(d, form)
     if d.name:
         out["name"] = d.name
+    if d.entry:
+        out["entry"] = d.entry
     return out
 
 
@@ -126,7 +129,8 @@ def _integers(v):
 
 def info_out(info: dict, created: bool = False) -> pb.FunctionInfo:
     return pb.FunctionInfo(id=info["id"], output_shape=info["output_shape"], n_nodes=info["n_nodes"], created=created,
-                           inputs=[pb.InputSpec(name=s["name"], shape=s["shape"]) for s in info["inputs"]],
+                           inputs=[pb.InputSpec(name=s["name"], shape=s["shape"], dtype=s.get("dtype", ""))
+                                   for s in info["inputs"]],
                            name=info.get("name", ""))
 
 

@@ -38,6 +38,8 @@ class TensorRef(BaseModel):
 
 
 NonFinite = TypeAliasType("NonFinite", Literal["NaN", "Infinity", "-Infinity"])
+# the dtype of integer data: an input's, a held tensor's (one named schema, so clients make one type of it)
+Dtype = TypeAliasType("Dtype", Literal["float64", "int64"])
 Real = TypeAliasType("Real", Annotated[float | NonFinite, Field(
     description='a number; "NaN", "Infinity" and "-Infinity" stand for the non-finite values')])
 Tensor = TypeAliasType("Tensor", Annotated[float | NonFinite | list[Any] | B64Tensor | TensorRef,
@@ -66,6 +68,8 @@ ErrorCode.__doc__ = "The error codes clients act on; others (the engine's own) m
 class InputSpec(BaseModel):
     name: str
     shape: list[int] = Field(description="[] for a scalar")
+    dtype: Dtype | None = Field(
+        None, description='"float64" (the default) or "int64": integer data (indices), never differentiated')
 
 
 class Definition(BaseModel):
@@ -81,6 +85,8 @@ class Definition(BaseModel):
     expr: str | None = Field(None, description="one expression in Python syntax over the input names")
     program: str | None = Field(None, description="source of one `def f(<inputs>): ...` in the Python subset")
     graph: dict[str, Any] | None = Field(None, description="canonical node list; schema at GET /v1/schema/graph")
+    entry: str | None = Field(None, description="for a program with several `def`s: the function the inputs go "
+                                                "to (default: the last top-level one)")
 
 
 class Evaluation(BaseModel):
@@ -122,7 +128,7 @@ class HeldTensor(BaseModel):
                                  "the tensor's little-endian bytes; {\"ref\": ref} stands for the tensor in "
                                  "inputs, tangent and cotangent")
     shape: list[int]
-    dtype: Literal["float64", "int64"]
+    dtype: Dtype
     nbytes: int
 
 

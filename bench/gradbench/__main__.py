@@ -19,10 +19,26 @@ from .runner import run
 from . import BEGIN, END
 
 
-def default_evals() -> list:
+def ht_evals(data_dir=None, i=1) -> list:
+    """ht, simple and complicated: GradBench's instance `handI` (small model) from `data_dir` (a copy of
+    GradBench's evals/ht/data) when given, else a model of the real one's size made here (c=100, as hand1)."""
+    from . import ht as H
+    if data_dir:
+        out = []
+        for v in ("simple_small", "complicated_small"):
+            m, inst, name = H.read(data_dir, v, i)
+            out.append(H.ht(m, inst, complicated=v.startswith("complicated"), label=f"{v} {name}"))
+        return out
+    m = H.model()
+    return [H.ht(m, c=100), H.ht(m, c=100, complicated=True)]
+
+
+def default_evals(ht_data=None) -> list:
     """One size per eval, from GradBench's default lists (the mid or top of each, as the machine allows)."""
     return [E.hello(), E.lse(80_000), E.llsq(4096, 128), E.llsq(4096, 128, loop=True), E.det(11), E.kmeans(100, 10_000, 16), E.ode(10_000, 10),
-            E.gmm(10, 25, 1000), E.lstm(2, 1024), E.ba(*E.BA_FILES[1], name="ba1 (n=49, m=7776, p=31843)")]
+            E.gmm(10, 25, 1000), E.lstm(2, 1024), E.ba(*E.BA_FILES[1], name="ba1 (n=49, m=7776, p=31843)"),
+            E.ba(10, 100, 300, whole_jacobian=True, name="n=10, m=100, p=300"),
+            *ht_evals(ht_data)]
 
 
 def _ms(s):
@@ -68,11 +84,17 @@ def section(rows, facts: dict, minutes: float) -> str:
 - Sizes: one per eval, from GradBench's default lists. What differs from GradBench: **det** is expansion by
   minors with each sub-minor computed once (2^ell·ell products instead of ell!, which no single definition
   can hold; JAX runs the same); **lstm** uses random bits for its text (the text file is not in the snapshot
-  read); **ba** `jacobian` is a batch over observations of the one-observation function (its 3x15 blocks),
-  JAX `vmap(jacrev)`; the gathers are done before timing for both; **kmeans** `dir` is the gradient divided
-  by the HVP with a tangent of ones (the Hessian is diagonal), JAX `jvp(grad)` as GradBench's JAX tool.
+  read); **ba** `objective` is one definition of (cams, X, w, obs, cam_idx, pt_idx) gathering by its int64
+  indices; `jacobian` is that definition's whole dense Jacobian (JAX `jacrev`), at a small size only (it is
+  mostly zeros), and `jacobian (blocks)` is GradBench's sparse Jacobian, a batch over observations of the
+  one-observation function (its 3x15 blocks; JAX `vmap(jacrev)`; the gathers done before timing for both);
+  **ht** is one program (the bone hierarchy, correspondences and triangles as int64 inputs) on GradBench's
+  small model and instance `hand1` when a copy of its data is given (`--ht-data`), else on a model of the
+  same structure made here; `jacobian` is in theta (simple) or the `us` blocks then theta (complicated), as
+  GradBench reports it; **kmeans** `dir` is the gradient divided by the HVP with a tangent of ones (the
+  Hessian is diagonal), JAX `jvp(grad)` as GradBench's JAX tool.
 
-Not written:
+Not in this table:
 
 {missing}
 
@@ -87,9 +109,11 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=8.0, help="seconds of warm timing per part (default 8)")
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--ht-data", metavar="DIR", default=os.environ.get("GRADBENCH_HT_DATA"),
+                    help="a copy of GradBench's evals/ht/data (default: $GRADBENCH_HT_DATA; else a model made here)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, to check the plumbing (writes nothing)")
     args = ap.parse_args(argv)
-    evs = E.tiny() if args.quick else default_evals()
+    evs = E.tiny() if args.quick else default_evals(args.ht_data)
     if args.only:
         evs = [e for e in evs if e.name in args.only]
     t0, load0 = time.perf_counter(), os.getloadavg()[0]

@@ -45,6 +45,18 @@ def test_vjp_jacobian_batch_and_definitions_on_the_way(ad):
     np.testing.assert_allclose(r.gradient["x1"], np.log(1.0) * 0 + 1 / np.array([1.0, 2.0]) + [3.0, 4.0])
 
 
+def test_int64_inputs_and_an_entry_through_either_protocol(ad):
+    """A definition with an int64 input and an `entry` (not its last def), by both clients: the same id, the
+    dtype said back, integer indices sent as numpy integers, no derivative for them."""
+    d = {"inputs": [{"name": "x", "shape": [4]}, {"name": "idx", "shape": [3], "dtype": "int64"}], "entry": "f",
+         "program": "def f(x, idx):\n    return g(x[idx])\n\ndef g(v):\n    return sum(v * v)"}
+    f = ad.register(d)
+    assert f.inputs == d["inputs"]
+    r = ad.evaluate(f, {"x": [1.0, 2.0, 3.0, 4.0], "idx": np.array([3, 0, 3])}, compute=["value", "gradient"])
+    assert r.value == 33.0 and set(r.gradient) == {"x"}
+    np.testing.assert_allclose(r.gradient["x"], [2.0, 0.0, 0.0, 16.0])
+
+
 def test_wrt_differentiates_a_subset_of_the_inputs(ad):
     r = ad.evaluate(VECTOR_OUT, {"x": [1.0, 2.0, 3.0], "s": 1.5}, compute=["jacobian", "vjp"],
                     cotangent=[1.0, 1.0, 1.0], wrt=["s"])

@@ -105,6 +105,40 @@ def test_register_gives_the_rest_id(stub, client):
     assert list(first.output_shape) == [] and first.n_nodes > 0
 
 
+HELPERS_JSON = {"inputs": [{"name": "x", "shape": [4]}, {"name": "idx", "shape": [3], "dtype": "int64"}],
+                "entry": "f", "program": "def f(x, idx):\n    return g(x[idx])\n\ndef g(v):\n    return sum(v * v)"}
+
+
+def test_int64_inputs_and_entry_work_as_over_rest(stub, client):
+    """An int64 input and a program's `entry` (not its last def), declared over gRPC: the REST id, the same
+    value and gradient, the dtype in FunctionInfo, and an index out of range refused as over REST."""
+    d = HELPERS_JSON
+    definition = pb.Definition(inputs=[pb.InputSpec(name="x", shape=[4]),
+                                       pb.InputSpec(name="idx", shape=[3], dtype="int64")],
+                               program=d["program"], entry="f")
+    info = stub.Register(definition)
+    rest = client.post("/v1/functions", json=d).json()
+    assert info.id == rest["id"]
+    assert [(s.name, s.dtype) for s in info.inputs] == [("x", ""), ("idx", "int64")]
+    x, idx = [1.0, 2.0, 3.0, 4.0], [3, 0, 3]
+    got = stub.Evaluate(pb.EvaluateRequest(id=info.id, inputs={"x": T(x), "idx": T(idx)},
+                                           compute=["value", "gradient"]))
+    want = client.post(f"/v1/functions/{info.id}/evaluate",
+                       json={"inputs": {"x": x, "idx": idx}, "compute": ["value", "gradient"]}).json()
+    assert A(got.value) == want["value"] == 16 + 1 + 16
+    assert A(got.gradient["x"]).tolist() == want["gradient"]["x"] == [2.0, 0.0, 0.0, 16.0]
+    assert "idx" not in got.gradient and "idx" not in want["gradient"]
+    e = failure(stub.Evaluate, pb.EvaluateRequest(id=info.id, inputs={"x": T(x), "idx": T([0, 4, 1])}))
+    r = client.post(f"/v1/functions/{info.id}/evaluate", json={"inputs": {"x": x, "idx": [0, 4, 1]}})
+    assert error_code(e) == r.json()["error"]["code"] == "index_out_of_range" and e.details() == r.json()["error"]["message"]
+    # without `entry` the last def (g) would get the inputs: a different function, refused for its arguments
+    no_entry = pb.Definition(inputs=definition.inputs, program=d["program"])
+    assert error_code(failure(stub.Register, no_entry)) == client.post(
+        "/v1/functions", json={k: v for k, v in d.items() if k != "entry"}).json()["error"]["code"]
+    bad = pb.Definition(inputs=[pb.InputSpec(name="x", shape=[4], dtype="int32")], expr="sum(x)")
+    assert error_code(failure(stub.Register, bad)) == "bad_dtype"
+
+
 def test_graph_form_with_params_literals_and_numbers(stub):
     axes = struct_pb2.Struct()
     axes.update({"axes": [0]})

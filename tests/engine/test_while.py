@@ -260,3 +260,95 @@ def test_compiled_while_matches_the_interpreter_and_stops_at_the_limit(tmp_path)
         assert e.value.code == "while_limit" and "line 4" in e.value.message
     finally:
         engine.close()
+
+
+DRIFT = {"inputs": [{"name": "x", "shape": []}, {"name": "a", "shape": []}], "program": """
+def f(x, a):
+    y = x
+    n = 0
+    while n < 3000 + 1000 * a:
+        y = y + 0.001 * sin(a * y)
+        n += 1
+    return y * y + n
+"""}
+
+
+def test_a_long_while_finishes_in_generated_code_with_the_interpreters_answers(monkeypatch):
+    """Past while_kernel.ESCALATE_AFTER iterations the interpreter hands a scalar loop to generated code (the
+    python tier's), from the carries it reached; every compute kind and a batch whose points run different
+    trip counts (one stops before the hand-over) equal the interpreter's own answers."""
+    from adserve.engine.codegen import while_kernel
+    handed = []
+    finish = while_kernel.finish
+    monkeypatch.setattr(while_kernel, "finish", lambda *a, **k: handed.append(1) or finish(*a, **k))
+    x, a = np.array([0.3, 1.1, -0.4]), np.array([0.5, 1.5, -2.9])  # 3500, 4500 and 100 iterations
+    req = dict(compute=ALL, tangent={"x": np.ones(3), "a": np.ones(3)}, cotangent=np.full(3, 2.0), batch=True)
+
+    def run():
+        engine = Engine()
+        return engine.evaluate(engine.compile_definition(DRIFT), {"x": x, "a": a}, **req)
+    fast = run()
+    assert handed
+    monkeypatch.setattr(while_kernel, "ESCALATE_AFTER", 10 ** 9)
+    slow = run()
+    for kind in ALL:
+        a_, b_ = fast[kind], slow[kind]
+        if isinstance(a_, dict):
+            for k in a_:
+                if isinstance(a_[k], dict):
+                    for m in a_[k]:
+                        np.testing.assert_allclose(a_[k][m], b_[k][m], rtol=1e-12, atol=1e-12)
+                else:
+                    np.testing.assert_allclose(a_[k], b_[k], rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_allclose(a_, b_, rtol=1e-12, atol=1e-12)
+    y = 0.3
+    for _ in range(3500):
+        y = y + 0.001 * np.sin(0.5 * y)
+    np.testing.assert_allclose(fast["value"][0], y * y + 3500, rtol=1e-12)
+
+
+def test_a_while_that_never_stops_at_the_default_limit_is_422_naming_its_line(service):
+    """At the default bound (100,000 iterations), for a value and a gradient: 422 while_limit naming line 4."""
+    fid = service.register(FOREVER)[0]["id"]
+    for compute in (["value"], ["value", "gradient"]):
+        with pytest.raises(ServiceError) as e:
+            service.evaluate(fid, {"inputs": {"x": 0.5}, "compute": compute})
+        assert (http(e.value), e.value.code) == (422, "while_limit")
+        assert "line 4" in e.value.message and "100,000" in e.value.message
+
+
+STUCK = {"inputs": [{"name": "a", "shape": []}], "program": """
+def f(a):
+    x = a
+    while abs(x * x - a) > 0:
+        x = 0.5 * (x + a / x)
+    return x
+"""}
+
+
+def test_a_while_whose_variables_stop_changing_is_refused_at_once_naming_its_line(service):
+    """Newton's iteration for sqrt(2) reaches a fixed point where x*x - 2 is not exactly 0: the loop could
+    never end, and says so after a few iterations rather than at the limit (a = 4 ends normally)."""
+    fid = service.register(STUCK)[0]["id"]
+    assert service.evaluate(fid, {"inputs": {"a": 4.0}})["value"] == 2.0
+    for compute in (["value"], ["gradient"]):
+        with pytest.raises(ServiceError) as e:
+            service.evaluate(fid, {"inputs": {"a": 2.0}, "compute": compute})
+        assert (http(e.value), e.value.code) == (422, "while_limit")
+        assert e.value.location["line"] == 4 and "line 4" in e.value.message
+        assert "stopped changing" in e.value.message
+        assert int(e.value.message.split("after ")[1].split(" ")[0]) <= 32
+
+
+def test_recursion_and_a_gather_out_of_range_name_the_line_in_the_message(service):
+    with pytest.raises(ServiceError) as e:
+        service.register({"inputs": [{"name": "x", "shape": []}], "entry": "f",
+                          "program": "def f(x):\n    return g(x)\n\ndef g(y):\n    return 2.0 * f(y)"})
+    assert (http(e.value), e.value.code) == (422, "recursion") and "line 5" in e.value.message
+    fid = service.register({"inputs": [{"name": "x", "shape": [4]}, {"name": "i", "shape": [2], "dtype": "int64"}],
+                            "program": "def f(x, i):\n    y = 2.0 * x\n    return sum(y[i])"})[0]["id"]
+    with pytest.raises(ServiceError) as e:
+        service.evaluate(fid, {"inputs": {"x": [1.0, 2.0, 3.0, 4.0], "i": [1, 7]}})
+    assert (http(e.value), e.value.code) == (422, "index_out_of_range") and "line 3" in e.value.message
+    assert service.evaluate(fid, {"inputs": {"x": [1.0, 2.0, 3.0, 4.0], "i": [1, 3]}})["value"] == 12.0

@@ -15,6 +15,7 @@ from adserve_client import AsyncClient, AsyncGrpcClient, Client, GrpcClient
 from adserve_client.rpc import AsyncEvaluationStream, EvaluationStream
 
 from adserve.engine import COMPUTE_KINDS
+from adserve.engine.definition import DEFINITION_KEYS, INPUT_KEYS
 from adserve.server import evaluation, schemas
 from adserve.server.grpc_gen import ad_pb2
 
@@ -51,3 +52,24 @@ def test_compute_kinds_come_from_the_engine():
     items = schema["properties"]["compute"]["items"]  # a reference to the named ComputeKind enum
     kinds = schema["$defs"][items["$ref"].rsplit("/", 1)[1]]
     assert tuple(kinds["enum"]) == COMPUTE_KINDS
+
+
+def test_definitions_have_the_same_keys_everywhere():
+    """A definition's keys (the engine's, which REST takes as JSON) are the OpenAPI model's and the proto's:
+    `entry` and an input's `dtype` can be declared over gRPC as over REST."""
+    assert set(schemas.Definition.model_fields) == set(DEFINITION_KEYS)
+    assert {f.name for f in ad_pb2.Definition.DESCRIPTOR.fields} == set(DEFINITION_KEYS)
+    assert set(schemas.InputSpec.model_fields) == set(INPUT_KEYS)
+    assert {f.name for f in ad_pb2.InputSpec.DESCRIPTOR.fields} == set(INPUT_KEYS)
+
+
+def test_python_grpc_client_carries_entry_and_dtype():
+    from adserve_client import rpc
+    from adserve.server import rpc_codec
+    d = {"inputs": [{"name": "x", "shape": [2]}, {"name": "i", "shape": [], "dtype": "int64"}],
+         "program": "def f(x, i):\n    return x[i]\n\ndef g(y):\n    return y", "entry": "f", "name": "pick"}
+    message = rpc.definition(d)
+    assert message.entry == "f" and [s.dtype for s in message.inputs] == ["", "int64"]
+    # the server reads the client's message back into the same JSON definition
+    back = rpc_codec.definition_in(ad_pb2.Definition.FromString(message.SerializeToString()))
+    assert back == d

@@ -300,9 +300,26 @@ def _describe(node_type: str) -> str:
             "Await": "await", "Yield": "yield", "Starred": "*unpacking", "Slice": "a slice"}.get(node_type, node_type)
 
 
+_DERIVATIVE_OPERATORS = frozenset(("grad", "value_and_grad", "jvp", "vjp", "jacfwd", "jacrev", "hessian"))
+
+
+def _uses_functions(tree) -> bool:
+    """Whether an expression needs the program's functions: a lambda, a derivative operator, or a call of
+    something other than a name (`grad(f)(x)`)."""
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Lambda):
+            return True
+        if isinstance(n, ast.Call) and (not isinstance(n.func, ast.Name) or n.func.id in _DERIVATIVE_OPERATORS):
+            return True
+    return False
+
+
 def lower_expression(text: str, inputs, max_depth: int, max_nodes: int) -> "Builder":
     """Parse `text` and return (builder, output value)."""
     tree = parse(text, "eval")
+    if _uses_functions(tree):
+        from .program import lower_expression_with_functions
+        return lower_expression_with_functions(tree, inputs, max_depth, max_nodes)
     b = Builder(budget=Budget(max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
     low = ExprLowerer(b, env, max_depth)

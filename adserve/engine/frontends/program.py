@@ -50,6 +50,10 @@ class ProgramLowerer(FunctionsMixin, ExprLowerer):
     def block(self, stmts):
         """Lower statements; returns True when the block ends in a return."""
         for i, s in enumerate(stmts):
+            early = _early_return(s, stmts[i + 1:])
+            if early is not None:  # `if c: return a` then more: the more is the if's else
+                with self.b.at(loc_of(s)):
+                    return self.stmt(early)
             with self.b.at(loc_of(s)):
                 ended = self.stmt(s)
             if ended:
@@ -88,9 +92,9 @@ class ProgramLowerer(FunctionsMixin, ExprLowerer):
         if s.value is None:
             self.fail("return needs a value", s)
         value = self.result(self.expr(s.value), s.value)
-        if isinstance(value, tuple) and self.tuple_return_in_branch():
-            self.fail("a tuple returned inside an if is not supported; assign its parts in each branch and "
-                      "return the tuple after the if", s)
+        if isinstance(value, tuple) and self.tuple_return_in_branch() and not all(_usable(v) for v in value):
+            self.fail("a tuple returned inside an if must hold arrays (not functions or tuples); assign its "
+                      "parts in each branch and return the tuple after the if", s)
         self.env[RET] = value
         return True
 
@@ -297,8 +301,9 @@ class ProgramLowerer(FunctionsMixin, ExprLowerer):
         (tb, tenv, tret), (fb, fenv, fret) = branches
         if tret != fret:
             self.fail("return inside an if needs a return in every branch (or one return at the end)", s)
+        parts = self._tuple_return_parts(s, tenv, fenv) if tret else []
         names = sorted(n for n in (_assigned_names(s.body) | _assigned_names(s.orelse))
-                       if _usable(tenv.get(n)) and _usable(fenv.get(n)))
+                       if _usable(tenv.get(n)) and _usable(fenv.get(n))) + parts
         for n in names:
             tv, fv = _as_branch_value(tb, tenv[n]), _as_branch_value(fb, fenv[n])
             if tv.shape != fv.shape:
@@ -316,7 +321,41 @@ class ProgramLowerer(FunctionsMixin, ExprLowerer):
         for n in (_assigned_names(s.body) | _assigned_names(s.orelse)) - set(names):
             self.env[n] = Undefined(f"'{n}' is assigned in only one branch of the if at line {s.lineno}; "
                                     f"give it a value before the if or in both branches")
+        if parts:  # the returned tuple, put back together from its merged parts
+            self.env[RET] = tuple(self.env.pop(n) for n in parts)
         return tret
+
+    def _tuple_return_parts(self, s, tenv, fenv) -> list:
+        """Both branches return: where they return tuples, the names under which each part is merged (a
+        value per part, as a variable assigned in both branches is); [] when they return arrays."""
+        tr, fr = tenv.get(RET), fenv.get(RET)
+        if not isinstance(tr, tuple) and not isinstance(fr, tuple):
+            return []
+        if not (isinstance(tr, tuple) and isinstance(fr, tuple) and len(tr) == len(fr)):
+            sizes = [f"a tuple of {len(r)}" if isinstance(r, tuple) else "one array" for r in (tr, fr)]
+            self.fail(f"the branches of this if return {sizes[0]} and {sizes[1]}: they must return alike", s,
+                      "shape_mismatch")
+        parts = [f"{RET}[{i}]" for i in range(len(tr))]
+        for n, tv, fv in zip(parts, tr, fr):
+            tenv[n], fenv[n] = tv, fv
+        return parts
+
+
+def _early_return(s, rest):
+    """`if c: ... return a` (an `elif` chain whose every branch returns, no `else`) followed by `rest`: the
+    same `if` with `rest` as its final `else`; None for any other statement, or when nothing follows."""
+    if not rest or not isinstance(s, ast.If) or not s.body or not isinstance(s.body[-1], ast.Return):
+        return None
+    if not s.orelse:
+        orelse = rest
+    elif len(s.orelse) == 1 and isinstance(s.orelse[0], ast.If):
+        inner = _early_return(s.orelse[0], rest)
+        if inner is None:
+            return None
+        orelse = [inner]
+    else:
+        return None
+    return ast.copy_location(ast.If(test=s.test, body=s.body, orelse=orelse), s)
 
 
 # -- break and continue: flags the loop carries, and guards on the statements a jump skips ----------------
@@ -419,6 +458,27 @@ def lower_program(text: str, inputs, max_depth: int, max_nodes: int, entry=None)
         raise DefinitionError(f"the entry function '{fn.name}' must return one array, not a tuple",
                               loc_of(fn), code="bad_program")
     return b, out
+
+
+def lower_expression_with_functions(tree: ast.Expression, inputs, max_depth: int, max_nodes: int):
+    """An expression that uses a `lambda` or a derivative operator (`grad(sin)(x)`,
+    `sum(grad(lambda v: sum(v * v))(x))`), lowered as the body of a function of the inputs, so that it has
+    the program's functions; its locations stay the expression's own."""
+    args = ast.arguments(posonlyargs=[], args=[ast.arg(arg=n) for n, _ in inputs], vararg=None, kwonlyargs=[],
+                         kw_defaults=[], kwarg=None, defaults=[])
+    ret = ast.copy_location(ast.Return(value=tree.body), tree.body)
+    fn = ast.copy_location(ast.FunctionDef(name="<expr>", args=args, body=[ret], decorator_list=[], returns=None),
+                           tree.body)
+    b = Builder(budget=Budget(max_nodes))
+    low = ProgramLowerer(b, {}, max_depth)
+    entry = low.define(fn)
+    low.env = {name: b.input(shape) for name, shape in inputs}
+    low.enter_program({}, entry, max_work=_MAX_WORK_PER_NODE * max_nodes)
+    low.block(fn.body)
+    out = low.env[RET]
+    if isinstance(out, tuple):
+        raise DefinitionError("an expression must give one array, not a tuple", loc_of(tree.body), code="bad_program")
+    return b, low.value(out, tree.body)
 
 
 _MAX_WORK_PER_NODE = 10  # AST nodes lowered (calls inlined) per operation a definition may have

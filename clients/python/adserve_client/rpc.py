@@ -59,12 +59,12 @@ def _arrays(tensors) -> dict:
 
 
 def _specs(specs) -> list:
-    return [pb.InputSpec(name=s["name"], shape=s.get("shape", [])) for s in specs]
+    return [pb.InputSpec(name=s["name"], shape=s.get("shape", []), dtype=s.get("dtype", "")) for s in specs]
 
 
 def definition(d: dict) -> pb.Definition:
     """A definition dict (inputs and one of expr, program, graph) as a message."""
-    out = pb.Definition(inputs=_specs(d["inputs"]), name=d.get("name", ""))
+    out = pb.Definition(inputs=_specs(d["inputs"]), name=d.get("name", ""), entry=d.get("entry", ""))
     if "graph" in d:
         out.graph.CopyFrom(_graph(d["graph"]))
     elif "program" in d:
@@ -159,8 +159,9 @@ def _metadata(api_key: str | None, metadata) -> tuple | None:
 # -- messages to numpy ---------------------------------------------------------------
 def _info(m: pb.FunctionInfo, registered: bool = False) -> FunctionInfo:
     """`registered`: the answer of Register, whose `created` says whether it was new."""
-    return FunctionInfo(m.id, [{"name": s.name, "shape": list(s.shape)} for s in m.inputs], tuple(m.output_shape),
-                        m.n_nodes, m.created if registered else None, m.name or None)
+    inputs = [{"name": s.name, "shape": list(s.shape), **({"dtype": s.dtype} if s.dtype else {})} for s in m.inputs]
+    return FunctionInfo(m.id, inputs, tuple(m.output_shape), m.n_nodes, m.created if registered else None,
+                        m.name or None)
 
 
 def _page(m: pb.ListFunctionsResponse) -> FunctionPage:

@@ -11,7 +11,7 @@ import numpy as np
 @dataclass(frozen=True)
 class FunctionInfo:
     id: str
-    inputs: list  # [{"name": str, "shape": [int, ...]}, ...] in order
+    inputs: list  # [{"name": str, "shape": [int, ...]} (and "dtype": "int64" for integer data), ...] in order
     output_shape: tuple
     n_nodes: int
     created: bool | None = None  # whether this call registered it (None: not known)

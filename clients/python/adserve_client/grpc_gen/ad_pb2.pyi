@@ -30,26 +30,30 @@ class HeldTensor(_message.Message):
     def __init__(self, ref: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., nbytes: _Optional[int] = ...) -> None: ...
 
 class InputSpec(_message.Message):
-    __slots__ = ("name", "shape")
+    __slots__ = ("name", "shape", "dtype")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    dtype: str
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class Definition(_message.Message):
-    __slots__ = ("inputs", "expr", "program", "graph", "name")
+    __slots__ = ("inputs", "expr", "program", "graph", "name", "entry")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     EXPR_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     GRAPH_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[InputSpec]
     expr: str
     program: str
     graph: Graph
     name: str
-    def __init__(self, inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., expr: _Optional[str] = ..., program: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
+    entry: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., expr: _Optional[str] = ..., program: _Optional[str] = ..., graph: _Optional[_Union[Graph, _Mapping]] = ..., name: _Optional[str] = ..., entry: _Optional[str] = ...) -> None: ...
 
 class Graph(_message.Message):
     __slots__ = ("inputs", "nodes", "outputs")
