@@ -120,7 +120,17 @@ out (v2)"""),
     Case('expr', {"x": []}, 'x + z', Err('undefined_name', {'line': 1, 'column': 5})),
     Case('expr', {"x": [3]}, 'x[5]', Err('index_out_of_range', {'line': 1, 'column': 3})),
     Case('expr', {"x": []}, 'x + 99999999999999999999999', Err('integer_overflow', {'line': 1, 'column': 5})),
-    Case('expr', {"x": []}, 'lambda: x', Err('unsupported', {'line': 1, 'column': 1})),
+    # a function is not a value: it is called, or given to a derivative operator
+    Case('expr', {"x": []}, 'lambda: x', Err('bad_value', {'line': 1, 'column': 1})),
+    # derivative operators work in an expression too
+    Case('expr', {"x": []}, 'grad(lambda t: t * sin(t))(x)', """
+inputs x
+in (v0:[])
+v1 = sin(v0)
+v2 = cos(v0)
+v3 = mul(v0, v2)
+v4 = add(v1, v3)
+out (v4)"""),
     Case('expr', {"x": []}, 'sin(x, x)', Err('bad_arguments', {'line': 1, 'column': 1})),
     Case('expr', {"x": [2], "y": [3]}, 'x + y', Err('shape_mismatch', {'line': 1, 'column': 1})),
     Case('expr', {"x": []}, 'x.real', Err('forbidden_attribute', {'line': 1, 'column': 1})),
