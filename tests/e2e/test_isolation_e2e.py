@@ -31,8 +31,11 @@ SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
 AT = {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}
 BIG = {"inputs": [{"name": "x", "shape": []}],  # 9e6-element values from a scalar: ~72 MB each
        "expr": "sum(sin(ones([3000, 3000]) * x) * cos(ones([3000, 3000]) * x))"}
+# The request-bytes estimate (ADSERVE_MAX_REQUEST_BYTES) would refuse the memory case before it runs; it is
+# raised here so that the worker's own limit, the line behind it, is what the test meets.
 ENV = {"ADSERVE_COMPILE": "false", "ADSERVE_RESULT_CACHE_BYTES": "0", "ADSERVE_ISOLATE_WORKERS": "1",
-       "ADSERVE_WORKER_MEMORY_BYTES": str(400 << 20), "ADSERVE_MAX_EVAL_SECONDS": "120"}
+       "ADSERVE_WORKER_MEMORY_BYTES": str(400 << 20), "ADSERVE_MAX_EVAL_SECONDS": "120",
+       "ADSERVE_MAX_REQUEST_BYTES": str(16 << 30)}
 
 
 def metric(client, name):

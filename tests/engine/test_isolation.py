@@ -23,6 +23,7 @@ from adserve.engine.backend import Tiered
 from adserve.engine.deadline import Deadline, Stopped
 from adserve.engine.errors import EvaluationError, LimitError
 from adserve.engine.isolation import WorkerPool, WorkerSpec, request_cost
+from adserve.engine.limits import Limits
 
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
           "expr": "log(x1) + x1*x2 - sin(x2)"}
@@ -152,9 +153,11 @@ def test_a_cancelled_evaluation_stops_in_its_worker_or_kills_it_without_grace(gr
 
 
 def test_a_request_over_the_workers_memory_limit_is_refused_naming_it():
-    pool = WorkerPool(WorkerSpec(cache_dir=None, memory_bytes=400 << 20), size=1, threshold=0)
+    # the request-bytes estimate would refuse it before it runs: raised, so the worker's own limit is met
+    roomy = Limits().updated(max_request_bytes=16 << 30)
+    pool = WorkerPool(WorkerSpec(limits=roomy, cache_dir=None, memory_bytes=400 << 20), size=1, threshold=0)
     try:
-        iso, plain = Engine(isolation=pool), Engine()
+        iso, plain = Engine(isolation=pool, limits=roomy), Engine(limits=roomy)
         defn = {"inputs": [{"name": "x", "shape": [9_000_000]}], "expr": "sum(sin(x) * cos(x) * exp(x))"}
         x = {"x": np.full(9_000_000, 0.1)}
         iso.evaluate(iso.compile_definition(SURVEY), {"x1": 2.0, "x2": 5.0})
