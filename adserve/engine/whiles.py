@@ -275,4 +275,4 @@ register(Prim("while", _while_shape, _while_impl, _while_jvp, _while_vjp, multip
               normalize=_while_normalize, extra={"activity": _while_activity, "vjp_fwd": _while_vjp_fwd},
               params=(("n_consts", "count"), ("max_iter", "count"), ("tape", "flag"), ("every", "count")),
               doc="a loop that runs while its condition holds, at most `max_iter` times; with `tape`, also the "
-                  "trip count and the carries of every `every`-th iteration (reverse mode)"))
+                  "trip count and the carries of every `every`-th iteration (`every` optional, default 1; reverse mode)"))
