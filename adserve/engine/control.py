@@ -17,6 +17,8 @@ derivatives are branches of derivatives.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .activity import graph_activity
@@ -24,6 +26,7 @@ from .builder import Builder, Prim, emit, inline, op, register, zeros
 from .deadline import Stopped
 from .errors import ShapeError
 from .interpreter import TAKES_DEADLINE, run_nested
+from .limits import checkpoint_every
 
 
 # -- loop ------------------------------------------------------------------------
@@ -135,7 +138,13 @@ def _loop_jvp(ts, primals, ans, body, length, n_consts, n_carry, reverse):
 
 
 def _loop_vjp_fwd(primals, body, length, n_consts, n_carry, reverse):
-    """Forward loop that also stacks the carries each iteration starts from (the tape)."""
+    """Forward loop that also stacks the carries each iteration starts from (the tape). A long loop of carries
+    only (no xs, no ys: every `for` loop of a program) is differentiated as the equivalent `while` instead, so
+    it checkpoints as a while does (whiles.py); its residuals then say so."""
+    consts, init, xs = _split(primals, n_consts, n_carry)
+    size = sum(math.prod(v.shape) for v in init) + 1  # + the while's counter
+    if not xs and len(body.outputs) == n_carry and checkpoint_every(length, size) > 1:
+        return _as_while_fwd(consts, init, body, length, reverse)
     nb, k, c, car, x = _body_builder(body, n_consts, n_carry)
     outs = inline(nb, body, [k, *c, *car, *x])
     tape_body = nb.build([*outs, *car])
@@ -144,9 +153,32 @@ def _loop_vjp_fwd(primals, body, length, n_consts, n_carry, reverse):
     return tuple(res[:n_out]), list(res[n_out:])
 
 
+def _as_while_fwd(consts, init, body, length, reverse):
+    graphs = []
+    for is_body in (True, False):
+        b = Builder()
+        c = [b.input(v.shape) for v in consts]
+        i = b.input(())
+        car = [b.input(v.shape) for v in init]
+        if is_body:
+            k = op.sub(float(length - 1), i) if reverse else i
+            graphs.append(b.build([i + 1.0, *inline(b, body, [k, *c, *car])]))
+        else:
+            graphs.append(b.build([op.lt(i, float(length))]))
+    params = {"cond": graphs[1], "body": graphs[0], "n_consts": len(consts), "max_iter": length, "tape": False}
+    primals = [*consts, zeros(()), *init]
+    ans, residuals = whiles._while_vjp_fwd(primals, **params)
+    return tuple(ans[1:]), ("while", primals, ans, residuals, params)
+
+
 def _loop_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_carry, reverse):
     from .vjp import vjp_graph
 
+    if isinstance(residuals, tuple):  # differentiated as a while (see _loop_vjp_fwd)
+        _, w_primals, w_ans, w_residuals, params = residuals
+        act_c, act_init, _ = _split(active, n_consts, n_carry)
+        cts = whiles._while_vjp([None, *gs], w_primals, w_ans, [*act_c, False, *act_init], w_residuals, **params)
+        return cts[:n_consts] + cts[n_consts + 1:]
     consts, init, xs = _split(primals, n_consts, n_carry)
     act_c, act_init, act_x = _split(active, n_consts, n_carry)
     act_carry = _loop_activity(active, body, length, n_consts, n_carry, reverse)[:n_carry]
@@ -260,4 +292,5 @@ register(Prim("cond", _cond_shape, _cond_impl, _cond_jvp, _cond_vjp, multiple_re
 
 
 # -- while: a module of its own (whiles.py); imported here so its row follows cond's ----------------------
+from . import whiles  # noqa: E402
 from .whiles import WHILE_LIMIT  # noqa: E402,F401

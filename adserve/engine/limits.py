@@ -167,7 +167,7 @@ def reverse_elements(max_iter: int, elements: int) -> int:
 
 
 def tape_elements(graph: Graph) -> int:
-    """Elements per point that reverse mode stores for its while loops: per loop, what `reverse_elements` says
+    """Elements per point that reverse mode stores for its loops: per while loop, what `reverse_elements` says
     (a loop that already keeps a tape, from a derivative inside the function, keeps that tape and one segment);
     loops nested in a body are added to it; loops one after another reuse nothing, so this is the largest."""
     most = 0
@@ -181,6 +181,12 @@ def tape_elements(graph: Graph) -> int:
             else:
                 own = reverse_elements(e.params["max_iter"], size)
             most = max(most, own + tape_elements(e.params["body"]))
+        elif e.prim == "loop":  # a loop of carries only checkpoints as a while (control.py); others keep it all
+            p = e.params
+            size = sum(math.prod(a.shape) for a in e.inputs[p["n_consts"]:p["n_consts"] + p["n_carry"]])
+            plain = len(e.inputs) == p["n_consts"] + p["n_carry"] and len(p["body"].outputs) == p["n_carry"]
+            own = reverse_elements(p["length"], size + 1) if plain else p["length"] * size
+            most = max(most, own + tape_elements(p["body"]))
         else:
             most = max([most, *[tape_elements(g) for g in sub_graphs(e)]])
     return most
@@ -189,11 +195,11 @@ def tape_elements(graph: Graph) -> int:
 def check_tape(tape: int, points: int, limits: Limits = DEFAULT_LIMITS):
     """Refuse, before it runs, a reverse pass whose while-loop tape could outgrow the element limit."""
     if tape * points > limits.max_elements:
-        raise LimitError(f"reverse mode through this function's while loop stores up to {tape * points:,} values "
-                         f"(its carries at every k-th of up to ADSERVE_MAX_WHILE_ITERATIONS iterations and one "
-                         f"recomputed segment of k, k = ceil(sqrt(that bound)) past {TAPE_BUDGET:,} values a "
-                         f"point, for {points} point(s)), over the limit of {limits.max_elements:,} elements "
-                         f"(max_elements)", code="limit_exceeded")
+        raise LimitError(f"reverse mode through this function's loops stores up to {tape * points:,} values (a "
+                         f"loop's carried values at every k-th iteration, k = ceil(sqrt(its bound: its length, or "
+                         f"ADSERVE_MAX_WHILE_ITERATIONS for a while loop)) once all of them would pass "
+                         f"{TAPE_BUDGET:,} values a point, and one recomputed segment of k; for {points} point(s)), "
+                         f"over the limit of {limits.max_elements:,} elements (max_elements)", code="limit_exceeded")
 
 
 def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limits = DEFAULT_LIMITS):

@@ -269,3 +269,41 @@ def test_random_programs_are_valid_python_for_jax_too():
     for p in _fixed_random_programs(5):
         case, x = _random_case(p, 0)
         assert np.isfinite(case.jax_fn()(jnp.asarray(x["x"]), jnp.asarray(x["w"])))
+
+
+# -- for loops: a long one of carries only is differentiated as a while, so it checkpoints too ------------------
+FOR_LOOP = {"inputs": [{"name": "x", "shape": [700]}, {"name": "r", "shape": []}], "program": """
+def f(x, r):
+    y = x
+    for i in range(101):
+        if y[0] > 0.5:
+            y = y * r + 0.01 * sin(y * i)
+        else:
+            y = y * 0.9 + 0.1 * cos(y * r)
+    return sum(y * y)
+"""}
+
+
+def j_for_loop(x, r):
+    y = x
+    for i in range(101):
+        y = jnp.where(y[0] > 0.5, y * r + 0.01 * jnp.sin(y * i), y * 0.9 + 0.1 * jnp.cos(y * r))
+    return jnp.sum(y * y)
+
+
+def test_a_long_for_loop_checkpoints_and_agrees_with_jax():
+    """101 steps of 700 numbers (70,801 with the counter, past 65,536): checkpoints every 11 steps."""
+    eng = Engine()
+    fn = eng.compile_definition(FOR_LOOP)
+    assert fn.tape == 10 * 701 + 11 * 702
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
+    assert [e.params.get("every", 1) for e in graph.eqns if e.prim == "while" and e.params["tape"]] == [11]
+    for x0 in (-0.3, 0.2):  # the branch taken changes along the loop for one, not the other
+        x, r, t = np.linspace(x0, 1, 700), np.array(0.97), {"x": np.full(700, 0.1), "r": np.array(1.0)}
+        got = eng.evaluate(fn, {"x": x, "r": r}, ["value", "gradient", "hvp"], tangent=t)
+        g = jax.grad(j_for_loop, (0, 1))(x, r)
+        hv = jax.jvp(lambda a, b: jax.grad(j_for_loop, (0, 1))(a, b), (x, r), (t["x"], t["r"]))[1]
+        np.testing.assert_allclose(got["value"], j_for_loop(x, r), rtol=1e-10, atol=1e-10)
+        for i, n in enumerate(("x", "r")):
+            np.testing.assert_allclose(got["gradient"][n], g[i], rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(got["hvp"][n], hv[i], rtol=1e-10, atol=1e-10)
