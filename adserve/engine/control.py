@@ -165,7 +165,8 @@ def _as_while_fwd(consts, init, body, length, reverse):
             graphs.append(b.build([i + 1.0, *inline(b, body, [k, *c, *car])]))
         else:
             graphs.append(b.build([op.lt(i, float(length))]))
-    params = {"cond": graphs[1], "body": graphs[0], "n_consts": len(consts), "max_iter": length, "tape": False}
+    params = {"cond": graphs[1], "body": graphs[0], "n_consts": len(consts), "max_iter": length, "tape": False,
+              "trips": length}
     primals = [*consts, zeros(()), *init]
     ans, residuals = whiles._while_vjp_fwd(primals, **params)
     return tuple(ans[1:]), ("while", primals, ans, residuals, params)

@@ -1,13 +1,14 @@
 """The `while` primitive: a loop that runs per point until its condition fails, and its derivatives.
 
-while(consts..., init carries...; cond, body, n_consts, max_iter, tape, every)
+while(consts..., init carries...; cond, body, n_consts, max_iter, tape, every, trips)
     cond: (consts, carries) -> scalar (nonzero: run the body again); body: (consts, carries) -> new carries.
     Runs per point until cond is 0; past `max_iter` iterations the evaluation stops with `while_limit`.
     With `tape`, it also returns the number of iterations each point ran and, per carry, the carries that
     every `every`-th iteration started from (iterations 0, every, 2·every, ...), stacked (declared
     (ceil(max_iter / every), ...) rows; only the rows of iterations that ran are ever read). That is the forward
     half of reverse mode: the tape's length is known only at run time, so the interpreter grows it (a list of
-    rows) and its declared size is what the limits check up front.
+    rows) and its declared size is what the limits check up front. `trips`, when nonzero, is the number of
+    iterations it will run (a `for` loop differentiated as a while): a stop reports how far of it it got.
 
 Reverse mode is binomial-free two-level checkpointing (limits.checkpoint_every picks the stride): a loop whose
 bound × carried elements fits `limits.TAPE_BUDGET` keeps every iteration's carries and runs the body's VJP
@@ -43,10 +44,12 @@ def _while_split(seq, n_consts):
 def _while_normalize(shapes, params):
     if not params.get("tape") or params.get("every", 1) == 1:  # one spelling per loop: ids stay as they were
         params.pop("every", None)
+    if not params.get("trips"):
+        params.pop("trips", None)
     return params
 
 
-def _while_shape(*shapes, cond, body, n_consts, max_iter, tape, every=1):
+def _while_shape(*shapes, cond, body, n_consts, max_iter, tape, every=1, trips=0):
     consts, carries = _while_split(shapes, n_consts)
     for name, g in (("condition", cond), ("body", body)):
         if [v.shape for v in g.inputs] != list(shapes):
@@ -62,12 +65,12 @@ def _while_shape(*shapes, cond, body, n_consts, max_iter, tape, every=1):
     return carries + ([()] + [(rows, *s) for s in carries] if tape else [])
 
 
-def _while_impl(*args, cond, body, n_consts, max_iter, tape, every=1, deadline=None):
+def _while_impl(*args, cond, body, n_consts, max_iter, tape, every=1, trips=0, deadline=None):
     done = [0]  # iterations run, for a stop's report
     try:
         return _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done)
     except Stopped as err:
-        raise err.inside("loop", done[0], None, None) from None  # its length is known only as it runs
+        raise err.inside("loop", done[0], trips or None, None) from None  # its length is known only as it runs
 
 
 def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done):
@@ -109,7 +112,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     return [*carry, count, *stacked]
 
 
-def _while_activity(in_active, cond, body, n_consts, max_iter, tape, every=1):
+def _while_activity(in_active, cond, body, n_consts, max_iter, tape, every=1, trips=0):
     c, carry = _while_split(in_active, n_consts)
     while True:
         new = [a or b for a, b in zip(carry, graph_activity(body, c + carry))]
@@ -118,12 +121,12 @@ def _while_activity(in_active, cond, body, n_consts, max_iter, tape, every=1):
         carry = new
 
 
-def _while_node(consts, carries, cond, body, max_iter, tape, every=1):
+def _while_node(consts, carries, cond, body, max_iter, tape, every=1, trips=0):
     return emit("while", *consts, *carries, cond=cond, body=body, n_consts=len(consts), max_iter=max_iter,
-                tape=tape, every=every)
+                tape=tape, every=every, trips=trips)
 
 
-def _while_jvp(ts, primals, ans, cond, body, n_consts, max_iter, tape, every=1):
+def _while_jvp(ts, primals, ans, cond, body, n_consts, max_iter, tape, every=1, trips=0):
     from .jvp import jvp_graph
 
     consts, init = _while_split(primals, n_consts)
@@ -155,7 +158,7 @@ def _while_jvp(ts, primals, ans, cond, body, n_consts, max_iter, tape, every=1):
     t_init_full = [zeros(v.shape) if t is None else t for t, v in zip(t_init, init)]
     res = _while_node([*consts, *[t for t in t_c if t is not None]],
                       [*init, *[t for t, nz in zip(t_init_full, nz_carry) if nz]], new_cond, new_body, max_iter, tape,
-                      every)
+                      every, trips)
     k = sum(nz_carry)
     t_carry = iter(res[n:n + k])
     tangents = [next(t_carry) if nz else None for nz in nz_carry]
@@ -167,19 +170,19 @@ def _while_jvp(ts, primals, ans, cond, body, n_consts, max_iter, tape, every=1):
             tangents + [None] + [next(t_tapes) if nz else None for nz in nz_carry])
 
 
-def _while_vjp_fwd(primals, cond, body, n_consts, max_iter, tape, every=1):
+def _while_vjp_fwd(primals, cond, body, n_consts, max_iter, tape, every=1, trips=0):
     """The forward loop, keeping the carries of every k-th iteration (a loop that keeps a tape already is its
     own forward pass: its tape is the residual)."""
     consts, init = _while_split(primals, n_consts)
     n = len(init)
     if not tape:
         every = checkpoint_every(max_iter, sum(math.prod(v.shape) for v in init))
-    res = _while_node(consts, init, cond, body, max_iter, True, every)
+    res = _while_node(consts, init, cond, body, max_iter, True, every, trips)
     ans = tuple(res) if tape else tuple(res[:n])
     return ans, (res[n], list(res[n + 1:]), every)
 
 
-def _reverse_sweep(consts, tapes, ct_tapes, j0, seeds, accs, bvjp, n_ct_consts, max_iter):
+def _reverse_sweep(consts, tapes, ct_tapes, j0, seeds, accs, bvjp, n_ct_consts, max_iter, trips=0):
     """Emit a while that runs the body's VJP (`bvjp`) backwards from iteration `j0` down to 0 over `tapes`
     (every iteration's carries). `seeds`: the cotangents of the active carries after iteration j0; `accs`:
     accumulators of the active consts' cotangents; `ct_tapes`: per active carry, a cotangent of its tape rows
@@ -202,7 +205,7 @@ def _reverse_sweep(consts, tapes, ct_tapes, j0, seeds, accs, bvjp, n_ct_consts, 
     cb = Builder()
     ins = [cb.input(v.shape) for v in body.inputs]
     cond = cb.build([op.ge(ins[len(consts) + n + len(ctt)], 0.0)])
-    out = _while_node([*consts, *tapes, *ctt], [j0, *seeds, *accs], cond, body, max_iter, False)
+    out = _while_node([*consts, *tapes, *ctt], [j0, *seeds, *accs], cond, body, max_iter, False, 1, trips)
     return list(out[1:1 + len(seeds)]), list(out[1 + len(seeds):])
 
 
@@ -221,7 +224,7 @@ def _recompute(consts, start, length, cond_graph, body, k):
     return list(res[n + 3:])  # after: the counter, the carries, the count and the counter's tape
 
 
-def _while_vjp(gs, primals, ans, active, residuals, cond, body, n_consts, max_iter, tape, every=1):
+def _while_vjp(gs, primals, ans, active, residuals, cond, body, n_consts, max_iter, tape, every=1, trips=0):
     from .vjp import vjp_graph
 
     consts, init = _while_split(primals, n_consts)
@@ -235,16 +238,18 @@ def _while_vjp(gs, primals, ans, active, residuals, cond, body, n_consts, max_it
     seeds = [g if g is not None else zeros(v.shape) for g, v, a in zip(gs[:n], init, act_carry) if a]
     accs = [zeros(v.shape) for v, a in zip(consts, act_c) if a]
     if k == 1:
-        ct_init, ct_acc = _reverse_sweep(consts, tapes, ct_tapes, count - 1.0, seeds, accs, bvjp, n_ac, max_iter)
+        ct_init, ct_acc = _reverse_sweep(consts, tapes, ct_tapes, count - 1.0, seeds, accs, bvjp, n_ac, max_iter,
+                                         trips)
     else:
-        ct_init, ct_acc = _segments(consts, tapes, ct_tapes, count, k, seeds, accs, cond, body, bvjp, n_ac, max_iter)
+        ct_init, ct_acc = _segments(consts, tapes, ct_tapes, count, k, seeds, accs, cond, body, bvjp, n_ac, max_iter,
+                                    trips)
     it_init, it_c = iter(ct_init), iter(ct_acc)
     ct_init = [next(it_init) if a else None for a in act_carry]
     ct_c = [next(it_c) if a else None for a in act_c]
     return ct_c + [ct if a else None for ct, a in zip(ct_init, act_init)]
 
 
-def _segments(consts, cps, ct_cps, count, k, seeds, accs, cond, body, bvjp, n_ct_consts, max_iter):
+def _segments(consts, cps, ct_cps, count, k, seeds, accs, cond, body, bvjp, n_ct_consts, max_iter, trips=0):
     """The checkpointed reverse sweep: a while over the segments of k iterations, last first; each recomputes
     its carries from its checkpoint and runs the body's VJP backwards through them."""
     ctt = [t for t in ct_cps if t is not None]
@@ -267,12 +272,14 @@ def _segments(consts, cps, ct_cps, count, k, seeds, accs, cond, body, bvjp, n_ct
     seg_cond = cb.build([op.ge(ins[len(consts) + len(cps) + len(ctt) + 1], 0.0)])
     last = op.floor((count - 1.0) / float(k))  # the last segment's number; -1 when the loop never ran
     out = _while_node([*consts, *cps, *ctt, count], [last, *seeds, *accs], seg_cond, seg_body,
-                      tape_rows(max_iter, k), False)
+                      tape_rows(max_iter, k), False, 1, tape_rows(trips, k) if trips else 0)
     return list(out[1:1 + len(seeds)]), list(out[1 + len(seeds):])
 
 
 register(Prim("while", _while_shape, _while_impl, _while_jvp, _while_vjp, multiple_results=True,
               normalize=_while_normalize, extra={"activity": _while_activity, "vjp_fwd": _while_vjp_fwd},
-              params=(("n_consts", "count"), ("max_iter", "count"), ("tape", "flag"), ("every", "count")),
+              params=(("n_consts", "count"), ("max_iter", "count"), ("tape", "flag"), ("every", "count"),
+                      ("trips", "count")),
               doc="a loop that runs while its condition holds, at most `max_iter` times; with `tape`, also the "
-                  "trip count and the carries of every `every`-th iteration (`every` optional, default 1; reverse mode)"))
+                  "trip count and the carries of every `every`-th iteration (`every` optional, default 1; reverse "
+                  "mode); `trips` (optional): its trip count where known, for reports of how far it got"))

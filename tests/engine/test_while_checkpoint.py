@@ -17,7 +17,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from engine_helpers import jax, jnp
+from engine_helpers import Builder, inline, jax, jnp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_language_functions import Case, compare, jax_all
@@ -236,19 +236,26 @@ def _plan_and_args(case, point, k, points=3):
 @pytest.mark.timeout(900)
 def test_compiled_tiers_run_the_checkpointed_schedule_as_the_interpreter():
     """numba and the python tier run the checkpointed plans (value, gradient, HVP) of the fixed programs, and
-    of two random while programs, as the interpreter does (whose answers the tests above check against JAX)."""
+    of two random while programs, as the interpreter does (whose answers the tests above check against JAX);
+    numba runs the nested-loop program's and a random program's, in one kernel."""
     from test_codegen import assert_same
     from test_python_tier import python_or_declined
 
     cases = [(NESTED, {"x": np.array([0.3, 0.9, -0.2]), "w": np.array(0.8)}, 3),
              (GRAD_GRAD, {"x": np.array(0.7)}, 2), (CONFUSION, {"x": np.array(1.3)}, 2)]
-    programs = iter(_fixed_random_programs(2))
-    cases += [(*_random_case(next(programs), s), 2) for s in (11, 12)]
+    programs = _fixed_random_programs(12)  # the 10th: nested while, break, continue, grad inside; the 12th: grad(grad)
+    cases += [(*_random_case(programs[i], s), 2) for i, s in ((9, 11), (11, 12))]
+    plans = []
     for case, point, k in cases:
         graph, args = _plan_and_args(case, point, k)
         assert python_or_declined(graph, args, f"checkpointed {case.name}")
-        if case is NESTED:  # numba: one kernel (its compile is the slow part)
-            assert_same(graph, args, f"checkpointed {case.name}")
+        plans.append((graph, args))
+    # numba: the nested-loop program's plan and the 10th random program's in one kernel (compiling is the slow part)
+    pair = (plans[0], plans[3])
+    b = Builder()
+    ins = [[b.input(v.shape) for v in g.inputs] for g, _ in pair]
+    outs = [o for (g, _), x in zip(pair, ins) for o in inline(b, g, x)]
+    assert_same(b.build(outs), pair[0][1] + pair[1][1], "checkpointed while programs")
 
 
 def _fixed_random_programs(n):
