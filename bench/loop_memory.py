@@ -12,7 +12,8 @@ Each (N, S, tier, kind) runs in a process of its own: the plan's graph (value, g
 kernel loaded (numba: compiled first in another process, so compiling is not measured), then run once for
 one point (`--repeat`: several times, the fastest reported). Reported: the wall time of that run and how far it raised the process's peak resident memory
 (ru_maxrss after minus before: the memory the run itself took). `--max-elements` raises the element limit,
-for measuring a tape the default limit refuses. Results print as a Markdown table.
+for measuring a tape the default limit refuses; `--loop for` runs the same loop as `for k in range(N)`.
+Results print as a Markdown table.
 """
 
 from __future__ import annotations
@@ -36,9 +37,16 @@ def f(x, r):
         k += 1
     return sum(y)
 """
+FOR_PROGRAM = """
+def f(x, r):
+    y = x
+    for k in range({n}):
+        y = y * r + 0.001 * sin(y)
+    return sum(y)
+"""
 
 
-def _setup(n, s, kind, max_elements):
+def _setup(n, s, kind, max_elements, loop="while"):
     import numpy as np
 
     from adserve.engine import Engine, Limits, main_plan
@@ -46,7 +54,7 @@ def _setup(n, s, kind, max_elements):
     limits = Limits().updated(max_while_iterations=n, max_elements=max_elements)
     engine = Engine(limits=limits)
     fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [s]}, {"name": "r", "shape": []}],
-                                    "program": PROGRAM.format(n=n)})
+                                    "program": (FOR_PROGRAM if loop == "for" else PROGRAM).format(n=n)})
     kinds = {"value": {"value"}, "gradient": {"value", "gradient"}, "hvp": {"value", "gradient", "hvp"}}[kind]
     from adserve.engine.limits import check_tape
     if kind != "value" and fn.tape:
@@ -70,19 +78,19 @@ def _kernel_path(graph, cache, title):
     return path
 
 
-def one(n, s, tier, kind, max_elements, cache, repeat=1):
+def one(n, s, tier, kind, max_elements, cache, repeat=1, loop="while"):
     """Run one case in this process; print a JSON line."""
     import numpy as np
 
     from adserve.engine.deadline import FLAG_SLOTS
     try:
-        graph, args, tape = _setup(n, s, kind, max_elements)
+        graph, args, tape = _setup(n, s, kind, max_elements, loop)
     except Exception as e:  # a refusal up front is a result too
         print(json.dumps({"refused": str(e)[:160]}))
         return
     if tier == "numba":
         from adserve.engine.codegen.worker import load
-        path = _kernel_path(graph, cache, f"loop {n}x{s} {kind}")
+        path = _kernel_path(graph, cache, f"{loop} loop {n}x{s} {kind}")
         if "--compile" in sys.argv:
             load(path, os.path.basename(path)[:-3])
             return
@@ -109,9 +117,9 @@ def one(n, s, tier, kind, max_elements, cache, repeat=1):
     print(json.dumps({"seconds": seconds, "peak_mb": (after - before) / 1024, "tape": tape}))
 
 
-def case(n, s, tier, kind, max_elements, cache, repeat=1, timeout=3600):
+def case(n, s, tier, kind, max_elements, cache, repeat=1, loop="while", timeout=3600):
     cmd = [sys.executable, "-m", "bench.loop_memory", "--one", str(n), str(s), tier, kind,
-           "--max-elements", str(max_elements), "--cache", cache, "--repeat", str(repeat)]
+           "--max-elements", str(max_elements), "--cache", cache, "--repeat", str(repeat), "--loop", loop]
     if tier == "numba":  # compile first, in a process of its own
         subprocess.run(cmd + ["--compile"], check=True, timeout=timeout, capture_output=True)
     out = subprocess.run(cmd, check=True, timeout=timeout, capture_output=True, text=True).stdout
@@ -128,11 +136,12 @@ def main(argv=None):
     ap.add_argument("--tiers", default="interpreter,python,numba")
     ap.add_argument("--kinds", default="value,gradient,hvp")
     ap.add_argument("--repeat", type=int, default=1, help="runs per case in one process; the fastest is reported")
+    ap.add_argument("--loop", choices=("while", "for"), default="while", help="the same loop as a for loop")
     a = ap.parse_args(argv)
     os.makedirs(a.cache, exist_ok=True)
     if a.one:
         n, s, tier, kind = a.one
-        one(int(n), int(s), tier, kind, a.max_elements, a.cache, a.repeat)
+        one(int(n), int(s), tier, kind, a.max_elements, a.cache, a.repeat, a.loop)
         return
     print("| N | S | tier | kind | time (s) | x value | peak memory of the run (MB) | tape (elements/point) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -141,7 +150,7 @@ def main(argv=None):
         for tier in a.tiers.split(","):
             base = None
             for kind in a.kinds.split(","):
-                r = case(n, s, tier, kind, a.max_elements, a.cache, a.repeat)
+                r = case(n, s, tier, kind, a.max_elements, a.cache, a.repeat, a.loop)
                 if "refused" in r:
                     print(f"| {n:,} | {s:,} | {tier} | {kind} | refused: {r['refused']} | | | |", flush=True)
                     continue
