@@ -98,7 +98,7 @@ CONFUSION = Case("confusion-through-a-loop", """
     """, {"x": ()})
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("k", [1, 3])  # the whole tape; segments of 3, the last one partial
 def test_checkpointed_reverse_mode_agrees_with_the_whole_tape_and_jax(k):
     x = {"x": np.array([0.3, 0.9, -0.2]), "w": np.array(0.8)}
     with stride(k):
@@ -212,7 +212,7 @@ def _random_case(program, seed):
     return case, {"x": rng.uniform(-1.0, 1.5, 3), "w": rng.uniform(0.5, 1.5)}
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@settings(max_examples=8, deadline=None, derandomize=True, database=None)  # JAX's eager loops are the slow part
 @given(while_programs(), st.integers(0, 2 ** 16), st.sampled_from([1, 2, 3]))
 def test_random_while_programs_agree_with_jax(program, seed, k):
     case, x = _random_case(program, seed)
@@ -305,7 +305,7 @@ def test_a_long_for_loop_checkpoints_and_agrees_with_jax():
     assert fn.tape == 10 * 701 + 11 * 702
     graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
     assert [e.params.get("every", 1) for e in graph.eqns if e.prim == "while" and e.params["tape"]] == [11]
-    for x0 in (-0.3, 0.2):  # the branch taken changes along the loop for one, not the other
+    for x0 in (-0.3,):  # the branch taken changes along the loop
         x, r, t = np.linspace(x0, 1, 700), np.array(0.97), {"x": np.full(700, 0.1), "r": np.array(1.0)}
         got = eng.evaluate(fn, {"x": x, "r": r}, ["value", "gradient", "hvp"], tangent=t)
         g = jax.grad(j_for_loop, (0, 1))(x, r)
