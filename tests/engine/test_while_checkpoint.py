@@ -17,7 +17,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, inline, jax, jnp
+from engine_helpers import jax, jnp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_language_functions import Case, compare, jax_all
@@ -237,7 +237,7 @@ def _plan_and_args(case, point, k, points=3):
 def test_compiled_tiers_run_the_checkpointed_schedule_as_the_interpreter():
     """numba and the python tier run the checkpointed plans (value, gradient, HVP) of the fixed programs, and
     of two random while programs, as the interpreter does (whose answers the tests above check against JAX);
-    numba runs the nested-loop program's and a random program's, in one kernel."""
+    numba runs the nested-loop program's."""
     from test_codegen import assert_same
     from test_python_tier import python_or_declined
 
@@ -250,12 +250,9 @@ def test_compiled_tiers_run_the_checkpointed_schedule_as_the_interpreter():
         graph, args = _plan_and_args(case, point, k)
         assert python_or_declined(graph, args, f"checkpointed {case.name}")
         plans.append((graph, args))
-    # numba: the nested-loop program's plan and the 10th random program's in one kernel (compiling is the slow part)
-    pair = (plans[0], plans[3])
-    b = Builder()
-    ins = [[b.input(v.shape) for v in g.inputs] for g, _ in pair]
-    outs = [o for (g, _), x in zip(pair, ins) for o in inline(b, g, x)]
-    assert_same(b.build(outs), pair[0][1] + pair[1][1], "checkpointed while programs")
+    # numba: the nested-loop program's plan only (a kernel holding a random program's plan too took over 15
+    # minutes to compile on a busy 2-core machine)
+    assert_same(*plans[0], "checkpointed nested while loops")
 
 
 def _fixed_random_programs(n):
