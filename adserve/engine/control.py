@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from .activity import graph_activity
-from .builder import Builder, Prim, emit, inline, op, register, zeros
+from .builder import Builder, Prim, inline, op, register, zeros
 from .deadline import Stopped
 from .errors import ShapeError
 from .interpreter import TAKES_DEADLINE, run_nested
