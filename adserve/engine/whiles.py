@@ -8,7 +8,9 @@ while(consts..., init carries...; cond, body, n_consts, max_iter, tape, every, t
     (ceil(max_iter / every), ...) rows; only the rows of iterations that ran are ever read). That is the forward
     half of reverse mode: the tape's length is known only at run time, so the interpreter grows it (a list of
     rows) and its declared size is what the limits check up front. `trips`, when nonzero, is the number of
-    iterations it will run (a `for` loop differentiated as a while): a stop reports how far of it it got.
+    iterations it will run (a `for` loop differentiated as a while): a stop reports how far of it it got; a
+    while without a tape but with `trips` and `every` is a reverse sweep over segments of `every` iterations of
+    such a loop, and a stop reports its iterations times `every`.
 
 Reverse mode is binomial-free two-level checkpointing (limits.checkpoint_every picks the stride): a loop whose
 bound × carried elements fits `limits.TAPE_BUDGET` keeps every iteration's carries and runs the body's VJP
@@ -42,7 +44,7 @@ def _while_split(seq, n_consts):
 
 
 def _while_normalize(shapes, params):
-    if not params.get("tape") or params.get("every", 1) == 1:  # one spelling per loop: ids stay as they were
+    if params.get("every", 1) == 1 or not (params.get("tape") or params.get("trips")):  # one spelling per loop
         params.pop("every", None)
     if not params.get("trips"):
         params.pop("trips", None)
@@ -70,7 +72,13 @@ def _while_impl(*args, cond, body, n_consts, max_iter, tape, every=1, trips=0, d
     try:
         return _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done)
     except Stopped as err:
-        raise err.inside("loop", done[0], trips or None, None) from None  # its length is known only as it runs
+        raise err.inside("loop", _reported(done[0], tape, every, trips), trips or None, None) from None
+
+
+def _reported(done, tape, every, trips):
+    """The iterations a stop reports done: a while's own (its length is known only as it runs, unless `trips`
+    says it), or, for a reverse sweep over segments of `every` iterations of a loop of `trips`, the loop's."""
+    return min(done * every, trips) if trips and not tape else done
 
 
 def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done):
@@ -272,7 +280,7 @@ def _segments(consts, cps, ct_cps, count, k, seeds, accs, cond, body, bvjp, n_ct
     seg_cond = cb.build([op.ge(ins[len(consts) + len(cps) + len(ctt) + 1], 0.0)])
     last = op.floor((count - 1.0) / float(k))  # the last segment's number; -1 when the loop never ran
     out = _while_node([*consts, *cps, *ctt, count], [last, *seeds, *accs], seg_cond, seg_body,
-                      tape_rows(max_iter, k), False, 1, tape_rows(trips, k) if trips else 0)
+                      tape_rows(max_iter, k), False, k if trips else 1, trips)
     return list(out[1:1 + len(seeds)]), list(out[1 + len(seeds):])
 
 
@@ -282,4 +290,5 @@ register(Prim("while", _while_shape, _while_impl, _while_jvp, _while_vjp, multip
                       ("trips", "count")),
               doc="a loop that runs while its condition holds, at most `max_iter` times; with `tape`, also the "
                   "trip count and the carries of every `every`-th iteration (`every` optional, default 1; reverse "
-                  "mode); `trips` (optional): its trip count where known, for reports of how far it got"))
+                  "mode); `trips` (optional): its trip count where known, for reports of how far it got (each "
+                  "iteration counting as `every` without `tape`)"))

@@ -118,7 +118,8 @@ def while_(s, e):
     s.line(f"{it} = 0")
     s.line("while True:")
     s.depth += 1
-    s.open_loop(p.get("trips") or None, e.loc, it)
+    trips = p.get("trips") or None
+    s.open_loop(trips, e.loc, f"min({it} * {every}, {trips})" if trips and not tape and every > 1 else it)
     for g in (cond, body):
         for v, a in zip(g.inputs[:nc], consts):
             s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
