@@ -9,7 +9,7 @@ cond(pred, operands...; true_body, false_body)
     Runs one branch per point (pred != 0 picks `true_body`); both bodies take
     the operands and return outputs of the same shapes.
 
-Derivatives follow JAX's design: the JVP of a loop is a loop over primal and
+`while` is in whiles.py. Derivatives follow JAX's design: the JVP of a loop is a loop over primal and
 tangent carries; the VJP saves each iteration's carries on a tape (a stacked
 output of the forward loop) and runs a reverse loop of the body's VJP. Branch
 derivatives are branches of derivatives.
@@ -17,15 +17,16 @@ derivatives are branches of derivatives.
 
 from __future__ import annotations
 
-import contextvars
+import math
 
 import numpy as np
 
 from .activity import graph_activity
-from .builder import Builder, Prim, emit, inline, op, register, zeros
+from .builder import Builder, Prim, inline, op, register, zeros
 from .deadline import Stopped
-from .errors import DefinitionError, EvaluationError, ShapeError
+from .errors import ShapeError
 from .interpreter import TAKES_DEADLINE, run_nested
+from .limits import checkpoint_every
 
 
 # -- loop ------------------------------------------------------------------------
@@ -137,7 +138,13 @@ def _loop_jvp(ts, primals, ans, body, length, n_consts, n_carry, reverse):
 
 
 def _loop_vjp_fwd(primals, body, length, n_consts, n_carry, reverse):
-    """Forward loop that also stacks the carries each iteration starts from (the tape)."""
+    """Forward loop that also stacks the carries each iteration starts from (the tape). A long loop of carries
+    only (no xs, no ys: every `for` loop of a program) is differentiated as the equivalent `while` instead, so
+    it checkpoints as a while does (whiles.py); its residuals then say so."""
+    consts, init, xs = _split(primals, n_consts, n_carry)
+    size = sum(math.prod(v.shape) for v in init) + 1  # + the while's counter
+    if not xs and len(body.outputs) == n_carry and checkpoint_every(length, size) > 1:
+        return _as_while_fwd(consts, init, body, length, reverse)
     nb, k, c, car, x = _body_builder(body, n_consts, n_carry)
     outs = inline(nb, body, [k, *c, *car, *x])
     tape_body = nb.build([*outs, *car])
@@ -146,9 +153,33 @@ def _loop_vjp_fwd(primals, body, length, n_consts, n_carry, reverse):
     return tuple(res[:n_out]), list(res[n_out:])
 
 
+def _as_while_fwd(consts, init, body, length, reverse):
+    graphs = []
+    for is_body in (True, False):
+        b = Builder()
+        c = [b.input(v.shape) for v in consts]
+        i = b.input(())
+        car = [b.input(v.shape) for v in init]
+        if is_body:
+            k = op.sub(float(length - 1), i) if reverse else i
+            graphs.append(b.build([i + 1.0, *inline(b, body, [k, *c, *car])]))
+        else:
+            graphs.append(b.build([op.lt(i, float(length))]))
+    params = {"cond": graphs[1], "body": graphs[0], "n_consts": len(consts), "max_iter": length, "tape": False,
+              "trips": length}
+    primals = [*consts, zeros(()), *init]
+    ans, residuals = whiles._while_vjp_fwd(primals, **params)
+    return tuple(ans[1:]), ("while", primals, ans, residuals, params)
+
+
 def _loop_vjp(gs, primals, ans, active, residuals, body, length, n_consts, n_carry, reverse):
     from .vjp import vjp_graph
 
+    if isinstance(residuals, tuple):  # differentiated as a while (see _loop_vjp_fwd)
+        _, w_primals, w_ans, w_residuals, params = residuals
+        act_c, act_init, _ = _split(active, n_consts, n_carry)
+        cts = whiles._while_vjp([None, *gs], w_primals, w_ans, [*act_c, False, *act_init], w_residuals, **params)
+        return cts[:n_consts] + cts[n_consts + 1:]
     consts, init, xs = _split(primals, n_consts, n_carry)
     act_c, act_init, act_x = _split(active, n_consts, n_carry)
     act_carry = _loop_activity(active, body, length, n_consts, n_carry, reverse)[:n_carry]
@@ -261,241 +292,6 @@ register(Prim("cond", _cond_shape, _cond_impl, _cond_jvp, _cond_vjp, multiple_re
               extra={"activity": _cond_activity}, doc="if/else: one branch per point"))
 
 
-# -- while -----------------------------------------------------------------------
-# while(consts..., init carries...; cond, body, n_consts, max_iter, tape)
-#     cond: (consts, carries) -> scalar (nonzero: run the body again); body: (consts, carries) -> new carries.
-#     Runs per point until cond is 0; past `max_iter` iterations the evaluation stops with `while_limit`.
-#     With `tape`, it also returns the number of iterations each point ran and, per carry, the carries each
-#     iteration started from, stacked (declared (max_iter, ...); only the first `count` rows are ever read).
-#     That is the forward half of reverse mode: the tape's length is known only at run time, so the
-#     interpreter grows it (a list of rows) and its declared size is what the limits check up front.
-WHILE_LIMIT = contextvars.ContextVar("adserve_while_limit", default=100_000)  # max_iter of loops lowered now
-
-
-def _while_split(seq, n_consts):
-    return list(seq[:n_consts]), list(seq[n_consts:])
-
-
-def _while_shape(*shapes, cond, body, n_consts, max_iter, tape):
-    consts, carries = _while_split(shapes, n_consts)
-    for name, g in (("condition", cond), ("body", body)):
-        if [v.shape for v in g.inputs] != list(shapes):
-            raise ShapeError(f"while {name} takes {[list(v.shape) for v in g.inputs]}, given {[list(s) for s in shapes]}")
-    if [a.shape for a in cond.outputs] != [()]:
-        raise ShapeError("a while condition must be one scalar")
-    outs = [a.shape for a in body.outputs]
-    if outs != carries:
-        raise ShapeError(f"while-carried values change shape: {[list(s) for s in carries]} -> {[list(s) for s in outs]}")
-    return carries + ([()] + [(max_iter, *s) for s in carries] if tape else [])
-
-
-def _while_impl(*args, cond, body, n_consts, max_iter, tape, deadline=None):
-    done = [0]  # iterations run, for a stop's report
-    try:
-        return _while_run(args, cond, body, n_consts, max_iter, tape, deadline, done)
-    except Stopped as err:
-        raise err.inside("loop", done[0], None, None) from None  # its length is known only as it runs
-
-
-def _limit_error(max_iter):
-    return EvaluationError(f"a while loop ran past {max_iter:,} iterations, the limit "
-                           "(ADSERVE_MAX_WHILE_ITERATIONS); does its condition ever become false?",
-                           code="while_limit", cite_line=True)
-
-
-FIXED_POINT_EVERY = 16  # iterations between checks that the carries still change
-
-
-def _stuck(cur, new, n):
-    """Per active point: whether the body left every carry as it was, bit for bit (so -0.0 is not 0.0, and a
-    NaN is the same NaN)."""
-    same = np.ones(n, dtype=bool)
-    for old, v in zip(cur, new):
-        v = np.broadcast_to(np.asarray(v, dtype=np.float64), old.shape)
-        same &= (np.asarray(old, dtype=np.float64).view(np.int64) == v.view(np.int64)).reshape(n, -1).all(axis=1)
-    return same
-
-
-def _while_run(args, cond, body, n_consts, max_iter, tape, deadline, done):
-    from .codegen import while_kernel
-
-    consts, carry = _while_split(args, n_consts)
-    B = max([a.shape[0] for a in args], default=1)
-    carry = [np.array(np.broadcast_to(c, (B, *c.shape[1:]))) for c in carry]
-    count = np.zeros(B)
-    rows = [[] for _ in carry] if tape else None
-    active = np.arange(B)
-    iterations = 0
-    cond_lits, body_lits = {}, {}  # literal arrays, made once for all iterations
-    while True:
-        every = len(active) == B
-        sub = consts if every else [c if c.shape[0] != B else c[active] for c in consts]
-        cur = carry if every else [c[active] for c in carry]
-        if deadline is not None and deadline.stopped:
-            raise deadline.error()
-        pred = run_nested(cond, [*sub, *cur], deadline, cond_lits)[0].reshape(-1) != 0
-        if not pred.all():
-            active = active[np.broadcast_to(pred, (len(active),))]
-            if not len(active):
-                break
-            sub = [c if c.shape[0] != B else c[active] for c in consts]
-            cur = [c[active] for c in carry]
-            every = False
-        if iterations >= max_iter:
-            raise _limit_error(max_iter)
-        if iterations == while_kernel.ESCALATE_AFTER and while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-            rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, deadline)
-            if rest is not None:
-                return rest
-        if tape:
-            for r, c in zip(rows, carry):
-                r.append(c.copy())
-        new = run_nested(body, [*sub, *cur], deadline, body_lits)
-        if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and _stuck(cur, new, len(active)).any():
-            # the body is a function of the carries: unchanged carries whose condition holds never change again
-            raise EvaluationError(f"a while loop can never end: after {iterations + 1:,} iterations its variables "
-                                  "stopped changing while its condition still holds (it would run past "
-                                  f"{max_iter:,} iterations, the limit, ADSERVE_MAX_WHILE_ITERATIONS)",
-                                  code="while_limit", cite_line=True)
-        for c, v in zip(carry, new):
-            if every:
-                c[...] = v
-            else:
-                c[active] = v
-        if every:
-            count += 1
-        else:
-            count[active] += 1
-        iterations += 1
-        done[0] = iterations
-    if not tape:
-        return carry
-    stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
-    return [*carry, count, *stacked]
-
-
-def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, deadline):
-    """The rest of a long loop in generated code (codegen/while_kernel.py), from the carries reached after
-    `iterations`, merged with what the interpreter has (counts, tape rows); None: the interpreter goes on."""
-    from .codegen import while_kernel
-
-    try:
-        out = while_kernel.finish([*consts, *carry], cond, body, n_consts, max_iter - iterations, tape, deadline)
-    except EvaluationError as err:
-        if err.code == "while_limit":  # its budget was what is left of this loop's: the limit is the loop's
-            raise _limit_error(max_iter) from None
-        raise
-    if out is None:
-        return None
-    n = len(carry)
-    if not tape:
-        return out[:n]
-    more = out[n]
-    ran = int(more.max(initial=0))
-    stacked = [np.concatenate([np.stack(r, axis=1), k[:, :ran]], axis=1) for r, k in zip(rows, out[n + 1:])]
-    return [*out[:n], count + more, *stacked]
-
-
-def _while_activity(in_active, cond, body, n_consts, max_iter, tape):
-    c, carry = _while_split(in_active, n_consts)
-    while True:
-        new = [a or b for a, b in zip(carry, graph_activity(body, c + carry))]
-        if new == carry:
-            return carry + ([False] + carry if tape else [])
-        carry = new
-
-
-def _while_node(consts, carries, cond, body, max_iter, tape):
-    return emit("while", *consts, *carries, cond=cond, body=body, n_consts=len(consts), max_iter=max_iter, tape=tape)
-
-
-def _while_jvp(ts, primals, ans, cond, body, n_consts, max_iter, tape):
-    from .jvp import jvp_graph
-
-    consts, init = _while_split(primals, n_consts)
-    t_c, t_init = _while_split(ts, n_consts)
-    nz_c, nz_carry = [t is not None for t in t_c], [t is not None for t in t_init]
-    while True:  # a carry's tangent is nonzero if it starts so or the body makes it so
-        jbody, nz_out = jvp_graph(body, nz_c + nz_carry)
-        new = [a or b for a, b in zip(nz_carry, nz_out)]
-        if new == nz_carry:
-            break
-        nz_carry = new
-    n = len(init)
-    nb, nc = Builder(), Builder()
-    graphs = []
-    for b in (nb, nc):
-        c = [b.input(v.shape) for v in consts]
-        tc = [b.input(v.shape) for v, nz in zip(consts, nz_c) if nz]
-        car = [b.input(v.shape) for v in init]
-        tcar = [b.input(v.shape) for v, nz in zip(init, nz_carry) if nz]
-        if b is nc:
-            graphs.append(b.build(inline(b, cond, [*c, *car])))
-            continue
-        res = inline(b, jbody, [*c, *car, *tc, *tcar])
-        touts = iter(res[n:])
-        t_all = [next(touts) if nz else None for nz in nz_out]
-        graphs.insert(0, b.build([*res[:n], *[zeros(v.shape) if t is None else t
-                                             for t, v, nz in zip(t_all, init, nz_carry) if nz]]))
-    new_body, new_cond = graphs
-    t_init_full = [zeros(v.shape) if t is None else t for t, v in zip(t_init, init)]
-    res = _while_node([*consts, *[t for t in t_c if t is not None]],
-                      [*init, *[t for t, nz in zip(t_init_full, nz_carry) if nz]], new_cond, new_body, max_iter, tape)
-    k = sum(nz_carry)
-    t_carry = iter(res[n:n + k])
-    tangents = [next(t_carry) if nz else None for nz in nz_carry]
-    if not tape:
-        return list(res[:n]), tangents
-    tapes = res[n + k + 1:]
-    t_tapes = iter(tapes[n:])
-    return ([*res[:n], res[n + k], *tapes[:n]],
-            tangents + [None] + [next(t_tapes) if nz else None for nz in nz_carry])
-
-
-def _while_vjp_fwd(primals, cond, body, n_consts, max_iter, tape):
-    if tape:
-        raise DefinitionError("reverse mode through reverse mode of a while loop is not supported",
-                              code="not_differentiable")
-    n = len(primals) - n_consts
-    res = _while_node(primals[:n_consts], primals[n_consts:], cond, body, max_iter, True)
-    return tuple(res[:n]), (res[n], list(res[n + 1:]))
-
-
-def _while_vjp(gs, primals, ans, active, residuals, cond, body, n_consts, max_iter, tape):
-    from .vjp import vjp_graph
-
-    consts, init = _while_split(primals, n_consts)
-    act_c, act_init = _while_split(active, n_consts)
-    act_carry = _while_activity(active, cond, body, n_consts, max_iter, False)
-    count, tapes = residuals
-    bvjp = vjp_graph(body, act_c + act_carry, act_carry)
-    n = len(init)
-
-    nb = Builder()  # reverse body: (consts, tapes; j, carry cotangents, const accumulators)
-    c = [nb.input(v.shape) for v in consts]
-    tp = [nb.input(t.shape) for t in tapes]
-    j = nb.input(())
-    ct_car = [nb.input(v.shape) for v, a in zip(init, act_carry) if a]
-    acc = [nb.input(v.shape) for v, a in zip(consts, act_c) if a]
-    start = [op.dyn_slice(t, j, axis=0, size=None) for t in tp]
-    res = inline(nb, bvjp, [*c, *start, *ct_car])[n:]
-    n_ac = sum(act_c)
-    rev_body = nb.build([j - 1.0, *res[n_ac:], *[a + g for a, g in zip(acc, res[:n_ac])]])
-    cb = Builder()
-    ins = [cb.input(v.shape) for v in rev_body.inputs]
-    rev_cond = cb.build([op.ge(ins[len(consts) + len(tapes)], 0.0)])
-
-    seeds = [g if g is not None else zeros(v.shape) for g, v, a in zip(gs, init, act_carry) if a]
-    out = _while_node([*consts, *tapes], [count - 1.0, *seeds, *[zeros(v.shape) for v, a in zip(consts, act_c) if a]],
-                      rev_cond, rev_body, max_iter, False)
-    it = iter(out[1:])
-    ct_init = [next(it) if a else None for a in act_carry]
-    ct_c = [next(it) if a else None for a in act_c]
-    return ct_c + [ct if a else None for ct, a in zip(ct_init, act_init)]
-
-
-register(Prim("while", _while_shape, _while_impl, _while_jvp, _while_vjp, multiple_results=True,
-              extra={"activity": _while_activity, "vjp_fwd": _while_vjp_fwd},
-              params=(("n_consts", "count"), ("max_iter", "count"), ("tape", "flag")),
-              doc="a loop that runs while its condition holds, at most `max_iter` times; with `tape`, also the "
-                  "trip count and the carries of every iteration (reverse mode)"))
+# -- while: a module of its own (whiles.py); imported here so its row follows cond's ----------------------
+from . import whiles  # noqa: E402
+from .whiles import WHILE_LIMIT  # noqa: E402,F401

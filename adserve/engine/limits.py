@@ -69,6 +69,8 @@ def _eqn_work(e) -> float:
         for term, a in zip(e.params["spec"].split("->")[0].split(","), e.inputs):
             dims.update(zip(term, a.shape))
         return float(math.prod(dims.values()))
+    if e.prim == "dyn_slice":  # reads one slice, however large the array (a tape) it slices
+        return float(max(math.prod(e.outputs[0].shape), 1))
     sizes = [math.prod(a.shape) for a in (*e.inputs, *e.outputs) if not isinstance(a, Lit) or a.fill is None]
     return float(max(sizes, default=1))
 
@@ -145,15 +147,53 @@ def _measure(graph: Graph, limits: Limits):
     return nodes, steps, work
 
 
+# A while loop's reverse pass keeps its carries whole (one row per iteration) while its bound times the carries'
+# size is at most this many elements per point (512 KB): no recomputation. Past it, the carries are kept every
+# k = ceil(sqrt(bound)) iterations and each segment of k is recomputed from its checkpoint in the reverse sweep.
+TAPE_BUDGET = 65_536
+
+
+def checkpoint_every(max_iter: int, elements: int) -> int:
+    """Every how many iterations the forward pass of a while loop's reverse mode keeps the carries (1: all)."""
+    if max_iter * elements <= TAPE_BUDGET:
+        return 1
+    return math.isqrt(max_iter - 1) + 1  # ceil(sqrt(max_iter))
+
+
+def tape_rows(max_iter: int, every: int) -> int:
+    return -(-max_iter // every)
+
+
+def reverse_elements(max_iter: int, elements: int) -> int:
+    """Elements per point that reverse mode through one while loop keeps: the checkpoints, plus one segment's
+    recomputed carries (and its counter) when it checkpoints."""
+    k = checkpoint_every(max_iter, elements)
+    if k == 1:
+        return max_iter * elements
+    return tape_rows(max_iter, k) * elements + k * (elements + 1)
+
+
 def tape_elements(graph: Graph) -> int:
-    """Elements per point that reverse mode stores for its while loops: each loop's carries, once per iteration
-    it may run (the most one loop needs; loops run one after another reuse nothing, so this is the largest)."""
+    """Elements per point that reverse mode stores for its loops: per while loop, what `reverse_elements` says
+    (a loop that already keeps a tape, from a derivative inside the function, keeps that tape and one segment);
+    loops nested in a body are added to it; loops one after another reuse nothing, so this is the largest."""
     most = 0
     for e in graph.eqns:
         if e.prim == "while":
             carries = e.inputs[e.params["n_consts"]:]
-            most = max(most, e.params["max_iter"] * sum(math.prod(a.shape) for a in carries) + tape_elements(
-                e.params["body"]))
+            size = sum(math.prod(a.shape) for a in carries)
+            every = e.params.get("every", 1)
+            if e.params["tape"]:
+                own = tape_rows(e.params["max_iter"], every) * size + (every * (size + 1) if every > 1 else 0)
+            else:
+                own = reverse_elements(e.params["max_iter"], size)
+            most = max(most, own + tape_elements(e.params["body"]))
+        elif e.prim == "loop":  # a loop of carries only checkpoints as a while (control.py); others keep it all
+            p = e.params
+            size = sum(math.prod(a.shape) for a in e.inputs[p["n_consts"]:p["n_consts"] + p["n_carry"]])
+            plain = len(e.inputs) == p["n_consts"] + p["n_carry"] and len(p["body"].outputs) == p["n_carry"]
+            own = reverse_elements(p["length"], size + 1) if plain else p["length"] * size
+            most = max(most, own + tape_elements(p["body"]))
         else:
             most = max([most, *[tape_elements(g) for g in sub_graphs(e)]])
     return most
@@ -162,10 +202,11 @@ def tape_elements(graph: Graph) -> int:
 def check_tape(tape: int, points: int, limits: Limits = DEFAULT_LIMITS):
     """Refuse, before it runs, a reverse pass whose while-loop tape could outgrow the element limit."""
     if tape * points > limits.max_elements:
-        raise LimitError(f"reverse mode through this function's while loop stores up to {tape * points:,} values "
-                         f"(its carries at each of up to ADSERVE_MAX_WHILE_ITERATIONS iterations, for "
-                         f"{points} point(s)), over the limit of {limits.max_elements:,} elements (max_elements)",
-                         code="limit_exceeded")
+        raise LimitError(f"reverse mode through this function's loops stores up to {tape * points:,} values (a "
+                         f"loop's carried values at every k-th iteration, k = ceil(sqrt(its bound: its length, or "
+                         f"ADSERVE_MAX_WHILE_ITERATIONS for a while loop)) once all of them would pass "
+                         f"{TAPE_BUDGET:,} values a point, and one recomputed segment of k; for {points} point(s)), "
+                         f"over the limit of {limits.max_elements:,} elements (max_elements)", code="limit_exceeded")
 
 
 def check_request(work: float, kinds, points: int, sweeps: int = 1, limits: Limits = DEFAULT_LIMITS):

@@ -207,13 +207,16 @@ def test_reverse_pass_through_a_100000_step_while_loop_of_10_elements_answers():
 
 
 def test_a_tape_that_cannot_fit_is_refused_up_front_naming_the_limit():
+    """One point's checkpointed tape (every 317th of 100,000 iterations of 11 carried numbers, and one segment of
+    317) fits 500,000 elements; 100 points' do not, and are refused before anything runs."""
     engine = Engine(limits=Limits().updated(max_elements=500_000))
     fn = engine.compile_definition(LONG)
+    assert fn.tape == 316 * 11 + 317 * 12
     engine.evaluate(fn, {"x": np.zeros(10), "r": np.array(0.5)})  # the value needs no tape
     from adserve.engine.errors import LimitError
     with pytest.raises(LimitError) as e:
-        engine.evaluate(fn, {"x": np.zeros(10), "r": np.array(0.5)}, ["gradient"])
-    assert "max_elements" in e.value.message
+        engine.evaluate(fn, {"x": np.zeros((100, 10)), "r": np.full(100, 0.5)}, ["gradient"], batch=True)
+    assert "max_elements" in e.value.message and "728,000" in e.value.message
 
 
 def test_hostile_programs_get_a_4xx_naming_the_line(service):

@@ -9,7 +9,7 @@ updates.
 from __future__ import annotations
 
 from ..ir import Graph, Var
-from ..limits import cost
+from ..limits import cost, tape_rows
 from .emit import Emitter, loc_text, num
 from .memory import VIEWS
 
@@ -96,10 +96,11 @@ def cond(s, e):
 
 def while_(s, e):
     """`while True:` with the condition's graph, a bound check (status `while_limit`, reported after the point,
-    as a bad index is) and the body's; in tape mode each iteration's carries go to rows preallocated for
-    `max_iter` iterations (the size the limits checked), and the count is the number of rows written."""
+    as a bad index is) and the body's; in tape mode the carries of every `every`-th iteration go to rows
+    preallocated for `max_iter` iterations (the size the limits checked), and the count is the iterations run."""
     p = e.params
     cond, body, nc, max_iter, tape = p["cond"], p["body"], p["n_consts"], p["max_iter"], p["tape"]
+    every = p.get("every", 1)
     consts, inits = e.inputs[:nc], e.inputs[nc:]
     carries = []
     for init in inits:
@@ -109,7 +110,7 @@ def while_(s, e):
     rows = []
     for init in inits if tape else ():
         r = s.fresh("tape")
-        s.prologue.append(f"    {r} = np.empty({(max_iter, *init.shape)!r})")
+        s.prologue.append(f"    {r} = np.empty({(tape_rows(max_iter, every), *init.shape)!r})")
         rows.append(r)
     it = s.fresh("it")
     code = s.error(f"a while loop ran past {max_iter:,} iterations, the limit (ADSERVE_MAX_WHILE_ITERATIONS), "
@@ -117,7 +118,8 @@ def while_(s, e):
     s.line(f"{it} = 0")
     s.line("while True:")
     s.depth += 1
-    s.open_loop(None, e.loc, it)
+    trips = p.get("trips") or None
+    s.open_loop(trips, e.loc, f"min({it} * {every}, {trips})" if trips and not tape and every > 1 else it)
     for g in (cond, body):
         for v, a in zip(g.inputs[:nc], consts):
             s.names[v] = s.ref(a) if isinstance(a, Var) or a.shape else num(a.fill)
@@ -130,8 +132,13 @@ def while_(s, e):
     s.line(f"if {it} >= {max_iter}:")
     s.line(f"    err = {code}")
     s.line("    break")
+    if rows and every > 1:
+        s.line(f"if {it} % {every} == 0:")
+        s.depth += 1
     for r, c, init in zip(rows, carries, inits):
-        s.line(f"{r}[{it}] = {c}")
+        s.line(f"{r}[{it} // {every}] = {c}" if every > 1 else f"{r}[{it}] = {c}")
+    if rows and every > 1:
+        s.depth -= 1
     s.graph(body)
     _carry_on(s, body, body.outputs, carries)
     s.line(f"{it} += 1")

@@ -20,13 +20,13 @@ ESCALATE_AFTER = 2_000
 PY_STEP_SECONDS, PY_ELEMENT_SECONDS = 0.05e-6, 0.2e-6  # python_tier.PythonTier's per-run estimate
 
 
-def _mini_graph(cond, body, n_consts, max_iter, tape):
-    """The graph of one `while` over its per-point inputs (consts, then carries)."""
+def _mini_graph(cond, body, n_consts, max_iter, tape, every=1):
+    """The graph of one `while` over its per-point inputs (consts, then carries); `every`: its tape's stride."""
     from ..builder import Builder
     b = Builder()
     ins = [b.input(v.shape) for v in cond.inputs]
     outs = b.emit("while", ins, {"cond": cond, "body": body, "n_consts": n_consts, "max_iter": max_iter,
-                                 "tape": tape})
+                                 "tape": tape, "every": every})
     return b.build(outs)
 
 
@@ -44,16 +44,16 @@ def pays(cond, body, n_consts, max_iter, B) -> bool:
     return B * (PY_STEP_SECONDS * plan.steps + PY_ELEMENT_SECONDS * plan.work) < 0.5 * interpreter_floor(plan, B)
 
 
-def finish(args, cond, body, n_consts, max_iter, tape, deadline):
+def finish(args, cond, body, n_consts, max_iter, tape, deadline, every=1):
     """Run the loop from `args` (consts, then the carries reached; batched) for at most `max_iter` more
     iterations in generated code: the kernel's outputs (carries, and with `tape` the count and the stacked
-    carries), or None when this path does not apply. A loop past `max_iter` raises the kernel's `while_limit`
-    EvaluationError."""
+    carries of every `every`-th iteration), or None when this path does not apply. A loop past `max_iter`
+    raises the kernel's `while_limit` EvaluationError."""
     from ..backend.plan import call_kernel, plan_meta
     from .module import kernel_module
     from .python import Unsupported
     from .templates import interpreter_only
-    graph = _mini_graph(cond, body, n_consts, max_iter, tape)
+    graph = _mini_graph(cond, body, n_consts, max_iter, tape, every)
     if interpreter_only(graph):
         return None
     plan = plan_meta(graph)
