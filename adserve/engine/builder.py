@@ -374,7 +374,9 @@ def _lit_key(a: Lit):
     return a.shape, tuple(float(x).hex() for x in data)
 
 
-_UNITS = {"add": 0.0, "sub": 0.0, "mul": 1.0, "div": 1.0}  # x op unit == x (see _simplify)
+# x op unit == x for every x, bit for bit: the unit of addition is -0.0 (x + 0.0 is +0.0 at x = -0.0, so
+# 1 / (x + 0.0) is +inf there, not -inf), and x - 0.0 is x + (-0.0)
+_UNITS = {"add": "-0x0.0p+0", "sub": "0x0.0p+0", "mul": "0x1.0000000000000p+0", "div": "0x1.0000000000000p+0"}
 
 
 def _params_key(params):
@@ -386,11 +388,15 @@ def _simplify(prim, atoms, out_shape):
     if prim in _UNITS and len(atoms) == 2:
         a, b = atoms
         unit = _UNITS[prim]
-        if isinstance(b, Lit) and b.fill == unit and a.shape == out_shape:
+        if _is_unit(b, unit) and a.shape == out_shape:
             return a
-        if prim in ("add", "mul") and isinstance(a, Lit) and a.fill == unit and b.shape == out_shape:
+        if prim in ("add", "mul") and _is_unit(a, unit) and b.shape == out_shape:
             return b
     return None
+
+
+def _is_unit(a, unit: str) -> bool:
+    return isinstance(a, Lit) and a.fill is not None and float(a.fill).hex() == unit
 
 
 def _fold(p: Prim, atoms, params, out_shape):

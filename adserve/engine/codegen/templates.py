@@ -65,12 +65,16 @@ def _sum(s, e):
     _accumulate(s, e, "0.0", lambda acc, v: [f"{acc} += {v}"])
 
 
+# max/min keep the first NaN; of the zeros -0.0 and 0.0, max is 0.0 and min -0.0 in any order (the
+# interpreter's rule, arrays._zero_tie): the sum of two zeros is -0.0 only if both are
 def _max(s, e):
-    _accumulate(s, e, "-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u"])
+    _accumulate(s, e, "-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u",
+                                                   f"elif u == 0.0 and {acc} == 0.0:", f"    {acc} = {acc} + u"])
 
 
 def _min(s, e):
-    _accumulate(s, e, "math.inf", lambda acc, v: [f"u = {v}", f"if u < {acc} or u != u:", f"    {acc} = u"])
+    _accumulate(s, e, "math.inf", lambda acc, v: [f"u = {v}", f"if u < {acc} or u != u:", f"    {acc} = u",
+                                                  f"elif u == 0.0 and {acc} == 0.0:", f"    {acc} = -(-{acc} - u)"])
 
 
 def _logsumexp(s, e):
