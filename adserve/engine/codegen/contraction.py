@@ -9,6 +9,7 @@ blocked, vectorised product), where a loop nest over a transposed operand reads 
 from __future__ import annotations
 
 import math
+import re
 
 from ..ir import Lit, Var
 from .emit import loc_text, num
@@ -118,16 +119,54 @@ def _shared_pass(s, eqns):
             s.line(f"{acc} = 0.0")
             body.append(f"{acc} += ELEM * {value}{loc}")
             last.append(f"{target} += {acc}")
-    s.line(f"for {inner} in range({shared.shape[-1]}):")
-    s.depth += 1
+    n = shared.shape[-1]
     elem = s.fresh("a")
-    s.line(f"{elem} = {s.ref(shared)}[{', '.join(idx + [inner])}]")
-    for line in body:
-        s.line(line.replace("ELEM", elem, 1))
-    s.depth -= 1
+    sums = [line.split(" += ")[0] for line in last]
+    if sums and n >= 2 * LANES:
+        # the dot products in LANES accumulators, each summing every LANES-th element: without fast-math LLVM
+        # vectorises no sum (it would reorder it), but it packs independent ones side by side; the order is the
+        # source's, so the python tier computes the same bits
+        accs = [line.split(" += ")[1] for line in last]
+        for k in range(1, LANES):
+            for acc in accs:
+                s.line(f"{acc}_{k} = 0.0")
+        s.line(f"for {inner} in range(0, {n - n % LANES}, {LANES}):")
+        s.depth += 1
+        for k in range(LANES):
+            at = f"{inner} + {k}" if k else inner
+            s.line(f"{elem}_{k} = {s.ref(shared)}[{', '.join(idx + [at])}]")
+            for line in body:
+                line = re.sub(rf"\b{inner}\b", at, line.replace("ELEM", f"{elem}_{k}", 1))
+                for acc in accs:
+                    line = re.sub(rf"\b{acc}\b", f"{acc}_{k}" if k else acc, line)
+                s.line(line)
+        s.depth -= 1
+        for acc in accs:
+            s.line(f"{acc} = {_pairwise([acc] + [f'{acc}_{k}' for k in range(1, LANES)])}")
+        start = n - n % LANES
+    else:
+        start = 0
+    if start < n:
+        s.line(f"for {inner} in range({start}, {n}):" if start else f"for {inner} in range({n}):")
+        s.depth += 1
+        s.line(f"{elem} = {s.ref(shared)}[{', '.join(idx + [inner])}]")
+        for line in body:
+            s.line(line.replace("ELEM", elem, 1))
+        s.depth -= 1
     for line in last:
         s.line(line)
     s.end(len(shared.shape) - 1)
+
+
+LANES = 8  # dot products in the shared pass: accumulators side by side (Helmholtz n=1000 gradient kernel: 0.93 ms in one, 0.55-0.61 ms in 4 or 8)
+
+
+def _pairwise(terms) -> str:
+    """The sum of `terms` as a balanced tree: (a + b) + (c + d)."""
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return f"({_pairwise(terms[:half])} + {_pairwise(terms[half:])})"
 
 
 BLAS_MIN_WORK = 4096  # multiply-adds: below this a loop nest beats the call (and BLAS's checks)

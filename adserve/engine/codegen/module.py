@@ -22,7 +22,7 @@ from .runtime import HELPERS
 from .emit import num
 from .fusion import Source
 
-CODEGEN_VERSION = "12"  # bump when generated code changes meaning: it is part of the cache key
+CODEGEN_VERSION = "13"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
 CHUNKS_PER_THREAD = 4   # the parallel kernel cuts a batch into this many chunks per numba thread
 
@@ -75,14 +75,13 @@ from adserve.engine.codegen.python import {python_names}  # noqa: F401
 '''
 
 
-# LLVM's fast-math flags for the kernels: `reassoc` only. It lets a sum along the innermost loop vectorise (the
-# dot product in the shared pass over Helmholtz's matrix: its n=1000 gradient kernel ran in 0.57 ms with it, 1.20
-# ms without); sums are reordered anyway (the interpreter's are NumPy's pairwise ones), and the cross-tier tests
-# (tests/engine/test_tier_consistency.py) hold with it: NaN, infinities and signs of zero exact, values within
-# 1e-12. Not `contract`: fusing x*x - y*y into one FMA rounds otherwise than the interpreter (sqrt(x*x - y*y) at
-# x = y = 0.1 was NaN, not 0); what it bought was the FMA in that dot product (0.23 ms with it, 0.29 without) and
-# nothing measurable in k-means' cost or lse's gradient.
-FASTMATH = '{"reassoc"}'
+# LLVM's fast-math flags for the kernels: none. `contract` fused x*x - y*y into one FMA, which rounds otherwise
+# than the interpreter (sqrt(x*x - y*y) at x = y = 0.1 was NaN, not 0); `reassoc` reordered products too, not
+# only sums ((3*x*x)*t of x**3's derivative came out an ulp off the interpreter's; cbrt's Newton step differed
+# between numba and the python tier). What they bought, measured: Helmholtz n=1000's gradient kernel ran in
+# 0.23 ms with both, 0.29 with `reassoc` alone, about 0.57 without either (its dot product along the shared pass
+# over the matrix no longer vectorises); nothing measurable in k-means or lse (their time is BLAS, exp, memory).
+FASTMATH = "False"
 
 # every kernel's stop check and the contractions' BLAS calls; the rows' helpers come beside them
 KERNEL_RUNTIME = ("dot", "matmul", "matvec", "stop_flag", "stopped")
