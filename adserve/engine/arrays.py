@@ -66,11 +66,22 @@ def _chooser(name, word, np_fn, identity):
         return [expand_reduced(g / op.reduce_sum(loc, axes=axes), x.shape, axes) * loc]
 
     register(Prim(name, lambda s, axes: _reduced_shape(s, axes),
-                  lambda x, axes: np_fn(x, axis=_batched_axes(axes), initial=identity),
+                  lambda x, axes: _zero_tie(np_fn(x, axis=_batched_axes(axes), initial=identity), x, axes, word),
                   jvp, vjp, normalize=_reduce_norm, arity=1, params=_AXES, lang=(word,),
                   signature=f"{word}(x, axis=None)",
                   doc=f"the {'largest' if word == 'max' else 'smallest'} entry, over all axes or the given "
                       "ones (refused for an empty array); tied entries share the derivative evenly"))
+
+
+def _zero_tie(out, x, axes, word):
+    """max of -0.0 and 0.0 is 0.0, min -0.0 (IEEE 754-2019's maximum and minimum), whatever the order: NumPy's
+    vectorised reductions return either zero, and the kernels' loops must agree with one rule."""
+    zero = out == 0
+    if not np.any(zero):
+        return out
+    ax = _batched_axes(axes)
+    pos = np.any((x == 0) & ~np.signbit(x), axis=ax) if word == "max" else ~np.any((x == 0) & np.signbit(x), axis=ax)
+    return np.where(zero, np.where(pos, 0.0, -0.0), out)
 
 
 def _lse_impl(x, axes):

@@ -264,7 +264,7 @@ class Builder:
             return tuple(inline(self, body, [V(self, a) for a in atoms[1:]]))
         if not multi:
             out_shape = tuple(out_shapes)
-            if consts and prim in _UNITS:
+            if consts and prim in _UNITS or prim in _SAME_SHAPE:
                 simplified = _simplify(prim, atoms, out_shape)
                 if simplified is not None:
                     return V(self, simplified)
@@ -356,8 +356,22 @@ class Builder:
         return dce(Graph(tuple(self.inputs), tuple(self.eqns), atoms))
 
 
+MAX_INT_POWER = 32  # x**n for integers 3..this: multiplications (as JAX's integer_pow), not libm's pow
+
+
 def _small_power(b, x, p):
-    """x**p for p in {0, 1, 2, -1} as cheaper exact ops (also folds what derivative rules make)."""
+    """x**p for p in {0, 1, 2, -1} as cheaper exact ops (also folds what derivative rules make), and for
+    integers 3..MAX_INT_POWER as multiplications by squaring, in JAX's order (x**3 is (x*x)*x): a few
+    multiplications that vectorise, where pow is a libm call; within an ulp or two of pow."""
+    if p == int(p) and 2 < p <= MAX_INT_POWER:
+        n, base, acc = int(p), V(b, x), None
+        while n:
+            if n & 1:
+                acc = base if acc is None else b.emit("mul", [acc, base])
+            n >>= 1
+            if n:
+                base = b.emit("mul", [base, base])
+        return acc
     if p == 0.0:
         return V(b, Lit.scalar(1.0, x.shape))  # as numpy: x**0 is 1 even for NaN
     if p == 1.0:
@@ -377,7 +391,12 @@ def _lit_key(a: Lit):
     return a.shape, tuple(float(x).hex() for x in data)
 
 
-_UNITS = {"add": 0.0, "sub": 0.0, "mul": 1.0, "div": 1.0}  # x op unit == x (see _simplify)
+# x op unit == x for every x, bit for bit: the unit of addition is -0.0 (x + 0.0 is +0.0 at x = -0.0, so
+# 1 / (x + 0.0) is +inf there, not -inf), and x - 0.0 is x + (-0.0)
+_UNITS = {"add": "-0x0.0p+0", "sub": "0x0.0p+0", "mul": "0x1.0000000000000p+0", "div": "0x1.0000000000000p+0"}
+
+
+_SAME_SHAPE = {"broadcast_to", "sum_to", "reshape"}  # the identity when the shape does not change
 
 
 def _params_key(params):
@@ -386,14 +405,20 @@ def _params_key(params):
 
 def _simplify(prim, atoms, out_shape):
     """Identities used by derivative rules; only where the shape is unchanged."""
+    if prim in _SAME_SHAPE and atoms[0].shape == tuple(out_shape):  # matmul's broadcasts of equal batches
+        return atoms[0]
     if prim in _UNITS and len(atoms) == 2:
         a, b = atoms
         unit = _UNITS[prim]
-        if isinstance(b, Lit) and b.fill == unit and a.shape == out_shape:
+        if _is_unit(b, unit) and a.shape == out_shape:
             return a
-        if prim in ("add", "mul") and isinstance(a, Lit) and a.fill == unit and b.shape == out_shape:
+        if prim in ("add", "mul") and _is_unit(a, unit) and b.shape == out_shape:
             return b
     return None
+
+
+def _is_unit(a, unit: str) -> bool:
+    return isinstance(a, Lit) and a.fill is not None and float(a.fill).hex() == unit
 
 
 def _fold(p: Prim, atoms, params, out_shape):

@@ -139,6 +139,8 @@ def jacobian_plan(fn, wrt):
 def jacobian(fn, xs, B, wrt, run, max_rows):
     sizes, offsets = _layout(fn, wrt)
     n, m, out = offsets[-1], math.prod(fn.output_shape), fn.output_shape
+    if m == 0 or n == 0:  # no entries, no sweeps (a basis of zero rows beside inputs of one would not broadcast)
+        return {nm: np.zeros((B, *out, *fn.input_shapes[nm])) for nm in wrt}
     if m <= n:  # reverse: one VJP per output component
         _guard(B, m, max_rows)
         g = jacobian_plan(fn, wrt)[0]
@@ -156,6 +158,9 @@ def jacobian(fn, xs, B, wrt, run, max_rows):
 def hessian(fn, xs, B, wrt, run, max_rows):
     sizes, offsets = _layout(fn, wrt)
     n = offsets[-1]
+    if n == 0:
+        shapes = fn.input_shapes
+        return {a: {b: np.zeros((B, *shapes[a], *shapes[b])) for b in wrt} for a in wrt}
     _guard(B, n, max_rows)
     graph, _ = main_plan(fn, frozenset({"hvp"}), wrt)
     hvps = run(graph, _repeat(xs, B, n) + _basis(fn, wrt, B))[1:]

@@ -99,7 +99,8 @@ class TimingPolicy:
 
     def run(self, graph, plan, args, meta, deadline=None):
         """The plan's outputs, on the tier chosen for this batch size class (trials while it is open)."""
-        B = max([a.shape[0] for a in args]) if args else 1
+        rows = [a.shape[0] for a in args]
+        B = (0 if 0 in rows else max(rows)) if rows else 1  # one row broadcasts against none: no points
         which = (plan.key, B.bit_length())  # batch sizes within a factor of two share a choice
         c = self.choices.get(which)
         if c is not None:

@@ -36,6 +36,7 @@ class Emitter:
         self.landed: set = set()  # updates whose value a fused loop wrote in place (see fusion.Source._landing)
         self.pairs: dict = {}  # einsum -> the one after it that shares its pass over a large operand (schedule.py)
         self.joined: set = set()  # the second einsums of pairs: emitted with the first
+        self.transposed: dict = {}  # a transpose (a view) -> (the value it views, perm): contractions read the base
         self.level = 0
         self.prologue: list[str] = []
         self.body: list[str] = []

@@ -3,7 +3,7 @@
 The kernel `kernel(B, a0.., o0..)` loops over the B points; per point, scalar
 IR values are scalar locals (`v3 = math.log(x0)`) and array values live in
 buffers allocated once per call, before the point loop. Element-wise array
-ops become loop nests (a run of them one nest, which also accumulates the sums,
+ops become loop nests (a run of them one nest, which also accumulates the sums, maxima and minima,
 over all axes or some, of what it computes); every other equation is emitted by
 its primitive's generator (templates.py). Run-time index errors return a nonzero
 status, never touch memory out of range.
@@ -20,7 +20,7 @@ from ..ir import Graph, Var
 from .emit import Emitter, loc_text
 from .memory import Frame, updated
 from .schedule import pair_contractions
-from .templates import FORMATS, GENERATORS, index_text, kept
+from .templates import ACCUMULATORS, FORMATS, GENERATORS, index_text, kept
 
 
 class Source(Emitter):
@@ -106,18 +106,30 @@ class Source(Emitter):
             self.buffer(v)
         self.line(f"# fused: {', '.join(e.prim for e in run)}")
         for e in totals:
+            start = ACCUMULATORS[e.prim][0]
             if e.out.shape:
-                self.line(f"{self.buffer(e.out)}.fill(0.0)")
+                self.line(f"{self.buffer(e.out)}.fill({start})")
             else:
-                self.line(f"{self.define(e.out)} = 0.0")
-        idx = self.loops(shape)
+                self.line(f"{self.define(e.out)} = {start}")
+        idx = self.loops(shape[:-1])
+        inner = self.fresh("i")
+        idx.append(inner)
+        # a partial reduction that the innermost loop does not move along accumulates in a local across it
+        # (kept in a register: the buffer's element would be loaded and stored every iteration)
+        local = {e: self.fresh("r") for e in totals if e.out.shape and inner not in kept(e, idx)}
+        for e, r in local.items():
+            self.line(f"{r} = {self.names[e.out]}[{', '.join(kept(e, idx))}]")
+        self.line(f"for {inner} in range({shape[-1]}):")
+        self.depth += 1
         at = ", ".join(idx)
         temps: dict = {}
         for e in run:
             args = [temps[a] if a in temps else self.elem(a, idx, shape) for a in e.inputs]
             if e in totals:
-                acc = f"{self.names[e.out]}[{', '.join(kept(e, idx))}]" if e.out.shape else self.names[e.out]
-                self.line(f"{acc} += {args[0]}")
+                acc = local.get(e) or (f"{self.names[e.out]}[{', '.join(kept(e, idx))}]" if e.out.shape
+                                       else self.names[e.out])
+                for line in ACCUMULATORS[e.prim][1](acc, args[0]):
+                    self.line(line)
                 continue
             t = self.fresh("u")
             line = f"{t} = " + FORMATS[e.prim].format(*args)
@@ -127,7 +139,10 @@ class Source(Emitter):
                 self.line(f"{self.names[e.out]}[{at}] = {t}")
         if landing is not None:  # last: the run may read the element it overwrites
             self.line(f"{self.names[landing]}[{at}] = {temps[landing]}")
-        self.end(len(shape))
+        self.end(1)
+        for e, r in local.items():
+            self.line(f"{self.names[e.out]}[{', '.join(kept(e, idx))}] = {r}")
+        self.end(len(shape) - 1)
 
     def _landing(self, run, uses, inside, closer):
         """The run's value that `closer`, an update x[index] = v, only stores: then the run's loop writes v
@@ -161,9 +176,10 @@ def fusable(e) -> bool:
 
 
 def total_of(e, made) -> bool:
-    """A sum (over all axes or some) of a value the open run computes: accumulated inside the run's loop, so
-    the summed value needs no buffer (reverse mode's sum_to of a broadcast operand's cotangent among them)."""
+    """A sum, max or min (over all axes or some) of a value the open run computes: accumulated inside the run's
+    loop, so the reduced value needs no buffer (reverse mode's sum_to of a broadcast operand's cotangent among
+    them; the nearest centre's distance of k-means)."""
     return e.prim in SUMS and e.inputs[0] in made
 
 
-SUMS = {"reduce_sum", "sum_to"}
+SUMS = set(ACCUMULATORS)  # reductions a fused loop accumulates (sums, max and min)

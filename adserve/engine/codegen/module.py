@@ -22,7 +22,7 @@ from .runtime import HELPERS
 from .emit import num
 from .fusion import Source
 
-CODEGEN_VERSION = "10"  # bump when generated code changes meaning: it is part of the cache key
+CODEGEN_VERSION = "13"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
 CHUNKS_PER_THREAD = 4   # the parallel kernel cuts a batch into this many chunks per numba thread
 
@@ -75,13 +75,24 @@ from adserve.engine.codegen.python import {python_names}  # noqa: F401
 '''
 
 
-KERNEL_RUNTIME = ("stop_flag", "stopped")  # every kernel's stop check; the rows' helpers come beside them
+# LLVM's fast-math flags for the kernels: none. `contract` fused x*x - y*y into one FMA, which rounds otherwise
+# than the interpreter (sqrt(x*x - y*y) at x = y = 0.1 was NaN, not 0); `reassoc` reordered products too, not
+# only sums ((3*x*x)*t of x**3's derivative came out an ulp off the interpreter's; cbrt's Newton step differed
+# between numba and the python tier). What they bought, measured: Helmholtz n=1000's gradient kernel ran in
+# 0.23 ms with both, 0.29 with `reassoc` alone, about 0.57 without either (its dot product along the shared pass
+# over the matrix no longer vectorises); nothing measurable in k-means or lse (their time is BLAS, exp, memory).
+FASTMATH = "False"
+
+# every kernel's stop check and the contractions' BLAS calls; the rows' helpers come beside them
+KERNEL_RUNTIME = ("dot", "matmul", "matvec", "stop_flag", "stopped")
 _HELPERS = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME]))
 _PYTHON_NAMES = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME, "abs", "njit", "types"]))
 _STOP = 'types.Array(types.int64, 1, "C")'  # the stop array
 
 
 def _array(rank):
+    # writable, inputs too: typed read-only (so a read-only buffer needs no copy) Helmholtz n=1000's gradient
+    # kernel ran 1.4x slower (0.29 -> 0.40 ms) on the same arrays
     return f'types.Array(types.float64, {rank}, "C")'
 
 
@@ -108,7 +119,7 @@ def kernel_module(graph: Graph, title: str, fastmath=True, parallel=False, pytho
     outs = [f"o{j}" for j in range(len(graph.outputs))]
     arrays = [_array(len(v.shape) + 1) for v in graph.inputs] + [_array(len(a.shape) + 1) for a in graph.outputs]
     sig = ", ".join(["types.int64", _STOP] + arrays)
-    flags = '{"reassoc", "contract"}' if fastmath else "False"
+    flags = FASTMATH if fastmath else "False"
     jit = f'cache=True, nogil=True, error_model="numpy", fastmath={flags}'
     if python:
         lines = [PYTHON_HEADER.format(version=CODEGEN_VERSION, title=title, python_names=_PYTHON_NAMES)]

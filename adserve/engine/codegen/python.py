@@ -25,6 +25,7 @@ from . import runtime
 # the plain-Python originals of the numba helpers (a numba dispatcher called from Python costs microseconds)
 globals().update({name: helper.py_func for name, helper in runtime.HELPERS.items()})
 stop_flag, stopped = runtime.stop_flag_py, runtime.stopped.py_func
+matmul, matvec, dot = runtime.matmul, runtime.matvec, runtime.dot  # NumPy's products (numba's are overloads)
 
 
 def abs(x):  # noqa: A001  (the generated code's `abs`)

@@ -5,6 +5,11 @@ template where `math` has no NumPy twin (stable sigmoid, NaN-propagating maximum
 with `error_model="numpy"`, so `math.log(-1.0)` is NaN and `1.0 / 0.0` infinity, as in the NumPy
 interpreter. Each helper is a name of this module, as generated kernels import it.
 
+Contractions: `matmul(a, b, out)` (out = a @ b, 2-D), `matvec(a, x, out)` (out = a @ x) and `dot(x, y)` (1-D)
+are what contraction.py emits for an einsum that is one matrix product. In a kernel they call BLAS (numba's
+np.dot) when numba types both operands C- or F-contiguous (an input, a buffer, a 2-D transpose `.T`), and run a
+loop nest otherwise (a strided view: BLAS would need a copy of it). The python tier calls NumPy.
+
 Stopping: every kernel takes a stop array `stop` (int64, deadline.FLAG_SLOTS long) and reads its flag
 `stop_flag(stop)` at the top of every batch point and loop iteration; once it is nonzero (a deadline passed,
 a cancel) the kernel returns `stopped(stop, p, loop, done)`, which records where it was (stop[1] the point,
@@ -14,8 +19,9 @@ atomic load (a plain load on x86 and ARM): with an ordinary `stop[0]`, LLVM hois
 that stores nothing, and the loop never sees the flag change (measured: a 10^9-step loop ran to its end).
 """
 
+import numpy as np
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ..builder import PRIMS
 from ..deadline import STOPPED_STATUS
@@ -58,3 +64,64 @@ def _stopped(stop, p, loop, done):
 
 stopped = njit(cache=True)(_stopped)  # off the hot path: called once, when the kernel stops
 
+
+
+def matmul(a, b, out):
+    """out = a @ b (2-D, out C-contiguous); the python tier's, and numba's below."""
+    np.matmul(a, b, out=out)
+
+
+def matvec(a, x, out):
+    """out = a @ x (a 2-D, x and out 1-D)."""
+    np.matmul(a, x, out=out)
+
+
+def dot(x, y):
+    """x . y (1-D)."""
+    return float(np.dot(x, y))
+
+
+def _blas(*arrays) -> bool:
+    return all(isinstance(a, types.Array) and a.layout in "CF" for a in arrays)
+
+
+@overload(matmul, inline="always")
+def _matmul(a, b, out):
+    if _blas(a, b) and out.layout == "C":
+        return lambda a, b, out: np.dot(a, b, out)
+
+    def loops(a, b, out):
+        out[:] = 0.0
+        for i in range(a.shape[0]):
+            for k in range(a.shape[1]):
+                aik = a[i, k]
+                for j in range(b.shape[1]):
+                    out[i, j] += aik * b[k, j]
+    return loops
+
+
+@overload(matvec, inline="always")
+def _matvec(a, x, out):
+    if _blas(a, x) and out.layout == "C":
+        return lambda a, x, out: np.dot(a, x, out)
+
+    def loops(a, x, out):
+        for i in range(a.shape[0]):
+            acc = 0.0
+            for k in range(a.shape[1]):
+                acc += a[i, k] * x[k]
+            out[i] = acc
+    return loops
+
+
+@overload(dot, inline="always")
+def _dot(x, y):
+    if _blas(x, y):
+        return lambda x, y: np.dot(x, y)
+
+    def loops(x, y):
+        acc = 0.0
+        for k in range(x.shape[0]):
+            acc += x[k] * y[k]
+        return acc
+    return loops

@@ -61,16 +61,21 @@ def _accumulate(s: Emitter, e, init, update):
     return name
 
 
-def _sum(s, e):
-    _accumulate(s, e, "0.0", lambda acc, v: [f"{acc} += {v}"])
+# a reduction's accumulator: its start and its update `(acc, value) -> lines` (fusion.py accumulates them in the
+# loop computing what they reduce). max/min keep the first NaN; of the zeros -0.0 and 0.0, max is 0.0 and min
+# -0.0 in any order (the interpreter's rule, arrays._zero_tie): the sum of two zeros is -0.0 only if both are
+ACCUMULATORS = {
+    "reduce_sum": ("0.0", lambda acc, v: [f"{acc} += {v}"]),
+    "reduce_max": ("-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u",
+                                                f"elif u == 0.0 and {acc} == 0.0:", f"    {acc} = {acc} + u"]),
+    "reduce_min": ("math.inf", lambda acc, v: [f"u = {v}", f"if u < {acc} or u != u:", f"    {acc} = u",
+                                               f"elif u == 0.0 and {acc} == 0.0:", f"    {acc} = -(-{acc} - u)"]),
+}
+ACCUMULATORS["sum_to"] = ACCUMULATORS["reduce_sum"]
 
 
-def _max(s, e):
-    _accumulate(s, e, "-math.inf", lambda acc, v: [f"u = {v}", f"if u > {acc} or u != u:", f"    {acc} = u"])
-
-
-def _min(s, e):
-    _accumulate(s, e, "math.inf", lambda acc, v: [f"u = {v}", f"if u < {acc} or u != u:", f"    {acc} = u"])
+def _reduce(s, e):
+    _accumulate(s, e, *ACCUMULATORS[e.prim])
 
 
 def _logsumexp(s, e):
@@ -172,6 +177,11 @@ def _dyn_update(s, e):
 
 def _transpose(s, e):
     name = s.define(e.out)
+    if isinstance(e.inputs[0], Var):
+        s.transposed[e.out] = (e.inputs[0], tuple(e.params["perm"]))
+    if tuple(e.params["perm"]) == (1, 0):  # numba types a C array's .T as F-contiguous (BLAS takes it as it is)
+        s.line(f"{name} = {s.ref(e.inputs[0])}.T")
+        return
     s.line(f"{name} = np.transpose({s.ref(e.inputs[0])}, {tuple(e.params['perm'])!r})")
 
 
@@ -264,7 +274,7 @@ def _arange(s, e):
 
 GENERATORS = {name: _elementwise(fmt) for name, fmt in FORMATS.items()}
 GENERATORS.update({
-    "reduce_sum": _sum, "sum_to": _sum, "reduce_max": _max, "reduce_min": _min, "logsumexp": _logsumexp,
+    **{name: _reduce for name in ACCUMULATORS}, "logsumexp": _logsumexp,
     "einsum": einsum, "slice": _slice, "update_slice": _update_slice,
     "dyn_slice": _dyn_slice, "dyn_update": _dyn_update, "transpose": _transpose, "reshape": _reshape,
     "concatenate": _concatenate, "loop": loop, "cond": cond, "gather": _gather, "scatter_add": _scatter_add,
