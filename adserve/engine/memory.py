@@ -8,7 +8,7 @@ materialises, and the largest temporary of one operation on the way (TEMP_FACTOR
 result). Structured operations hold more: a `loop` keeps one iteration's body at a time beside its stacked
 outputs (filled in place: the tape of a `for` loop under reverse mode);
 a `while` loop copies its carries to every row and, with a tape, keeps a row per iteration it may run (its
-declared `max_iter`) twice; a branch taken by some rows but not others copies its operands' rows.
+declared `max_iter`, or every k-th of them when it checkpoints) twice; a branch taken by some rows but not others copies its operands' rows.
 The compiled tiers keep less (one point's intermediates at a time), so the estimate bounds them too.
 
 A plan's estimate is linear in its rows R: `per_row * R + shared` bytes (each term the largest of its kind
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from .ir import Lit, Var
+from .limits import tape_rows
 
 F64 = 8
 TEMP_FACTOR = 2       # one operation's temporaries (NumPy broadcasts, masks, reductions) / its largest array
@@ -106,9 +107,10 @@ def _while(e, ins, b) -> _Cost:
     bodies = [plan_bytes(g, leads) for g in (p["cond"], p["body"])]
     c = _Cost(max(x[0] for x in bodies), max(x[1] for x in bodies))
     c.add(2 * carries + F64 * sum(_size(a) for a, x in zip(e.inputs[:n_consts], consts) if x), b)  # rows' copies
-    if p["tape"]:
-        c.add(p["max_iter"] * carries, b)  # the tape's rows before their stack (the stack is the output)
-        c.one += ROW_BYTES * p["max_iter"] * (len(e.inputs) - n_consts)
+    if p["tape"]:  # the tape's rows before their stack (the stack is the output): every `every`-th iteration's
+        rows = tape_rows(p["max_iter"], p.get("every", 1))
+        c.add(rows * carries, b)
+        c.one += ROW_BYTES * rows * (len(e.inputs) - n_consts)
     return c
 
 
