@@ -40,6 +40,8 @@ if _TESTS not in sys.path:  # the one server start-up helper, shared with the te
     sys.path.append(_TESTS)
 from server_process import evaluations_computing, running_server, wait_until  # noqa: E402
 
+from bench import sections  # noqa: E402
+
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}],
           "expr": "log(x1) + x1*x2 - sin(x2)"}
 SURVEY_BODY = {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}
@@ -173,12 +175,7 @@ def table(result) -> str:
 
 def kept_section(path) -> str:
     """The isolation section of an existing docs/benchmarks.md ('' if none), which `make bench` keeps."""
-    try:
-        text = open(path).read()
-    except OSError:
-        return ""
-    m = re.search(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", text, flags=re.S)
-    return m.group(0) if m else ""
+    return sections.kept_section(path, BEGIN, END)
 
 
 def section(runs) -> str:

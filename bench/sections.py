@@ -1,0 +1,15 @@
+"""Sections of docs/benchmarks.md that a bench of their own writes (GradBench, isolation) between two markers,
+and that `make bench`, which rewrites the rest of the file, keeps as they are."""
+
+import re
+
+
+def kept_section(path, begin: str, end: str) -> str:
+    """The text from `begin` to `end` in the file at `path` ('' if there is none)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return ""
+    m = re.search(re.escape(begin) + ".*?" + re.escape(end) + "\n?", text, flags=re.S)
+    return m.group(0) if m else ""
