@@ -145,7 +145,7 @@ def test_a_batch_counts_per_point():
 @pytest.mark.parametrize("name", ["batch gradient", "batch jacobian", "branch batch"])
 def test_the_estimate_kept_per_request_form_is_the_estimate_at_every_batch_size(name):
     """The engine keeps a request form's estimate as a line in B (from two batch sizes): it is exact."""
-    from adserve.engine.engine import _arg_elements
+    from adserve.engine.evaluation import _arg_elements
     from adserve.engine.memory import request_bytes
     inputs, body, compute, extra, B = CASES[name]
     engine = Engine(limits=WIDE)
@@ -163,5 +163,5 @@ def test_the_estimate_kept_per_request_form_is_the_estimate_at_every_batch_size(
 
 
 def _request_form(fn, compute):
-    from adserve.engine.engine import _request
+    from adserve.engine.evaluation import _request
     return _request(fn, compute, None)
