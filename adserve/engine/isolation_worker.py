@@ -108,6 +108,10 @@ def _answer(engine, functions, msg, current):
         return ("error", type(e).__name__, e.code, e.message, e.location)
     except MemoryError:
         return ("memory", engine.out_of_memory)
+    except ImportError as e:
+        if "failed to map segment" in str(e):  # a library that no longer fits the address-space limit
+            return ("memory", engine.out_of_memory)
+        raise
     finally:
         current.set(0, None)
         deadline.close()

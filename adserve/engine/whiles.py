@@ -131,7 +131,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         # a long loop of scalar work goes on in generated code; at a tape row, so its rows continue the stride
         if escalate and iterations >= while_kernel.ESCALATE_AFTER and iterations % every == 0:
             escalate = False
-            if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
+            if _pays(while_kernel, cond, body, n_consts, max_iter - iterations, B):
                 rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape,
                                      every, deadline)
                 if rest is not None:
@@ -163,6 +163,15 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     return [*carry, count, *stacked]
 
 
+def _pays(while_kernel, cond, body, n_consts, left, B) -> bool:
+    """Whether the rest of the loop goes to generated code; any failure to tell (its code generator cannot be
+    loaded: an isolation worker at its memory limit) leaves it on the interpreter, as a failure to run does."""
+    try:
+        return while_kernel.pays(cond, body, n_consts, left, B)
+    except (ImportError, MemoryError, OSError):
+        return False
+
+
 def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
     """The rest of a long loop in generated code (codegen/while_kernel.py), from the carries reached after
     `iterations` (a multiple of `every`), merged with what the interpreter has (counts, tape rows); None: the
@@ -176,6 +185,8 @@ def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, it
         if err.code == "while_limit":  # its budget was what is left of this loop's: the limit is the loop's
             raise _limit_error(max_iter) from None
         raise
+    except ImportError:  # its code generator cannot be loaded here (see _pays): the interpreter goes on
+        return None
     if out is None:
         return None
     n = len(carry)

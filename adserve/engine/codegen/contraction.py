@@ -39,7 +39,8 @@ def einsum(s, e):
     scalar = not out.shape
     name = s.define(out) if scalar else s.buffer(out)
     s.line(f"{name} = 0.0" if scalar else f"{name}.fill(0.0)")
-    idx = dict(zip(order, s.loops([dims[c] for c in order])))
+    empty = 0 in dims.values()  # no products to add: the filled zeros are the answer, and no loop runs
+    idx = dict(zip(order, s.loops([0 if empty else dims[c] for c in order])))
     idx[inner] = s.fresh("i") if inner else ""
 
     def at(x, term):

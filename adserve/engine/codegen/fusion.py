@@ -111,7 +111,7 @@ class Source(Emitter):
                 self.line(f"{self.buffer(e.out)}.fill({start})")
             else:
                 self.line(f"{self.define(e.out)} = {start}")
-        idx = self.loops(shape[:-1])
+        idx = self.loops(shape[:-1] if 0 not in shape else (0,) * (len(shape) - 1))  # no elements: no loop
         inner = self.fresh("i")
         idx.append(inner)
         # a partial reduction that the innermost loop does not move along accumulates in a local across it

@@ -373,10 +373,14 @@ def _set_flag(where, name, value):
 
 
 def _none_set(where, *names):
-    total = ast.Name(id=names[0], ctx=ast.Load())
-    for n in names[1:]:
-        total = ast.BinOp(left=total, op=ast.Add(), right=ast.Name(id=n, ctx=ast.Load()))
-    return _at(ast.Compare(left=total, ops=[ast.Eq()], comparators=[ast.Constant(0.0)]), where)
+    """`flag1 == 0` times `flag2 == 0` ...: a flag never set in this loop is the literal 0.0, whose test folds to
+    1.0 and drops out of the product (a sum of the flags would leave `x + 0.0`, which the builder keeps)."""
+    tests = [ast.Compare(left=ast.Name(id=n, ctx=ast.Load()), ops=[ast.Eq()], comparators=[ast.Constant(0.0)])
+             for n in names]
+    total = tests[0]
+    for t in tests[1:]:
+        total = ast.BinOp(left=total, op=ast.Mult(), right=t)
+    return _at(total, where)
 
 
 def _has_jump(stmts) -> bool:

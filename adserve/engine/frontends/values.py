@@ -65,6 +65,8 @@ class Index:
         for c, a in self.terms:
             term = b.emit("mul", [c.value, float(a)])
             out = term if out is None else b.emit("add", [out, term])
+        if out is not None and self.const == 0 and all(a > 0 for _, a in self.terms):
+            return out  # counters are >= +0.0: no -0.0 for `+ 0.0` to turn into the integer 0's +0.0
         return b.emit("add", [out, float(self.const)])
 
 
