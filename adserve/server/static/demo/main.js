@@ -376,7 +376,7 @@ async function updatePlot() {
       const xs = linspace(win.x, 241);
       const grid = await client.evaluate(info.id, {inputs: {[names[0]]: xs}, compute: ["value"], batch: true});
       await plots.plotCurve($("plot"), {name: names[0], xs, ys: grid.value.map(num), x0: point[0], f0: num(at.value),
-                                        slope: num(at.gradient[names[0]])});
+                                        slope: num(at.gradient[names[0]]), path: runningPath()});
       $("plot-caption").textContent = `f and its tangent line at ${names[0]} = ${fmt(point[0])}`;
     } else {
       const n = 81, xs = linspace(win.x, n), ys = linspace(win.y, n);
@@ -385,13 +385,20 @@ async function updatePlot() {
                                                    batch: true});
       const z = ys.map((_, j) => grid.value.slice(j * n, (j + 1) * n).map(num));
       await plots.plotContours($("plot"), {names, xs, ys, z, point, value: num(at.value),
-                                           grad: names.map((nm) => num(at.gradient[nm])), log: $("log-scale").checked});
+                                           grad: names.map((nm) => num(at.gradient[nm])), log: $("log-scale").checked,
+                                           path: runningPath()});
       $("plot-caption").textContent = `contours of f on ${n}×${n} points (one batched request) and ∇f at the point`;
     }
     state.plotted = dims;
   } catch (e) {
     showPlotNote(`The plot could not be drawn: ${e.message}`);
   }
+}
+
+/** The path drawn so far while an optimiser runs: a redraw that lands during a run (a slow contour grid, the log
+ * scale switched) keeps it, so the path still starts at x0. */
+function runningPath() {
+  return state.run ? plots.currentPath($("plot")) : null;
 }
 
 /** A number of an answer: non-finite values come as the strings "NaN", "Infinity", "-Infinity". */

@@ -29,7 +29,7 @@ function finite(v) {
 }
 
 /** f on a line, with the tangent y = f(x0) + f'(x0)(x − x0). */
-export function plotCurve(el, {name, xs, ys, x0, f0, slope}) {
+export function plotCurve(el, {name, xs, ys, x0, f0, slope, path = null}) {
   const clean = ys.map(finite);
   const good = clean.filter((v) => v !== null);
   const lo = Math.min(...good, f0), hi = Math.max(...good, f0), pad = 0.08 * (hi - lo || 1);
@@ -42,14 +42,14 @@ export function plotCurve(el, {name, xs, ys, x0, f0, slope}) {
     {x: [x0], y: [f0], mode: "markers", name: `(${fmt(x0)}, ${fmt(f0)})`,
      marker: {color: "#fff", size: 11, line: {color: INK, width: 2.5}},
      hovertemplate: `${name} = %{x:.6g}<br>f = %{y:.6g}<extra></extra>`},
-    {x: [], y: [], mode: "lines+markers", name: "optimiser path", line: {color: PATH, width: 2},
-     marker: {size: 6, color: PATH}, visible: false},
+    {x: path?.x ?? [], y: path?.y ?? [], text: path?.text ?? [], mode: "lines+markers", name: "optimiser path",
+     line: {color: PATH, width: 2}, marker: {size: 6, color: PATH}, visible: Boolean(path?.x.length)},
   ], layout({xaxis: {...AXIS, title: {text: name}, range: [xs[0], xs[xs.length - 1]]},
              yaxis: {...AXIS, title: {text: "f"}, range: [lo - pad, hi + pad]}}), CONFIG);
 }
 
 /** Contours of f over a grid, the point, and ∇f drawn as an arrow from it. */
-export function plotContours(el, {names, xs, ys, z, point, value, grad, log}) {
+export function plotContours(el, {names, xs, ys, z, point, value, grad, log, path = null}) {
   const zmin = Math.min(...z.flat().map(finite).filter((v) => v !== null));
   const shown = z.map((row) => row.map((v) => {
     const f = finite(v);
@@ -73,12 +73,20 @@ export function plotContours(el, {names, xs, ys, z, point, value, grad, log}) {
     {x: [point[0]], y: [point[1]], mode: "markers", name: "point", showlegend: false,
      marker: {color: "#fff", size: 11, line: {color: INK, width: 2.5}},
      hovertemplate: `f(%{x:.6g}, %{y:.6g}) = ${fmt(value)}<br>∇f = (${fmt(grad[0])}, ${fmt(grad[1])})<extra></extra>`},
-    {x: [], y: [], mode: "lines+markers", name: "optimiser path", showlegend: false, line: {color: PATH, width: 2.5},
-     marker: {size: 6, color: PATH, line: {color: "#fff", width: 1}},
-     hovertemplate: "step %{text}<br>(%{x:.6g}, %{y:.6g})<extra></extra>", text: []},
+    {x: path?.x ?? [], y: path?.y ?? [], mode: "lines+markers", name: "optimiser path", showlegend: false,
+     line: {color: PATH, width: 2.5}, marker: {size: 6, color: PATH, line: {color: "#fff", width: 1}},
+     hovertemplate: "step %{text}<br>(%{x:.6g}, %{y:.6g})<extra></extra>", text: path?.text ?? []},
   ], layout({xaxis: {...AXIS, title: {text: names[0]}, range: [xs[0], xs[xs.length - 1]]},
              yaxis: {...AXIS, title: {text: names[1]}, range: [ys[0], ys[ys.length - 1]]},
              annotations: [arrow, label], margin: {l: 60, r: 10, t: 20, b: 50}}), CONFIG);
+}
+
+/** A copy of the optimiser path drawn now ({x, y, text}), or null: a redraw during a run passes it on. */
+export function currentPath(el) {
+  const i = pathIndex(el);
+  if (i === null) return null;
+  const t = el.data[i];
+  return {x: [...(t.x ?? [])], y: [...(t.y ?? [])], text: [...(t.text ?? [])]};
 }
 
 /** Empty the optimiser path (trace 3 of a curve, 2 of contours). */
