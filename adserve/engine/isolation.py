@@ -166,7 +166,10 @@ class WorkerPool:
         if kind == "memory":  # it answered, but memory it freed may not go back to the system: a fresh one
             self._retire(worker, "memory")
             raise LimitError(reply[1], code="too_large")
-        self._give(worker)
+        if kind == "stopped" and not self.grace:  # no grace: a stopped worker is killed, however it stopped
+            self._kill(worker, "deadline" if reply[1] == DEADLINE_EXCEEDED else "cancelled")
+        else:
+            self._give(worker)
         if kind == "stopped":
             _, code, reason, what, progress = reply
             err = Stopped(code, reason, what)
@@ -197,6 +200,15 @@ class WorkerPool:
         worker.known.add(fn.id)
         stopped_at = None
         while True:
+            # the deadline first: past it and its grace, the worker is killed whatever it may have sent since
+            if deadline is not None and deadline.stopped:
+                if stopped_at is None:  # it stops at its own deadline; a cancel it is told of
+                    stopped_at = time.monotonic()
+                    if deadline.code != DEADLINE_EXCEEDED:
+                        worker.stop(deadline.code, deadline.reason or "was cancelled")
+                if time.monotonic() - stopped_at >= self.grace:  # it did not stop in time: nothing keeps computing
+                    self._kill(worker, "deadline" if deadline.code == DEADLINE_EXCEEDED else "cancelled")
+                    raise deadline.error()
             if worker.recv_conn.poll(POLL_SECONDS):
                 try:
                     reply = pickle.loads(worker.recv_conn.recv_bytes())
@@ -205,15 +217,6 @@ class WorkerPool:
                 if reply != ("ready",):
                     return reply
                 worker.ready = True
-            if deadline is None or not deadline.stopped:
-                continue
-            if stopped_at is None:  # it stops at its own deadline; a cancel it is told of
-                stopped_at = time.monotonic()
-                if deadline.code != DEADLINE_EXCEEDED:
-                    worker.stop(deadline.code, deadline.reason or "was cancelled")
-            if time.monotonic() - stopped_at >= self.grace:  # it did not stop in time: nothing keeps computing
-                self._kill(worker, "deadline" if deadline.code == DEADLINE_EXCEEDED else "cancelled")
-                raise deadline.error()
 
     def _lost(self, worker: _Worker, deadline):
         """The worker died while computing (out of memory at the system's level, a crash)."""

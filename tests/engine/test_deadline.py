@@ -56,12 +56,14 @@ def test_a_long_loop_stops_at_its_deadline_and_says_how_far_it_got(engine, long_
 @pytest.mark.parametrize("compute", [["value"], ["gradient"]])
 def test_a_while_loop_stops_at_its_deadline_and_says_how_far_it_got(engine, compute):
     """A while loop whose condition stays true for long (under its iteration bound) stops at the deadline,
-    before the bound's while_limit, forward and on the taped pass of reverse mode."""
-    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": []}], "program":
-                                    "def f(x):\n    y = x\n    while y > -1.0:\n        y = y * 0.999999 + sin(y) * 1e-9\n"
-                                    "    return y\n"})
+    before the bound's while_limit, forward and on the taped pass of reverse mode. Its state is an array of
+    1,000, so its 100,000 iterations take seconds on every tier that may run it (a scalar loop is handed to
+    generated code past 2,000 iterations, which could reach the bound within the deadline)."""
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [1000]}], "program":
+                                    "def f(x):\n    y = x\n    while sum(y) > -1.0:\n"
+                                    "        y = y * 0.999999 + sin(y) * 1e-9\n    return sum(y)\n"})
     with Deadline(0.2, "timeout_ms 200") as d, pytest.raises(Stopped) as stopped:
-        engine.evaluate(fn, {"x": 0.5}, compute, deadline=d)
+        engine.evaluate(fn, {"x": np.full(1000, 0.5)}, compute, deadline=d)
     err = stopped.value
     done, length = _loop_progress(err)
     assert err.code == "deadline_exceeded" and length is None and done > 0

@@ -230,8 +230,11 @@ def wait_for(condition, seconds=10.0):
 
 
 def gone_or_zombie(pid):
+    """Dead and waiting for its parent to reap it: a zombie whose threads have all ended (until they have, the
+    kernel reports the process a zombie, but its parent cannot reap it yet)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        return zombie and os.listdir(f"/proc/{pid}/task") == [str(pid)]
     except OSError:
         return True

@@ -281,6 +281,7 @@ def test_a_long_while_finishes_in_generated_code_with_the_interpreters_answers(m
     python tier's), from the carries it reached; every compute kind and a batch whose points run different
     trip counts (one stops before the hand-over) equal the interpreter's own answers."""
     from adserve.engine.codegen import while_kernel
+    assert while_kernel.generator_loaded(timeout=None)  # loops stay on the interpreter while it loads
     handed = []
     finish = while_kernel.finish
     monkeypatch.setattr(while_kernel, "finish", lambda *a, **k: handed.append(1) or finish(*a, **k))

@@ -7,12 +7,14 @@ generated code is the faster one, as python_tier.py estimates), the interpreter 
 carries it has reached, to that code: a graph of just this `while` (its remaining iteration budget, the tape
 too in reverse mode), written by the kernel generator and run by CPython. The kernels are kept by their
 plan's key (a loop asked again costs no code generation). Any failure of this path (a domain error, an
-unsupported case) leaves the loop on the interpreter, from where it was.
+unsupported case) leaves the loop on the interpreter, from where it was; so does a generator still loading
+(it loads in a thread the first time: importing numba takes a second or more, which no deadline could stop).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -36,8 +38,42 @@ def _kernel(key: str, text: str):
     return PythonKernel(text, f"while {key}")
 
 
+class _Generator:
+    """The code generator (codegen.module, which loads numba: a second or more) loads in a thread of its own the
+    first time a loop could use it. A request never waits for it: until it is there, loops stay on the
+    interpreter, where the deadline stops them (an import is not stoppable)."""
+
+    def __init__(self):
+        self.ready = threading.Event()
+        self._started = threading.Lock()
+
+    def loaded(self) -> bool:
+        if not self.ready.is_set() and self._started.acquire(blocking=False):
+            threading.Thread(target=self._load, name="adserve-codegen-load", daemon=True).start()
+        return self.ready.is_set()
+
+    def _load(self):
+        try:
+            from . import module  # noqa: F401
+        except (ImportError, MemoryError, OSError):  # it cannot load here (a worker's memory limit): never
+            return
+        self.ready.set()
+
+
+_GENERATOR = _Generator()
+
+
+def generator_loaded(timeout: float | None = 0.0) -> bool:
+    """Whether loops can be handed to generated code now, waiting up to `timeout` seconds for the generator to
+    load (None: as long as it takes); the first call starts loading it."""
+    return _GENERATOR.loaded() or _GENERATOR.ready.wait(timeout)
+
+
 def pays(cond, body, n_consts, max_iter, B) -> bool:
-    """Whether generated code beats the interpreter on this loop's remaining `max_iter` iterations."""
+    """Whether generated code beats the interpreter on this loop's remaining `max_iter` iterations (False while
+    the code generator is still loading)."""
+    if not _GENERATOR.loaded():
+        return False
     from ..backend.interpreter import interpreter_floor
     from ..backend.plan import plan_meta
     plan = plan_meta(_mini_graph(cond, body, n_consts, max_iter, False))
