@@ -131,7 +131,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         # a long loop of scalar work goes on in generated code; at a tape row, so its rows continue the stride
         if escalate and iterations >= while_kernel.ESCALATE_AFTER and iterations % every == 0:
             escalate = False
-            if _pays(while_kernel, cond, body, n_consts, max_iter - iterations, B):
+            if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
                 rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape,
                                      every, deadline)
                 if rest is not None:
@@ -163,15 +163,6 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     return [*carry, count, *stacked]
 
 
-def _pays(while_kernel, cond, body, n_consts, left, B) -> bool:
-    """Whether the rest of the loop goes to generated code; any failure to tell (its code generator cannot be
-    loaded: an isolation worker at its memory limit) leaves it on the interpreter, as a failure to run does."""
-    try:
-        return while_kernel.pays(cond, body, n_consts, left, B)
-    except (ImportError, MemoryError, OSError):
-        return False
-
-
 def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
     """The rest of a long loop in generated code (codegen/while_kernel.py), from the carries reached after
     `iterations` (a multiple of `every`), merged with what the interpreter has (counts, tape rows); None: the
@@ -185,8 +176,6 @@ def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, it
         if err.code == "while_limit":  # its budget was what is left of this loop's: the limit is the loop's
             raise _limit_error(max_iter) from None
         raise
-    except ImportError:  # its code generator cannot be loaded here (see _pays): the interpreter goes on
-        return None
     if out is None:
         return None
     n = len(carry)
@@ -268,6 +257,13 @@ def _while_vjp_fwd(primals, cond, body, n_consts, max_iter, tape, every=1, trips
     return ans, (res[n], list(res[n + 1:]), every)
 
 
+def _counts_down(body, at):
+    """The condition of a reverse sweep's while: its counter (input `at` of `body`, the first carry) >= 0."""
+    cb = Builder()
+    ins = [cb.input(v.shape) for v in body.inputs]
+    return cb.build([op.ge(ins[at], 0.0)])
+
+
 def _reverse_sweep(consts, tapes, ct_tapes, j0, seeds, accs, bvjp, n_ct_consts, max_iter, trips=0):
     """Emit a while that runs the body's VJP (`bvjp`) backwards from iteration `j0` down to 0 over `tapes`
     (every iteration's carries). `seeds`: the cotangents of the active carries after iteration j0; `accs`:
@@ -288,9 +284,7 @@ def _reverse_sweep(consts, tapes, ct_tapes, j0, seeds, accs, bvjp, n_ct_consts, 
     ct_prev = [ct if t is None else ct + op.dyn_slice(next(ctp), j, axis=0, size=None)
                for ct, t in zip(res[n_ct_consts:], ct_tapes)]
     body = nb.build([j - 1.0, *ct_prev, *[a + g for a, g in zip(acc, res[:n_ct_consts])]])
-    cb = Builder()
-    ins = [cb.input(v.shape) for v in body.inputs]
-    cond = cb.build([op.ge(ins[len(consts) + n + len(ctt)], 0.0)])
+    cond = _counts_down(body, len(consts) + n + len(ctt))
     out = _while_node([*consts, *tapes, *ctt], [j0, *seeds, *accs], cond, body, max_iter, False, 1, trips)
     return list(out[1:1 + len(seeds)]), list(out[1 + len(seeds):])
 
@@ -353,9 +347,7 @@ def _segments(consts, cps, ct_cps, count, k, seeds, accs, cond, body, bvjp, n_ct
     ct, acc2 = _reverse_sweep(c, seg, [None] * len(seeds), length - 1.0, ct_car, acc, bvjp, n_ct_consts, k)
     ct = [g if t is None else g + op.dyn_slice(next(ctp), s, axis=0, size=None) for g, t in zip(ct, ct_cps)]
     seg_body = nb.build([s - 1.0, *ct, *acc2])
-    cb = Builder()
-    ins = [cb.input(v.shape) for v in seg_body.inputs]
-    seg_cond = cb.build([op.ge(ins[len(consts) + len(cps) + len(ctt) + 1], 0.0)])
+    seg_cond = _counts_down(seg_body, len(consts) + len(cps) + len(ctt) + 1)
     last = op.floor((count - 1.0) / float(k))  # the last segment's number; -1 when the loop never ran
     out = _while_node([*consts, *cps, *ctt, count], [last, *seeds, *accs], seg_cond, seg_body,
                       tape_rows(max_iter, k), False, k if trips else 1, trips)
