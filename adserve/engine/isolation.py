@@ -97,6 +97,8 @@ class _Worker:
         self.known: set = set()  # function ids sent to it
         self.seq = 0  # requests sent
         self.ready = False  # it said so: its imports are done
+        self._kill_lock = threading.Lock()  # the pool's close and the request's thread may both kill it
+        self._killed = False
         self.send_conn.send_bytes(pickle.dumps(spec, protocol=5))
 
     def wait_ready(self, timeout: float) -> bool:
@@ -113,11 +115,20 @@ class _Worker:
         return self.proc.pid
 
     def kill(self) -> None:
+        """End the process and close its pipes (once, whoever calls first)."""
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
+            self.signal_kill()
+            self.proc.wait()
+            for conn in (self.send_conn, self.recv_conn, self.stop_conn):
+                conn.close()
+
+    def signal_kill(self) -> None:
+        """End the process, leaving its pipes to the thread reading them (it sees the end and calls `kill`)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        for conn in (self.send_conn, self.recv_conn, self.stop_conn):
-            conn.close()
 
     def stop(self, code: str, reason: str) -> None:
         """Ask it to stop the request it computes (its deadline is cancelled with this code and reason)."""
@@ -274,9 +285,12 @@ class WorkerPool:
 
     def _give(self, worker: _Worker) -> None:
         with self._cond:
-            if worker in self._all and not self._closed:
+            closed = self._closed
+            if worker in self._all and not closed:
                 self._idle.append(worker)
             self._cond.notify()
+        if closed:
+            worker.kill()
 
     def _kill(self, worker: _Worker, why: str) -> None:
         log.warning("isolated worker %d killed (%s)", worker.pid, why)
@@ -308,11 +322,14 @@ class WorkerPool:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            workers, self._idle = list(self._all), []
+            idle, self._idle = self._idle, []
+            busy = self._all.difference(idle)
             self._all.clear()
             self._cond.notify_all()
-        for w in workers:
+        for w in idle:
             w.kill()
+        for w in busy:  # a request's thread reads its pipes: it sees the end, and closes them
+            w.signal_kill()
 
 
 def _bytes(n: int) -> str:
