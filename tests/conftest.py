@@ -20,10 +20,13 @@ os.environ.setdefault("ADSERVE_COMPILE_NICE", "0")
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """A ready server with a 1 MiB body limit, shared by the session."""
+    """A ready server with a 1 MiB body limit, shared by the session. It compiles no numba kernels (the
+    interpreter and the python tier answer): no test of it waits for one, and the 20 to 40 each test process's
+    server compiled in the background cost the suite about 100 s of CPU. The compiled tier is tested on servers
+    of their own (test_compiled_e2e, test_deadlines_e2e, test_load_e2e, test_faults_e2e)."""
     home = tmp_path_factory.mktemp("adserve")
     env = {"ADSERVE_MAX_BODY_BYTES": str(TEST_MAX_BODY_BYTES), "ADSERVE_CACHE_DIR": str(home / "cache"),
-           "ADSERVE_LOG_LEVEL": "info"}
+           "ADSERVE_LOG_LEVEL": "info", "ADSERVE_COMPILE": "false"}
     with running_server(home / "server.log", grpc_port=free_port(), env=env) as s:
         yield s
 
@@ -37,9 +40,11 @@ def client(server):
 # The longest files of a cold run (numba compiles, long interpreter runs), longest first. The test processes
 # (pytest-xdist, a file whole in one) take them first, so two long files run side by side, not one after the
 # other at the end while the other process idles.
-LONGEST_FIRST = ("test_codegen.py", "test_parallel_kernels.py", "test_language_functions.py",
-                 "test_gradbench_nested.py", "test_property_graphs.py", "test_tiered.py", "test_while.py",
-                 "test_deadline.py", "test_int_data.py", "test_faults_e2e.py", "test_compiled_e2e.py")
+LONGEST_FIRST = ("test_tier_consistency.py", "test_parallel_kernels.py", "test_while_checkpoint.py",
+                 "test_codegen.py", "test_language_functions.py", "test_tiered.py", "test_primitives.py",
+                 "test_faults_e2e.py", "test_gradbench_nested.py", "test_property_graphs.py", "test_while.py",
+                 "test_memory.py", "test_scale_out_e2e.py", "test_deadline.py", "test_int_data.py",
+                 "test_compiled_e2e.py")
 
 
 def pytest_configure(config):

@@ -110,7 +110,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     rows = [[] for _ in carry] if tape else None
     active = np.arange(B)
     iterations = 0
-    escalate = True  # not tried yet
+    next_look = while_kernel.ESCALATE_AFTER  # when to look at handing the loop to generated code (None: done)
     cond_lits, body_lits = {}, {}  # literal arrays, made once for all iterations
     while True:
         every_point = len(active) == B
@@ -129,13 +129,16 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         if iterations >= max_iter:
             raise _limit_error(max_iter)
         # a long loop of scalar work goes on in generated code; at a tape row, so its rows continue the stride
-        if escalate and iterations >= while_kernel.ESCALATE_AFTER and iterations % every == 0:
-            escalate = False
-            if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape,
-                                     every, deadline)
-                if rest is not None:
-                    return rest
+        if next_look is not None and iterations >= next_look and iterations % every == 0:
+            if not while_kernel.generator_loaded():  # still loading (in a thread): look again later
+                next_look = iterations + while_kernel.ESCALATE_AFTER
+            else:
+                next_look = None
+                if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
+                    rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations,
+                                         tape, every, deadline)
+                    if rest is not None:
+                        return rest
         if tape and iterations % every == 0:
             for r, c in zip(rows, carry):
                 r.append(c.copy())

@@ -130,7 +130,7 @@ def test_a_replica_starts_ready_and_serves_while_redis_is_down(tmp_path):
 
 
 SLOW = {"inputs": [{"name": "x", "shape": []}],
-        "program": "def f(x):\n    s = 0.0\n    for i in range(150000):\n        s = s + sin(x * i)\n    return s\n"}
+        "program": "def f(x):\n    s = 0.0\n    for i in range(60000):\n        s = s + sin(x * i)\n    return s\n"}
 
 
 # a grace period no computation here comes near, on a loaded machine too (an evaluation that outlives the grace

@@ -15,7 +15,7 @@ wherever no sum is reassociated (`REASSOCIATING`).
 
 The cases: those the GradBench cross-check found (an FMA contracted across `x*x - y*y`, signed zeros of
 maximum/minimum and of `x + 0.0`, empty axes and zero-row Jacobian bases) and every spec of the primitive
-table (value, JVP and VJP), compiled in the same grouped kernels as test_codegen (its numba cache is shared).
+table (value, JVP and VJP), compiled in test_codegen's grouped kernels: this is where every spec is compiled.
 A kernel over empty arrays is compiled with numba's bounds checking on, in a process of its own: no
 template may read element 0 of an empty array.
 """
@@ -169,7 +169,8 @@ def test_the_builder_keeps_the_sign_of_zero():
 
 @pytest.mark.parametrize("group", range(len(GROUPS)), ids=lambda i: f"{GROUPS[i][0].id}..{GROUPS[i][-1].id}")
 def test_every_spec_agrees_on_every_tier(group):
-    """The primitive table's specs, in test_codegen's groups and at its points."""
+    """Every spec of the primitive table (value, JVP and VJP), compiled in test_codegen's groups of a few specs a
+    kernel, on 3 points: the first input shared by all (a leading axis of 1), the rest per point."""
     rng = np.random.default_rng(group)
     specs = GROUPS[group]
     per_spec = []

@@ -276,6 +276,27 @@ def f(x, a):
 """}
 
 
+def test_a_loop_begun_while_the_generator_loads_is_handed_off_once_it_has_loaded(monkeypatch):
+    """The first long loop of a process starts before the code generator has loaded (a thread loads it): the
+    loop looks again every ESCALATE_AFTER iterations, and goes on in generated code once it can."""
+    from adserve.engine.codegen import while_kernel
+    assert while_kernel.generator_loaded(timeout=None)
+    looks, handed = [], []
+    monkeypatch.setattr(while_kernel, "generator_loaded", lambda timeout=0.0: looks.append(1) or len(looks) > 1)
+    finish = while_kernel.finish
+    monkeypatch.setattr(while_kernel, "finish", lambda *a, **k: handed.append(1) or finish(*a, **k))
+    engine = Engine()
+    fn = engine.compile_definition(DRIFT)
+    point = {"x": np.array(0.3), "a": np.array(1.5)}  # 4,500 iterations: looks at 2,000 (loading) and 4,000
+    got = engine.evaluate(fn, point, ["value", "gradient"])
+    assert len(looks) == 2 and handed == [1]
+    monkeypatch.setattr(while_kernel, "ESCALATE_AFTER", 10 ** 9)  # the interpreter all the way
+    want = engine.evaluate(fn, point, ["value", "gradient"])
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-12)
+    for n in ("x", "a"):
+        np.testing.assert_allclose(got["gradient"][n], want["gradient"][n], rtol=1e-12, atol=1e-12)
+
+
 def test_a_long_while_finishes_in_generated_code_with_the_interpreters_answers(monkeypatch):
     """Past while_kernel.ESCALATE_AFTER iterations the interpreter hands a scalar loop to generated code (the
     python tier's), from the carries it reached; every compute kind and a batch whose points run different
