@@ -11,6 +11,7 @@ import contextlib
 import glob
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,10 +139,14 @@ def busy_until(client, fn, predicate, seconds=240):
     return wait_until(step, seconds, 0.05)
 
 
-def compiled_cache(tmp_path, env):
-    """Run a server until the survey function's kernels are compiled to disk; the kernel directory."""
+@pytest.fixture(scope="module")
+def survey_kernels(tmp_path_factory):
+    """A server run until the survey function's kernels are compiled to disk, once for this file: their
+    directory, which each test copies into a cache of its own."""
+    home = tmp_path_factory.mktemp("survey-kernels")
+    env = {"ADSERVE_CACHE_DIR": str(home / "cache"), "ADSERVE_PYTHON_TIER": "false"}
     kernels = os.path.join(env["ADSERVE_CACHE_DIR"], "kernels")
-    with running_server(tmp_path / "first.log", env=env) as server, \
+    with running_server(home / "first.log", env=env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         fn = client.post("/v1/functions", json=SURVEY).json()["id"]
         assert busy_until(client, fn, lambda: metric(client, "adserve_kernel_compiles_total") >= 1
@@ -149,9 +154,17 @@ def compiled_cache(tmp_path, env):
     return kernels
 
 
+@pytest.fixture
+def compiled_cache(env, survey_kernels):
+    """This test's kernel directory, holding the survey function's compiled kernels."""
+    kernels = os.path.join(env["ADSERVE_CACHE_DIR"], "kernels")
+    shutil.copytree(survey_kernels, kernels)
+    return kernels
+
+
 @pytest.mark.parametrize("damage", ["garbage module", "truncated module", "garbage numba cache"])
-def test_corrupt_kernel_files(tmp_path, env, damage):
-    kernels = compiled_cache(tmp_path, env)
+def test_corrupt_kernel_files(tmp_path, env, compiled_cache, damage):
+    kernels = compiled_cache
     modules = glob.glob(os.path.join(kernels, "gen_*.py"))
     caches = glob.glob(os.path.join(kernels, "__pycache__", "gen_*.nb[ic]"))
     assert modules and caches
@@ -201,10 +214,10 @@ def read_only(path):
 
 
 @pytest.mark.parametrize("filled", [False, True])
-def test_read_only_kernel_cache(tmp_path, env, filled):
+def test_read_only_kernel_cache(tmp_path, env, filled, request):
     cache = env["ADSERVE_CACHE_DIR"]
     if filled:
-        compiled_cache(tmp_path, env)
+        request.getfixturevalue("compiled_cache")
     else:
         os.makedirs(cache)
     with read_only(cache), running_server(tmp_path / "server.log", env=env) as server, \

@@ -127,7 +127,8 @@ def test_the_issues_long_loop_tape_is_checkpointed_within_the_limit_and_a_shorte
     with pytest.raises(LimitError):
         estimate_only.evaluate(fn, {"x": np.ones(1000)}, ["gradient"], meta=meta)
     assert 0 < meta["estimated_bytes"] < 64 * MiB  # the whole tape alone would be 763 MiB
-    short = Engine(limits=WIDE).compile_definition({"inputs": _vec(1000), "program": LOOP.format(n=20_000)})
+    # 2,000 steps of 1,000 numbers: checkpointed too (every 45th iteration)
+    short = Engine(limits=WIDE).compile_definition({"inputs": _vec(1000), "program": LOOP.format(n=2_000)})
     estimated, peak = measured(Engine(limits=WIDE), short, ["gradient"], None)
     assert peak <= estimated < 512 * MiB
 
