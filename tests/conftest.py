@@ -12,10 +12,11 @@ settings.load_profile("adserve")
 
 from server_process import TEST_MAX_BODY_BYTES, free_port, running_server
 
-# Kernel compiles run niced in production (they take only what requests leave idle); a test that waits for one
-# must not starve behind whatever else keeps the machine busy (CI may run beside a CPU hog). Servers the tests
-# start inherit this too.
+# Kernel compiles and isolation workers run niced in production (compiles take only what requests leave idle;
+# short requests come before long ones); a test that waits for one must not starve behind whatever else keeps
+# the machine busy (CI may run beside a CPU hog). Servers the tests start inherit this too.
 os.environ.setdefault("ADSERVE_COMPILE_NICE", "0")
+os.environ.setdefault("ADSERVE_ISOLATE_NICE", "0")  # the same for isolation workers a test waits on
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ class Engine:
         if settings.isolate_workers > 0:
             spec = WorkerSpec(limits, str(settings.cache_dir) if settings.compile else None, settings.compile,
                               settings.compile_timeout_seconds, settings.python_tier, settings.compile_memory_bytes,
-                              settings.worker_memory_bytes)
+                              settings.worker_memory_bytes, settings.isolate_nice)
             pool = WorkerPool(spec, settings.isolate_workers, settings.isolate_work)
         return cls(backend, limits, pool)
 

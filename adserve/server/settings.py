@@ -99,6 +99,8 @@ class Settings(BaseSettings):
                                 "step counting 1,000) from which an evaluation runs in an isolation worker")
     worker_memory_bytes: int = Field(2 << 30, ge=0, description="address space (RLIMIT_AS) of an isolation "
                                      "worker: a request that needs more is answered 413 too_large. 0: no limit")
+    isolate_nice: int = Field(5, ge=0, le=19, description="CPU priority (nice) of the isolation workers: when "
+                              "cores are short, short requests in the server come first. 0: the server's own")
 
     @model_validator(mode="after")
     def _tls_pair(self):

@@ -37,7 +37,7 @@ def loop(n):
 @pytest.fixture
 def pool():
     """Every evaluation isolated (threshold 0), on the interpreter, 1 GiB per worker."""
-    p = WorkerPool(WorkerSpec(cache_dir=None, memory_bytes=1 << 30), size=1, threshold=0)
+    p = WorkerPool(WorkerSpec(nice=0, cache_dir=None, memory_bytes=1 << 30), size=1, threshold=0)
     yield p
     p.close()
 
@@ -107,7 +107,7 @@ def test_a_loop_past_its_deadline_stops_in_its_worker_which_is_kept(pool):
 
 
 def test_without_grace_a_worker_is_killed_at_the_deadline_and_replaced():
-    pool = WorkerPool(WorkerSpec(cache_dir=None), size=1, threshold=0, grace=0.0)
+    pool = WorkerPool(WorkerSpec(nice=0, cache_dir=None), size=1, threshold=0, grace=0.0)
     try:
         iso = Engine(isolation=pool)
         fn = iso.compile_definition(loop(1_000_000))
@@ -132,7 +132,7 @@ def test_without_grace_a_worker_is_killed_at_the_deadline_and_replaced():
 
 @pytest.mark.parametrize("grace", [0.5, 0.0])
 def test_a_cancelled_evaluation_stops_in_its_worker_or_kills_it_without_grace(grace):
-    pool = WorkerPool(WorkerSpec(cache_dir=None), size=1, threshold=0, grace=grace)
+    pool = WorkerPool(WorkerSpec(nice=0, cache_dir=None), size=1, threshold=0, grace=grace)
     try:
         iso = Engine(isolation=pool)
         fn = iso.compile_definition(loop(1_000_000))
@@ -155,7 +155,7 @@ def test_a_cancelled_evaluation_stops_in_its_worker_or_kills_it_without_grace(gr
 def test_a_request_over_the_workers_memory_limit_is_refused_naming_it():
     # the request-bytes estimate would refuse it before it runs: raised, so the worker's own limit is met
     roomy = Limits().updated(max_request_bytes=16 << 30)
-    pool = WorkerPool(WorkerSpec(limits=roomy, cache_dir=None, memory_bytes=400 << 20), size=1, threshold=0)
+    pool = WorkerPool(WorkerSpec(nice=0, limits=roomy, cache_dir=None, memory_bytes=400 << 20), size=1, threshold=0)
     try:
         iso, plain = Engine(isolation=pool, limits=roomy), Engine(limits=roomy)
         defn = {"inputs": [{"name": "x", "shape": [9_000_000]}], "expr": "sum(sin(x) * cos(x) * exp(x))"}
@@ -174,7 +174,7 @@ def test_a_request_over_the_workers_memory_limit_is_refused_naming_it():
 
 
 def test_the_cost_model_decides_what_is_isolated():
-    pool = WorkerPool(WorkerSpec(cache_dir=None), size=1, threshold=1e8)
+    pool = WorkerPool(WorkerSpec(nice=0, cache_dir=None), size=1, threshold=1e8)
     try:
         iso = Engine(isolation=pool)
         survey, long = iso.compile_definition(SURVEY), iso.compile_definition(loop(100_000))
@@ -238,3 +238,18 @@ def gone_or_zombie(pid):
         return zombie and os.listdir(f"/proc/{pid}/task") == [str(pid)]
     except OSError:
         return True
+
+
+def test_workers_run_at_the_priority_the_settings_give():
+    """ADSERVE_ISOLATE_NICE (5 unless set) reaches the worker processes: their nice value is the server's plus it."""
+    from adserve.server.settings import Settings
+    assert Settings.model_fields["isolate_nice"].default == 5  # the tests run with 0 (conftest)
+    engine = Engine.from_settings(Settings(isolate_workers=1, isolate_nice=7, compile=False))
+    try:
+        assert engine.isolation.spec.nice == 7
+        engine.isolation.start()
+        assert engine.isolation.wait_ready(120)
+        (pid,) = engine.isolation.pids()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+    finally:
+        engine.close()
