@@ -27,9 +27,8 @@ import tempfile
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, make_graph, no_stop, op, prims_used, run
+from engine_helpers import make_graph, no_stop, op, prims_used, run
 from test_codegen import GROUPS, compile_kernel, run_kernel, spec_graph
-from test_primitives import SPECS
 
 from adserve.engine import Engine, backend
 from adserve.engine.codegen.module import kernel_module
