@@ -90,14 +90,21 @@ class Server:
         except BaseException:
             listening.close()
             raise
-        http_task = asyncio.create_task(http.serve(sockets=[listening]))
+        # HTTP's shutdown closes the service: not before gRPC's calls in flight have had their grace period
+        grpc_drained = asyncio.Event()
         if self.grpc is not None:
-            while not (http.started or http_task.done()):
-                await asyncio.sleep(0.05)
-            await self.serving()
-            while not (http.should_exit or http_task.done()):
-                await asyncio.sleep(0.1)
-            await self.stop(grace)
+            self.http.state.drains.append(grpc_drained.wait)
+        http_task = asyncio.create_task(http.serve(sockets=[listening]))
+        try:
+            if self.grpc is not None:
+                while not (http.started or http_task.done()):
+                    await asyncio.sleep(0.05)
+                await self.serving()
+                while not (http.should_exit or http_task.done()):
+                    await asyncio.sleep(0.1)
+                await self.stop(grace)
+        finally:
+            grpc_drained.set()
         await http_task
 
     def _freeze_startup_objects(self) -> None:

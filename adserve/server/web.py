@@ -303,10 +303,13 @@ def security(guard: Guard) -> list:
 
 def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list) -> FastAPI:
     """The app over `service`, counting into `metrics`; `guard` applies to paths starting with any prefix in
-    `guarded` (a list the protocols fill as they mount). Its shutdown closes the service."""
+    `guarded` (a list the protocols fill as they mount). Its shutdown closes the service, once the other
+    transports' calls are done (`app.state.drains`: coroutine functions that return when one has drained)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        for drained in app.state.drains:  # a gRPC call in its grace period still needs the service
+            await drained()
         service.close()
 
     app = FastAPI(title="adserve", version=__version__, default_response_class=JSONOut, lifespan=lifespan,
@@ -314,6 +317,7 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
                   description="Automatic differentiation as a service. Register a function (expr, program or "
                               "graph), then ask for its value and derivatives (the `compute` kinds).")
     app.state.service, app.state.settings, app.state.metrics = service, settings, metrics
+    app.state.drains = []
     # innermost: a HEAD's headers are those of its GET, Content-Encoding and Content-Length included
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL,
                        exclude_content_types=GZIP_EXCLUDED)

@@ -50,6 +50,9 @@ def test_draining_with_a_call_in_flight(tmp_path):
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in ended.value.details()
         server.process.wait(60)
         assert server.process.returncode == 0
+        # the service closed after the call ended, not when HTTP (nothing in flight there) had shut down
+        log = server.log()
+        assert log.index("Minimize UNAVAILABLE") < log.index("Application shutdown complete"), log[-2000:]
 
 
 def test_nothing_in_flight_exits_without_waiting_for_the_grace_period(tmp_path):
