@@ -94,9 +94,14 @@ def compiling(server, client, fn):
     return pids[0]
 
 
+def server_env(home) -> dict:
+    """A server's environment here: its kernel cache under `home`, no python tier (kernels are what is tested)."""
+    return {"ADSERVE_CACHE_DIR": str(home / "cache"), "ADSERVE_PYTHON_TIER": "false"}
+
+
 @pytest.fixture
 def env(tmp_path):
-    return {"ADSERVE_CACHE_DIR": str(tmp_path / "cache"), "ADSERVE_PYTHON_TIER": "false"}
+    return server_env(tmp_path)
 
 
 # -- the compile worker ----------------------------------------------------------------------------
@@ -144,7 +149,7 @@ def survey_kernels(tmp_path_factory):
     """A server run until the survey function's kernels are compiled to disk, once for this file: their
     directory, which each test copies into a cache of its own."""
     home = tmp_path_factory.mktemp("survey-kernels")
-    env = {"ADSERVE_CACHE_DIR": str(home / "cache"), "ADSERVE_PYTHON_TIER": "false"}
+    env = server_env(home)
     kernels = os.path.join(env["ADSERVE_CACHE_DIR"], "kernels")
     with running_server(home / "first.log", env=env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:

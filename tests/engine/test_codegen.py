@@ -6,8 +6,8 @@ graphs drawn by test_property_graphs' strategy. Every primitive spec of
 test_primitives (value, JVP and VJP of each, loops and branches included) is
 grouped into kernels here (`GROUPS`, `spec_graph`) and checked against the
 interpreter and the python tier, on a batch of points with per-point and shared
-(broadcast) inputs, in test_tier_consistency. Kernels are cached under ~/.cache so reruns on a
-machine skip numba's compile.
+(broadcast) inputs, in test_tier_consistency. Kernels are cached under ~/.cache
+so reruns on a machine skip numba's compile.
 """
 
 import ast

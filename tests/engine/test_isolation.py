@@ -34,10 +34,15 @@ def loop(n):
             "program": f"def f(x):\n    for i in range({n}):\n        x = x * 0.999999 + 0.000001 * sin(x)\n    return x\n"}
 
 
+def spec(**fields) -> WorkerSpec:
+    """Workers on the interpreter, at the tests' own priority (a worker a test waits on must not starve)."""
+    return WorkerSpec(cache_dir=None, nice=0, **fields)
+
+
 @pytest.fixture
 def pool():
     """Every evaluation isolated (threshold 0), on the interpreter, 1 GiB per worker."""
-    p = WorkerPool(WorkerSpec(nice=0, cache_dir=None, memory_bytes=1 << 30), size=1, threshold=0)
+    p = WorkerPool(spec(memory_bytes=1 << 30), size=1, threshold=0)
     yield p
     p.close()
 
@@ -107,7 +112,7 @@ def test_a_loop_past_its_deadline_stops_in_its_worker_which_is_kept(pool):
 
 
 def test_without_grace_a_worker_is_killed_at_the_deadline_and_replaced():
-    pool = WorkerPool(WorkerSpec(nice=0, cache_dir=None), size=1, threshold=0, grace=0.0)
+    pool = WorkerPool(spec(), size=1, threshold=0, grace=0.0)
     try:
         iso = Engine(isolation=pool)
         fn = iso.compile_definition(loop(1_000_000))
@@ -132,7 +137,7 @@ def test_without_grace_a_worker_is_killed_at_the_deadline_and_replaced():
 
 @pytest.mark.parametrize("grace", [0.5, 0.0])
 def test_a_cancelled_evaluation_stops_in_its_worker_or_kills_it_without_grace(grace):
-    pool = WorkerPool(WorkerSpec(nice=0, cache_dir=None), size=1, threshold=0, grace=grace)
+    pool = WorkerPool(spec(), size=1, threshold=0, grace=grace)
     try:
         iso = Engine(isolation=pool)
         fn = iso.compile_definition(loop(1_000_000))
@@ -155,7 +160,7 @@ def test_a_cancelled_evaluation_stops_in_its_worker_or_kills_it_without_grace(gr
 def test_a_request_over_the_workers_memory_limit_is_refused_naming_it():
     # the request-bytes estimate would refuse it before it runs: raised, so the worker's own limit is met
     roomy = Limits().updated(max_request_bytes=16 << 30)
-    pool = WorkerPool(WorkerSpec(nice=0, limits=roomy, cache_dir=None, memory_bytes=400 << 20), size=1, threshold=0)
+    pool = WorkerPool(spec(limits=roomy, memory_bytes=400 << 20), size=1, threshold=0)
     try:
         iso, plain = Engine(isolation=pool, limits=roomy), Engine(limits=roomy)
         defn = {"inputs": [{"name": "x", "shape": [9_000_000]}], "expr": "sum(sin(x) * cos(x) * exp(x))"}
@@ -174,7 +179,7 @@ def test_a_request_over_the_workers_memory_limit_is_refused_naming_it():
 
 
 def test_the_cost_model_decides_what_is_isolated():
-    pool = WorkerPool(WorkerSpec(nice=0, cache_dir=None), size=1, threshold=1e8)
+    pool = WorkerPool(spec(), size=1, threshold=1e8)
     try:
         iso = Engine(isolation=pool)
         survey, long = iso.compile_definition(SURVEY), iso.compile_definition(loop(100_000))
