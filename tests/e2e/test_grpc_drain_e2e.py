@@ -33,7 +33,9 @@ def test_draining_with_a_call_in_flight(tmp_path):
         assert wait_until(lambda: health(channel) == health_pb2.HealthCheckResponse.SERVING, 5)
         stub = ad_pb2_grpc.DifferentiatorStub(channel)
         call = stub.Minimize(LONG)
-        next(call)
+        # iterate 0 is x0, sent before the optimiser starts; iterate 1 comes once scipy.optimize has loaded
+        # (0.8 s idle, 5 s beside CPU hogs): from then on the run is in flight, streaming iterates
+        assert [next(call).iteration for _ in range(2)] == [0, 1]
         sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         # (within the grace period: health is NOT_SERVING from the signal until the server stops)
