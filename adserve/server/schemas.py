@@ -3,8 +3,8 @@
 Requests are parsed by hand (orjson, then `evaluation.parse` and the engine),
 so that every error has the contract's shape; these models describe them.
 Shared types are named components (`Tensor`, `TensorMap`, `Real`, `ComputeKind`,
-`Transform`, `ErrorCode`), so a generated client has one type for each rather
-than an inlined union at every use.
+`Transform`, `ErrorCode`, `JsonObject`), so a generated client has one type for
+each rather than an inlined union (or one more class) at every use.
 """
 
 from enum import Enum
@@ -46,6 +46,10 @@ Tensor = TypeAliasType("Tensor", Annotated[float | NonFinite | list[Any] | B64Te
                                            Field(description=TENSOR_DOC)])
 TensorMap = TypeAliasType("TensorMap", Annotated[dict[str, Tensor], Field(
     description="one tensor per input name")])
+# the open objects (a graph, an error's location, a trace row): one named schema, so a generator makes one class
+# for the three rather than a class of the same shape under each property's name
+JsonObject = TypeAliasType("JsonObject", Annotated[dict[str, Any], Field(
+    description="a JSON object; the property that holds it says which keys")])
 
 ComputeKind = Enum("ComputeKind", {k: k for k in COMPUTE_KINDS}, type=str)
 ComputeKind.__doc__ = "What an evaluation computes; each kind is a key of the answer."
@@ -84,7 +88,7 @@ class Definition(BaseModel):
     inputs: list[InputSpec]
     expr: str | None = Field(None, description="one expression in Python syntax over the input names")
     program: str | None = Field(None, description="source of one `def f(<inputs>): ...` in the Python subset")
-    graph: dict[str, Any] | None = Field(None, description="canonical node list; schema at GET /v1/schema/graph")
+    graph: JsonObject | None = Field(None, description="canonical node list; schema at GET /v1/schema/graph")
     entry: str | None = Field(None, description="for a program with several `def`s: the function the inputs go "
                                                 "to (default: the last top-level one)")
 
@@ -142,8 +146,8 @@ class EvaluationResult(BaseModel):
     hvp: TensorMap | None = None
     jacobian: TensorMap | None = None
     hessian: dict[str, TensorMap] | None = None
-    trace: list[dict[str, Any]] | None = Field(None, description="one row per variable: name, expr, shape, "
-                                                                   "output, value, tangent?, adjoint?")
+    trace: list[JsonObject] | None = Field(None, description="one row per variable: name, expr, shape, "
+                                                             "output, value, tangent?, adjoint?")
     cached: bool
 
 
@@ -175,7 +179,7 @@ class MinimizeProgress(BaseModel):
 class ErrorDetail(BaseModel):
     code: ErrorCode | str = Field(description="snake_case; one of ErrorCode, or one of the engine's own")
     message: str
-    location: dict[str, Any] | None = Field(None, description='{"line", "column"} or {"node"}')
+    location: JsonObject | None = Field(None, description='{"line", "column"} or {"node"}')
 
 
 class ErrorBody(BaseModel):
