@@ -81,7 +81,7 @@ def test_calls_with_no_quiet_moment_between_them_are_kept_after_max_gap(keeper):
     for t in threads:
         t.start()
     try:
-        assert _until(lambda: keeper.freezes >= 2, seconds=3.0)
+        assert _until(lambda: keeper.freezes >= 2)  # the default bound: only a hang fails it
     finally:
         stop.set()
         for t in threads:
