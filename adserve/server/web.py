@@ -144,7 +144,8 @@ async def stoppable_call(request: Request, service, work, *args):
     return await stoppable(request, lambda *a: work(Cancellable(service, a[-1]), *a[:-1]), *args)
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request for an attribute
     return request.app.state.service
 
 
@@ -154,12 +155,12 @@ ServiceDep = Annotated[Service, Depends(_service)]
 
 def _operations(app: FastAPI) -> None:
     @app.get("/healthz", tags=["operations"], summary="200 while the process is alive", operation_id="healthz")
-    def healthz():
+    async def healthz():  # async, as readyz: a plain def route is run in a worker thread
         return JSONOut({"status": "ok"})
 
     @app.get("/readyz", tags=["operations"], summary="200 when ready to serve", operation_id="readyz",
              responses={503: {"model": schemas.ErrorBody, "description": "starting, or a backend is lost"}})
-    def readyz(service: ServiceDep):
+    async def readyz(service: ServiceDep):
         if service.ready():
             return JSONOut({"status": "ready"})
         return error(503, "not_ready", "the service is starting or lost a backend")
