@@ -1,5 +1,6 @@
 """The app factory in process: its lifespan closes the service, and its OpenAPI document is complete."""
 
+import pytest
 from fastapi.testclient import TestClient
 
 from adserve.engine import Engine
@@ -40,19 +41,24 @@ def test_openapi_documents_every_hand_parsed_body():
 
 
 class MetaService(StubService):
-    """Answers every evaluation with a fixed account of how it was computed."""
+    """Answers every evaluation with a fixed account of how it was computed; `brief` says whether the
+    transport answers it on the event loop or in a worker thread."""
 
-    def __init__(self, meta):
-        self.meta = meta
+    def __init__(self, meta, brief=False):
+        self.meta, self.is_brief = meta, brief
+
+    def brief(self, target, body):
+        return self.is_brief
 
     def evaluate(self, target, body, meta=None, deadline=None):
         meta.update(self.meta)
         return {"value": 1.0, "cached": bool(self.meta.get("cache_hit"))}
 
 
-def test_headers_name_the_tier_and_the_kernel_variant():
+@pytest.mark.parametrize("brief", [False, True], ids=["in a thread", "on the loop"])
+def test_headers_name_the_tier_and_the_kernel_variant(brief):
     def headers(meta):
-        with TestClient(app(MetaService(meta))) as client:
+        with TestClient(app(MetaService(meta, brief))) as client:
             r = client.post("/v1/functions/abc/evaluate", json={"inputs": {"x": 1.0}})
             assert r.status_code == 200, r.text
             return r.headers["x-adserve-backend"], r.headers["server-timing"]
