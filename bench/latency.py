@@ -11,7 +11,8 @@ busy machine slows each alike:
   new point each time (the result cache never answers), against the bare
   app's `POST /evaluate` of the same body;
 - `GET /healthz` of each;
-- gRPC unary `Evaluate` of the same, on one reused channel.
+- gRPC unary `Evaluate` of the same, on one reused channel, against a bare
+  grpc.aio server answering it by hand (`bench/bare_grpc.py`).
 
 The HTTP client is `http.client` (one connection per server), the same for
 both; a time is the client's, request written to answer read. Reported per
@@ -81,10 +82,20 @@ def _process(cmd: list, port: int, ready_path: str, env: dict, log_path: str):
             proc.wait()
 
 
+def _wait_grpc(port: int, proc, log_path: str, within: float = 60) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=within)
+    except grpc.FutureTimeoutError:
+        raise RuntimeError(f"gRPC baseline not ready in {within} s (exit {proc.poll()}); log {log_path}") from None
+    finally:
+        channel.close()
+
+
 @contextlib.contextmanager
 def servers(home: str, profile: str | None = None):
-    """Yield (adserve HTTP port, adserve gRPC port, bare app port), all ready."""
-    http_port, grpc_port, bare_port = _free_port(), _free_port(), _free_port()
+    """Yield (adserve HTTP port, adserve gRPC port, bare app port, bare gRPC port), all ready."""
+    http_port, grpc_port, bare_port, bare_grpc = _free_port(), _free_port(), _free_port(), _free_port()
     launcher = [sys.executable, "-m", "bench.profiled", profile, "--"] if profile else \
         [sys.executable, "-m", "adserve.server.cli"]
     adserve = launcher + ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
@@ -92,7 +103,16 @@ def servers(home: str, profile: str | None = None):
     with _process(adserve, http_port, "/readyz", {"ADSERVE_CACHE_DIR": os.path.join(home, "cache")},
                   os.path.join(home, "adserve.log")), \
             _process(bare, bare_port, "/healthz", {}, os.path.join(home, "bare.log")):
-        yield http_port, grpc_port, bare_port
+        log_path = os.path.join(home, "bare_grpc.log")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "bench.bare_grpc", "--port", str(bare_grpc)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_grpc(bare_grpc, proc, log_path)
+            yield http_port, grpc_port, bare_port, bare_grpc
+        finally:
+            proc.terminate()
+            proc.wait(30)
 
 
 class Http:
@@ -138,21 +158,21 @@ def _until_compiled(ours: Http, fid: str, within: float = 300) -> None:
     raise RuntimeError(f"no numba answer within {within} s")
 
 
-def ways(http_port: int, grpc_port: int, bare_port: int) -> dict:
+def ways(http_port: int, grpc_port: int, bare_port: int, bare_grpc: int) -> dict:
     """name -> callable(i) timing one request (seconds)."""
     ours, bare = Http(http_port), Http(bare_port)
     status, info = ours.json("POST", "/v1/functions", SURVEY)
     assert status in (200, 201), info
     fid = info["id"]
     _until_compiled(ours, fid)
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    stub = ad_pb2_grpc.DifferentiatorStub(channel)
+    stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+    bare_stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{bare_grpc}"))
 
     def body(i):
         x1, x2 = _point(i)
         return json.dumps({"inputs": {"x1": x1, "x2": x2}, "compute": ["value", "gradient"]}).encode()
 
-    def rpc(i):
+    def rpc(i, stub=stub):
         x1, x2 = _point(i)
         request = ad_pb2.EvaluateRequest(id=fid, compute=["value", "gradient"],
                                          inputs={"x1": ad_pb2.Tensor(data=[x1]), "x2": ad_pb2.Tensor(data=[x2])})
@@ -164,10 +184,12 @@ def ways(http_port: int, grpc_port: int, bare_port: int) -> dict:
             "REST evaluate (bare)": lambda i: bare.call("POST", "/evaluate", body(i)),
             "GET /healthz (adserve)": lambda i: ours.call("GET", "/healthz"),
             "GET /healthz (bare)": lambda i: bare.call("GET", "/healthz"),
-            "gRPC unary Evaluate (adserve)": rpc}
+            "gRPC unary Evaluate (adserve)": rpc,
+            "gRPC unary Evaluate (bare)": lambda i: rpc(i, bare_stub)}
 
 
-RATIOS = (("REST evaluate (adserve)", "REST evaluate (bare)"), ("GET /healthz (adserve)", "GET /healthz (bare)"))
+RATIOS = (("REST evaluate (adserve)", "REST evaluate (bare)"), ("GET /healthz (adserve)", "GET /healthz (bare)"),
+          ("gRPC unary Evaluate (adserve)", "gRPC unary Evaluate (bare)"))
 
 
 def measure(calls: dict, rounds: int, per_round: int, warmup: int = 300) -> dict:
@@ -205,6 +227,8 @@ def report(times: dict) -> str:
         return [t for r in times[name] for t in r]
 
     for a, b in RATIOS:
+        if a not in times or b not in times:
+            continue
         per_round = [statistics.median(ra) / statistics.median(rb) for ra, rb in zip(times[a], times[b])]
         lines.append(f"ratio {a.split(' (')[0]}: p50 {_pct(every(a), .5) / _pct(every(b), .5):.2f}x; per round "
                      f"median {statistics.median(per_round):.2f}x ({min(per_round):.2f}-{max(per_round):.2f})")
@@ -216,10 +240,12 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--per-round", type=int, default=200)
     p.add_argument("--profile", help="run adserve under cProfile; its stats are written to this file")
+    p.add_argument("--only", help="time only the ways whose name contains this (e.g. gRPC)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="adserve-latency-") as home, \
             servers(home, args.profile and os.path.abspath(args.profile)) as ports:
-        times = measure(ways(*ports), args.rounds, args.per_round)
+        calls = {name: call for name, call in ways(*ports).items() if not args.only or args.only in name}
+        times = measure(calls, args.rounds, args.per_round)
     print(f"{args.rounds} rounds x {args.per_round} requests per way, interleaved request by request; "
           f"loopback, http.client keep-alive, one gRPC channel")
     print(report(times))
