@@ -68,6 +68,8 @@ def _exit_past_stuck_workers() -> None:
     busy = [t for t in busy if t.is_alive()]
     if busy:
         log.warning("exiting with %d worker thread(s) still running", len(busy))
+        from . import logs
+        logs.close_writer()  # os._exit runs no atexit handlers: the queued lines are written now
         logging.shutdown()
         os._exit(0)
 
