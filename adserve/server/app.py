@@ -65,7 +65,7 @@ class Server:
 
     def run(self) -> None:
         """`serve()` on the event loop uvicorn's own `run` would choose (uvloop when installed, as uvicorn's
-        default `loop="auto"` does): `asyncio.run` would give the standard loop, twice as slow per request."""
+        default `loop="auto"` does), not the standard asyncio loop `asyncio.run` gives."""
         with asyncio.Runner(loop_factory=auto_loop_factory(use_subprocess=False)) as runner:
             runner.run(self.serve())
 
