@@ -71,3 +71,29 @@ def test_headers_name_the_tier_and_the_kernel_variant(brief):
     assert tier == "interpreter" and timing.startswith("compute;dur=3.000, compile;desc=pending, total;dur=")
     tier, timing = headers({"backend": "numba", "cache_hit": True})
     assert tier == "numba" and timing.startswith("cache;desc=hit, total;dur=")
+
+
+def test_the_evaluate_routes_are_reached_first_and_behave_as_documented():
+    """The plain evaluate routes ahead of FastAPI's answer (errors in the app's form, 405 with Allow for
+    another method, the template in the metrics), and the FastAPI routes still document them."""
+    from adserve.server.service import Service
+    server = build(Settings(grpc_port=0), service=Service(Engine(), result_cache_bytes=1 << 20))
+    first = [getattr(r, "path", None) for r in server.http.router.routes[:2]]
+    assert first == ["/v1/functions/{function_id}/evaluate", "/v1/evaluate"]
+    square = {"inputs": [{"name": "x", "shape": []}], "expr": "x * x"}
+    with TestClient(server.http) as client:
+        fid = client.post("/v1/functions", json=square).json()["id"]
+        assert client.post(f"/v1/functions/{fid}/evaluate", json={"inputs": {"x": 3.0}}).json()["value"] == 9.0
+        assert client.post("/v1/evaluate", json={"function": square, "inputs": {"x": 2.0}}).json()["value"] == 4.0
+        unknown = client.post("/v1/functions/nope/evaluate", json={"inputs": {"x": 1.0}})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "function_not_found"
+        malformed = client.post("/v1/evaluate", content=b"{not json")
+        assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "malformed_json"
+        wrong = client.get(f"/v1/functions/{fid}/evaluate")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+        metrics = client.get("/metrics").text
+        spec = client.get("/openapi.json").json()
+    for route, status in (("/v1/functions/{function_id}/evaluate", 200), ("/v1/functions/{function_id}/evaluate", 404),
+                          ("/v1/evaluate", 200), ("/v1/evaluate", 400)):
+        assert f'method="POST",route="{route}",status="{status}"' in metrics
+    assert spec["paths"]["/v1/functions/{function_id}/evaluate"]["post"]["parameters"][0]["name"] == "function_id"
