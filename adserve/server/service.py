@@ -96,7 +96,7 @@ class Service:
             shared.start(republish=self._exports, tenants=self._registry.exports)
         self.heap = NoKeeper() if heap is None else heap  # told of every call, to collect garbage between them
         self.brief_work = brief_work
-        # (function id, compute, wrt) of unbatched evaluations run here: their plans are built
+        # (function id, compute, wrt) of unbatched evaluations run here (their plans are built) -> brief or not
         self._plans_run = LRU(alias_capacity)
         self.optimizers = optimize.Capacity(max_optimizers or default_max_optimizers())
 
@@ -183,10 +183,18 @@ class Service:
             return False
         compute, wrt = body.get("compute", ["value"]), body.get("wrt")
         try:
-            run_before = self._plans_run.peek((fn.id, tuple(compute), tuple(wrt) if wrt else None)) is not None
+            return self._plans_run.peek((fn.id, tuple(compute), tuple(wrt) if wrt else None)) is True
         except TypeError:  # not lists of names: `evaluate` words the error
             return False
-        return run_before and request_cost(fn, compute, 1) <= self.brief_work
+
+    def _ran(self, fn, request) -> None:
+        """Remember that the plans of this request's kind ran here, and whether it is brief (`brief`): the
+        cost bound depends on the function and the compute kinds only, so it is computed once."""
+        key = (fn.id, request.compute, request.wrt)
+        if self._plans_run.peek(key) is None:
+            # a function without the cost model's counts (a stand-in engine's) is never brief
+            bounded = hasattr(fn, "steps") and request_cost(fn, request.compute, 1) <= self.brief_work
+            self._plans_run.put(key, bounded)
 
     def _kept(self, target):
         """The function `target` (an id or name, or a definition) stands for when it is compiled and kept here
@@ -233,7 +241,7 @@ class Service:
                                        **({"wrt": list(request.wrt)} if request.wrt else {}))
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
         if not request.batch:
-            self._plans_run.put((fn.id, request.compute, request.wrt), True)
+            self._ran(fn, request)
         result = _frozen(raw, owned=self.engine.RESULTS_ARE_OWNED)
         kept = {**result, _BACKEND: meta.get("backend", "interpreter")}
         self._results.put(key, kept)
