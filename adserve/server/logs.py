@@ -91,6 +91,10 @@ def configure(level: str, fmt: str = "text") -> None:
     interpreter's exit) writes what is queued."""
     global _writer
     close_writer()
+    # what neither format shows is not gathered for every record: the caller's frame (a stack walk), thread
+    # and process (the logging HOWTO's optimisations)
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     queue = SimpleQueue()
