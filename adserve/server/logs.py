@@ -16,10 +16,10 @@ import contextvars
 import json
 import logging
 import logging.handlers
+import os
 import re
 import sys
 import time
-import uuid
 from queue import SimpleQueue
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("adserve_request_id", default=None)
@@ -34,7 +34,7 @@ def accept(presented: str | None) -> str:
     """The request id for a call that presented `presented`: it, when it is a reasonable token, else a new one."""
     if presented and _ACCEPTED.fullmatch(presented):
         return presented
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits, as a uuid4's hex; a quarter of its cost
 
 
 class RequestIdFilter(logging.Filter):
