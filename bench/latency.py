@@ -25,7 +25,11 @@ per-round ratios.
 `--profile FILE` runs adserve under cProfile (its event loop thread; see
 `bench/profiled.py`) and writes the stats to FILE when it stops.
 
-    .venv/bin/python -m bench.latency [--rounds 20] [--per-round 200] [--profile FILE]
+`--compare DIR` starts the adserve of another checkout too (the working
+directory and PYTHONPATH set to DIR), timed in the same turns as "(compare)":
+before and after a change, in one run.
+
+    .venv/bin/python -m bench.latency [--rounds 20] [--per-round 200] [--profile FILE] [--compare DIR]
 """
 
 import argparse
@@ -69,9 +73,9 @@ def _wait_ready(port: int, path: str, proc, log_path: str, within: float = 120) 
 
 
 @contextlib.contextmanager
-def _process(cmd: list, port: int, ready_path: str, env: dict, log_path: str):
+def _process(cmd: list, port: int, ready_path: str, env: dict, log_path: str, cwd: str | None = None):
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=cwd)
     try:
         _wait_ready(port, ready_path, proc, log_path)
         yield proc
@@ -95,23 +99,32 @@ def _wait_grpc(port: int, proc, log_path: str, within: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def servers(home: str, profile: str | None = None):
-    """Yield (adserve HTTP port, adserve gRPC port, bare app port, bare gRPC port), all ready."""
-    http_port, grpc_port, bare_port, bare_grpc = _free_port(), _free_port(), _free_port(), _free_port()
+def servers(home: str, profile: str | None = None, compare: str | None = None):
+    """Yield {"adserve": (HTTP port, gRPC port), "compare": the same or None, "bare": HTTP port,
+    "bare gRPC": port}, all ready. `compare`: another checkout whose adserve runs beside this one's."""
+    ports = {"adserve": (_free_port(), _free_port()), "compare": compare and (_free_port(), _free_port()),
+             "bare": _free_port(), "bare gRPC": _free_port()}
     launcher = [sys.executable, "-m", "bench.profiled", profile, "--"] if profile else \
         [sys.executable, "-m", "adserve.server.cli"]
-    adserve = launcher + ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
-    bare = [sys.executable, "-m", "bench.bare_app", "--port", str(bare_port)]
-    with _process(adserve, http_port, "/readyz", {"ADSERVE_CACHE_DIR": os.path.join(home, "cache")},
-                  os.path.join(home, "adserve.log")), \
-            _process(bare, bare_port, "/healthz", {}, os.path.join(home, "bare.log")):
+    with contextlib.ExitStack() as stack:
+        for name, cwd in (("adserve", None), ("compare", compare)):
+            if ports[name] is None:
+                continue
+            http_port, grpc_port = ports[name]
+            # `-m` puts the working directory first on sys.path: the compared checkout's adserve is imported
+            env = {"ADSERVE_CACHE_DIR": os.path.join(home, f"cache-{name}"), **({"PYTHONPATH": cwd} if cwd else {})}
+            cmd = (launcher if cwd is None else [sys.executable, "-m", "adserve.server.cli"]) + \
+                ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+            stack.enter_context(_process(cmd, http_port, "/readyz", env, os.path.join(home, f"{name}.log"), cwd))
+        stack.enter_context(_process([sys.executable, "-m", "bench.bare_app", "--port", str(ports["bare"])],
+                                     ports["bare"], "/healthz", {}, os.path.join(home, "bare.log")))
         log_path = os.path.join(home, "bare_grpc.log")
         with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "bench.bare_grpc", "--port", str(bare_grpc)],
+            proc = subprocess.Popen([sys.executable, "-m", "bench.bare_grpc", "--port", str(ports["bare gRPC"])],
                                     stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_grpc(bare_grpc, proc, log_path)
-            yield http_port, grpc_port, bare_port, bare_grpc
+            _wait_grpc(ports["bare gRPC"], proc, log_path)
+            yield ports
         finally:
             proc.terminate()
             proc.wait(30)
@@ -160,21 +173,16 @@ def _until_compiled(ours: Http, fid: str, within: float = 300) -> None:
     raise RuntimeError(f"no numba answer within {within} s")
 
 
-def ways(http_port: int, grpc_port: int, bare_port: int, bare_grpc: int) -> dict:
+def ways(ports: dict) -> dict:
     """name -> callable(i) timing one request (seconds)."""
-    ours, bare = Http(http_port), Http(bare_port)
-    status, info = ours.json("POST", "/v1/functions", SURVEY)
-    assert status in (200, 201), info
-    fid = info["id"]
-    _until_compiled(ours, fid)
-    stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
-    bare_stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{bare_grpc}"))
+    bare = Http(ports["bare"])
+    bare_stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{ports['bare gRPC']}"))
 
     def body(i):
         x1, x2 = _point(i)
         return json.dumps({"inputs": {"x1": x1, "x2": x2}, "compute": ["value", "gradient"]}).encode()
 
-    def rpc(i, stub=stub):
+    def rpc(i, stub, fid=""):
         x1, x2 = _point(i)
         request = ad_pb2.EvaluateRequest(id=fid, compute=["value", "gradient"],
                                          inputs={"x1": ad_pb2.Tensor(data=[x1]), "x2": ad_pb2.Tensor(data=[x2])})
@@ -182,17 +190,32 @@ def ways(http_port: int, grpc_port: int, bare_port: int, bare_grpc: int) -> dict
         stub.Evaluate(request)
         return time.perf_counter() - t
 
-    return {"REST evaluate (adserve)": lambda i: ours.call("POST", f"/v1/functions/{fid}/evaluate", body(i)),
-            "REST evaluate (bare)": lambda i: bare.call("POST", "/evaluate", body(i)),
-            "GET /healthz (adserve)": lambda i: ours.call("GET", "/healthz"),
-            "GET /healthz (bare)": lambda i: bare.call("GET", "/healthz"),
-            "gRPC unary Evaluate (adserve)": rpc,
-            "gRPC unary Evaluate (bare)": lambda i: rpc(i, bare_stub)}
+    out = {}
+    for name in ("adserve", "compare"):
+        if ports[name] is None:
+            continue
+        http_port, grpc_port = ports[name]
+        ours = Http(http_port)
+        status, info = ours.json("POST", "/v1/functions", SURVEY)
+        assert status in (200, 201), info
+        fid = info["id"]
+        _until_compiled(ours, fid)
+        stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        out.update({f"REST evaluate ({name})": lambda i, c=ours, f=fid: c.call("POST", f"/v1/functions/{f}/evaluate",
+                                                                               body(i)),
+                    f"GET /healthz ({name})": lambda i, c=ours: c.call("GET", "/healthz"),
+                    f"gRPC unary Evaluate ({name})": lambda i, s=stub, f=fid: rpc(i, s, f)})
+    out.update({"REST evaluate (bare)": lambda i: bare.call("POST", "/evaluate", body(i)),
+                "GET /healthz (bare)": lambda i: bare.call("GET", "/healthz"),
+                "gRPC unary Evaluate (bare)": lambda i: rpc(i, bare_stub)})
+    return dict(sorted(out.items(), key=lambda kv: _ORDER.index(kv[0].split(" (")[0])))
+
+
+_ORDER = ["REST evaluate", "GET /healthz", "gRPC unary Evaluate"]
 
 
 PHASES = (("REST", "GET"), ("gRPC",))
-RATIOS = (("REST evaluate (adserve)", "REST evaluate (bare)"), ("GET /healthz (adserve)", "GET /healthz (bare)"),
-          ("gRPC unary Evaluate (adserve)", "gRPC unary Evaluate (bare)"))
+RATIOS = tuple((f"{way} ({name})", f"{way} (bare)") for way in _ORDER for name in ("adserve", "compare"))
 
 
 def measure(calls: dict, rounds: int, per_round: int, warmup: int = 300) -> dict:
@@ -233,7 +256,7 @@ def report(times: dict) -> str:
         if a not in times or b not in times:
             continue
         per_round = [statistics.median(ra) / statistics.median(rb) for ra, rb in zip(times[a], times[b])]
-        lines.append(f"ratio {a.split(' (')[0]}: p50 {_pct(every(a), .5) / _pct(every(b), .5):.2f}x; per round "
+        lines.append(f"ratio {a}: p50 {_pct(every(a), .5) / _pct(every(b), .5):.2f}x; per round "
                      f"median {statistics.median(per_round):.2f}x ({min(per_round):.2f}-{max(per_round):.2f})")
     return "\n".join(lines)
 
@@ -244,10 +267,11 @@ def main(argv=None) -> None:
     p.add_argument("--per-round", type=int, default=200)
     p.add_argument("--profile", help="run adserve under cProfile; its stats are written to this file")
     p.add_argument("--only", help="time only the ways whose name contains this (e.g. gRPC)")
+    p.add_argument("--compare", help="another checkout (e.g. /work/main): its adserve is timed too, as (compare)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="adserve-latency-") as home, \
-            servers(home, args.profile and os.path.abspath(args.profile)) as ports:
-        calls = {name: call for name, call in ways(*ports).items() if not args.only or args.only in name}
+            servers(home, args.profile and os.path.abspath(args.profile), args.compare) as ports:
+        calls = {name: call for name, call in ways(ports).items() if not args.only or args.only in name}
         times = {}
         for phase in PHASES:  # HTTP's ways, then gRPC's: one protocol's traffic does not slow the other's
             group = {name: call for name, call in calls.items() if name.startswith(phase)}
