@@ -34,6 +34,7 @@ before and after a change, in one run.
 
 import argparse
 import contextlib
+import datetime
 import http.client
 import json
 import os
@@ -46,6 +47,8 @@ import time
 import grpc
 
 from adserve.server.grpc_gen import ad_pb2, ad_pb2_grpc
+
+from . import sections
 
 SURVEY = {"inputs": [{"name": "x1", "shape": []}, {"name": "x2", "shape": []}], "expr": "log(x1) + x1*x2 - sin(x2)"}
 JSON = {"Content-Type": "application/json"}
@@ -268,6 +271,8 @@ def main(argv=None) -> None:
     p.add_argument("--profile", help="run adserve under cProfile; its stats are written to this file")
     p.add_argument("--only", help="time only the ways whose name contains this (e.g. gRPC)")
     p.add_argument("--compare", help="another checkout (e.g. /work/main): its adserve is timed too, as (compare)")
+    p.add_argument("--write", metavar="PATH", nargs="?", const="docs/benchmarks.md",
+                   help="also write the table into PATH's latency section (default docs/benchmarks.md)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="adserve-latency-") as home, \
             servers(home, args.profile and os.path.abspath(args.profile), args.compare) as ports:
@@ -280,6 +285,33 @@ def main(argv=None) -> None:
     print(f"{args.rounds} rounds x {args.per_round} requests per way, interleaved request by request (HTTP's "
           f"ways, then gRPC's); loopback, http.client keep-alive, one gRPC channel")
     print(report(times))
+    if args.write:
+        sections.write_section(args.write, BEGIN, END, section(times, args))
+        print(f"wrote {args.write}")
+
+
+BEGIN, END = "<!-- BEGIN LATENCY (python -m bench.latency --write) -->", "<!-- END LATENCY -->"
+
+
+def kept_section(path) -> str:
+    """The latency section of an existing docs/benchmarks.md ('' if none), which `make bench` keeps."""
+    return sections.kept_section(path, BEGIN, END)
+
+
+def section(times: dict, args) -> str:
+    """The benchmarks.md section: how it was measured, and the report as a table."""
+    compare = f"; (compare) is the adserve of `{args.compare}`" if args.compare else ""
+    return "\n".join([
+        BEGIN, "## Request latency against a bare FastAPI / grpc.aio server", "",
+        "`python -m bench.latency`: adserve with its defaults, a bare FastAPI+uvicorn app (`bench/bare_app.py`, "
+        "adserve's uvicorn options) and a bare grpc.aio server (`bench/bare_grpc.py`) in the same run. The survey "
+        "example's value and gradient on a registered function, a new point each request (the result cache never "
+        "answers), after its numba kernel answers; one request at a time on kept-alive connections (http.client, "
+        "one gRPC channel), the ways taking turns request by request, HTTP's ways first and then gRPC's. Where "
+        "the time goes inside the process, layer by layer: `python -m bench.layers --compile`.", "",
+        f"Run {datetime.date.today().isoformat()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end (the machine was shared); {args.rounds} rounds x {args.per_round} "
+        f"requests per way{compare}.", "", "```", report(times), "```", END]) + "\n"
 
 
 if __name__ == "__main__":

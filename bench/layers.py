@@ -1,16 +1,18 @@
 """Where a REST request's time goes inside adserve's process, layer by layer, without the network.
 
-The app is built as the server builds it (`app.build`, compiles off: the
-interpreter answers) and called directly as an ASGI app, on the event loop the
-server runs (uvloop when installed), with the survey example's evaluate request
-at a new point each time. Each variant is the same app with one piece taken out
-or done differently; the variants take turns in rounds, each timed as the
-median of a block of calls (a busy machine's pauses land on a few calls, not on the median), and the difference to the full stack is what the
-piece costs. The service alone (`Service.evaluate`) and the thread hop are timed too.
-uvicorn's own share (HTTP parsing, the transport, the access line) is not in here:
-`bench/latency.py` compares whole servers.
+The app is built as the server builds it (`app.build`; with `--compile`, timed
+once the numba kernel answers, else on the interpreter) and called directly as
+an ASGI app, on the event loop the server runs (uvloop when installed), with
+the survey example's evaluate request at a new point each time. Each variant is
+the same app with one piece taken out, or one piece alone (the route's handler
+without routing, `rest._evaluate`, `Service.evaluate`, `Engine.evaluate`, the
+bare app of bench/latency.py); the variants take turns in rounds, each timed as
+the median of a block of calls (a busy machine's pauses land on a few calls,
+not on the median), and the difference to the full stack is what the piece
+costs. uvicorn's own share (HTTP parsing, the transport, the access line) is
+not in here: `bench/latency.py` compares whole servers.
 
-    .venv/bin/python -m bench.layers [--rounds 15] [--block 300]
+    .venv/bin/python -m bench.layers [--rounds 15] [--block 300] [--compile]
 """
 
 import argparse
@@ -21,7 +23,9 @@ import statistics
 import tempfile
 import time
 
+import numpy as np
 import orjson
+from starlette.requests import Request
 
 from adserve.server import logs, rest
 from adserve.server.app import build
@@ -70,11 +74,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block", type=int, default=300)
+    p.add_argument("--compile", action="store_true", help="numba kernels on (timing starts once one answers)")
     args = p.parse_args(argv)
     logs.configure("info")
     logging.getLogger("adserve").setLevel("INFO")
     with tempfile.TemporaryDirectory() as home:
-        settings = Settings(cache_dir=os.path.join(home, "cache"), compile=False, grpc_port=0)
+        settings = Settings(cache_dir=os.path.join(home, "cache"), compile=args.compile, grpc_port=0)
         server = build(settings)
         try:
             run(server, args)
@@ -89,9 +94,19 @@ def run(server, args) -> None:
     path = f"/v1/functions/{fid}/evaluate"
     counter = [0]
 
-    def body() -> bytes:
+    def point() -> dict:
         counter[0] += 1
-        return orjson.dumps({"inputs": {"x1": 2.0 + counter[0] * 1e-9, "x2": 5.0}, "compute": ["value", "gradient"]})
+        return {"inputs": {"x1": 2.0 + counter[0] * 1e-9, "x2": 5.0}, "compute": ["value", "gradient"]}
+
+    def body() -> bytes:
+        return orjson.dumps(point())
+
+    if args.compile:  # until the kernel answers: its compile runs in the background
+        t = time.monotonic()
+        while rest._evaluate(service, fid, body(), 0.0)[1]["x-adserve-backend"] != "numba":
+            if time.monotonic() - t > 300:
+                raise RuntimeError("no numba kernel in 300 s")
+            time.sleep(0.05)
 
     full = app.build_middleware_stack()
     names = [m.cls.__name__ for m in app.user_middleware]
@@ -108,6 +123,21 @@ def run(server, args) -> None:
     variants["GET /healthz, full stack"] = lambda: call(full, "/healthz")
     variants["GET /healthz, no user middleware"] = lambda: call(bare, "/healthz")
 
+    async def handler():
+        raw = body()
+
+        async def receive():
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = dict(_scope(path, "POST", raw), app=app)
+        response = await rest._evaluation(Request(scope, receive), fid)
+        await response(scope, receive, send)
+
     async def direct():
         return rest._evaluate(service, fid, body(), time.perf_counter())
 
@@ -115,12 +145,19 @@ def run(server, args) -> None:
         return await asyncio.to_thread(rest._evaluate, service, fid, body(), time.perf_counter())
 
     async def evaluate_only():
-        return service.evaluate(fid, {"inputs": {"x1": 2.0 + counter[0] * 1e-9, "x2": 5.0},
-                                      "compute": ["value", "gradient"]}, {})
+        return service.evaluate(fid, point(), {})
 
+    fn = service._functions.peek(fid)
+
+    async def engine_only():
+        x = point()["inputs"]
+        return service.engine.evaluate(fn, {k: np.float64(v) for k, v in x.items()}, ["value", "gradient"])
+
+    variants["the route's handler and its response, no routing"] = handler
     variants["rest._evaluate inline (parse, service, encode)"] = direct
     variants["rest._evaluate in a thread (to_thread)"] = hop
-    variants["Service.evaluate alone"] = lambda: (counter.__setitem__(0, counter[0] + 1), evaluate_only())[1]
+    variants["Service.evaluate alone"] = evaluate_only
+    variants["Engine.evaluate alone"] = engine_only
 
     async def measure():
         times = {name: [] for name in variants}
