@@ -271,6 +271,7 @@ def main(argv=None) -> None:
     p.add_argument("--profile", help="run adserve under cProfile; its stats are written to this file")
     p.add_argument("--only", help="time only the ways whose name contains this (e.g. gRPC)")
     p.add_argument("--compare", help="another checkout (e.g. /work/main): its adserve is timed too, as (compare)")
+    p.add_argument("--compare-label", help="what --compare's checkout is, for the written section (default: its path)")
     p.add_argument("--write", metavar="PATH", nargs="?", const="docs/benchmarks.md",
                    help="also write the table into PATH's latency section (default docs/benchmarks.md)")
     args = p.parse_args(argv)
@@ -300,7 +301,7 @@ def kept_section(path) -> str:
 
 def section(times: dict, args) -> str:
     """The benchmarks.md section: how it was measured, and the report as a table."""
-    compare = f"; (compare) is the adserve of `{args.compare}`" if args.compare else ""
+    compare = f"; (compare) is the adserve of {args.compare_label or f'`{args.compare}`'}" if args.compare else ""
     return "\n".join([
         BEGIN, "## Request latency against a bare FastAPI / grpc.aio server", "",
         "`python -m bench.latency`: adserve with its defaults, a bare FastAPI+uvicorn app (`bench/bare_app.py`, "
