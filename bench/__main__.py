@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from . import gradbench, harness, isolation, problems, report, service
+from . import gradbench, harness, isolation, latency, problems, report, service
 
 METHOD = """\
 How it is measured (`make bench`, {took} here):
@@ -99,8 +99,10 @@ def main(argv=None):
         print(report.tables(results, sv))
         print(f"load average (1 min) {load0[0]:.1f} at start, {load1[0]:.1f} at the end; {minutes:.1f} min")
         return 0
-    # written by `python -m bench.gradbench` and `python -m bench.isolation --write`, not by this run
-    kept = "\n".join(k for k in (gradbench.kept_section(args.out), isolation.kept_section(args.out)) if k)
+    # written by `python -m bench.gradbench`, `python -m bench.isolation --write` and `python -m bench.latency
+    # --write`, not by this run
+    kept = "\n".join(k for k in (gradbench.kept_section(args.out), isolation.kept_section(args.out),
+                                latency.kept_section(args.out)) if k)
     with open(args.out, "w") as f:
         f.write("\n".join(text) + ("\n\n" + kept if kept else ""))
     print(f"wrote {args.out}" + (f" and {args.plot}" if have_plot else "") + f" in {minutes:.1f} min")

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 
 import uvicorn
+from uvicorn.loops.auto import auto_loop_factory
 from fastapi import FastAPI
 
 from . import oip, oip_grpc, ports, rest, rpc, tesseract, umbridge, web
@@ -61,6 +62,12 @@ class Server:
     async def stop(self, grace: float) -> None:
         if self.grpc is not None:
             await self.grpc.stop(grace)
+
+    def run(self) -> None:
+        """`serve()` on the event loop uvicorn's own `run` would choose (uvloop when installed, as uvicorn's
+        default `loop="auto"` does), not the standard asyncio loop `asyncio.run` gives."""
+        with asyncio.Runner(loop_factory=auto_loop_factory(use_subprocess=False)) as runner:
+            runner.run(self.serve())
 
     async def serve(self) -> None:
         """HTTP (uvicorn) and gRPC in one event loop over one service; SIGTERM or SIGINT drains both at once.

@@ -1,7 +1,6 @@
 """`adserve`: start the server. Flags override `ADSERVE_*` variables, which override defaults."""
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -50,7 +49,7 @@ def main(argv=None) -> None:
              settings.http_port, grpc, f"kernels compiled into {settings.cache_dir}" if settings.compile
              else "interpreter only")
     try:
-        asyncio.run(server.serve())
+        server.run()
     except KeyboardInterrupt:
         pass
     except OSError as e:
@@ -69,6 +68,8 @@ def _exit_past_stuck_workers() -> None:
     busy = [t for t in busy if t.is_alive()]
     if busy:
         log.warning("exiting with %d worker thread(s) still running", len(busy))
+        from . import logs
+        logs.close_writer()  # os._exit runs no atexit handlers: the queued lines are written now
         logging.shutdown()
         os._exit(0)
 

@@ -74,6 +74,9 @@ class Call:
 class Interceptor(grpc.aio.ServerInterceptor):
     """Runs every call of the services `applies` to inside `around(call)`."""
 
+    def __init__(self):
+        self._handlers: dict = {}  # full method name -> its handler, wrapped
+
     def applies(self, service: str) -> bool:
         return True
 
@@ -81,8 +84,18 @@ class Interceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
     async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        # a method's handler is wrapped once, not on every call: the continuation (the interceptors inside,
+        # then the registered handler) gives the same handler for a method each time; unknown methods (None)
+        # are not kept, so what callers make up takes no room
+        wrapped = self._handlers.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped(await continuation(details), details.method)
+            if wrapped is not None:
+                self._handlers[details.method] = wrapped
+        return wrapped
+
+    def _wrapped(self, handler, full_method: str):
+        service, _, method = full_method.lstrip("/").rpartition("/")
         if handler is None or not self.applies(service):
             return handler
         for kind in _KINDS:
@@ -145,6 +158,7 @@ class MetricsInterceptor(Interceptor):
     not counted."""
 
     def __init__(self, metrics):
+        super().__init__()
         self.metrics = metrics
 
     @contextlib.asynccontextmanager
@@ -237,6 +251,7 @@ class GuardInterceptor(Interceptor):
     responses before it stand, as for any error on a stream."""
 
     def __init__(self, guard: Guard, guarded: set):
+        super().__init__()
         self.guard, self.guarded = guard, guarded
 
     def applies(self, service: str) -> bool:
@@ -301,6 +316,7 @@ class _Drain(Interceptor):
     with its token: the call's deadline, cancelled when the call ends or by `stop_calls`."""
 
     def __init__(self, services: set):
+        super().__init__()
         self.services, self.draining, self.stopping, self.in_flight = services, False, False, 0
         self._calls: dict = {}  # the task of each call in flight -> its token
 

@@ -45,19 +45,37 @@ class Metrics:
         self._grpc_sent = Counter("adserve_grpc_messages_sent", "gRPC response messages written",
                                   ("service", "method"), registry=self.registry)
         self.registry.register(_ServiceCollector(service))
+        # label values -> their series (prometheus_client's `labels()` checks and locks on every call); the
+        # values are bounded: methods outside _METHODS are OTHER, routes are templates, gRPC methods registered
+        # ones (the interceptors see no others)
+        self._children: dict = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        labels = (method if method in _METHODS else "OTHER", route, str(status))
-        self._requests.labels(*labels).inc()
-        self._latency.labels(*labels).observe(seconds)
+        key = (method if method in _METHODS else "OTHER", route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (key[0], route, str(status))
+            children = self._children[key] = (self._requests.labels(*labels), self._latency.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_grpc(self, service: str, method: str, code: str, seconds: float) -> None:
-        self._grpc_calls.labels(service, method, code).inc()
-        self._grpc_latency.labels(service, method, code).observe(seconds)
+        key = ("grpc", service, method, code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self._grpc_calls.labels(service, method, code),
+                                              self._grpc_latency.labels(service, method, code))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def grpc_messages(self, service: str, method: str):
         """(received, sent) counters of one method, to `inc()` per message."""
-        return self._grpc_received.labels(service, method), self._grpc_sent.labels(service, method)
+        key = ("grpc messages", service, method)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self._grpc_received.labels(service, method),
+                                              self._grpc_sent.labels(service, method))
+        return children
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """(the exposition, its content type) in the format the `Accept` header asks for: OpenMetrics

@@ -2,8 +2,11 @@
 
 Handlers only translate: read the raw body (bounded), parse it with orjson,
 call the service in a worker thread, encode tensors back. An evaluation runs
-under the transport's cancel token (`web.stoppable`: the client's leaving or
-the end of the shutdown's grace period stops it). Errors are the service's,
+there under the transport's cancel token (`web.stoppable`: the client's leaving
+or the end of the shutdown's grace period stops it), unless it is brief
+(`Service.brief`: a small body, a known function, a cost-model bound well under
+a millisecond): then it is answered on the event loop, as the hop to a thread
+and back would cost more than the evaluation. Errors are the service's,
 answered by the app's handlers (`web.py`, `status.HTTP`).
 """
 
@@ -15,12 +18,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Route
 
 from . import schemas, status, tensors
 from .errors import UNPROCESSABLE, ServiceError, error_body
 from .optimize import Run
 from .service import Service
-from .web import JSONOut, RawBody, ServiceDep, parse_json, stoppable
+from .web import JSONOut, RawBody, ServiceDep, parse_json, read_body, stoppable
 from .web import security as web_security
 
 log = logging.getLogger("adserve.rest")
@@ -30,7 +34,34 @@ PREFIX = "/v1/"
 
 def mount(server) -> None:
     server.http.include_router(router, dependencies=web_security(server.guard))
+    # The evaluate routes once more, as plain Starlette routes ahead of every other: FastAPI's way to one of
+    # its routes (matching through the included routers, solving the path parameter and the documentation's
+    # security dependencies) took 0.1 ms, a third of a brief evaluation's time in the app (bench/layers.py).
+    # Same paths, methods, handlers and route templates (the metrics' labels); the FastAPI routes behind them,
+    # never reached, stay for the OpenAPI document.
+    server.http.router.routes[0:0] = [
+        _Route("/v1/functions/{function_id}/evaluate", _evaluate_by_id, methods=["POST"], include_in_schema=False),
+        _Route("/v1/evaluate", _evaluate_definition, methods=["POST"], include_in_schema=False)]
     server.guarded_paths.append(PREFIX)
+
+
+class _Route(Route):
+    """A plain Starlette route that puts itself in the scope as FastAPI's routes do: the metrics label a
+    request with its route's template."""
+
+    def matches(self, scope):
+        match, child_scope = super().matches(scope)
+        if match != Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+async def _evaluate_by_id(request: Request) -> JSONOut:
+    return await _evaluation(request, request.path_params["function_id"])
+
+
+async def _evaluate_definition(request: Request) -> JSONOut:
+    return await _evaluation(request, None)
 
 
 def _wants_b64(body) -> bool:
@@ -56,17 +87,45 @@ def _shape(text: str | None) -> list:
     return [int(p) for p in parts]
 
 
-def _evaluate(service: Service, function_id: str | None, raw: bytes, deadline=None) -> tuple:
-    """Parse, evaluate and encode: the CPU-bound part, run in a worker thread.
+# A body up to this size is parsed on the event loop (tens of microseconds with orjson): then a brief
+# evaluation (`Service.brief`) is answered there too, without the hop to a worker thread and back
+BRIEF_BODY_BYTES = 16 << 10
+
+
+async def _evaluation(request: Request, function_id: str | None) -> JSONOut:
+    """The answer to an evaluate route: on the event loop when the body is small and the service says the
+    evaluation is brief, else in a worker thread under the transport's cancel token (`stoppable`)."""
+    started = time.perf_counter()
+    raw, service = await read_body(request), request.app.state.service
+    if len(raw) > BRIEF_BODY_BYTES:
+        encoded, headers = await stoppable(request, _evaluate, service, function_id, raw, started)
+    else:
+        target, body = _target(function_id, parse_json(raw))
+        if service.brief(target, body):
+            encoded, headers = _evaluate(service, target, body, started)
+        else:
+            encoded, headers = await stoppable(request, _evaluate, service, target, body, started)
+    return JSONOut(encoded, headers=headers)
+
+
+def _target(function_id: str | None, body) -> tuple:
+    """(what to evaluate, the evaluation): the path's function, else the body's "function", taken out of it."""
+    if function_id is None and isinstance(body, dict):
+        return body.get("function"), {k: v for k, v in body.items() if k != "function"}
+    return function_id, body
+
+
+def _evaluate(service: Service, target, body, started: float, deadline=None) -> tuple:
+    """Evaluate `target` and encode: the CPU-bound part. `body` may still be the raw bytes: then it is parsed
+    here, and `target` is the path's function id (None: the body's "function").
 
     Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
     (interpreter, python or numba; for a cached result, the tier that computed it) and `Server-Timing`:
     `compute` (`;desc=parallel` for a parallel batch kernel) or `cache;desc=hit`, `compile;desc=pending`
-    while the plan's kernel is being compiled in the background, and `total` with parsing and encoding."""
-    started = time.perf_counter()
-    body, target = parse_json(raw), function_id
-    if function_id is None and isinstance(body, dict):
-        target, body = body.get("function"), {k: v for k, v in body.items() if k != "function"}
+    while the plan's kernel is being compiled in the background, and `total` from the body's arrival, with
+    parsing and encoding."""
+    if isinstance(body, bytes):
+        target, body = _target(target, parse_json(body))
     meta = {}
     encoded = tensors.encode_tree(service.evaluate(target, body, meta, deadline=deadline), _wants_b64(body))
     backend = meta.get("backend", "interpreter")
@@ -197,17 +256,16 @@ async def function_source(function_id: str, service: ServiceDep, transform: Anno
              operation_id="evaluateFunction",
              responses={**_evaluated, **_err, **_not_found, **_stopped},
              openapi_extra=schemas.request_body(schemas.Evaluation))
-async def evaluate_by_id(function_id: str, raw: RawBody, service: ServiceDep, request: Request):
-    encoded, headers = await stoppable(request, _evaluate, service, function_id, raw)
-    return JSONOut(encoded, headers=headers)
+async def evaluate_by_id(function_id: str, request: Request):
+    # no FastAPI dependencies here: solving them costs more than the brief evaluation itself
+    return await _evaluation(request, function_id)
 
 
 @router.post("/v1/evaluate", tags=["evaluate"], summary="Evaluate a definition (registering it on the way)",
              operation_id="evaluate", responses={**_evaluated, **_err, **_not_found, **_stopped},
              openapi_extra=schemas.request_body(schemas.EvaluationWithFunction))
-async def evaluate(raw: RawBody, service: ServiceDep, request: Request):
-    encoded, headers = await stoppable(request, _evaluate, service, None, raw)
-    return JSONOut(encoded, headers=headers)
+async def evaluate(request: Request):
+    return await _evaluation(request, None)
 
 
 @router.post("/v1/functions/{function_id}/minimize", tags=["optimize"], operation_id="minimizeFunction",

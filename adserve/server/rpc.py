@@ -1,8 +1,9 @@
 """The gRPC adapter of `ad.v1`: the `Differentiator` servicer, added to the gRPC server by `mount(server)`.
 
-Handlers only translate (`rpc_codec`) and run the service in worker threads,
-each evaluation under the call's token (`grpc_server.call_token`: the call's
-deadline; cancelled when the call ends or the server stops).
+Handlers only translate (`rpc_codec`) and run the service in worker threads
+(a brief evaluation, `Service.brief`, on the event loop: the hop would cost
+more), each evaluation under the call's token (`grpc_server.call_token`: the
+call's deadline; cancelled when the call ends or the server stops).
 A `ServiceError` ends the call with its status from `status.GRPC` and the same
 message as REST; its snake_case code (and location, as JSON) travel in the
 trailing metadata (`grpc_server.abort`). Health, reflection, metrics, the
@@ -21,6 +22,9 @@ from .grpc_gen import ad_pb2, ad_pb2_grpc
 from .grpc_server import abort, call_token
 
 log = logging.getLogger("adserve.grpc")
+
+# A message up to this size is decoded on the event loop, and a brief evaluation (`Service.brief`) answered there
+BRIEF_MESSAGE_BYTES = 16 << 10
 
 SERVICE_NAME = ad_pb2.DESCRIPTOR.services_by_name["Differentiator"].full_name
 
@@ -42,12 +46,12 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
 
     async def Evaluate(self, request, context):
         async with _status(context):
-            return await asyncio.to_thread(self._evaluate, request, call_token(context))
+            return await self._evaluation(request, call_token(context))
 
     async def EvaluateStream(self, request_iterator, context):
         async with _status(context):
             async for request in request_iterator:
-                if not await _send(context, await asyncio.to_thread(self._evaluate, request, call_token(context))):
+                if not await _send(context, await self._evaluation(request, call_token(context))):
                     return
 
     async def Minimize(self, request, context):
@@ -76,9 +80,22 @@ class Differentiator(ad_pb2_grpc.DifferentiatorServicer):
             return rpc_codec.held_out(await asyncio.to_thread(self.service.put_tensor,
                                                               rpc_codec.tensor_in(request, "tensor")))
 
+    async def _evaluation(self, request, token):
+        """The response to one evaluation: on the event loop when the message is small and the service says
+        the evaluation is brief (the hop to a worker thread and back costs more), else in a worker thread."""
+        if request.ByteSize() > BRIEF_MESSAGE_BYTES:
+            return await asyncio.to_thread(self._evaluate, request, token)
+        target, body = rpc_codec.evaluation_in(request)
+        if self.service.brief(target, body):
+            return self._evaluated(target, body, token)
+        return await asyncio.to_thread(self._evaluated, target, body, token)
+
     def _evaluate(self, request, token=None):
-        """Decode, evaluate, encode: the CPU-bound part, run in a worker thread."""
-        return rpc_codec.result_out(self.service.evaluate(*rpc_codec.evaluation_in(request), deadline=token))
+        """Decode, evaluate, encode: the CPU-bound part."""
+        return self._evaluated(*rpc_codec.evaluation_in(request), token)
+
+    def _evaluated(self, target, body, token=None):
+        return rpc_codec.result_out(self.service.evaluate(target, body, deadline=token))
 
 
 async def _send(context: grpc.aio.ServicerContext, message) -> bool:

@@ -37,6 +37,7 @@ import orjson
 
 from adserve.engine.deadline import DEADLINE_EXCEEDED, Deadline, Stopped
 from adserve.engine.errors import EngineError, LimitError
+from adserve.engine.isolation import request_cost
 
 from . import evaluation, optimize, tenancy, tensors
 from .cache import LRU, result_nbytes
@@ -49,6 +50,13 @@ from .settings import default_max_optimizers
 # estimated memory of one compiled function: IR, plans and their kernels grow with its operations
 FUNCTION_BASE_BYTES = 64 << 10
 FUNCTION_NODE_BYTES = 8 << 10
+
+
+# An evaluation whose cost-model bound (isolation.request_cost: loops at their max_iter, times the derivative's
+# factor; about 1 ns per element operation on the interpreter, the slowest tier) is at most this takes well
+# under a millisecond: less than a hop to a worker thread and back costs a transport, so it may run on the
+# event loop (`Service.brief`). The survey example's gradient is 2e4.
+BRIEF_WORK = 1e5
 
 
 def function_nbytes(fn) -> int:
@@ -65,7 +73,7 @@ class Service:
                  definition_bytes: int = 64 << 20, max_expr_chars: int = 100_000, max_expr_depth: int = 400,
                  max_batch: int = 100_000, heap=None, max_optimizers: int | None = None,
                  max_eval_seconds: float = 30.0, tenants: int = 1, tensor_cache_bytes: int = 256 << 20,
-                 max_names: int = 65536):
+                 max_names: int = 65536, brief_work: float = BRIEF_WORK):
         if engine is None:
             from adserve.engine import Engine
             engine = Engine()
@@ -87,6 +95,9 @@ class Service:
         if shared is not None:
             shared.start(republish=self._exports, tenants=self._registry.exports)
         self.heap = NoKeeper() if heap is None else heap  # told of every call, to collect garbage between them
+        self.brief_work = brief_work
+        # (function id, compute, wrt) of unbatched evaluations run here (their plans are built) -> brief or not
+        self._plans_run = LRU(alias_capacity)
         self.optimizers = optimize.Capacity(max_optimizers or default_max_optimizers())
 
     def register(self, definition) -> tuple[dict, bool]:
@@ -156,6 +167,49 @@ class Service:
         with self.heap.busy(), self.engine.busy():
             return self._evaluate(target, body, {} if meta is None else meta, deadline)
 
+    def brief(self, target, body) -> bool:
+        """Whether evaluating `body` on `target` (as `evaluate` takes them) is sure to take well under a
+        millisecond, so that a transport may run it on its event loop rather than hand it to a worker thread.
+
+        Only when nothing in it can wait or grow: the function is compiled and kept here and the calling
+        tenant has it (no compile), this request's plans have run here before (no plan to build), there is
+        no shared store (no Redis round trip), it is not a batch, and the cost model's bound (loops at their
+        max_iter, times the derivative's factor) is at most `brief_work`. It does no work itself and counts
+        nothing: `evaluate` then does everything it always does."""
+        if self._shared is not None or not self.brief_work or not isinstance(body, dict) or body.get("batch"):
+            return False
+        fn = self._kept(target)
+        if fn is None:
+            return False
+        compute, wrt = body.get("compute", ["value"]), body.get("wrt")
+        try:
+            return self._plans_run.peek((fn.id, tuple(compute), tuple(wrt) if wrt else None)) is True
+        except TypeError:  # not lists of names: `evaluate` words the error
+            return False
+
+    def _ran(self, fn, request) -> None:
+        """Remember that the plans of this request's kind ran here, and whether it is brief (`brief`): the
+        cost bound depends on the function and the compute kinds only, so it is computed once."""
+        key = (fn.id, request.compute, request.wrt)
+        if self._plans_run.peek(key) is None:
+            # a function without the cost model's counts (a stand-in engine's) is never brief
+            bounded = hasattr(fn, "steps") and request_cost(fn, request.compute, 1) <= self.brief_work
+            self._plans_run.put(key, bounded)
+
+    def _kept(self, target):
+        """The function `target` (an id or name, or a definition) stands for when it is compiled and kept here
+        for the calling tenant, without compiling, fetching or registering anything; else None."""
+        tenant = tenancy.current()
+        if isinstance(target, str):
+            function_id = self._resolve(tenant, target)
+            return None if function_id is None else self._functions.peek(function_id)
+        if not isinstance(target, dict) or "name" in target:  # a name to give: the registry's work
+            return None
+        alias, _ = _digest(target)
+        known = alias and self._aliases.peek(alias)
+        fn = self._functions.peek(known) if known else None
+        return fn if fn is not None and self._registry.holds(tenant, fn.id) else None
+
     def _evaluate(self, target, body, meta, deadline) -> dict:
         request = evaluation.parse(body, self.engine.COMPUTE_KINDS, refs=self.held_tensor)
         if target is None:
@@ -186,6 +240,8 @@ class Service:
                                        request.cotangent, request.batch, meta=meta, deadline=limit,
                                        **({"wrt": list(request.wrt)} if request.wrt else {}))
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
+        if not request.batch:
+            self._ran(fn, request)
         result = _frozen(raw, owned=self.engine.RESULTS_ARE_OWNED)
         kept = {**result, _BACKEND: meta.get("backend", "interpreter")}
         self._results.put(key, kept)

@@ -51,6 +51,9 @@ def is_b64(value) -> bool:
 
 def encode(a, b64: bool = False):
     """An array as a JSON tensor: the base64 form if `b64`, else numbers and nested lists."""
+    if not b64 and (type(a) is float or (type(a) is np.ndarray and a.ndim == 0) or isinstance(a, np.floating)):
+        v = float(a)  # a scalar: no array ufuncs for one number (most results are scalars or small)
+        return v if math.isfinite(v) else _special_name(v)
     a = np.asarray(a, dtype=np.float64)
     if b64:
         raw = np.ascontiguousarray(a, dtype="<f8").tobytes()

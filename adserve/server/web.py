@@ -11,8 +11,8 @@ request per route template, `GuardMiddleware` applies the `Guard` (API
 keys, rate limits) to the path prefixes the protocols put in `guarded`, and
 sets the call's tenant (tenancy.py) from its key, and `HeadMiddleware` answers
 HEAD wherever GET is answered (FastAPI routes GET only), and Starlette's
-`GZipMiddleware` compresses what is worth it for clients that accept gzip,
-except streams and binary bodies (`GZIP_EXCLUDED`).
+`GZip` (Starlette's `GZipMiddleware`) compresses what is worth it for clients
+that accept gzip, except streams and binary bodies (`GZIP_EXCLUDED`).
 `stoppable` runs a request's work in a worker thread under a cancel token (an
 engine `Deadline`): the client's disconnecting stops it, and so does the end of
 the shutdown's grace period (that request is answered 503 `shutting_down`).
@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware, GZipResponder, IdentityResponder
 from starlette.staticfiles import StaticFiles
 
 from .. import __version__
@@ -78,17 +78,21 @@ def error(status_code: int, code: str, message: str, location=None, headers=None
 async def read_body(request: Request) -> bytes:
     """The raw body, refused with 413 past `max_body_bytes` (declared or actually sent)."""
     limit = request.app.state.settings.max_body_bytes
-    too_large = ServiceError(TOO_LARGE, "body_too_large", f"the request body is over the limit of {limit} bytes")
-    declared = request.headers.get("content-length")
+    declared = next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise _too_large(limit)
+        if chunk:
+            chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> ServiceError:
+    return ServiceError(TOO_LARGE, "body_too_large", f"the request body is over the limit of {limit} bytes")
 
 
 def parse_json(raw: bytes):
@@ -144,7 +148,8 @@ async def stoppable_call(request: Request, service, work, *args):
     return await stoppable(request, lambda *a: work(Cancellable(service, a[-1]), *a[:-1]), *args)
 
 
-def _service(request: Request) -> Service:
+async def _service(request: Request) -> Service:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request for an attribute
     return request.app.state.service
 
 
@@ -154,12 +159,12 @@ ServiceDep = Annotated[Service, Depends(_service)]
 
 def _operations(app: FastAPI) -> None:
     @app.get("/healthz", tags=["operations"], summary="200 while the process is alive", operation_id="healthz")
-    def healthz():
+    async def healthz():  # async, as readyz: a plain def route is run in a worker thread
         return JSONOut({"status": "ok"})
 
     @app.get("/readyz", tags=["operations"], summary="200 when ready to serve", operation_id="readyz",
              responses={503: {"model": schemas.ErrorBody, "description": "starting, or a backend is lost"}})
-    def readyz(service: ServiceDep):
+    async def readyz(service: ServiceDep):
         if service.ready():
             return JSONOut({"status": "ready"})
         return error(503, "not_ready", "the service is starting or lost a backend")
@@ -319,7 +324,7 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
     app.state.service, app.state.settings, app.state.metrics = service, settings, metrics
     app.state.drains = []
     # innermost: a HEAD's headers are those of its GET, Content-Encoding and Content-Length included
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL,
+    app.add_middleware(GZip, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL,
                        exclude_content_types=GZIP_EXCLUDED)
     app.add_middleware(HeadMiddleware)  # inside the guard and the metrics: they see the HEAD
     if guard.active:  # inside the metrics, so 401 and 429 are counted
@@ -345,6 +350,24 @@ def create_app(service, settings: Settings, metrics, guard: Guard, guarded: list
 
     app.openapi = openapi
     return app
+
+
+class GZip(GZipMiddleware):
+    """Starlette's GZipMiddleware without its set-up per request: the responder it makes for each request
+    normalised the excluded content types again, and the request's headers were all parsed to read one.
+    The responders themselves (what is compressed, `Vary`, streams) are Starlette's."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        accepted = next((v for k, v in scope["headers"] if k == b"accept-encoding"), b"")
+        if b"gzip" in accepted:
+            responder = GZipResponder(self.app, self.minimum_size, compresslevel=self.compresslevel,
+                                      thread_minimum_size=self.thread_minimum_size, exclude_content_types=())
+        else:
+            responder = IdentityResponder(self.app, self.minimum_size, exclude_content_types=())
+        responder.exclude_content_types = self.exclude_content_types  # normalised once, in __init__
+        await responder(scope, receive, send)
 
 
 class GuardMiddleware:

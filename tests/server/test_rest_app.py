@@ -1,5 +1,6 @@
 """The app factory in process: its lifespan closes the service, and its OpenAPI document is complete."""
 
+import pytest
 from fastapi.testclient import TestClient
 
 from adserve.engine import Engine
@@ -40,19 +41,24 @@ def test_openapi_documents_every_hand_parsed_body():
 
 
 class MetaService(StubService):
-    """Answers every evaluation with a fixed account of how it was computed."""
+    """Answers every evaluation with a fixed account of how it was computed; `brief` says whether the
+    transport answers it on the event loop or in a worker thread."""
 
-    def __init__(self, meta):
-        self.meta = meta
+    def __init__(self, meta, brief=False):
+        self.meta, self.is_brief = meta, brief
+
+    def brief(self, target, body):
+        return self.is_brief
 
     def evaluate(self, target, body, meta=None, deadline=None):
         meta.update(self.meta)
         return {"value": 1.0, "cached": bool(self.meta.get("cache_hit"))}
 
 
-def test_headers_name_the_tier_and_the_kernel_variant():
+@pytest.mark.parametrize("brief", [False, True], ids=["in a thread", "on the loop"])
+def test_headers_name_the_tier_and_the_kernel_variant(brief):
     def headers(meta):
-        with TestClient(app(MetaService(meta))) as client:
+        with TestClient(app(MetaService(meta, brief))) as client:
             r = client.post("/v1/functions/abc/evaluate", json={"inputs": {"x": 1.0}})
             assert r.status_code == 200, r.text
             return r.headers["x-adserve-backend"], r.headers["server-timing"]
@@ -65,3 +71,29 @@ def test_headers_name_the_tier_and_the_kernel_variant():
     assert tier == "interpreter" and timing.startswith("compute;dur=3.000, compile;desc=pending, total;dur=")
     tier, timing = headers({"backend": "numba", "cache_hit": True})
     assert tier == "numba" and timing.startswith("cache;desc=hit, total;dur=")
+
+
+def test_the_evaluate_routes_are_reached_first_and_behave_as_documented():
+    """The plain evaluate routes ahead of FastAPI's answer (errors in the app's form, 405 with Allow for
+    another method, the template in the metrics), and the FastAPI routes still document them."""
+    from adserve.server.service import Service
+    server = build(Settings(grpc_port=0), service=Service(Engine(), result_cache_bytes=1 << 20))
+    first = [getattr(r, "path", None) for r in server.http.router.routes[:2]]
+    assert first == ["/v1/functions/{function_id}/evaluate", "/v1/evaluate"]
+    square = {"inputs": [{"name": "x", "shape": []}], "expr": "x * x"}
+    with TestClient(server.http) as client:
+        fid = client.post("/v1/functions", json=square).json()["id"]
+        assert client.post(f"/v1/functions/{fid}/evaluate", json={"inputs": {"x": 3.0}}).json()["value"] == 9.0
+        assert client.post("/v1/evaluate", json={"function": square, "inputs": {"x": 2.0}}).json()["value"] == 4.0
+        unknown = client.post("/v1/functions/nope/evaluate", json={"inputs": {"x": 1.0}})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "function_not_found"
+        malformed = client.post("/v1/evaluate", content=b"{not json")
+        assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "malformed_json"
+        wrong = client.get(f"/v1/functions/{fid}/evaluate")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+        metrics = client.get("/metrics").text
+        spec = client.get("/openapi.json").json()
+    for route, status in (("/v1/functions/{function_id}/evaluate", 200), ("/v1/functions/{function_id}/evaluate", 404),
+                          ("/v1/evaluate", 200), ("/v1/evaluate", 400)):
+        assert f'method="POST",route="{route}",status="{status}"' in metrics
+    assert spec["paths"]["/v1/functions/{function_id}/evaluate"]["post"]["parameters"][0]["name"] == "function_id"
