@@ -118,6 +118,29 @@ def test_held_tensors_are_an_lru_bounded_by_bytes_and_not_copied():
     assert service.stats()["held_tensor_bytes"] <= 3 * (800 + 112)
 
 
+def test_held_and_base64_inputs_reach_the_engine_without_a_copy(monkeypatch):
+    """What the engine gets is the held tensor's array itself and a view of a base64 tensor's decoded bytes (its
+    compiled kernels take both as they are: tests/engine/test_tiered.py)."""
+    c, service = app()
+    seen = []
+    evaluate = service.engine.evaluate
+
+    def recording(fn, inputs, *args, **kwargs):
+        seen.append(inputs)
+        return evaluate(fn, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(service.engine, "evaluate", recording)
+    A, x = np.arange(9.0).reshape(3, 3), np.array([1.0, 2.0, 3.0])
+    ref = c.post("/v1/tensors?shape=3,3", content=A.tobytes(), headers=OCTETS).json()["ref"]
+    fn = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}], "expr": "sum(x * (A @ x))"}
+    x64 = {"dtype": "float64", "shape": [3], "b64": base64.b64encode(x.tobytes()).decode()}
+    r = c.post("/v1/evaluate", json={"function": fn, "inputs": {"x": x64, "A": {"ref": ref}}})
+    assert r.status_code == 200 and np.frombuffer(base64.b64decode(r.json()["value"]["b64"]), "<f8")[0] == x @ A @ x
+    (inputs,) = seen
+    assert inputs["A"] is service.held_tensor(ref)
+    assert not inputs["x"].flags.owndata and isinstance(inputs["x"].base.base, bytes)
+
+
 def test_grpc_put_tensor_and_refs_in_tensors():
     async def scenario():
         port = free_port()
