@@ -5,8 +5,9 @@ never answers), in two forms taken in turn: every input in base64 (`base64`), an
 uploaded once and named by its ref, with `x` and `b` in base64 (`held A`). Once the server answers from its
 numba kernel, ROUNDS more of each. The server's `Server-Timing` gives `compute` (the engine's evaluation: input
 checks, any copies, the kernel) and `total` (parsing, decoding, the result cache's hash of the inputs,
-encoding too); beside them, the same kernel called in this process on the same arrays, back to back
-(`kernel`): what the engine adds to the kernel is compute minus kernel.
+encoding too); beside them, the same kernel called in this process on the same arrays, twice a round
+(right after the requests, and again back to back: `kernel`, the ratios' reference): what the engine adds to
+the kernel is compute minus kernel.
 
 `--tree DIR` (repeatable) runs one more server from another source tree (another branch's checkout, e.g.
 `git archive main | tar -x -C DIR`), its requests taken in turn with this tree's, so that old and new code are
@@ -54,8 +55,10 @@ def _timing(response, name) -> float:
     return float(re.search(rf"{name};dur=([0-9.]+)", response.headers["Server-Timing"]).group(1))
 
 
-def kernel_ms(case, rounds) -> list:
-    """The gradient plan's numba kernel on the case's inputs, called directly (compiled here, in a temp cache)."""
+@contextlib.contextmanager
+def kernel_timer(case):
+    """A function timing one call (ms) of the gradient plan's numba kernel on the case's inputs, called directly
+    (compiled here, in a temp cache): taken in turn with the requests, so load on the machine hits both alike."""
     from adserve.engine import Engine, backend, main_plan
     from adserve.engine.deadline import FLAG_SLOTS
     with tempfile.TemporaryDirectory() as cache:
@@ -69,12 +72,13 @@ def kernel_ms(case, rounds) -> list:
             args = [np.asarray(case.inputs[n], dtype=np.float64)[None] for n in fn.input_names]
             outs = [np.empty((1, *a.shape)) for a in graph.outputs]
             stop = np.zeros(FLAG_SLOTS, np.int64)
-            times = []
-            for _ in range(rounds):
+
+            def once():
                 t = time.perf_counter()
                 assert mod.kernel(1, stop, *args, *outs) == 0
-                times.append((time.perf_counter() - t) * 1e3)
-            return times
+                return (time.perf_counter() - t) * 1e3
+            once()
+            yield once
         finally:
             tier.shutdown()
 
@@ -93,6 +97,7 @@ class Target:
                        "held A": {**body, "inputs": {"b": _b64(case.inputs["b"]), "A": {"ref": r.json()["ref"]}}}}
         self.compute = {f: [] for f in FORMS}
         self.total = {f: [] for f in FORMS}
+        self.tiers = {f: {} for f in FORMS}  # the tier that answered, and how often
 
     def post(self, form, x):
         body = self.bodies[form]
@@ -116,7 +121,9 @@ class Target:
 
     def measure(self, form, rng):
         r = self.post(form, self.x(rng))
-        if r.headers.get("x-adserve-backend") == "numba":
+        tier = r.headers.get("x-adserve-backend")
+        self.tiers[form][tier] = self.tiers[form].get(tier, 0) + 1
+        if tier == "numba":
             self.compute[form].append(_timing(r, "compute"))
             self.total[form].append(_timing(r, "total"))
 
@@ -140,18 +147,26 @@ def main(argv=None):
             targets.append(Target(name, client, case))
         for t in targets:
             t.warm(rng)
-        for i in range(args.rounds):  # servers and forms in turn, the order turned around every round
+        once, after, kernel = stack.enter_context(kernel_timer(case)), [], []
+        for i in range(args.rounds):  # servers, forms and the kernel alone in turn, the order turned every round
             order = [(t, f) for t in targets for f in FORMS]
             for t, form in order if i % 2 == 0 else order[::-1]:
                 t.measure(form, rng)
-    kernel = kernel_ms(case, args.rounds)
+            after.append(once())  # right after the requests, as a server's kernel runs
+            kernel.append(once())  # again, back to back: the kernel's own time, the ratios' reference
     print(f"Helmholtz n={args.n}, value and gradient over REST, {args.rounds} rounds (requests on numba only):")
     for t in targets:
         for form in FORMS:
+            others = {k: v for k, v in t.tiers[form].items() if k != "numba"}
+            tiers = f"; not on numba: {others}" if others else ""
+            if not t.compute[form]:  # the server's timing policy chose another tier for the plan
+                print(f"  {t.name}, {form}: no request on numba{tiers}")
+                continue
             ratio = statistics.median(t.compute[form]) / statistics.median(kernel)
-            print(f"  {t.name}, {form} ({len(t.compute[form])}): compute {_spread(t.compute[form])}, "
-                  f"{ratio:.2f}x the kernel; total {_spread(t.total[form])}")
-    print(f"  kernel alone, in process (this tree): {_spread(kernel)}")
+            print(f"  {t.name}, {form} ({len(t.compute[form])} on numba): compute {_spread(t.compute[form])}, "
+                  f"{ratio:.2f}x the kernel; total {_spread(t.total[form])}{tiers}")
+    print(f"  kernel alone, in process (this tree): {_spread(kernel)} back to back; {_spread(after)} right "
+          "after the requests")
     return 0
 
 
