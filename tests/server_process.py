@@ -42,18 +42,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(log_path: Path, grpc_port: int = 0, env=None, ready_within: float = 90, *,
-                   append: bool = False, poll: float = 0.1, tls_ca: Path | None = None):
+                   append: bool = False, poll: float = 0.1, tls_ca: Path | None = None, cwd: Path | None = None):
     """Yield a server that answers 200 on /readyz; stop it afterwards, whatever happened (SIGTERM, then
     SIGKILL after 20 s). `env` is added to this process's environment; its output goes to `log_path`
     (appended to with `append`); /readyz is asked every `poll` seconds. `tls_ca`: the server serves TLS
-    (ADSERVE_TLS_* in `env`) with a certificate this CA file verifies; its url is then https."""
+    (ADSERVE_TLS_* in `env`) with a certificate this CA file verifies; its url is then https. `cwd`: the
+    directory it runs in, whose `adserve` package it imports (default this process's: another checkout's, to
+    compare code versions)."""
     port = free_port()
     cmd = [sys.executable, "-m", "adserve.server.cli", "--host", "127.0.0.1", "--http-port", str(port),
            "--grpc-port", str(grpc_port)]
     verify = ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
     started = time.perf_counter()
     with open(log_path, "a" if append else "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd)
     server = RunningServer(f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}", Path(log_path), proc,
                            f"127.0.0.1:{grpc_port}" if grpc_port else None)
     try:

@@ -8,6 +8,7 @@ Wherever a tensor is taken, `{"ref": R}` may stand for one the server holds
 (held.py): `refs(R, where)` gives its array, or raises 404 `unknown_tensor`.
 """
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -30,9 +31,11 @@ class Evaluation:
     batch: bool
     wrt: tuple | None = None  # inputs to differentiate; None: all
     timeout_ms: int | None = None  # the caller's time limit (never part of the cache key)
+    held: dict = dataclasses.field(default_factory=dict)  # where a held tensor stood ("inputs.A") -> its ref
 
     def cache_key(self, function_id: str) -> tuple:
-        """Equal for requests that must get equal results; arrays enter by shape and bytes."""
+        """Equal only for requests that must get equal results; arrays enter by shape and bytes, a held tensor
+        by its ref (a content address already: its bytes are not read again, 8 MB took ~10 ms to hash)."""
         h = hashlib.blake2b(digest_size=20)
         for section, tensors in (("inputs", self.inputs), ("tangent", self.tangent),
                                  ("cotangent", None if self.cotangent is None else {"": self.cotangent})):
@@ -40,6 +43,10 @@ class Evaluation:
                 continue
             h.update(f"|{section}:{len(tensors)}".encode())
             for name in sorted(tensors):
+                ref = self.held.get(f"{section}.{name}" if name else section)
+                if ref is not None:
+                    h.update(f"|{len(name)}:{name}@{ref}".encode())  # "@", not a shape's "(": never a bytes entry
+                    continue
                 a = np.ascontiguousarray(tensors[name])
                 h.update(f"|{len(name)}:{name}{a.shape}".encode())
                 h.update(a)
@@ -60,20 +67,26 @@ def parse(body, kinds, refs=None) -> Evaluation:
     if unknown:
         raise _error("unknown_field", f"unknown field {unknown[0]!r} in the evaluation; "
                                       f"the fields are {', '.join(FIELDS)}")
+    held = {}
     return Evaluation(
-        inputs=tensor_map(body.get("inputs", {}), "inputs", refs),
+        inputs=tensor_map(body.get("inputs", {}), "inputs", refs, held),
         compute=_compute(body.get("compute", ["value"]), kinds),
-        tangent=None if body.get("tangent") is None else tensor_map(body["tangent"], "tangent", refs),
-        cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent", refs),
+        tangent=None if body.get("tangent") is None else tensor_map(body["tangent"], "tangent", refs, held),
+        cotangent=None if body.get("cotangent") is None else _tensor(body["cotangent"], "cotangent", refs, held),
         batch=_batch(body.get("batch", False)),
         wrt=_wrt(body.get("wrt")),
         timeout_ms=_timeout_ms(body.get("timeout_ms")),
+        held=held,
     )
 
 
-def _tensor(value, where: str, refs=None) -> np.ndarray:
+def _tensor(value, where: str, refs=None, held=None) -> np.ndarray:
+    """The tensor `value` at `where`; a held tensor's ref is noted in `held` (where -> ref), if given."""
     if isinstance(value, dict) and "ref" in value:
-        value = _held(value, where, refs)
+        array = _held(value, where, refs)
+        if held is not None:
+            held[where] = value["ref"]
+        value = array
     try:
         return decode(value, where)
     except TensorError as e:
@@ -91,10 +104,10 @@ def _held(value: dict, where: str, refs) -> np.ndarray:
     return refs(ref, where)
 
 
-def tensor_map(value, field: str, refs=None) -> dict:
+def tensor_map(value, field: str, refs=None, held=None) -> dict:
     if not isinstance(value, dict):
         raise _error("invalid_field", f"{field} must be an object from input name to tensor, not {describe(value)}")
-    return {name: _tensor(v, f"{field}.{name}", refs) for name, v in value.items()}
+    return {name: _tensor(v, f"{field}.{name}", refs, held) for name, v in value.items()}
 
 
 def _compute(value, kinds) -> tuple:

@@ -188,5 +188,6 @@ def _decode_b64(obj: dict, where: str) -> np.ndarray:
     need = 8 * math.prod(shape)
     if len(raw) != need:
         raise TensorError(f"{where}.b64", f"holds {len(raw)} bytes but shape {shape} needs {need} (8 per {dtype})")
+    # float64: a read-only view of the decoded bytes, no copy (kernels take read-only inputs as they are);
     # int64 data travels as float64 values from here (exact to 2**53; the engine refuses larger ones by name)
-    return np.frombuffer(raw, dtype=_B64_DTYPES[dtype]).astype(np.float64).reshape(shape)
+    return np.frombuffer(raw, dtype=_B64_DTYPES[dtype]).astype(np.float64, copy=False).reshape(shape)

@@ -122,7 +122,7 @@ def _decode(value, loc) -> tuple[np.ndarray, bool]:
         if raw is None or len(raw) != math.prod(shape) * item.itemsize:
             raise Invalid([*loc, "data", "buffer"], f"the buffer must be the base64 of {math.prod(shape)} {dtype} "
                                                     "values (little-endian)", "invalid_array")
-        return np.frombuffer(raw, dtype=item).astype(np.float64).reshape(shape), True
+        return np.frombuffer(raw, dtype=item).astype(np.float64, copy=False).reshape(shape), True  # float64: no copy
     raise Invalid([*loc, "data", "encoding"], f"encoding {encoding!r} is not accepted here: use json or base64",
                   "invalid_array")
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from adserve.server import evaluation
 from adserve.server.app import build
 from adserve.server.grpc_gen import ad_pb2 as pb
 from adserve.server.grpc_gen import ad_pb2_grpc
@@ -116,6 +117,55 @@ def test_held_tensors_are_an_lru_bounded_by_bytes_and_not_copied():
     held = service.held_tensor(refs[3])
     assert not held.flags.writeable and not held.flags.owndata  # a read-only view of the uploaded bytes
     assert service.stats()["held_tensor_bytes"] <= 3 * (800 + 112)
+
+
+def test_held_and_base64_inputs_reach_the_engine_without_a_copy(monkeypatch):
+    """What the engine gets is the held tensor's array itself and a view of a base64 tensor's decoded bytes (its
+    compiled kernels take both as they are: tests/engine/test_tiered.py)."""
+    c, service = app()
+    seen = []
+    evaluate = service.engine.evaluate
+
+    def recording(fn, inputs, *args, **kwargs):
+        seen.append(inputs)
+        return evaluate(fn, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(service.engine, "evaluate", recording)
+    A, x = np.arange(9.0).reshape(3, 3), np.array([1.0, 2.0, 3.0])
+    ref = c.post("/v1/tensors?shape=3,3", content=A.tobytes(), headers=OCTETS).json()["ref"]
+    fn = {"inputs": [{"name": "x", "shape": [3]}, {"name": "A", "shape": [3, 3]}], "expr": "sum(x * (A @ x))"}
+    x64 = {"dtype": "float64", "shape": [3], "b64": base64.b64encode(x.tobytes()).decode()}
+    r = c.post("/v1/evaluate", json={"function": fn, "inputs": {"x": x64, "A": {"ref": ref}}})
+    assert r.status_code == 200 and np.frombuffer(base64.b64decode(r.json()["value"]["b64"]), "<f8")[0] == x @ A @ x
+    (inputs,) = seen
+    assert inputs["A"] is service.held_tensor(ref)
+    assert not inputs["x"].flags.owndata and isinstance(inputs["x"].base.base, bytes)
+
+
+def test_a_held_tensor_enters_the_result_cache_key_by_its_ref_not_its_bytes():
+    """A ref is a content address: the cache key takes it instead of hashing the held bytes again."""
+    kinds = ("value", "jvp")
+    arrays = iter([np.zeros(3), np.ones(3)])  # the key never reads what the ref stands for
+
+    def key(body, refs=lambda ref, where: np.zeros(3)):
+        return evaluation.parse(body, kinds, refs=refs).cache_key("f")
+
+    by_ref = [key({"inputs": {"x": {"ref": "a" * 64}}}, lambda ref, where: next(arrays)) for _ in range(2)]
+    assert by_ref[0] == by_ref[1]
+    assert key({"inputs": {"x": {"ref": "b" * 64}}}) != by_ref[0]
+    assert key({"inputs": {"x": [0.0, 0.0, 0.0]}}) != by_ref[0]
+    tangent = {"inputs": {"x": [0.0, 0.0, 0.0]}, "compute": ["jvp"]}
+    held_a = key({**tangent, "tangent": {"x": {"ref": "a" * 64}}})
+    assert held_a != key({**tangent, "tangent": {"x": {"ref": "b" * 64}}})
+    assert held_a != key({**tangent, "cotangent": {"ref": "a" * 64}})
+
+    c, _ = app()  # through the server: the same ref again is a cache hit, other content a miss
+    fid = c.post("/v1/functions", json=SQUARES).json()["id"]
+    ref = lambda v: {"ref": c.post("/v1/tensors", json=v).json()["ref"]}  # noqa: E731
+    answer = lambda x: c.post(f"/v1/functions/{fid}/evaluate", json={"inputs": {"x": x}}).json()  # noqa: E731
+    first, again, other = answer(ref([1.0, 2.0, 3.0])), answer(ref([1.0, 2.0, 3.0])), answer(ref([1.0, 2.0, 4.0]))
+    assert not first["cached"] and again["cached"] and again["value"] == first["value"]
+    assert not other["cached"] and other["value"] != first["value"]
 
 
 def test_grpc_put_tensor_and_refs_in_tensors():

@@ -46,7 +46,15 @@ def test_decode_b64():
     a = np.arange(6.0).reshape(2, 3) / 7
     got = decode(b64(a), "x")
     np.testing.assert_array_equal(got, a)
-    assert got.flags.writeable and got.dtype == np.float64
+    assert got.dtype == np.float64 and got.flags.c_contiguous and got.flags.aligned
+    # no copy: a read-only view of the decoded bytes (compiled kernels take read-only inputs as they are)
+    assert not got.flags.writeable and not got.flags.owndata and isinstance(got.base.base, bytes)
+
+
+def test_decode_b64_int64_as_float64():
+    ints = np.array([[1, -2], [3, 2 ** 53]], dtype="<i8")
+    got = decode({"dtype": "int64", "shape": [2, 2], "b64": base64.b64encode(ints.tobytes()).decode()}, "x")
+    assert got.dtype == np.float64 and got.tolist() == [[1.0, -2.0], [3.0, 2.0 ** 53]]
 
 
 def test_decode_passes_arrays_through_as_float64():

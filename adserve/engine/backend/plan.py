@@ -75,8 +75,9 @@ _NO_STOP = np.zeros(FLAG_SLOTS, np.int64)
 def call_kernel(kernel, errors, plan: PlanMeta, B: int, args, deadline=None, loops=(), tier="compiled") -> Fresh:
     """Run a generated kernel into fresh outputs of (B, ...); a nonzero status is the index of its error message,
     or STOPPED: the kernel saw its `deadline`'s flag (`Stopped`, saying where: `loops` is the module's LOOPS)."""
-    # kernels take writable C-ordered float64 arrays (numba types a read-only array apart): anything else is copied
-    ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.writeable
+    # kernels take C-ordered float64 inputs, read-only or not (see codegen/module.py), and assume them aligned
+    # (numba types every array aligned; a view at an odd offset of a binary body is not): only others are copied
+    ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.aligned
            else np.array(a, dtype=np.float64, order="C") for a in args]
     outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
     stop = _NO_STOP if deadline is None else deadline.flag

@@ -22,7 +22,7 @@ from .runtime import HELPERS
 from .emit import num
 from .fusion import Source
 
-CODEGEN_VERSION = "13"  # bump when generated code changes meaning: it is part of the cache key
+CODEGEN_VERSION = "14"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
 CHUNKS_PER_THREAD = 4   # the parallel kernel cuts a batch into this many chunks per numba thread
 
@@ -90,10 +90,12 @@ _PYTHON_NAMES = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME, "abs", "njit", "typ
 _STOP = 'types.Array(types.int64, 1, "C")'  # the stop array
 
 
-def _array(rank):
-    # writable, inputs too: typed read-only (so a read-only buffer needs no copy) Helmholtz n=1000's gradient
-    # kernel ran 1.4x slower (0.29 -> 0.40 ms) on the same arrays
-    return f'types.Array(types.float64, {rank}, "C")'
+def _array(rank, readonly=False):
+    # inputs are typed read-only, so a read-only buffer (decoded base64, a held tensor) goes in without a copy
+    # and a writable one converts at the call. Kernels never store to inputs, and LLVM's code is the same
+    # either way (Helmholtz n=1000's gradient kernel: identical IR and assembly but for the mangled names)
+    ro = ", readonly=True" if readonly else ""
+    return f'types.Array(types.float64, {rank}, "C"{ro})'
 
 
 def kernel_module(graph: Graph, title: str, fastmath=True, parallel=False, python=False) -> str:
@@ -117,7 +119,8 @@ def kernel_module(graph: Graph, title: str, fastmath=True, parallel=False, pytho
         s.line(f"o{j}[p] = {value}")
     ins = [f"a{j}" for j in range(len(graph.inputs))]
     outs = [f"o{j}" for j in range(len(graph.outputs))]
-    arrays = [_array(len(v.shape) + 1) for v in graph.inputs] + [_array(len(a.shape) + 1) for a in graph.outputs]
+    arrays = ([_array(len(v.shape) + 1, readonly=True) for v in graph.inputs]
+              + [_array(len(a.shape) + 1) for a in graph.outputs])
     sig = ", ".join(["types.int64", _STOP] + arrays)
     flags = FASTMATH if fastmath else "False"
     jit = f'cache=True, nogil=True, error_model="numpy", fastmath={flags}'
