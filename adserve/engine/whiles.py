@@ -111,14 +111,13 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     active = np.arange(B)
     iterations = 0
     next_look = while_kernel.ESCALATE_AFTER  # when to look at handing the loop to generated code (None: done)
-    cond_lits, body_lits = {}, {}  # literal arrays, made once for all iterations
     while True:
         every_point = len(active) == B
         sub = consts if every_point else [c if c.shape[0] != B else c[active] for c in consts]
         cur = carry if every_point else [c[active] for c in carry]
         if deadline is not None and deadline.stopped:
             raise deadline.error()
-        pred = run_nested(cond, [*sub, *cur], deadline, cond_lits)[0].reshape(-1) != 0
+        pred = run_nested(cond, [*sub, *cur], deadline)[0].reshape(-1) != 0
         if not pred.all():
             active = active[np.broadcast_to(pred, (len(active),))]
             if not len(active):
@@ -142,7 +141,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         if tape and iterations % every == 0:
             for r, c in zip(rows, carry):
                 r.append(c.copy())
-        new = run_nested(body, [*sub, *cur], deadline, body_lits)
+        new = run_nested(body, [*sub, *cur], deadline)
         if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and _stuck(cur, new, len(active)).any():
             # the body is a function of the carries: unchanged carries whose condition holds never change again
             raise EvaluationError(f"a while loop can never end: after {iterations + 1:,} iterations its variables "
