@@ -31,6 +31,7 @@ import numpy as np
 
 from .activity import graph_activity
 from .builder import Builder, Prim, emit, inline, op, register, zeros
+from .counted import trip_count
 from .deadline import Stopped
 from .errors import EvaluationError, ShapeError
 from .interpreter import run_nested
@@ -106,6 +107,9 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     consts, carry = _while_split(args, n_consts)
     B = max([a.shape[0] for a in args], default=1)
     carry = [np.array(np.broadcast_to(c, (B, *c.shape[1:]))) for c in carry]
+    trips_now = trip_count(cond, body, n_consts, consts, carry)
+    if trips_now is not None:
+        return _counted_run(consts, carry, trips_now, cond, body, n_consts, max_iter, tape, every, deadline, done)
     count = np.zeros(B)
     rows = [[] for _ in carry] if tape else None
     active = np.arange(B)
@@ -163,6 +167,48 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         return carry
     stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
     return [*carry, count, *stacked]
+
+
+def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, deadline, done):
+    """`_while_run` for a loop every point of which runs `n` iterations (counted.py): the body alone, with no
+    condition to run, no points to mask and no fixed-point check (its counter changes every iteration); the
+    same deadline checks, iteration limit, tape rows and hand-over to generated code."""
+    from .codegen import while_kernel
+
+    B = carry[0].shape[0]
+    shapes = [c.shape for c in carry]
+    rows = [[] for _ in carry] if tape else None
+    next_look = while_kernel.ESCALATE_AFTER
+    iterations = 0
+    while True:
+        if deadline is not None and deadline.stopped:
+            raise deadline.error()
+        if iterations >= n:
+            break
+        if iterations >= max_iter:
+            raise _limit_error(max_iter)
+        if next_look is not None and iterations >= next_look and iterations % every == 0:
+            if not while_kernel.generator_loaded():
+                next_look = iterations + while_kernel.ESCALATE_AFTER
+            else:
+                next_look = None
+                if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
+                    rest = _while_finish(consts, carry, np.full(B, float(iterations)), rows, cond, body, n_consts,
+                                         max_iter, iterations, tape, every, deadline)
+                    if rest is not None:
+                        return rest
+        if tape and iterations % every == 0:
+            for r, c in zip(rows, carry):
+                r.append(c.copy())
+        new = run_nested(body, [*consts, *carry], deadline)
+        carry = [v if v.shape == s else np.array(np.broadcast_to(v, s)) for v, s in zip(new, shapes)]
+        iterations += 1
+        done[0] = iterations
+    carry = [np.array(c) for c in carry]  # the loop's own arrays, as `_while_run`'s (a body may pass on its inputs)
+    if not tape:
+        return carry
+    stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
+    return [*carry, np.full(B, float(iterations)), *stacked]
 
 
 def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
