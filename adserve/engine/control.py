@@ -234,6 +234,8 @@ def _cond_shape(sp, *shapes, true_body, false_body):
 
 
 def _cond_impl(pred, *ops, true_body, false_body, deadline=None):
+    if pred.size == 1:  # one point, or one predicate for all: no masks
+        return run_nested(true_body if pred.item() != 0 else false_body, list(ops), deadline)
     take = pred.reshape(-1) != 0
     if take.all() or not take.any():
         return run_nested(true_body if take[0] else false_body, list(ops), deadline)
