@@ -96,7 +96,9 @@ def _stuck(cur, new, n):
     NaN is the same NaN)."""
     same = np.ones(n, dtype=bool)
     for old, v in zip(cur, new):
-        v = np.broadcast_to(np.asarray(v, dtype=np.float64), old.shape)
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != old.shape:
+            v = np.broadcast_to(v, old.shape)
         same &= (np.asarray(old, dtype=np.float64).view(np.int64) == v.view(np.int64)).reshape(n, -1).all(axis=1)
     return same
 
@@ -110,7 +112,8 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     trips_now = trip_count(cond, body, n_consts, consts, carry)
     if trips_now is not None:
         return _counted_run(consts, carry, trips_now, cond, body, n_consts, max_iter, tape, every, deadline, done)
-    count = np.zeros(B)
+    count = np.zeros(B)  # iterations run since a point stopped (those before: `full`, as a Python int)
+    full = 0
     rows = [[] for _ in carry] if tape else None
     active = np.arange(B)
     iterations = 0
@@ -121,8 +124,11 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         cur = carry if every_point else [c[active] for c in carry]
         if deadline is not None and deadline.stopped:
             raise deadline.error()
-        pred = run_nested(cond, [*sub, *cur], deadline)[0].reshape(-1) != 0
-        if not pred.all():
+        pred = run_nested(cond, [*sub, *cur], deadline)[0]
+        if pred.size == 1:  # one point, or one answer for all
+            if pred.item() == 0:
+                break
+        elif not (pred := pred.reshape(-1) != 0).all():
             active = active[np.broadcast_to(pred, (len(active),))]
             if not len(active):
                 break
@@ -138,8 +144,8 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
             else:
                 next_look = None
                 if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                    rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations,
-                                         tape, every, deadline)
+                    rest = _while_finish(consts, carry, count + full, rows, cond, body, n_consts, max_iter,
+                                         iterations, tape, every, deadline)
                     if rest is not None:
                         return rest
         if tape and iterations % every == 0:
@@ -158,7 +164,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
             else:
                 c[active] = v
         if every_point:
-            count += 1
+            full += 1
         else:
             count[active] += 1
         iterations += 1
@@ -166,7 +172,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     if not tape:
         return carry
     stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
-    return [*carry, count, *stacked]
+    return [*carry, count + full, *stacked]
 
 
 def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, deadline, done):
