@@ -103,7 +103,11 @@ def run(graph: Graph, args, deadline=None) -> list:
 
 def run_nested(graph: Graph, args, deadline=None) -> list:
     """`run` for a body inside a running graph (loop, cond, while): args are float64 already, errors silenced."""
-    prog = program(graph)
+    return run_program(program(graph), args, deadline)
+
+
+def run_program(prog: Program, args, deadline=None) -> list:
+    """`run_nested` of the graph `prog` was made from (a loop looks its body's program up once)."""
     if len(args) != prog.n_in:
         raise ValueError(f"a graph of {prog.n_in} inputs given {len(args)} arguments")
     vals = prog.init.copy()

@@ -34,7 +34,7 @@ from .builder import Builder, Prim, emit, inline, op, register, zeros
 from .counted import trip_count
 from .deadline import Stopped
 from .errors import EvaluationError, ShapeError
-from .interpreter import run_nested
+from .interpreter import program, run_program
 from .limits import checkpoint_every, tape_rows
 
 WHILE_LIMIT = contextvars.ContextVar("adserve_while_limit", default=100_000)  # max_iter of loops lowered now
@@ -117,6 +117,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     rows = [[] for _ in carry] if tape else None
     active = np.arange(B)
     iterations = 0
+    cond_prog, body_prog = program(cond), program(body)
     next_look = while_kernel.ESCALATE_AFTER  # when to look at handing the loop to generated code (None: done)
     while True:
         every_point = len(active) == B
@@ -124,7 +125,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         cur = carry if every_point else [c[active] for c in carry]
         if deadline is not None and deadline.stopped:
             raise deadline.error()
-        pred = run_nested(cond, [*sub, *cur], deadline)[0]
+        pred = run_program(cond_prog, [*sub, *cur], deadline)[0]
         if pred.size == 1:  # one point, or one answer for all
             if pred.item() == 0:
                 break
@@ -151,7 +152,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
         if tape and iterations % every == 0:
             for r, c in zip(rows, carry):
                 r.append(c.copy())
-        new = run_nested(body, [*sub, *cur], deadline)
+        new = run_program(body_prog, [*sub, *cur], deadline)
         if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and _stuck(cur, new, len(active)).any():
             # the body is a function of the carries: unchanged carries whose condition holds never change again
             raise EvaluationError(f"a while loop can never end: after {iterations + 1:,} iterations its variables "
@@ -186,6 +187,7 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
     rows = [[] for _ in carry] if tape else None
     next_look = while_kernel.ESCALATE_AFTER
     iterations = 0
+    body_prog = program(body)
     while True:
         if deadline is not None and deadline.stopped:
             raise deadline.error()
@@ -206,7 +208,7 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
         if tape and iterations % every == 0:
             for r, c in zip(rows, carry):
                 r.append(c.copy())
-        new = run_nested(body, [*consts, *carry], deadline)
+        new = run_program(body_prog, [*consts, *carry], deadline)
         carry = [v if v.shape == s else np.array(np.broadcast_to(v, s)) for v, s in zip(new, shapes)]
         iterations += 1
         done[0] = iterations
