@@ -19,7 +19,9 @@ reverse sweep is a while over those segments, last first, whose body recomputes 
 checkpoint (a taped while of at most k iterations) and runs the body's VJP backwards through them. Memory is
 (bound/k + k) × carries instead of bound × carries; time is one extra forward pass. All of it is IR (nested
 `while` equations), so the interpreter, the python tier and numba run the same schedule, under the same
-deadline and stop checks as any loop.
+deadline and stop checks as any loop. The interpreter runs those of its loops whose trip count it can read
+from their inputs (counted.py: the forward loop of a `for`, each recompute, each reverse sweep) as the body
+alone, without their condition, active mask or fixed-point check.
 """
 
 from __future__ import annotations
@@ -185,6 +187,10 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
     B = carry[0].shape[0]
     shapes = [c.shape for c in carry]
     rows = [[] for _ in carry] if tape else None
+    # a loop too short to be handed over writes its tape into arrays of the rows it will keep
+    tapes = None
+    if tape and n <= while_kernel.ESCALATE_AFTER:
+        tapes = [np.empty((B, -(-min(n, max_iter) // every), *s[1:])) for s in shapes]
     next_look = while_kernel.ESCALATE_AFTER
     iterations = 0
     body_prog = program(body)
@@ -206,8 +212,12 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
                     if rest is not None:
                         return rest
         if tape and iterations % every == 0:
-            for r, c in zip(rows, carry):
-                r.append(c.copy())
+            if tapes is not None:
+                for t, c in zip(tapes, carry):
+                    t[:, iterations // every] = c
+            else:
+                for r, c in zip(rows, carry):
+                    r.append(c.copy())
         new = run_program(body_prog, [*consts, *carry], deadline)
         carry = [v if v.shape == s else np.array(np.broadcast_to(v, s)) for v, s in zip(new, shapes)]
         iterations += 1
@@ -215,8 +225,9 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
     carry = [np.array(c) for c in carry]  # the loop's own arrays, as `_while_run`'s (a body may pass on its inputs)
     if not tape:
         return carry
-    stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
-    return [*carry, np.full(B, float(iterations)), *stacked]
+    if tapes is None:
+        tapes = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
+    return [*carry, np.full(B, float(iterations)), *tapes]
 
 
 def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
