@@ -3,12 +3,16 @@
 Cases, each on the NumPy interpreter (`Engine()`), one point:
   * `for 32000`: the gradient of a scalar `for` loop of 32,000 steps (its whole tape fits the tape budget);
   * `for 33000`: the same loop at 33,000 steps (past the budget: checkpointed, a reverse sweep over segments);
+  * `while 1` and `while 16`: the gradient of a scalar `while` that stops on data, at one point (1,389
+    iterations) and at a batch of 16 points, each running its own trip count (1,000 to 1,460); fewer than
+    while_kernel.ESCALATE_AFTER, so all of it runs on the interpreter (checkpointed, its bound being 100,000);
   * `particle`: GradBench's particle eval (bench/gradbench_nested.py), nested `grad` inside `cond`s and loops.
 The cases run interleaved, `--rounds` times (rotating order); reported per case: the median CPU time of a
 call (process time: this process's threads, whatever else the machine runs) with its spread (min-max), and the
 wall time's median. The code generator (codegen, which a long `while` escalates to after
 while_kernel.ESCALATE_AFTER iterations) is loaded before timing, so every round sees the same steady state.
-`--profile CASE` runs one case under cProfile instead and prints the top functions by own time.
+`--raw` also prints every timing (for runs interleaved across processes or trees). `--profile CASE` runs one
+case under cProfile instead and prints the top functions by own time.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import numpy as np
 
 FOR = "def f(x, r):\n    y = x\n    for k in range({n}):\n        y = y * r + 0.001 * sin(y)\n    return y\n"
+WHILE = "def f(x, r):\n    y = x\n    k = 0\n    while y < 1e6:\n        y = y * r + 0.001 * sin(y)\n        k += 1\n    return y + k\n"
 
 
 def _cases():
@@ -32,14 +37,19 @@ def _cases():
         fn = engine.compile_definition({"inputs": [{"name": "x", "shape": []}, {"name": "r", "shape": []}],
                                         "program": FOR.format(n=n)})
         cases[f"for {n}"] = (engine, fn, {"x": 0.5, "r": 0.99999}, ["value", "gradient"])
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": []}, {"name": "r", "shape": []}],
+                                    "program": WHILE})
+    cases["while 1"] = (engine, fn, {"x": 1.0, "r": 1.01}, ["value", "gradient"])
+    cases["while 16"] = (engine, fn, {"x": np.linspace(0.5, 50.0, 16), "r": np.full(16, 1.01)},
+                         ["value", "gradient"], True)
     big = Engine(limits=Limits().updated(max_steps=100_000_000))
     cases["particle"] = (big, big.compile_definition(gb.particle()), {"w": [0.0]}, ["value"])
     return cases
 
 
 def _call(case):
-    engine, fn, inputs, compute = case
-    return engine.evaluate(fn, inputs, compute)
+    engine, fn, inputs, compute, *batch = case
+    return engine.evaluate(fn, inputs, compute, batch=bool(batch))
 
 
 def main(argv=None):
@@ -48,6 +58,7 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
     ap.add_argument("--profile", help="a case to profile instead")
     ap.add_argument("--out", help="with --profile: also dump the stats to this file")
+    ap.add_argument("--raw", action="store_true", help="also print each timing: RAW case cpu_s wall_s")
     args = ap.parse_args(argv)
     from adserve.engine.codegen import while_kernel
     while_kernel.generator_loaded(None)
@@ -74,6 +85,8 @@ def main(argv=None):
             _call(cases[n])
             cpu[n].append(time.process_time() - c)
             wall[n].append(time.perf_counter() - w)
+            if args.raw:
+                print(f"RAW {n.replace(' ', '_')} {cpu[n][-1]:.4f} {wall[n][-1]:.4f}", flush=True)
     print(f"| case | CPU s, median (min-max) over {args.rounds} | wall s, median | answer |")
     print("|---|---|---|---|")
     for n in names:
