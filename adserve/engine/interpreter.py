@@ -50,7 +50,7 @@ class Program:
     literals' slots to fill at each run; `steps` are (implementation, input slots, output slots, params,
     whether it takes the deadline, equation)."""
 
-    __slots__ = ("n_in", "init", "per_run", "steps", "outputs", "__weakref__")
+    __slots__ = ("n_in", "in_slots", "init", "per_run", "steps", "outputs", "__weakref__")
 
     def __init__(self, graph: Graph):
         slots, init, per_run = {}, [], []
@@ -68,9 +68,10 @@ class Program:
                     per_run.append((slots[key], a))
             return slots[key]
 
-        for v in graph.inputs:
-            slot(v)
+        in_slots = [slot(v) for v in graph.inputs]
         self.n_in = len(graph.inputs)
+        # inputs fill the first slots, unless an input is listed twice (then the last argument given wins)
+        self.in_slots = None if in_slots == list(range(self.n_in)) else in_slots
         steps = []
         for e in graph.eqns:
             p = PRIMS[e.prim]
@@ -111,7 +112,11 @@ def run_program(prog: Program, args, deadline=None) -> list:
     if len(args) != prog.n_in:
         raise ValueError(f"a graph of {prog.n_in} inputs given {len(args)} arguments")
     vals = prog.init.copy()
-    vals[:prog.n_in] = args
+    if prog.in_slots is None:
+        vals[:prog.n_in] = args
+    else:
+        for s, a in zip(prog.in_slots, args):
+            vals[s] = a
     for s, lit in prog.per_run:
         vals[s] = _frozen(lit_array(lit))
     i = 0

@@ -5,7 +5,8 @@ Reverse mode's own loops (a `for` differentiated as a while, a checkpointed segm
 sweep) are recognised as counted and run without their condition; every answer is compared bit for bit with
 the same evaluation with the recognition turned off. Loops that only look counted (a counter that is not an
 integer, points of a batch with different trip counts, a limit that changes) take the generic path; a counted
-loop still stops at its deadline and at the iteration limit. Literals kept across runs keep 0.0 and -0.0 apart.
+loop still stops at its deadline and at the iteration limit. Literals kept across runs keep 0.0 and -0.0 apart;
+a graph that lists an input twice reads the last argument given for it, as before programs.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from adserve.engine import Engine, Limits, control, counted, main_plan, whiles
+from adserve.engine import Engine, Limits, control, counted, interpreter, main_plan, whiles
+from adserve.engine.builder import Builder
 from adserve.engine.deadline import Deadline, Stopped
 from adserve.engine.errors import EvaluationError
+from adserve.engine.ir import Graph
 
 ALL = ["value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"]
 FOR = "def f(x, r):\n    y = x\n    for k in range({n}):\n        y = y * r + 0.001 * sin(y) + k * 1e-4\n    return y\n"
@@ -169,3 +172,12 @@ def test_kept_literals_keep_the_sign_of_zero():
                                             "        s = s + 1.0 / (x * 0.0) - 1.0 / (x * -0.0)\n    return s\n"})
     for _ in range(2):  # the second run reads the literals the first one made
         assert eng.evaluate(fn, {"x": 2.0})["value"] == np.inf
+
+
+def test_a_graph_listing_an_input_twice_reads_the_last_argument_for_it():
+    b = Builder()
+    x = b.input(())
+    g = b.build([x * 2.0 + 1.0])
+    twice = Graph((g.inputs[0], g.inputs[0]), g.eqns, g.outputs)
+    assert interpreter.run(twice, [np.array([1.0]), np.array([5.0])])[0].tolist() == [11.0]
+    assert interpreter.run(g, [np.array([1.0])])[0].tolist() == [3.0]
