@@ -104,7 +104,7 @@ def _lse_vjp(g, xs, ans, axes):
 
 
 _AXES = (("axes", "axes"),)
-register(Prim("reduce_sum", lambda s, axes: _reduced_shape(s, axes), lambda x, axes: np.sum(x, axis=_batched_axes(axes)),
+register(Prim("reduce_sum", lambda s, axes: _reduced_shape(s, axes), lambda x, axes: np.add.reduce(x, axis=_batched_axes(axes)),
               linear=Linear(lambda g, xs, axes: [expand_reduced(g, xs[0].shape, axes)]), normalize=_reduce_norm,
               arity=1, params=_AXES, lang=("sum",), signature="sum(x, axis=None)",
               doc="sum over all axes, or over the given axis or axes"))
@@ -162,7 +162,12 @@ def _bcast_shape(s, shape):
 
 def _bcast_impl(x, shape):
     (x,) = align(x, ndim=len(shape) + 1)
-    return np.broadcast_to(x, (x.shape[0], *shape))
+    to = (x.shape[0], *shape)
+    if math.prod(to) > 1024:
+        return np.broadcast_to(x, to)  # a view: no memory for a large one
+    out = np.empty(to)  # a small one is copied: np.broadcast_to's own cost is several times a small copy's
+    np.copyto(out, x)
+    return out
 
 
 def _sum_to_shape(s, shape):
@@ -206,7 +211,7 @@ def _concat_shape(*shapes, axis):
 
 def _concat_impl(*xs, axis):
     b = max(x.shape[0] for x in xs)
-    return np.concatenate([np.broadcast_to(x, (b, *x.shape[1:])) for x in xs], axis=axis + 1)
+    return np.concatenate([x if x.shape[0] == b else np.broadcast_to(x, (b, *x.shape[1:])) for x in xs], axis=axis + 1)
 
 
 def _concat_transpose(g, xs, axis):

@@ -25,7 +25,7 @@ from .activity import graph_activity
 from .builder import Builder, Prim, inline, op, register, zeros
 from .deadline import Stopped
 from .errors import ShapeError
-from .interpreter import TAKES_DEADLINE, run_nested
+from .interpreter import TAKES_DEADLINE, program, run_nested, run_program
 from .limits import checkpoint_every
 
 
@@ -58,11 +58,12 @@ def _loop_impl(*args, body, length, n_consts, n_carry, reverse, deadline=None):
     # each stacked output is one array, filled in place: a loop's tape costs its data and nothing per iteration
     stacked = [np.zeros((1, length, *a.shape)) for a in y_avals] if not length else None
     done = 0
+    prog = program(body)
     try:
         for k in (range(length - 1, -1, -1) if reverse else range(length)):
             if deadline is not None and deadline.stopped:  # also between iterations of a body with no equations
                 raise deadline.error()
-            outs = run_nested(body, [np.array([float(k)]), *consts, *carry, *[x[:, k] for x in xs]], deadline)
+            outs = run_program(prog, [np.array([float(k)]), *consts, *carry, *[x[:, k] for x in xs]], deadline)
             carry, ys = outs[:n_carry], outs[n_carry:]
             if stacked is None:
                 stacked = [np.empty((y.shape[0], length, *a.shape)) for y, a in zip(ys, y_avals)]
@@ -234,6 +235,8 @@ def _cond_shape(sp, *shapes, true_body, false_body):
 
 
 def _cond_impl(pred, *ops, true_body, false_body, deadline=None):
+    if pred.size == 1:  # one point, or one predicate for all: no masks
+        return run_nested(true_body if pred.item() != 0 else false_body, list(ops), deadline)
     take = pred.reshape(-1) != 0
     if take.all() or not take.any():
         return run_nested(true_body if take[0] else false_body, list(ops), deadline)

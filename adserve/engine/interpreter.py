@@ -6,6 +6,11 @@ points; a single point is a batch of one. Floating-point warnings are silenced:
 NaN and infinity are results, not errors. Run-time errors (an index out of
 range) are raised as EvaluationError naming the node.
 
+A graph runs from its `Program` (made once per graph, kept while the graph
+lives): its equations as a list of steps over numbered slots, each with its
+implementation looked up and its small literals made, so a loop or branch body
+run hundreds of thousands of times pays for neither again.
+
 A `deadline` (deadline.py), when given, is checked before every equation, and
 handed to the structured primitives (`loop`, `cond`: `TAKES_DEADLINE`) so they
 check it between iterations and pass it to their bodies. A stop raises
@@ -13,6 +18,9 @@ check it between iterations and pass it to their bodies. A stop raises
 """
 
 from __future__ import annotations
+
+import math
+import weakref
 
 import numpy as np
 
@@ -22,12 +30,68 @@ from .errors import EngineError
 from .ir import Graph, Lit, Var
 
 TAKES_DEADLINE: set = set()  # primitives whose implementation takes `deadline=` (control.py adds loop and cond)
+KEPT_LITERAL_ELEMENTS = 1024  # literals up to this size are made once per graph; larger ones once per run
 
 
 def lit_array(lit: Lit) -> np.ndarray:
     if len(lit.data) == 1:
         return np.full((1, *lit.shape), lit.data[0])
     return np.asarray(lit.data, dtype=np.float64).reshape((1, *lit.shape))
+
+
+def _frozen(arr):
+    arr.setflags(write=False)  # shared by every step that reads it (implementations never write inputs)
+    return arr
+
+
+class Program:
+    """A graph ready to run: values live in numbered slots (inputs first); `init` holds the small literals'
+    arrays in theirs (made once: one per literal object, so 0.0 and -0.0 stay apart), `per_run` the larger
+    literals' slots to fill at each run; `steps` are (implementation, input slots, output slots, params,
+    whether it takes the deadline, equation)."""
+
+    __slots__ = ("n_in", "in_slots", "init", "per_run", "steps", "outputs", "__weakref__")
+
+    def __init__(self, graph: Graph):
+        slots, init, per_run = {}, [], []
+
+        def slot(a):
+            key = a if type(a) is Var else id(a)
+            if key not in slots:
+                slots[key] = len(init)
+                if type(a) is Var:
+                    init.append(None)
+                elif math.prod(a.shape) <= KEPT_LITERAL_ELEMENTS:
+                    init.append(_frozen(lit_array(a)))
+                else:
+                    init.append(None)
+                    per_run.append((slots[key], a))
+            return slots[key]
+
+        in_slots = [slot(v) for v in graph.inputs]
+        self.n_in = len(graph.inputs)
+        # inputs fill the first slots, unless an input is listed twice (then the last argument given wins)
+        self.in_slots = None if in_slots == list(range(self.n_in)) else in_slots
+        steps = []
+        for e in graph.eqns:
+            p = PRIMS[e.prim]
+            ins = tuple(slot(a) for a in e.inputs)
+            outs = tuple(slot(v) for v in e.outputs)
+            deadline = p.multiple_results and e.prim in TAKES_DEADLINE
+            steps.append((p.impl, ins, outs if p.multiple_results else outs[0], e.params, deadline, e))
+        self.steps = steps
+        self.outputs = [(slots[a], None) if type(a) is Var else (None, a) for a in graph.outputs]
+        self.init, self.per_run = init, per_run
+
+
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def program(graph: Graph) -> Program:
+    prog = _PROGRAMS.get(graph)
+    if prog is None:
+        prog = _PROGRAMS[graph] = Program(graph)
+    return prog
 
 
 def run(graph: Graph, args, deadline=None) -> list:
@@ -38,43 +102,47 @@ def run(graph: Graph, args, deadline=None) -> list:
         return run_nested(graph, [np.asarray(a, dtype=np.float64) for a in args], deadline)
 
 
-def run_nested(graph: Graph, args, deadline=None, lits=None) -> list:
-    """`run` for a body inside a running graph (loop, cond, while): args are float64 already, errors silenced.
-    `lits`: the literal arrays of earlier runs of this graph to reuse (a loop passes one dict to every
-    iteration)."""
-    env = dict(zip(graph.inputs, args, strict=True))
-    if lits is None:
-        lits = {}  # one array per literal object in this run (read-only: implementations never write inputs)
+def run_nested(graph: Graph, args, deadline=None) -> list:
+    """`run` for a body inside a running graph (loop, cond, while): args are float64 already, errors silenced."""
+    return run_program(program(graph), args, deadline)
 
-    def read(a):
-        if type(a) is Var:
-            return env[a]
-        arr = lits.get(id(a))
-        if arr is None:
-            arr = lits[id(a)] = lit_array(a)
-            arr.setflags(write=False)
-        return arr
 
-    e = None
+def run_program(prog: Program, args, deadline=None) -> list:
+    """`run_nested` of the graph `prog` was made from (a loop looks its body's program up once)."""
+    if len(args) != prog.n_in:
+        raise ValueError(f"a graph of {prog.n_in} inputs given {len(args)} arguments")
+    vals = prog.init.copy()
+    if prog.in_slots is None:
+        vals[:prog.n_in] = args
+    else:
+        for s, a in zip(prog.in_slots, args):
+            vals[s] = a
+    for s, lit in prog.per_run:
+        vals[s] = _frozen(lit_array(lit))
+    i = 0
     try:
-        for e in graph.eqns:
+        for i, (impl, ins, outs, params, takes_deadline, e) in enumerate(prog.steps):
             if deadline is not None and deadline.stopped:  # one attribute read: the watchdog sets it
                 raise deadline.error()
-            p = PRIMS[e.prim]
             try:
-                if deadline is not None and p.multiple_results and e.prim in TAKES_DEADLINE:
-                    out = p.impl(*[read(a) for a in e.inputs], deadline=deadline, **e.params)
+                if takes_deadline and deadline is not None:
+                    out = impl(*[vals[j] for j in ins], deadline=deadline, **params)
+                elif len(ins) == 2:
+                    out = impl(vals[ins[0]], vals[ins[1]], **params)
+                elif len(ins) == 1:
+                    out = impl(vals[ins[0]], **params)
                 else:
-                    out = p.impl(*[read(a) for a in e.inputs], **e.params)
+                    out = impl(*[vals[j] for j in ins], **params)
             except Stopped:
                 raise
             except EngineError as err:
                 raise err.at(e.loc)
-            if p.multiple_results:
-                env.update(zip(e.outputs, out))
+            if type(outs) is int:
+                vals[outs] = out
             else:
-                env[e.outputs[0]] = out
+                for s, v in zip(outs, out):
+                    vals[s] = v
     except Stopped as err:
-        done = next(i for i, x in enumerate(graph.eqns) if x is e) if e is not None else 0
-        raise err.placed(e.loc if e is not None else None).inside("plan", done, len(graph.eqns)) from None
-    return [env[a] if type(a) is Var else lit_array(a) for a in graph.outputs]
+        e = prog.steps[i][5] if prog.steps else None
+        raise err.placed(e.loc if e is not None else None).inside("plan", i, len(prog.steps)) from None
+    return [vals[s] if lit is None else lit_array(lit) for s, lit in prog.outputs]

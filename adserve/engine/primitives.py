@@ -123,7 +123,8 @@ def elementwise(name, impl, *partials, arity=None, nondiff=False, **row):
             return tuple(sb) if not sa else broadcast_shape(sa, sb)
 
         def run(a, b):
-            a, b = align(a, b)
+            if a.ndim != b.ndim:
+                a, b = align(a, b)
             return impl(a, b)
     else:
         def shape(*shapes):

@@ -19,7 +19,9 @@ reverse sweep is a while over those segments, last first, whose body recomputes 
 checkpoint (a taped while of at most k iterations) and runs the body's VJP backwards through them. Memory is
 (bound/k + k) × carries instead of bound × carries; time is one extra forward pass. All of it is IR (nested
 `while` equations), so the interpreter, the python tier and numba run the same schedule, under the same
-deadline and stop checks as any loop.
+deadline and stop checks as any loop. The interpreter runs those of its loops whose trip count it can read
+from their inputs (counted.py: the forward loop of a `for`, each recompute, each reverse sweep) as the body
+alone, without their condition, active mask or fixed-point check.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import numpy as np
 
 from .activity import graph_activity
 from .builder import Builder, Prim, emit, inline, op, register, zeros
+from .counted import trip_count
 from .deadline import Stopped
 from .errors import EvaluationError, ShapeError
-from .interpreter import run_nested
+from .interpreter import program, run_program
 from .limits import checkpoint_every, tape_rows
 
 WHILE_LIMIT = contextvars.ContextVar("adserve_while_limit", default=100_000)  # max_iter of loops lowered now
@@ -95,7 +98,9 @@ def _stuck(cur, new, n):
     NaN is the same NaN)."""
     same = np.ones(n, dtype=bool)
     for old, v in zip(cur, new):
-        v = np.broadcast_to(np.asarray(v, dtype=np.float64), old.shape)
+        v = np.asarray(v, dtype=np.float64)
+        if v.shape != old.shape:
+            v = np.broadcast_to(v, old.shape)
         same &= (np.asarray(old, dtype=np.float64).view(np.int64) == v.view(np.int64)).reshape(n, -1).all(axis=1)
     return same
 
@@ -106,20 +111,27 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     consts, carry = _while_split(args, n_consts)
     B = max([a.shape[0] for a in args], default=1)
     carry = [np.array(np.broadcast_to(c, (B, *c.shape[1:]))) for c in carry]
-    count = np.zeros(B)
+    trips_now = trip_count(cond, body, n_consts, consts, carry)
+    if trips_now is not None:
+        return _counted_run(consts, carry, trips_now, cond, body, n_consts, max_iter, tape, every, deadline, done)
+    count = np.zeros(B)  # iterations run since a point stopped (those before: `full`, as a Python int)
+    full = 0
     rows = [[] for _ in carry] if tape else None
     active = np.arange(B)
     iterations = 0
+    cond_prog, body_prog = program(cond), program(body)
     next_look = while_kernel.ESCALATE_AFTER  # when to look at handing the loop to generated code (None: done)
-    cond_lits, body_lits = {}, {}  # literal arrays, made once for all iterations
     while True:
         every_point = len(active) == B
         sub = consts if every_point else [c if c.shape[0] != B else c[active] for c in consts]
         cur = carry if every_point else [c[active] for c in carry]
         if deadline is not None and deadline.stopped:
             raise deadline.error()
-        pred = run_nested(cond, [*sub, *cur], deadline, cond_lits)[0].reshape(-1) != 0
-        if not pred.all():
+        pred = run_program(cond_prog, [*sub, *cur], deadline)[0]
+        if pred.size == 1:  # one point, or one answer for all
+            if pred.item() == 0:
+                break
+        elif not (pred := pred.reshape(-1) != 0).all():
             active = active[np.broadcast_to(pred, (len(active),))]
             if not len(active):
                 break
@@ -135,14 +147,14 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
             else:
                 next_look = None
                 if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                    rest = _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations,
-                                         tape, every, deadline)
+                    rest = _while_finish(consts, carry, count + full, rows, cond, body, n_consts, max_iter,
+                                         iterations, tape, every, deadline)
                     if rest is not None:
                         return rest
         if tape and iterations % every == 0:
             for r, c in zip(rows, carry):
                 r.append(c.copy())
-        new = run_nested(body, [*sub, *cur], deadline, body_lits)
+        new = run_program(body_prog, [*sub, *cur], deadline)
         if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and _stuck(cur, new, len(active)).any():
             # the body is a function of the carries: unchanged carries whose condition holds never change again
             raise EvaluationError(f"a while loop can never end: after {iterations + 1:,} iterations its variables "
@@ -155,7 +167,7 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
             else:
                 c[active] = v
         if every_point:
-            count += 1
+            full += 1
         else:
             count[active] += 1
         iterations += 1
@@ -163,7 +175,59 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
     if not tape:
         return carry
     stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
-    return [*carry, count, *stacked]
+    return [*carry, count + full, *stacked]
+
+
+def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, deadline, done):
+    """`_while_run` for a loop every point of which runs `n` iterations (counted.py): the body alone, with no
+    condition to run, no points to mask and no fixed-point check (its counter changes every iteration); the
+    same deadline checks, iteration limit, tape rows and hand-over to generated code."""
+    from .codegen import while_kernel
+
+    B = carry[0].shape[0]
+    shapes = [c.shape for c in carry]
+    rows = [[] for _ in carry] if tape else None
+    # a loop too short to be handed over writes its tape into arrays of the rows it will keep
+    tapes = None
+    if tape and n <= while_kernel.ESCALATE_AFTER:
+        tapes = [np.empty((B, -(-min(n, max_iter) // every), *s[1:])) for s in shapes]
+    next_look = while_kernel.ESCALATE_AFTER
+    iterations = 0
+    body_prog = program(body)
+    while True:
+        if deadline is not None and deadline.stopped:
+            raise deadline.error()
+        if iterations >= n:
+            break
+        if iterations >= max_iter:
+            raise _limit_error(max_iter)
+        if next_look is not None and iterations >= next_look and iterations % every == 0:
+            if not while_kernel.generator_loaded():
+                next_look = iterations + while_kernel.ESCALATE_AFTER
+            else:
+                next_look = None
+                if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
+                    rest = _while_finish(consts, carry, np.full(B, float(iterations)), rows, cond, body, n_consts,
+                                         max_iter, iterations, tape, every, deadline)
+                    if rest is not None:
+                        return rest
+        if tape and iterations % every == 0:
+            if tapes is not None:
+                for t, c in zip(tapes, carry):
+                    t[:, iterations // every] = c
+            else:
+                for r, c in zip(rows, carry):
+                    r.append(c.copy())
+        new = run_program(body_prog, [*consts, *carry], deadline)
+        carry = [v if v.shape == s else np.array(np.broadcast_to(v, s)) for v, s in zip(new, shapes)]
+        iterations += 1
+        done[0] = iterations
+    carry = [np.array(c) for c in carry]  # the loop's own arrays, as `_while_run`'s (a body may pass on its inputs)
+    if not tape:
+        return carry
+    if tapes is None:
+        tapes = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
+    return [*carry, np.full(B, float(iterations)), *tapes]
 
 
 def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
