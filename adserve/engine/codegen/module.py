@@ -22,7 +22,7 @@ from .runtime import HELPERS
 from .emit import num
 from .fusion import Source
 
-CODEGEN_VERSION = "13"  # bump when generated code changes meaning: it is part of the cache key
+CODEGEN_VERSION = "14"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
 CHUNKS_PER_THREAD = 4   # the parallel kernel cuts a batch into this many chunks per numba thread
 
@@ -83,8 +83,9 @@ from adserve.engine.codegen.python import {python_names}  # noqa: F401
 # over the matrix no longer vectorises); nothing measurable in k-means or lse (their time is BLAS, exp, memory).
 FASTMATH = "False"
 
-# every kernel's stop check and the contractions' BLAS calls; the rows' helpers come beside them
-KERNEL_RUNTIME = ("dot", "matmul", "matvec", "stop_flag", "stopped")
+# every kernel's stop check, the contractions' BLAS calls and the cached array operations; the rows' helpers
+# come beside them
+KERNEL_RUNTIME = ("dot", "fill", "matmul", "matvec", "reshaped", "stop_flag", "stopped", "transposed")
 _HELPERS = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME]))
 _PYTHON_NAMES = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME, "abs", "njit", "types"]))
 _STOP = 'types.Array(types.int64, 1, "C")'  # the stop array
@@ -99,6 +100,7 @@ def _array(rank):
 def kernel_module(graph: Graph, title: str, fastmath=True, parallel=False, python=False) -> str:
     """The module text of `graph`'s kernel (`parallel`: its batch variant; `python`: for the python tier)."""
     s = Source()
+    s.python = python
     for j, v in enumerate(graph.inputs):
         s.names[v] = f"x{j}"
         s.line(f"x{j} = a{j}[p * s{j}]")
@@ -113,8 +115,12 @@ def kernel_module(graph: Graph, title: str, fastmath=True, parallel=False, pytho
     for j, a in enumerate(graph.outputs):
         if s.in_output_row(a) and rows[a] == f"o{j}[p]":
             continue
-        value = num(a.fill) if isinstance(a, Lit) and a.fill is not None else s.ref(a)
-        s.line(f"o{j}[p] = {value}")
+        if isinstance(a, Lit) and a.fill is not None:
+            s.line(f"o{j}[p] = {num(a.fill)}")
+        elif a.shape:
+            s.store(f"o{j}", ["p", *[(0, 1)] * len(a.shape)], a, a.shape)
+        else:
+            s.line(f"o{j}[p] = {s.ref(a)}")
     ins = [f"a{j}" for j in range(len(graph.inputs))]
     outs = [f"o{j}" for j in range(len(graph.outputs))]
     arrays = [_array(len(v.shape) + 1) for v in graph.inputs] + [_array(len(a.shape) + 1) for a in graph.outputs]

@@ -66,6 +66,25 @@ stopped = njit(cache=True)(_stopped)  # off the hot path: called once, when the 
 
 
 
+# Array operations whose numba implementations are compiled anew in every process that meets them (each compile
+# worker): np.transpose's pulls in numba's slice-assignment error path and its string formatting, ~2 s of
+# helper compiles; ascontiguousarray + reshape and fill ~0.5 s. Called through these, they are compiled once
+# per signature on a machine and loaded from numba's cache after (the python tier calls the originals).
+def _transposed(x, perm):
+    return np.transpose(x, perm)
+
+
+def _reshaped(x, shape):
+    return np.ascontiguousarray(x).reshape(shape)
+
+
+def _fill(a, x):
+    a.fill(x)
+
+
+transposed, reshaped, fill = (njit(cache=True, nogil=True)(f) for f in (_transposed, _reshaped, _fill))
+
+
 def matmul(a, b, out):
     """out = a @ b (2-D, out C-contiguous); the python tier's, and numba's below."""
     np.matmul(a, b, out=out)
