@@ -3,17 +3,19 @@
     python -m bench.compile_time [--only NAME ...] [--repeats R] [--json OUT] [--timeout S]
 
 The kernels: random straight-line functions of about 100, 1,000 and 10,000 IR nodes (seeded: the same on every
-run), and real ones: the survey example, Helmholtz n=200, GradBench's gmm (d=2, k=5) and lstm (l=2, c=4); each is
-the value-and-gradient plan the server compiles for a `compute: [value, gradient]` request. Each kernel's module
-is written to a fresh directory and imported by a fresh process, as the compile worker does (numba's cache of
-the kernel is cold; the runtime helpers' cache is as the machine has it, as in production). That process reports:
+run), and real ones: the survey example, Helmholtz n=200 and n=1000, GradBench's gmm (d=2, k=5) and lstm (l=2,
+c=4); each is the value-and-gradient plan the server compiles for a `compute: [value, gradient]` request. Each
+kernel's module is written to a fresh directory and imported by a fresh process set up as the compile worker
+is (`worker.compile_settings`; NUMBA_OPT in the environment reaches it, to compare LLVM levels); numba's cache of
+the kernel is cold, the runtime helpers' cache is as the machine has it, as in production. That process reports:
 
 * `wall`: seconds from the process's spawn to the kernel compiled;
 * `total`: the process's CPU seconds until then (interpreter and numba start-up included: what a compile worker
-  costs). CPU time, not wall time, is what the other columns count: the machine is shared;
-* `load`: the module's import alone (the compile), split into `typing` (numba's type inference passes), `llvm` (time holding llvmlite's lock: parsing, optimising and emitting machine code) and `rest`
-  (numba's lowering to LLVM IR in Python, and everything else), each CPU second counted once, in the innermost
-  (typing may compile a function it calls, and so run LLVM);
+  costs). CPU time, not wall time, is what the other columns count: the machine may be shared;
+* `load`: the module's import alone (the compile), split into `typing` (numba's type inference passes), `llvm`
+  (time holding llvmlite's lock: parsing, optimising and emitting machine code) and `rest` (numba's other
+  passes and its lowering to LLVM IR in Python), each CPU second counted once, in the innermost (typing may
+  compile a function it calls, and so run LLVM);
 * `rss_mb`: the process's peak resident memory;
 * `run_us`: the kernel's CPU time for one point (median of batches of calls).
 
@@ -48,7 +50,9 @@ def random_definition(n_nodes: int, seed: int = 0) -> dict:
     pool, lines, nodes = ["x", "y", "s"], [], 0
 
     def pick():
-        return pool[int(rng.integers(len(pool)))] if rng.random() < 0.5 else pool[-1 - int(rng.integers(min(8, len(pool))))]
+        if rng.random() < 0.5:  # any earlier value, or one of the last few (long chains)
+            return pool[int(rng.integers(len(pool)))]
+        return pool[-1 - int(rng.integers(min(8, len(pool))))]
 
     while nodes < n_nodes:
         r, name = rng.random(), f"v{len(pool)}"
@@ -81,10 +85,12 @@ def _survey():
              "expr": "log(x1) + x1*x2 - sin(x2)"}, {"x1": np.array(2.0), "x2": np.array(5.0)}, None)
 
 
-def _helmholtz():
-    from bench.problems import helmholtz
-    c = helmholtz(200, np.random.default_rng(0))
-    return c.definition, c.inputs, c.wrt
+def _helmholtz(n):
+    def make():
+        from bench.problems import helmholtz
+        c = helmholtz(n, np.random.default_rng(0))
+        return c.definition, c.inputs, c.wrt
+    return make
 
 
 def _gradbench(name, *args):
@@ -100,7 +106,8 @@ KERNELS = {
     "random-1000": lambda: _random(1000),
     "random-10000": lambda: _random(10_000),
     "survey": _survey,
-    "helmholtz-200": _helmholtz,
+    "helmholtz-200": _helmholtz(200),
+    "helmholtz-1000": _helmholtz(1000),
     "gmm-d2-k5": _gradbench("gmm", 2, 5, 100),
     "lstm-l2-c4": _gradbench("lstm", 2, 4),
 }
@@ -126,6 +133,9 @@ def spec_spawned(spec_path):
 def child(path, spec_path):
     """Compile the module at `path` and print its measurements (CPU seconds: the machine may be shared)."""
     import resource
+
+    from adserve.engine.codegen.worker import compile_settings
+    compile_settings()  # as the compile worker does, before numba is imported
     import numba  # noqa: F401
     from numba.core import event
 
@@ -156,8 +166,7 @@ def child(path, spec_path):
             if kind(ev):
                 switch()
 
-    from adserve.engine.codegen.worker import RECURSION_LIMIT, load
-    sys.setrecursionlimit(RECURSION_LIMIT)  # as the compile worker does
+    from adserve.engine.codegen.worker import load
     import adserve.engine.codegen.runtime  # noqa: F401  (its helpers' cache loads before the timer)
     listener = Listener()
     event.register("numba:run_pass", listener)

@@ -45,6 +45,11 @@ def limit_memory() -> bool:
 RECURSION_LIMIT = 100_000
 
 
+def compile_settings():
+    """Set up this process for compiling kernels (before numba is imported)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+
+
 def load(path: str, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -69,7 +74,7 @@ def main():
     except (OSError, ValueError):
         pass
     limited = limit_memory()
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+    compile_settings()
     t = time.perf_counter()
     try:
         threadsafe_layer()  # imports numba
