@@ -124,7 +124,7 @@ class Emitter:
             self.line(f"{dst} = {self.ref(src_atom) if isinstance(src_atom, Var) else num(src_atom.fill)}")
             return
         if isinstance(src_atom, Lit) and src_atom.fill is not None:
-            self.line(f"fill({dst}, {num(src_atom.fill)})")
+            self.line(f"{dst}[:] = {num(src_atom.fill)}")
             return
         idx = self.loops(shape)
         self.line(f"{dst}[{', '.join(idx)}] = {self.elem(src_atom, idx, shape)}")

@@ -84,7 +84,7 @@ FASTMATH = "False"
 
 # every kernel's stop check, the contractions' BLAS calls and the cached array operations; the rows' helpers
 # come beside them
-KERNEL_RUNTIME = ("dot", "fill", "matmul", "matvec", "reshaped", "stop_flag", "stopped", "transposed")
+KERNEL_RUNTIME = ("dot", "matmul", "matvec", "reshaped", "stop_flag", "stopped", "transposed")
 _HELPERS = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME]))
 _PYTHON_NAMES = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME, "abs", "math", "njit", "types"]))
 _STOP = 'types.Array(types.int64, 1, "C")'  # the stop array

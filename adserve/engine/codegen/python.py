@@ -30,7 +30,7 @@ from . import runtime
 globals().update({name: helper.py_func for name, helper in runtime.HELPERS.items()})
 stop_flag, stopped = runtime.stop_flag_py, runtime.stopped.py_func
 matmul, matvec, dot = runtime.matmul, runtime.matvec, runtime.dot  # NumPy's products (numba's are overloads)
-transposed, reshaped, fill = runtime._transposed, runtime._reshaped, runtime._fill
+transposed, reshaped = runtime._transposed, runtime._reshaped
 
 
 def _libm_hypot():

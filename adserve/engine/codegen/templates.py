@@ -52,7 +52,7 @@ def _accumulate(s: Emitter, e, init, update):
     if scalar:
         s.line(f"{name} = {init}")
     else:
-        s.line(f"fill({name}, {init})")
+        s.line(f"{name}[:] = {init}")
     idx = s.loops(x.shape)
     acc = name if scalar else f"{name}[{', '.join(kept(e, idx))}]"
     for stmt in update(acc, s.elem(x, idx, x.shape)):
@@ -99,7 +99,7 @@ def _logsumexp(s, e):
     s.line(f"{ms}[{', '.join(oi)}] = {m}[{', '.join(oi)}] if {m}[{', '.join(oi)}] - {m}[{', '.join(oi)}] == 0.0 else 0.0")
     s.end(len(out.shape))
     res = s.buffer(out)
-    s.line(f"fill({res}, 0.0)")
+    s.line(f"{res}[:] = 0.0")
     idx = s.loops(x.shape)
     o = ", ".join(kept(e, idx))
     s.line(f"{res}[{o}] += math.exp({s.elem(x, idx, x.shape)} - {ms}[{o}])")
@@ -205,7 +205,7 @@ def _reshape(s, e):
         s.line(f"{name} = {s.elem(x, ['0'] * len(x.shape), x.shape)}")
     elif isinstance(x, Lit) and x.fill is not None or not x.shape:
         name = s.buffer(out)
-        s.line(f"fill({name}, {s.elem(x, [], ())})")
+        s.line(f"{name}[:] = {s.elem(x, [], ())}")
     else:
         name = s.define(out)
         s.line(f"{name} = reshaped({s.ref(x)}, {tuple(out.shape)!r})")
