@@ -38,7 +38,7 @@ def einsum(s, e):
     out = e.out
     scalar = not out.shape
     name = s.define(out) if scalar else s.buffer(out)
-    s.line(f"{name} = 0.0" if scalar else f"{name}.fill(0.0)")
+    s.line(f"{name} = 0.0" if scalar else f"{name}[:] = 0.0")
     empty = 0 in dims.values()  # no products to add: the filled zeros are the answer, and no loop runs
     idx = dict(zip(order, s.loops([0 if empty else dims[c] for c in order])))
     idx[inner] = s.fresh("i") if inner else ""
@@ -93,7 +93,7 @@ def _shared_pass(s, eqns):
         (ta, tb), out = (t.split(",") if i == 0 else t for i, t in enumerate(e.params["spec"].split("->")))
         term, other, other_term = (ta, b, tb) if a is shared else (tb, a, ta)
         name = s.define(e.out) if not e.out.shape else s.buffer(e.out)
-        s.line(f"{name} = 0.0" if not e.out.shape else f"{name}.fill(0.0)")
+        s.line(f"{name} = 0.0" if not e.out.shape else f"{name}[:] = 0.0")
         terms.append((e, term, other, other_term, out, name))
     s.line(f"# one pass over {s.ref(shared)}: {len(eqns)} contractions")
     idx = s.loops(shared.shape[:-1] if shared.shape[-1] else (0,) * (len(shared.shape) - 1))  # empty: no pass

@@ -46,6 +46,7 @@ class Emitter:
         self.enclosing: list = []  # the loops open where lines are written now: (number in LOOPS, iterations done)
         self.depth = 2
         self.count = 0
+        self.python = False  # the python tier's module: array stores stay slice assignments (one NumPy call)
 
     # -- names and lines ---------------------------------------------------
     def fresh(self, prefix="t"):
@@ -123,10 +124,27 @@ class Emitter:
             self.line(f"{dst} = {self.ref(src_atom) if isinstance(src_atom, Var) else num(src_atom.fill)}")
             return
         if isinstance(src_atom, Lit) and src_atom.fill is not None:
-            self.line(f"{dst}.fill({num(src_atom.fill)})")
+            self.line(f"{dst}[:] = {num(src_atom.fill)}")
             return
         idx = self.loops(shape)
         self.line(f"{dst}[{', '.join(idx)}] = {self.elem(src_atom, idx, shape)}")
+        self.end(len(shape))
+
+    def store(self, dst: str, at, value, shape, note=""):
+        """dst[at] = value, an array (an atom, or a buffer's name) of `shape` or broadcast to it, by a loop nest:
+        numba's slice assignment of an array compiles a shape-mismatch error path (string formatting: about 5 s of
+        helper compiles in each compile worker that meets one). `at` gives each axis of dst: an index expression,
+        or (start, step): a range over the next axis of `shape`. `note`: a comment on the store."""
+        if self.python:
+            lengths = iter(shape)
+            sel = [_range(a[0], a[1], next(lengths)) if isinstance(a, tuple) else str(a) for a in at]
+            self.line(f"{dst}[{', '.join(sel)}] = {value if isinstance(value, str) else self.ref(value)}")
+            return
+        idx = self.loops(shape)
+        ranges = iter(idx)
+        parts = [_affine(a[0], a[1], next(ranges)) if isinstance(a, tuple) else str(a) for a in at]
+        src = f"{value}[{', '.join(idx)}]" if isinstance(value, str) else self.elem(value, idx, shape)
+        self.line(f"{dst}[{', '.join(parts)}] = {src}" + (f"  # {note}" if note else ""))
         self.end(len(shape))
 
     def open_loop(self, length, loc, done: str, check=True):
@@ -152,6 +170,20 @@ class Emitter:
     def error(self, message) -> int:
         self.errors.append(message)
         return len(self.errors)
+
+
+def _affine(start, step, i) -> str:
+    """The index start + step * i, as short as it can be written."""
+    at = i if step == 1 else f"{step} * {i}"
+    return at if start == 0 else f"{start} + {at}"
+
+
+def _range(start, step, n) -> str:
+    """The slice of n indices start, start + step, ..."""
+    if step == 1:
+        return f"{start}:{start} + {n}" if isinstance(start, str) else f"{start}:{start + n}"
+    stop = start + n * step
+    return f"{start}:{'' if stop < 0 else stop}:{step}"
 
 
 def loc_text(loc) -> str:

@@ -108,7 +108,7 @@ class Source(Emitter):
         for e in totals:
             start = ACCUMULATORS[e.prim][0]
             if e.out.shape:
-                self.line(f"{self.buffer(e.out)}.fill({start})")
+                self.line(f"{self.buffer(e.out)}[:] = {start}")
             else:
                 self.line(f"{self.define(e.out)} = {start}")
         idx = self.loops(shape[:-1] if 0 not in shape else (0,) * (len(shape) - 1))  # no elements: no loop

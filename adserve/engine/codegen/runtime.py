@@ -66,6 +66,23 @@ stopped = njit(cache=True)(_stopped)  # off the hot path: called once, when the 
 
 
 
+# Array operations whose numba implementations are compiled anew in every process that meets them (each compile
+# worker): np.transpose's pulls in numba's slice-assignment error path and its string formatting, ~2 s of
+# helper compiles; ascontiguousarray + reshape ~0.5 s. Called through these, they are compiled once per
+# signature on a machine and loaded from numba's cache after (the python tier calls the originals). Not `fill`:
+# called so, it cost Helmholtz n=1000's gradient kernel 6% of its run time (a call LLVM cannot see through);
+# kernels write `a[:] = x`, which compiles no helper.
+def _transposed(x, perm):
+    return np.transpose(x, perm)
+
+
+def _reshaped(x, shape):
+    return np.ascontiguousarray(x).reshape(shape)
+
+
+transposed, reshaped = (njit(cache=True, nogil=True)(f) for f in (_transposed, _reshaped))
+
+
 def matmul(a, b, out):
     """out = a @ b (2-D, out C-contiguous); the python tier's, and numba's below."""
     np.matmul(a, b, out=out)

@@ -55,7 +55,10 @@ def loop(s, e):
         _bind(s, v, f"{s.ref(x)}[{k}]")
     s.graph(body)
     for yb, y in zip(ybufs, body.outputs[ncar:]):
-        s.line(f"{yb}[{k}] = {s.ref(y) if isinstance(y, Var) or y.shape else num(y.fill)}")
+        if y.shape:
+            s.store(yb, [k, *[(0, 1)] * len(y.shape)], y, y.shape)
+        else:
+            s.line(f"{yb}[{k}] = {s.ref(y) if isinstance(y, Var) else num(y.fill)}")
     _carry_on(s, body, body.outputs[:ncar], carries)
     s.close_loop()
     s.depth -= 1
@@ -136,7 +139,11 @@ def while_(s, e):
         s.line(f"if {it} % {every} == 0:")
         s.depth += 1
     for r, c, init in zip(rows, carries, inits):
-        s.line(f"{r}[{it} // {every}] = {c}" if every > 1 else f"{r}[{it}] = {c}")
+        row = f"{it} // {every}" if every > 1 else it
+        if init.shape:
+            s.store(r, [row, *[(0, 1)] * len(init.shape)], c, init.shape)
+        else:
+            s.line(f"{r}[{row}] = {c}")
     if rows and every > 1:
         s.depth -= 1
     s.graph(body)
@@ -168,11 +175,13 @@ def _carry_on(s, body, new, carries):
         elif aliased:
             t = s.buffer(Var(a.shape), "stage")
             s.copy(t, a, a.shape)
-            assign.append(f"{c}[...] = {t}")
+            assign.append((c, t, a.shape))
         else:
             assign.append((c, a))
     for item in assign:
         if isinstance(item, str):
             s.line(item)
+        elif len(item) == 3:  # from its staging buffer
+            s.store(item[0], [(0, 1)] * len(item[2]), item[1], item[2])
         else:
             s.copy(item[0], item[1], item[1].shape)

@@ -52,7 +52,7 @@ def _accumulate(s: Emitter, e, init, update):
     if scalar:
         s.line(f"{name} = {init}")
     else:
-        s.line(f"{name}.fill({init})")
+        s.line(f"{name}[:] = {init}")
     idx = s.loops(x.shape)
     acc = name if scalar else f"{name}[{', '.join(kept(e, idx))}]"
     for stmt in update(acc, s.elem(x, idx, x.shape)):
@@ -99,7 +99,7 @@ def _logsumexp(s, e):
     s.line(f"{ms}[{', '.join(oi)}] = {m}[{', '.join(oi)}] if {m}[{', '.join(oi)}] - {m}[{', '.join(oi)}] == 0.0 else 0.0")
     s.end(len(out.shape))
     res = s.buffer(out)
-    s.line(f"{res}.fill(0.0)")
+    s.line(f"{res}[:] = 0.0")
     idx = s.loops(x.shape)
     o = ", ".join(kept(e, idx))
     s.line(f"{res}[{o}] += math.exp({s.elem(x, idx, x.shape)} - {ms}[{o}])")
@@ -142,11 +142,17 @@ def _update_slice(s, e):
         s.line(f"{s.define(e.out)} = {s.elem(v, [], ())}")
         return
     name = updated(s, e, x, v)
-    s.line(f"{name}[{index_text(e.params['index'])}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+    index = e.params["index"]
+    if isinstance(v, Lit) and not v.shape:
+        s.line(f"{name}[{index_text(index)}] = {num(v.fill)}")
+        return
+    region = tuple(length for _, length, _ in (i for i in index if not isinstance(i, int)))
+    s.store(name, [i if isinstance(i, int) else (i[0], i[2]) for i in index], v, region)
 
 
 def _dyn_index(s, e, i_atom, length):
-    """Bounds-check a run-time index; a bad one sets `err` (reported after the point) and reads entry 0."""
+    """Bounds-check a run-time index; a bad one sets `err` (reported after the point) and reads entry 0.
+    (the selection along `axis`, the checked index's name)"""
     size = e.params["size"]
     hi = length - (1 if size is None else size)
     k = s.fresh("k")
@@ -158,21 +164,28 @@ def _dyn_index(s, e, i_atom, length):
     s.line(f"    {k} = 0")
     axis = e.params["axis"]
     sel = f"{k}" if size is None else f"{k}:{k} + {size}"
-    return ", ".join([":"] * axis + [sel])
+    return ", ".join([":"] * axis + [sel]), k
 
 
 def _dyn_slice(s, e):
     x, i = e.inputs
-    sel = _dyn_index(s, e, i, x.shape[e.params["axis"]])
+    sel, _ = _dyn_index(s, e, i, x.shape[e.params["axis"]])
     name = s.define(e.out)
     s.line(f"{name} = {s.ref(x)}[{sel}]")
 
 
 def _dyn_update(s, e):
     x, v, i = e.inputs
-    sel = _dyn_index(s, e, i, x.shape[e.params["axis"]])
+    sel, k = _dyn_index(s, e, i, x.shape[e.params["axis"]])
     name = updated(s, e, x, v)
-    s.line(f"{name}[{sel}] = {s.ref(v) if isinstance(v, Var) or v.shape else num(v.fill)}")
+    if isinstance(v, Lit) and not v.shape:
+        s.line(f"{name}[{sel}] = {num(v.fill)}")
+        return
+    axis, size = e.params["axis"], e.params["size"]
+    at = [(0, 1)] * len(x.shape)
+    at[axis] = k if size is None else (k, 1)
+    region = x.shape[:axis] + (() if size is None else (size,)) + x.shape[axis + 1:]
+    s.store(name, at, v, region)
 
 
 def _transpose(s, e):
@@ -182,7 +195,7 @@ def _transpose(s, e):
     if tuple(e.params["perm"]) == (1, 0):  # numba types a C array's .T as F-contiguous (BLAS takes it as it is)
         s.line(f"{name} = {s.ref(e.inputs[0])}.T")
         return
-    s.line(f"{name} = np.transpose({s.ref(e.inputs[0])}, {tuple(e.params['perm'])!r})")
+    s.line(f"{name} = transposed({s.ref(e.inputs[0])}, {tuple(e.params['perm'])!r})")
 
 
 def _reshape(s, e):
@@ -192,10 +205,10 @@ def _reshape(s, e):
         s.line(f"{name} = {s.elem(x, ['0'] * len(x.shape), x.shape)}")
     elif isinstance(x, Lit) and x.fill is not None or not x.shape:
         name = s.buffer(out)
-        s.line(f"{name}.fill({s.elem(x, [], ())})")
+        s.line(f"{name}[:] = {s.elem(x, [], ())}")
     else:
         name = s.define(out)
-        s.line(f"{name} = np.ascontiguousarray({s.ref(x)}).reshape({tuple(out.shape)!r})")
+        s.line(f"{name} = reshaped({s.ref(x)}, {tuple(out.shape)!r})")
 
 
 def _concatenate(s, e):
@@ -204,8 +217,12 @@ def _concatenate(s, e):
     start = 0
     for x in e.inputs:
         n = x.shape[axis]
-        sel = ", ".join([":"] * axis + [f"{start}:{start + n}"])
-        s.line(f"{name}[{sel}] = {s.ref(x) if isinstance(x, Var) or x.fill is None else num(x.fill)}")
+        if isinstance(x, Lit) and x.fill is not None:
+            sel = ", ".join([":"] * axis + [f"{start}:{start + n}"])
+            s.line(f"{name}[{sel}] = {num(x.fill)}")
+        else:
+            s.store(name, [(0, 1)] * axis + [(start, 1)] + [(0, 1)] * (len(x.shape) - axis - 1), x, x.shape,
+                    "concatenate")
         start += n
 
 

@@ -40,6 +40,16 @@ def limit_memory() -> bool:
     return limit > 0
 
 
+# numba's SSA reconstruction recurses once per block up the dominator tree: a kernel of a few hundred loops in a
+# row (a random 1,000-node function's gradient: 278) went deeper than Python's default 1,000 and failed to compile
+RECURSION_LIMIT = 100_000
+
+
+def compile_settings():
+    """Set up this process for compiling kernels (before numba is imported)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+
+
 def load(path: str, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -64,6 +74,7 @@ def main():
     except (OSError, ValueError):
         pass
     limited = limit_memory()
+    compile_settings()
     t = time.perf_counter()
     try:
         threadsafe_layer()  # imports numba
