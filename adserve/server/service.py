@@ -28,6 +28,7 @@ for the calling tenant, in one place.
 import asyncio
 import contextlib
 import hashlib
+import math
 import logging
 import threading
 import time
@@ -193,7 +194,11 @@ class Service:
         key = (fn.id, request.compute, request.wrt)
         if self._plans_run.peek(key) is None:
             # a function without the cost model's counts (a stand-in engine's) is never brief
-            bounded = hasattr(fn, "steps") and request_cost(fn, request.compute, 1) <= self.brief_work
+            cost = request_cost(fn, request.compute, 1) if hasattr(fn, "steps") else math.inf
+            # one the engine would send to an isolation worker (ADSERVE_ISOLATE_WORK set that low) waits on a
+            # pipe: never on the event loop
+            isolation = getattr(self.engine, "isolation", None)
+            bounded = cost <= self.brief_work and (isolation is None or cost < isolation.threshold)
             self._plans_run.put(key, bounded)
 
     def _kept(self, target):

@@ -87,3 +87,22 @@ def test_rest_answers_a_brief_evaluation_on_the_loop_the_same():
         assert r.json()["gradient"]["x1"] == pytest.approx(1 / x1 + 5.0)
         assert "total;dur=" in r.headers["server-timing"] and r.headers["x-adserve-backend"]
     assert counting.threads[2] == second  # /v1/evaluate with the definition: on the loop too
+
+
+def test_never_brief_when_the_engine_would_isolate_it():
+    """With ADSERVE_ISOLATE_WORK under the brief bound, a small evaluation goes to an isolation worker: waiting on
+    its pipe must not happen on the event loop."""
+    from adserve.engine.isolation import WorkerPool, WorkerSpec
+
+    pool = WorkerPool(WorkerSpec(cache_dir=None, nice=0), size=1, threshold=10)
+    s = Service(Engine(isolation=pool), result_cache_bytes=1 << 20)
+    try:
+        fid = s.register(SURVEY)[0]["id"]
+        meta = {}
+        r = s.evaluate(fid, AT, meta)
+        assert np.isclose(r["value"], np.log(2.0) + 10.0 - np.sin(5.0)) and pool.stats()["evaluations"] >= 1, \
+            pool.stats()
+        assert not s.brief(fid, {**AT, "inputs": {"x1": 3.0, "x2": 1.0}})
+    finally:
+        s.close()
+        pool.close()
