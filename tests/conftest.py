@@ -42,10 +42,10 @@ def client(server):
 # (pytest-xdist, a file whole in one) take them first, so two long files run side by side, not one after the
 # other at the end while the other process idles.
 LONGEST_FIRST = ("test_tier_consistency.py", "test_parallel_kernels.py", "test_while_checkpoint.py",
-                 "test_codegen.py", "test_language_functions.py", "test_tiered.py", "test_primitives.py",
-                 "test_faults_e2e.py", "test_gradbench_nested.py", "test_property_graphs.py", "test_while.py",
-                 "test_memory.py", "test_scale_out_e2e.py", "test_deadline.py", "test_int_data.py",
-                 "test_compiled_e2e.py")
+                 "test_while_compiled.py", "test_codegen.py", "test_language_functions.py", "test_tiered.py",
+                 "test_primitives.py", "test_faults_e2e.py", "test_gradbench_nested.py", "test_property_graphs.py",
+                 "test_while.py", "test_memory.py", "test_scale_out_e2e.py", "test_deadline.py",
+                 "test_int_data.py", "test_compiled_e2e.py")
 
 
 def pytest_configure(config):

@@ -1,0 +1,53 @@
+"""The compiled tiers run checkpointed reverse mode through `while` loops as the interpreter does: the plans
+(value, gradient, HVP) of test_while_checkpoint's fixed programs and of programs its hypothesis strategy wrote,
+on the python tier and numba, checked against the interpreter (which test_while_checkpoint checks against JAX).
+A file of its own: its numba compiles are a minute and a half of CPU, which a test process runs beside the
+rest of the suite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_while_checkpoint import CONFUSION, GRAD_GRAD, NESTED, _fixed_random_programs, _random_case, engine, stride
+
+from adserve.engine import main_plan
+
+
+def _plan_and_args(case, point, k, points=3):
+    with stride(k):
+        fn = engine.compile_definition(case.definition())
+        graph, _ = main_plan(fn, frozenset({"value", "gradient", "hvp"}))
+    rng = np.random.default_rng(3)
+    args = [np.stack([np.asarray(point[n]) + 0.05 * rng.standard_normal(fn.input_shapes[n]) for _ in range(points)])
+            for n in fn.input_names]
+    args += [rng.standard_normal((points, *fn.input_shapes[n])) for n in fn.input_names]
+    return graph, args
+
+
+@pytest.mark.compiled
+@pytest.mark.timeout(900)
+def test_compiled_tiers_run_the_checkpointed_schedule_as_the_interpreter():
+    """numba and the python tier run the checkpointed plans (value, gradient, HVP) of the fixed programs and of
+    random while programs as the interpreter does (whose answers test_while_checkpoint checks against JAX): the python
+    tier all of them, numba the nested-loop program and the three small random ones."""
+    from test_codegen import assert_same
+    from test_python_tier import python_or_declined
+
+    cases = [(NESTED, {"x": np.array([0.3, 0.9, -0.2]), "w": np.array(0.8)}, 3),
+             (GRAD_GRAD, {"x": np.array(0.7)}, 2), (CONFUSION, {"x": np.array(1.3)}, 2)]
+    programs = _fixed_random_programs(12)
+    # the 10th: nested while, break, continue, grad inside; the 12th: grad(grad). Too large for numba: their
+    # plans are 5,800 and 11,700 lines of kernel, which took over 15 minutes to compile on a busy 2-core machine
+    large = [(9, 11), (11, 12)]
+    # numba's, of 380-1,400 lines (4-33 s of CPU to compile): the 8th, break and continue; the 4th, a while
+    # nested in a while of a three-part condition; the 9th, grad of the loop inside f, so the HVP is third order
+    small = [(7, 11), (3, 11), (8, 11)]
+    for case, point, k in cases + [(*_random_case(programs[i], s), 2) for i, s in large]:
+        graph, args = _plan_and_args(case, point, k)
+        assert python_or_declined(graph, args, f"checkpointed {case.name}")
+        if case is NESTED:
+            assert_same(graph, args, "checkpointed nested while loops")
+    for i, s in small:
+        graph, args = _plan_and_args(*_random_case(programs[i], s), 2)
+        assert python_or_declined(graph, args, f"checkpointed random while program {i}")
+        assert_same(graph, args, f"checkpointed random while program {i}:\n{programs[i]}")
