@@ -24,13 +24,25 @@ def _plan_and_args(case, point, k, points=3):
     return graph, args
 
 
+def assert_numba_agrees(graph, args, title):
+    """numba's answers are the interpreter's to 1e-12 (measured: bit for bit), so they agree with JAX to the
+    1e-10 that test_while_checkpoint checks the interpreter's at: test_codegen's `assert_same` allows 1e-9."""
+    from engine_helpers import run
+    from test_codegen import compile_kernel, run_kernel
+
+    want = run(graph, args)
+    got = run_kernel(compile_kernel(graph, title.splitlines()[0]), graph, args)
+    for j, (w, g) in enumerate(zip(want, got)):
+        np.testing.assert_allclose(g, np.broadcast_to(w, g.shape), rtol=1e-12, atol=0, equal_nan=True,
+                                   err_msg=f"{title}: output {j}")
+
+
 @pytest.mark.compiled
 @pytest.mark.timeout(900)
 def test_compiled_tiers_run_the_checkpointed_schedule_as_the_interpreter():
     """numba and the python tier run the checkpointed plans (value, gradient, HVP) of the fixed programs and of
     random while programs as the interpreter does (whose answers test_while_checkpoint checks against JAX): the python
     tier all of them, numba the nested-loop program and the three small random ones."""
-    from test_codegen import assert_same
     from test_python_tier import python_or_declined
 
     cases = [(NESTED, {"x": np.array([0.3, 0.9, -0.2]), "w": np.array(0.8)}, 3),
@@ -46,8 +58,8 @@ def test_compiled_tiers_run_the_checkpointed_schedule_as_the_interpreter():
         graph, args = _plan_and_args(case, point, k)
         assert python_or_declined(graph, args, f"checkpointed {case.name}")
         if case is NESTED:
-            assert_same(graph, args, "checkpointed nested while loops")
+            assert_numba_agrees(graph, args, "checkpointed nested while loops")
     for i, s in small:
         graph, args = _plan_and_args(*_random_case(programs[i], s), 2)
         assert python_or_declined(graph, args, f"checkpointed random while program {i}")
-        assert_same(graph, args, f"checkpointed random while program {i}:\n{programs[i]}")
+        assert_numba_agrees(graph, args, f"checkpointed random while program {i}:\n{programs[i]}")
