@@ -155,9 +155,14 @@ def test_a_plan_chosen_for_the_interpreter_runs_there(tier):
     x = {"x": np.array([0.5, 1.0, 2.0]), "A": np.eye(3)}
     which = (backend.plan_key(graph), 1)
     try:
-        for _ in range(8):  # the choice is made on the first runs
+        # a few microseconds: the interpreter cannot win. The choice is made on the first runs' times; beside a
+        # CPU hog one preempted kernel run can make them say otherwise, and the policy's probes (after 16, 32,
+        # ... runs) then correct it: it must settle on numba
+        for _ in range(200):
             compiled.evaluate(fn, x)
-        assert tier.choice(graph) == "numba"  # a few microseconds: the interpreter cannot win
+            if tier.choice(graph) == "numba":
+                break
+        assert tier.choice(graph) == "numba"
         tier.policy.choices[which].on = ("interpreter", None)
         meta = {}
         assert float(compiled.evaluate(fn, x, meta=meta)["value"]) == pytest.approx(5.25 + np.sin([0.5, 1, 2]).sum())
