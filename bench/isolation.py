@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -199,16 +198,6 @@ def section(runs) -> str:
     return "\n".join(out) + "\n"
 
 
-def write(path, text) -> None:
-    doc = open(path).read() if os.path.exists(path) else ""
-    if BEGIN in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", lambda _: text, doc, flags=re.S)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    with open(path, "w") as f:
-        f.write(doc)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.isolation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -235,7 +224,7 @@ def main(argv=None):
             print("p99 / idle p99, per round: " + "; ".join(f"{p} {', '.join(f'{x:.2f}' for x in v)}"
                                                           for p, v in ratios.items()))
     if args.write:
-        write(args.write, section(runs))
+        sections.write_section(args.write, BEGIN, END, section(runs))
         print(f"wrote {args.write}")
 
 
