@@ -1,6 +1,6 @@
 """Seconds to compiled code: numba's cold compile of generated kernels, split into typing, LLVM and the rest.
 
-    python -m bench.compile_time [--only NAME ...] [--repeats R] [--json OUT] [--timeout S]
+    python -m bench.compile_time [--only NAME ...] [--repeats R] [--json OUT] [--timeout S] [--backend B]
 
 The kernels: random straight-line functions of about 100, 1,000 and 10,000 IR nodes (seeded: the same on every
 run), and real ones: the survey example, Helmholtz n=200 and n=1000, GradBench's gmm (d=2, k=5) and lstm (l=2,
@@ -17,7 +17,13 @@ the kernel is cold, the runtime helpers' cache is as the machine has it, as in p
   passes and its lowering to LLVM IR in Python), each CPU second counted once, in the innermost (typing may
   compile a function it calls, and so run LLVM);
 * `rss_mb`: the process's peak resident memory;
-* `run_us`: the kernel's CPU time for one point (median of batches of calls).
+* `run_us`: the kernel's CPU time for one point (median of batches of calls);
+* `write`: the server's seconds writing the kernel's code (numba source or LLVM IR) before the worker starts.
+
+`--backend auto` (the default) compiles each kernel as the server would: by the direct-LLVM back end when the plan
+is in its scope (codegen/llvm_ir.py), else numba; `numba` or `llvm` force one (llvm: in-scope plans only). The
+`backend` column says which compiled it. The LLVM worker runs llvmlite alone (no numba): its `llvm` column is its
+whole compile (parsing, optimising, machine code); `typing` and `rest` are numba's.
 
 With `--repeats R` every kernel is compiled R times, interleaved (kernel 1..n, then again), and medians are shown
 with their spread (min-max).
@@ -113,15 +119,22 @@ KERNELS = {
 }
 
 
-def kernel_source(name):
-    """(module text, fn IR nodes, plan IR nodes, input arrays in the kernel's order) of kernel `name`."""
+def kernel_source(name, backend="auto"):
+    """(module text, fn IR nodes, plan IR nodes, input arrays in the kernel's order, output shapes, the back end,
+    seconds writing the text) of kernel `name`."""
     from adserve.engine import Engine, main_plan
+    from adserve.engine.codegen import llvm_ir, llvm_kernel
     from adserve.engine.codegen.module import kernel_module
     defn, inputs, wrt = KERNELS[name]()
     fn = Engine().compile_definition(defn)
     graph, _ = main_plan(fn, frozenset({"value", "gradient"}), wrt)
     args = [np.asarray(inputs[n], dtype=np.float64) for n in fn.input_names]
-    return kernel_module(graph, name), fn.n_nodes, graph.n_nodes(), args, [tuple(a.shape) for a in graph.outputs]
+    if backend == "auto":
+        backend = "numba" if llvm_ir.declined(graph) else "llvm"
+    t = time.process_time()
+    src = llvm_kernel.module_text(graph, "ct", name) if backend == "llvm" else kernel_module(graph, name)
+    write = time.process_time() - t
+    return src, fn.n_nodes, graph.n_nodes(), args, [tuple(a.shape) for a in graph.outputs], backend, write
 
 
 # -- the child: one cold compile ---------------------------------------------------------------------
@@ -134,6 +147,8 @@ def child(path, spec_path):
     """Compile the module at `path` and print its measurements (CPU seconds: the machine may be shared)."""
     import resource
 
+    if path.endswith(".ll"):
+        return child_llvm(path, spec_path)
     from adserve.engine.codegen.worker import compile_settings
     compile_settings()  # as the compile worker does, before numba is imported
     import numba  # noqa: F401
@@ -188,6 +203,24 @@ def child(path, spec_path):
     print("RESULT " + json.dumps(out), flush=True)
 
 
+def child_llvm(path, spec_path):
+    """The LLVM back end's compile, as its worker does it (llvmlite alone), and the load the server does."""
+    import resource
+
+    from adserve.engine.codegen import llvm_kernel
+    t1 = time.process_time()
+    llvm_kernel.compile_file(path)
+    t2 = time.process_time()
+    mod = llvm_kernel.LlvmModule(path)
+    wall = time.time() - spec_spawned(spec_path)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    spec = json.load(open(spec_path))
+    run_us = _run_time(mod, spec)
+    out = {"wall": wall, "total": ru.ru_utime + ru.ru_stime, "load": t2 - t1, "typing": 0.0, "llvm": t2 - t1,
+           "rest": 0.0, "rss_mb": ru.ru_maxrss / 1024, "run_us": run_us}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
 def _run_time(mod, spec, budget=0.3):
     from adserve.engine.deadline import FLAG_SLOTS
     data = np.load(spec["args"])
@@ -216,7 +249,8 @@ def _run_time(mod, spec, budget=0.3):
 def compile_cold(src, args, outs, timeout):
     """One fresh process compiling `src` in a fresh directory: the child's measurements."""
     with tempfile.TemporaryDirectory(prefix="adserve-ct-") as d:
-        path = os.path.join(d, f"gen_ct_{os.getpid()}_{time.monotonic_ns()}.py")
+        ext = ".llvm.ll" if src.startswith("; adserve") else ".py"
+        path = os.path.join(d, f"gen_ct_{os.getpid()}_{time.monotonic_ns()}{ext}")
         with open(path, "w") as f:
             f.write(src)
         np.savez(os.path.join(d, "args.npz"), **{f"a{j}": a for j, a in enumerate(args)})
@@ -240,7 +274,7 @@ def compile_cold(src, args, outs, timeout):
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIELDS = ("wall", "total", "typing", "llvm", "rest", "rss_mb", "run_us")
+FIELDS = ("wall", "total", "typing", "llvm", "rest", "rss_mb", "run_us", "write")
 
 
 def _cell(vals, field):
@@ -259,6 +293,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=400)
     ap.add_argument("--json")
+    ap.add_argument("--backend", choices=("auto", "numba", "llvm"), default="auto")
     a = ap.parse_args(argv)
     if a.child:
         return child(*a.child)
@@ -266,21 +301,23 @@ def main(argv=None):
     names = a.only or list(KERNELS)
     sources = {}
     for n in names:
-        src, fn_nodes, plan_nodes, args, outs = kernel_source(n)
-        sources[n] = (src, args, outs)
-        print(f"{n}: function {fn_nodes} IR nodes, plan {plan_nodes}, {src.count(chr(10))} lines, "
-              f"{src.count(' for ')} loops", flush=True)
+        src, fn_nodes, plan_nodes, args, outs, backend, write = kernel_source(n, a.backend)
+        sources[n] = (src, args, outs, backend, write)
+        loops = src.count(".l:\n") if backend == "llvm" else src.count(" for ")
+        print(f"{n}: function {fn_nodes} IR nodes, plan {plan_nodes}, {backend}: {src.count(chr(10))} lines, "
+              f"{loops} loops, written in {write:.2f} s", flush=True)
     results = {n: [] for n in names}
     for r in range(a.repeats):
         for n in names:
-            src, args, outs = sources[n]
+            src, args, outs, backend, write = sources[n]
             res = compile_cold(src, args, outs, a.timeout)
+            res["write"] = write
             results[n].append(res)
             print(f"  [{r + 1}/{a.repeats}] {n}: " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()), flush=True)
-    print("\n| kernel | " + " | ".join(FIELDS) + " |")
-    print("|---" * (len(FIELDS) + 1) + "|")
+    print("\n| kernel | backend | " + " | ".join(FIELDS) + " |")
+    print("|---" * (len(FIELDS) + 2) + "|")
     for n in names:
-        print(f"| {n} | " + " | ".join(_cell(results[n], f) for f in FIELDS) + " |")
+        print(f"| {n} | {sources[n][3]} | " + " | ".join(_cell(results[n], f) for f in FIELDS) + " |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -185,7 +185,8 @@ def _sum_to_impl(x, shape):
 register(Prim("broadcast_to", _bcast_shape, _bcast_impl,
               linear=Linear(lambda g, xs, shape: [op.sum_to(g, shape=xs[0].shape)]), arity=1,
               normalize=lambda shapes, p: {"shape": tuple(p["shape"])}, params=(("shape", "shape"),),
-              template="{0}", doc="x broadcast to `shape`, as NumPy broadcasts"))
+              template="{0}", ir="%{t}r = fadd double {0}, -0.0",  # x + -0.0 is x: LLVM folds it away
+              doc="x broadcast to `shape`, as NumPy broadcasts"))
 register(Prim("sum_to", _sum_to_shape, _sum_to_impl,
               linear=Linear(lambda g, xs, shape: [op.broadcast_to(g, shape=xs[0].shape)]), arity=1,
               normalize=lambda shapes, p: {"shape": tuple(p["shape"])}, params=(("shape", "shape"),),

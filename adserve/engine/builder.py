@@ -63,6 +63,9 @@ class Prim:
     params: tuple = ()  # ((name, kind), ...) as a graph-JSON node spells them (kinds: frontends/graph_json.py)
     template: Optional[str] = None  # element-wise: numba source of one element, "math.sin({0})"
     helper: Optional[Callable] = None  # plain-Python scalar function `template` calls by its __name__
+    # element-wise: the same element as LLVM IR (codegen/llvm_ir.py), the operations numba emits for `template`;
+    # a row without one keeps its plans on numba
+    ir: Optional[str] = None
 
     def __post_init__(self):
         if self.linear is not None:

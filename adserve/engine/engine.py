@@ -57,14 +57,15 @@ class Engine:
         limits = Limits.from_settings(settings)
         if settings.compile:
             backend = Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds,
-                             python=settings.python_tier, compile_memory=settings.compile_memory_bytes)
+                             python=settings.python_tier, compile_memory=settings.compile_memory_bytes,
+                             llvm=settings.llvm_kernels)
         else:
             backend = Interpreter()
         pool = None
         if settings.isolate_workers > 0:
             spec = WorkerSpec(limits, str(settings.cache_dir) if settings.compile else None, settings.compile,
                               settings.compile_timeout_seconds, settings.python_tier, settings.compile_memory_bytes,
-                              settings.worker_memory_bytes, settings.isolate_nice)
+                              settings.worker_memory_bytes, settings.isolate_nice, settings.llvm_kernels)
             pool = WorkerPool(spec, settings.isolate_workers, settings.isolate_work)
         return cls(backend, limits, pool)
 

@@ -64,6 +64,7 @@ class WorkerSpec:
     compile_memory: int = 1 << 30  # RLIMIT_AS of its compile workers; 0: none
     memory_bytes: int = 2 << 30  # RLIMIT_AS of the worker process; 0: none
     nice: int = 5
+    llvm: bool = True  # plans in the direct-LLVM back end's scope compiled by it (ADSERVE_LLVM_KERNELS)
 
 
 def request_cost(fn, compute, points: int) -> float:

@@ -39,7 +39,7 @@ def _engine(spec):
         backend = Interpreter()
     else:
         backend = Tiered(spec.cache_dir, compile=spec.compile, compile_timeout=spec.compile_timeout,
-                         python=spec.python, workers=1, compile_memory=spec.compile_memory)
+                         python=spec.python, workers=1, compile_memory=spec.compile_memory, llvm=spec.llvm)
     engine = Engine(backend, spec.limits)
     engine.preload()  # numba and the kernels used last, in the background, as the server does
     if spec.memory_bytes:

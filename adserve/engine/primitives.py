@@ -136,6 +136,77 @@ def elementwise(name, impl, *partials, arity=None, nondiff=False, **row):
     register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=arity, **row))
 
 
+
+# -- LLVM IR of one element (the direct-LLVM back end, codegen/llvm_ir.py) --------------------------------
+# `{0}`.. are the operands, `%{t}` prefixes the element's own names and `%{t}r` is its value. Each is what numba
+# emits for the row's `template` (the same LLVM intrinsic or libm call, the helper's comparisons as selects), so
+# both back ends compute the same bits; no fast-math flags, as the numba kernels.
+def _ir_call(fn, arity=1):
+    return f"%{{t}}r = call double @{fn}({', '.join(f'double {{{i}}}' for i in range(arity))})"
+
+
+def _ir_op(instr):
+    return f"%{{t}}r = {instr} double {{0}}, {{1}}"
+
+
+def _ir_cmp(cond):
+    return f"%{{t}}c = fcmp {cond} double {{0}}, {{1}}\n%{{t}}r = select i1 %{{t}}c, double 1.0, double 0.0"
+
+
+def _ir_pick(cond, a="{0}", b="{1}", out="r"):
+    """a if a (cond) b or a is NaN else b: the helpers maximum and minimum (NumPy's NaN and tie rules)."""
+    return (f"%{{t}}{out}1 = fcmp {cond} double {a}, {b}\n%{{t}}{out}2 = fcmp uno double {a}, {a}\n"
+            f"%{{t}}{out}3 = or i1 %{{t}}{out}1, %{{t}}{out}2\n"
+            f"%{{t}}{out} = select i1 %{{t}}{out}3, double {a}, double {b}")
+
+
+# the stable forms compute exp once, of the argument their branch would take (the same operations, no branch)
+_IR_SIGMOID = """%{t}c = fcmp oge double {0}, 0.0
+%{t}n = fneg double {0}
+%{t}m = select i1 %{t}c, double %{t}n, double {0}
+%{t}e = call double @llvm.exp.f64(double %{t}m)
+%{t}d = fadd double 1.0, %{t}e
+%{t}u = select i1 %{t}c, double 1.0, double %{t}e
+%{t}r = fdiv double %{t}u, %{t}d"""
+_IR_SOFTPLUS = """%{t}c = fcmp ogt double {0}, 0.0
+%{t}n = fneg double {0}
+%{t}m = select i1 %{t}c, double %{t}n, double {0}
+%{t}e = call double @llvm.exp.f64(double %{t}m)
+%{t}l = call double @log1p(double %{t}e)
+%{t}s = fadd double {0}, %{t}l
+%{t}r = select i1 %{t}c, double %{t}s, double %{t}l"""
+_IR_SIGN = """%{t}p = fcmp ogt double {0}, 0.0
+%{t}n = fcmp olt double {0}, 0.0
+%{t}m = select i1 %{t}n, double -1.0, double {0}
+%{t}r = select i1 %{t}p, double 1.0, double %{t}m"""
+_IR_CBRT = """%{t}z = fcmp oeq double {0}, 0.0
+%{t}d = fsub double {0}, {0}
+%{t}f = fcmp une double %{t}d, 0.0
+%{t}s = or i1 %{t}z, %{t}f
+%{t}a = call double @llvm.fabs.f64(double {0})
+%{t}y = call double @llvm.pow.f64(double %{t}a, double 0x3FD5555555555555)
+%{t}y2 = fmul double %{t}y, %{t}y
+%{t}y3 = fmul double %{t}y2, %{t}y
+%{t}n = fsub double %{t}y3, %{t}a
+%{t}q = fmul double 3.0, %{t}y
+%{t}q2 = fmul double %{t}q, %{t}y
+%{t}v = fdiv double %{t}n, %{t}q2
+%{t}w = fsub double %{t}y, %{t}v
+%{t}c = call double @llvm.copysign.f64(double %{t}w, double {0})
+%{t}r = select i1 %{t}s, double {0}, double %{t}c"""
+_IR_LOGADDEXP = """%{t}e = fcmp oeq double {0}, {1}
+%{t}s = fadd double {0}, 0x3FE62E42FEFA39EF
+""" + _ir_pick("ogt", out="m") + """
+%{t}d = fsub double {0}, {1}
+%{t}a = call double @llvm.fabs.f64(double %{t}d)
+%{t}n = fneg double %{t}a
+%{t}x = call double @llvm.exp.f64(double %{t}n)
+%{t}l = call double @log1p(double %{t}x)
+%{t}o = fadd double %{t}m, %{t}l
+%{t}r = select i1 %{t}e, double %{t}s, double %{t}o"""
+_IR_CLIP = _ir_pick("ogt", out="m") + "\n" + _ir_pick("olt", "%{t}m", "{2}")
+
+
 def _sigmoid(x):
     out = np.empty_like(x)
     pos = x >= 0
@@ -155,56 +226,88 @@ def _special(fn):
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 elementwise("neg", np.negative, linear=Linear(lambda g, xs: [-g]), lang=(), template="-{0}", signature="-x",
+            ir="%{t}r = fneg double {0}",
             doc="negation")
-elementwise("sin", np.sin, lambda x, a: op.cos(x), template="math.sin({0})", doc="sine")
-elementwise("cos", np.cos, lambda x, a: -op.sin(x), template="math.cos({0})", doc="cosine")
-elementwise("tan", np.tan, lambda x, a: 1.0 + a * a, template="math.tan({0})", doc="tangent")
+elementwise("sin", np.sin, lambda x, a: op.cos(x), template="math.sin({0})", ir=_ir_call("llvm.sin.f64"),
+            doc="sine")
+elementwise("cos", np.cos, lambda x, a: -op.sin(x), template="math.cos({0})", ir=_ir_call("llvm.cos.f64"),
+            doc="cosine")
+elementwise("tan", np.tan, lambda x, a: 1.0 + a * a, template="math.tan({0})", ir=_ir_call("tan"),
+            doc="tangent")
 elementwise("arcsin", np.arcsin, lambda x, a: 1.0 / op.sqrt(1.0 - x * x), template="math.asin({0})",
+            ir=_ir_call("asin"),
             doc="inverse sine, for x in [-1, 1]")
 elementwise("arccos", np.arccos, lambda x, a: -1.0 / op.sqrt(1.0 - x * x), template="math.acos({0})",
+            ir=_ir_call("acos"),
             doc="inverse cosine, for x in [-1, 1]")
-elementwise("arctan", np.arctan, lambda x, a: 1.0 / (1.0 + x * x), template="math.atan({0})", doc="inverse tangent")
-elementwise("sinh", np.sinh, lambda x, a: op.cosh(x), template="math.sinh({0})", doc="hyperbolic sine")
-elementwise("cosh", np.cosh, lambda x, a: op.sinh(x), template="math.cosh({0})", doc="hyperbolic cosine")
-elementwise("tanh", np.tanh, lambda x, a: 1.0 - a * a, template="math.tanh({0})", doc="hyperbolic tangent")
-elementwise("exp", np.exp, lambda x, a: a, template="math.exp({0})", doc="e to the x")
-elementwise("expm1", np.expm1, lambda x, a: a + 1.0, template="math.expm1({0})", doc="exp(x) - 1, exact for small x")
-elementwise("log", np.log, lambda x, a: 1.0 / x, template="math.log({0})", doc="natural logarithm")
+elementwise("arctan", np.arctan, lambda x, a: 1.0 / (1.0 + x * x), template="math.atan({0})", ir=_ir_call("atan"),
+            doc="inverse tangent")
+elementwise("sinh", np.sinh, lambda x, a: op.cosh(x), template="math.sinh({0})", ir=_ir_call("sinh"),
+            doc="hyperbolic sine")
+elementwise("cosh", np.cosh, lambda x, a: op.sinh(x), template="math.cosh({0})", ir=_ir_call("cosh"),
+            doc="hyperbolic cosine")
+elementwise("tanh", np.tanh, lambda x, a: 1.0 - a * a, template="math.tanh({0})", ir=_ir_call("tanh"),
+            doc="hyperbolic tangent")
+elementwise("exp", np.exp, lambda x, a: a, template="math.exp({0})", ir=_ir_call("llvm.exp.f64"),
+            doc="e to the x")
+elementwise("expm1", np.expm1, lambda x, a: a + 1.0, template="math.expm1({0})", ir=_ir_call("expm1"),
+            doc="exp(x) - 1, exact for small x")
+elementwise("log", np.log, lambda x, a: 1.0 / x, template="math.log({0})", ir=_ir_call("llvm.log.f64"),
+            doc="natural logarithm")
 elementwise("log1p", np.log1p, lambda x, a: 1.0 / (1.0 + x), template="math.log1p({0})",
+            ir=_ir_call("log1p"),
             doc="log(1 + x), exact for small x")
-elementwise("sqrt", np.sqrt, lambda x, a: 0.5 / a, template="math.sqrt({0})", doc="square root")
+elementwise("sqrt", np.sqrt, lambda x, a: 0.5 / a, template="math.sqrt({0})", ir=_ir_call("sqrt"),
+            doc="square root")
 elementwise("abs", np.abs, lambda x, a: op.sign(x), template="abs({0})",
+            ir=_ir_call("llvm.fabs.f64"),
             doc="absolute value; derivative sign(x), which is 0 at x = 0")
 elementwise("sign", np.sign, nondiff=True, template="sign({0})", helper=sign,
+            ir=_IR_SIGN,
             doc="-1, 0 or 1 (0 at 0); derivative 0")
 elementwise("sigmoid", _sigmoid, lambda x, a: a * (1.0 - a), template="sigmoid({0})", helper=sigmoid,
+            ir=_IR_SIGMOID,
             doc="1 / (1 + exp(-x)), without overflow for large |x|")
 elementwise("softplus", lambda x: np.logaddexp(0.0, x), lambda x, a: op.sigmoid(x), template="softplus({0})",
-            helper=softplus, doc="log(1 + exp(x)), without overflow for large |x|")
+            helper=softplus, ir=_IR_SOFTPLUS,
+            doc="log(1 + exp(x)), without overflow for large |x|")
 
 elementwise("erf", _special("erf"), lambda x, a: _TWO_OVER_SQRT_PI * op.exp(-(x * x)), template="math.erf({0})",
+            ir=_ir_call("erf"),
             doc="the error function")
 elementwise("erfc", _special("erfc"), lambda x, a: -_TWO_OVER_SQRT_PI * op.exp(-(x * x)),
-            template="math.erfc({0})", doc="1 - erf(x), accurate where erf(x) is near 1")
+            template="math.erfc({0})", ir=_ir_call("erfc"),
+            doc="1 - erf(x), accurate where erf(x) is near 1")
 elementwise("log2", np.log2, lambda x, a: 1.0 / (x * math.log(2.0)), template="math.log2({0})",
+            ir=_ir_call("log2"),
             doc="base-2 logarithm")
 elementwise("log10", np.log10, lambda x, a: 1.0 / (x * math.log(10.0)), template="math.log10({0})",
+            ir=_ir_call("llvm.log10.f64"),
             doc="base-10 logarithm")
-elementwise("exp2", np.exp2, lambda x, a: a * math.log(2.0), template="(2.0 ** {0})", doc="2 to the x")
+elementwise("exp2", np.exp2, lambda x, a: a * math.log(2.0), template="(2.0 ** {0})", ir="%{t}r = call double @llvm.pow.f64(double 2.0, double {0})",
+            doc="2 to the x")
 elementwise("cbrt", np.cbrt, lambda x, a: 1.0 / (3.0 * a * a), template="cbrt({0})", helper=cbrt,
+            ir=_IR_CBRT,
             doc="cube root, real for negative x; its derivative is infinite at 0")
 elementwise("arcsinh", np.arcsinh, lambda x, a: 1.0 / op.sqrt(x * x + 1.0), template="math.asinh({0})",
+            ir=_ir_call("asinh"),
             doc="inverse hyperbolic sine")
 elementwise("arccosh", np.arccosh, lambda x, a: 1.0 / (op.sqrt(x - 1.0) * op.sqrt(x + 1.0)),
-            template="math.acosh({0})", doc="inverse hyperbolic cosine, for x >= 1")
+            template="math.acosh({0})", ir=_ir_call("acosh"),
+            doc="inverse hyperbolic cosine, for x >= 1")
 elementwise("arctanh", np.arctanh, lambda x, a: 1.0 / (1.0 - x * x), template="math.atanh({0})",
+            ir=_ir_call("atanh"),
             doc="inverse hyperbolic tangent, for x in (-1, 1)")
-elementwise("square", np.square, lambda x, a: 2.0 * x, template="({0} * {0})", doc="x * x")
+elementwise("square", np.square, lambda x, a: 2.0 * x, template="({0} * {0})", ir="%{t}r = fmul double {0}, {0}",
+            doc="x * x")
 elementwise("floor", np.floor, nondiff=True, template="np.floor({0})",
+            ir=_ir_call("llvm.floor.f64"),
             doc="the largest integer <= x; derivative 0, at the jumps too")
 elementwise("ceil", np.ceil, nondiff=True, template="np.ceil({0})",
+            ir=_ir_call("llvm.ceil.f64"),
             doc="the smallest integer >= x; derivative 0, at the jumps too")
 elementwise("round", np.rint, nondiff=True, template="np.rint({0})",
+            ir=_ir_call("llvm.rint.f64"),
             doc="the nearest integer, halves to even (as NumPy: round(2.5) is 2); derivative 0, at the jumps too")
 
 
@@ -233,31 +336,42 @@ def _min_d(first):
 
 
 elementwise("add", np.add, arity=2, linear=Linear(lambda g, xs: [g, g], signs=(1, 1)), lang=(),
-            template="{0} + {1}", signature="a + b", doc="addition")
+            template="{0} + {1}", signature="a + b", ir=_ir_op("fadd"),
+            doc="addition")
 elementwise("sub", np.subtract, arity=2, linear=Linear(lambda g, xs: [g, -g], signs=(1, -1)), lang=(),
-            template="{0} - {1}", signature="a - b", doc="subtraction")
+            template="{0} - {1}", signature="a - b", ir=_ir_op("fsub"),
+            doc="subtraction")
 elementwise("mul", np.multiply, lambda a, b, y: b, lambda a, b, y: a, lang=(), template="{0} * {1}",
-            signature="a * b", doc="multiplication")
+            signature="a * b", ir=_ir_op("fmul"),
+            doc="multiplication")
 elementwise("div", np.divide, lambda a, b, y: 1.0 / b, lambda a, b, y: -y / b, lang=(), template="{0} / {1}",
-            signature="a / b", doc="division")
+            signature="a / b", ir=_ir_op("fdiv"),
+            doc="division")
 elementwise("pow", np.power, _pow_da, _pow_db, template="{0} ** {1}", signature="pow(a, b), a ** b",
+            ir=_ir_call("llvm.pow.f64", 2),
             doc="a to the power b; d/da is 0 where b = 0, d/db is 0 where a = 0")
 elementwise("arctan2", np.arctan2, lambda a, b, y: b / (a * a + b * b), lambda a, b, y: -a / (a * a + b * b),
-            template="math.atan2({0}, {1})", signature="arctan2(y, x)", doc="angle of the point (x, y)")
+            template="math.atan2({0}, {1})", signature="arctan2(y, x)", ir=_ir_call("atan2", 2),
+            doc="angle of the point (x, y)")
 elementwise("hypot", np.hypot, lambda a, b, y: a / y, lambda a, b, y: b / y, template="math.hypot({0}, {1})",
+            ir=_ir_call("hypot", 2),
             doc="sqrt(a**2 + b**2) without overflow for large inputs")
 elementwise("maximum", np.maximum, _max_d(True), _max_d(False), template="maximum({0}, {1})", helper=maximum,
+            ir=_ir_pick("ogt"),
             doc="the larger of a and b (NaN if either is); at a tie each gets half the derivative")
 elementwise("minimum", np.minimum, _min_d(True), _min_d(False), template="minimum({0}, {1})", helper=minimum,
+            ir=_ir_pick("olt"),
             doc="the smaller of a and b (NaN if either is); at a tie each gets half the derivative")
 elementwise("logaddexp", np.logaddexp, lambda a, b, y: op.exp(a - y), lambda a, b, y: op.exp(b - y),
             template="({0} + 0.6931471805599453) if {0} == {1} else "
                      "maximum({0}, {1}) + math.log1p(math.exp(-abs({0} - {1})))",
+            ir=_IR_LOGADDEXP,
             doc="log(exp(a) + exp(b)) without overflow; d/da is exp(a - logaddexp(a, b))")
-for _name, _fn, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),
-                         ("ge", np.greater_equal, ">="), ("eq", np.equal, "=="), ("ne", np.not_equal, "!=")):
+for _name, _fn, _sym, _cond in (("lt", np.less, "<", "olt"), ("le", np.less_equal, "<=", "ole"),
+                                ("gt", np.greater, ">", "ogt"), ("ge", np.greater_equal, ">=", "oge"),
+                                ("eq", np.equal, "==", "oeq"), ("ne", np.not_equal, "!=", "une")):
     elementwise(_name, lambda a, b, _fn=_fn: _fn(a, b).astype(np.float64), arity=2, nondiff=True, lang=(),
-                template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b",
+                template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b", ir=_ir_cmp(_cond),
                 doc="comparison: 1.0 if true, else 0.0; derivative 0")
 
 
@@ -274,6 +388,7 @@ def _clip_dlo(x, lo, hi, ans):
 elementwise("clip", lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), _clip_dx, _clip_dlo,
             lambda x, lo, hi, ans: _min_d(False)(op.maximum(x, lo), hi, ans),
             template="minimum(maximum({0}, {1}), {2})", signature="clip(x, lo, hi)",
+            ir=_IR_CLIP,
             doc="minimum(maximum(x, lo), hi), and differentiated as that: where x is at a bound, "
                 "x and the bound each get half the derivative")
 
@@ -293,4 +408,5 @@ def _where_jvp(ts, xs, ans):
 register(Prim("where", lambda sc, sa, sb: broadcast_shape(sc, sa, sb), _where_impl, _where_jvp,
               lambda g, xs, ans: [None, op.where(xs[0], g, 0.0), op.where(xs[0], 0.0, g)], arity=3,
               lang=("where",), signature="where(c, a, b)", template="{1} if {0} != 0.0 else {2}",
+              ir="%{t}c = fcmp une double {0}, 0.0\n%{t}r = select i1 %{t}c, double {1}, double {2}",
               doc="a where c != 0, else b; the derivative flows to the branch taken, none to c"))

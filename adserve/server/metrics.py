@@ -114,6 +114,8 @@ class _ServiceCollector:
                                   value=e["probes"])
         yield CounterMetricFamily("adserve_parallel_kernel_compiles", "Parallel batch variants compiled",
                                   value=e["parallel_compiles"])
+        yield CounterMetricFamily("adserve_llvm_kernel_compiles", "Kernels compiled by the direct-LLVM back end (the "
+                                  "other compiles: numba)", value=e["llvm_compiles"])
         yield CounterMetricFamily("adserve_parallel_kernel_failures", "Parallel batch variants that failed, timed "
                                   "out or could not load (their plans stay on the serial kernel)",
                                   value=e["parallel_failures"])

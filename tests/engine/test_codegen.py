@@ -26,7 +26,7 @@ from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
 
 from adserve.engine import Engine, main_plan
-from adserve.engine.codegen import schedule
+from adserve.engine.codegen import llvm_ir, llvm_kernel, schedule
 from adserve.engine.codegen.module import kernel_module
 from adserve.engine.ir import Lit
 from adserve.engine.codegen.worker import NICE, load
@@ -72,13 +72,23 @@ def groups(specs, max_specs=14, max_loops=24):
 GROUPS = groups(SPECS)
 
 
-def compile_kernel(graph, title, parallel=False):
-    """The kernel module of `graph` (`parallel`: its batch variant), compiled once per machine into CACHE.
+# the compiled tier as the server builds it: plans in the direct-LLVM back end's scope by it (ADSERVE_LLVM_KERNELS=0:
+# every plan by numba, as before)
+LLVM = os.environ.get("ADSERVE_LLVM_KERNELS", "1").lower() not in ("0", "false", "no", "off")
+
+
+def compile_kernel(graph, title, parallel=False, llvm=None):
+    """The kernel module of `graph` (`parallel`: its batch variant), compiled once per machine into CACHE: by the
+    direct-LLVM back end when the plan is in its scope (`llvm` None: as the server chooses), else numba.
     Test files run in processes of their own at once (test_tier_consistency compiles test_codegen's groups):
     a lock per kernel makes the second wait for the first's compile and load numba's cache, not compile again."""
     os.makedirs(CACHE, exist_ok=True)
     src = kernel_module(graph, title, parallel=parallel)
     key = hashlib.sha256(src.encode()).hexdigest()[:24]
+    if llvm is None:
+        llvm = LLVM and not parallel and not llvm_ir.declined(graph)
+    if llvm:
+        return compile_llvm(graph, title, key)
     path = os.path.join(CACHE, f"gen_{key}.py")
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -87,6 +97,19 @@ def compile_kernel(graph, title, parallel=False):
                 f.write(src)
             os.replace(path + ".tmp", path)
         return load(path, f"gen_{key}")
+
+
+def compile_llvm(graph, title, key):
+    """The LLVM back end's kernel of `graph`, compiled in this process (llvmlite alone) once per machine."""
+    ll, obj = llvm_kernel.paths(CACHE, key)
+    with open(ll + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(obj):
+            with open(ll + ".tmp", "w") as f:
+                f.write(llvm_kernel.module_text(graph, key, title))
+            os.replace(ll + ".tmp", ll)
+            llvm_kernel.compile_file(ll)
+        return llvm_kernel.LlvmModule(ll)
 
 
 def run_kernel(mod, graph, args):

@@ -53,6 +53,8 @@ class TierStats:
     switches: int = 0          # choices changed later by fresh timings (a probe of another tier, or a new tier)
     probes: int = 0            # runs on a tier other than the chosen one, to re-time it
     parallel_compiles: int = 0   # of compiles, parallel batch variants
+    llvm_compiles: int = 0       # of compiles, kernels the direct-LLVM back end built (the others: numba)
+    llvm_compile_seconds: float = 0.0  # of compile_seconds, theirs
     parallel_compile_seconds: float = 0.0  # of compile_seconds, theirs
     parallel_failures: int = 0   # parallel variants that failed, timed out or could not load (plans stay serial)
     parallel_disabled: str = ""  # why parallel variants are off in this process ("" while they are not)

@@ -86,6 +86,8 @@ def call_kernel(kernel, errors, plan: PlanMeta, B: int, args, deadline=None, loo
         if status == STOPPED_STATUS:
             raise stopped_in_kernel(deadline, stop, B, loops, tier)
         message = errors[status - 1]
+        if message.startswith("out of memory"):  # an LLVM kernel's workspace (the engine answers too_large)
+            raise MemoryError(message)
         raise EvaluationError(message, code="while_limit" if "ADSERVE_MAX_WHILE_ITERATIONS" in message
                               else "index_out_of_range")
     return outs

@@ -7,6 +7,11 @@ already on disk load on first use without compiling again, and `preload` loads t
 at start. A compile failure or timeout is logged and counted and leaves the key failed; it never reaches a
 request.
 
+Which compiler builds a plan's kernel is decided per plan before any code is written: the direct-LLVM back end
+(codegen/llvm_ir.py, llvm_kernel.py: seconds where numba takes minutes) for plans in its scope, when `llvm` is on
+(ADSERVE_LLVM_KERNELS), numba for every other plan and for every parallel batch variant. Both are compiled in
+the same worker process and cached on disk under the plan's key; both run as the tier users see as `numba`.
+
 `ready`, `failed` and `pending` (key -> module, key -> why, keys in progress) are for reading; they change
 through `request` (load or compile in the background) and `add` (a loaded module).
 """
@@ -50,6 +55,18 @@ def _peak_bytes(pid: int) -> int:
     return 0
 
 
+def _llvm_usable() -> bool:
+    """Whether this process can run the LLVM back end's kernels (llvmlite, NumPy's array struct as they read it)."""
+    try:
+        import llvmlite.binding  # noqa: F401
+
+        from ..codegen.llvm_kernel import numpy_layout
+        return numpy_layout()
+    except Exception as e:
+        log.warning("the LLVM back end is off: %s: %s", type(e).__name__, e)
+        return False
+
+
 class KernelStore:
     LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
     # a compile whose worker died of a signal (out of memory, an operator) is tried once more after this; a
@@ -57,10 +74,11 @@ class KernelStore:
     RETRY_KILLED_SECONDS = 30.0
 
     def __init__(self, cache_dir: str, stats, compile_timeout: float = 300.0, workers: int | None = None,
-                 compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30):
+                 compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30, llvm=True):
         """`stats`: the backend's `TierStats`, counted into. `quiet(seconds)`: waits (at most that long) for a
         moment with no request running, before a load. `on_load(key)`: called once a module is ready.
-        `memory`: the address space (RLIMIT_AS) of a compile worker, 0 for none."""
+        `memory`: the address space (RLIMIT_AS) of a compile worker, 0 for none. `llvm`: plans in the direct-LLVM
+        back end's scope are compiled by it (else every plan by numba)."""
         self.dir = os.path.join(cache_dir, "kernels")
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -70,6 +88,8 @@ class KernelStore:
         self.timeout = compile_timeout
         self.memory = memory
         self.compile_enabled = compile
+        self.llvm = llvm and _llvm_usable()
+        self.compiler: dict = {}  # serial key -> "llvm" for plans the LLVM back end builds (absent: numba)
         self.parallel = parallel
         self.source = _source  # writes a plan's kernel module (tests may break it on purpose)
         self._quiet = quiet or (lambda seconds: None)
@@ -130,6 +150,10 @@ class KernelStore:
             if missing:  # declined, quietly and once: not a compile failure
                 self.failed[key] = f"interpreter only: no kernel template for {', '.join(sorted(missing))}"
                 return None
+            if self.llvm and not parallel and key not in self.compiler:
+                from ..codegen.llvm_ir import declined
+                if not declined(graph):
+                    self.compiler[key] = "llvm"
             self.pending.add(key)
         if self.on_disk(key):
             self._graphs[key] = graph
@@ -162,9 +186,16 @@ class KernelStore:
         return not self.pending
 
     def path(self, key):
+        """The file the compile worker is given: the numba module, or the LLVM back end's IR text."""
+        if self.compiler.get(key) == "llvm":
+            from ..codegen.llvm_kernel import paths
+            return paths(self.dir, key)[0]
         return os.path.join(self.dir, f"gen_{key}.py")
 
     def on_disk(self, key):
+        if self.compiler.get(key) == "llvm":
+            from ..codegen.llvm_kernel import paths
+            return all(os.path.exists(p) for p in paths(self.dir, key))
         return os.path.exists(self.path(key)) and bool(
             glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.kernel-*.nbi")))
 
@@ -179,7 +210,11 @@ class KernelStore:
             if not os.path.exists(path):
                 tmp = f"{path}.{os.getpid()}.tmp"
                 with open(tmp, "w") as f:
-                    f.write(self.source(graph, f"plan {plan_meta(graph).key}", parallel=parallel))
+                    if self.compiler.get(key) == "llvm":
+                        from ..codegen.llvm_kernel import module_text
+                        f.write(module_text(graph, key, f"plan {key}"))
+                    else:
+                        f.write(self.source(graph, f"plan {plan_meta(graph).key}", parallel=parallel))
                 os.replace(tmp, path)
             t = time.perf_counter()
             # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
@@ -213,6 +248,9 @@ class KernelStore:
             if parallel:
                 self.stats.parallel_compiles += 1
                 self.stats.parallel_compile_seconds += seconds
+            if self.compiler.get(key) == "llvm":
+                self.stats.llvm_compiles += 1
+                self.stats.llvm_compile_seconds += seconds
             log.info("kernel %s compiled in %.2f s", key, seconds)
             self._load(key)
         except Exception as e:  # a compile problem must never reach a request
@@ -286,7 +324,9 @@ class KernelStore:
     def _discard(self, key) -> bool:
         """Remove a kernel's module and numba cache files; False if they could not all be removed."""
         try:
-            for path in [self.path(key), *glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.*"))]:
+            from ..codegen.llvm_kernel import paths
+            for path in [self.path(key), *paths(self.dir, key),
+                         *glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.*"))]:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
             sys.modules.pop(f"gen_{key}", None)
@@ -302,7 +342,11 @@ class KernelStore:
     def _load(self, key):
         from ..codegen.worker import load
         self._quiet(self.LOAD_WAIT_SECONDS)  # loading holds the interpreter's lock for milliseconds
-        self.add(key, load(self.path(key), f"gen_{key}"))
+        if self.compiler.get(key) == "llvm":
+            from ..codegen.llvm_kernel import LlvmModule
+            self.add(key, LlvmModule(self.path(key)))
+        else:
+            self.add(key, load(self.path(key), f"gen_{key}"))
         self._mark_used(key)
         log.info("kernel %s ready", key)
 
@@ -382,6 +426,13 @@ class KernelStore:
         """Keys of serial kernels on disk for this code generator, most recently used (or compiled) first."""
         from ..codegen.module import CODEGEN_VERSION
         found = []
+        if self.llvm:
+            from ..codegen.llvm_kernel import LLVM_VERSION
+            for path in glob.glob(os.path.join(self.dir, f"gen_*.llvm{LLVM_VERSION}.o")):
+                key = os.path.basename(path)[4:].split(".")[0]
+                with contextlib.suppress(OSError):
+                    found.append((max(os.stat(p).st_mtime for p in (path, self._used_path(key))
+                                      if os.path.exists(p)), key, None))
         for path in glob.glob(os.path.join(self.dir, "gen_*.py")):
             key = os.path.basename(path)[4:-3]
             if is_parallel_key(key):
@@ -398,6 +449,10 @@ class KernelStore:
         for _, key, path in found:
             if len(out) >= limit:
                 break
+            if path is None:  # an LLVM kernel (its file names carry the back end's version)
+                self.compiler[key] = "llvm"
+                out.append(key)
+                continue
             try:
                 with open(path) as f:
                     head = f.read(200)

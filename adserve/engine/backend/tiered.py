@@ -70,14 +70,15 @@ class Tiered(Interpreter):
     QUIET_SECONDS = 0.003
 
     def __init__(self, cache_dir: str, compile_timeout: float = 300.0, workers: int | None = None, compile=True,
-                 parallel=True, python=True, clock=time.perf_counter, compile_memory: int = 1 << 30):
+                 parallel=True, python=True, clock=time.perf_counter, compile_memory: int = 1 << 30, llvm=True):
         """Kernels live in `<cache_dir>/kernels`; `compile=False` only loads what is on disk; `parallel` and
         `python` turn those tiers on; `clock` times runs for the tier choice (tests pass a fake one);
-        `compile_memory`: the address space a compile worker may use (0: no limit)."""
+        `compile_memory`: the address space a compile worker may use (0: no limit); `llvm`: plans in the direct-LLVM
+        back end's scope are compiled by it, not numba (store.py)."""
         super().__init__()
         self.in_flight = InFlight()
         self.store = KernelStore(cache_dir, self.stats, compile_timeout, workers, compile, parallel,
-                                 quiet=self._quiet_moment, on_load=self._loaded, memory=compile_memory)
+                                 quiet=self._quiet_moment, on_load=self._loaded, memory=compile_memory, llvm=llvm)
         # plans seen for the first time are hashed (and their kernels asked for) here, after the request
         self._introducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adserve-plans")
         self.python = PythonTier(self.store, self.stats, self._introducer.submit, self._after_request, python)

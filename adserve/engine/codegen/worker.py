@@ -1,7 +1,8 @@
 """Compile one generated module in a process of its own: `python -m adserve.engine.codegen.worker PATH`.
 
 Importing the module compiles its kernel (eager signature) and writes numba's
-cache beside it. A separate process can be timed out and killed, and numba's
+cache beside it; a `.ll` file (the direct-LLVM back end's kernel, llvm_kernel.py) is compiled by llvmlite
+into object code beside it instead. A separate process can be timed out and killed, and numba's
 global compile lock never stalls the server. The worker runs at a lowered CPU
 priority (`NICE`, or `ADSERVE_COMPILE_NICE`), so a background compile takes
 only CPU time that requests leave idle. Its address space is limited (RLIMIT_AS) to the bytes in
@@ -77,8 +78,12 @@ def main():
     compile_settings()
     t = time.perf_counter()
     try:
-        threadsafe_layer()  # imports numba
-        load(path, name)
+        if path.endswith(".ll"):  # the direct-LLVM back end's kernel: llvmlite alone, no numba
+            from .llvm_kernel import compile_file
+            compile_file(path)
+        else:
+            threadsafe_layer()  # imports numba
+            load(path, name)
     except (MemoryError, OSError) as e:
         # under an address-space limit, numba's LLVM library may fail to map (an OSError) instead
         if not isinstance(e, MemoryError) and not (limited and "shared object" in str(e)):

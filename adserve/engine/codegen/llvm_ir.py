@@ -1,0 +1,404 @@
+"""The direct-LLVM back end's code writer: a plan's kernel as LLVM IR text, without numba.
+
+A plan in scope (`declined(graph)` is empty) is written here instead of as numba source: element-wise equations
+(a table row with an `ir` template), reductions (sum, max, min, sum_to, logsumexp), broadcasts, static slices,
+reshapes, transposes, updates and concatenations. Any other equation (loops, branches, while, gathers,
+contractions, dynamic indexing) keeps the whole plan on numba, decided before any code is written.
+
+The kernel computes what numba's does, operation for operation: the same fusion of same-shape element-wise runs
+(reductions accumulate in the loop computing what they reduce, in the same order: one element after the other,
+row-major, so sums round the same), the table's IR templates for the elements, no fast-math flags. Scalars are
+SSA registers; an array is a view (base, offset, strides) of an input row, an output row, a module constant or
+the workspace, one block malloc'd per call. Views of views (slices, transposes, reshapes of contiguous values)
+cost nothing. The code is cut into `noinline` functions of at most MAX_LOOPS loops, called in order for every
+point, so LLVM's cost grows with the kernel's size, not faster; a scalar crossing a cut goes through the
+workspace. See llvm_kernel.py for the calling convention, compiling and loading.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..builder import PRIMS
+from ..ir import Graph, Lit, Var
+from .llvm_ops import Fill, Ops, View, c_strides, const
+from .templates import kept
+
+MAX_LOOPS = 28  # loops per function: LLVM's time grows faster than linearly in a function's size
+MAX_ARRAYS = 200  # inputs and outputs: each is an argument of every function
+STOPPED = -1
+IR = {name: p.ir for name, p in PRIMS.items() if p.ir}
+# reductions accumulated in a fused loop: (start, the update) as in templates.ACCUMULATORS
+SUMS = ("reduce_sum", "reduce_max", "reduce_min", "sum_to")
+START = {"reduce_sum": 0.0, "sum_to": 0.0, "reduce_max": -math.inf, "reduce_min": math.inf}
+OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate"}
+
+
+def declined(graph: Graph) -> set:
+    """The primitives of `graph` the LLVM back end does not write (its plans stay on numba); empty: in scope."""
+    out = {e.prim for e in graph.eqns if e.prim not in IR and e.prim not in SUMS and e.prim not in OTHERS}
+    if len(graph.inputs) + len(graph.outputs) > MAX_ARRAYS:
+        out.add(f"more than {MAX_ARRAYS} inputs and outputs")
+    return out
+
+
+class Part:
+    """One function being written: its entry block (loads, allocas), body and the stores of scalars later
+    functions read (before it returns)."""
+
+    def __init__(self, index):
+        self.index = index
+        self.entry: list = []
+        self.body: list = []
+        self.tail: list = []
+        self.loops = 0
+        self.cache: dict = {}
+
+
+class Writer(Ops):
+    """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.n_in, self.n_out = len(graph.inputs), len(graph.outputs)
+        self.count = 0
+        self.ws = 0  # doubles of workspace
+        self.consts: list = []
+        self.errors: list = []
+        self.scal: dict = {}  # scalar Var -> ("in", j) or (part index, SSA name)
+        self.arr: dict = {}   # array Var -> View or Fill
+        self.slots: dict = {}  # scalar Var -> its workspace slot (read by a later function)
+        self.taken: set = set()  # outputs rows holding a value already
+        self.parts = [Part(0)]
+        self.block = "b0"
+        self.memo: dict = {}  # loads and index arithmetic of the innermost loop being written
+
+    @property
+    def part(self) -> Part:
+        return self.parts[-1]
+
+    def fresh(self) -> int:
+        self.count += 1
+        return self.count
+
+    def emit(self, line):
+        self.part.body.append("  " + line)
+
+    def label(self, name):
+        self.part.body.append(f"{name}:")
+        self.block = name
+
+    # -- values ----------------------------------------------------------------------------------------
+    def scalar(self, a) -> str:
+        """A scalar value as an operand (at the top level of the current function)."""
+        if isinstance(a, Lit):
+            return const(a.fill if a.fill is not None else a.data[0])
+        where = self.scal[a]
+        part = self.part
+        if where[0] == "in":
+            key = ("in", where[1])
+            if key not in part.cache:
+                part.cache[key] = f"%s{self.fresh()}"
+                part.entry.append(f"  {part.cache[key]} = load double, ptr %r{where[1]}")
+            return part.cache[key]
+        index, name = where
+        if index == part.index:
+            return name
+        if a not in self.slots:
+            self.slots[a] = self.ws
+            self.ws += 1
+            self.parts[index].tail.append(f"  %x{self.fresh()} = getelementptr inbounds double, ptr %ws, i64 "
+                                          f"{self.slots[a]}")
+            self.parts[index].tail.append(f"  store double {name}, ptr %x{self.count}")
+        key = ("slot", self.slots[a])
+        if key not in part.cache:
+            n = self.fresh()
+            part.entry.append(f"  %x{n} = getelementptr inbounds double, ptr %ws, i64 {self.slots[a]}")
+            part.entry.append(f"  %s{n} = load double, ptr %x{n}")
+            part.cache[key] = f"%s{n}"
+        return part.cache[key]
+
+    def define(self, v, name):
+        self.scal[v] = (self.part.index, name)
+
+    def view(self, a):
+        """An array operand: a View or a Fill."""
+        if isinstance(a, Lit):
+            if a.fill is not None:
+                return Fill(a.fill)
+            key = f"@K{len(self.consts)}"
+            self.consts.append(f"{key} = private unnamed_addr constant [{len(a.data)} x double] "
+                               f"[{', '.join('double ' + const(x) for x in a.data)}]")
+            return View(key, 0, tuple(a.shape), c_strides(a.shape))
+        return self.arr[a]
+
+    def buffer(self, v) -> View:
+        """Where array `v` is computed: its row of the output array (the first output it is, once), else the
+        workspace."""
+        for j, o in enumerate(self.graph.outputs):
+            if o is v and j not in self.taken:
+                self.taken.add(j)
+                view = View(f"out{j}", 0, tuple(v.shape), c_strides(v.shape))
+                break
+        else:
+            view = View("ws", self.ws, tuple(v.shape), c_strides(v.shape))
+            self.ws += math.prod(v.shape)
+        self.arr[v] = view
+        return view
+
+    def address(self, view: View, terms) -> str:
+        """A pointer to view's element at sum(index * stride) over `terms` ((SSA index, stride) pairs)."""
+        base = "%ws" if view.base == "ws" else f"%r{view.base[2:]}" if view.base.startswith("in") else \
+            f"%r{self.n_in + int(view.base[3:])}" if view.base.startswith("out") else view.base
+        offset = view.offset
+        key = ("at", base, offset, tuple(terms))
+        if key in self.memo:
+            return self.memo[key]
+        total = None
+        for i, stride in terms:
+            if stride == 0:
+                continue
+            t = i
+            if stride != 1:
+                t = f"%a{self.fresh()}"
+                self.emit(f"{t} = mul nsw i64 {i}, {stride}")
+            if total is not None:
+                s = f"%a{self.fresh()}"
+                self.emit(f"{s} = add nsw i64 {total}, {t}")
+                t = s
+            total = t
+        if total is None:
+            index = str(offset)
+        elif offset:
+            index = f"%a{self.fresh()}"
+            self.emit(f"{index} = add nsw i64 {total}, {offset}")
+        else:
+            index = total
+        p = f"%p{self.fresh()}"
+        self.emit(f"{p} = getelementptr inbounds double, ptr {base}, i64 {index}")
+        self.memo[key] = p
+        return p
+
+    def terms(self, view: View, a_shape, idx, shape):
+        """(index, stride) of operand `a` (shape a_shape, NumPy-broadcast to `shape`) at loop indices idx."""
+        r, q = len(shape), len(a_shape)
+        return [(idx[j + r - q], view.strides[j]) for j in range(q)
+                if not (a_shape[j] == 1 and shape[j + r - q] != 1) and a_shape[j] != 1]
+
+    def elem(self, a, op, idx, shape) -> str:
+        """Operand `a` (resolved as `op`: a scalar operand, a View or a Fill) at loop indices idx of shape."""
+        if isinstance(op, str):
+            return op
+        if isinstance(op, Fill):
+            return const(op.value)
+        p = self.address(op, self.terms(op, a.shape, idx, shape))
+        key = ("ld", p)
+        if key not in self.memo:
+            self.memo[key] = f"%l{self.fresh()}"
+            self.emit(f"{self.memo[key]} = load double, ptr {p}")
+        return self.memo[key]
+
+    def operand(self, a):
+        if not a.shape:
+            return self.scalar(a)
+        return self.view(a)
+
+    def apply(self, prim, args) -> str:
+        t = f"e{self.fresh()}."
+        for line in IR[prim].format(*args, t=t).split("\n"):
+            self.emit(line)
+        return f"%{t}r"
+
+    # -- loops ----------------------------------------------------------------------------------------
+    def open_loops(self, shape) -> list:
+        """A loop nest over `shape` (no element empty): the index names, innermost last."""
+        idx = []
+        for d in shape:
+            n = self.fresh()
+            pre = self.block
+            self.emit(f"br label %L{n}")
+            self.label(f"L{n}")
+            self.emit(f"%i{n} = phi i64 [0, %{pre}], [%i{n}.n, %L{n}.l]")
+            idx.append((n, d))
+        self.part.loops += len(shape)
+        self.memo = {}
+        self._open = idx
+        return [f"%i{n}" for n, _ in idx]
+
+    def close_loops(self, idx_shape):
+        for n, d in reversed(idx_shape):
+            self.emit(f"br label %L{n}.l")
+            self.label(f"L{n}.l")
+            self.emit(f"%i{n}.n = add nuw nsw i64 %i{n}, 1")
+            self.emit(f"%i{n}.c = icmp ult i64 %i{n}.n, {d}")
+            self.emit(f"br i1 %i{n}.c, label %L{n}, label %L{n}.x")
+            self.label(f"L{n}.x")
+        self.memo = {}
+
+    def loop(self, shape, body):
+        """Run body(idx) in a loop nest over shape (nothing when shape has no elements)."""
+        if 0 in shape:
+            return
+        idx = self.open_loops(shape)
+        nest = self._open
+        body(idx)
+        self.close_loops(nest)
+
+    def store(self, view: View, idx, value):
+        self.emit(f"store double {value}, ptr {self.address(view, list(zip(idx, view.strides)))}")
+
+    def fill(self, view: View, value: str):
+        self.loop(view.shape, lambda idx: self.store(view, idx, value))
+
+    def copy(self, dst: View, a, op, shape):
+        """dst (of `shape`) = operand a, broadcast."""
+        self.loop(shape, lambda idx: self.store(dst, idx, self.elem(a, op, idx, shape)))
+
+    # -- accumulators -----------------------------------------------------------------------------------
+    def accumulate(self, prim, acc, v) -> str:
+        """The accumulator's next value (templates.ACCUMULATORS: max/min keep the first NaN, and of two zeros
+        max is 0.0 and min -0.0)."""
+        n = self.fresh()
+        if prim in ("reduce_sum", "sum_to"):
+            self.emit(f"%q{n} = fadd double {acc}, {v}")
+            return f"%q{n}"
+        cond = "ogt" if prim == "reduce_max" else "olt"
+        self.emit(f"%q{n}.a = fcmp {cond} double {v}, {acc}")
+        self.emit(f"%q{n}.b = fcmp uno double {v}, {v}")
+        self.emit(f"%q{n}.c = or i1 %q{n}.a, %q{n}.b")
+        self.emit(f"%q{n}.d = fcmp oeq double {v}, 0.0")
+        self.emit(f"%q{n}.e = fcmp oeq double {acc}, 0.0")
+        self.emit(f"%q{n}.f = and i1 %q{n}.d, %q{n}.e")
+        if prim == "reduce_max":
+            self.emit(f"%q{n}.g = fadd double {acc}, {v}")
+        else:  # -(-acc - v)
+            self.emit(f"%q{n}.m = fneg double {acc}")
+            self.emit(f"%q{n}.k = fsub double %q{n}.m, {v}")
+            self.emit(f"%q{n}.g = fneg double %q{n}.k")
+        self.emit(f"%q{n}.h = select i1 %q{n}.f, double %q{n}.g, double {acc}")
+        self.emit(f"%q{n} = select i1 %q{n}.c, double {v}, double %q{n}.h")
+        return f"%q{n}"
+
+    def slot(self, start) -> str:
+        """A scalar accumulator (an alloca LLVM keeps in a register), set to `start` here."""
+        n = self.fresh()
+        self.part.entry.append(f"  %acc{n} = alloca double")
+        self.emit(f"store double {start}, ptr %acc{n}")
+        return f"%acc{n}"
+
+    def add_to(self, prim, ptr, v):
+        n = self.fresh()
+        self.emit(f"%g{n} = load double, ptr {ptr}")
+        self.emit(f"store double {self.accumulate(prim, f'%g{n}', v)}, ptr {ptr}")
+
+    # -- the walk ----------------------------------------------------------------------------------------
+    def write(self):
+        """The kernel's body for one point: every equation, then the outputs into their rows."""
+        g = self.graph
+        for j, v in enumerate(g.inputs):
+            if v.shape:
+                self.arr[v] = View(f"in{j}", 0, tuple(v.shape), c_strides(v.shape))
+            else:
+                self.scal[v] = ("in", j)
+        uses: dict = {}
+        for e in g.eqns:
+            for a in e.inputs:
+                uses[a] = uses.get(a, 0) + 1
+        for a in g.outputs:
+            uses[a] = uses.get(a, 0) + 2
+        # the runs of fusion.Source._graph: same-shape element-wise equations and the sums of what they compute
+        # share one loop nest; an equation reading nothing the open run computes is written ahead of its loop
+        run, made, totals = [], set(), set()
+        for e in g.eqns:
+            if run and not any(a in totals for a in e.inputs) and (
+                    e.prim in IR and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
+                run.append(e)
+                made.add(e.out)
+                if e.prim in SUMS:
+                    totals.add(e.out)
+                continue
+            if run and any(a in made for a in e.inputs):
+                self.item(self.fused, run, uses, run[0].out.shape)
+                run, made, totals = [], set(), set()
+            if e.prim in IR and e.out.shape:
+                if run:
+                    self.item(self.fused, run, uses, run[0].out.shape)
+                run, made, totals = [e], {e.out}, set()
+                continue
+            self.item(self.eqn, e, uses)
+        if run:
+            self.item(self.fused, run, uses, run[0].out.shape)
+        self.item(self.outputs)
+
+    def item(self, fn, *args):
+        if self.part.loops >= MAX_LOOPS:
+            self.parts.append(Part(len(self.parts)))
+            self.block = "b0"
+        fn(*args)
+
+    def eqn(self, e, uses):
+        if e.prim in IR:  # a scalar
+            self.define(e.out, self.apply(e.prim, [self.scalar(a) for a in e.inputs]))
+        elif e.prim in SUMS:
+            self.fused([e], uses, e.inputs[0].shape)
+        else:
+            getattr(self, "op_" + e.prim)(e)
+
+    def fused(self, run, uses, shape):
+        made = {e.out for e in run}
+        inside: dict = {}
+        for e in run:
+            for a in e.inputs:
+                inside[a] = inside.get(a, 0) + 1
+        ops = {}
+        for e in run:
+            for a in e.inputs:
+                if a not in made and a not in ops:
+                    ops[a] = self.operand(a)
+        for e in run:
+            if e.prim not in SUMS and e.out.shape and uses.get(e.out, 0) > inside.get(e.out, 0):
+                self.buffer(e.out)
+        accs = {}
+        for e in run:
+            if e.prim in SUMS:
+                if e.out.shape:
+                    accs[e] = self.buffer(e.out)
+                    self.fill(accs[e], const(START[e.prim]))
+                else:
+                    accs[e] = self.slot(const(START[e.prim]))
+
+        def body(idx):
+            temps: dict = {}
+            for e in run:
+                args = [temps[a] if a in temps else self.elem(a, ops[a], idx, shape) for a in e.inputs]
+                acc = accs.get(e)
+                if acc is None:
+                    temps[e.out] = t = self.apply(e.prim, args)
+                    if not e.out.shape:
+                        self.define(e.out, t)
+                    elif e.out in self.arr:
+                        self.store(self.arr[e.out], idx, t)
+                elif isinstance(acc, View):
+                    at = [(i, s) for i, s in zip(kept(e, idx), acc.strides) if i != "0"]
+                    self.add_to(e.prim, self.address(acc, at), args[0])
+                else:
+                    self.add_to(e.prim, acc, args[0])
+        self.loop(shape, body)
+        for e, acc in accs.items():
+            if not e.out.shape:
+                n = self.fresh()
+                self.emit(f"%v{n} = load double, ptr {acc}")
+                self.define(e.out, f"%v{n}")
+
+    def outputs(self):
+        for j, a in enumerate(self.graph.outputs):
+            dst = View(f"out{j}", 0, tuple(a.shape), c_strides(a.shape))
+            if not a.shape:
+                self.emit(f"store double {self.scalar(a)}, ptr %r{self.n_in + j}")
+            elif not (isinstance(a, Var) and self.arr.get(a) == dst):
+                self.copy(dst, a, self.operand(a), a.shape)
+
+    def load_scalar(self, v, view: View):
+        n = self.fresh()
+        self.emit(f"%v{n} = load double, ptr {self.address(view, [])}")
+        self.define(v, f"%v{n}")

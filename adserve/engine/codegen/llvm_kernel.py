@@ -1,0 +1,217 @@
+"""The direct-LLVM back end's kernels: the module around llvm_ir's code, compiled by llvmlite, loaded as machine code.
+
+A plan in the back end's scope (llvm_ir.declined) gets this kernel instead of numba's: its LLVM IR text is
+written to `gen_<key>.llvm<V>.ll`, the compile worker turns it into object code for this machine's CPU
+(`gen_<key>.llvm<V>.o`, the disk cache entry: llvmlite alone, no numba) and the server loads that into an
+execution engine of its own. The .ll file's first line says what loading needs (errors, CPU, the NumPy struct
+offsets the code reads); a corrupt or foreign entry fails to load, and the store compiles it again.
+
+Calling is as numba's kernel: `module.kernel(B, stop, a0.., o0..)` with NumPy arrays (inputs float64, C-ordered,
+leading axis the batch or 1; outputs (B, ...)); it returns 0, k > 0 for ERRORS[k - 1], or STOPPED (-1) once
+stop[0] is set, read at the top of every point (it records the point in stop[1], as runtime.stopped). The
+call goes through ctypes with the arrays as Python objects: the kernel reads each array's data pointer (and an
+input's leading length: stride 0 when it is 1) from NumPy's array struct, which costs less than passing
+pointers from Python (about 1 us a call more than numba's dispatch, not 10). It releases the interpreter lock
+while it runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import os
+import re
+
+LLVM_VERSION = "1"  # bump when the written IR changes meaning: part of the kernel files' names
+# LLVM's optimisation level (the new pass manager's -O<n>), chosen by measured compile and run time (docs/engine.md)
+OPT_LEVEL = 2
+# NumPy's PyArrayObject on 64-bit CPython: the data pointer and the dimensions pointer (checked: numpy_layout)
+DATA_OFFSET, DIMS_OFFSET = 16, 32
+OOM = "out of memory allocating a kernel's workspace"
+STOPPED = -1  # as runtime.STOPPED
+
+
+def numpy_layout() -> bool:
+    """Whether NumPy's array struct has its data and dimensions pointers where the kernels read them."""
+    import numpy as np
+    try:
+        for a in (np.zeros((3, 2)), np.zeros(5)[1:]):
+            if ctypes.c_void_p.from_address(id(a) + DATA_OFFSET).value != a.ctypes.data:
+                return False
+            if ctypes.c_int.from_address(id(a) + DATA_OFFSET + 8).value != a.ndim:  # nd precedes dimensions
+                return False
+            dims = ctypes.c_void_p.from_address(id(a) + DIMS_OFFSET).value
+            if tuple((ctypes.c_int64 * a.ndim).from_address(dims)) != a.shape:
+                return False
+        return True
+    except Exception:
+        return False
+
+
+def paths(directory, key) -> tuple[str, str]:
+    base = os.path.join(directory, f"gen_{key}.llvm{LLVM_VERSION}")
+    return base + ".ll", base + ".o"
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+def module_text(graph, key: str, title: str) -> str:
+    """The LLVM module of `graph`'s kernel, `kernel_<key>`, with its header line."""
+    from .llvm_ir import Writer
+    w = Writer(graph)
+    w.write()
+    symbol = f"kernel_{key}"
+    rows = [f"ptr noalias %r{j}" for j in range(w.n_in + w.n_out)] + ["ptr noalias %ws"]
+    parts = []
+    for p in w.parts:
+        parts += [f"define internal void @{symbol}.{p.index}({', '.join(rows)}) noinline nounwind {{", "entry:",
+                  *p.entry, "  br label %b0", "b0:", *p.body, *p.tail, "  ret void", "}", ""]
+    errors = [OOM] if w.ws else []
+    body = _driver(w, symbol)
+    text = "\n".join(parts + body)
+    meta = {"version": LLVM_VERSION, "title": title, "symbol": symbol, "errors": errors, "loops": [],
+            "arrays": w.n_in + w.n_out, "data": DATA_OFFSET, "dims": DIMS_OFFSET, "parts": len(w.parts),
+            "workspace": w.ws}
+    return "\n".join(["; adserve " + json.dumps(meta), _declarations(text), *w.consts, "", text, ""])
+
+
+def _driver(w, symbol) -> list:
+    """The kernel: the arrays' data pointers, the workspace, then per point the stop check and the functions."""
+    g = w.graph
+    ins = [f"ptr %a{j}" for j in range(w.n_in)] + [f"ptr %o{j}" for j in range(w.n_out)]
+    out = [f"define i64 @{symbol}(i64 %B, ptr %stop, {', '.join(ins)}) {{", "entry:"]
+
+    def data(name):
+        out.extend([f"  {name}.f = getelementptr i8, ptr {name}, i64 {DATA_OFFSET}",
+                    f"  {name}.d = load ptr, ptr {name}.f"])
+    data("%stop")
+    for j, v in enumerate(g.inputs):
+        data(f"%a{j}")
+        size = math.prod(v.shape)
+        out += [f"  %a{j}.sf = getelementptr i8, ptr %a{j}, i64 {DIMS_OFFSET}", f"  %a{j}.sh = load ptr, ptr %a{j}.sf",
+                f"  %a{j}.n = load i64, ptr %a{j}.sh", f"  %a{j}.b = icmp ugt i64 %a{j}.n, 1",
+                f"  %a{j}.s = select i1 %a{j}.b, i64 {size}, i64 0"]
+    for j in range(w.n_out):
+        data(f"%o{j}")
+    if w.ws:
+        out += [f"  %ws = call ptr @malloc(i64 {8 * w.ws})", "  %nomem = icmp eq ptr %ws, null",
+                "  br i1 %nomem, label %oom, label %start", "oom:", "  ret i64 1", "start:"]
+    else:
+        out += ["  br label %start", "start:"]
+    ws = "ptr %ws" if w.ws else "ptr null"
+    free = ["  call void @free(ptr %ws)"] if w.ws else []
+    out += ["  br label %point", "point:", "  %p = phi i64 [0, %start], [%p.n, %run]",
+            "  %end = icmp sge i64 %p, %B", "  br i1 %end, label %done, label %check", "check:",
+            "  %flag = load atomic i64, ptr %stop.d monotonic, align 8", "  %set = icmp ne i64 %flag, 0",
+            "  br i1 %set, label %stopped, label %run", "run:"]
+    rows = []
+    for j in range(w.n_in):
+        out += [f"  %a{j}.o = mul i64 %p, %a{j}.s", f"  %a{j}.r = getelementptr inbounds double, ptr %a{j}.d, i64 %a{j}.o"]
+        rows.append(f"ptr %a{j}.r")
+    for j, a in enumerate(g.outputs):
+        out += [f"  %o{j}.o = mul i64 %p, {math.prod(a.shape)}",
+                f"  %o{j}.r = getelementptr inbounds double, ptr %o{j}.d, i64 %o{j}.o"]
+        rows.append(f"ptr %o{j}.r")
+    out += [f"  call void @{symbol}.{p.index}({', '.join(rows + [ws])})" for p in w.parts]
+    # runtime.stopped with no loop running: the point is recorded unless a loop's count is there already
+    out += ["  %p.n = add i64 %p, 1", "  br label %point", "stopped:",
+            "  %s2 = getelementptr inbounds i64, ptr %stop.d, i64 2", "  %s2.v = load i64, ptr %s2",
+            "  %s2.z = icmp eq i64 %s2.v, 0", "  br i1 %s2.z, label %record, label %leave", "record:",
+            "  %s1 = getelementptr inbounds i64, ptr %stop.d, i64 1", "  store i64 %p, ptr %s1",
+            "  store i64 0, ptr %s2", "  %s3 = getelementptr inbounds i64, ptr %stop.d, i64 3",
+            "  store i64 0, ptr %s3", "  br label %leave", "leave:", *free, "  ret i64 -1",
+            "done:", *free, "  ret i64 0", "}"]
+    return out
+
+
+def _declarations(text) -> str:
+    found = {}
+    for name, args in re.findall(r"call double @([\w.]+)\(([^)]*)\)", text):
+        found[name] = args.count("double")
+    lines = [f"declare double @{n}({', '.join(['double'] * k)})" for n, k in sorted(found.items())]
+    return "\n".join(lines + ["declare ptr @malloc(i64)", "declare void @free(ptr)"])
+
+
+def header(path) -> dict:
+    """What the first line of the module at `path` says (module_text's meta)."""
+    with open(path) as f:
+        return header_text(f.readline(), path)
+
+
+def header_text(text, where="the module") -> dict:
+    if not text.startswith("; adserve "):
+        raise ValueError(f"{where} is not an adserve kernel")
+    return json.loads(text.split("\n", 1)[0][len("; adserve "):])
+
+
+# -- compiling (in the compile worker) and loading --------------------------------------------------------------
+def _target_machine():
+    import llvmlite.binding as llvm
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    # as numba's JIT: this CPU and its features, static relocations on x86
+    reloc = "static" if target.name.startswith("x86") else "default"
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                        opt=OPT_LEVEL, reloc=reloc, codemodel="jitdefault", jit=True)
+
+
+def _object_head(obj: bytes) -> bytes:
+    """The .o file's first line: the CPU the code is for and the code's hash. LLVM's loader trusts what it is
+    given (a truncated object crashed the process): only code whose hash matches is handed to it."""
+    return f"{cpu()} sha256:{hashlib.sha256(obj).hexdigest()}".encode()
+
+
+def cpu() -> str:
+    import llvmlite.binding as llvm
+    return f"{llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}"
+
+
+def compile_file(path: str) -> str:
+    """Compile the module at `path` (.ll) into object code beside it (.o, written whole or not at all)."""
+    import llvmlite.binding as llvm
+    tm = _target_machine()
+    with open(path) as f:
+        text = f.read()
+    mod = llvm.parse_assembly(text)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL))
+    pb.getModulePassManager().run(mod, pb)
+    obj = tm.emit_object(mod)
+    out = path[:-3] + ".o"
+    tmp = f"{out}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(_object_head(obj) + b"\n" + obj)
+    os.replace(tmp, out)
+    return out
+
+
+class LlvmModule:
+    """A loaded LLVM kernel, called as numba's kernel module is: `kernel`, `ERRORS`, `LOOPS`."""
+
+    backend = "llvm"
+
+    def __init__(self, path: str):
+        meta = header(path)
+        if meta.get("version") != LLVM_VERSION or (meta["data"], meta["dims"]) != (DATA_OFFSET, DIMS_OFFSET):
+            raise ValueError(f"{path}: written by another version of the LLVM back end")
+        import llvmlite.binding as llvm
+        with open(path[:-3] + ".o", "rb") as f:
+            head, _, obj = f.read().partition(b"\n")
+        if head != _object_head(obj):
+            raise ValueError(f"{path}: compiled for another CPU, or corrupt ({head[:80]!r}...)")
+        tm = _target_machine()
+        self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        self._engine.finalize_object()
+        address = self._engine.get_function_address(meta["symbol"])
+        if not address:
+            raise ValueError(f"{path}: no function {meta['symbol']}")
+        kind = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, *[ctypes.py_object] * (1 + meta["arrays"]))
+        self.kernel = kind(address)
+        self.ERRORS = list(meta["errors"])
+        self.LOOPS = [tuple(x) for x in meta["loops"]]
+        self.title = meta["title"]

@@ -1,0 +1,197 @@
+"""The direct-LLVM back end's arrays and its equations other than element-wise runs and reductions.
+
+An array value is a `View` (base, offset, strides) or a `Fill` (a literal of one value): static slices,
+transposes and reshapes of contiguous values are new views of the same memory and write no code; updates and
+concatenations copy into a buffer of their own (no in-place update: what numba's kernel does in place, this one
+copies, the same values); logsumexp writes the loops of templates._logsumexp, in its order. `Ops` is a part of
+llvm_ir.Writer, which has the loops, loads and stores these call.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+from .templates import kept
+
+
+def const(x: float) -> str:
+    """A double as LLVM writes it exactly: its bits."""
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(x)))[0]
+
+
+def c_strides(shape) -> tuple:
+    out, n = [], 1
+    for d in reversed(shape):
+        out.append(n)
+        n *= d
+    return tuple(reversed(out))
+
+
+@dataclass(frozen=True)
+class View:
+    """An array value: element i at base + offset + sum(i_k * strides_k); base "in3", "out0", "ws" or "@K2"."""
+    base: str
+    offset: int
+    shape: tuple
+    strides: tuple
+
+    def contiguous(self) -> bool:
+        return 0 in self.shape or all(s == c for s, c, d in zip(self.strides, c_strides(self.shape), self.shape)
+                                      if d != 1)
+
+
+@dataclass(frozen=True)
+class Fill:
+    """An array all of one value (a literal)."""
+    value: float
+
+
+class Ops:
+    """Writer's equations other than runs: `op_<prim>(eqn)`."""
+
+    def op_slice(self, e):
+        x, out = e.inputs[0], e.out
+        op = self.operand(x)
+        if isinstance(op, str):  # a scalar's empty index
+            return self.define(out, op)
+        if isinstance(op, Fill):
+            return self.define(out, const(op.value)) if not out.shape else self.arr.__setitem__(out, op)
+        offset, shape, strides = op.offset, [], []
+        for k, ent in enumerate(e.params["index"]):
+            if isinstance(ent, int):
+                offset += ent * op.strides[k]
+            else:
+                start, length, step = ent
+                offset += start * op.strides[k]
+                shape.append(length)
+                strides.append(op.strides[k] * step)
+        view = View(op.base, offset, tuple(shape), tuple(strides))
+        if out.shape:
+            self.arr[out] = view
+        else:
+            self.load_scalar(out, view)
+
+    def op_transpose(self, e):
+        op, perm = self.operand(e.inputs[0]), e.params["perm"]
+        self.arr[e.out] = op if isinstance(op, Fill) else View(
+            op.base, op.offset, tuple(op.shape[p] for p in perm), tuple(op.strides[p] for p in perm))
+
+    def op_reshape(self, e):
+        x, out = e.inputs[0], e.out
+        op = self.operand(x)
+        if not out.shape:
+            if isinstance(op, View):
+                return self.load_scalar(out, op)
+            return self.define(out, op if isinstance(op, str) else const(op.value))
+        if isinstance(op, Fill):
+            self.arr[out] = op
+            return
+        if isinstance(op, str):
+            return self.fill(self.buffer(out), op)
+        if not op.contiguous():
+            copy = View("ws", self.ws, op.shape, c_strides(op.shape))
+            self.ws += math.prod(op.shape)
+            self.copy(copy, x, op, op.shape)
+            op = copy
+        self.arr[out] = View(op.base, op.offset, tuple(out.shape), c_strides(out.shape))
+
+    def op_update_slice(self, e):
+        x, v = e.inputs
+        if not x.shape:
+            return self.define(e.out, self.scalar(v))
+        out = self.buffer(e.out)
+        self.copy(out, x, self.operand(x), x.shape)
+        offset, shape, strides = out.offset, [], []
+        for k, ent in enumerate(e.params["index"]):
+            if isinstance(ent, int):
+                offset += ent * out.strides[k]
+            else:
+                start, length, step = ent
+                offset += start * out.strides[k]
+                shape.append(length)
+                strides.append(out.strides[k] * step)
+        self.copy(View(out.base, offset, tuple(shape), tuple(strides)), v, self.operand(v), tuple(shape))
+
+    def op_concatenate(self, e):
+        axis = e.params["axis"]
+        out = self.buffer(e.out)
+        start = 0
+        for x in e.inputs:
+            region = View(out.base, out.offset + start * out.strides[axis], tuple(x.shape), out.strides)
+            self.copy(region, x, self.operand(x), x.shape)
+            start += x.shape[axis]
+
+    def _max_into(self, ptr, v):
+        """acc = v if v > acc or v is NaN (logsumexp's maximum: templates._logsumexp)."""
+        n = self.fresh()
+        self.emit(f"%m{n}.g = load double, ptr {ptr}")
+        self.emit(f"%m{n}.a = fcmp ogt double {v}, %m{n}.g")
+        self.emit(f"%m{n}.b = fcmp uno double {v}, {v}")
+        self.emit(f"%m{n}.c = or i1 %m{n}.a, %m{n}.b")
+        self.emit(f"%m{n} = select i1 %m{n}.c, double {v}, double %m{n}.g")
+        self.emit(f"store double %m{n}, ptr {ptr}")
+
+    def _shift(self, m) -> str:
+        """m if m is finite, else 0.0."""
+        n = self.fresh()
+        self.emit(f"%h{n}.d = fsub double {m}, {m}")
+        self.emit(f"%h{n}.c = fcmp oeq double %h{n}.d, 0.0")
+        self.emit(f"%h{n} = select i1 %h{n}.c, double {m}, double 0.0")
+        return f"%h{n}"
+
+    def _exp_diff(self, v, shift) -> str:
+        n = self.fresh()
+        self.emit(f"%d{n} = fsub double {v}, {shift}")
+        self.emit(f"%d{n}.e = call double @llvm.exp.f64(double %d{n})")
+        return f"%d{n}.e"
+
+    def op_logsumexp(self, e):
+        x, out = e.inputs[0], e.out
+        op, shape = self.operand(x), tuple(x.shape)
+        if not out.shape:
+            m = self.slot(const(-math.inf))
+            self.loop(shape, lambda idx: self._max_into(m, self.elem(x, op, idx, shape)))
+            n = self.fresh()
+            self.emit(f"%v{n}.m = load double, ptr {m}")
+            shift = self._shift(f"%v{n}.m")
+            total = self.slot(const(0.0))
+            self.loop(shape, lambda idx: self.add_to(
+                "reduce_sum", total, self._exp_diff(self.elem(x, op, idx, shape), shift)))
+            self.emit(f"%v{n}.t = load double, ptr {total}")
+            self.emit(f"%v{n}.l = call double @llvm.log.f64(double %v{n}.t)")
+            self.emit(f"%v{n} = fadd double %v{n}.l, {shift}")
+            return self.define(out, f"%v{n}")
+        oshape = tuple(out.shape)
+        m = View("ws", self.ws, oshape, c_strides(oshape))
+        ms = View("ws", self.ws + math.prod(oshape), oshape, c_strides(oshape))
+        self.ws += 2 * math.prod(oshape)
+        self.fill(m, const(-math.inf))
+
+        def at(acc, idx):
+            return self.address(acc, [(i, s) for i, s in zip(kept(e, idx), acc.strides) if i != "0"])
+        self.loop(shape, lambda idx: self._max_into(at(m, idx), self.elem(x, op, idx, shape)))
+
+        def shifts(idx):
+            n = self.fresh()
+            self.emit(f"%w{n} = load double, ptr {self.address(m, list(zip(idx, m.strides)))}")
+            self.store(ms, idx, self._shift(f"%w{n}"))
+        self.loop(oshape, shifts)
+        res = self.buffer(out)
+        self.fill(res, const(0.0))
+
+        def add(idx):
+            n = self.fresh()
+            self.emit(f"%w{n} = load double, ptr {at(ms, idx)}")
+            self.add_to("reduce_sum", at(res, idx), self._exp_diff(self.elem(x, op, idx, shape), f"%w{n}"))
+        self.loop(shape, add)
+
+        def finish(idx):
+            n = self.fresh()
+            self.emit(f"%w{n}.t = load double, ptr {self.address(res, list(zip(idx, res.strides)))}")
+            self.emit(f"%w{n}.m = load double, ptr {self.address(ms, list(zip(idx, ms.strides)))}")
+            self.emit(f"%w{n}.l = call double @llvm.log.f64(double %w{n}.t)")
+            self.emit(f"%w{n} = fadd double %w{n}.l, %w{n}.m")
+            self.store(res, idx, f"%w{n}")
+        self.loop(oshape, finish)

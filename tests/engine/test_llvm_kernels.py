@@ -1,0 +1,227 @@
+"""The direct-LLVM back end (codegen/llvm_ir.py, llvm_kernel.py): numba's answers, bit for bit, in seconds.
+
+Plans in its scope (element-wise work, reductions, broadcasts, static slices, reshapes, transposes, updates,
+concatenations) are compiled by it and must give the numba kernel's bits (the same operations in the same order:
+sums too) and so the interpreter's answer; a plan outside its scope goes to numba; a corrupt cache entry is
+compiled again; the stop flag stops a long kernel; ADSERVE_LLVM_KERNELS=0 turns it off.
+"""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from engine_helpers import Builder, no_stop, op, run
+from hypothesis import given, settings
+from test_codegen import B, PROGRAMS, compile_kernel, run_kernel
+from test_property_graphs import engine_graph, programs
+from test_tier_consistency import same
+
+from adserve.engine import Engine, backend, main_plan
+from adserve.engine.codegen import llvm_ir, llvm_kernel
+
+pytestmark = pytest.mark.compiled
+
+engine = Engine()
+
+
+def identical(got, want, what):
+    """Bit for bit: the same floats, NaN in the same places and zeros of the same sign (a NaN's sign and payload
+    are nobody's answer)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, what
+    num = ~np.isnan(want)
+    assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got[num]), np.signbit(want[num])), \
+        f"{what}: {got[got != want][:4]} vs {want[got != want][:4]}"
+
+
+def both(graph, args, title, exact_interp=False):
+    """The LLVM kernel's outputs equal numba's bit for bit, and the interpreter's (bit for bit if `exact_interp`,
+    else within test_tier_consistency's 1e-12; None: numba's only)."""
+    assert not llvm_ir.declined(graph), llvm_ir.declined(graph)
+    mine = compile_kernel(graph, title, llvm=True)
+    assert isinstance(mine, llvm_kernel.LlvmModule)
+    got = run_kernel(mine, graph, args)
+    numba = run_kernel(compile_kernel(graph, title, llvm=False), graph, args)
+    want = run(graph, args)
+    for j, (g, n, w) in enumerate(zip(got, numba, want)):
+        identical(g, n, f"{title}: output {j} against numba")
+        if exact_interp is not None:
+            same(g, w, exact_interp, f"{title}: output {j} against the interpreter")
+
+
+NZ, NAN, INF = -0.0, float("nan"), float("inf")
+EDGES = np.array([NZ, 0.0, 1.5, -2.25, NAN, INF, -INF, 0.75])
+
+
+def _case(f, shapes):
+    b = Builder()
+    xs = [b.input(s) for s in shapes]
+    out = f(*xs)
+    return b.build(list(out) if isinstance(out, tuple) else [out])
+
+
+CASES = {  # name -> (f, shapes, exact against the interpreter)
+    "every element-wise row": (lambda x, y: tuple(
+        getattr(op, n)(x) for n in ("sin", "cos", "tan", "arctan", "sinh", "cosh", "tanh", "exp", "expm1",
+                                    "log", "log1p", "sqrt", "abs", "sigmoid", "softplus", "erf", "erfc",
+                                    "log2", "log10", "exp2", "cbrt", "arcsinh", "arctanh", "square", "floor",
+                                    "ceil", "round")) + (
+        op.arcsin(op.tanh(x)), op.arccos(op.tanh(x)), op.arccosh(1.0 + x * x), x ** y, op.arctan2(x, y),
+        op.hypot(x, y), op.maximum(x, y), op.minimum(x, y), op.logaddexp(x, y), op.lt(x, y), op.le(x, y),
+        op.gt(x, y), op.ge(x, y), op.eq(x, y), op.ne(x, y), op.clip(x, y, 1.0), op.where(op.gt(x, y), x, y),
+        -x, x / y, x - y), [(8,), (8,)], False),
+    # numba's (and the python tier's) sign(-0.0) is -0.0, NumPy 2's 0.0: against numba only
+    "sign": (lambda x: op.sign(x), [(8,)], None),
+    "scalars": (lambda x, y: (op.sin(x) * y + op.maximum(x, y), x / y), [(), ()], False),
+    "reductions": (lambda x: (op.reduce_sum(x), op.reduce_max(x, axes=(1,)), op.reduce_min(x, axes=(0,)),
+                              op.logsumexp(x), op.logsumexp(x, axes=(0,)), op.reduce_sum(op.exp(x) * x, axes=(1,)),
+                              op.reduce_max(x * 2.0), op.reduce_min(x - 1.0)), [(4, 3)], False),
+    "views": (lambda x, v: (op.transpose(x, perm=(1, 0)) * 2.0, op.reshape(op.transpose(x, perm=(1, 0)), shape=(12,)),
+                            op.slice(x, index=((1, 2, 1), (2, 2, -1))) + 1.0, op.slice(x, index=(2, 1)),
+                            op.update_slice(x, v, index=((0, 2, 2), 1)), op.concatenate(v, v * 3.0, axis=0),
+                            op.broadcast_to(v, shape=(3, 2)) * v), [(4, 3), (2,)], True),
+    "zeros and empties": (lambda x, e: (op.reduce_max(x), op.reduce_min(x), 1.0 / op.reduce_sum(x * 0.0),
+                                        op.reduce_sum(e), op.logsumexp(e, axes=(1,)), x + 0.0), [(3,), (2, 0)], True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_plans_in_scope_give_numbas_bits(name):
+    f, shapes, exact = CASES[name]
+    graph = _case(f, shapes)
+    rng = np.random.default_rng(0)
+    args = []
+    for s in shapes:
+        a = rng.standard_normal((B, *s))
+        if s and s[-1] == 8:
+            a[0] = EDGES
+        args.append(a)
+    args[0] = args[0][:1]  # shared by the batch: the kernel reads it with stride 0
+    both(graph, args, f"llvm {name}", exact)
+
+
+@pytest.mark.parametrize("name", ["survey", "sum-in-its-own-loop", "partial-sums"])
+def test_programs_value_gradient_hvp(name):
+    from test_codegen import program_case
+    graph, args = program_case(name)
+    both(graph, args, f"llvm program {name}")
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None)
+@given(programs(max_len=8))
+def test_random_straight_line_programs(case):
+    """test_property_graphs' random programs (no loops or branches: in scope), value and gradient."""
+    prog, seed = case
+    g = engine_graph(prog)
+    from engine_helpers import value_and_grad_graph
+    graph = value_and_grad_graph(g)
+    rng = np.random.default_rng(seed)
+    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random {prog}")
+
+
+def test_large_kernels_are_cut_into_functions_of_a_few_loops():
+    from bench.compile_time import random_definition
+    fn = engine.compile_definition(random_definition(300, seed=3))
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
+    text = llvm_kernel.module_text(graph, "cut", "cut")
+    meta = llvm_kernel.header_text(text)
+    assert meta["parts"] > 2
+    for part in text.split("define internal void")[1:]:
+        assert part.count(".l:\n") <= llvm_ir.MAX_LOOPS + 8  # a function ends after the item crossing the mark
+    rng = np.random.default_rng(1)
+    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], "llvm random-300")
+
+
+def test_a_plan_outside_the_scope_goes_to_numba(tmp_path):
+    """An einsum (a contraction) keeps the plan on numba; with llvm off every plan goes there."""
+    inside = engine.compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(sin(x) * x)"})
+    outside = engine.compile_definition(PROGRAMS["matrices"][0])
+    g_in, g_out = (main_plan(fn, frozenset({"value", "gradient"}))[0] for fn in (inside, outside))
+    assert not llvm_ir.declined(g_in) and "einsum" in llvm_ir.declined(g_out)
+    t = backend.Tiered(str(tmp_path / "on"), python=False)
+    try:
+        for g in (g_in, g_out):
+            t.kernel(g)
+            assert t.wait(g, 600)
+        assert isinstance(t.module(g_in, backend.NUMBA), llvm_kernel.LlvmModule)
+        assert not isinstance(t.module(g_out, backend.NUMBA), llvm_kernel.LlvmModule)
+        assert t.stats.llvm_compiles == 1 and t.stats.compiles == 2
+        x = np.array([[0.5, -1.0, 2.0]])
+        for got, want in zip(t.run(g_in, [x]), run(g_in, [x])):
+            same(got, want, False, "tiered llvm")
+    finally:
+        t.shutdown()
+    off = backend.Tiered(str(tmp_path / "off"), python=False, llvm=False)
+    try:
+        off.kernel(g_in)
+        assert off.wait(g_in, 600)
+        assert not isinstance(off.module(g_in, backend.NUMBA), llvm_kernel.LlvmModule)
+        assert off.stats.llvm_compiles == 0
+    finally:
+        off.shutdown()
+
+
+def test_a_corrupt_cache_entry_is_compiled_again(tmp_path):
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [4]}], "expr": "sum(exp(x) * x)"})
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
+    first = backend.Tiered(str(tmp_path), python=False)
+    try:
+        first.kernel(graph)
+        assert first.wait(graph, 300) and first.stats.llvm_compiles == 1
+    finally:
+        first.shutdown()
+    _, obj = llvm_kernel.paths(str(tmp_path / "kernels"), backend.plan_key(graph))
+    with open(obj, "r+b") as f:  # the header line stays; the object code is cut short (LLVM would crash on it)
+        head = f.readline()
+        f.truncate(len(head) + 100)
+    again = backend.Tiered(str(tmp_path), python=False)
+    try:
+        again.kernel(graph)
+        assert again.wait(graph, 300)
+        assert again.stats.load_failures == 1 and again.stats.llvm_compiles == 1
+        x = np.array([[0.1, 0.2, -0.3, 1.0]])
+        for got, want in zip(again.run(graph, [x]), run(graph, [x])):
+            same(got, want, False, "recompiled")
+    finally:
+        again.shutdown()
+
+
+def test_the_stop_flag_stops_a_long_kernel():
+    b = Builder()
+    x = b.input((1000,))
+    graph = b.build([op.reduce_sum(op.sin(op.exp(op.cos(x)) * x))])
+    mod = compile_kernel(graph, "llvm stop", llvm=True)
+    n = 20_000
+    xs, out = np.random.default_rng(0).standard_normal((n, 1000)), np.empty((n,))
+    stop = no_stop()
+    stop[0] = 1  # already set: not a single point runs
+    assert mod.kernel(n, stop, xs, out) == llvm_kernel.STOPPED and stop[1] == 0
+    stop = no_stop()
+    timer = threading.Timer(0.05, stop.__setitem__, (0, 1))
+    timer.start()
+    t = time.perf_counter()
+    status = mod.kernel(n, stop, xs, out)
+    timer.join()
+    assert status == llvm_kernel.STOPPED and 0 < stop[1] < n, (status, stop)
+    assert time.perf_counter() - t < 5.0
+    assert mod.kernel(2, no_stop(), xs, out) == 0  # a clean flag: it runs to the end
+
+
+def test_the_setting_turns_it_off(tmp_path, monkeypatch):
+    from adserve.server.settings import Settings
+    monkeypatch.setenv("ADSERVE_LLVM_KERNELS", "0")
+    s = Settings(cache_dir=tmp_path, isolate_workers=0)
+    assert s.llvm_kernels is False
+    e = Engine.from_settings(s)
+    try:
+        assert e.backend.store.llvm is False
+    finally:
+        e.close()
+    monkeypatch.delenv("ADSERVE_LLVM_KERNELS")
+    e = Engine.from_settings(Settings(cache_dir=tmp_path, isolate_workers=0))
+    try:
+        assert e.backend.store.llvm is True
+    finally:
+        e.close()
