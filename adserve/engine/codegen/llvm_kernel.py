@@ -25,8 +25,16 @@ import os
 import re
 
 LLVM_VERSION = "1"  # bump when the written IR changes meaning: part of the kernel files' names
-# LLVM's optimisation level (the new pass manager's -O<n>), chosen by measured compile and run time (docs/engine.md)
+# LLVM's optimisation level (the new pass manager's -O<n>), chosen by measured compile and run time (docs/engine.md);
+# ADSERVE_LLVM_OPT in a compile worker's environment overrides it, for bench.compile_time to compare levels
 OPT_LEVEL = 2
+
+
+def _level() -> int:
+    try:
+        return int(os.environ.get("ADSERVE_LLVM_OPT", OPT_LEVEL))
+    except ValueError:
+        return OPT_LEVEL
 # NumPy's PyArrayObject on 64-bit CPython: the data pointer and the dimensions pointer (checked: numpy_layout)
 DATA_OFFSET, DIMS_OFFSET = 16, 32
 OOM = "out of memory allocating a kernel's workspace"
@@ -154,7 +162,7 @@ def _target_machine():
     # as numba's JIT: this CPU and its features, static relocations on x86
     reloc = "static" if target.name.startswith("x86") else "default"
     return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-                                        opt=OPT_LEVEL, reloc=reloc, codemodel="jitdefault", jit=True)
+                                        opt=_level(), reloc=reloc, codemodel="jitdefault", jit=True)
 
 
 def _object_head(obj: bytes) -> bytes:
@@ -178,7 +186,7 @@ def compile_file(path: str) -> str:
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
     mod.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL))
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=_level()))
     pb.getModulePassManager().run(mod, pb)
     obj = tm.emit_object(mod)
     out = path[:-3] + ".o"
