@@ -25,16 +25,23 @@ import os
 import re
 
 LLVM_VERSION = "1"  # bump when the written IR changes meaning: part of the kernel files' names
-# LLVM's optimisation level (the new pass manager's -O<n>), chosen by measured compile and run time (docs/engine.md);
-# ADSERVE_LLVM_OPT in a compile worker's environment overrides it, for bench.compile_time to compare levels
+# How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
+# functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
+# level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against
+# 0.7) and level 1 two thirds of level 2's (0.4 s against 0.6), its run time the same (21-35 us either way: its
+# loops are 8 elements long); on random-10000's, -O2 was 13.5 s in all, the lean way about 7.
+# ADSERVE_LLVM_OPT=<n> in a compile worker's environment forces -O<n> on every kernel (bench.compile_time).
 OPT_LEVEL = 2
+LEAN_PARTS = 2
+LEAN_PASSES = ("sroa", "instruction_combine", "simplify_cfg", "dead_store_elimination", "loop_strength_reduce")
 
 
-def _level() -> int:
+def _level(parts: int) -> int | None:
+    """The standard pipeline's level for a kernel of `parts` functions, None for the lean passes."""
     try:
-        return int(os.environ.get("ADSERVE_LLVM_OPT", OPT_LEVEL))
-    except ValueError:
-        return OPT_LEVEL
+        return int(os.environ["ADSERVE_LLVM_OPT"])
+    except (KeyError, ValueError):
+        return OPT_LEVEL if parts <= LEAN_PARTS else None
 # NumPy's PyArrayObject on 64-bit CPython: the data pointer and the dimensions pointer (checked: numpy_layout)
 DATA_OFFSET, DIMS_OFFSET = 16, 32
 OOM = "out of memory allocating a kernel's workspace"
@@ -154,7 +161,7 @@ def header_text(text, where="the module") -> dict:
 
 
 # -- compiling (in the compile worker) and loading --------------------------------------------------------------
-def _target_machine():
+def _target_machine(level=OPT_LEVEL):
     import llvmlite.binding as llvm
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
@@ -162,7 +169,7 @@ def _target_machine():
     # as numba's JIT: this CPU and its features, static relocations on x86
     reloc = "static" if target.name.startswith("x86") else "default"
     return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
-                                        opt=_level(), reloc=reloc, codemodel="jitdefault", jit=True)
+                                        opt=level, reloc=reloc, codemodel="jitdefault", jit=True)
 
 
 def _object_head(obj: bytes) -> bytes:
@@ -179,15 +186,22 @@ def cpu() -> str:
 def compile_file(path: str) -> str:
     """Compile the module at `path` (.ll) into object code beside it (.o, written whole or not at all)."""
     import llvmlite.binding as llvm
-    tm = _target_machine()
     with open(path) as f:
         text = f.read()
+    level = _level(header_text(text, path)["parts"])
+    tm = _target_machine(1 if level is None else level)
     mod = llvm.parse_assembly(text)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
     mod.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=_level()))
-    pb.getModulePassManager().run(mod, pb)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=level or 0))
+    if level is None:
+        passes = llvm.create_new_module_pass_manager()
+        for name in LEAN_PASSES:
+            getattr(passes, f"add_{name}_pass")()
+        passes.run(mod, pb)
+    else:
+        pb.getModulePassManager().run(mod, pb)
     obj = tm.emit_object(mod)
     out = path[:-3] + ".o"
     tmp = f"{out}.{os.getpid()}.tmp"
