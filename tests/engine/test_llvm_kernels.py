@@ -121,7 +121,11 @@ def test_random_straight_line_programs(case):
     both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random {prog}")
 
 
-def test_large_kernels_are_cut_into_functions_of_a_few_loops():
+@pytest.mark.parametrize("huge", [False, True], ids=["lean passes", "machine code at level 0"])
+def test_large_kernels_are_cut_into_functions_of_a_few_loops(huge, monkeypatch):
+    """A kernel of several functions: the lean pass list, and (as if it were huge) level 0's machine code."""
+    if huge:
+        monkeypatch.setattr(llvm_kernel, "HUGE_PARTS", 1)
     from bench.compile_time import random_definition
     fn = engine.compile_definition(random_definition(300, seed=3))
     graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
@@ -131,7 +135,7 @@ def test_large_kernels_are_cut_into_functions_of_a_few_loops():
     for part in text.split("define internal void")[1:]:
         assert part.count(".l:\n") <= llvm_ir.MAX_LOOPS + 8  # a function ends after the item crossing the mark
     rng = np.random.default_rng(1)
-    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], "llvm random-300")
+    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random-300 huge={huge}")
 
 
 def test_a_plan_outside_the_scope_goes_to_numba(tmp_path):

@@ -29,10 +29,14 @@ LLVM_VERSION = "1"  # bump when the written IR changes meaning: part of the kern
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
 # level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against
 # 0.7) and level 1 two thirds of level 2's (0.4 s against 0.6), its run time the same (21-35 us either way: its
-# loops are 8 elements long); on random-10000's, -O2 was 13.5 s in all, the lean way about 7.
+# loops are 8 elements long); on random-10000's, -O2 was 13.5 s in all, the lean way about 7. A kernel of more than
+# HUGE_PARTS functions gets machine code at level 0 (LLVM's fast instruction selection and register allocation):
+# random-10000's (110 functions) took 0.5 s there instead of 5 at level 1, and ran 1.35 times as long (386 us
+# against 287): the only way found to its 5 s target.
 # ADSERVE_LLVM_OPT=<n> in a compile worker's environment forces -O<n> on every kernel (bench.compile_time).
 OPT_LEVEL = 2
 LEAN_PARTS = 2
+HUGE_PARTS = 60
 LEAN_PASSES = ("sroa", "instruction_combine", "simplify_cfg", "dead_store_elimination", "loop_strength_reduce")
 
 
@@ -188,8 +192,9 @@ def compile_file(path: str) -> str:
     import llvmlite.binding as llvm
     with open(path) as f:
         text = f.read()
-    level = _level(header_text(text, path)["parts"])
-    tm = _target_machine(1 if level is None else level)
+    parts = header_text(text, path)["parts"]
+    level = _level(parts)
+    tm = _target_machine(level if level is not None else 0 if parts > HUGE_PARTS else 1)
     mod = llvm.parse_assembly(text)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
