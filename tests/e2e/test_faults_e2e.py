@@ -94,9 +94,12 @@ def compiling(server, client, fn):
     return pids[0]
 
 
-def server_env(home) -> dict:
-    """A server's environment here: its kernel cache under `home`, no python tier (kernels are what is tested)."""
-    return {"ADSERVE_CACHE_DIR": str(home / "cache"), "ADSERVE_PYTHON_TIER": "false"}
+def server_env(home, llvm=False) -> dict:
+    """A server's environment here: its kernel cache under `home`, no python tier (kernels are what is tested).
+    numba compiles the survey (`llvm` False): the LLVM back end would build it in a fraction of a second, too soon
+    for a test to kill its worker, and leave no numba cache to damage; its own files are damaged below."""
+    return {"ADSERVE_CACHE_DIR": str(home / "cache"), "ADSERVE_PYTHON_TIER": "false",
+            "ADSERVE_LLVM_KERNELS": "true" if llvm else "false"}
 
 
 @pytest.fixture
@@ -191,6 +194,35 @@ def test_corrupt_kernel_files(tmp_path, env, compiled_cache, damage):
         else:  # numba's own cache check: it loads, or it fails to load and is compiled again
             assert busy_until(client, fn, lambda: metric(client, "adserve_kernel_disk_loads_total")
                               + metric(client, "adserve_kernel_load_failures_total") >= 1), server.log()[-3000:]
+        check_survey(client, fn)
+        assert ' 500 ' not in server.log()
+
+
+@pytest.mark.parametrize("damage", ["garbage object", "truncated object", "garbage IR"])
+def test_corrupt_llvm_kernel_files(tmp_path, damage):
+    """The LLVM back end's cache entry (IR text and object code) damaged: set aside and compiled again, never a
+    crash (LLVM's loader is handed only code whose hash matches) and never a wrong answer."""
+    env = server_env(tmp_path / "home", llvm=True)
+    kernels = os.path.join(env["ADSERVE_CACHE_DIR"], "kernels")
+    with running_server(tmp_path / "first.log", env=env) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        fn = client.post("/v1/functions", json=SURVEY).json()["id"]
+        assert busy_until(client, fn, lambda: metric(client, "adserve_llvm_kernel_compiles_total") >= 1
+                          and glob.glob(os.path.join(kernels, "gen_*.o"))), server.log()[-3000:]
+    for path in glob.glob(os.path.join(kernels, "gen_*.o" if "object" in damage else "gen_*.ll")):
+        if damage == "truncated object":
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+        else:
+            with open(path, "wb") as f:
+                f.write(os.urandom(3000))
+    with running_server(tmp_path / "second.log", env=env) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        fn = client.post("/v1/functions", json=SURVEY).json()["id"]
+        check_survey(client, fn)
+        assert busy_until(client, fn, lambda: metric(client, "adserve_kernel_load_failures_total") >= 1
+                          and metric(client, "adserve_llvm_kernel_compiles_total") >= 1), server.log()[-3000:]
+        assert "did not load" in server.log()
         check_survey(client, fn)
         assert ' 500 ' not in server.log()
 

@@ -229,3 +229,15 @@ def test_the_setting_turns_it_off(tmp_path, monkeypatch):
         assert e.backend.store.llvm is True
     finally:
         e.close()
+
+
+def test_the_kernel_function_keeps_its_code_alive():
+    """`module.kernel` held alone (its module dropped) still runs: it holds the module, and so its machine code."""
+    import gc
+    graph = _case(lambda x: op.exp(x) * 2.0, [(3,)])
+    kernel = compile_kernel(graph, "llvm keep alive", llvm=True).kernel
+    gc.collect()
+    out = np.empty((1, 3))
+    assert kernel(1, no_stop(), np.zeros((1, 3)), out) == 0 and out.tolist() == [[2.0, 2.0, 2.0]]
+    with pytest.raises(TypeError):
+        kernel(1, no_stop())

@@ -255,11 +255,12 @@ class _MethodDef(ctypes.Structure):
 METH_FASTCALL = 0x80
 
 
-def _new_function(method_def: int):
+def _new_function(method_def: int, owner):
+    """A builtin function of `method_def` bound to `owner`, which it keeps alive (and so the code it runs)."""
     new = ctypes.pythonapi.PyCFunction_NewEx
     new.restype = ctypes.py_object
     new.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.py_object]
-    return new(method_def, None, None)
+    return new(method_def, owner, None)
 
 
 class LlvmModule:
@@ -289,7 +290,7 @@ class LlvmModule:
         # a builtin function object of the kernel's Python entry: called as numba's dispatcher is, for a fraction
         # of a microsecond (ctypes' conversions took 2-4 us a call)
         self._method = _MethodDef(b"kernel", entry, METH_FASTCALL, None)
-        self.kernel = _new_function(ctypes.addressof(self._method))
+        self.kernel = _new_function(ctypes.addressof(self._method), self)
         self.ERRORS = list(meta["errors"])
         self.LOOPS = [tuple(x) for x in meta["loops"]]
         self.title = meta["title"]
