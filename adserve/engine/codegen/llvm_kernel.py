@@ -147,13 +147,12 @@ def _driver(w, symbol) -> list:
 def _python_entry(w, symbol) -> list:
     """`<symbol>.py`, the kernel as a CPython builtin (METH_FASTCALL: the arguments as an array of objects): B
     converted, the interpreter lock released around the kernel, its status returned as an int. A wrong number of
-    arguments is a TypeError."""
+    arguments is a TypeError (PyErr_BadArgument's: the code refers to no data of CPython's, only functions; a
+    process that had compiled numba kernels crashed reading PyExc_TypeError through the JIT's symbol table)."""
     n = 2 + w.n_in + w.n_out
-    message = f"kernel takes {n} arguments (B, stop, inputs, outputs)"
-    out = [f"@{symbol}.msg = private unnamed_addr constant [{len(message) + 1} x i8] c\"{message}\\00\"",
-           f"define ptr @{symbol}.py(ptr %self, ptr %args, i64 %n) {{", "entry:", f"  %ok = icmp eq i64 %n, {n}",
-           "  br i1 %ok, label %go, label %count", "count:", "  %exc = load ptr, ptr @PyExc_TypeError",
-           f"  call void @PyErr_SetString(ptr %exc, ptr @{symbol}.msg)", "  ret ptr null", "fail:", "  ret ptr null",
+    out = [f"define ptr @{symbol}.py(ptr %self, ptr %args, i64 %n) {{", "entry:", f"  %ok = icmp eq i64 %n, {n}",
+           "  br i1 %ok, label %go, label %count", "count:", "  call i32 @PyErr_BadArgument()", "  ret ptr null",
+           "fail:", "  ret ptr null",
            "go:", "  %b.o = load ptr, ptr %args", "  %B = call i64 @PyLong_AsLongLong(ptr %b.o)",
            "  %b.m = icmp eq i64 %B, -1", "  br i1 %b.m, label %b.check, label %run", "b.check:",
            "  %b.e = call ptr @PyErr_Occurred()", "  %b.f = icmp ne ptr %b.e, null",
@@ -168,8 +167,7 @@ def _python_entry(w, symbol) -> list:
     return out
 
 
-PYTHON_API = ("@PyExc_TypeError = external global ptr", "declare void @PyErr_SetString(ptr, ptr)",
-              "declare ptr @PyErr_Occurred()", "declare i64 @PyLong_AsLongLong(ptr)",
+PYTHON_API = ("declare i32 @PyErr_BadArgument()", "declare ptr @PyErr_Occurred()", "declare i64 @PyLong_AsLongLong(ptr)",
               "declare ptr @PyLong_FromLongLong(i64)", "declare ptr @PyEval_SaveThread()",
               "declare void @PyEval_RestoreThread(ptr)")
 
