@@ -62,6 +62,13 @@ def _case(f, shapes):
     return b.build(list(out) if isinstance(out, tuple) else [out])
 
 
+def _data(x, data, shape=None):
+    """A literal of explicit data (a module constant in the kernel)."""
+    from adserve.engine.builder import V
+    from adserve.engine.ir import Lit
+    return V(x.b, Lit(shape or (len(data),), tuple(data)))
+
+
 CASES = {  # name -> (f, shapes, exact against the interpreter)
     "every element-wise row": (lambda x, y: tuple(
         getattr(op, n)(x) for n in ("sin", "cos", "tan", "arctan", "sinh", "cosh", "tanh", "exp", "expm1",
@@ -82,6 +89,8 @@ CASES = {  # name -> (f, shapes, exact against the interpreter)
                             op.slice(x, index=((1, 2, 1), (2, 2, -1))) + 1.0, op.slice(x, index=(2, 1)),
                             op.update_slice(x, v, index=((0, 2, 2), 1)), op.concatenate(v, v * 3.0, axis=0),
                             op.broadcast_to(v, shape=(3, 2)) * v), [(4, 3), (2,)], True),
+    "literal data": (lambda x: (x * _data(x, (1.0, NZ, 2.5, -4.0)), op.reduce_max(_data(x, (1.0, NZ, 2.5, -4.0)) - x),
+                                op.transpose(_data(x, (1.0, 2.0, 3.0, 4.0), (2, 2)), perm=(1, 0)) + 1.0), [(4,)], True),
     "zeros and empties": (lambda x, e: (op.reduce_max(x), op.reduce_min(x), 1.0 / op.reduce_sum(x * 0.0),
                                         op.reduce_sum(e), op.logsumexp(e, axes=(1,)), x + 0.0), [(3,), (2, 0)], True),
 }

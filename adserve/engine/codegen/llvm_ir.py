@@ -64,7 +64,7 @@ class Writer(Ops):
         self.count = 0
         self.ws = 0  # doubles of workspace
         self.consts: list = []
-        self.errors: list = []
+        self.literals: dict = {}  # Lit of explicit data -> its module constant's view
         self.scal: dict = {}  # scalar Var -> ("in", j) or (part index, SSA name)
         self.arr: dict = {}   # array Var -> View or Fill
         self.slots: dict = {}  # scalar Var -> its workspace slot (read by a later function)
@@ -126,10 +126,12 @@ class Writer(Ops):
         if isinstance(a, Lit):
             if a.fill is not None:
                 return Fill(a.fill)
-            key = f"@K{len(self.consts)}"
-            self.consts.append(f"{key} = private unnamed_addr constant [{len(a.data)} x double] "
-                               f"[{', '.join('double ' + const(x) for x in a.data)}]")
-            return View(key, 0, tuple(a.shape), c_strides(a.shape))
+            if a not in self.literals:
+                key = f"@K{len(self.consts)}"
+                self.consts.append(f"{key} = private unnamed_addr constant [{len(a.data)} x double] "
+                                   f"[{', '.join('double ' + const(x) for x in a.data)}]")
+                self.literals[a] = View(key, 0, tuple(a.shape), c_strides(a.shape))
+            return self.literals[a]
         return self.arr[a]
 
     def buffer(self, v) -> View:
@@ -211,7 +213,8 @@ class Writer(Ops):
 
     # -- loops ----------------------------------------------------------------------------------------
     def open_loops(self, shape) -> list:
-        """A loop nest over `shape` (no element empty): the index names, innermost last."""
+        """A loop nest over `shape` (no element empty): its (number, length) pairs, innermost last; the index of
+        loop n is %i<n>."""
         idx = []
         for d in shape:
             n = self.fresh()
@@ -222,8 +225,7 @@ class Writer(Ops):
             idx.append((n, d))
         self.part.loops += len(shape)
         self.memo = {}
-        self._open = idx
-        return [f"%i{n}" for n, _ in idx]
+        return idx
 
     def close_loops(self, idx_shape):
         for n, d in reversed(idx_shape):
@@ -239,9 +241,8 @@ class Writer(Ops):
         """Run body(idx) in a loop nest over shape (nothing when shape has no elements)."""
         if 0 in shape:
             return
-        idx = self.open_loops(shape)
-        nest = self._open
-        body(idx)
+        nest = self.open_loops(shape)
+        body([f"%i{n}" for n, _ in nest])
         self.close_loops(nest)
 
     def store(self, view: View, idx, value):
