@@ -129,8 +129,11 @@ def kernel_source(name, backend="auto"):
     fn = Engine().compile_definition(defn)
     graph, _ = main_plan(fn, frozenset({"value", "gradient"}), wrt)
     args = [np.asarray(inputs[n], dtype=np.float64) for n in fn.input_names]
+    declined = llvm_ir.declined(graph)
     if backend == "auto":
-        backend = "numba" if llvm_ir.declined(graph) else "llvm"
+        backend = "numba" if declined else "llvm"
+    elif backend == "llvm" and declined:
+        raise SystemExit(f"{name}: outside the LLVM back end's scope ({', '.join(sorted(declined))})")
     t = time.process_time()
     src = llvm_kernel.module_text(graph, "ct", name) if backend == "llvm" else kernel_module(graph, name)
     write = time.process_time() - t
