@@ -250,3 +250,32 @@ def test_the_kernel_function_keeps_its_code_alive():
     assert kernel(1, no_stop(), np.zeros((1, 3)), out) == 0 and out.tolist() == [[2.0, 2.0, 2.0]]
     with pytest.raises(TypeError):
         kernel(1, no_stop())
+
+
+def test_the_parallel_variant_runs_the_serial_kernel_on_chunks(tmp_path):
+    """An LLVM plan's parallel variant compiles nothing: the serial kernel on chunks of the batch, on threads, with
+    the serial kernel's bits (a shared input stays shared: stride 0 in every chunk)."""
+    if backend.usable_cores() < 2:
+        pytest.skip("one usable core: no parallel variant")
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [3]}, {"name": "s", "shape": []}],
+                                    "expr": "sum(sin(x) * x * s) + max(x)"})
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}))
+    t = backend.Tiered(str(tmp_path), python=False)
+    try:
+        t.kernel(graph)
+        assert t.wait(graph, 300) and t.wait(graph, 60, parallel=True)
+        par, serial = t.module(graph, backend.PARALLEL), t.module(graph, backend.NUMBA)
+        assert isinstance(par, llvm_kernel.LlvmChunks) and t.stats.parallel_compiles == 0
+        n, rng = 37, np.random.default_rng(5)
+        shapes = backend.plan_meta(graph).out_shapes
+        for args in ([rng.standard_normal((n, 3)), rng.standard_normal((n,))],
+                     [rng.standard_normal((1, 3)), rng.standard_normal((n,))]):
+            got, want = ([np.empty((n, *s)) for s in shapes] for _ in range(2))
+            assert par.kernel(n, no_stop(), *args, *got) == 0 and serial.kernel(n, no_stop(), *args, *want) == 0
+            for g, w in zip(got, want):
+                identical(g, w, "chunks against the serial kernel")
+        stop = no_stop()
+        stop[0] = 1
+        assert par.kernel(n, stop, *args, *got) == llvm_kernel.STOPPED
+    finally:
+        t.shutdown()

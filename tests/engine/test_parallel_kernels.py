@@ -239,7 +239,7 @@ def _broken(source):
 def test_a_failed_parallel_variant_leaves_the_plan_serial(tmp_path):
     fn = reference.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "expr": "sum(x * x)"})
     graph = main_plan(fn, {"value", "gradient"})[0]
-    t = backend.Tiered(str(tmp_path))
+    t = backend.Tiered(str(tmp_path), llvm=False)  # numba's parallel variant (an LLVM plan's compiles nothing)
     t.policy.PARALLEL_SECONDS = 0.0
     t.store.source = _broken(t.store.source)
     x = {"x": np.ones((64, 2))}

@@ -9,8 +9,9 @@ request.
 
 Which compiler builds a plan's kernel is decided per plan before any code is written: the direct-LLVM back end
 (codegen/llvm_ir.py, llvm_kernel.py: seconds where numba takes minutes) for plans in its scope, when `llvm` is on
-(ADSERVE_LLVM_KERNELS), numba for every other plan and for every parallel batch variant. Both are compiled in
-the same worker process and cached on disk under the plan's key; both run as the tier users see as `numba`.
+(ADSERVE_LLVM_KERNELS), numba for every other plan. Both are compiled in the same worker process and cached on
+disk under the plan's key; both run as the tier users see as `numba`. An LLVM plan's parallel batch variant is its
+serial kernel on chunks of the batch on threads (llvm_kernel.LlvmChunks): nothing to compile.
 
 `ready`, `failed` and `pending` (key -> module, key -> why, keys in progress) are for reading; they change
 through `request` (load or compile in the background) and `add` (a loaded module).
@@ -101,6 +102,7 @@ class KernelStore:
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
         self._procs: set = set()
+        self._chunk_pool = None  # threads running LLVM kernels' chunks (their parallel variants), made when needed
         self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
         self._reloaded: set = set()  # keys compiled again after a failed load (once each)
         self._retried: set = set()   # keys compiled again after their worker was killed (once each)
@@ -125,9 +127,26 @@ class KernelStore:
         mod = self.ready.get(key)
         if mod is not None or not self.parallel or key in self.failed or plan.key not in self.ready:
             return mod
+        if self.compiler.get(plan.key) == "llvm":
+            return self._llvm_chunks(plan, len(graph.inputs))
         if self.stats.parallel_disabled:
             return None
         return self.request(key, graph, True)
+
+    def _llvm_chunks(self, plan, n_in):
+        """An LLVM plan's parallel variant: its serial kernel on chunks of the batch on threads, ready at once (no
+        numba compile: for a large plan that would take minutes and gigabytes). None on one core."""
+        from ..codegen.llvm_kernel import LlvmChunks
+        cores = threads.usable_cores()
+        with self._lock:
+            if cores < 2:
+                self.failed[plan.parallel_key] = "one usable core: no parallel variant"
+                return None
+            if self._chunk_pool is None:
+                self._chunk_pool = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="adserve-chunks")
+        mod = LlvmChunks(self.ready[plan.key], self._chunk_pool, cores, n_in)
+        self.add(plan.parallel_key, mod)
+        return mod
 
     def module(self, graph, tier):
         """The loaded module a tier runs for the plan (None for the interpreter)."""
@@ -467,3 +486,5 @@ class KernelStore:
         for p in list(self._procs):
             p.kill()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._chunk_pool is not None:
+            self._chunk_pool.shutdown(wait=False, cancel_futures=True)

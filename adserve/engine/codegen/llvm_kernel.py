@@ -292,3 +292,29 @@ class LlvmModule:
         self.ERRORS = list(meta["errors"])
         self.LOOPS = [tuple(x) for x in meta["loops"]]
         self.title = meta["title"]
+
+
+class LlvmChunks:
+    """An LLVM kernel's parallel batch variant: its serial kernel on chunks of the batch, run by a thread pool
+    (the kernel releases the interpreter lock), so nothing more is compiled. Called and answering as numba's
+    parallel variant: the first failing chunk's status (the first failing point's error). A stopped chunk records
+    its point counted from the chunk's start (progress, approximately, as numba's chunks' loop counts)."""
+
+    backend = "llvm"
+    CHUNKS_PER_THREAD = 4  # as codegen/module.py's parallel kernel
+
+    def __init__(self, serial: LlvmModule, pool, threads: int, n_in: int):
+        self.serial, self._pool, self._n_in = serial, pool, n_in
+        self._chunks = self.CHUNKS_PER_THREAD * threads
+        self.ERRORS, self.LOOPS = serial.ERRORS, serial.LOOPS
+
+    def kernel(self, B, stop, *arrays):
+        ins, outs = arrays[:self._n_in], arrays[self._n_in:]
+        n = max(1, min(B, self._chunks))
+        run = self.serial.kernel
+
+        def chunk(lo, hi):
+            return run(hi - lo, stop, *[a if a.shape[0] == 1 else a[lo:hi] for a in ins], *[o[lo:hi] for o in outs])
+        futures = [self._pool.submit(chunk, c * B // n, (c + 1) * B // n) for c in range(n)]
+        statuses = [f.result() for f in futures]
+        return next((s for s in statuses if s), 0)
