@@ -6,7 +6,6 @@ sums too) and so the interpreter's answer; a plan outside its scope goes to numb
 compiled again; the stop flag stops a long kernel; ADSERVE_LLVM_KERNELS=0 turns it off.
 """
 
-import os
 import threading
 import time
 
