@@ -96,10 +96,11 @@ class Traffic:
               and np.allclose(got["gradient"]["y"], want[2]))
         self.check(ok, f"{kind} wrong answer", r)
 
-    def run(self, until: float, fault: threading.Event):
+    def run(self, until: float, fault: threading.Event | None = None):
+        """Requests until `until`; with a `fault`, also until AFTER_FAULT of them were made after it was set."""
         try:
-            while time.monotonic() < until or self.after_fault < AFTER_FAULT:
-                faulted = fault.is_set()
+            while time.monotonic() < until or fault is not None and self.after_fault < AFTER_FAULT:
+                faulted = fault is not None and fault.is_set()
                 self.one()
                 self.after_fault += faulted
         except Exception as e:  # a transport error is a failed request too
