@@ -62,23 +62,23 @@ PARTS = {"functions": functions_table, "operators": operators_table, "operations
 FILES = ("language.md", "graph.md")
 
 
-def render(text: str) -> str:
+def render(text: str, parts: dict = PARTS) -> str:
     """`text` with every generated part replaced by what the table says now."""
-    return _BLOCK.sub(lambda m: m.group(1) + PARTS[m.group(2)]() + m.group(4), text)
+    return _BLOCK.sub(lambda m: m.group(1) + parts[m.group(2)]() + m.group(4), text)
 
 
-def main(argv) -> int:
+def main(argv, files=FILES, parts: dict = PARTS, source="the primitive table", module="adserve.engine.docgen") -> int:
     stale = []
-    for name in FILES:
+    for name in files:
         path = DOCS / name
         old = path.read_text()
-        new = render(old)
+        new = render(old, parts)
         if new != old:
             stale.append(name)
             if "--check" not in argv:
                 path.write_text(new)
     if stale and "--check" in argv:
-        print(f"out of date with the primitive table: {', '.join(stale)} (run python -m adserve.engine.docgen)")
+        print(f"out of date with {source}: {', '.join(stale)} (run python -m {module})")
         return 1
     return 0
 

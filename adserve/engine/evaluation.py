@@ -22,7 +22,17 @@ from .memory import request_bytes, request_plans, request_steps
 from .plans import full, hessian, jacobian, main_plan, sweeps
 from .trace import trace_graph
 
-COMPUTE_KINDS = ("value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian", "trace")
+# each compute kind, what the answer's key of that name holds (the OpenAPI document describes each kind with it)
+KIND_DOCS = {
+    "value": "the function's value, of its output shape",
+    "gradient": "{input: gradient}, each of the input's shape; needs a scalar output",
+    "jvp": "the Jacobian times `tangent` (forward mode), of the output's shape",
+    "vjp": "{input: `cotangent` times the Jacobian} (reverse mode), each of the input's shape",
+    "hvp": "{input: the Hessian times `tangent`}, forward-over-reverse, never a full Hessian; needs a scalar output",
+    "jacobian": "{input: Jacobian}, each of shape output_shape + the input's shape",
+    "hessian": "{input a: {input b: Hessian block}}, each of shape shape(a) + shape(b); needs a scalar output",
+    "trace": "the evaluation trace: one row per variable (name, expr, shape, output, value, tangent?, adjoint?)"}
+COMPUTE_KINDS = tuple(KIND_DOCS)
 SOURCE_TRANSFORMS = {"primal": "value", "gradient": "gradient", "jvp": "jvp", "vjp": "vjp", "hvp": "hvp"}
 
 

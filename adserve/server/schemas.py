@@ -7,15 +7,13 @@ Shared types are named components (`Tensor`, `TensorMap`, `Real`, `ComputeKind`,
 each rather than an inlined union (or one more class) at every use.
 """
 
-from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 from typing_extensions import TypeAliasType
 
-from adserve.engine import COMPUTE_KINDS
-from adserve.engine.engine import SOURCE_TRANSFORMS
+from adserve.engine.evaluation import KIND_DOCS, SOURCE_TRANSFORMS
 
 from . import optimize
 
@@ -37,9 +35,29 @@ class TensorRef(BaseModel):
     ref: str = Field(pattern="^[0-9a-f]{64}$")
 
 
-NonFinite = TypeAliasType("NonFinite", Literal["NaN", "Infinity", "-Infinity"])
+
+def one_of(values: dict) -> dict:
+    """The JSON Schema of a string enum whose every value has its own description: `enum` (what generators make
+    their enum type of; openapi-python-client reads it before `oneOf`) and the same values again as `oneOf` of
+    `const`s, each with its `description` (what JSON Schema 2020-12 documents a value with; /docs and /redoc
+    show them). `oneOf` of `const`s alone is not enough: openapi-python-client 0.29.1 makes a union of
+    `Literal`s of it whose parser accepts only the first value (openapi-python-client issue #1044)."""
+    return {"oneOf": [{"const": value, "description": doc} for value, doc in values.items()]}
+
+
+def described(name: str, values: dict, doc: str) -> TypeAliasType:
+    """A named string enum of `values` ({value: description}), described as a whole by `doc`."""
+    return TypeAliasType(name, Annotated[Literal[tuple(values)],
+                                         Field(description=doc, json_schema_extra=one_of(values))])
+
+
+NonFinite = described("NonFinite", {"NaN": "not a number (IEEE 754 NaN)", "Infinity": "positive infinity",
+                                    "-Infinity": "negative infinity"},
+                      "A non-finite float64, which JSON has no number for")
 # the dtype of integer data: an input's, a held tensor's (one named schema, so clients make one type of it)
-Dtype = TypeAliasType("Dtype", Literal["float64", "int64"])
+Dtype = described("Dtype", {"float64": "IEEE 754 double precision: every differentiable value",
+                            "int64": "64-bit signed integers: integer data (indices), never differentiated"},
+                  "An element type")
 Real = TypeAliasType("Real", Annotated[float | NonFinite, Field(
     description='a number; "NaN", "Infinity" and "-Infinity" stand for the non-finite values')])
 Tensor = TypeAliasType("Tensor", Annotated[float | NonFinite | list[Any] | B64Tensor | TensorRef,
@@ -51,22 +69,77 @@ TensorMap = TypeAliasType("TensorMap", Annotated[dict[str, Tensor], Field(
 JsonObject = TypeAliasType("JsonObject", Annotated[dict[str, Any], Field(
     description="a JSON object; the property that holds it says which keys")])
 
-ComputeKind = Enum("ComputeKind", {k: k for k in COMPUTE_KINDS}, type=str)
-ComputeKind.__doc__ = "What an evaluation computes; each kind is a key of the answer."
-Transform = Enum("Transform", {k: k for k in SOURCE_TRANSFORMS}, type=str)
-Transform.__doc__ = "A transform whose generated source GET /v1/functions/{function_id}/source gives."
+ComputeKind = described("ComputeKind", {kind: f"`{kind}` of the answer: {doc}" for kind, doc in KIND_DOCS.items()},
+                        "What an evaluation computes; each kind is a key of the answer.")
+Transform = described("Transform", {t: f"the kernel of the `{kind}` compute kind: {KIND_DOCS[kind]}"
+                                    for t, kind in SOURCE_TRANSFORMS.items()},
+                      "A transform whose generated source GET /v1/functions/{function_id}/source gives.")
 
-# The codes clients act on (docs/rest.md#errors). The engine's own codes pass through too (`syntax_error`,
-# `shape_mismatch`, ...: the message says what to fix), so `ErrorDetail.code` is one of these or any string.
-ERROR_CODES = (
-    "malformed_json", "function_not_found", "unknown_tensor", "invalid_name", "invalid_parameter", "not_found",
-    "method_not_allowed", "unauthenticated", "body_too_large", "text_too_long", "too_deep", "batch_too_large",
-    "limit_exceeded", "request_too_large", "rate_limited", "too_many_optimizers", "invalid_evaluation", "invalid_definition",
-    "invalid_request", "unknown_field", "missing_field", "invalid_field", "invalid_compute", "invalid_tensor",
-    "unknown_transform", "syntax_error", "shape_mismatch", "while_limit", "cancelled", "shutting_down", "registry_unavailable",
-    "deadline_exceeded", "internal_error")
-ErrorCode = Enum("ErrorCode", {k: k for k in ERROR_CODES}, type=str)
-ErrorCode.__doc__ = "The error codes clients act on; others (the engine's own) may appear: see the message."
+# The codes clients act on: code -> (HTTP status, what it means and what to do). The OpenAPI document's
+# ErrorCode and the table of docs/rest.md#errors (python -m adserve.server.docgen) are written from it. The
+# engine's other codes pass through too (`not_scalar`, ...: the message says what to fix), so `ErrorDetail.code`
+# is one of these or any string.
+ERRORS = {
+    "malformed_json": (400, "the body is not JSON (the message gives orjson's position)"),
+    "function_not_found": (404, "no function with that id or name: register it (POST /v1/functions), or send the "
+                                "definition as `function`"),
+    "unknown_tensor": (404, "a `{\"ref\"}` the server does not hold (never sent, or evicted): send the tensor again"),
+    "invalid_name": (422, "a definition's `name` outside the rule `^[A-Za-z0-9_.-]{1,64}$`"),
+    "invalid_parameter": (422, "a bad `limit` or `after` of a listing, or a bad `shape` of a raw tensor upload"),
+    "not_found": (404, "no such route"),
+    "method_not_allowed": (405, "the route exists, the method does not (the `Allow` header lists those it takes)"),
+    "unauthenticated": (401, "keys are configured (`ADSERVE_API_KEYS`) and the call has none, or a wrong one "
+                             "(`WWW-Authenticate: Bearer`): send `Authorization: Bearer <key>` or `x-api-key`"),
+    "body_too_large": (413, "over `ADSERVE_MAX_BODY_BYTES`: send less, or hold large tensors (POST /v1/tensors)"),
+    "text_too_long": (413, "an expr or program over `ADSERVE_MAX_EXPR_CHARS`"),
+    "too_deep": (413, "an expr or program nested deeper than `ADSERVE_MAX_EXPR_DEPTH`"),
+    "batch_too_large": (413, "a batch over `ADSERVE_MAX_BATCH` points: split it"),
+    "limit_exceeded": (413, "one of the engine's size or cost limits (the message names it and by how much)"),
+    "request_too_large": (413, "the request's estimated peak memory (values, reverse-mode tapes, batch copies, "
+                               "results and the answer) is over `ADSERVE_MAX_REQUEST_BYTES` (512 MiB by default); "
+                               "the message gives the estimate: ask for less at once (a smaller batch, `hvp` "
+                               "instead of `hessian`)"),
+    "rate_limited": (429, "over `ADSERVE_RATE_LIMIT_PER_SECOND` for this key: call again after `Retry-After` seconds"),
+    "too_many_optimizers": (429, "a minimize while `ADSERVE_MAX_OPTIMIZERS` runs are in flight: call again after "
+                                 "`Retry-After` (1) seconds"),
+    "invalid_evaluation": (422, "the evaluation is not a JSON object"),
+    "invalid_definition": (422, "the definition is not a JSON object, or not a valid one (the message says why)"),
+    "invalid_request": (422, "a path or query parameter of the wrong type (the message names it)"),
+    "unknown_field": (422, "a field the body does not take (the message names it)"),
+    "missing_field": (422, "a field the body needs is absent (the message names it)"),
+    "invalid_field": (422, "a field of the wrong type or value (the message names it)"),
+    "invalid_compute": (422, "`compute` is not a non-empty list of compute kinds"),
+    "invalid_tensor": (422, "a tensor that is none of the forms of `Tensor`, or not of its input's shape and dtype"),
+    "unknown_transform": (422, "a `transform` of GET /v1/functions/{id}/source that is not one of `Transform`"),
+    "syntax_error": (422, "expr or program text that does not parse; `location` has its line and column"),
+    "shape_mismatch": (422, "shapes that do not fit (an input's, or an operation's operands'); `location` says "
+                            "where"),
+    "while_limit": (422, "a while loop ran past `ADSERVE_MAX_WHILE_ITERATIONS`, or its variables stopped "
+                          "changing; `location` has its line: does its condition ever become false?"),
+    "cancelled": (503, "the client went away before the answer (no client sees it but in logs and metrics)"),
+    "shutting_down": (503, "the server was stopped (SIGTERM) and this evaluation was still computing when the "
+                           "grace period ended: send it again after `Retry-After` (1) seconds; another replica "
+                           "answers"),
+    "registry_unavailable": (503, "with Redis configured and unreachable, an id or name this replica does not "
+                                  "hold (another replica may have registered it, and this one cannot ask): call "
+                                  "again after `Retry-After` seconds (the same call answers once Redis is back)"),
+    "deadline_exceeded": (504, "the evaluation ran past its `timeout_ms` or `ADSERVE_MAX_EVAL_SECONDS` and was "
+                               "stopped; the message says how far it got"),
+    "internal_error": (500, "a bug in the server (logged with its traceback); never for bad input")}
+ERROR_CODES = tuple(ERRORS)
+ErrorCode = described("ErrorCode", {code: f"{status}: {doc}" for code, (status, doc) in ERRORS.items()},
+                      "The error codes clients act on; others (the engine's own) may appear: see the message.")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def errors_table() -> str:
+    """docs/rest.md's table of the error codes (between its GENERATED markers), from `ERRORS`."""
+    out = ["| status | code | what it means; what to do |", "| --- | --- | --- |"]
+    out += [f"| {status} | `{code}` | {_cell(doc)} |" for code, (status, doc) in ERRORS.items()]
+    return "\n".join(out) + "\n"
 
 
 class InputSpec(BaseModel):
@@ -97,7 +170,7 @@ class Evaluation(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
     inputs: TensorMap = Field(description=TENSOR_DOC)
-    compute: list[ComputeKind] = [ComputeKind("value")]
+    compute: list[ComputeKind] = ["value"]
     tangent: TensorMap | None = Field(None, description="for jvp and hvp: one entry per input")
     cotangent: Tensor | None = Field(None, description="for vjp: output shape")
     batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
@@ -158,7 +231,9 @@ class Minimization(BaseModel):
         {"x0": {"x": [-1.0, -1.0]}, "method": "lbfgs", "max_iter": 200, "gtol": 1e-6}]})
     id: str | None = Field(None, description="may repeat the id in the path")
     x0: TensorMap = Field(description="the starting point, one entry per input. " + TENSOR_DOC)
-    method: Literal[tuple(optimize.METHODS)] = optimize.DEFAULT_METHOD
+    method: Literal[tuple(optimize.METHODS)] = Field(optimize.DEFAULT_METHOD, json_schema_extra=one_of({
+        name: f"scipy.optimize.minimize's {scipy}" + (", with Hessian-vector products" if hvp else "")
+        for name, (scipy, hvp) in optimize.METHODS.items()}))
     max_iter: int = Field(optimize.DEFAULT_MAX_ITER, ge=1, le=optimize.MAX_ITER)
     gtol: float = Field(optimize.DEFAULT_GTOL, ge=0,
                         description="stop once the largest absolute gradient component is at most this")

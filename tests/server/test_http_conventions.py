@@ -121,6 +121,29 @@ def test_openapi_names_its_shared_types(client):
     assert transform["schema"]["$ref"] == "#/components/schemas/Transform"
 
 
+def test_openapi_describes_each_value_of_each_enum(client):
+    """Every enum has each of its values again as `oneOf` of `const`s, each with its own description (the
+    compute kinds', transforms' and methods' from the engine's and optimiser's tables, the error codes' from
+    `schemas.ERRORS`, which docs/rest.md's table is generated from too). The `enum` stays: openapi-python-client
+    types from it (a `oneOf` of `const`s alone makes a parser that accepts only the first value: its issue
+    #1044)."""
+    from adserve.engine.evaluation import KIND_DOCS
+    from adserve.server import docgen, optimize
+    from adserve.server import schemas as models
+    named = client.get("/openapi.json").json()["components"]["schemas"]
+    enums = {name: named[name] for name in ("ComputeKind", "Transform", "ErrorCode", "NonFinite", "Dtype")}
+    enums["method"] = named["Minimization"]["properties"]["method"]
+    for name, schema in enums.items():
+        assert [v["const"] for v in schema["oneOf"]] == schema["enum"], name
+        assert all(v["description"] for v in schema["oneOf"]), name
+    described = {v["const"]: v["description"] for v in enums["ErrorCode"]["oneOf"]}
+    assert described == {code: f"{status}: {doc}" for code, (status, doc) in models.ERRORS.items()}
+    assert enums["ComputeKind"]["enum"] == list(KIND_DOCS) and enums["method"]["enum"] == list(optimize.METHODS)
+    assert all(doc in v["description"] for v, doc in zip(enums["ComputeKind"]["oneOf"], KIND_DOCS.values()))
+    text = (docgen.docgen.DOCS / "rest.md").read_text()
+    assert docgen.render(text) == text, "docs/rest.md's error table is stale: run python -m adserve.server.docgen"
+
+
 def test_openapi_responses_say_what_is_sent(client):
     spec = client.get("/openapi.json").json()
     evaluate = spec["paths"]["/v1/evaluate"]["post"]["responses"]

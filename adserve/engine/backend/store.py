@@ -1,7 +1,8 @@
 """The kernel store: plan kernels compiled in worker processes, kept on disk, loaded into this process.
 
 A plan's kernel is compiled in a worker process (time-limited and killable, at a lowered CPU priority;
-numba's compile lock never stalls the server), single flight per key, into `<cache_dir>/kernels/`. The
+numba's compile lock never stalls the server; kept warm for the next compile: compile_workers.py), single
+flight per key, into `<cache_dir>/kernels/`. The
 module is then imported here, which loads numba's on-disk cache in milliseconds. After a restart, kernels
 already on disk load on first use without compiling again, and `preload` loads the most recently used ones
 at start. A compile failure or timeout is logged and counted and leaves the key failed; it never reaches a
@@ -23,13 +24,13 @@ import contextlib
 import glob
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import threads
+from .compile_workers import Workers
 from .interpreter import NUMBA, PARALLEL
 from .plan import is_parallel_key, plan_meta
 
@@ -41,6 +42,7 @@ def _source(graph, title, parallel=False):
     return kernel_module(graph, title, parallel=parallel)
 
 
+<<<<<<< HEAD
 MEMORY_GRACE = 5.0  # seconds a compile worker at its memory limit has to finish or fail by itself
 
 
@@ -68,6 +70,8 @@ def _llvm_usable() -> bool:
         return False
 
 
+=======
+>>>>>>> main
 class KernelStore:
     LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
     # a compile whose worker died of a signal (out of memory, an operator) is tried once more after this; a
@@ -101,8 +105,13 @@ class KernelStore:
         self._lock = threading.Lock()
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
+<<<<<<< HEAD
         self._procs: set = set()
         self._chunk_pool = None  # threads running LLVM kernels' chunks (their parallel variants), made when needed
+=======
+        self._procs: set = set()  # the processes compiling now
+        self._workers = Workers(memory)
+>>>>>>> main
         self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
         self._reloaded: set = set()  # keys compiled again after a failed load (once each)
         self._retried: set = set()   # keys compiled again after their worker was killed (once each)
@@ -221,7 +230,7 @@ class KernelStore:
     # -- compile and load ----------------------------------------------------
     def _compile(self, key, graph, parallel=False):
         # imported here: `python -m` of the worker module must not find it imported by the package already
-        from ..codegen.worker import MEMORY_ENV, out_of_memory
+        from ..codegen.worker import out_of_memory
         path = self.path(key)
         try:
             if parallel and threads.parallel_layer() is None:
@@ -236,29 +245,23 @@ class KernelStore:
                         f.write(self.source(graph, f"plan {plan_meta(graph).key}", parallel=parallel))
                 os.replace(tmp, path)
             t = time.perf_counter()
-            # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
-            # are never forked into it
-            env = {**os.environ, MEMORY_ENV: str(self.memory)}
-            proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", path],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-            self._procs.add(proc)
-            try:
-                out, why = self._wait(proc)
-            finally:
-                self._procs.discard(proc)
+            out, why, code, warm = self._run_worker(path)
+            if why == "memory" or code and out_of_memory(code, out):
+                if warm:  # the worker had compiled before: its memory is not all this kernel's; once more, new
+                    out, why, code, warm = self._run_worker(path, fresh=True)
             if why == "timeout":
                 self.stats.compile_timeouts += 1
                 self._count_failure("timeout")
                 return self._fail(key, f"compile timed out after {self.timeout:.0f}s")
-            if proc.returncode != 0:
+            if code:
                 self.stats.compile_failures += 1
-                memory = why == "memory" or out_of_memory(proc.returncode, out)
-                self._count_failure("memory" if memory else "killed" if proc.returncode < 0 else "error")
+                memory = why == "memory" or out_of_memory(code, out)
+                self._count_failure("memory" if memory else "killed" if code < 0 else "error")
                 if memory:
                     return self._fail(key, f"compile worker ran out of memory (its limit: {self.memory:,} bytes of "
                                            f"address space, ADSERVE_COMPILE_MEMORY_BYTES): {out[-1000:]}")
-                why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
-                if proc.returncode < 0 and self._retry_later(key, graph, parallel, why):
+                why = f"signal {-code}" if code < 0 else f"exit status {code}"
+                if code < 0 and self._retry_later(key, graph, parallel, why):
                     return
                 return self._fail(key, f"compile worker failed ({why}): {out[-2000:]}")
             seconds = time.perf_counter() - t
@@ -277,23 +280,18 @@ class KernelStore:
             self._count_failure("io" if isinstance(e, OSError) else "load")
             self._fail(key, f"{type(e).__name__}: {e}")
 
-    def _wait(self, proc):
-        """(its output, None) once the compile worker ends; killed past the timeout, (output, "timeout"), or
-        `MEMORY_GRACE` seconds after its address space came within 2% of its limit, (output, "memory"): numba
-        at its limit may retry allocations for minutes instead of failing."""
-        started, near = time.monotonic(), None
-        while True:
-            try:
-                return proc.communicate(timeout=1.0)[0], None
-            except subprocess.TimeoutExpired:
-                now = time.monotonic()
-                if near is None and self.memory and _peak_bytes(proc.pid) >= 0.98 * self.memory:
-                    near = now
-                why = ("timeout" if now - started >= self.timeout else
-                       "memory" if near is not None and now - near >= MEMORY_GRACE else None)
-                if why:
-                    proc.kill()
-                    return proc.communicate()[0], why
+    def _run_worker(self, path, fresh=False):
+        """Compile `path` in a warm worker (`fresh`: a new one): (its output, why it was stopped or None, its
+        exit status if it ended, whether it had compiled before)."""
+        worker = self._workers.take(fresh)
+        warm = worker.compiles > 0
+        self._procs.add(worker.proc)
+        try:
+            out, why, code = worker.compile(path, self.timeout)
+        finally:
+            self._procs.discard(worker.proc)
+            self._workers.give(worker)
+        return out, why, code, warm
 
     def _retry_later(self, key, graph, parallel, why) -> bool:
         """Compile `key` again after RETRY_KILLED_SECONDS (it stays pending meanwhile), once per key; False
@@ -483,8 +481,7 @@ class KernelStore:
 
     def shutdown(self):
         self.closed = True
-        for p in list(self._procs):
-            p.kill()
+        self._workers.shutdown()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._chunk_pool is not None:
             self._chunk_pool.shutdown(wait=False, cancel_futures=True)

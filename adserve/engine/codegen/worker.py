@@ -1,9 +1,13 @@
-"""Compile one generated module in a process of its own: `python -m adserve.engine.codegen.worker PATH`.
+"""Compile generated modules in a process of its own: `python -m adserve.engine.codegen.worker PATH`, or
+`... worker --serve`, which compiles each path read from its standard input in turn (a warm worker).
 
-Importing the module compiles its kernel (eager signature) and writes numba's
+Importing a module compiles its kernel (eager signature) and writes numba's
 cache beside it; a `.ll` file (the direct-LLVM back end's kernel, llvm_kernel.py) is compiled by llvmlite
 into object code beside it instead. A separate process can be timed out and killed, and numba's
-global compile lock never stalls the server. The worker runs at a lowered CPU
+global compile lock never stalls the server. A warm worker pays Python's and NumPy's start-up once for many
+compiles, and numba's (about 1 s of CPU) at its first numba kernel (an LLVM-only worker never imports numba);
+after each compile it prints `DONE` and its address space in bytes on a line of its own. Any failure ends it,
+as it ends a one-path worker. The worker runs at a lowered CPU
 priority (`NICE`, or `ADSERVE_COMPILE_NICE`), so a background compile takes
 only CPU time that requests leave idle. Its address space is limited (RLIMIT_AS) to the bytes in
 `ADSERVE_COMPILE_MEMORY_BYTES` (set by the kernel store; 0 or unset: no limit): a compile that needs more
@@ -67,15 +71,25 @@ def threadsafe_layer():
         config.THREADING_LAYER = "threadsafe"
 
 
-def main():
-    path = sys.argv[1]
-    name = path.rsplit("/", 1)[-1][:-3]
+DONE = "@@adserve-compiled@@"  # a warm worker's line after each compile: DONE <address space in bytes>
+
+
+def address_space(pid="self") -> int:
+    """The address space process `pid` holds now (Linux's VmSize; 0 where it cannot be read)."""
     try:
-        os.nice(int(os.environ.get("ADSERVE_COMPILE_NICE", NICE)))
-    except (OSError, ValueError):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
-    limited = limit_memory()
-    compile_settings()
+    return 0
+
+
+def compile_one(path: str, limited: bool, keep: bool):
+    """Compile the module at `path` (exits with MEMORY_EXIT when memory runs out). `keep`: leave it imported
+    (a warm worker drops it, so its memory can go back)."""
+    name = path.rsplit("/", 1)[-1][:-3]
     t = time.perf_counter()
     try:
         if path.endswith(".ll"):  # the direct-LLVM back end's kernel: llvmlite alone, no numba
@@ -91,7 +105,32 @@ def main():
         print(f"MemoryError: out of memory compiling {name} ({type(e).__name__}: {str(e)[:300]}; limit "
               f"{os.environ.get(MEMORY_ENV)} bytes)", flush=True)
         sys.exit(MEMORY_EXIT)
+    if not keep:
+        sys.modules.pop(name, None)
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
+
+
+def serve(limited: bool):
+    """Compile each path read from standard input, until it closes; after each, the DONE line."""
+    print(f"{DONE} {address_space()}", flush=True)  # ready
+    for line in sys.stdin:
+        path = line.strip()
+        if path:
+            compile_one(path, limited, keep=False)
+            print(f"{DONE} {address_space()}", flush=True)
+
+
+def main():
+    try:
+        os.nice(int(os.environ.get("ADSERVE_COMPILE_NICE", NICE)))
+    except (OSError, ValueError):
+        pass
+    limited = limit_memory()
+    compile_settings()
+    if sys.argv[1] == "--serve":
+        serve(limited)
+    else:
+        compile_one(sys.argv[1], limited, keep=True)
 
 
 if __name__ == "__main__":

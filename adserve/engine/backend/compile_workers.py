@@ -1,0 +1,195 @@
+"""Warm compile workers: processes that compile kernel modules one after another, kept for a while between compiles.
+
+A compile worker (`python -m adserve.engine.codegen.worker --serve`) spends about 1 s of CPU on Python's, NumPy's
+and numba's start-up before its first kernel: more than a small kernel's own compile. So a worker is kept after
+a compile and given the next one, and closed after `idle_seconds` with nothing to do. Each compile keeps the
+guarantees of a worker of its own: it is killed past its time limit, or `MEMORY_GRACE` seconds after its address
+space came within 2% of the limit (numba at its limit may retry allocations for minutes instead of failing), and
+a worker that failed in any way is never used again. A worker retires after a compile that left it holding more
+than half its address-space limit (`RETIRE_FRACTION`), or after `MAX_COMPILES`, so the next compile always has
+room; a compile that ran out of memory in a worker that had compiled before is tried once in a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+MEMORY_GRACE = 5.0  # seconds a compile worker at its memory limit has to finish or fail by itself
+RETIRE_FRACTION = 0.5
+MAX_COMPILES = 64
+UNLIMITED_RETIRE_BYTES = 4 << 30  # the retiring point of a worker with no address-space limit
+
+
+class Worker:
+    """One compile worker process; `compile` hands it a path and waits for the result."""
+
+    def __init__(self, memory: int):
+        from ..codegen.worker import MEMORY_ENV
+        # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
+        # are never forked into it
+        env = {**os.environ, MEMORY_ENV: str(memory)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", "--serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env)
+        self.memory = memory
+        self.compiles = 0
+        self.address_space = 0
+        self.idle_since = time.monotonic()
+        self._started = False  # its first line (DONE, once numba is imported) not read yet
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, name="adserve-compile-output", daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)  # the worker ended
+
+    def compile(self, path: str, timeout: float) -> tuple[str, str | None, int | None]:
+        """(its output, why it was stopped or None, the exit status if it ended). The worker stays usable when
+        the last two are None."""
+        from ..codegen.worker import DONE, address_space
+        try:
+            self.proc.stdin.write(path + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it died before this path (killed while idle): its output says how
+            pass
+        out = []
+        started, near = time.monotonic(), None
+        while True:
+            try:
+                line = self._lines.get(timeout=1.0)
+            except queue.Empty:
+                now = time.monotonic()
+                if near is None and self.memory and address_space(self.pid) >= 0.98 * self.memory:
+                    near = now
+                why = ("timeout" if now - started >= timeout else
+                       "memory" if near is not None and now - near >= MEMORY_GRACE else None)
+                if why:
+                    self.kill()
+                    return "".join(out) + self._rest(), why, self.proc.wait()
+                continue
+            if line is None:
+                return "".join(out), None, self.proc.wait()
+            if line.startswith(DONE):
+                if not self._started:  # a new worker says it is ready, then answers the path
+                    self._started = True
+                    continue
+                self.compiles += 1
+                self.address_space = int(line.split()[1])
+                self.idle_since = time.monotonic()
+                return "".join(out), None, None
+            out.append(line)
+
+    def _rest(self) -> str:
+        self.proc.wait()
+        rest = []
+        while (line := self._lines.get()) is not None:
+            rest.append(line)
+        return "".join(rest)
+
+    def spent(self) -> bool:
+        """Whether it should take no more compiles: it ended, compiled MAX_COMPILES, or holds too much memory."""
+        limit = self.memory * RETIRE_FRACTION if self.memory else UNLIMITED_RETIRE_BYTES
+        return self.proc.poll() is not None or self.compiles >= MAX_COMPILES or self.address_space > limit
+
+    def close(self):
+        """Ends it: standard input closed, it exits after what it is doing (killed if it does not within 5 s)."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self):
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+
+class Workers:
+    """Warm workers of one kernel store: `take` one (an idle one, or a new one), `give` it back after a compile."""
+
+    def __init__(self, memory: int, idle_seconds: float = 60.0):
+        self.memory = memory
+        self.idle_seconds = idle_seconds
+        self._idle: list[Worker] = []
+        self.busy: set[Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._timer = None
+
+    def take(self, fresh: bool = False) -> Worker:
+        """A worker for one compile (`fresh`: a new one)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the compile workers are closed")
+            worker = None
+            while self._idle and not fresh:
+                w = self._idle.pop()
+                if w.proc.poll() is None:
+                    worker = w
+                    break
+            worker = worker or Worker(self.memory)
+            self.busy.add(worker)
+            return worker
+
+    def give(self, worker: Worker):
+        """Back after a compile: kept idle if it is still good, closed otherwise."""
+        with self._lock:
+            self.busy.discard(worker)
+            keep = not self._closed and not worker.spent()
+            if keep:
+                self._idle.append(worker)
+                self._schedule()
+        if not keep:
+            threading.Thread(target=worker.close, daemon=True).start()
+
+    def _schedule(self):
+        if self._timer is None:
+            self._timer = threading.Timer(self.idle_seconds, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self):
+        """Close the workers idle for `idle_seconds`; look again while some are left."""
+        now, gone = time.monotonic(), []
+        with self._lock:
+            self._timer = None
+            keep = []
+            for w in self._idle:
+                (gone if now - w.idle_since >= self.idle_seconds else keep).append(w)
+            self._idle = keep
+            if keep and not self._closed:
+                self._schedule()
+        for w in gone:
+            w.close()
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in [*self._idle, *self.busy]]
+
+    def shutdown(self):
+        """Kill every worker, idle or busy (a compile in progress is abandoned)."""
+        with self._lock:
+            self._closed = True
+            workers = [*self._idle, *self.busy]
+            self._idle = []
+            if self._timer is not None:
+                self._timer.cancel()
+        for w in workers:
+            w.kill()
+        for w in workers:
+            w.proc.wait()  # reaped: no zombie left behind
