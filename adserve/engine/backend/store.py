@@ -42,22 +42,6 @@ def _source(graph, title, parallel=False):
     return kernel_module(graph, title, parallel=parallel)
 
 
-<<<<<<< HEAD
-MEMORY_GRACE = 5.0  # seconds a compile worker at its memory limit has to finish or fail by itself
-
-
-def _peak_bytes(pid: int) -> int:
-    """The most address space process `pid` has held (Linux's VmPeak; 0 where it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmPeak:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def _llvm_usable() -> bool:
     """Whether this process can run the LLVM back end's kernels (llvmlite, NumPy's array struct as they read it)."""
     try:
@@ -70,8 +54,6 @@ def _llvm_usable() -> bool:
         return False
 
 
-=======
->>>>>>> main
 class KernelStore:
     LOAD_WAIT_SECONDS = 0.1  # a load waits at most this long for a quiet moment (it holds the interpreter's lock)
     # a compile whose worker died of a signal (out of memory, an operator) is tried once more after this; a
