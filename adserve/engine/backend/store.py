@@ -87,13 +87,9 @@ class KernelStore:
         self._lock = threading.Lock()
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
-<<<<<<< HEAD
-        self._procs: set = set()
-        self._chunk_pool = None  # threads running LLVM kernels' chunks (their parallel variants), made when needed
-=======
         self._procs: set = set()  # the processes compiling now
         self._workers = Workers(memory)
->>>>>>> main
+        self._chunk_pool = None  # threads running LLVM kernels' chunks (their parallel variants), made when needed
         self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
         self._reloaded: set = set()  # keys compiled again after a failed load (once each)
         self._retried: set = set()   # keys compiled again after their worker was killed (once each)
