@@ -51,8 +51,9 @@ class Function:
         return {"id": self.id, "inputs": [self._spec(n) for n in self.input_names],
                 "output_shape": list(self.output_shape), "n_nodes": self.n_nodes}
 
-    def export(self) -> dict:
-        return {"inputs": self.info()["inputs"], "graph": export_graph(self.graph, self.input_names)}
+    def export(self, locations: dict | None = None) -> dict:
+        """The definition in graph form; `locations` receives its nodes' source locations (export_graph)."""
+        return {"inputs": self.info()["inputs"], "graph": export_graph(self.graph, self.input_names, locations)}
 
     def text(self) -> str:
         return canonical_text(self.graph, self._typed_names())

@@ -11,7 +11,7 @@ STEP_WORK + work x points) x derivative factor x sweeps`, is at least `threshold
 interpreter step costs about as much as STEP_WORK element operations. Each worker:
 
 * has its own engine (the same backend settings and limits; kernels load from the shared on-disk cache),
-  and keeps the functions it was sent by id (the first request for one carries its exported graph);
+  and keeps the functions it was sent by id (the first request for one carries its exported graph and its source lines);
 * runs under a memory limit (RLIMIT_AS): a request that needs more is answered 413 too_large naming it,
   and the worker is replaced;
 * stops itself at the request's deadline (the interpreter and kernels check it as in process) and says
@@ -197,7 +197,10 @@ class WorkerPool:
         raise RuntimeError(f"isolated worker failed: {reply[1]}")
 
     def _call(self, worker: _Worker, fn, call, deadline):
-        graph = None if fn.id in worker.known else fn.export()
+        graph = None
+        if fn.id not in worker.known:  # its graph form, and its program's lines, which that form cannot carry
+            locations: dict = {}
+            graph = (fn.export(locations), locations)
         limit = None
         if deadline is not None and deadline.expires != float("inf"):
             # the time it expires, not what is left: the worker may start (imports) or compile before it reads

@@ -2,7 +2,7 @@
 
 Started by isolation.py's `WorkerPool`. It reads a `WorkerSpec`, sets its memory limit (RLIMIT_AS) and
 CPU priority, builds its own engine and says ("ready",), then answers requests one at a time, each a pickled
-("evaluate", request number, function id, exported graph or None, Engine.evaluate's keyword arguments, (the deadline's
+("evaluate", request number, function id, (exported graph, its node locations) or None, Engine.evaluate's keyword arguments, (the deadline's
 time.monotonic() expiry, seconds, label) or None). Replies are pickled tuples: ("ok", result, meta), ("stopped", code, reason, what,
 progress), ("error", class name, code, message, location), ("memory", message), ("unknown",) when it no
 longer keeps the function and no graph came, or ("failed", text). A thread reads STOP_FD: (request number,
@@ -78,12 +78,15 @@ def _listen(conn, current):
 def _answer(engine, functions, msg, current):
     from .deadline import Deadline, Stopped
     from .errors import EngineError, LimitError
+    from .frontends.graph_json import restore_locations
     _, seq, fid, graph, call, limit = msg
     fn = functions.get(fid)
     if fn is None:
         if graph is None:
             return ("unknown",)
-        fn = engine.compile_definition(graph)
+        definition, locations = graph
+        fn = engine.compile_definition(definition)
+        restore_locations(fn.graph, locations)  # errors name the program's lines, as in the server
         functions[fid] = fn
         if len(functions) > MAX_FUNCTIONS:
             functions.popitem(last=False)

@@ -69,7 +69,12 @@ def sign(x):
         return 1.0
     if x < 0.0:
         return -1.0
-    return x  # 0.0, -0.0 or NaN, as numpy.sign
+    return x  # 0.0, -0.0 or NaN: sign(-0.0) is -0.0, as in JAX (XLA) and C's copysign convention
+
+
+def _sign(x):
+    # NumPy 2 gives sign(-0.0) = +0.0; the compiled tiers and JAX keep the zero's sign
+    return np.copysign(np.sign(x), x)
 
 
 def cbrt(x):
@@ -262,9 +267,9 @@ elementwise("sqrt", np.sqrt, lambda x, a: 0.5 / a, template="math.sqrt({0})", ir
 elementwise("abs", np.abs, lambda x, a: op.sign(x), template="abs({0})",
             ir=_ir_call("llvm.fabs.f64"),
             doc="absolute value; derivative sign(x), which is 0 at x = 0")
-elementwise("sign", np.sign, nondiff=True, template="sign({0})", helper=sign,
+elementwise("sign", _sign, nondiff=True, template="sign({0})", helper=sign,
             ir=_IR_SIGN,
-            doc="-1, 0 or 1 (0 at 0); derivative 0")
+            doc="-1, 0 or 1 (sign(-0.0) = -0.0, NaN at NaN); derivative 0")
 elementwise("sigmoid", _sigmoid, lambda x, a: a * (1.0 - a), template="sigmoid({0})", helper=sigmoid,
             ir=_IR_SIGMOID,
             doc="1 / (1 + exp(-x)), without overflow for large |x|")

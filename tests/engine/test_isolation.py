@@ -97,6 +97,29 @@ def test_errors_come_back_as_the_engines_own(pool):
     assert pool.stats()["started"] == 1  # errors keep the worker
 
 
+def test_errors_from_a_worker_name_the_programs_line(pool):
+    """A function reaches its worker in graph form, which has node ids and no lines: the lines go beside it, so a
+    run-time error there names the program's line as it would in the server (bench/hostile.py's never-ending
+    while over 1,000 elements, and a gather out of range, answered `line: None` through a real server)."""
+    iso, plain = Engine(isolation=pool), Engine()
+    never = {"inputs": [{"name": "x", "shape": [1000]}],
+             "program": "def f(x):\n    y = x\n    while y[0] > -1.0:\n        y = y + 1.0\n    return sum(y)"}
+    gather = {"inputs": [{"name": "x", "shape": [4]}, {"name": "i", "shape": [2], "dtype": "int64"}],
+              "program": "def f(x, i):\n    y = 2.0 * x\n    return sum(y[i])"}
+    for defn, inputs, compute, line in [(never, {"x": np.zeros(1000)}, ["value"], 3),
+                                        (never, {"x": np.zeros(1000)}, ["value", "gradient"], 3),
+                                        (gather, {"x": np.arange(4.0), "i": np.array([1, 7])}, ["value"], 3)]:
+        errors = []
+        for engine in (iso, plain):
+            with pytest.raises(EvaluationError) as e:
+                engine.evaluate(engine.compile_definition(defn), inputs, compute)
+            errors.append(e.value)
+        isolated, alone = errors
+        assert isolated.location == alone.location and isolated.location.get("line") == line, isolated.location
+        assert isolated.message == alone.message and f"line {line}" in isolated.message
+    assert pool.stats()["evaluations"] == 3
+
+
 def test_a_loop_past_its_deadline_stops_in_its_worker_which_is_kept(pool):
     iso = Engine(isolation=pool)
     fn = iso.compile_definition(loop(1_000_000))

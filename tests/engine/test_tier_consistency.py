@@ -103,6 +103,7 @@ CASES = [  # (name, f, shapes, points): each point a list of inputs
     ("minimum", op.minimum, [(), ()], [[NZ, 0.0], [0.0, NZ], [NAN, 1.0], [1.0, NAN], [NZ, NZ], [2.0, 1.0]]),
     ("maximum[4]", op.maximum, [(4,), (4,)], [[[NZ, 0.0, NAN, 1.0], [0.0, NZ, 1.0, NAN]]]),
     ("1/(x + 0.0)", lambda x: 1.0 / (x + 0.0), [()], [[NZ], [0.0], [2.0]]),
+    ("sign, 1/sign", lambda x: (op.sign(x), 1.0 / op.sign(x)), [()], [[NZ], [0.0], [NAN], [2.0], [-3.0]]),
     ("1/(0.0 + x)", lambda x: 1.0 / (0.0 + x), [()], [[NZ], [0.0]]),
     ("1/(x - 0.0), 1/(x - -0.0), 1/(x + -0.0)",
      lambda x: (1.0 / (x - 0.0), 1.0 / (x - NZ), 1.0 / (x + NZ)), [()], [[NZ], [0.0]]),

@@ -213,8 +213,9 @@ def _body(node, name, depth, budget) -> Graph:
 
 # -- export ---------------------------------------------------------------------
 class _Exporter:
-    def __init__(self):
+    def __init__(self, locations=None):
         self.names, self.count = {}, 0
+        self.locations = locations  # node id -> its equation's source location, when asked for
 
     def fresh(self, var, prefix="v"):
         name = f"{prefix}{self.count}"
@@ -255,11 +256,27 @@ class _Exporter:
             n = {"id": self.fresh(None, "n"), **n, "outputs": [self.fresh(o) for o in e.outputs]}
         else:
             n = {"id": self.fresh(e.out), **n}
+        if self.locations is not None and e.loc is not None:
+            self.locations[n["id"]] = e.loc
         return n
 
 
-def export_graph(graph: Graph, input_names) -> dict:
-    return _Exporter().body(graph, list(input_names))
+def export_graph(graph: Graph, input_names, locations: dict | None = None) -> dict:
+    """The graph form of `graph`. `locations`, if given, receives {node id: source location} of the equations
+    that have one (a program's lines), which the graph form cannot carry: see `restore_locations`."""
+    return _Exporter(locations).body(graph, list(input_names))
+
+
+def restore_locations(graph: Graph, locations: dict) -> None:
+    """Give the equations of `graph`, lowered from an exported graph form, the source locations `export_graph`
+    gave for their node ids, so errors name the program's line and not a node id (a function sent to another
+    process as its graph form: an isolation worker)."""
+    for e in graph.eqns:
+        loc = e.loc
+        if isinstance(loc, dict) and len(loc) == 1 and loc.get("node") in locations:
+            e.loc = locations[loc["node"]]
+        for g in sub_graphs(e):
+            restore_locations(g, locations)
 
 
 def graph_schema() -> dict:
