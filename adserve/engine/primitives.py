@@ -133,7 +133,10 @@ def elementwise(name, impl, *partials, arity=None, nondiff=False, **row):
         def run(*xs):
             return impl(*align(*xs))
     row.setdefault("lang", (name,))
-    register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=arity, **row))
+    # the interpreter's Program gives a literal the other argument's rank, and calls `impl` itself where the ranks
+    # agree (every value's rank is its per-point shape's plus the batch axis: `run` would call it alone)
+    extra = {"aligns": True, "same_rank": impl} if arity == 2 else {}
+    register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=arity, extra=extra, **row))
 
 
 def _sigmoid(x):
