@@ -161,14 +161,12 @@ def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done
                                   "stopped changing while its condition still holds (it would run past "
                                   f"{max_iter:,} iterations, the limit, ADSERVE_MAX_WHILE_ITERATIONS)",
                                   code="while_limit", cite_line=True)
-        for c, v in zip(carry, new):
-            if every_point:
-                c[...] = v
-            else:
-                c[active] = v
-        if every_point:
+        if every_point:  # new arrays: a body's output may be a carry, or a view of one (a swap, `y = w[::-1]`)
+            carry = [np.array(np.broadcast_to(v, c.shape), dtype=np.float64, order="C") for c, v in zip(carry, new)]
             full += 1
-        else:
+        else:  # `cur` holds copies of the active rows: no output is a view of a carry
+            for c, v in zip(carry, new):
+                c[active] = v
             count[active] += 1
         iterations += 1
         done[0] = iterations
