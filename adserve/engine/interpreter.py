@@ -110,8 +110,9 @@ class Program:
         self.steps = steps
         self.outputs = [(slots[a], None) if type(a) is Var else (None, a) for a in graph.outputs]
         self.init, self.per_run = init, per_run
-        # per variant (index: run without a deadline): runs so far, and straight.compiled's code (False: none)
-        self.runs, self.fast = [0, 0], [None, None]
+        # per variant (index: run without a deadline, + 2 for a condition's booleans): runs so far (of the first
+        # two), and straight.compiled's code (None: not yet made; False: none)
+        self.runs, self.fast = [0, 0], [None, None, None, None]
 
 
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

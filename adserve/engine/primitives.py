@@ -135,7 +135,7 @@ def elementwise(name, impl, *partials, arity=None, nondiff=False, **row):
     row.setdefault("lang", (name,))
     # the interpreter's Program gives a literal the other argument's rank, and calls `impl` itself where the ranks
     # agree (every value's rank is its per-point shape's plus the batch axis: `run` would call it alone)
-    extra = {"aligns": True, "same_rank": impl} if arity == 2 else {}
+    extra = {"aligns": True, "same_rank": impl, **row.pop("extra", {})} if arity == 2 else {}
     register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=arity, extra=extra, **row))
 
 
@@ -259,8 +259,9 @@ elementwise("logaddexp", np.logaddexp, lambda a, b, y: op.exp(a - y), lambda a, 
             doc="log(exp(a) + exp(b)) without overflow; d/da is exp(a - logaddexp(a, b))")
 for _name, _fn, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),
                          ("ge", np.greater_equal, ">="), ("eq", np.equal, "=="), ("ne", np.not_equal, "!=")):
+    # `truth`: the comparison as booleans, for a while loop's condition that is only tested (straight.py)
     elementwise(_name, lambda a, b, _fn=_fn: _fn(a, b).astype(np.float64), arity=2, nondiff=True, lang=(),
-                template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b",
+                extra={"truth": _fn}, template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b",
                 doc="comparison: 1.0 if true, else 0.0; derivative 0")
 
 

@@ -8,8 +8,10 @@ statement per equation over local variables, and compiles it: a function `run(ar
 the same arrays and raises the same errors as `run_program(prog, args, deadline)` (an EngineError is
 located at its equation, a stop says at which operation it was), with the same deadline checks (before
 every equation). Runs with a deadline and runs without get a function each (the latter reads none), each
-made when needed. Implementations, literals, parameters and locations reach the code as closure variables,
-never as text: the source holds only generated names and numbers, so nothing a client sends is compiled.
+made when needed; a while loop's condition, tested only for being nonzero, may also get one that answers a
+final comparison as booleans (`truth`: NumPy's comparison without its conversion to 1.0 and 0.0).
+Implementations, literals, parameters and locations reach the code as closure variables, never as text: the
+source holds only generated names and numbers, so nothing a client sends is compiled.
 
 A Program is compiled after it has run `COMPILE_AFTER` times that way (Program.runs). Compiling one costs
 about as much as 30 walks of it where dispatch is what a walk costs (measured: about 50 us an equation,
@@ -28,9 +30,35 @@ COMPILE_AFTER = 64  # runs of a Program (of one variant) before it is compiled (
 MAX_STEPS = 500
 
 
-def _source(prog, checked):
+def _truth_step(prog):
+    """The step whose comparison is the program's one output and read by no other step, if any, made with
+    the comparison's `same_rank` implementation: its booleans can stand in for its 1.0s and 0.0s where the
+    output is only tested for being nonzero (a while loop's condition)."""
+    from .builder import PRIMS
+
+    if len(prog.outputs) != 1 or prog.outputs[0][0] is None or not prog.steps:
+        return None
+    out = prog.outputs[0][0]
+    for i, (impl, ins, outs, params, takes_deadline, e) in enumerate(prog.steps):
+        if outs == out:
+            p = PRIMS[e.prim]
+            if "truth" not in p.extra or impl is not p.extra["same_rank"] or params:
+                return None
+            if any(out in later[1] for later in prog.steps[i + 1:]):
+                return None
+            return i
+    return None
+
+
+def _source(prog, checked, truth=False):
     """The factory's source and its closure values (name -> object), or None when the walk must stay.
-    `checked`: the variant for a deadline (read before every equation, handed to the loops and branches)."""
+    `checked`: the variant for a deadline (read before every equation, handed to the loops and branches);
+    `truth`: the variant whose one output, a comparison, is booleans (None when the output is no such)."""
+    from .builder import PRIMS
+
+    tested = _truth_step(prog) if truth else None
+    if truth and tested is None:
+        return None
     from .interpreter import _frozen, lit_array  # noqa: F401  (named in the source through `env`)
 
     env = {"Stopped": Stopped, "EngineError": EngineError, "_frozen": _frozen, "lit_array": lit_array,
@@ -59,7 +87,7 @@ def _source(prog, checked):
     for i, (impl, ins, outs, params, takes_deadline, e) in enumerate(prog.steps):
         if any(s not in written for s in ins):
             return None  # a slot read before any value is put in it: the walk's behaviour (None) stays
-        env[f"F{i}"] = impl
+        env[f"F{i}"] = PRIMS[e.prim].extra["truth"] if i == tested else impl
         locs.append(e.loc)
         if params:
             env[f"P{i}"] = params
@@ -100,11 +128,12 @@ def _source(prog, checked):
     return "\n".join(src), env
 
 
-def compiled(prog, checked: bool):
-    """`run(args, deadline)` for runs with a deadline (`checked`) or without; None when `prog` stays on the walk."""
+def compiled(prog, checked: bool, truth: bool = False):
+    """`run(args, deadline)` for runs with a deadline (`checked`) or without, with its one output a comparison's
+    booleans (`truth`); None when `prog` stays on the walk (or has no such output)."""
     if len(prog.steps) > MAX_STEPS:
         return None
-    made = _source(prog, checked)
+    made = _source(prog, checked, truth)
     if made is None:
         return None
     src, env = made

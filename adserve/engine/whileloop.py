@@ -6,8 +6,9 @@ condition, the body, nothing else, except at the iterations where something is d
 generated code, the iteration limit. The next of those is one number compared per iteration. Its carries
 are the body's own arrays, not copied back into the loop's (a copy of the whole state per iteration),
 wherever the body's are what the copy would have been: arrays of their own (not views), of the same shape,
-float64 and C-ordered, so the next iteration computes on the same bits laid out the same way. The condition and body run as the straight-line
-code straight.py makes once they have run a few times.
+float64 and C-ordered, so the next iteration computes on the same bits laid out the same way. The condition
+and body run as the straight-line code straight.py makes once they have run a few times (a condition that
+ends in a comparison: the variant answering booleans, which are tested as its 1.0 and 0.0 would be).
 
 When some points stop and others go on, `some_points` takes over from the top of that iteration (running
 its condition again: it is a function of the carries) with the loop's own arrays: a mask of the points
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import straight
 from .errors import EvaluationError
 from .interpreter import run_program
 
@@ -52,6 +54,18 @@ def stuck(cur, new, n):
     return same
 
 
+def _stuck_all(cur, new, B):
+    """`stuck(cur, new, B).any()`, for one point without its mask: the first carry that changed answers."""
+    if B != 1:
+        return stuck(cur, new, B).any()
+    for old, v in zip(cur, new):
+        if v.shape != old.shape or v.dtype != F64:
+            return stuck(cur, new, B).any()
+        if not (old.view(np.int64) == v.view(np.int64)).all():
+            return False
+    return True
+
+
 def finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
     """The rest of a long loop in generated code (codegen/while_kernel.py), from the carries reached after
     `iterations` (a multiple of `every`), merged with what the interpreter has (counts, tape rows); None: the
@@ -76,12 +90,20 @@ def finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iteration
     return [*out[:n], count + more, *stacked]
 
 
-def _runner(prog, deadline):
-    """What runs `prog` here: its straight-line code once made (see interpreter.run_program), else the walk."""
-    fast = prog.fast[deadline is None]
-    if fast:
-        return fast
-    return lambda args, dl: run_program(prog, args, dl)
+def _runner(prog, deadline, truth=False):
+    """What runs `prog` here: its straight-line code once made (see interpreter.run_program), else the walk;
+    for a condition (`truth`), the code whose final comparison answers booleans, where there is one."""
+    plain = deadline is None
+    fast = prog.fast[plain]
+    if not fast:
+        return lambda args, dl: run_program(prog, args, dl)
+    if truth:
+        tested = prog.fast[2 + plain]
+        if tested is None:
+            tested = prog.fast[2 + plain] = straight.compiled(prog, not plain, truth=True) or False
+        if tested:
+            return tested
+    return fast
 
 
 def _next_due(it, tape, every, next_look, max_iter):
@@ -103,9 +125,10 @@ def every_point(consts, carry, B, rows, cond_prog, body_prog, cond, body, n_cons
     from .codegen import while_kernel
 
     shapes = [c.shape for c in carry]
+    c_strides = [np.empty(s).strides for s in shapes]  # a C-ordered array's (a view's flags cost more to read)
     next_look = while_kernel.ESCALATE_AFTER  # when to look at handing the loop to generated code (None: done)
     iterations = due = 0
-    run_cond, run_body = _runner(cond_prog, deadline), _runner(body_prog, deadline)
+    run_cond, run_body = _runner(cond_prog, deadline, True), _runner(body_prog, deadline)
     args = [*consts, *carry]
     while True:
         if deadline is not None and deadline.stopped:
@@ -136,13 +159,13 @@ def every_point(consts, carry, B, rows, cond_prog, body_prog, cond, body, n_cons
                 for r, c in zip(rows, carry):
                     r.append(c.copy())
             new = run_body(args, deadline)
-            if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and stuck(carry, new, B).any():
+            if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and _stuck_all(carry, new, B):
                 # the body is a function of the carries: unchanged carries whose condition holds never change again
                 raise fixed_point_error(iterations, max_iter)
             due = _next_due(iterations, tape, every, next_look, max_iter)
-            run_cond, run_body = _runner(cond_prog, deadline), _runner(body_prog, deadline)
+            run_cond, run_body = _runner(cond_prog, deadline, True), _runner(body_prog, deadline)
         for j, v in enumerate(new):  # `new` is the run's own list
-            if not (v.base is None and v.shape == shapes[j] and v.dtype is F64 and v.flags.c_contiguous):
+            if v.base is not None or v.shape != shapes[j] or v.strides != c_strides[j] or v.dtype is not F64:
                 new[j] = np.array(np.broadcast_to(v, shapes[j]), dtype=np.float64, order="C")  # as `c[...] = v`
         carry = new
         args = [*consts, *new]

@@ -154,6 +154,34 @@ def test_a_program_is_compiled_after_it_has_run_a_few_times():
     with mock.patch.object(interpreter, "_PROGRAMS", type(interpreter._PROGRAMS)()):
         for _ in range(straight.COMPILE_AFTER - 1):
             interpreter.run(g, [np.array([1.0])])
-        assert interpreter.program(g).fast == [None, None]
+        assert interpreter.program(g).fast == [None] * 4
         interpreter.run(g, [np.array([1.0])])
         assert interpreter.program(g).fast[True] and interpreter.program(g).fast[False] is None
+
+
+@pytest.mark.parametrize("name", ["lt", "le", "gt", "ge", "eq", "ne"])
+def test_a_condition_s_boolean_variant_tests_as_its_numbers_do(name):
+    b = Builder()
+    x = b.input((3,))
+    y = op.slice(x, index=(1,)) * 2.0
+    g = b.build([b.emit(name, [y, Lit.scalar(1.0)])])
+    args = [np.array([[0.0, 0.5, 1.0], [0.0, 0.25, 1.0], [0.0, np.nan, 1.0], [0.0, 0.75, 1.0]])]
+    with plain():
+        want = interpreter.run(g, args)[0]
+    with fast():
+        tested = straight.compiled(interpreter.program(g), False, truth=True)
+        got = tested(args, None)[0]
+    assert got.dtype == bool and want.dtype == np.float64
+    np.testing.assert_array_equal(got != 0, want != 0)
+    np.testing.assert_array_equal([v.item() == 0 for v in got], [v.item() == 0 for v in want])
+
+
+def test_only_a_comparison_that_is_the_one_output_and_read_by_no_other_step_answers_booleans():
+    b = Builder()
+    x = b.input(())
+    c = op.lt(x, 1.0)
+    for outs in ([c + 1.0], [c, x], [op.sin(x)]):
+        with fast():
+            assert straight.compiled(interpreter.program(b.build(outs)), False, truth=True) is None
+    with fast():
+        assert straight.compiled(interpreter.program(b.build([c])), False, truth=True) is not None
