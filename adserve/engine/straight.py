@@ -138,5 +138,8 @@ def compiled(prog, checked: bool, truth: bool = False):
         return None
     src, env = made
     scope: dict = {}
-    exec(compile(src, f"<program of {len(prog.steps)} steps>", "exec"), scope)  # noqa: S102  (generated names only)
+    try:
+        exec(compile(src, f"<program of {len(prog.steps)} steps>", "exec"), scope)  # noqa: S102  (generated names)
+    except Exception:  # noqa: BLE001  (whatever Python refuses to compile, the walk still runs)
+        return None
     return scope["factory"](**env)

@@ -1,8 +1,9 @@
 """The interpreter's fast paths for a `while` loop answer exactly what the plain ones do.
 
-Three fast paths: programs run often become straight-line Python (straight.py), element-wise steps are
-fitted to their arguments' ranks when a Program is made (interpreter.RANK_FITTED), and a while loop runs
-lean while every point of its batch runs (whileloop.every_point). The reference turns all three off: each
+Three fast paths: programs run often become straight-line Python (straight.py; a condition ending in a
+comparison, a variant answering booleans), steps are fitted when a Program is made (interpreter.RANK_FITTED:
+element-wise ones to their arguments' ranks, slices to their index), and a while loop runs lean while every
+point of its batch runs (whileloop.every_point). The reference turns all three off: each
 program walked step by step, every while run by the masked loop from its first iteration. Compared bit for
 bit: values and every derivative (single points, batches whose points stop at different iterations, tapes
 kept every k-th iteration), the while_limit and fixed-point errors with their iteration counts and line, a
