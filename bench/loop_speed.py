@@ -6,7 +6,11 @@ Cases, each on the NumPy interpreter (`Engine()`), one point:
   * `while 1` and `while 16`: the gradient of a scalar `while` that stops on data, at one point (1,389
     iterations) and at a batch of 16 points, each running its own trip count (1,000 to 1,460); fewer than
     while_kernel.ESCALATE_AFTER, so all of it runs on the interpreter (checkpointed, its bound being 100,000);
-  * `particle`: GradBench's particle eval (bench/gradbench_nested.py), nested `grad` inside `cond`s and loops.
+  * `particle`: GradBench's particle eval (bench/gradbench_nested.py), nested `grad` inside `cond`s and loops;
+  * `never 1` and `never 8` (value and gradient alike) and `never 1 value`: bench/hostile.py's "while that
+    never stops, 1000-element state" (`while y[0] > -1.0: y = y + c`) up to its while_limit (100,000
+    iterations, all on the interpreter: its body is not scalar work), at one point and at a batch of 8; the
+    answer is the error. Per-iteration cost is the time over 100,000.
 The cases run interleaved, `--rounds` times (rotating order); reported per case: the median CPU time of a
 call (process time: this process's threads, whatever else the machine runs) with its spread (min-max), and the
 wall time's median. The code generator (codegen, which a long `while` escalates to after
@@ -23,6 +27,7 @@ import time
 import numpy as np
 
 FOR = "def f(x, r):\n    y = x\n    for k in range({n}):\n        y = y * r + 0.001 * sin(y)\n    return y\n"
+NEVER = "def f(x):\n    y = x\n    while y[0] > -1.0:\n        y = y + 1.000000001\n    return sum(y)"
 WHILE = "def f(x, r):\n    y = x\n    k = 0\n    while y < 1e6:\n        y = y * r + 0.001 * sin(y)\n        k += 1\n    return y + k\n"
 
 
@@ -42,14 +47,23 @@ def _cases():
     cases["while 1"] = (engine, fn, {"x": 1.0, "r": 1.01}, ["value", "gradient"])
     cases["while 16"] = (engine, fn, {"x": np.linspace(0.5, 50.0, 16), "r": np.full(16, 1.01)},
                          ["value", "gradient"], True)
+    never = engine.compile_definition({"inputs": [{"name": "x", "shape": [1000]}], "program": NEVER})
+    cases["never 1 value"] = (engine, never, {"x": np.zeros(1000)}, ["value"])
+    cases["never 1"] = (engine, never, {"x": np.zeros(1000)}, ["value", "gradient"])
+    cases["never 8"] = (engine, never, {"x": np.zeros((8, 1000))}, ["value", "gradient"], True)
     big = Engine(limits=Limits().updated(max_steps=100_000_000))
     cases["particle"] = (big, big.compile_definition(gb.particle()), {"w": [0.0]}, ["value"])
     return cases
 
 
 def _call(case):
+    from adserve.engine.errors import EvaluationError
+
     engine, fn, inputs, compute, *batch = case
-    return engine.evaluate(fn, inputs, compute, batch=bool(batch))
+    try:
+        return engine.evaluate(fn, inputs, compute, batch=bool(batch))
+    except EvaluationError as err:  # the never-ending loop's while_limit
+        return {"error": f"{err.code}: {err.message}"}
 
 
 def main(argv=None):
@@ -91,7 +105,7 @@ def main(argv=None):
     print("|---|---|---|---|")
     for n in names:
         a = answers[n]
-        shown = {k: (np.asarray(v).ravel().tolist() if not isinstance(v, dict) else
+        shown = {k: (v if isinstance(v, str) else np.asarray(v).ravel().tolist() if not isinstance(v, dict) else
                      {kk: np.asarray(vv).ravel().tolist() for kk, vv in v.items()}) for k, v in a.items()}
         print(f"| {n} | {np.median(cpu[n]):.3f} ({min(cpu[n]):.3f}-{max(cpu[n]):.3f}) | "
               f"{np.median(wall[n]):.3f} | {shown} |")

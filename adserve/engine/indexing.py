@@ -7,7 +7,9 @@ never a read outside the array.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import numpy as np
 
@@ -29,6 +31,17 @@ def _np_index(index):
             stop = start + length * step
             out.append(slice(start, None if stop < 0 else stop, step))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _batched_index(index):
+    """`_np_index` behind the batch axis, made once per index (a loop body slices the same way every run)."""
+    return (slice(None), *_np_index(index))
+
+
+def _bind_slice(index):
+    """The slice's implementation for one `index`, as the interpreter's Program keeps it: `x[index]` in C."""
+    return operator.itemgetter(_batched_index(index))
 
 
 def _check_index(s, index):
@@ -56,7 +69,7 @@ def _slice_norm(shapes, params):
 def _update_slice_impl(x, v, index):
     b = max(x.shape[0], v.shape[0])
     out = np.array(np.broadcast_to(x, (b, *x.shape[1:])))
-    out[(slice(None), *_np_index(index))] = v
+    out[_batched_index(index)] = v
     return out
 
 
@@ -68,7 +81,7 @@ def _update_slice_shape(sx, sv, index):
 
 
 _INDEX = (("index", "index"),)
-register(Prim("slice", _slice_shape, lambda x, index: x[(slice(None), *_np_index(index))],
+register(Prim("slice", _slice_shape, lambda x, index: x[_batched_index(index)], extra={"bind": _bind_slice},
               linear=Linear(lambda g, xs, index: [op.update_slice(zeros(xs[0].shape), g, index=index)]),
               normalize=_slice_norm, arity=1, params=_INDEX, signature="x[i, a:b:s, ...]",
               doc="static basic indexing: ints and slices"))

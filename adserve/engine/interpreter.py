@@ -9,7 +9,11 @@ range) are raised as EvaluationError naming the node.
 A graph runs from its `Program` (made once per graph, kept while the graph
 lives): its equations as a list of steps over numbered slots, each with its
 implementation looked up and its small literals made, so a loop or branch body
-run hundreds of thousands of times pays for neither again.
+run hundreds of thousands of times pays for neither again. Steps are fitted when
+made (RANK_FITTED): a literal beside a value of higher rank in an element-wise op
+is reshaped once, so the op skips its rank check; a slice keeps its index as
+`operator.itemgetter`. A program run often becomes straight-line Python
+(straight.py), the same answers and errors without the walk's dispatch.
 
 A `deadline` (deadline.py), when given, is checked before every equation, and
 handed to the structured primitives (`loop`, `cond`: `TAKES_DEADLINE`) so they
@@ -24,6 +28,7 @@ import weakref
 
 import numpy as np
 
+from . import straight
 from .builder import PRIMS
 from .deadline import Stopped
 from .errors import EngineError
@@ -31,6 +36,8 @@ from .ir import Graph, Lit, Var
 
 TAKES_DEADLINE: set = set()  # primitives whose implementation takes `deadline=` (control.py adds loop and cond)
 KEPT_LITERAL_ELEMENTS = 1024  # literals up to this size are made once per graph; larger ones once per run
+# steps fitted when a Program is made: element-wise ones of two arguments to their ranks, slices to their index
+RANK_FITTED = True  # (off: every step calls its primitive's implementation with its parameters; for tests)
 
 
 def lit_array(lit: Lit) -> np.ndarray:
@@ -50,23 +57,41 @@ class Program:
     literals' slots to fill at each run; `steps` are (implementation, input slots, output slots, params,
     whether it takes the deadline, equation)."""
 
-    __slots__ = ("n_in", "in_slots", "init", "per_run", "steps", "outputs", "__weakref__")
+    __slots__ = ("n_in", "in_slots", "init", "per_run", "steps", "outputs", "runs", "fast", "__weakref__")
 
     def __init__(self, graph: Graph):
         slots, init, per_run = {}, [], []
 
-        def slot(a):
-            key = a if type(a) is Var else id(a)
+        def slot(a, rank=None):
+            key = a if type(a) is Var else (id(a), rank)
             if key not in slots:
                 slots[key] = len(init)
                 if type(a) is Var:
                     init.append(None)
                 elif math.prod(a.shape) <= KEPT_LITERAL_ELEMENTS:
-                    init.append(_frozen(lit_array(a)))
+                    arr = lit_array(a)
+                    if rank is not None:  # as `primitives.align` would reshape it, once
+                        arr = arr.reshape(arr.shape[:1] + (1,) * (rank + 1 - arr.ndim) + arr.shape[1:])
+                    init.append(_frozen(arr))
                 else:
                     init.append(None)
                     per_run.append((slots[key], a))
             return slots[key]
+
+        def aligned(e, p):
+            """Input slots, and whether the op can skip its rank check. In an op that aligns ranks (an element-wise
+            one of two arguments), a small literal beside a value of higher rank gets a slot of its own, reshaped
+            to that rank, so no run reshapes it; then, or when the ranks agree anyway, the step calls the op's
+            `same_rank` implementation (every value's rank is its per-point shape's plus the batch axis)."""
+            a, b = e.inputs if len(e.inputs) == 2 and p.extra.get("aligns") and RANK_FITTED else (None, None)
+            if a is None:
+                return tuple(slot(x) for x in e.inputs), False
+            if len(a.shape) == len(b.shape):
+                return (slot(a), slot(b)), True
+            low, rank = (a, len(b.shape)) if len(a.shape) < len(b.shape) else (b, len(a.shape))
+            if type(low) is not Lit or math.prod(low.shape) > KEPT_LITERAL_ELEMENTS:
+                return (slot(a), slot(b)), False
+            return tuple(slot(x, rank if x is low else None) for x in e.inputs), True
 
         in_slots = [slot(v) for v in graph.inputs]
         self.n_in = len(graph.inputs)
@@ -75,13 +100,19 @@ class Program:
         steps = []
         for e in graph.eqns:
             p = PRIMS[e.prim]
-            ins = tuple(slot(a) for a in e.inputs)
+            ins, same_rank = aligned(e, p)
+            impl, params = p.extra["same_rank"] if same_rank else p.impl, e.params
+            if RANK_FITTED and "bind" in p.extra:  # an implementation made for these parameters (a slice's index)
+                impl, params = p.extra["bind"](**params), {}
             outs = tuple(slot(v) for v in e.outputs)
             deadline = p.multiple_results and e.prim in TAKES_DEADLINE
-            steps.append((p.impl, ins, outs if p.multiple_results else outs[0], e.params, deadline, e))
+            steps.append((impl, ins, outs if p.multiple_results else outs[0], params, deadline, e))
         self.steps = steps
         self.outputs = [(slots[a], None) if type(a) is Var else (None, a) for a in graph.outputs]
         self.init, self.per_run = init, per_run
+        # per variant (index: run without a deadline, + 2 for a condition's booleans): runs so far (of the first
+        # two), and straight.compiled's code (None: not yet made; False: none)
+        self.runs, self.fast = [0, 0], [None, None, None, None]
 
 
 _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -108,7 +139,16 @@ def run_nested(graph: Graph, args, deadline=None) -> list:
 
 
 def run_program(prog: Program, args, deadline=None) -> list:
-    """`run_nested` of the graph `prog` was made from (a loop looks its body's program up once)."""
+    """`run_nested` of the graph `prog` was made from (a loop looks its body's program up once). A program run
+    often runs as the straight-line code straight.py writes for it (the same answers and errors)."""
+    plain = deadline is None
+    fast = prog.fast[plain]
+    if fast:
+        return fast(args, deadline)
+    if fast is None and straight.COMPILE_AFTER is not None:
+        prog.runs[plain] += 1
+        if prog.runs[plain] >= straight.COMPILE_AFTER:
+            prog.fast[plain] = straight.compiled(prog, not plain) or False
     if len(args) != prog.n_in:
         raise ValueError(f"a graph of {prog.n_in} inputs given {len(args)} arguments")
     vals = prog.init.copy()

@@ -138,7 +138,10 @@ def elementwise(name, impl, *partials, arity=None, nondiff=False, **row):
         def run(*xs):
             return impl(*align(*xs))
     row.setdefault("lang", (name,))
-    register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=arity, **row))
+    # the interpreter's Program gives a literal the other argument's rank, and calls `impl` itself where the ranks
+    # agree (every value's rank is its per-point shape's plus the batch axis: `run` would call it alone)
+    extra = {"aligns": True, "same_rank": impl, **row.pop("extra", {})} if arity == 2 else {}
+    register(Prim(name, shape, run, jvp, vjp, nondiff=nondiff, arity=arity, extra=extra, **row))
 
 
 
@@ -375,8 +378,10 @@ elementwise("logaddexp", np.logaddexp, lambda a, b, y: op.exp(a - y), lambda a, 
 for _name, _fn, _sym, _cond in (("lt", np.less, "<", "olt"), ("le", np.less_equal, "<=", "ole"),
                                 ("gt", np.greater, ">", "ogt"), ("ge", np.greater_equal, ">=", "oge"),
                                 ("eq", np.equal, "==", "oeq"), ("ne", np.not_equal, "!=", "une")):
+    # `truth`: the comparison as booleans, for a while loop's condition that is only tested (straight.py)
     elementwise(_name, lambda a, b, _fn=_fn: _fn(a, b).astype(np.float64), arity=2, nondiff=True, lang=(),
-                template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b", ir=_ir_cmp(_cond),
+                extra={"truth": _fn}, template=f"1.0 if {{0}} {_sym} {{1}} else 0.0", signature=f"a {_sym} b",
+                ir=_ir_cmp(_cond),
                 doc="comparison: 1.0 if true, else 0.0; derivative 0")
 
 

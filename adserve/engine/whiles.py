@@ -21,7 +21,7 @@ checkpoint (a taped while of at most k iterations) and runs the body's VJP backw
 `while` equations), so the interpreter, the python tier and numba run the same schedule, under the same
 deadline and stop checks as any loop. The interpreter runs those of its loops whose trip count it can read
 from their inputs (counted.py: the forward loop of a `for`, each recompute, each reverse sweep) as the body
-alone, without their condition, active mask or fixed-point check.
+alone, without their condition, active mask or fixed-point check; the others run in whileloop.py.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from .activity import graph_activity
 from .builder import Builder, Prim, emit, inline, op, register, zeros
 from .counted import trip_count
 from .deadline import Stopped
-from .errors import EvaluationError, ShapeError
+from .errors import ShapeError
 from .interpreter import program, run_program
 from .limits import checkpoint_every, tape_rows
+from .whileloop import every_point, finish, limit_error, some_points
 
 WHILE_LIMIT = contextvars.ContextVar("adserve_while_limit", default=100_000)  # max_iter of loops lowered now
 
@@ -84,98 +85,21 @@ def _reported(done, tape, every, trips):
     return min(done * every, trips) if trips and not tape else done
 
 
-def _limit_error(max_iter):
-    return EvaluationError(f"a while loop ran past {max_iter:,} iterations, the limit "
-                           "(ADSERVE_MAX_WHILE_ITERATIONS); does its condition ever become false?",
-                           code="while_limit", cite_line=True)
-
-
-FIXED_POINT_EVERY = 16  # iterations between checks that the carries still change
-
-
-def _stuck(cur, new, n):
-    """Per active point: whether the body left every carry as it was, bit for bit (so -0.0 is not 0.0, and a
-    NaN is the same NaN)."""
-    same = np.ones(n, dtype=bool)
-    for old, v in zip(cur, new):
-        v = np.asarray(v, dtype=np.float64)
-        if v.shape != old.shape:
-            v = np.broadcast_to(v, old.shape)
-        same &= (np.asarray(old, dtype=np.float64).view(np.int64) == v.view(np.int64)).reshape(n, -1).all(axis=1)
-    return same
-
-
 def _while_run(args, cond, body, n_consts, max_iter, tape, every, deadline, done):
-    from .codegen import while_kernel
-
     consts, carry = _while_split(args, n_consts)
     B = max([a.shape[0] for a in args], default=1)
     carry = [np.array(np.broadcast_to(c, (B, *c.shape[1:]))) for c in carry]
     trips_now = trip_count(cond, body, n_consts, consts, carry)
     if trips_now is not None:
         return _counted_run(consts, carry, trips_now, cond, body, n_consts, max_iter, tape, every, deadline, done)
-    count = np.zeros(B)  # iterations run since a point stopped (those before: `full`, as a Python int)
-    full = 0
     rows = [[] for _ in carry] if tape else None
-    active = np.arange(B)
-    iterations = 0
-    cond_prog, body_prog = program(cond), program(body)
-    next_look = while_kernel.ESCALATE_AFTER  # when to look at handing the loop to generated code (None: done)
-    while True:
-        every_point = len(active) == B
-        sub = consts if every_point else [c if c.shape[0] != B else c[active] for c in consts]
-        cur = carry if every_point else [c[active] for c in carry]
-        if deadline is not None and deadline.stopped:
-            raise deadline.error()
-        pred = run_program(cond_prog, [*sub, *cur], deadline)[0]
-        if pred.size == 1:  # one point, or one answer for all
-            if pred.item() == 0:
-                break
-        elif not (pred := pred.reshape(-1) != 0).all():
-            active = active[np.broadcast_to(pred, (len(active),))]
-            if not len(active):
-                break
-            sub = [c if c.shape[0] != B else c[active] for c in consts]
-            cur = [c[active] for c in carry]
-            every_point = False
-        if iterations >= max_iter:
-            raise _limit_error(max_iter)
-        # a long loop of scalar work goes on in generated code; at a tape row, so its rows continue the stride
-        if next_look is not None and iterations >= next_look and iterations % every == 0:
-            if not while_kernel.generator_loaded():  # still loading (in a thread): look again later
-                next_look = iterations + while_kernel.ESCALATE_AFTER
-            else:
-                next_look = None
-                if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                    rest = _while_finish(consts, carry, count + full, rows, cond, body, n_consts, max_iter,
-                                         iterations, tape, every, deadline)
-                    if rest is not None:
-                        return rest
-        if tape and iterations % every == 0:
-            for r, c in zip(rows, carry):
-                r.append(c.copy())
-        new = run_program(body_prog, [*sub, *cur], deadline)
-        if iterations % FIXED_POINT_EVERY == FIXED_POINT_EVERY - 1 and _stuck(cur, new, len(active)).any():
-            # the body is a function of the carries: unchanged carries whose condition holds never change again
-            raise EvaluationError(f"a while loop can never end: after {iterations + 1:,} iterations its variables "
-                                  "stopped changing while its condition still holds (it would run past "
-                                  f"{max_iter:,} iterations, the limit, ADSERVE_MAX_WHILE_ITERATIONS)",
-                                  code="while_limit", cite_line=True)
-        for c, v in zip(carry, new):
-            if every_point:
-                c[...] = v
-            else:
-                c[active] = v
-        if every_point:
-            full += 1
-        else:
-            count[active] += 1
-        iterations += 1
-        done[0] = iterations
-    if not tape:
-        return carry
-    stacked = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
-    return [*carry, count + full, *stacked]
+    progs = program(cond), program(body)
+    out = every_point(consts, carry, B, rows, *progs, cond, body, n_consts, max_iter, tape, every, deadline, done)
+    if out[0] == "done":
+        return out[1]
+    _, carry, iterations, next_look = out
+    return some_points(consts, carry, B, rows, iterations, next_look, *progs, cond, body, n_consts, max_iter, tape,
+                       every, deadline, done)
 
 
 def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, deadline, done):
@@ -200,14 +124,14 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
         if iterations >= n:
             break
         if iterations >= max_iter:
-            raise _limit_error(max_iter)
+            raise limit_error(max_iter)
         if next_look is not None and iterations >= next_look and iterations % every == 0:
             if not while_kernel.generator_loaded():
                 next_look = iterations + while_kernel.ESCALATE_AFTER
             else:
                 next_look = None
                 if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                    rest = _while_finish(consts, carry, np.full(B, float(iterations)), rows, cond, body, n_consts,
+                    rest = finish(consts, carry, np.full(B, float(iterations)), rows, cond, body, n_consts,
                                          max_iter, iterations, tape, every, deadline)
                     if rest is not None:
                         return rest
@@ -228,30 +152,6 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
     if tapes is None:
         tapes = [np.stack(r, axis=1) if r else np.zeros((B, 0, *c.shape[1:])) for r, c in zip(rows, carry)]
     return [*carry, np.full(B, float(iterations)), *tapes]
-
-
-def _while_finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
-    """The rest of a long loop in generated code (codegen/while_kernel.py), from the carries reached after
-    `iterations` (a multiple of `every`), merged with what the interpreter has (counts, tape rows); None: the
-    interpreter goes on."""
-    from .codegen import while_kernel
-
-    try:
-        out = while_kernel.finish([*consts, *carry], cond, body, n_consts, max_iter - iterations, tape, deadline,
-                                  every)
-    except EvaluationError as err:
-        if err.code == "while_limit":  # its budget was what is left of this loop's: the limit is the loop's
-            raise _limit_error(max_iter) from None
-        raise
-    if out is None:
-        return None
-    n = len(carry)
-    if not tape:
-        return out[:n]
-    more = out[n]
-    kept = -(-int(more.max(initial=0)) // every)  # the rows the kernel wrote: iterations 0, every, ... it ran
-    stacked = [np.concatenate([np.stack(r, axis=1), k[:, :kept]], axis=1) for r, k in zip(rows, out[n + 1:])]
-    return [*out[:n], count + more, *stacked]
 
 
 def _while_activity(in_active, cond, body, n_consts, max_iter, tape, every=1, trips=0):

@@ -377,3 +377,47 @@ def test_recursion_and_a_gather_out_of_range_name_the_line_in_the_message(servic
         service.evaluate(fid, {"inputs": {"x": [1.0, 2.0, 3.0, 4.0], "i": [1, 7]}})
     assert (http(e.value), e.value.code) == (422, "index_out_of_range") and "line 3" in e.value.message
     assert service.evaluate(fid, {"inputs": {"x": [1.0, 2.0, 3.0, 4.0], "i": [1, 3]}})["value"] == 12.0
+
+
+SWAP = {"inputs": [{"name": "x", "shape": []}, {"name": "y", "shape": []}], "program": """
+def f(x, y):
+    a = x
+    b = y
+    k = 0.5
+    while k < 3.0 * x:
+        t = a
+        a = b
+        b = t
+        k = k + 1.0
+    return a * 10.0 + b
+"""}
+VIEW = {"inputs": [{"name": "x", "shape": [4]}], "program": """
+def f(x):
+    y = x
+    w = x * 2.0
+    c = 0.0
+    while c < 5.0:
+        y = w[::-1]
+        w = y * 0.5 + c
+        c = c + 1.0
+    return y * 100.0 + w
+"""}
+
+
+def test_carries_that_swap_or_view_each_other_answer_as_python_does():
+    """A body may give one carry's old array as another's new value (a swap) or a view of it (`w[::-1]`): each
+    new value is from the old carries, never from one already updated (the loop wrote its carries back in
+    place one after another, and answered 22 for the swap)."""
+    engine = Engine()
+    fn = engine.compile_definition(SWAP)
+    assert engine.evaluate(fn, {"x": 1.0, "y": 2.0})["value"] == 21.0  # 3 swaps
+    got = engine.evaluate(fn, {"x": [1.0, 2.0], "y": [2.0, 3.0]}, batch=True)["value"]
+    np.testing.assert_array_equal(got, [21.0, 23.0])  # 3 and 6 swaps
+    x = np.array([0.5, 1.0, -2.0, 3.0])
+    y, w, c = x, x * 2.0, 0.0
+    while c < 5.0:
+        y = w[::-1]
+        w = y * 0.5 + c
+        c = c + 1.0
+    fn = engine.compile_definition(VIEW)
+    np.testing.assert_array_equal(engine.evaluate(fn, {"x": x})["value"], y * 100.0 + w)
