@@ -1,6 +1,8 @@
 """The compiled tiers run checkpointed reverse mode through `while` loops as the interpreter does: the plans
 (value, gradient, HVP) of test_while_checkpoint's fixed programs and of programs its hypothesis strategy wrote,
 on the python tier and numba, checked against the interpreter (which test_while_checkpoint checks against JAX).
+So do they forward mode (the value-and-JVP plan). Those are the plans every compute kind runs: a Jacobian is the
+VJP plan (or the JVP plan) over a basis, a Hessian the HVP plan over a basis (plans.jacobian, plans.hessian).
 A file of its own: its numba compiles are a minute and a half of CPU, which a test process runs beside the
 rest of the suite."""
 
@@ -13,10 +15,11 @@ from test_while_checkpoint import CONFUSION, GRAD_GRAD, NESTED, _fixed_random_pr
 from adserve.engine import main_plan
 
 
-def _plan_and_args(case, point, k, points=3):
+def _plan_and_args(case, point, k, points=3, kinds=("value", "gradient", "hvp")):
+    """The plan of `kinds` (its inputs: the points, then a tangent per input) and `points` points near `point`."""
     with stride(k):
         fn = engine.compile_definition(case.definition())
-        graph, _ = main_plan(fn, frozenset({"value", "gradient", "hvp"}))
+        graph, _ = main_plan(fn, frozenset(kinds))
     rng = np.random.default_rng(3)
     args = [np.stack([np.asarray(point[n]) + 0.05 * rng.standard_normal(fn.input_shapes[n]) for _ in range(points)])
             for n in fn.input_names]
@@ -63,3 +66,6 @@ def test_compiled_tiers_run_the_checkpointed_schedule_as_the_interpreter():
         graph, args = _plan_and_args(*_random_case(programs[i], s), 2)
         assert python_or_declined(graph, args, f"checkpointed random while program {i}")
         assert_numba_agrees(graph, args, f"checkpointed random while program {i}:\n{programs[i]}")
+        graph, args = _plan_and_args(*_random_case(programs[i], s), 2, kinds=("value", "jvp"))
+        assert python_or_declined(graph, args, f"forward mode, random while program {i}")
+        assert_numba_agrees(graph, args, f"forward mode, random while program {i}:\n{programs[i]}")
