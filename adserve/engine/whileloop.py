@@ -66,6 +66,19 @@ def _stuck_all(cur, new, B):
     return True
 
 
+def hand_over(B, consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
+    """A look for generated code in a long loop (at a tape row, so its rows continue the stride): (when to look
+    next, None for never; the loop's outputs from generated code, or None: the interpreter goes on)."""
+    from .codegen import while_kernel
+
+    if not while_kernel.generator_loaded():  # still loading (in a thread): look again later
+        return iterations + while_kernel.ESCALATE_AFTER, None
+    if not while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
+        return None, None
+    return None, finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every,
+                        deadline)
+
+
 def finish(consts, carry, count, rows, cond, body, n_consts, max_iter, iterations, tape, every, deadline):
     """The rest of a long loop in generated code (codegen/while_kernel.py), from the carries reached after
     `iterations` (a multiple of `every`), merged with what the interpreter has (counts, tape rows); None: the
@@ -146,15 +159,10 @@ def every_point(consts, carry, B, rows, cond_prog, body_prog, cond, body, n_cons
                 raise limit_error(max_iter)
             # a long loop of scalar work goes on in generated code; at a tape row, so its rows continue the stride
             if next_look is not None and iterations >= next_look and iterations % every == 0:
-                if not while_kernel.generator_loaded():  # still loading (in a thread): look again later
-                    next_look = iterations + while_kernel.ESCALATE_AFTER
-                else:
-                    next_look = None
-                    if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                        rest = finish(consts, carry, np.zeros(B) + iterations, rows, cond, body, n_consts, max_iter,
-                                      iterations, tape, every, deadline)
-                        if rest is not None:
-                            return "done", rest
+                next_look, rest = hand_over(B, consts, carry, np.zeros(B) + iterations, rows, cond, body, n_consts,
+                                            max_iter, iterations, tape, every, deadline)
+                if rest is not None:
+                    return "done", rest
             if tape and iterations % every == 0:
                 for r, c in zip(rows, carry):
                     r.append(c.copy())
@@ -185,8 +193,6 @@ def some_points(consts, carry, B, rows, iterations, next_look, cond_prog, body_p
                 tape, every, deadline, done):
     """Run the loop on from the top of iteration `iterations` (all points ran it so far), masking the points
     whose condition fails; the loop's outputs."""
-    from .codegen import while_kernel
-
     carry = [np.array(c) for c in carry]  # written per point from here on: the loop's own arrays
     count = np.zeros(B)  # iterations run since a point stopped (those before: `full`, as a Python int)
     full = iterations
@@ -211,15 +217,10 @@ def some_points(consts, carry, B, rows, iterations, next_look, cond_prog, body_p
         if iterations >= max_iter:
             raise limit_error(max_iter)
         if next_look is not None and iterations >= next_look and iterations % every == 0:
-            if not while_kernel.generator_loaded():
-                next_look = iterations + while_kernel.ESCALATE_AFTER
-            else:
-                next_look = None
-                if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                    rest = finish(consts, carry, count + full, rows, cond, body, n_consts, max_iter, iterations,
-                                  tape, every, deadline)
-                    if rest is not None:
-                        return rest
+            next_look, rest = hand_over(B, consts, carry, count + full, rows, cond, body, n_consts, max_iter,
+                                        iterations, tape, every, deadline)
+            if rest is not None:
+                return rest
         if tape and iterations % every == 0:
             for r, c in zip(rows, carry):
                 r.append(c.copy())

@@ -38,7 +38,7 @@ from .deadline import Stopped
 from .errors import ShapeError
 from .interpreter import program, run_program
 from .limits import checkpoint_every, tape_rows
-from .whileloop import every_point, finish, limit_error, some_points
+from .whileloop import every_point, hand_over, limit_error, some_points
 
 WHILE_LIMIT = contextvars.ContextVar("adserve_while_limit", default=100_000)  # max_iter of loops lowered now
 
@@ -126,15 +126,10 @@ def _counted_run(consts, carry, n, cond, body, n_consts, max_iter, tape, every, 
         if iterations >= max_iter:
             raise limit_error(max_iter)
         if next_look is not None and iterations >= next_look and iterations % every == 0:
-            if not while_kernel.generator_loaded():
-                next_look = iterations + while_kernel.ESCALATE_AFTER
-            else:
-                next_look = None
-                if while_kernel.pays(cond, body, n_consts, max_iter - iterations, B):
-                    rest = finish(consts, carry, np.full(B, float(iterations)), rows, cond, body, n_consts,
-                                         max_iter, iterations, tape, every, deadline)
-                    if rest is not None:
-                        return rest
+            next_look, rest = hand_over(B, consts, carry, np.full(B, float(iterations)), rows, cond, body, n_consts,
+                                        max_iter, iterations, tape, every, deadline)
+            if rest is not None:
+                return rest
         if tape and iterations % every == 0:
             if tapes is not None:
                 for t, c in zip(tapes, carry):
