@@ -41,6 +41,19 @@ class View:
         return 0 in self.shape or all(s == c for s, c, d in zip(self.strides, c_strides(self.shape), self.shape)
                                       if d != 1)
 
+    def sliced(self, index) -> "View":
+        """The view of a static index: per axis an int (the axis dropped) or (start, length, step)."""
+        offset, shape, strides = self.offset, [], []
+        for k, ent in enumerate(index):
+            if isinstance(ent, int):
+                offset += ent * self.strides[k]
+            else:
+                start, length, step = ent
+                offset += start * self.strides[k]
+                shape.append(length)
+                strides.append(self.strides[k] * step)
+        return View(self.base, offset, tuple(shape), tuple(strides))
+
 
 @dataclass(frozen=True)
 class Fill:
@@ -58,16 +71,7 @@ class Ops:
             return self.define(out, op)
         if isinstance(op, Fill):
             return self.define(out, const(op.value)) if not out.shape else self.arr.__setitem__(out, op)
-        offset, shape, strides = op.offset, [], []
-        for k, ent in enumerate(e.params["index"]):
-            if isinstance(ent, int):
-                offset += ent * op.strides[k]
-            else:
-                start, length, step = ent
-                offset += start * op.strides[k]
-                shape.append(length)
-                strides.append(op.strides[k] * step)
-        view = View(op.base, offset, tuple(shape), tuple(strides))
+        view = op.sliced(e.params["index"])
         if out.shape:
             self.arr[out] = view
         else:
@@ -103,16 +107,8 @@ class Ops:
             return self.define(e.out, self.scalar(v))
         out = self.buffer(e.out)
         self.copy(out, x, self.operand(x), x.shape)
-        offset, shape, strides = out.offset, [], []
-        for k, ent in enumerate(e.params["index"]):
-            if isinstance(ent, int):
-                offset += ent * out.strides[k]
-            else:
-                start, length, step = ent
-                offset += start * out.strides[k]
-                shape.append(length)
-                strides.append(out.strides[k] * step)
-        self.copy(View(out.base, offset, tuple(shape), tuple(strides)), v, self.operand(v), tuple(shape))
+        part = out.sliced(e.params["index"])
+        self.copy(part, v, self.operand(v), part.shape)
 
     def op_concatenate(self, e):
         axis = e.params["axis"]
