@@ -170,19 +170,24 @@ def compiled_cache(env, survey_kernels):
     return kernels
 
 
+def damage_files(paths, truncate: bool):
+    """Cut each file to half its length (`truncate`), or overwrite it with 3,000 random bytes."""
+    for path in paths:
+        if truncate:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+        else:
+            with open(path, "wb") as f:
+                f.write(os.urandom(3000))
+
+
 @pytest.mark.parametrize("damage", ["garbage module", "truncated module", "garbage numba cache"])
 def test_corrupt_kernel_files(tmp_path, env, compiled_cache, damage):
     kernels = compiled_cache
     modules = glob.glob(os.path.join(kernels, "gen_*.py"))
     caches = glob.glob(os.path.join(kernels, "__pycache__", "gen_*.nb[ic]"))
     assert modules and caches
-    for path in modules if "module" in damage else caches:
-        if damage == "truncated module":
-            with open(path, "r+b") as f:
-                f.truncate(os.path.getsize(path) // 2)
-        else:
-            with open(path, "wb") as f:
-                f.write(os.urandom(3000))
+    damage_files(modules if "module" in damage else caches, truncate=damage.startswith("truncated"))
     with running_server(tmp_path / "second.log", env=env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         fn = client.post("/v1/functions", json=SURVEY).json()["id"]
@@ -209,13 +214,8 @@ def test_corrupt_llvm_kernel_files(tmp_path, damage):
         fn = client.post("/v1/functions", json=SURVEY).json()["id"]
         assert busy_until(client, fn, lambda: metric(client, "adserve_llvm_kernel_compiles_total") >= 1
                           and glob.glob(os.path.join(kernels, "gen_*.o"))), server.log()[-3000:]
-    for path in glob.glob(os.path.join(kernels, "gen_*.o" if "object" in damage else "gen_*.ll")):
-        if damage == "truncated object":
-            with open(path, "r+b") as f:
-                f.truncate(os.path.getsize(path) // 2)
-        else:
-            with open(path, "wb") as f:
-                f.write(os.urandom(3000))
+    damage_files(glob.glob(os.path.join(kernels, "gen_*.o" if "object" in damage else "gen_*.ll")),
+                 truncate=damage.startswith("truncated"))
     with running_server(tmp_path / "second.log", env=env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         fn = client.post("/v1/functions", json=SURVEY).json()["id"]

@@ -33,6 +33,7 @@ def plain():
 
 @contextlib.contextmanager
 def fast():
+    """The fast paths, compiling every program at its first run (so the compiled code runs nearly always)."""
     with mock.patch.object(straight, "COMPILE_AFTER", 1), mock.patch.object(interpreter, "_PROGRAMS",
                                                                             type(interpreter._PROGRAMS)()):
         yield

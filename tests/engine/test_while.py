@@ -11,6 +11,7 @@ import pytest
 
 import jax
 import jax.numpy as jnp
+import test_while_fast
 
 from adserve.engine import Engine, Limits
 from adserve.server.service import Service, ServiceError
@@ -379,18 +380,7 @@ def test_recursion_and_a_gather_out_of_range_name_the_line_in_the_message(servic
     assert service.evaluate(fid, {"inputs": {"x": [1.0, 2.0, 3.0, 4.0], "i": [1, 3]}})["value"] == 12.0
 
 
-SWAP = {"inputs": [{"name": "x", "shape": []}, {"name": "y", "shape": []}], "program": """
-def f(x, y):
-    a = x
-    b = y
-    k = 0.5
-    while k < 3.0 * x:
-        t = a
-        a = b
-        b = t
-        k = k + 1.0
-    return a * 10.0 + b
-"""}
+SWAP = {"inputs": [{"name": "x", "shape": []}, {"name": "y", "shape": []}], "program": test_while_fast.SWAP}
 VIEW = {"inputs": [{"name": "x", "shape": [4]}], "program": """
 def f(x):
     y = x

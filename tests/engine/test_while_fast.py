@@ -27,18 +27,11 @@ from adserve.engine import Engine, Limits, control, interpreter, straight, while
 from adserve.engine.codegen import while_kernel
 from adserve.engine.deadline import Deadline, Stopped
 from adserve.engine.errors import EngineError, EvaluationError
-from test_straight import Countdown
+from test_counted_while import WHILE as SCALAR
+from test_straight import Countdown, fast
+from test_straight import plain as straight_plain
 
 ALL = ["value", "gradient", "jvp", "vjp", "hvp", "jacobian", "hessian"]
-SCALAR = """
-def f(x, r):
-    y = x
-    k = 0
-    while y < 3.0 + r:
-        y = y * 1.1 + 0.01 * sin(y * r)
-        k += 1
-    return y * r + k
-"""
 ARRAY = """
 def f(x, r):
     y = x
@@ -75,17 +68,7 @@ def plain():
     def masked_from_the_start(consts, carry, B, rows, *rest):
         return "some", carry, 0, while_kernel.ESCALATE_AFTER
 
-    with mock.patch.object(straight, "COMPILE_AFTER", None), mock.patch.object(interpreter, "RANK_FITTED", False), \
-            mock.patch.object(whiles, "every_point", masked_from_the_start), \
-            mock.patch.object(interpreter, "_PROGRAMS", type(interpreter._PROGRAMS)()):
-        yield
-
-
-@contextlib.contextmanager
-def fast():
-    """The fast paths, compiling every program at its first run (so the compiled code runs nearly always)."""
-    with mock.patch.object(straight, "COMPILE_AFTER", 1), mock.patch.object(interpreter, "_PROGRAMS",
-                                                                            type(interpreter._PROGRAMS)()):
+    with straight_plain(), mock.patch.object(whiles, "every_point", masked_from_the_start):
         yield
 
 
