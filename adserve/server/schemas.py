@@ -184,7 +184,8 @@ class EvaluationWithFunction(Evaluation):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"function": Definition.model_config["json_schema_extra"]["examples"][0],
          "inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
-    function: Definition
+    function: Definition | str = Field(description="the definition to evaluate (registered on the way), or the id "
+                                                   "or name of a registered function")
 
 
 class FunctionInfo(BaseModel):

@@ -110,5 +110,14 @@ def test_a_generated_client_is_small_and_evaluates(tmp_path, monkeypatch):
         "function": {"inputs": [{"name": "x", "shape": []}], "expr": "x +"}, "inputs": {"x": 1.0}}))
     assert isinstance(refused, model_mod.ErrorBody) and refused.error.code == model_mod.ErrorCode.SYNTAX_ERROR
     assert isinstance(refused.error.location, model_mod.JsonObject) and refused.error.location["line"] == 1
+    # `function` may also be a registered function's id or name
+    register = importlib.import_module("adserve_generated.api.functions.register_function")
+    info = register.sync(client=client, body=model_mod.Definition.from_dict(
+        {"name": "square", "inputs": [{"name": "x", "shape": []}], "expr": "x*x"}))
+    assert isinstance(info, model_mod.FunctionInfo)
+    for function in (info.id, "square"):
+        body = model_mod.EvaluationWithFunction.from_dict({"function": function, "inputs": {"x": 3.0}})
+        assert body.function == function
+        assert evaluate.sync(client=client, body=body).value == 9.0
     for name in [m for m in sys.modules if m.startswith("adserve_generated")]:
         del sys.modules[name]
