@@ -34,18 +34,25 @@ GENERATOR = "openapi-python-client==0.29.1"
 # maps. Named unions and maps keep it there: inlined, they made 52. The peer protocols' routes (Open Inference
 # Protocol, UM-Bridge, Tesseract) are not in the document: each is described by its own specification (the
 # OIP routes also at /v2/openapi.json), and their users run their own clients; their 8 model files made 33.
-# Fewer than 23 would take typed information away (enums as bare strings, objects as untyped JSON, two shapes
-# merged into one); this bound catches a change that adds types unnoticed. The enums' 6 files stay: an enum
-# written as `oneOf` of `const`s only (each value described) makes Literal unions instead, 17 files, but this
-# generator's parser of such a union accepts only its first value (openapi-python-client issue #1044:
-# `ErrorCode` would refuse "syntax_error"), so each enum keeps its `enum` beside the described `oneOf`, which
-# the generator ignores (it reads `enum` first) and /docs and /redoc show. Measured too, and no fewer files
-# without losing validation: the Hessian as a TensorMap whose values may be TensorMaps makes 22 but lets every
-# `inputs` hold nested maps; the Hessian's map as a named schema, or not nullable, still makes its own file; an
-# ErrorDetail inlined into ErrorBody makes `error_body_error_detail`; EvaluationWithFunction as `allOf`
-# Evaluation and `function` is still its own class; titles do not change the count; the graph typed by GET
-# /v1/schema/graph's schema makes 33 (its node, body, literal and params shapes), and JsonObject stays for the
-# location and the trace row.
+# 23 is the floor of a document that types what the server checks, with this generator: it writes a module for
+# every schema with `enum` and for every object schema (a map of `additionalProperties` too), and none for a
+# union (beyond its members'), a `const` or an untyped schema. 0.29.1 is its newest release (December 2026); its
+# `literal_enums: true` option makes 23 as well (each enum is then a module of a `Literal` alias and its check).
+# An enum written as `oneOf` of `const`s only (each value described) makes Literal unions instead, 17 files, but
+# this generator's parser of such a union accepts only its first value (openapi-python-client issue #1044, open:
+# its union template tries a member inside try/except only when the member's template has a type check, and
+# the const template has none), so `ErrorCode` would refuse "syntax_error"; each enum keeps its `enum` beside
+# the described `oneOf`, which the generator ignores (it reads `enum` first) and /docs and /redoc show.
+# Fewer files each take typed information away; measured, by rewriting the document: the 6 enums as plain
+# strings make 17; one class for two shapes makes 22 each: Evaluation with an optional `function` (the
+# evaluate-by-id route refuses one), B64Tensor and TensorRef as one object of optional fields, the Hessian as a
+# TensorMap whose values may be TensorMaps (every `inputs` may then hold nested maps); JsonObject as untyped
+# JSON makes 22. Under 15 takes the enums as strings and all three merges (14; two merges make 15). Nor fewer
+# otherwise: the Hessian's map as a named schema, or not nullable, still makes its own file; an ErrorDetail
+# inlined into ErrorBody makes `error_body_error_detail`; EvaluationWithFunction as `allOf` Evaluation and
+# `function` is still its own class; titles do not change the count; the graph typed by GET /v1/schema/graph's
+# schema makes 33 (its node, body, literal and params shapes), and JsonObject stays for the location and the
+# trace row.
 MAX_MODEL_FILES = 23
 
 
