@@ -1,7 +1,7 @@
 # `make run` serves on 127.0.0.1:8000 (HTTP) and 50051 (gRPC); `make test` runs the suite.
-# Installs are skipped while pyproject.toml is unchanged (stamp files inside .venv). pip does not byte-compile the
-# packages it installs (--no-compile: all of jax's tree is 25 s of CPU, a third of a fresh install); Python
-# compiles what is imported, once, on first import.
+# Installs are skipped while pyproject.toml is unchanged (stamp files inside .venv). pip byte-compiles what it
+# installs (25 s of a fresh install's 90 s of CPU): with PYTHONDONTWRITEBYTECODE set, as on some CI machines,
+# nothing else would, and every test process would compile jax and numba from source (7 s each, not 2).
 
 VENV      := .venv
 PY        := $(VENV)/bin/python
@@ -41,16 +41,16 @@ $(PY):
 	python3 -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q --no-compile -e .
+	$(PY) -m pip install -q -e .
 	touch $@
 
 # the test extras include everything `run` needs, so they satisfy its stamp too; the tests use the Python client
 $(VENV)/.installed-test: pyproject.toml clients/python/pyproject.toml | $(PY)
-	$(PY) -m pip install -q --no-compile -e '.[test]' -e clients/python
+	$(PY) -m pip install -q -e '.[test]' -e clients/python
 	touch $@ $(VENV)/.installed
 
 $(VENV)/.installed-bench: pyproject.toml | $(PY)
-	$(PY) -m pip install -q --no-compile -e '.[bench]'
+	$(PY) -m pip install -q -e '.[bench]'
 	touch $@ $(VENV)/.installed
 
 clean:
