@@ -42,11 +42,23 @@ def _loop_progress(err: Stopped):
     return loops[-1][1], loops[-1][2]
 
 
+def _stopped_in_a_loop(engine, fn, inputs, compute, tries=3) -> Stopped:
+    """The Stopped of an evaluation under a 0.2 s deadline that stopped inside a loop. A machine busy enough to
+    hold this thread for 0.2 s before it reaches the loop (seen once beside other test runs) stops it before
+    the loop has anything to say; every attempt must stop at the deadline, and one of `tries` inside a loop."""
+    for _ in range(tries):
+        with Deadline(0.2, "timeout_ms 200") as d, pytest.raises(Stopped) as stopped:
+            engine.evaluate(fn, inputs, compute, tangent={n: np.ones_like(v) for n, v in inputs.items()},
+                            deadline=d)
+        assert stopped.value.code == "deadline_exceeded"
+        if any(w[0] == "loop" for w in stopped.value.progress):
+            break
+    return stopped.value
+
+
 @pytest.mark.parametrize("compute", [["value"], ["hvp"]])
 def test_a_long_loop_stops_at_its_deadline_and_says_how_far_it_got(engine, long_loop, compute):
-    with Deadline(0.2, "timeout_ms 200") as d, pytest.raises(Stopped) as stopped:
-        engine.evaluate(long_loop, {"x": 0.5}, compute, tangent={"x": 1.0}, deadline=d)
-    err = stopped.value
+    err = _stopped_in_a_loop(engine, long_loop, {"x": np.array(0.5)}, compute)
     done, length = _loop_progress(err)
     assert err.code == "deadline_exceeded" and length == N and done < N
     assert long_loop.id in err.message and f"of {N:,} loop iterations" in err.message
@@ -62,9 +74,7 @@ def test_a_while_loop_stops_at_its_deadline_and_says_how_far_it_got(engine, comp
     fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [1000]}], "program":
                                     "def f(x):\n    y = x\n    while sum(y) > -1.0:\n"
                                     "        y = y * 0.999999 + sin(y) * 1e-9\n    return sum(y)\n"})
-    with Deadline(0.2, "timeout_ms 200") as d, pytest.raises(Stopped) as stopped:
-        engine.evaluate(fn, {"x": np.full(1000, 0.5)}, compute, deadline=d)
-    err = stopped.value
+    err = _stopped_in_a_loop(engine, fn, {"x": np.full(1000, 0.5)}, compute)
     done, length = _loop_progress(err)
     assert err.code == "deadline_exceeded" and length is None and done > 0
     assert fn.id in err.message and f"after {done:,} loop iterations" in err.message and "line 3" in err.message
