@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .templates import kept
 
@@ -31,11 +31,13 @@ def c_strides(shape) -> tuple:
 
 @dataclass(frozen=True)
 class View:
-    """An array value: element i at base + offset + sum(i_k * strides_k); base "in3", "out0", "ws" or "@K2"."""
+    """An array value: element i at base + offset + sum(i_k * strides_k) (+ sum(index * stride) over `dyn`, the
+    run-time part of the offset: (SSA index, stride) pairs, a loop's slice x[k]); base "in3", "out0", "ws" or "@K2"."""
     base: str
     offset: int
     shape: tuple
     strides: tuple
+    dyn: tuple = ()
 
     def contiguous(self) -> bool:
         return 0 in self.shape or all(s == c for s, c, d in zip(self.strides, c_strides(self.shape), self.shape)
@@ -52,7 +54,29 @@ class View:
                 offset += start * self.strides[k]
                 shape.append(length)
                 strides.append(self.strides[k] * step)
-        return View(self.base, offset, tuple(shape), tuple(strides))
+        return View(self.base, offset, tuple(shape), tuple(strides), self.dyn)
+
+    def row(self, k: str) -> "View":
+        """The view of x[k], k a run-time index (an SSA i64) along the leading axis."""
+        return View(self.base, self.offset, self.shape[1:], self.strides[1:], self.dyn + ((k, self.strides[0]),))
+
+    def along(self, axis: int, k: str, size) -> "View":
+        """The view of x[..., k, ...] (size None: the axis dropped) or x[..., k:k + size, ...] along `axis`, k a
+        run-time index (an SSA i64)."""
+        keep = () if size is None else (size,)
+        return View(self.base, self.offset, self.shape[:axis] + keep + self.shape[axis + 1:],
+                    self.strides[:axis] + (self.strides[axis],) * len(keep) + self.strides[axis + 1:],
+                    self.dyn + ((k, self.strides[axis]),))
+
+    def span(self) -> tuple:
+        """The elements it may touch: [lo, hi) of its base (statically: a run-time offset spans the base)."""
+        if self.dyn:
+            return 0, math.inf
+        if 0 in self.shape:
+            return self.offset, self.offset
+        lo = self.offset + sum(min(0, (d - 1) * s) for d, s in zip(self.shape, self.strides))
+        hi = self.offset + sum(max(0, (d - 1) * s) for d, s in zip(self.shape, self.strides))
+        return lo, hi + 1
 
 
 @dataclass(frozen=True)
@@ -79,8 +103,8 @@ class Ops:
 
     def op_transpose(self, e):
         op, perm = self.operand(e.inputs[0]), e.params["perm"]
-        self.arr[e.out] = op if isinstance(op, Fill) else View(
-            op.base, op.offset, tuple(op.shape[p] for p in perm), tuple(op.strides[p] for p in perm))
+        self.arr[e.out] = op if isinstance(op, Fill) else replace(
+            op, shape=tuple(op.shape[p] for p in perm), strides=tuple(op.strides[p] for p in perm))
 
     def op_reshape(self, e):
         x, out = e.inputs[0], e.out
@@ -99,7 +123,7 @@ class Ops:
             self.ws += math.prod(op.shape)
             self.copy(copy, x, op, op.shape)
             op = copy
-        self.arr[out] = View(op.base, op.offset, tuple(out.shape), c_strides(out.shape))
+        self.arr[out] = replace(op, shape=tuple(out.shape), strides=c_strides(out.shape))
 
     def op_update_slice(self, e):
         x, v = e.inputs
@@ -118,6 +142,54 @@ class Ops:
             region = View(out.base, out.offset + start * out.strides[axis], tuple(x.shape), out.strides)
             self.copy(region, x, self.operand(x), x.shape)
             start += x.shape[axis]
+
+    def dyn_index(self, e, i, length) -> str:
+        """templates._dyn_index: the run-time index i (a scalar atom) as an i64, checked: a NaN, a non-integer or
+        one outside 0..length - size stores the error's status in `err` (reported after the point) and reads
+        entry 0. Checked in floating point (numba's int() of an out-of-range double is LLVM's poison)."""
+        size = e.params["size"]
+        hi = length - (1 if size is None else size)
+        from .emit import loc_text
+        self.errors.append(f"index out of range 0..{hi} or not an integer at {loc_text(e.loc)}")
+        code = len(self.errors)
+        x, n = self.scalar(i), self.fresh()
+        self.emit(f"%y{n}.a = fcmp oge double {x}, 0.0")
+        self.emit(f"%y{n}.b = fcmp ole double {x}, {const(hi)}")
+        self.emit(f"%y{n}.f = call double @llvm.floor.f64(double {x})")
+        self.emit(f"%y{n}.c = fcmp oeq double %y{n}.f, {x}")
+        self.emit(f"%y{n}.d = and i1 %y{n}.a, %y{n}.b")
+        self.emit(f"%y{n}.e = and i1 %y{n}.d, %y{n}.c")
+        self.emit(f"%y{n}.i = fptosi double {x} to i64")
+        self.emit(f"%y{n} = select i1 %y{n}.e, i64 %y{n}.i, i64 0")
+        self.emit(f"%y{n}.s = load i64, ptr %err")
+        self.emit(f"%y{n}.t = select i1 %y{n}.e, i64 %y{n}.s, i64 {code}")
+        self.emit(f"store i64 %y{n}.t, ptr %err")
+        return f"%y{n}"
+
+    def op_dyn_slice(self, e):
+        x, i = e.inputs
+        axis, size, out = e.params["axis"], e.params["size"], e.out
+        k = self.dyn_index(e, i, x.shape[axis])
+        op = self.operand(x)
+        if isinstance(op, Fill):
+            return self.arr.__setitem__(out, op) if out.shape else self.define(out, const(op.value))
+        view = op.along(axis, k, size)
+        if out.shape:
+            self.arr[out] = view
+        else:
+            self.load_scalar(out, view)
+
+    def op_dyn_update(self, e):
+        x, v, i = e.inputs
+        axis, size = e.params["axis"], e.params["size"]
+        k = self.dyn_index(e, i, x.shape[axis])
+        out = self.buffer(e.out)
+        self.copy(out, x, self.operand(x), x.shape)
+        region = out.along(axis, k, size)
+        if region.shape:
+            self.copy(region, v, self.operand(v), region.shape)
+        else:
+            self.emit(f"store double {self.scalar(v)}, ptr {self.address(region, [])}")
 
     def _max_into(self, ptr, v):
         """acc = v if v > acc or v is NaN (logsumexp's maximum: templates._logsumexp)."""
