@@ -2,8 +2,9 @@
 
 A plan in scope (`declined(graph)` is empty) is written here instead of as numba source: element-wise equations
 (a table row with an `ir` template), reductions (sum, max, min, sum_to, logsumexp), broadcasts, static slices,
-reshapes, transposes, updates and concatenations. Any other equation (loops, branches, while, gathers,
-contractions, dynamic indexing) keeps the whole plan on numba, decided before any code is written.
+reshapes, transposes, updates and concatenations, run-time indices, gathers and scatters, argmax/argmin and
+arange (llvm_ops.py), loops, `while` and `cond` with their bodies (llvm_control.py). A contraction (einsum: BLAS in
+numba's kernel) keeps the whole plan on numba, decided before any code is written.
 
 The kernel computes what numba's does, operation for operation: the same fusion of same-shape element-wise runs
 (reductions accumulate in the loop computing what they reduce, in the same order: one element after the other,
@@ -32,7 +33,8 @@ IR = {name: p.ir for name, p in PRIMS.items() if p.ir}
 # reductions accumulated in a fused loop: (start, the update) as in templates.ACCUMULATORS
 SUMS = ("reduce_sum", "reduce_max", "reduce_min", "sum_to")
 START = {"reduce_sum": 0.0, "sum_to": 0.0, "reduce_max": -math.inf, "reduce_min": math.inf}
-OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate", "dyn_slice", "dyn_update"}
+OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate", "dyn_slice", "dyn_update",
+          "gather", "scatter_add", "argmax", "argmin", "arange"}
 CONTROL = {"loop", "while", "cond"}  # written with their bodies (llvm_control.py)
 
 
@@ -85,6 +87,7 @@ class Writer(Ops, Control):
         self.block = "b0"
         self.memo: dict = {}  # loads and index arithmetic of the block being written (a label clears it)
         self.errors: list = []  # run-time error messages: status k is errors[k - 1]
+        self.codes: dict = {}  # id of a gather or scatter -> its error's status
         self.stop_loops: list = []  # (length or None, location) of each outermost loop, as numba's LOOPS
         self.enclosing: list = []  # the loops open where code is written: (number in stop_loops, its done())
 

@@ -166,6 +166,149 @@ class Ops:
         self.emit(f"store i64 %y{n}.t, ptr %err")
         return f"%y{n}"
 
+    def checked(self, t, n, code) -> str:
+        """templates._gathered_index: the index t (a double) as an i64 if 0 <= t <= n - 1 and an integer, else 0,
+        the error's status stored in `err`."""
+        m = self.fresh()
+        self.emit(f"%y{m}.a = fcmp oge double {t}, 0.0")
+        self.emit(f"%y{m}.b = fcmp ole double {t}, {const(n - 1)}")
+        self.emit(f"%y{m}.f = call double @llvm.floor.f64(double {t})")
+        self.emit(f"%y{m}.c = fcmp oeq double {t}, %y{m}.f")
+        self.emit(f"%y{m}.d = and i1 %y{m}.a, %y{m}.b")
+        self.emit(f"%y{m}.e = and i1 %y{m}.d, %y{m}.c")
+        self.emit(f"%y{m}.i = fptosi double {t} to i64")
+        self.emit(f"%y{m} = select i1 %y{m}.e, i64 %y{m}.i, i64 0")
+        self.emit(f"br i1 %y{m}.e, label %y{m}.ok, label %y{m}.bad")
+        self.label(f"y{m}.bad")
+        self.emit(f"store i64 {code}, ptr %err")
+        self.emit(f"br label %y{m}.ok")
+        self.label(f"y{m}.ok")
+        return f"%y{m}"
+
+    def _gathered(self, e, idx, at):
+        """The checked index of idx at loop indices `at` (a gather's or scatter's)."""
+        from .emit import loc_text
+        n = e.inputs[0].shape[e.params["axis"]]
+        code = self.codes.get(id(e))
+        if code is None:
+            self.errors.append(f"index out of range 0..{n - 1} or not an integer at {loc_text(e.loc)}")
+            code = self.codes[id(e)] = len(self.errors)
+        t = self.elem(idx, self.operand(idx), at, idx.shape) if idx.shape else self.scalar(idx)
+        return self.checked(t, n, code)
+
+    def op_gather(self, e):
+        x, idx = e.inputs
+        axis, ni, out = e.params["axis"], len(idx.shape), e.out
+        op = self.operand(x)
+        dst = self.buffer(out) if out.shape else None
+
+        def body(loop):
+            k = self._gathered(e, idx, loop[axis:axis + ni])
+            at = [*loop[:axis], k, *loop[axis + ni:]]
+            if isinstance(op, Fill):
+                v = const(op.value)
+            else:
+                v = f"%g{self.fresh()}"
+                self.emit(f"{v} = load double, ptr {self.address(op, list(zip(at, op.strides)))}")
+            if dst is None:
+                self.define(out, v)
+            else:
+                self.store(dst, loop, v)
+        if out.shape:
+            self.loop(out.shape, body)
+        else:
+            body([])
+
+    def op_scatter_add(self, e):
+        x, v, idx = e.inputs
+        axis, ni = e.params["axis"], len(idx.shape)
+        out = self.buffer(e.out)
+        self.copy(out, x, self.operand(x), x.shape)
+        op = self.operand(v)
+
+        def body(loop):
+            k = self._gathered(e, idx, loop[axis:axis + ni])
+            at = [*loop[:axis], k, *loop[axis + ni:]]
+            p = self.address(out, list(zip(at, out.strides)))
+            n = self.fresh()
+            self.emit(f"%g{n} = load double, ptr {p}")
+            self.emit(f"%g{n}.s = fadd double %g{n}, {self.elem(v, op, loop, v.shape)}")
+            self.emit(f"store double %g{n}.s, ptr {p}")
+        self.loop(v.shape, body)
+
+    def _arg(self, e):
+        """argmax/argmin (templates._arg): the first best position, the first NaN counting as best."""
+        x, axis, out = e.inputs[0], e.params["axis"], e.out
+        op = self.operand(x)
+        better = "ogt" if e.prim == "argmax" else "olt"
+        if axis is None:  # of x flattened: a loop over a contiguous copy's elements
+            if not (isinstance(op, View) and op.contiguous()):
+                flat = View("ws", self.ws, tuple(x.shape), c_strides(x.shape))
+                self.ws += math.prod(x.shape)
+                self.copy(flat, x, op, x.shape)
+                op = flat
+            op = replace(op, shape=(math.prod(x.shape),), strides=(1,))
+            shape, axis, xs = (), 0, (math.prod(x.shape),)
+        else:
+            shape, xs = tuple(out.shape), tuple(x.shape)
+        dst = self.buffer(out) if out.shape else None
+
+        def body(idx):
+            def at(k):
+                return self.elem_at(op, [*idx[:axis], k, *idx[axis:]])
+            n = self.fresh()
+            first = at("0")
+            pre = self.block
+            self.emit(f"br label %A{n}")
+            self.label(f"A{n}")
+            self.emit(f"%A{n}.j = phi i64 [1, %{pre}], [%A{n}.jn, %A{n}.l]")
+            self.emit(f"%A{n}.bi = phi i64 [0, %{pre}], [%A{n}.bi2, %A{n}.l]")
+            self.emit(f"%A{n}.bv = phi double [{first}, %{pre}], [%A{n}.bv2, %A{n}.l]")
+            self.emit(f"%A{n}.c = icmp slt i64 %A{n}.j, {xs[axis]}")
+            self.emit(f"br i1 %A{n}.c, label %A{n}.b, label %A{n}.x")
+            self.label(f"A{n}.b")
+            w = at(f"%A{n}.j")
+            self.emit(f"%A{n}.o = fcmp ord double %A{n}.bv, %A{n}.bv")  # bv == bv
+            self.emit(f"%A{n}.u = fcmp uno double {w}, {w}")  # w != w
+            self.emit(f"%A{n}.g = fcmp {better} double {w}, %A{n}.bv")
+            self.emit(f"%A{n}.h = or i1 %A{n}.u, %A{n}.g")
+            self.emit(f"%A{n}.t = and i1 %A{n}.o, %A{n}.h")
+            self.emit(f"%A{n}.bv2 = select i1 %A{n}.t, double {w}, double %A{n}.bv")
+            self.emit(f"%A{n}.bi2 = select i1 %A{n}.t, i64 %A{n}.j, i64 %A{n}.bi")
+            self.emit(f"br label %A{n}.l")
+            self.label(f"A{n}.l")
+            self.emit(f"%A{n}.jn = add nuw nsw i64 %A{n}.j, 1")
+            self.emit(f"br label %A{n}")
+            self.label(f"A{n}.x")
+            self.emit(f"%A{n}.f = sitofp i64 %A{n}.bi to double")
+            if dst is None:
+                self.define(out, f"%A{n}.f")
+            else:
+                self.store(dst, idx, f"%A{n}.f")
+        if shape:
+            self.loop(shape, body)
+        else:
+            body([])
+
+    op_argmax = op_argmin = _arg
+
+    def elem_at(self, op, at) -> str:
+        """View op's element at indices `at` (SSA i64s), loaded (or a Fill's value)."""
+        if isinstance(op, Fill):
+            return const(op.value)
+        n = self.fresh()
+        self.emit(f"%g{n} = load double, ptr {self.address(op, list(zip(at, op.strides)))}")
+        return f"%g{n}"
+
+    def op_arange(self, e):
+        out = self.buffer(e.out)
+
+        def body(idx):
+            n = self.fresh()
+            self.emit(f"%g{n} = sitofp i64 {idx[0]} to double")
+            self.store(out, idx, f"%g{n}")
+        self.loop(out.shape, body)
+
     def op_dyn_slice(self, e):
         x, i = e.inputs
         axis, size, out = e.params["axis"], e.params["size"], e.out
