@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from engine_helpers import Builder, make_graph, no_stop, op
 from hypothesis import given, settings
-from test_codegen import B, GROUPS, compile_kernel, program_case, spec_graph
+from test_codegen import B, GROUPS, compile_kernel, spec_graph
 from test_llvm_kernels import both
 from test_property_graphs import engine_graph, programs
 
@@ -54,33 +54,35 @@ def test_spec_groups_give_numbas_bits(first):
     both(graph, args, f"llvm spec group {first}")
 
 
-def _while_cases():
-    from test_while_checkpoint import CONFUSION, NESTED
-    return {"nested while, tape every 3rd": (NESTED, {"x": np.array([0.3, 0.9, -0.2]), "w": np.array(0.8)}, 3),
-            "confusion through a loop": (CONFUSION, {"x": np.array(1.3)}, 2)}
+def _program(name):
+    """A program's value-and-gradient plan (numba's compile of its HVP plan is a minute or more here) and points."""
+    from test_codegen import PROGRAMS
+    from test_while_checkpoint import CONFUSION, NESTED, _fixed_random_programs, _random_case
+    from test_while_compiled import _plan_and_args
+    kinds = ("value", "gradient")
+    if name == "loops-branches-assignment":
+        defn, point = PROGRAMS[name]
+        fn = engine.compile_definition(defn)
+        graph, _ = main_plan(fn, frozenset(kinds))
+        rng = np.random.default_rng(0)
+        return graph, [np.asarray(point[n])[None] + 0.01 * rng.standard_normal((B, *fn.input_shapes[n]))
+                       for n in fn.input_names]
+    if name == "random while program 3":  # a while nested in a while of a three-part condition
+        return _plan_and_args(*_random_case(_fixed_random_programs(12)[3], 11), 2, kinds=kinds)
+    case, point, k = {"nested while, tape every 3rd": (NESTED, {"x": np.array([0.3, 0.9, -0.2]),
+                                                                "w": np.array(0.8)}, 3),
+                      "confusion through a loop": (CONFUSION, {"x": np.array(1.3)}, 2)}[name]
+    return _plan_and_args(case, point, k, kinds=kinds if case is NESTED else ("value", "gradient", "hvp"))
 
 
 @pytest.mark.parametrize("name", ["loops-branches-assignment", "nested while, tape every 3rd",
-                                  "confusion through a loop"])
-def test_programs_value_gradient_hvp(name):
-    if name in PROGRAM_NAMES:
-        graph, args = program_case(name)
-    else:
-        from test_while_compiled import _plan_and_args
-        graph, args = _plan_and_args(*_while_cases()[name])
-    both(graph, args, f"llvm program {name}")
-
-
-PROGRAM_NAMES = {"loops-branches-assignment"}
-
-
-def test_a_random_while_program():
-    """test_while_compiled's small random while program (a while nested in a while of a three-part condition):
-    value, gradient and HVP with its checkpointed tape."""
-    from test_while_checkpoint import _fixed_random_programs, _random_case
-    from test_while_compiled import _plan_and_args
-    graph, args = _plan_and_args(*_random_case(_fixed_random_programs(12)[3], 11), 2)
-    both(graph, args, "llvm random while program 3")
+                                  "confusion through a loop", "random while program 3"])
+def test_programs(name):
+    """Fixed programs (for loops with branches and run-time indices; nested while loops with break and continue,
+    checkpointed every 3rd iteration; perturbation confusion through a loop, its HVP too) and test_while_compiled's
+    small random while program."""
+    graph, args = _program(name)
+    both(graph, args[:len(graph.inputs)], f"llvm program {name}")  # (a plan without tangents: points alone)
 
 
 @settings(max_examples=5, deadline=None, derandomize=True, database=None)
