@@ -8,7 +8,8 @@ offsets the code reads); a corrupt or foreign entry fails to load, and the store
 
 Calling is as numba's kernel: `module.kernel(B, stop, a0.., o0..)` with NumPy arrays (inputs float64, C-ordered,
 leading axis the batch or 1; outputs (B, ...)); it returns 0, k > 0 for ERRORS[k - 1], or STOPPED (-1) once
-stop[0] is set, read at the top of every point (it records the point in stop[1], as runtime.stopped). The
+stop[0] is set, read at the top of every point (it records the point in stop[1], as runtime.stopped) and in
+loops where numba's kernel reads it (llvm_control.py: the point, the loop and its iterations are recorded). The
 call is a builtin function the module defines (`<kernel>.py`, CPython's fast calling convention: the arguments as
 an array of objects): it reads each array's data pointer (and an input's leading length: stride 0 when it is 1)
 from NumPy's array struct and releases the interpreter lock while the kernel runs. The call costs about as much as
@@ -145,10 +146,11 @@ def _driver(w, symbol, oom) -> list:
         out += [f"  %o{j}.o = mul i64 %p, {math.prod(a.shape)}",
                 f"  %o{j}.r = getelementptr inbounds double, ptr %o{j}.d, i64 %o{j}.o"]
         rows.append(f"ptr %o{j}.r")
-    for p in w.parts:
-        out += [f"  %c{p.index} = call i64 @{symbol}.{p.index}({', '.join(rows + [ws, 'ptr %stop.d', 'i64 %p', 'ptr %err'])})",
-                f"  %c{p.index}.s = icmp ne i64 %c{p.index}, 0", f"  br i1 %c{p.index}.s, label %halt, label %r{p.index}",
-                f"r{p.index}:"]
+    args = ", ".join(rows + [ws, "ptr %stop.d", "i64 %p", "ptr %err"])
+    for p in w.parts:  # a function that returns STOPPED (a loop saw the flag) has recorded where: halt
+        c = f"%c{p.index}"
+        out += [f"  {c} = call i64 @{symbol}.{p.index}({args})", f"  {c}.s = icmp ne i64 {c}, 0",
+                f"  br i1 {c}.s, label %halt, label %r{p.index}", f"r{p.index}:"]
     out += ["  %e = load i64, ptr %err", "  %e.s = icmp ne i64 %e, 0", "  br i1 %e.s, label %fail, label %next",
             "fail:", *free, "  ret i64 %e", "next:"]
     # runtime.stopped with no loop running: the point is recorded unless a loop's count is there already
