@@ -116,6 +116,8 @@ KERNELS = {
     "helmholtz-1000": _helmholtz(1000),
     "gmm-d2-k5": _gradbench("gmm", 2, 5, 100),
     "lstm-l2-c4": _gradbench("lstm", 2, 4),
+    # a loop: GradBench's ode (a for loop of Runge-Kutta steps; its gradient the reverse loop over the tape)
+    "ode-n1000-s10": _gradbench("ode", 1000, 10),
 }
 
 

@@ -2,8 +2,9 @@
 
 A plan in scope (`declined(graph)` is empty) is written here instead of as numba source: element-wise equations
 (a table row with an `ir` template), reductions (sum, max, min, sum_to, logsumexp), broadcasts, static slices,
-reshapes, transposes, updates and concatenations. Any other equation (loops, branches, while, gathers,
-contractions, dynamic indexing) keeps the whole plan on numba, decided before any code is written.
+reshapes, transposes, updates and concatenations, run-time indices, gathers and scatters, argmax/argmin and
+arange (llvm_ops.py), loops, `while` and `cond` with their bodies (llvm_control.py). A contraction (einsum: BLAS in
+numba's kernel) keeps the whole plan on numba, decided before any code is written.
 
 The kernel computes what numba's does, operation for operation: the same fusion of same-shape element-wise runs
 (reductions accumulate in the loop computing what they reduce, in the same order: one element after the other,
@@ -20,7 +21,8 @@ from __future__ import annotations
 import math
 
 from ..builder import PRIMS
-from ..ir import Graph, Lit, Var
+from ..ir import Graph, Lit, Var, sub_graphs
+from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
 from .templates import kept
 
@@ -31,12 +33,24 @@ IR = {name: p.ir for name, p in PRIMS.items() if p.ir}
 # reductions accumulated in a fused loop: (start, the update) as in templates.ACCUMULATORS
 SUMS = ("reduce_sum", "reduce_max", "reduce_min", "sum_to")
 START = {"reduce_sum": 0.0, "sum_to": 0.0, "reduce_max": -math.inf, "reduce_min": math.inf}
-OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate"}
+OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate", "dyn_slice", "dyn_update",
+          "gather", "scatter_add", "argmax", "argmin", "arange"}
+CONTROL = {"loop", "while", "cond"}  # written with their bodies (llvm_control.py)
 
 
 def declined(graph: Graph) -> set:
-    """The primitives of `graph` the LLVM back end does not write (its plans stay on numba); empty: in scope."""
-    out = {e.prim for e in graph.eqns if e.prim not in IR and e.prim not in SUMS and e.prim not in OTHERS}
+    """The primitives of `graph` (bodies included) the LLVM back end does not write (its plans stay on numba);
+    empty: in scope."""
+    out: set = set()
+
+    def visit(g):
+        for e in g.eqns:
+            if e.prim in CONTROL:
+                for body in sub_graphs(e):
+                    visit(body)
+            elif e.prim not in IR and e.prim not in SUMS and e.prim not in OTHERS:
+                out.add(e.prim)
+    visit(graph)
     if len(graph.inputs) + len(graph.outputs) > MAX_ARRAYS:
         out.add(f"more than {MAX_ARRAYS} inputs and outputs")
     return out
@@ -55,7 +69,7 @@ class Part:
         self.cache: dict = {}
 
 
-class Writer(Ops):
+class Writer(Ops, Control):
     """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
 
     def __init__(self, graph: Graph):
@@ -71,7 +85,11 @@ class Writer(Ops):
         self.taken: set = set()  # outputs rows holding a value already
         self.parts = [Part(0)]
         self.block = "b0"
-        self.memo: dict = {}  # loads and index arithmetic of the innermost loop being written
+        self.memo: dict = {}  # loads and index arithmetic of the block being written (a label clears it)
+        self.errors: list = []  # run-time error messages: status k is errors[k - 1]
+        self.codes: dict = {}  # id of a gather or scatter -> its error's status
+        self.stop_loops: list = []  # (length or None, location) of each outermost loop, as numba's LOOPS
+        self.enclosing: list = []  # the loops open where code is written: (number in stop_loops, its done())
 
     @property
     def part(self) -> Part:
@@ -87,6 +105,7 @@ class Writer(Ops):
     def label(self, name):
         self.part.body.append(f"{name}:")
         self.block = name
+        self.memo = {}  # what an earlier block computed need not dominate this one
 
     # -- values ----------------------------------------------------------------------------------------
     def scalar(self, a) -> str:
@@ -153,6 +172,7 @@ class Writer(Ops):
         base = "%ws" if view.base == "ws" else f"%r{view.base[2:]}" if view.base.startswith("in") else \
             f"%r{self.n_in + int(view.base[3:])}" if view.base.startswith("out") else view.base
         offset = view.offset
+        terms = [*terms, *view.dyn]
         key = ("at", base, offset, tuple(terms))
         if key in self.memo:
             return self.memo[key]
@@ -301,6 +321,13 @@ class Writer(Ops):
                 self.arr[v] = View(f"in{j}", 0, tuple(v.shape), c_strides(v.shape))
             else:
                 self.scal[v] = ("in", j)
+        self.walk(g, top=True)
+        self.item(self.outputs)
+
+    def walk(self, g: Graph, top=False):
+        """g's equations (the kernel's graph, `top`, cut into functions between them; or a body, all in the
+        function being written)."""
+        item = self.item if top else (lambda fn, *args: fn(*args))
         uses: dict = {}
         for e in g.eqns:
             for a in e.inputs:
@@ -319,17 +346,16 @@ class Writer(Ops):
                     totals.add(e.out)
                 continue
             if run and any(a in made for a in e.inputs):
-                self.item(self.fused, run, uses, run[0].out.shape)
+                item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [], set(), set()
             if e.prim in IR and e.out.shape:
                 if run:
-                    self.item(self.fused, run, uses, run[0].out.shape)
+                    item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [e], {e.out}, set()
                 continue
-            self.item(self.eqn, e, uses)
+            item(self.eqn, e, uses)
         if run:
-            self.item(self.fused, run, uses, run[0].out.shape)
-        self.item(self.outputs)
+            item(self.fused, run, uses, run[0].out.shape)
 
     def item(self, fn, *args):
         if self.part.loops >= MAX_LOOPS:
@@ -343,7 +369,7 @@ class Writer(Ops):
         elif e.prim in SUMS:
             self.fused([e], uses, e.inputs[0].shape)
         else:
-            getattr(self, "op_" + e.prim)(e)
+            getattr(self, "op_" + e.prim.replace("while", "while_"))(e)
 
     def fused(self, run, uses, shape):
         made = {e.out for e in run}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .templates import kept
 
@@ -31,11 +31,13 @@ def c_strides(shape) -> tuple:
 
 @dataclass(frozen=True)
 class View:
-    """An array value: element i at base + offset + sum(i_k * strides_k); base "in3", "out0", "ws" or "@K2"."""
+    """An array value: element i at base + offset + sum(i_k * strides_k) (+ sum(index * stride) over `dyn`, the
+    run-time part of the offset: (SSA index, stride) pairs, a loop's slice x[k]); base "in3", "out0", "ws" or "@K2"."""
     base: str
     offset: int
     shape: tuple
     strides: tuple
+    dyn: tuple = ()
 
     def contiguous(self) -> bool:
         return 0 in self.shape or all(s == c for s, c, d in zip(self.strides, c_strides(self.shape), self.shape)
@@ -52,7 +54,29 @@ class View:
                 offset += start * self.strides[k]
                 shape.append(length)
                 strides.append(self.strides[k] * step)
-        return View(self.base, offset, tuple(shape), tuple(strides))
+        return View(self.base, offset, tuple(shape), tuple(strides), self.dyn)
+
+    def row(self, k: str) -> "View":
+        """The view of x[k], k a run-time index (an SSA i64) along the leading axis."""
+        return View(self.base, self.offset, self.shape[1:], self.strides[1:], self.dyn + ((k, self.strides[0]),))
+
+    def along(self, axis: int, k: str, size) -> "View":
+        """The view of x[..., k, ...] (size None: the axis dropped) or x[..., k:k + size, ...] along `axis`, k a
+        run-time index (an SSA i64)."""
+        keep = () if size is None else (size,)
+        return View(self.base, self.offset, self.shape[:axis] + keep + self.shape[axis + 1:],
+                    self.strides[:axis] + (self.strides[axis],) * len(keep) + self.strides[axis + 1:],
+                    self.dyn + ((k, self.strides[axis]),))
+
+    def span(self) -> tuple:
+        """The elements it may touch: [lo, hi) of its base (statically: a run-time offset spans the base)."""
+        if self.dyn:
+            return 0, math.inf
+        if 0 in self.shape:
+            return self.offset, self.offset
+        lo = self.offset + sum(min(0, (d - 1) * s) for d, s in zip(self.shape, self.strides))
+        hi = self.offset + sum(max(0, (d - 1) * s) for d, s in zip(self.shape, self.strides))
+        return lo, hi + 1
 
 
 @dataclass(frozen=True)
@@ -79,8 +103,8 @@ class Ops:
 
     def op_transpose(self, e):
         op, perm = self.operand(e.inputs[0]), e.params["perm"]
-        self.arr[e.out] = op if isinstance(op, Fill) else View(
-            op.base, op.offset, tuple(op.shape[p] for p in perm), tuple(op.strides[p] for p in perm))
+        self.arr[e.out] = op if isinstance(op, Fill) else replace(
+            op, shape=tuple(op.shape[p] for p in perm), strides=tuple(op.strides[p] for p in perm))
 
     def op_reshape(self, e):
         x, out = e.inputs[0], e.out
@@ -99,7 +123,7 @@ class Ops:
             self.ws += math.prod(op.shape)
             self.copy(copy, x, op, op.shape)
             op = copy
-        self.arr[out] = View(op.base, op.offset, tuple(out.shape), c_strides(out.shape))
+        self.arr[out] = replace(op, shape=tuple(out.shape), strides=c_strides(out.shape))
 
     def op_update_slice(self, e):
         x, v = e.inputs
@@ -118,6 +142,197 @@ class Ops:
             region = View(out.base, out.offset + start * out.strides[axis], tuple(x.shape), out.strides)
             self.copy(region, x, self.operand(x), x.shape)
             start += x.shape[axis]
+
+    def dyn_index(self, e, i, length) -> str:
+        """templates._dyn_index: the run-time index i (a scalar atom) as an i64, checked: a NaN, a non-integer or
+        one outside 0..length - size stores the error's status in `err` (reported after the point) and reads
+        entry 0. Checked in floating point (numba's int() of an out-of-range double is LLVM's poison)."""
+        size = e.params["size"]
+        hi = length - (1 if size is None else size)
+        from .emit import loc_text
+        self.errors.append(f"index out of range 0..{hi} or not an integer at {loc_text(e.loc)}")
+        code = len(self.errors)
+        x, n = self.scalar(i), self.fresh()
+        self.emit(f"%y{n}.a = fcmp oge double {x}, 0.0")
+        self.emit(f"%y{n}.b = fcmp ole double {x}, {const(hi)}")
+        self.emit(f"%y{n}.f = call double @llvm.floor.f64(double {x})")
+        self.emit(f"%y{n}.c = fcmp oeq double %y{n}.f, {x}")
+        self.emit(f"%y{n}.d = and i1 %y{n}.a, %y{n}.b")
+        self.emit(f"%y{n}.e = and i1 %y{n}.d, %y{n}.c")
+        self.emit(f"%y{n}.i = fptosi double {x} to i64")
+        self.emit(f"%y{n} = select i1 %y{n}.e, i64 %y{n}.i, i64 0")
+        self.emit(f"%y{n}.s = load i64, ptr %err")
+        self.emit(f"%y{n}.t = select i1 %y{n}.e, i64 %y{n}.s, i64 {code}")
+        self.emit(f"store i64 %y{n}.t, ptr %err")
+        return f"%y{n}"
+
+    def checked(self, t, n, code) -> str:
+        """templates._gathered_index: the index t (a double) as an i64 if 0 <= t <= n - 1 and an integer, else 0,
+        the error's status stored in `err`."""
+        m = self.fresh()
+        self.emit(f"%y{m}.a = fcmp oge double {t}, 0.0")
+        self.emit(f"%y{m}.b = fcmp ole double {t}, {const(n - 1)}")
+        self.emit(f"%y{m}.f = call double @llvm.floor.f64(double {t})")
+        self.emit(f"%y{m}.c = fcmp oeq double {t}, %y{m}.f")
+        self.emit(f"%y{m}.d = and i1 %y{m}.a, %y{m}.b")
+        self.emit(f"%y{m}.e = and i1 %y{m}.d, %y{m}.c")
+        self.emit(f"%y{m}.i = fptosi double {t} to i64")
+        self.emit(f"%y{m} = select i1 %y{m}.e, i64 %y{m}.i, i64 0")
+        self.emit(f"br i1 %y{m}.e, label %y{m}.ok, label %y{m}.bad")
+        self.label(f"y{m}.bad")
+        self.emit(f"store i64 {code}, ptr %err")
+        self.emit(f"br label %y{m}.ok")
+        self.label(f"y{m}.ok")
+        return f"%y{m}"
+
+    def _gathered(self, e, idx, at):
+        """The checked index of idx at loop indices `at` (a gather's or scatter's)."""
+        from .emit import loc_text
+        n = e.inputs[0].shape[e.params["axis"]]
+        code = self.codes.get(id(e))
+        if code is None:
+            self.errors.append(f"index out of range 0..{n - 1} or not an integer at {loc_text(e.loc)}")
+            code = self.codes[id(e)] = len(self.errors)
+        t = self.elem(idx, self.operand(idx), at, idx.shape) if idx.shape else self.scalar(idx)
+        return self.checked(t, n, code)
+
+    def op_gather(self, e):
+        x, idx = e.inputs
+        axis, ni, out = e.params["axis"], len(idx.shape), e.out
+        op = self.operand(x)
+        dst = self.buffer(out) if out.shape else None
+
+        def body(loop):
+            k = self._gathered(e, idx, loop[axis:axis + ni])
+            at = [*loop[:axis], k, *loop[axis + ni:]]
+            if isinstance(op, Fill):
+                v = const(op.value)
+            else:
+                v = f"%g{self.fresh()}"
+                self.emit(f"{v} = load double, ptr {self.address(op, list(zip(at, op.strides)))}")
+            if dst is None:
+                self.define(out, v)
+            else:
+                self.store(dst, loop, v)
+        if out.shape:
+            self.loop(out.shape, body)
+        else:
+            body([])
+
+    def op_scatter_add(self, e):
+        x, v, idx = e.inputs
+        axis, ni = e.params["axis"], len(idx.shape)
+        out = self.buffer(e.out)
+        self.copy(out, x, self.operand(x), x.shape)
+        op = self.operand(v)
+
+        def body(loop):
+            k = self._gathered(e, idx, loop[axis:axis + ni])
+            at = [*loop[:axis], k, *loop[axis + ni:]]
+            p = self.address(out, list(zip(at, out.strides)))
+            n = self.fresh()
+            self.emit(f"%g{n} = load double, ptr {p}")
+            self.emit(f"%g{n}.s = fadd double %g{n}, {self.elem(v, op, loop, v.shape)}")
+            self.emit(f"store double %g{n}.s, ptr {p}")
+        self.loop(v.shape, body)
+
+    def _arg(self, e):
+        """argmax/argmin (templates._arg): the first best position, the first NaN counting as best."""
+        x, axis, out = e.inputs[0], e.params["axis"], e.out
+        op = self.operand(x)
+        better = "ogt" if e.prim == "argmax" else "olt"
+        if axis is None:  # of x flattened: a loop over a contiguous copy's elements
+            if not (isinstance(op, View) and op.contiguous()):
+                flat = View("ws", self.ws, tuple(x.shape), c_strides(x.shape))
+                self.ws += math.prod(x.shape)
+                self.copy(flat, x, op, x.shape)
+                op = flat
+            op = replace(op, shape=(math.prod(x.shape),), strides=(1,))
+            shape, axis, xs = (), 0, (math.prod(x.shape),)
+        else:
+            shape, xs = tuple(out.shape), tuple(x.shape)
+        dst = self.buffer(out) if out.shape else None
+
+        def body(idx):
+            def at(k):
+                return self.elem_at(op, [*idx[:axis], k, *idx[axis:]])
+            n = self.fresh()
+            first = at("0")
+            pre = self.block
+            self.emit(f"br label %A{n}")
+            self.label(f"A{n}")
+            self.emit(f"%A{n}.j = phi i64 [1, %{pre}], [%A{n}.jn, %A{n}.l]")
+            self.emit(f"%A{n}.bi = phi i64 [0, %{pre}], [%A{n}.bi2, %A{n}.l]")
+            self.emit(f"%A{n}.bv = phi double [{first}, %{pre}], [%A{n}.bv2, %A{n}.l]")
+            self.emit(f"%A{n}.c = icmp slt i64 %A{n}.j, {xs[axis]}")
+            self.emit(f"br i1 %A{n}.c, label %A{n}.b, label %A{n}.x")
+            self.label(f"A{n}.b")
+            w = at(f"%A{n}.j")
+            self.emit(f"%A{n}.o = fcmp ord double %A{n}.bv, %A{n}.bv")  # bv == bv
+            self.emit(f"%A{n}.u = fcmp uno double {w}, {w}")  # w != w
+            self.emit(f"%A{n}.g = fcmp {better} double {w}, %A{n}.bv")
+            self.emit(f"%A{n}.h = or i1 %A{n}.u, %A{n}.g")
+            self.emit(f"%A{n}.t = and i1 %A{n}.o, %A{n}.h")
+            self.emit(f"%A{n}.bv2 = select i1 %A{n}.t, double {w}, double %A{n}.bv")
+            self.emit(f"%A{n}.bi2 = select i1 %A{n}.t, i64 %A{n}.j, i64 %A{n}.bi")
+            self.emit(f"br label %A{n}.l")
+            self.label(f"A{n}.l")
+            self.emit(f"%A{n}.jn = add nuw nsw i64 %A{n}.j, 1")
+            self.emit(f"br label %A{n}")
+            self.label(f"A{n}.x")
+            self.emit(f"%A{n}.f = sitofp i64 %A{n}.bi to double")
+            if dst is None:
+                self.define(out, f"%A{n}.f")
+            else:
+                self.store(dst, idx, f"%A{n}.f")
+        if shape:
+            self.loop(shape, body)
+        else:
+            body([])
+
+    op_argmax = op_argmin = _arg
+
+    def elem_at(self, op, at) -> str:
+        """View op's element at indices `at` (SSA i64s), loaded (or a Fill's value)."""
+        if isinstance(op, Fill):
+            return const(op.value)
+        n = self.fresh()
+        self.emit(f"%g{n} = load double, ptr {self.address(op, list(zip(at, op.strides)))}")
+        return f"%g{n}"
+
+    def op_arange(self, e):
+        out = self.buffer(e.out)
+
+        def body(idx):
+            n = self.fresh()
+            self.emit(f"%g{n} = sitofp i64 {idx[0]} to double")
+            self.store(out, idx, f"%g{n}")
+        self.loop(out.shape, body)
+
+    def op_dyn_slice(self, e):
+        x, i = e.inputs
+        axis, size, out = e.params["axis"], e.params["size"], e.out
+        k = self.dyn_index(e, i, x.shape[axis])
+        op = self.operand(x)
+        if isinstance(op, Fill):
+            return self.arr.__setitem__(out, op) if out.shape else self.define(out, const(op.value))
+        view = op.along(axis, k, size)
+        if out.shape:
+            self.arr[out] = view
+        else:
+            self.load_scalar(out, view)
+
+    def op_dyn_update(self, e):
+        x, v, i = e.inputs
+        axis, size = e.params["axis"], e.params["size"]
+        k = self.dyn_index(e, i, x.shape[axis])
+        out = self.buffer(e.out)
+        self.copy(out, x, self.operand(x), x.shape)
+        region = out.along(axis, k, size)
+        if region.shape:
+            self.copy(region, v, self.operand(v), region.shape)
+        else:
+            self.emit(f"store double {self.scalar(v)}, ptr {self.address(region, [])}")
 
     def _max_into(self, ptr, v):
         """acc = v if v > acc or v is NaN (logsumexp's maximum: templates._logsumexp)."""
