@@ -38,14 +38,17 @@ def client(server):
         yield c
 
 
-# The longest files of a cold run (numba compiles, long interpreter runs), longest first. The test processes
+# The longest files of a cold run (CPU seconds, tests/cpu_report.py; over 13 s), longest first. The test processes
 # (pytest-xdist, a file whole in one) take them first, so two long files run side by side, not one after the
 # other at the end while the other process idles.
-LONGEST_FIRST = ("test_tier_consistency.py", "test_parallel_kernels.py", "test_while_checkpoint.py",
-                 "test_while_compiled.py", "test_codegen.py", "test_language_functions.py", "test_tiered.py",
-                 "test_primitives.py", "test_faults_e2e.py", "test_gradbench_nested.py", "test_property_graphs.py",
-                 "test_while.py", "test_memory.py", "test_scale_out_e2e.py", "test_deadline.py",
-                 "test_int_data.py", "test_compiled_e2e.py")
+LONGEST_FIRST = ("test_language_functions.py", "test_primitives.py", "test_llvm_control.py", "test_faults_e2e.py",
+                 "test_while_checkpoint.py", "test_llvm_kernels.py", "test_property_graphs.py",
+                 "test_tier_consistency.py", "test_parallel_kernels.py", "test_while_compiled.py",
+                 "test_gradbench_evals.py", "test_tiered.py", "test_gradbench_nested.py", "test_while.py",
+                 "test_codegen.py", "test_python_tier.py", "test_scale_out_e2e.py", "test_registry_lru.py",
+                 "test_deadlines_e2e.py", "test_load_e2e.py", "test_cli.py", "test_rpc_server.py",
+                 "test_peers_replicas_e2e.py", "test_int_data.py", "test_isolation.py", "test_oip_e2e.py",
+                 "test_compiled_e2e.py", "test_isolation_e2e.py", "test_transforms.py")
 
 
 def pytest_configure(config):

@@ -19,6 +19,8 @@ from test_tier_consistency import same
 
 from adserve.engine import Engine, backend, main_plan
 from adserve.engine.codegen import llvm_ir, llvm_kernel
+from adserve.engine.codegen.module import kernel_module
+from adserve.engine.codegen.python import PythonKernel, Unsupported
 
 pytestmark = pytest.mark.compiled
 
@@ -35,17 +37,27 @@ def identical(got, want, what):
         f"{what}: {got[got != want][:4]} vs {want[got != want][:4]}"
 
 
-def both(graph, args, title, exact_interp=False):
+def both(graph, args, title, exact_interp=False, against="numba"):
     """The LLVM kernel's outputs equal numba's bit for bit, and the interpreter's (bit for bit if `exact_interp`,
-    else within test_tier_consistency's 1e-12; None: numba's only)."""
+    else within test_tier_consistency's 1e-12; None: numba's only). `against="python"`: the bits of numba's
+    source run by CPython (the python tier: the same operations in the same order, on the same libm) in place
+    of numba's compile, which costs seconds of CPU a plan; numba's own where that tier declines (a domain
+    error in Python's math)."""
     assert not llvm_ir.declined(graph), llvm_ir.declined(graph)
     mine = compile_kernel(graph, title, llvm=True)
     assert isinstance(mine, llvm_kernel.LlvmModule)
     got = run_kernel(mine, graph, args)
-    numba = run_kernel(compile_kernel(graph, title, llvm=False), graph, args)
+    theirs = None
+    if against == "python":
+        try:
+            theirs = run_kernel(PythonKernel(kernel_module(graph, title, python=True), title), graph, args)
+        except Unsupported:
+            pass
+    if theirs is None:
+        against, theirs = "numba", run_kernel(compile_kernel(graph, title, llvm=False), graph, args)
     want = run(graph, args)
-    for j, (g, n, w) in enumerate(zip(got, numba, want)):
-        identical(g, n, f"{title}: output {j} against numba")
+    for j, (g, n, w) in enumerate(zip(got, theirs, want)):
+        identical(g, n, f"{title}: output {j} against {against}")
         if exact_interp is not None:
             same(g, w, exact_interp, f"{title}: output {j} against the interpreter")
 
@@ -120,18 +132,20 @@ def test_programs_value_gradient_hvp(name):
 @settings(max_examples=12, deadline=None, derandomize=True, database=None)
 @given(programs(max_len=8))
 def test_random_straight_line_programs(case):
-    """test_property_graphs' random programs (no loops or branches: in scope), value and gradient."""
+    """test_property_graphs' random programs (no loops or branches: in scope), value and gradient, against the
+    python tier's bits (numba's are checked on the spec groups and fixed programs)."""
     prog, seed = case
     g = engine_graph(prog)
     from engine_helpers import value_and_grad_graph
     graph = value_and_grad_graph(g)
     rng = np.random.default_rng(seed)
-    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random {prog}")
+    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random {prog}", against="python")
 
 
 @pytest.mark.parametrize("huge", [False, True], ids=["lean passes", "machine code at level 0"])
 def test_large_kernels_are_cut_into_functions_of_a_few_loops(huge, monkeypatch):
-    """A kernel of several functions: the lean pass list, and (as if it were huge) level 0's machine code."""
+    """A kernel of several functions: the lean pass list, and (as if it were huge) level 0's machine code; the
+    python tier's bits (numba's compile of this plan alone took 10-15 s of CPU)."""
     if huge:
         monkeypatch.setattr(llvm_kernel, "HUGE_PARTS", 1)
     from bench.compile_time import random_definition
@@ -143,7 +157,8 @@ def test_large_kernels_are_cut_into_functions_of_a_few_loops(huge, monkeypatch):
     for part in text.split("define internal void")[1:]:
         assert part.count(".l:\n") <= llvm_ir.MAX_LOOPS + 8  # a function ends after the item crossing the mark
     rng = np.random.default_rng(1)
-    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random-300 huge={huge}")
+    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random-300 huge={huge}",
+         against="python")
 
 
 def test_a_plan_outside_the_scope_goes_to_numba(tmp_path):
