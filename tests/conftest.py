@@ -18,6 +18,14 @@ from server_process import TEST_MAX_BODY_BYTES, free_port, running_server
 os.environ.setdefault("ADSERVE_COMPILE_NICE", "0")
 os.environ.setdefault("ADSERVE_ISOLATE_NICE", "0")  # the same for isolation workers a test waits on
 
+# JAX is the tests' oracle, not what they measure: XLA compiles the jitted references with cheap settings (no
+# fusion emitters; LLVM at -O0 without its expensive passes). That takes 27% of the CPU from the files that use
+# JAX (399 -> 291 s; the loops-and-branches property test 46 -> 22 s), and every comparison passes as before:
+# neither setting allows fast-math, so only the order of a sum may change, far inside the tests' 1e-10.
+# bench/ times JAX with its defaults.
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0 "
+                                   "--xla_llvm_disable_expensive_passes=true")
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
