@@ -59,8 +59,9 @@ def test_rest_over_tls_with_an_api_key(tls_server, certificate):
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    """One request a second per client, one at once: a second call right after a first is refused."""
-    env = {"ADSERVE_RATE_LIMIT_PER_SECOND": "1", "ADSERVE_RATE_LIMIT_BURST": "1", "ADSERVE_COMPILE": "false"}
+    """One request every 4 s per client, one at once: a second call right after a first is refused (at one a
+    second, a busy machine's second call could come after the next token; the retrying client waits 4 s)."""
+    env = {"ADSERVE_RATE_LIMIT_PER_SECOND": "0.25", "ADSERVE_RATE_LIMIT_BURST": "1", "ADSERVE_COMPILE": "false"}
     with running_server(tmp_path_factory.mktemp("limited") / "server.log", grpc_port=free_port(), env=env) as s:
         yield s
 

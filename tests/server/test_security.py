@@ -87,7 +87,9 @@ def test_rest_needs_a_key_on_v1_only():
 
 
 def test_rest_rate_limit_answers_429_with_retry_after():
-    c = app(api_keys=KEY, rate_limit_per_second=1, rate_limit_burst=2)
+    # one request per 100 s: no token comes back while the test runs, however slow the machine (at 1 per second,
+    # a busy CI machine took over a second for the first two and the third was let through)
+    c = app(api_keys=KEY, rate_limit_per_second=0.01, rate_limit_burst=2)
     codes = [c.get("/v1/schema/graph", headers=AUTH).status_code for _ in range(4)]
     assert codes[:2] == [200, 200] and codes[2:] == [429, 429]
     r = c.get("/v1/schema/graph", headers=AUTH)
@@ -146,7 +148,7 @@ def test_engine_limits_are_413_with_which_limit_and_by_how_much():
 def test_grpc_needs_a_key_and_is_rate_limited():
     async def scenario():
         port = free_port()
-        server = build(Settings(grpc_port=port, api_keys=KEY, rate_limit_per_second=1, rate_limit_burst=2),
+        server = build(Settings(grpc_port=port, api_keys=KEY, rate_limit_per_second=0.01, rate_limit_burst=2),
                        service=Service(result_cache_bytes=1 << 20))
         await server.start()
         await server.serving()
@@ -173,7 +175,7 @@ def test_grpc_needs_a_key_and_is_rate_limited():
     unauth = grpc.StatusCode.UNAUTHENTICATED
     assert out[0] == (unauth, None) and out[1] == (unauth, None)
     assert isinstance(out[2], str) and isinstance(out[3], str)
-    assert out[4] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "1")
+    assert out[4] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "100")  # seconds until the next token
     assert out[5] == unauth
 
 
