@@ -28,7 +28,7 @@ from .structured import UNCHECKED_STEPS
 
 
 class Control:
-    """Writer's loops and branches: `op_loop`, `op_while_`, `op_cond`."""
+    """Writer's loops and branches: `op_loop`, `op_while`, `op_cond`."""
 
     # -- binding and storage -----------------------------------------------------------------------------
     def bind(self, v, a):
@@ -190,7 +190,7 @@ class Control:
         self.label(f"W{n}.x")
         self.finish(e.outputs[:ncar], carries)
 
-    def op_while_(self, e):
+    def op_while(self, e):
         """structured.while_: the condition (0.0 ends the loop), the iteration limit, the tape, the body."""
         p = e.params
         cond, body, nc, max_iter, tape = p["cond"], p["body"], p["n_consts"], p["max_iter"], p["tape"]

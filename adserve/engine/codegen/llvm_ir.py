@@ -369,7 +369,7 @@ class Writer(Ops, Control):
         elif e.prim in SUMS:
             self.fused([e], uses, e.inputs[0].shape)
         else:
-            getattr(self, "op_" + e.prim.replace("while", "while_"))(e)
+            getattr(self, "op_" + e.prim)(e)
 
     def fused(self, run, uses, shape):
         made = {e.out for e in run}

@@ -13,6 +13,7 @@ import math
 import struct
 from dataclasses import dataclass, replace
 
+from .emit import loc_text
 from .templates import kept
 
 
@@ -143,58 +144,55 @@ class Ops:
             self.copy(region, x, self.operand(x), x.shape)
             start += x.shape[axis]
 
-    def dyn_index(self, e, i, length) -> str:
-        """templates._dyn_index: the run-time index i (a scalar atom) as an i64, checked: a NaN, a non-integer or
-        one outside 0..length - size stores the error's status in `err` (reported after the point) and reads
-        entry 0. Checked in floating point (numba's int() of an out-of-range double is LLVM's poison)."""
-        size = e.params["size"]
-        hi = length - (1 if size is None else size)
-        from .emit import loc_text
+    def index_error(self, e, hi) -> int:
+        """A new run-time error: e's index outside 0..hi or not an integer (templates' message); its status."""
         self.errors.append(f"index out of range 0..{hi} or not an integer at {loc_text(e.loc)}")
-        code = len(self.errors)
-        x, n = self.scalar(i), self.fresh()
+        return len(self.errors)
+
+    def as_index(self, x, hi) -> tuple:
+        """(i64, ok): the double x as an index if 0 <= x <= hi and an integer (ok, an i1), else 0. Checked in
+        floating point: converting an out-of-range double to an integer gives LLVM's poison."""
+        n = self.fresh()
         self.emit(f"%y{n}.a = fcmp oge double {x}, 0.0")
         self.emit(f"%y{n}.b = fcmp ole double {x}, {const(hi)}")
         self.emit(f"%y{n}.f = call double @llvm.floor.f64(double {x})")
-        self.emit(f"%y{n}.c = fcmp oeq double %y{n}.f, {x}")
+        self.emit(f"%y{n}.c = fcmp oeq double {x}, %y{n}.f")
         self.emit(f"%y{n}.d = and i1 %y{n}.a, %y{n}.b")
         self.emit(f"%y{n}.e = and i1 %y{n}.d, %y{n}.c")
         self.emit(f"%y{n}.i = fptosi double {x} to i64")
         self.emit(f"%y{n} = select i1 %y{n}.e, i64 %y{n}.i, i64 0")
-        self.emit(f"%y{n}.s = load i64, ptr %err")
-        self.emit(f"%y{n}.t = select i1 %y{n}.e, i64 %y{n}.s, i64 {code}")
-        self.emit(f"store i64 %y{n}.t, ptr %err")
-        return f"%y{n}"
+        return f"%y{n}", f"%y{n}.e"
 
-    def checked(self, t, n, code) -> str:
-        """templates._gathered_index: the index t (a double) as an i64 if 0 <= t <= n - 1 and an integer, else 0,
-        the error's status stored in `err`."""
+    def dyn_index(self, e, i, length) -> str:
+        """templates._dyn_index: the run-time index i (a scalar atom) as an i64, checked: a NaN, a non-integer or
+        one outside 0..length - size stores the error's status in `err` (reported after the point) and reads
+        entry 0."""
+        size = e.params["size"]
+        hi = length - (1 if size is None else size)
+        code = self.index_error(e, hi)
+        k, ok = self.as_index(self.scalar(i), hi)
+        s = self.fresh()
+        self.emit(f"%y{s}.s = load i64, ptr %err")
+        self.emit(f"%y{s}.t = select i1 {ok}, i64 %y{s}.s, i64 {code}")
+        self.emit(f"store i64 %y{s}.t, ptr %err")
+        return k
+
+    def _gathered(self, e, idx, at):
+        """templates._gathered_index: the index of idx at loop indices `at` (a gather's or scatter's) as an i64,
+        checked as dyn_index's (one error per equation)."""
+        n = e.inputs[0].shape[e.params["axis"]]
+        code = self.codes.get(id(e))
+        if code is None:
+            code = self.codes[id(e)] = self.index_error(e, n - 1)
+        t = self.elem(idx, self.operand(idx), at, idx.shape) if idx.shape else self.scalar(idx)
+        k, ok = self.as_index(t, n - 1)
         m = self.fresh()
-        self.emit(f"%y{m}.a = fcmp oge double {t}, 0.0")
-        self.emit(f"%y{m}.b = fcmp ole double {t}, {const(n - 1)}")
-        self.emit(f"%y{m}.f = call double @llvm.floor.f64(double {t})")
-        self.emit(f"%y{m}.c = fcmp oeq double {t}, %y{m}.f")
-        self.emit(f"%y{m}.d = and i1 %y{m}.a, %y{m}.b")
-        self.emit(f"%y{m}.e = and i1 %y{m}.d, %y{m}.c")
-        self.emit(f"%y{m}.i = fptosi double {t} to i64")
-        self.emit(f"%y{m} = select i1 %y{m}.e, i64 %y{m}.i, i64 0")
-        self.emit(f"br i1 %y{m}.e, label %y{m}.ok, label %y{m}.bad")
+        self.emit(f"br i1 {ok}, label %y{m}.ok, label %y{m}.bad")
         self.label(f"y{m}.bad")
         self.emit(f"store i64 {code}, ptr %err")
         self.emit(f"br label %y{m}.ok")
         self.label(f"y{m}.ok")
-        return f"%y{m}"
-
-    def _gathered(self, e, idx, at):
-        """The checked index of idx at loop indices `at` (a gather's or scatter's)."""
-        from .emit import loc_text
-        n = e.inputs[0].shape[e.params["axis"]]
-        code = self.codes.get(id(e))
-        if code is None:
-            self.errors.append(f"index out of range 0..{n - 1} or not an integer at {loc_text(e.loc)}")
-            code = self.codes[id(e)] = len(self.errors)
-        t = self.elem(idx, self.operand(idx), at, idx.shape) if idx.shape else self.scalar(idx)
-        return self.checked(t, n, code)
+        return k
 
     def op_gather(self, e):
         x, idx = e.inputs
@@ -204,12 +202,7 @@ class Ops:
 
         def body(loop):
             k = self._gathered(e, idx, loop[axis:axis + ni])
-            at = [*loop[:axis], k, *loop[axis + ni:]]
-            if isinstance(op, Fill):
-                v = const(op.value)
-            else:
-                v = f"%g{self.fresh()}"
-                self.emit(f"{v} = load double, ptr {self.address(op, list(zip(at, op.strides)))}")
+            v = self.elem_at(op, [*loop[:axis], k, *loop[axis + ni:]])
             if dst is None:
                 self.define(out, v)
             else:
