@@ -36,9 +36,14 @@ def long_loop(engine):
     return engine.compile_definition(LOOP)
 
 
+def _loops(err: Stopped) -> list:
+    """The loops the stop passed through, innermost first."""
+    return [w for w in err.progress if w[0] == "loop"]
+
+
 def _loop_progress(err: Stopped):
     """(iterations done, length) of the outermost loop the stop passed through."""
-    loops = [w for w in err.progress if w[0] == "loop"]
+    loops = _loops(err)
     return loops[-1][1], loops[-1][2]
 
 
@@ -51,7 +56,7 @@ def _stopped_in_a_loop(engine, fn, inputs, compute, tries=3) -> Stopped:
             engine.evaluate(fn, inputs, compute, tangent={n: np.ones_like(v) for n, v in inputs.items()},
                             deadline=d)
         assert stopped.value.code == "deadline_exceeded"
-        if any(w[0] == "loop" for w in stopped.value.progress):
+        if _loops(stopped.value):
             break
     return stopped.value
 
