@@ -308,6 +308,9 @@ elementwise("arctanh", np.arctanh, lambda x, a: 1.0 / (1.0 - x * x), template="m
             doc="inverse hyperbolic tangent, for x in (-1, 1)")
 elementwise("square", np.square, lambda x, a: 2.0 * x, template="({0} * {0})", ir="%{t}r = fmul double {0}, {0}",
             doc="x * x")
+elementwise("deg2rad", np.deg2rad, linear=Linear(lambda g, xs: [op.deg2rad(g)]),
+            template="({0} * 0.017453292519943295)", ir="%{t}r = fmul double {0}, 0x3F91DF46A2529D39",
+            doc="degrees to radians: x * (pi / 180)")
 elementwise("floor", np.floor, nondiff=True, template="np.floor({0})",
             ir=_ir_call("llvm.floor.f64"),
             doc="the largest integer <= x; derivative 0, at the jumps too")

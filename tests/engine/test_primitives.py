@@ -153,6 +153,7 @@ UNARY = [
     ("arccosh", op.arccosh, jnp.arccosh, uniform(1.2, 3.0)),
     ("arctanh", op.arctanh, jnp.arctanh, uniform(-0.9, 0.9)),
     ("square", op.square, jnp.square, normal()),
+    ("deg2rad", op.deg2rad, jnp.deg2rad, normal(100.0)),
     ("floor", op.floor, jnp.floor, off_jumps(0.0)),
     ("ceil", op.ceil, jnp.ceil, off_jumps(0.0)),
     ("round", op.round, jnp.round, off_jumps(0.5)),
