@@ -25,6 +25,8 @@ import math
 import os
 import re
 
+from .llvm_contraction import BLAS, bind_blas
+
 LLVM_VERSION = "2"  # bump when the written IR changes meaning: part of the kernel files' names
 # How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
@@ -102,8 +104,8 @@ def module_text(graph, key: str, title: str) -> str:
     text = "\n".join(parts + body)
     meta = {"version": LLVM_VERSION, "title": title, "symbol": symbol, "errors": errors, "loops": w.stop_loops,
             "arrays": w.n_in + w.n_out, "data": DATA_OFFSET, "dims": DIMS_OFFSET, "parts": len(w.parts),
-            "workspace": w.ws}
-    return "\n".join(["; adserve " + json.dumps(meta, default=str), _declarations(text), *w.consts, "", text, ""])
+            "workspace": w.ws, "blas": sorted(w.blas)}
+    return "\n".join(["; adserve " + json.dumps(meta, default=str), _declarations(text, w.blas), *w.consts, "", text, ""])
 
 
 def _driver(w, symbol, oom) -> list:
@@ -192,11 +194,13 @@ PYTHON_API = ("declare i32 @PyErr_BadArgument()", "declare ptr @PyErr_Occurred()
               "declare void @PyEval_RestoreThread(ptr)")
 
 
-def _declarations(text) -> str:
+def _declarations(text, blas=()) -> str:
     found = {}
     for name, args in re.findall(r"call double @([\w.]+)\(([^)]*)\)", text):
-        found[name] = args.count("double")
+        if not name.startswith("adserve_"):
+            found[name] = args.count("double")
     lines = [f"declare double @{n}({', '.join(['double'] * k)})" for n, k in sorted(found.items())]
+    lines += [BLAS[name] for name in sorted(blas)]
     return "\n".join(lines + ["declare ptr @malloc(i64)", "declare void @free(ptr)", *PYTHON_API])
 
 
@@ -296,6 +300,7 @@ class LlvmModule:
             head, _, obj = f.read().partition(b"\n")
         if head != _object_head(obj):
             raise ValueError(f"{path}: compiled for another CPU, or corrupt ({head[:80]!r}...)")
+        bind_blas(meta.get("blas", ()))  # the BLAS functions' addresses: this process's, never the object's
         tm = _target_machine()
         self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
         self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
