@@ -73,8 +73,8 @@ def _program(name):
     return _plan_and_args(case, point, k, kinds=kinds if case is NESTED else ("value", "gradient", "hvp"))
 
 
-CONTRACTING = {"inputs": [{"name": "A", "shape": [70, 70]}, {"name": "x", "shape": [70]}, {"name": "C", "shape": [3, 4]}],
-               "program": """
+CONTRACTING = {"inputs": [{"name": "A", "shape": [70, 70]}, {"name": "x", "shape": [70]},
+                          {"name": "C", "shape": [3, 4]}], "program": """
 def f(A, x, C):
     y = x
     for i in range(3):

@@ -53,6 +53,7 @@ class Contract:
         return self.layouts.get(a, "C")
 
     def op_einsum(self, e):
+        self.contractions = True
         if e in self.joined:
             return
         partner = self.pairs.get(e)

@@ -98,6 +98,7 @@ class Writer(Ops, Control, Contract):
         self.transposed: dict = {}  # a transpose -> (the value it views, perm): contraction.nest's loop order
         self.layouts: dict = {}  # an array value numba's kernel types "F" or "A" (llvm_contraction.layout)
         self.blas: set = set()  # the BLAS functions called (bound when the module is loaded)
+        self.contractions = False  # whether it holds one (llvm_kernel._level: -O2 for more functions)
 
     @property
     def part(self) -> Part:
