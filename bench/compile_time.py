@@ -3,8 +3,9 @@
     python -m bench.compile_time [--only NAME ...] [--repeats R] [--json OUT] [--timeout S] [--backend B]
 
 The kernels: random straight-line functions of about 100, 1,000 and 10,000 IR nodes (seeded: the same on every
-run), and real ones: the survey example, Helmholtz n=200 and n=1000, GradBench's gmm (d=2, k=5) and lstm (l=2,
-c=4); each is the value-and-gradient plan the server compiles for a `compute: [value, gradient]` request. Each
+run), and real ones: the survey example, Helmholtz n=200 and n=1000, GradBench's gmm (d=2, k=5; d=10, k=25),
+lstm (l=2, c=4), ode, kmeans (k=100, n=10,000, d=16; gradient in the centroids) and llsq (n=4,096, m=128); each is
+the value-and-gradient plan the server compiles for a `compute: [value, gradient]` request. Each
 kernel's module is written to a fresh directory and imported by a fresh process set up as the compile worker
 is (`worker.compile_settings`; NUMBA_OPT in the environment reaches it, to compare LLVM levels); numba's cache of
 the kernel is cold, the runtime helpers' cache is as the machine has it, as in production. That process reports:
@@ -115,6 +116,10 @@ KERNELS = {
     "helmholtz-200": _helmholtz(200),
     "helmholtz-1000": _helmholtz(1000),
     "gmm-d2-k5": _gradbench("gmm", 2, 5, 100),
+    # contractions (einsum): BLAS products, loop nests
+    "gmm-d10-k25": _gradbench("gmm", 10, 25, 1000),
+    "kmeans-k100-n10000-d16": _gradbench("kmeans", 100, 10_000, 16),
+    "llsq-n4096-m128": _gradbench("llsq", 4096, 128),
     "lstm-l2-c4": _gradbench("lstm", 2, 4),
     # a loop: GradBench's ode (a for loop of Runge-Kutta steps; its gradient the reverse loop over the tape)
     "ode-n1000-s10": _gradbench("ode", 1000, 10),

@@ -89,9 +89,9 @@ class Settings(BaseSettings):
                                             "over it: 429 / RESOURCE_EXHAUSTED. Default: 2 per core")
     compile_timeout_seconds: float = Field(300, gt=0, description="a numba compile longer than this is abandoned "
                                                                   "(the plan stays on the interpreter)")
-    llvm_kernels: bool = Field(True, description="compile every plan without a contraction (einsum) with the "
-                               "direct-LLVM back end (seconds where numba takes minutes); plans with one, and all "
-                               "plans when false: numba")
+    llvm_kernels: bool = Field(True, description="compile plans with the direct-LLVM back end (seconds where "
+                               "numba takes minutes; contractions call the BLAS numba calls); plans of more than 200 "
+                               "inputs and outputs, and all plans when false: numba")
     compile_memory_bytes: int = Field(1 << 30, ge=0, description="address space (RLIMIT_AS) of a numba compile "
                                       "worker; one that runs out leaves its plan on a lower tier. 0: no limit")
     isolate_workers: int = Field(default_factory=default_isolate_workers, ge=0,

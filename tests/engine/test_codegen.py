@@ -121,11 +121,22 @@ def run_kernel(mod, graph, args):
 
 
 def assert_same(graph, args, title):
+    """The compiled kernel (as the server picks it) against the interpreter; an LLVM kernel against the python
+    tier's bits too (numba's source run by CPython: the same operations in the same order), where it runs."""
+    from adserve.engine.codegen.python import PythonKernel, Unsupported
     want = run(graph, args)
-    got = run_kernel(compile_kernel(graph, title), graph, args)
+    mod = compile_kernel(graph, title)
+    got = run_kernel(mod, graph, args)
     for j, (w, g) in enumerate(zip(want, got)):
         w = np.broadcast_to(w, g.shape)
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11, equal_nan=True, err_msg=f"{title}: output {j}")
+    if isinstance(mod, llvm_kernel.LlvmModule):
+        try:
+            theirs = run_kernel(PythonKernel(kernel_module(graph, title, python=True), title), graph, args)
+        except Unsupported:
+            return
+        for j, (g, p) in enumerate(zip(got, theirs)):
+            np.testing.assert_array_equal(g, p, err_msg=f"{title}: output {j} against the python tier")
 
 
 PROGRAMS = {

@@ -14,10 +14,10 @@ import threading
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, make_graph, no_stop, op
+from engine_helpers import Builder, no_stop, op
 from hypothesis import given, settings
 from test_codegen import B, GROUPS, compile_kernel, spec_graph
-from test_llvm_kernels import both
+from test_llvm_kernels import both, group_args
 from test_property_graphs import engine_graph, programs
 
 from adserve.engine import Engine, main_plan
@@ -43,15 +43,7 @@ SPEC_GROUPS = ["scan-reverse", "scan-nested", "scan-cond-inside", "scan-writes-b
 @pytest.mark.parametrize("first", SPEC_GROUPS)
 def test_spec_groups_give_numbas_bits(first):
     specs = GROUPS[_group(first)]
-    graph = spec_graph(specs)
-    rng = np.random.default_rng(7)
-    args = []
-    for s in specs:  # as test_tier_consistency: the points (the first input shared), tangents, cotangents
-        g = make_graph(s.f, s.shapes)
-        points = [s.draw(rng, k) for k in range(B)]
-        args += [np.stack([p[j] for p in points]) if j else points[0][j][None] for j in range(len(g.inputs))]
-        args += [rng.standard_normal((B, *v.shape)) for v in (*g.inputs, *g.outputs)]
-    both(graph, args, f"llvm spec group {first}")
+    both(spec_graph(specs), group_args(specs, np.random.default_rng(7)), f"llvm spec group {first}")
 
 
 def _program(name):
@@ -67,6 +59,12 @@ def _program(name):
         rng = np.random.default_rng(0)
         return graph, [np.asarray(point[n])[None] + 0.01 * rng.standard_normal((B, *fn.input_shapes[n]))
                        for n in fn.input_names]
+    if name == "contractions in bodies":  # BLAS products (70 x 70) and loop nests in a for, a while and a cond
+        # (x.x about 1: points on either branch)
+        fn = engine.compile_definition(CONTRACTING)
+        graph, _ = main_plan(fn, frozenset(kinds))
+        rng = np.random.default_rng(1)
+        return graph, [0.12 * rng.standard_normal((B, *fn.input_shapes[n])) for n in fn.input_names]
     if name == "random while program 3":  # a while nested in a while of a three-part condition
         return _plan_and_args(*_random_case(_fixed_random_programs(12)[3], 11), 2, kinds=kinds)
     case, point, k = {"nested while, tape every 3rd": (NESTED, {"x": np.array([0.3, 0.9, -0.2]),
@@ -75,12 +73,31 @@ def _program(name):
     return _plan_and_args(case, point, k, kinds=kinds if case is NESTED else ("value", "gradient", "hvp"))
 
 
+CONTRACTING = {"inputs": [{"name": "A", "shape": [70, 70]}, {"name": "x", "shape": [70]},
+                          {"name": "C", "shape": [3, 4]}], "program": """
+def f(A, x, C):
+    y = x
+    for i in range(3):
+        y = tanh(A @ y) + 0.5 * x
+    z = x
+    n = 0.0
+    while n < 2.0:
+        z = z + 0.1 * (transpose(A) @ z) + sum(C @ transpose(C)) * 0.01
+        n = n + 1.0
+    if dot(x, x) > 1.0:
+        s = dot(y, A @ z)
+    else:
+        s = sum(transpose(A) @ x)
+    return s + sum(z) + sum(C @ transpose(C) @ C)
+"""}
+
+
 @pytest.mark.parametrize("name", ["loops-branches-assignment", "nested while, tape every 3rd",
-                                  "confusion through a loop", "random while program 3"])
+                                  "confusion through a loop", "random while program 3", "contractions in bodies"])
 def test_programs(name):
     """Fixed programs (for loops with branches and run-time indices; nested while loops with break and continue,
-    checkpointed every 3rd iteration; perturbation confusion through a loop, its HVP too) and test_while_compiled's
-    small random while program."""
+    checkpointed every 3rd iteration; perturbation confusion through a loop, its HVP too; contractions inside
+    loop, while and cond bodies) and test_while_compiled's small random while program."""
     graph, args = _program(name)
     both(graph, args[:len(graph.inputs)], f"llvm program {name}")  # (a plan without tangents: points alone)
 

@@ -1,9 +1,10 @@
 """The direct-LLVM back end (codegen/llvm_ir.py, llvm_kernel.py): numba's answers, bit for bit, in seconds.
 
 Plans in its scope (element-wise work, reductions, broadcasts, static slices, reshapes, transposes, updates,
-concatenations) are compiled by it and must give the numba kernel's bits (the same operations in the same order:
-sums too) and so the interpreter's answer; a plan outside its scope goes to numba; a corrupt cache entry is
-compiled again; the stop flag stops a long kernel; ADSERVE_LLVM_KERNELS=0 turns it off.
+concatenations, contractions) are compiled by it and must give the numba kernel's bits (the same operations in the
+same order: sums too; a matrix product the same BLAS call) and so the interpreter's answer; a plan outside its
+scope goes to numba; a corrupt cache entry is compiled again; the stop flag stops a long kernel;
+ADSERVE_LLVM_KERNELS=0 turns it off.
 """
 
 import threading
@@ -11,14 +12,14 @@ import time
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, no_stop, op, run
+from engine_helpers import Builder, make_graph, no_stop, op, run
 from hypothesis import given, settings
-from test_codegen import B, PROGRAMS, compile_kernel, run_kernel
+from test_codegen import B, GROUPS, PROGRAMS, compile_kernel, run_kernel, spec_graph
 from test_property_graphs import engine_graph, programs
 from test_tier_consistency import same
 
 from adserve.engine import Engine, backend, main_plan
-from adserve.engine.codegen import llvm_ir, llvm_kernel
+from adserve.engine.codegen import contraction, llvm_ir, llvm_kernel, schedule
 from adserve.engine.codegen.module import kernel_module
 from adserve.engine.codegen.python import PythonKernel, Unsupported
 
@@ -73,6 +74,18 @@ def _case(f, shapes):
     return b.build(list(out) if isinstance(out, tuple) else [out])
 
 
+def _einsum(spec):
+    return lambda a, b: op.einsum(a, b, spec=spec)
+
+
+def _sliced(index):
+    return lambda x: op.slice(x, index=index)
+
+
+def _t(x):
+    return op.transpose(x, perm=(1, 0))
+
+
 def _data(x, data, shape=None):
     """A literal of explicit data (a module constant in the kernel)."""
     from adserve.engine.builder import V
@@ -104,7 +117,109 @@ CASES = {  # name -> (f, shapes, exact against the interpreter)
                                 op.transpose(_data(x, (1.0, 2.0, 3.0, 4.0), (2, 2)), perm=(1, 0)) + 1.0), [(4,)], True),
     "zeros and empties": (lambda x, e: (op.reduce_max(x), op.reduce_min(x), 1.0 / op.reduce_sum(x * 0.0),
                                         op.reduce_sum(e), op.logsumexp(e, axes=(1,)), x + 0.0), [(3,), (2, 0)], True),
+    # contractions: loop nests in numba's loop order (a transposed operand read through its base), with the dot
+    # product along the innermost loop in a local; a zero-length axis adds nothing (the zeros filled first)
+    "contraction loop nests": (lambda a, b, c, v: (
+        _einsum("ij,jk->ik")(a, b), _einsum("ij,jk->ki")(a, b), _einsum("ji,jk->ik")(b * 1.0, _t(a)),
+        _einsum("ijk,kj->i")(c, _t(b)), _einsum("i,j->ij")(v, v),
+        _einsum("bij,bjk->bik")(c, op.transpose(c, perm=(0, 2, 1))), _einsum("ij,ij->ji")(a, a * 2.0),
+        _einsum("i,i->")(v, v * 2.0)), [(3, 4), (4, 3), (3, 4, 3), (5,)], False),
+    "empty contractions": (lambda a, b, e: (
+        _einsum("ij,jk->ik")(a, b), _einsum("ij,j->i")(a, e), _einsum("i,i->")(e, e) + 1.0,
+        op.reduce_max(_einsum("jk,j->k")(b, e))), [(2, 0), (0, 3), (0,)], True),
 }
+
+
+# matrix products of contraction.BLAS_MIN_WORK multiply-adds or more: numba's np.dot calls BLAS for operands it
+# types C- or F-contiguous (dgemm; dgemv for a matrix times a vector or a (m, 1) / (1, n) matrix; ddot), with
+# transposes as trans flags; the LLVM kernel makes the same calls. Operands numba types "A" (a slice with a step,
+# a slice of rows and columns, a transpose of one) go to runtime.py's loops on both.
+PRODUCTS = {
+    "matmul": (lambda a, b: (_einsum("ij,jk->ik")(a, b), _einsum("ij,jk->ki")(a, b), _einsum("ji,jk->ik")(_t(a), b),
+                             _einsum("ij,kj->ik")(a, _t(b)), _einsum("ij,jk->ik")(_t(_t(a)) * 1.0, _t(_t(b)))),
+               [(20, 30), (30, 40)], {"dgemm"}),
+    "matmul by a column or of a row": (lambda a, c, r: (
+        _einsum("ij,jk->ik")(a, c), _einsum("ij,jk->ik")(r, a), _einsum("ij,jk->ik")(_t(c), _t(a))),
+        [(70, 70), (70, 1), (1, 70)], {"dgemv"}),
+    "matmul of a row by a column": (lambda r, c: _einsum("ij,jk->ik")(r, c), [(1, 4100), (4100, 1)], {"ddot"}),
+    "matvec": (lambda a, v, w: (_einsum("ij,j->i")(a, v), _einsum("ji,j->i")(a, w), _einsum("j,ij->i")(v, a),
+                                _einsum("i,ij->j")(w, a), _einsum("ij,j->i")(_t(a), w)), [(80, 70), (70,), (80,)],
+               {"dgemv"}),
+    "dot": (lambda x, y: (_einsum("i,i->")(x, y),
+                          _einsum("i,i->")(_sliced(((10, 4100, 1),))(x), _sliced(((0, 4100, 1),))(y) * 1.0)),
+            [(9000,), (9000,)], {"ddot"}),
+    "numba's loops": (lambda a, v, x: (
+        _einsum("ij,j->i")(_sliced(((0, 60, 1), (0, 70, 1)))(a), v),
+        _einsum("ij,jk->ik")(_sliced(((0, 40, 2), (0, 70, 1)))(a), _t(_sliced(((0, 40, 1), (0, 70, 1)))(a))),
+        _einsum("i,i->")(_sliced(((0, 4500, 2),))(x), _sliced(((0, 4500, 1),))(x))),
+        [(80, 70), (70,), (9000,)], set()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRODUCTS))
+def test_matrix_products_make_numbas_blas_calls(name):
+    f, shapes, calls = PRODUCTS[name]
+    graph = _case(f, shapes)
+    assert all(contraction.product(e) for e in graph.eqns if e.prim == "einsum")
+    assert set(llvm_kernel.header_text(llvm_kernel.module_text(graph, "k", name))["blas"]) == calls
+    rng = np.random.default_rng(2)
+    args = [rng.standard_normal((B, *s)) for s in shapes]
+    args[0] = args[0][:1]
+    both(graph, args, f"llvm {name}")
+
+
+SHARED = {  # (definition, n, SHARED_MIN or None, against)
+    "quadratic form n=21": ({"inputs": [{"name": "A", "shape": [21, 21]}, {"name": "x", "shape": [21]},
+                                        {"name": "b", "shape": [21]}],
+                             "expr": "dot(x, dot(A, x)) * log(1 + dot(b, x) ** 2) + sum(sin(x))"}, 1, "numba"),
+    "Helmholtz n=200": (None, None, "python"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_contractions_sharing_a_pass_give_numbas_bits(name, monkeypatch):
+    """x·Ax's gradient: A x and Aᵀ(c x) in one pass over A (schedule.pair_contractions), its dot products in
+    contraction.LANES accumulators summed pairwise and the rest one by one (21 = 2 * 8 + 5): numba's order
+    (against numba's kernel; Helmholtz n=200's, whose numba compile takes seconds, against the python tier's)."""
+    defn, shared_min, against = SHARED[name]
+    if defn is None:
+        from bench.problems import helmholtz
+        case = helmholtz(200, np.random.default_rng(0))
+        defn, wrt, point = case.definition, case.wrt, case.inputs
+    else:
+        monkeypatch.setattr(schedule, "SHARED_MIN", shared_min)
+        wrt, point = None, {}
+    fn = engine.compile_definition(defn)
+    graph, _ = main_plan(fn, frozenset({"value", "gradient"}), wrt)
+    assert len(schedule.pair_contractions(graph)[1]) == 1
+    rng = np.random.default_rng(4)
+    args = []
+    for n in fn.input_names:
+        shape = fn.input_shapes[n]
+        x = np.asarray(point[n]) if n in point else rng.standard_normal(shape)
+        args.append(x[None] * (1.0 + 0.01 * rng.standard_normal((B, *shape))))
+    both(graph, args, f"llvm shared pass {name}", against=against)
+
+
+@pytest.mark.parametrize("first", [g[0].id for g in GROUPS if any(s.prim == "einsum" for s in g)])
+def test_einsum_spec_groups_give_numbas_bits(first):
+    """test_codegen's groups of einsum specs (value, JVP and VJP): the LLVM kernel against numba's, which is
+    compiled here only (test_tier_consistency's tier is LLVM now): numba's templates stay checked, as the
+    back end of ADSERVE_LLVM_KERNELS=0."""
+    specs = next(g for g in GROUPS if g[0].id == first)
+    both(spec_graph(specs), group_args(specs, np.random.default_rng(7)), f"llvm spec group {first}")
+
+
+def group_args(specs, rng):
+    """A spec group's arguments, as test_tier_consistency draws them: the points (the first input shared),
+    tangents, cotangents."""
+    args = []
+    for s in specs:
+        g = make_graph(s.f, s.shapes)
+        points = [s.draw(rng, k) for k in range(B)]
+        args += [np.stack([p[j] for p in points]) if j else points[0][j][None] for j in range(len(g.inputs))]
+        args += [rng.standard_normal((B, *v.shape)) for v in (*g.inputs, *g.outputs)]
+    return args
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -161,12 +276,15 @@ def test_large_kernels_are_cut_into_functions_of_a_few_loops(huge, monkeypatch):
          against="python")
 
 
-def test_a_plan_outside_the_scope_goes_to_numba(tmp_path):
-    """An einsum (a contraction) keeps the plan on numba; with llvm off every plan goes there."""
+def test_a_plan_outside_the_scope_goes_to_numba(tmp_path, monkeypatch):
+    """A plan of more than MAX_ARRAYS inputs and outputs (each is an argument of every function) stays on numba
+    (a contraction no longer does); with llvm off every plan goes there."""
     inside = engine.compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(sin(x) * x)"})
     outside = engine.compile_definition(PROGRAMS["matrices"][0])
     g_in, g_out = (main_plan(fn, frozenset({"value", "gradient"}))[0] for fn in (inside, outside))
-    assert not llvm_ir.declined(g_in) and "einsum" in llvm_ir.declined(g_out)
+    assert not llvm_ir.declined(g_out)  # einsum: in scope
+    monkeypatch.setattr(llvm_ir, "MAX_ARRAYS", 4)  # g_in has 3 (x, the value, the gradient), g_out 5
+    assert not llvm_ir.declined(g_in) and llvm_ir.declined(g_out) == {"more than 4 inputs and outputs"}
     t = backend.Tiered(str(tmp_path / "on"), python=False)
     try:
         for g in (g_in, g_out):

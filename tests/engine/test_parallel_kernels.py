@@ -208,7 +208,7 @@ def test_the_parallel_variant_is_compiled_for_long_batches_only():
     rng = np.random.default_rng(3)
     small = {"x": rng.standard_normal((4, 3)), "A": rng.standard_normal((4, 3, 3))}
     long = {"x": rng.standard_normal((300, 3)), "A": rng.standard_normal((300, 3, 3))}
-    t = backend.Tiered(CACHE)
+    t = backend.Tiered(CACHE, llvm=False)  # numba's parallel variant (an LLVM plan's runs chunks on threads)
     try:
         t.kernel(graph)
         assert t.wait(graph, 300)
@@ -280,7 +280,7 @@ def test_without_a_thread_safe_layer_plans_stay_serial(tmp_path, monkeypatch):
     graph = main_plan(fn, {"value", "gradient"})[0]
     monkeypatch.setattr(backend.threads, "parallel_layer", lambda: None)
     monkeypatch.setattr(backend.threads, "layer_reason", lambda: "numba's threading layer is 'workqueue'")
-    t = backend.Tiered(CACHE)
+    t = backend.Tiered(CACHE, llvm=False)  # numba's threading layer (an LLVM plan's chunks run on Python's threads)
     t.policy.PARALLEL_SECONDS = 0.0
     try:
         t.kernel(graph)

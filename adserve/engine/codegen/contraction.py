@@ -4,12 +4,17 @@ one pass over a large operand.
 An einsum that is one matrix-matrix, matrix-vector or vector-vector product (one summed letter, at most one
 free letter per operand, nothing batched), of BLAS_MIN_WORK multiply-adds or more, calls the runtime's
 `matmul`/`matvec`/`dot` with its operands as they are or transposed (`x.T`, no copy): BLAS runs it (a
-blocked, vectorised product), where a loop nest over a transposed operand reads it across rows."""
+blocked, vectorised product), where a loop nest over a transposed operand reads it across rows.
+
+The decisions (`product`, `nest`, `shared_terms`) are made here once for both writers: this module's numba
+source and the direct-LLVM back end's (llvm_contraction.py), which must add in the same order to give the same
+bits."""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 from ..ir import Lit, Var
 from .emit import loc_text, num
@@ -23,49 +28,77 @@ def einsum(s, e):
     if partner is not None:
         s.joined.add(partner)
         return _shared_pass(s, (e, partner))
-    a, b = e.inputs
-    spec = e.params["spec"]
-    ins, out_letters = spec.split("->")
-    la, lb = ins.split(",")
-    dims = {c: d for term, x in ((la, a), (lb, b)) for c, d in zip(term, x.shape)}
-    if _product(s, e, a, b, la, lb, out_letters, dims):
-        return
-    a, la = _untransposed(s, a, la)
-    b, lb = _untransposed(s, b, lb)
-    big, other = (la, lb) if math.prod(a.shape) >= math.prod(b.shape) else (lb, la)
-    inner = _innermost(la, lb, out_letters)
-    order = [c for c in dict.fromkeys(big + other + out_letters) if c != inner]
+    call = product(e)
+    if call is not None:
+        return _product(s, e, call)
+    n = nest(e, s.transposed)
+    a, la, b, lb, out_letters, dims = n.a, n.la, n.b, n.lb, n.out, n.dims
     out = e.out
     scalar = not out.shape
     name = s.define(out) if scalar else s.buffer(out)
     s.line(f"{name} = 0.0" if scalar else f"{name}[:] = 0.0")
-    empty = 0 in dims.values()  # no products to add: the filled zeros are the answer, and no loop runs
-    idx = dict(zip(order, s.loops([0 if empty else dims[c] for c in order])))
-    idx[inner] = s.fresh("i") if inner else ""
+    idx = dict(zip(n.order, s.loops([0 if n.empty else dims[c] for c in n.order])))
+    idx[n.inner] = s.fresh("i") if n.inner else ""
 
     def at(x, term):
         return s.ref(x) if not term else (f"{s.ref(x)}[{', '.join(idx[c] for c in term)}]"
                                           if isinstance(x, Var) or x.fill is None else num(x.fill))
     target = name if scalar else f"{name}[{', '.join(idx[c] for c in out_letters)}]"
-    if not inner:  # two scalars
+    if not n.inner:  # two scalars
         s.line(f"{target} += {at(a, la)} * {at(b, lb)}")
-    elif inner in out_letters:
-        s.line(f"for {idx[inner]} in range({dims[inner]}):")
+    elif n.inner in out_letters:
+        s.line(f"for {idx[n.inner]} in range({dims[n.inner]}):")
         s.line(f"    {target} += {at(a, la)} * {at(b, lb)}")
     else:  # a dot product along the innermost loop, in a local
         acc = s.fresh("acc")
         s.line(f"{acc} = 0.0")
-        s.line(f"for {idx[inner]} in range({dims[inner]}):")
+        s.line(f"for {idx[n.inner]} in range({dims[n.inner]}):")
         s.line(f"    {acc} += {at(a, la)} * {at(b, lb)}")
         s.line(f"{target} += {acc}")
-    s.end(len(order))
+    s.end(len(n.order))
 
 
-def _untransposed(s, x, term):
+def terms(e):
+    """(a, b, la, lb, out letters, {letter: length}) of einsum `e`."""
+    a, b = e.inputs
+    ins, out = e.params["spec"].split("->")
+    la, lb = ins.split(",")
+    dims = {c: d for term, x in ((la, a), (lb, b)) for c, d in zip(term, x.shape)}
+    return a, b, la, lb, out, dims
+
+
+@dataclass(frozen=True)
+class Nest:
+    """A contraction's loop nest: operands (transposes read through their bases, letters permuted), the loops'
+    letters outermost first (`order`), the innermost loop's letter (`inner`, "" for two scalars) and whether
+    no product is added (`empty`: a zero-length axis; the zeros filled first are the answer)."""
+    a: object
+    la: str
+    b: object
+    lb: str
+    out: str
+    dims: dict
+    order: tuple
+    inner: str
+    empty: bool
+
+
+def nest(e, transposed) -> Nest:
+    """The loop nest of `e` (not a product: see `product`); `transposed` maps a transpose to (its base, perm)."""
+    a, b, la, lb, out, dims = terms(e)
+    a, la = _untransposed(transposed, a, la)
+    b, lb = _untransposed(transposed, b, lb)
+    big, other = (la, lb) if math.prod(a.shape) >= math.prod(b.shape) else (lb, la)
+    inner = _innermost(la, lb, out)
+    order = tuple(c for c in dict.fromkeys(big + other + out) if c != inner)
+    return Nest(a, la, b, lb, out, dims, order, inner, 0 in dims.values())
+
+
+def _untransposed(transposed, x, term):
     """A transposed operand as its base with the letters permuted (x[i, j] of x = base.T is base[j, i]), so the
     loop order follows the memory the loops read."""
-    while x in s.transposed:
-        x, perm = s.transposed[x]
+    while x in transposed:
+        x, perm = transposed[x]
         base = [""] * len(term)
         for i, p in enumerate(perm):
             base[p % len(term)] = term[i]
@@ -83,26 +116,34 @@ def _innermost(la, lb, out) -> str:
     return max(votes, key=lambda c: votes[c]) if votes else ""
 
 
+def shared_terms(eqns):
+    """A shared pass's operand and, per contraction, (e, its letters of the shared operand, the other operand,
+    its letters, the output's letters, `moves`: the innermost loop's letter)."""
+    shared = big_operand(eqns[0])
+    out = []
+    for e in eqns:
+        a, b, ta, tb, letters, _ = terms(e)
+        term, other, other_term = (ta, b, tb) if a is shared else (tb, a, ta)
+        out.append((e, term, other, other_term, letters, term[-1]))
+    return shared, out
+
+
 def _shared_pass(s, eqns):
     """Contractions over one large operand in one loop nest over it: each element is read once. Written so
     the innermost loop vectorises: what does not move along it (a sum over it, an operand entry) is a local."""
-    shared = big_operand(eqns[0])
-    terms = []
-    for e in eqns:
-        a, b = e.inputs
-        (ta, tb), out = (t.split(",") if i == 0 else t for i, t in enumerate(e.params["spec"].split("->")))
-        term, other, other_term = (ta, b, tb) if a is shared else (tb, a, ta)
+    shared, parts = shared_terms(eqns)
+    terms_ = []
+    for e, term, other, other_term, out, moves in parts:
         name = s.define(e.out) if not e.out.shape else s.buffer(e.out)
         s.line(f"{name} = 0.0" if not e.out.shape else f"{name}[:] = 0.0")
-        terms.append((e, term, other, other_term, out, name))
+        terms_.append((e, term, other, other_term, out, moves, name))
     s.line(f"# one pass over {s.ref(shared)}: {len(eqns)} contractions")
     idx = s.loops(shared.shape[:-1] if shared.shape[-1] else (0,) * (len(shared.shape) - 1))  # empty: no pass
     inner = s.fresh("i")
     last = []  # lines after the innermost loop
     body = []
-    for e, term, other, other_term, out, name in terms:
+    for e, term, other, other_term, out, moves, name in terms_:
         at = dict(zip(term, idx + [inner]))
-        moves = term[-1]  # the innermost loop's letter
         if not other_term or isinstance(other, Lit) and other.fill is not None:
             value = s.ref(other) if isinstance(other, Var) or other.fill is None else num(other.fill)
         else:
@@ -162,48 +203,59 @@ def _shared_pass(s, eqns):
 LANES = 8  # dot products in the shared pass: accumulators side by side (Helmholtz n=1000 gradient kernel: 0.93 ms in one, 0.55-0.61 ms in 4 or 8)
 
 
-def _pairwise(terms) -> str:
-    """The sum of `terms` as a balanced tree: (a + b) + (c + d)."""
-    if len(terms) == 1:
-        return terms[0]
-    half = len(terms) // 2
-    return f"({_pairwise(terms[:half])} + {_pairwise(terms[half:])})"
+def lanes(n: int, sums: bool) -> int:
+    """Where a shared pass's LANES-way part ends along its innermost axis of length n (0: not split;
+    `sums`: some contraction sums along it)."""
+    return n - n % LANES if sums and n >= 2 * LANES else 0
+
+
+def pairwise(terms_, add):
+    """The sum of `terms_` as a balanced tree, (a + b) + (c + d), built by add(x, y)."""
+    if len(terms_) == 1:
+        return terms_[0]
+    half = len(terms_) // 2
+    return add(pairwise(terms_[:half], add), pairwise(terms_[half:], add))
+
+
+def _pairwise(terms_) -> str:
+    return pairwise(terms_, lambda x, y: f"({x} + {y})")
 
 
 BLAS_MIN_WORK = 4096  # multiply-adds: below this a loop nest beats the call (and BLAS's checks)
 
 
-def _product(s, e, a, b, la, lb, out, dims) -> bool:
-    """Emit `e` as one BLAS product if it is one (see the module's docstring); False if not."""
+def product(e):
+    """`e` as one BLAS product (see the module's docstring), or None: ("matmul", (x, xt), (y, yt)) for
+    out = x @ y, ("matvec", (x, xt), y) for out = x @ y, ("dot", x, y); `xt`: the operand is read as x.T."""
+    a, b, la, lb, out, dims = terms(e)
     summed = [c for c in la if c in lb and c not in out]
     if len(summed) != 1 or any(c in la and c in lb for c in out) or not all(dims.values()):
-        return False
+        return None
     if math.prod(dims.values()) < BLAS_MIN_WORK or any(isinstance(x, Lit) and x.fill is not None for x in (a, b)):
-        return False
+        return None
     (k,) = summed
     if len(la) < len(lb):  # the matrix first
         a, b, la, lb = b, a, lb, la
-
-    def arranged(x, term, first):
-        """x with its axes in the order `first` then k (2-D), as an expression (a transpose is a view)."""
-        return s.ref(x) if term[0] == first else f"{s.ref(x)}.T"
     if (len(la), len(lb)) == (2, 2):
         p, q = la.replace(k, ""), lb.replace(k, "")
-        left, right = arranged(a, la, p), arranged(b, lb, k)
-        name = s.buffer(e.out)
+        left, right = (a, la[0] != p), (b, lb[0] != k)
         if out == p + q:
-            s.line(f"matmul({left}, {right}, {name})")
-        else:  # (AB)^T = B^T A^T
-            s.line(f"matmul({_t(right)}, {_t(left)}, {name})")
-    elif (len(la), len(lb)) == (2, 1):
-        name = s.buffer(e.out)
-        s.line(f"matvec({arranged(a, la, out)}, {s.ref(b)}, {name})")
-    elif (len(la), len(lb)) == (1, 1):
-        s.line(f"{s.define(e.out)} = dot({s.ref(a)}, {s.ref(b)})")
+            return "matmul", left, right
+        return "matmul", (b, not right[1]), (a, not left[1])  # (AB)^T = B^T A^T
+    if (len(la), len(lb)) == (2, 1):
+        return "matvec", (a, la[0] != out), b
+    if (len(la), len(lb)) == (1, 1):
+        return "dot", a, b
+    return None
+
+
+def _product(s, e, call):
+    def arranged(x):
+        return f"{s.ref(x[0])}.T" if x[1] else s.ref(x[0])
+    kind = call[0]
+    if kind == "matmul":
+        s.line(f"matmul({arranged(call[1])}, {arranged(call[2])}, {s.buffer(e.out)})")
+    elif kind == "matvec":
+        s.line(f"matvec({arranged(call[1])}, {s.ref(call[2])}, {s.buffer(e.out)})")
     else:
-        return False
-    return True
-
-
-def _t(expr: str) -> str:
-    return expr[:-2] if expr.endswith(".T") else f"{expr}.T"
+        s.line(f"{s.define(e.out)} = dot({s.ref(call[1])}, {s.ref(call[2])})")

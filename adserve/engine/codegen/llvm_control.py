@@ -23,7 +23,7 @@ import math
 from ..ir import Lit
 from ..limits import cost, tape_rows
 from .emit import loc_text
-from .llvm_ops import View, c_strides, const
+from .llvm_ops import View, c_strides, const, indexed_layout
 from .structured import UNCHECKED_STEPS
 
 
@@ -40,6 +40,7 @@ class Control:
                 self.define(v, self.scalar(a))
         else:
             self.arr[v] = self.arr[a]
+            self.layouts[v] = self.layout(a)
 
     def alloca(self) -> str:
         n = self.fresh()
@@ -176,6 +177,7 @@ class Control:
                     self.define(v, const(op.value))
             elif v.shape:
                 self.arr[v] = op.row(k)
+                self.layouts[v] = indexed_layout(self.layout(x), len(x.shape), ["int"])
             else:
                 self.load_scalar(v, op.row(k))
         self.walk(body)

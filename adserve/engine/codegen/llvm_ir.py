@@ -3,8 +3,9 @@
 A plan in scope (`declined(graph)` is empty) is written here instead of as numba source: element-wise equations
 (a table row with an `ir` template), reductions (sum, max, min, sum_to, logsumexp), broadcasts, static slices,
 reshapes, transposes, updates and concatenations, run-time indices, gathers and scatters, argmax/argmin and
-arange (llvm_ops.py), loops, `while` and `cond` with their bodies (llvm_control.py). A contraction (einsum: BLAS in
-numba's kernel) keeps the whole plan on numba, decided before any code is written.
+arange (llvm_ops.py), contractions (llvm_contraction.py: numba's loop nests, shared passes and BLAS calls), loops,
+`while` and `cond` with their bodies (llvm_control.py). Only plans of more than MAX_ARRAYS inputs and outputs stay
+on numba, decided before any code is written.
 
 The kernel computes what numba's does, operation for operation: the same fusion of same-shape element-wise runs
 (reductions accumulate in the loop computing what they reduce, in the same order: one element after the other,
@@ -22,8 +23,10 @@ import math
 
 from ..builder import PRIMS
 from ..ir import Graph, Lit, Var, sub_graphs
+from .llvm_contraction import Contract
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
+from .schedule import pair_contractions
 from .templates import kept
 
 MAX_LOOPS = 28  # loops per function: LLVM's time grows faster than linearly in a function's size
@@ -34,7 +37,7 @@ IR = {name: p.ir for name, p in PRIMS.items() if p.ir}
 SUMS = ("reduce_sum", "reduce_max", "reduce_min", "sum_to")
 START = {"reduce_sum": 0.0, "sum_to": 0.0, "reduce_max": -math.inf, "reduce_min": math.inf}
 OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate", "dyn_slice", "dyn_update",
-          "gather", "scatter_add", "argmax", "argmin", "arange"}
+          "gather", "scatter_add", "argmax", "argmin", "arange", "einsum"}
 CONTROL = {"loop", "while", "cond"}  # written with their bodies (llvm_control.py)
 
 
@@ -69,7 +72,7 @@ class Part:
         self.cache: dict = {}
 
 
-class Writer(Ops, Control):
+class Writer(Ops, Control, Contract):
     """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
 
     def __init__(self, graph: Graph):
@@ -90,6 +93,12 @@ class Writer(Ops, Control):
         self.codes: dict = {}  # id of a gather or scatter -> its error's status
         self.stop_loops: list = []  # (length or None, location) of each outermost loop, as numba's LOOPS
         self.enclosing: list = []  # the loops open where code is written: (number in stop_loops, its done())
+        self.pairs: dict = {}  # einsum -> the one sharing its pass over a large operand (schedule.py), as numba's
+        self.joined: set = set()  # the second einsums of pairs: written with the first
+        self.transposed: dict = {}  # a transpose -> (the value it views, perm): contraction.nest's loop order
+        self.layouts: dict = {}  # an array value numba's kernel types "F" or "A" (llvm_contraction.layout)
+        self.blas: set = set()  # the BLAS functions called (bound when the module is loaded)
+        self.contractions = False  # whether it holds one (llvm_kernel._level: -O2 for more functions)
 
     @property
     def part(self) -> Part:
@@ -328,6 +337,9 @@ class Writer(Ops, Control):
         """g's equations (the kernel's graph, `top`, cut into functions between them; or a body, all in the
         function being written)."""
         item = self.item if top else (lambda fn, *args: fn(*args))
+        if top:  # numba's order: pairs of contractions over one large operand side by side (fusion.Source.graph)
+            g, pairs = pair_contractions(g)
+            self.pairs.update(pairs)
         uses: dict = {}
         for e in g.eqns:
             for a in e.inputs:
@@ -345,7 +357,8 @@ class Writer(Ops, Control):
                 if e.prim in SUMS:
                     totals.add(e.out)
                 continue
-            if run and any(a in made for a in e.inputs):
+            partner = self.pairs.get(e)
+            if run and any(a in made for a in (e.inputs if partner is None else (*e.inputs, *partner.inputs))):
                 item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [], set(), set()
             if e.prim in IR and e.out.shape:

@@ -3,7 +3,9 @@
 An array value is a `View` (base, offset, strides) or a `Fill` (a literal of one value): static slices,
 transposes and reshapes of contiguous values are new views of the same memory and write no code; updates and
 concatenations copy into a buffer of their own (no in-place update: what numba's kernel does in place, this one
-copies, the same values); logsumexp writes the loops of templates._logsumexp, in its order. `Ops` is a part of
+copies, the same values); logsumexp writes the loops of templates._logsumexp, in its order. A view's layout as
+numba types it (`layouts`: C unless a view made it F or A) decides which products are BLAS calls
+(llvm_contraction). `Ops` is a part of
 llvm_ir.Writer, which has the loops, loads and stores these call.
 """
 
@@ -13,6 +15,7 @@ import math
 import struct
 from dataclasses import dataclass, replace
 
+from ..ir import Var
 from .emit import loc_text
 from .templates import kept
 
@@ -86,6 +89,28 @@ class Fill:
     value: float
 
 
+def indexed_layout(layout: str, ndim: int, kinds) -> str:
+    """numba's layout ("C", "F" or "A") of the view x[index] in its kernel (x of `layout`, `ndim` axes; per index
+    "int", "slice" (no step written) or "step"): numba/core/typing/arraydecl.py's get_array_index_type without
+    ellipsis or newaxis. llvm_contraction hands the products numba's kernel hands BLAS (C or F) to BLAS."""
+    def keeps(kind, innermost):
+        return kind == "int" or innermost and kind == "slice"
+
+    def contiguous(ks):
+        return all(keeps(k, False) for k in ks[:-1]) and (not ks or keeps(ks[-1], True))
+    kinds = list(kinds)
+    if layout == "C":
+        return "C" if contiguous(kinds) else "A"
+    if layout == "F":
+        return "F" if len(kinds) == ndim and contiguous(kinds[::-1]) else "A"
+    return "A"
+
+
+def transposed_layout(layout: str, perm) -> str:
+    """numba's layout of templates._transpose's value: x.T for (1, 0), else np.transpose's ("A")."""
+    return {"C": "F", "F": "C"}.get(layout, "A") if tuple(perm) == (1, 0) else "A"
+
+
 class Ops:
     """Writer's equations other than runs: `op_<prim>(eqn)`."""
 
@@ -99,11 +124,16 @@ class Ops:
         view = op.sliced(e.params["index"])
         if out.shape:
             self.arr[out] = view
+            self.layouts[out] = indexed_layout(self.layout(x), len(x.shape), [
+                "int" if isinstance(i, int) else "slice" if i[2] == 1 else "step" for i in e.params["index"]])
         else:
             self.load_scalar(out, view)
 
     def op_transpose(self, e):
         op, perm = self.operand(e.inputs[0]), e.params["perm"]
+        if isinstance(e.inputs[0], Var):
+            self.transposed[e.out] = (e.inputs[0], tuple(perm))
+        self.layouts[e.out] = transposed_layout(self.layout(e.inputs[0]), perm)
         self.arr[e.out] = op if isinstance(op, Fill) else replace(
             op, shape=tuple(op.shape[p] for p in perm), strides=tuple(op.strides[p] for p in perm))
 
@@ -312,6 +342,8 @@ class Ops:
         view = op.along(axis, k, size)
         if out.shape:
             self.arr[out] = view
+            kinds = ["slice"] * axis + ["int" if size is None else "slice"]
+            self.layouts[out] = indexed_layout(self.layout(x), len(x.shape), kinds)
         else:
             self.load_scalar(out, view)
 
