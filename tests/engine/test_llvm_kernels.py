@@ -237,6 +237,25 @@ def test_plans_in_scope_give_numbas_bits(name):
     both(graph, args, f"llvm {name}", exact)
 
 
+def test_a_workspace_in_segments_gives_the_same_bits(monkeypatch):
+    """Scratch arrays in workspace segments of at most SEGMENT doubles, each malloc'd per call (a block over
+    glibc's largest mmap threshold is mapped and zeroed again on every call): with segments of 16 doubles,
+    Helmholtz n=20's value, gradient and HVP (contractions, a shared pass, scalars crossing functions) in many
+    segments, against the python tier's bits."""
+    from bench.problems import helmholtz
+    monkeypatch.setattr(llvm_ir, "SEGMENT", 16)
+    case = helmholtz(20, np.random.default_rng(0))
+    fn = engine.compile_definition(case.definition)
+    graph, _ = main_plan(fn, frozenset({"value", "gradient", "hvp"}))
+    segments = llvm_kernel.header_text(llvm_kernel.module_text(graph, "seg", "seg"))["workspace"]
+    assert len(segments) > 3 and max(segments) <= 20 * 20, segments  # an array larger than a segment: its own
+    rng = np.random.default_rng(2)
+    point = [np.asarray(case.inputs[n]) for n in fn.input_names]  # then tangents, cotangents: any numbers
+    args = [point[j][None] * (1.0 + 0.01 * rng.standard_normal((B, *v.shape))) if j < len(point)
+            else rng.standard_normal((B, *v.shape)) for j, v in enumerate(graph.inputs)]
+    both(graph, args, "llvm workspace segments", against="python")
+
+
 @pytest.mark.parametrize("name", ["survey", "sum-in-its-own-loop", "partial-sums"])
 def test_programs_value_gradient_hvp(name):
     from test_codegen import program_case

@@ -222,8 +222,7 @@ class Contract:
         in numba's kernel (np.full), so it is written out here."""
         op = self.operand(x)
         if isinstance(op, Fill):
-            view = View("ws", self.ws, tuple(x.shape), c_strides(x.shape))
-            self.ws += math.prod(x.shape)
+            view = self.scratch(x.shape)
             self.fill(view, const(op.value))
             op = view
         layout = self.layout(x)

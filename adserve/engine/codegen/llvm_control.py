@@ -88,8 +88,7 @@ class Control:
         assign = []
         for a, op, c in zip(new, ops, carries):
             if isinstance(c, View) and aliased and isinstance(op, View) and op != c:
-                t = View("ws", self.ws, tuple(a.shape), c_strides(a.shape))
-                self.ws += math.prod(a.shape)
+                t = self.scratch(a.shape)
                 self.copy(t, a, op, a.shape)
                 op = t
             assign.append((a, op, c))

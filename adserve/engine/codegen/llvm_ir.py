@@ -11,7 +11,7 @@ The kernel computes what numba's does, operation for operation: the same fusion 
 (reductions accumulate in the loop computing what they reduce, in the same order: one element after the other,
 row-major, so sums round the same), the table's IR templates for the elements, no fast-math flags. Scalars are
 SSA registers; an array is a view (base, offset, strides) of an input row, an output row, a module constant or
-the workspace, one block malloc'd per call. Views of views (slices, transposes, reshapes of contiguous values)
+the workspace (segments of up to SEGMENT doubles, each malloc'd per call). Views of views (slices, transposes, reshapes of contiguous values)
 cost nothing. The code is cut into `noinline` functions of at most MAX_LOOPS loops, called in order for every
 point, so LLVM's cost grows with the kernel's size, not faster; a scalar crossing a cut goes through the
 workspace. See llvm_kernel.py for the calling convention, compiling and loading.
@@ -31,6 +31,7 @@ from .templates import kept
 
 MAX_LOOPS = 28  # loops per function: LLVM's time grows faster than linearly in a function's size
 MAX_ARRAYS = 200  # inputs and outputs: each is an argument of every function
+SEGMENT = 1 << 21  # doubles (16 MiB): a workspace segment's size, unless one array needs more
 STOPPED = -1
 IR = {name: p.ir for name, p in PRIMS.items() if p.ir}
 # reductions accumulated in a fused loop: (start, the update) as in templates.ACCUMULATORS
@@ -79,7 +80,7 @@ class Writer(Ops, Control, Contract):
         self.graph = graph
         self.n_in, self.n_out = len(graph.inputs), len(graph.outputs)
         self.count = 0
-        self.ws = 0  # doubles of workspace
+        self.segments = [0]  # doubles of each workspace segment (scratch)
         self.consts: list = []
         self.literals: dict = {}  # Lit of explicit data -> its module constant's view
         self.scal: dict = {}  # scalar Var -> ("in", j) or (part index, SSA name)
@@ -133,15 +134,15 @@ class Writer(Ops, Control, Contract):
         if index == part.index:
             return name
         if a not in self.slots:
-            self.slots[a] = self.ws
-            self.ws += 1
-            self.parts[index].tail.append(f"  %x{self.fresh()} = getelementptr inbounds double, ptr %ws, i64 "
+            self.slots[a] = self.segments[0]
+            self.segments[0] += 1
+            self.parts[index].tail.append(f"  %x{self.fresh()} = getelementptr inbounds double, ptr %ws0, i64 "
                                           f"{self.slots[a]}")
             self.parts[index].tail.append(f"  store double {name}, ptr %x{self.count}")
         key = ("slot", self.slots[a])
         if key not in part.cache:
             n = self.fresh()
-            part.entry.append(f"  %x{n} = getelementptr inbounds double, ptr %ws, i64 {self.slots[a]}")
+            part.entry.append(f"  %x{n} = getelementptr inbounds double, ptr %ws0, i64 {self.slots[a]}")
             part.entry.append(f"  %s{n} = load double, ptr %x{n}")
             part.cache[key] = f"%s{n}"
         return part.cache[key]
@@ -171,14 +172,30 @@ class Writer(Ops, Control, Contract):
                 view = View(f"out{j}", 0, tuple(v.shape), c_strides(v.shape))
                 break
         else:
-            view = View("ws", self.ws, tuple(v.shape), c_strides(v.shape))
-            self.ws += math.prod(v.shape)
+            view = self.scratch(v.shape)
         self.arr[v] = view
         return view
 
+    def scratch(self, shape) -> View:
+        """A C-ordered array of `shape` in the workspace: in the last segment, or a new one past SEGMENT doubles.
+        The driver mallocs each segment per call; below glibc's largest mmap threshold (32 MiB), a freed
+        segment's memory is used again by the next call's malloc, where one larger block is mapped and its pages
+        zeroed by the system on every call (k-means' 40 MB: 20-40% of the kernel's time)."""
+        n = math.prod(shape)
+        if self.segments[-1] and self.segments[-1] + n > SEGMENT:
+            self.segments.append(0)
+        view = View(f"ws{len(self.segments) - 1}", self.segments[-1], tuple(shape), c_strides(shape))
+        self.segments[-1] += n
+        return view
+
+    @property
+    def ws(self) -> int:
+        """Doubles of workspace, all segments."""
+        return sum(self.segments)
+
     def address(self, view: View, terms) -> str:
         """A pointer to view's element at sum(index * stride) over `terms` ((SSA index, stride) pairs)."""
-        base = "%ws" if view.base == "ws" else f"%r{view.base[2:]}" if view.base.startswith("in") else \
+        base = f"%{view.base}" if view.base.startswith("ws") else f"%r{view.base[2:]}" if view.base.startswith("in") else \
             f"%r{self.n_in + int(view.base[3:])}" if view.base.startswith("out") else view.base
         offset = view.offset
         terms = [*terms, *view.dyn]

@@ -27,7 +27,7 @@ import re
 
 from .llvm_contraction import BLAS, bind_blas
 
-LLVM_VERSION = "2"  # bump when the written IR changes meaning: part of the kernel files' names
+LLVM_VERSION = "3"  # bump when the written IR changes meaning: part of the kernel files' names
 # How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
 # level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against
@@ -95,8 +95,8 @@ def module_text(graph, key: str, title: str) -> str:
     symbol = f"kernel_{key}"
     # a function's arguments: the point's rows, the workspace, the stop array's data, the point, the kernel's
     # error status; it returns 0, or STOPPED when a loop saw the stop flag (having recorded where)
-    rows = [f"ptr noalias %r{j}" for j in range(w.n_in + w.n_out)] + ["ptr noalias %ws", "ptr %sd", "i64 %pt",
-                                                                      "ptr noalias %err"]
+    rows = [f"ptr noalias %r{j}" for j in range(w.n_in + w.n_out)] + \
+        [f"ptr noalias %ws{k}" for k in range(len(w.segments))] + ["ptr %sd", "i64 %pt", "ptr noalias %err"]
     parts = []
     for p in w.parts:
         parts += [f"define internal i64 @{symbol}.{p.index}({', '.join(rows)}) noinline nounwind {{", "entry:",
@@ -106,7 +106,7 @@ def module_text(graph, key: str, title: str) -> str:
     text = "\n".join(parts + body)
     meta = {"version": LLVM_VERSION, "title": title, "symbol": symbol, "errors": errors, "loops": w.stop_loops,
             "arrays": w.n_in + w.n_out, "data": DATA_OFFSET, "dims": DIMS_OFFSET, "parts": len(w.parts),
-            "workspace": w.ws, "blas": sorted(w.blas), "contractions": w.contractions}
+            "workspace": w.segments, "blas": sorted(w.blas), "contractions": w.contractions}
     return "\n".join(["; adserve " + json.dumps(meta, default=str), _declarations(text, w.blas), *w.consts, "", text, ""])
 
 
@@ -131,13 +131,20 @@ def _driver(w, symbol, oom) -> list:
                 f"  %a{j}.s = select i1 %a{j}.b, i64 {size}, i64 0"]
     for j in range(w.n_out):
         data(f"%o{j}")
-    if w.ws:
-        out += [f"  %ws = call ptr @malloc(i64 {8 * w.ws})", "  %nomem = icmp eq ptr %ws, null",
-                f"  br i1 %nomem, label %oom, label %start", "oom:", f"  ret i64 {oom}", "start:"]
-    else:
-        out += ["  br label %start", "start:"]
-    ws = "ptr %ws" if w.ws else "ptr null"
-    free = ["  call void @free(ptr %ws)"] if w.ws else []
+    ws, free = [], []
+    for k, size in enumerate(w.segments):
+        if not size:
+            ws.append("ptr null")
+            continue
+        # a segment that could not be had: those before it are freed (free(NULL) does nothing for the others)
+        out += [f"  %ws{k} = call ptr @malloc(i64 {8 * size})", f"  %nomem{k} = icmp eq ptr %ws{k}, null",
+                f"  br i1 %nomem{k}, label %oom{k}, label %got{k}", f"oom{k}:",
+                *[f"  call void @free(ptr %ws{j})" for j in range(k) if w.segments[j]], f"  ret i64 {oom}",
+                f"got{k}:"]
+        ws.append(f"ptr %ws{k}")
+        free.append(f"  call void @free(ptr %ws{k})")
+    out += ["  br label %start", "start:"]
+    ws = ", ".join(ws)
     out += ["  br label %point", "point:", "  %p = phi i64 [0, %start], [%p.n, %next]",
             "  %end = icmp sge i64 %p, %B", "  br i1 %end, label %done, label %check", "check:",
             "  %flag = load atomic i64, ptr %stop.d monotonic, align 8", "  %set = icmp ne i64 %flag, 0",

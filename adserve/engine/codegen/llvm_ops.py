@@ -150,8 +150,7 @@ class Ops:
         if isinstance(op, str):
             return self.fill(self.buffer(out), op)
         if not op.contiguous():
-            copy = View("ws", self.ws, op.shape, c_strides(op.shape))
-            self.ws += math.prod(op.shape)
+            copy = self.scratch(op.shape)
             self.copy(copy, x, op, op.shape)
             op = copy
         self.arr[out] = replace(op, shape=tuple(out.shape), strides=c_strides(out.shape))
@@ -266,8 +265,7 @@ class Ops:
         better = "ogt" if e.prim == "argmax" else "olt"
         if axis is None:  # of x flattened: a loop over a contiguous copy's elements
             if not (isinstance(op, View) and op.contiguous()):
-                flat = View("ws", self.ws, tuple(x.shape), c_strides(x.shape))
-                self.ws += math.prod(x.shape)
+                flat = self.scratch(x.shape)
                 self.copy(flat, x, op, x.shape)
                 op = flat
             op = replace(op, shape=(math.prod(x.shape),), strides=(1,))
@@ -400,9 +398,7 @@ class Ops:
             self.emit(f"%v{n} = fadd double %v{n}.l, {shift}")
             return self.define(out, f"%v{n}")
         oshape = tuple(out.shape)
-        m = View("ws", self.ws, oshape, c_strides(oshape))
-        ms = View("ws", self.ws + math.prod(oshape), oshape, c_strides(oshape))
-        self.ws += 2 * math.prod(oshape)
+        m, ms = self.scratch(oshape), self.scratch(oshape)
         self.fill(m, const(-math.inf))
 
         def at(acc, idx):
