@@ -284,3 +284,13 @@ def jax_reference(jf):
         return [_np(r) for r in res]
 
     return call
+
+
+def identical(got, want, what):
+    """Bit for bit: the same floats, NaN in the same places and zeros of the same sign (a NaN's sign and payload
+    are nobody's answer)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, what
+    num = ~np.isnan(want)
+    assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got[num]), np.signbit(want[num])), \
+        f"{what}: {got[got != want][:4]} vs {want[got != want][:4]}"

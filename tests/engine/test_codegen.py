@@ -20,7 +20,7 @@ import sys
 
 import numpy as np
 import pytest
-from engine_helpers import TEST_CACHE, Builder, inline, jvp_graph, make_graph, no_stop, op, run, vjp_graph
+from engine_helpers import TEST_CACHE, Builder, identical, inline, jvp_graph, make_graph, no_stop, op, run, vjp_graph
 from hypothesis import given, settings
 from test_primitives import SPECS
 from test_property_graphs import engine_graph, programs
@@ -136,7 +136,7 @@ def assert_same(graph, args, title):
         except Unsupported:
             return
         for j, (g, p) in enumerate(zip(got, theirs)):
-            np.testing.assert_array_equal(g, p, err_msg=f"{title}: output {j} against the python tier")
+            identical(g, p, f"{title}: output {j} against the python tier")
 
 
 PROGRAMS = {

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from engine_helpers import Builder, make_graph, no_stop, op, run
+from engine_helpers import Builder, identical, make_graph, no_stop, op, run
 from hypothesis import given, settings
 from test_codegen import B, GROUPS, PROGRAMS, compile_kernel, run_kernel, spec_graph
 from test_property_graphs import engine_graph, programs
@@ -26,16 +26,6 @@ from adserve.engine.codegen.python import PythonKernel, Unsupported
 pytestmark = pytest.mark.compiled
 
 engine = Engine()
-
-
-def identical(got, want, what):
-    """Bit for bit: the same floats, NaN in the same places and zeros of the same sign (a NaN's sign and payload
-    are nobody's answer)."""
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, what
-    num = ~np.isnan(want)
-    assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got[num]), np.signbit(want[num])), \
-        f"{what}: {got[got != want][:4]} vs {want[got != want][:4]}"
 
 
 def both(graph, args, title, exact_interp=False, against="numba"):
