@@ -24,6 +24,7 @@ from ..builder import PRIMS
 from ..ir import Graph, Lit, Var, sub_graphs
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
+from .schedule import ahead_of_runs, early_sums
 from .templates import kept
 
 MAX_LOOPS = 28  # loops per function: LLVM's time grows faster than linearly in a function's size
@@ -321,7 +322,7 @@ class Writer(Ops, Control):
                 self.arr[v] = View(f"in{j}", 0, tuple(v.shape), c_strides(v.shape))
             else:
                 self.scal[v] = ("in", j)
-        self.walk(g, top=True)
+        self.walk(ahead_of_runs(early_sums(g)), top=True)  # numba's order (fusion.Source.graph)
         self.item(self.outputs)
 
     def walk(self, g: Graph, top=False):
