@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import powers
 from .errors import DefinitionError, EngineError, ShapeError
 from .ir import Eqn, Graph, Lit, Var
 
@@ -191,6 +192,7 @@ class Builder:
         self._defined: set = set()
         self.captured: list = []  # outer atoms, in the order their body inputs were made
         self._capture_map: dict = {}
+        self._ints: dict = {}  # var -> (lo, hi): it holds integers in that range (powers.py)
         self._scatters: dict = {}  # var -> (prim, atoms, params) of an update of a zero array (see _scatter_add)
         self.loc = parent.loc if parent else None
 
@@ -271,8 +273,8 @@ class Builder:
                 simplified = _simplify(prim, atoms, out_shape)
                 if simplified is not None:
                     return V(self, simplified)
-            if prim == "pow" and type(atoms[1]) is Lit and atoms[0].shape == out_shape:
-                power = _small_power(self, atoms[0], atoms[1].fill)
+            if prim == "pow":
+                power = powers.power(self, atoms, out_shape)
                 if power is not None:
                     return power
             if consts == len(atoms) and math.prod(out_shape) <= _FOLD_WORK:
@@ -297,6 +299,8 @@ class Builder:
             else:
                 hit = Var(out_shape)
                 self._defined.add(hit)
+                if prim in powers.NOTED:
+                    powers.note(self._ints, prim, atoms, params, hit)
                 if prim in _SCATTERS and type(atoms[0]) is Lit and atoms[0].fill == 0.0:
                     self._scatters[hit] = (prim, atoms, params)
             self.eqns.append(Eqn(prim, tuple(atoms), hit if multi else (hit,), params, self.loc))
@@ -357,33 +361,6 @@ class Builder:
     def build(self, outputs) -> Graph:
         atoms = tuple(self.capture(o).atom if isinstance(o, V) else _atom(o) for o in outputs)
         return dce(Graph(tuple(self.inputs), tuple(self.eqns), atoms))
-
-
-MAX_INT_POWER = 32  # x**n for integers 3..this: multiplications (as JAX's integer_pow), not libm's pow
-
-
-def _small_power(b, x, p):
-    """x**p for p in {0, 1, 2, -1} as cheaper exact ops (also folds what derivative rules make), and for
-    integers 3..MAX_INT_POWER as multiplications by squaring, in JAX's order (x**3 is (x*x)*x): a few
-    multiplications that vectorise, where pow is a libm call; within an ulp or two of pow."""
-    if p == int(p) and 2 < p <= MAX_INT_POWER:
-        n, base, acc = int(p), V(b, x), None
-        while n:
-            if n & 1:
-                acc = base if acc is None else b.emit("mul", [acc, base])
-            n >>= 1
-            if n:
-                base = b.emit("mul", [base, base])
-        return acc
-    if p == 0.0:
-        return V(b, Lit.scalar(1.0, x.shape))  # as numpy: x**0 is 1 even for NaN
-    if p == 1.0:
-        return V(b, x)
-    if p == 2.0:
-        return b.emit("mul", [V(b, x), V(b, x)])
-    if p == -1.0:
-        return b.emit("div", [1.0, V(b, x)])
-    return None
 
 
 def _lit_key(a: Lit):

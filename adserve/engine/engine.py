@@ -16,6 +16,7 @@ import dataclasses
 
 from . import primitives  # noqa: F401  (fill the primitive table)
 from .backend import Interpreter, Tiered, stats_dict
+from .blas import single_threaded
 from .deadline import Stopped
 from .definition import Function, compile_definition
 from .errors import EngineError, EvaluationError, LimitError
@@ -43,6 +44,7 @@ class Engine:
         """`backend`: who runs plans, `backend.Interpreter()` (default) or `backend.Tiered(cache_dir)`.
         `isolation`: the worker processes that evaluate requests the cost model expects to be long (None: all
         run in the calling thread)."""
+        single_threaded()  # BLAS: one thread, the caller's (blas.py)
         self.backend = Interpreter() if backend is None else backend
         self.limits = DEFAULT_LIMITS if limits is None else limits
         self.isolation = isolation

@@ -115,7 +115,7 @@ _F64 = np.dtype(np.float64)
 class _Request:
     """What a request's `compute` and `wrt` settle, checked once per function and kept (see `_request`)."""
 
-    __slots__ = ("bytes", "kinds", "limit_kinds", "main", "plan", "steps", "sweep_kinds", "wrt")
+    __slots__ = ("bytes", "kinds", "limit_kinds", "main", "passed", "plan", "steps", "sweep_kinds", "wrt")
 
     def __init__(self, fn, compute, wrt):
         if isinstance(compute, str) or not isinstance(compute, (list, tuple)):
@@ -132,11 +132,13 @@ class _Request:
                                   f"{list(fn.output_shape)} (use vjp or jacobian)", code="not_scalar")
         self.kinds, self.wrt, self.main, self.plan = kinds, wrt, kinds & _MAIN_KINDS, None
         self.steps, self.bytes = None, {}  # its plans' steps; its peak bytes as a line in B (see _peak_bytes)
+        self.passed: dict = {}  # B -> (limits, peak bytes): the limit checks B passed under those limits
         self.limit_kinds = kinds - {"jacobian", "hessian"}
         self.sweep_kinds = sorted(kinds & {"jacobian", "hessian"})
 
 
 _MAX_REQUEST_FORMS = 64  # per function: distinct (compute, wrt) kept
+_MAX_PASSED = 16  # per request form: batch sizes whose checks are kept
 
 
 def _request(fn, compute, wrt) -> _Request:
@@ -242,22 +244,13 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
                               "none; send \"batch\": false", code="empty_batch")
     if batch and B == 0:
         raise EvaluationError("a batch needs at least one point", code="empty_batch")
-    check_request(fn.work, req.limit_kinds, B, limits=limits)
-    if fn.tape and kinds & {"gradient", "vjp", "hvp", "jacobian", "hessian"}:
-        check_tape(fn.tape, B, limits)
-    for kind in req.sweep_kinds:
-        check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
-        if fn.tape:  # the sweeps run in chunks of at most max_sweep_rows points, each with its own tape
-            check_tape(fn.tape, min(B * sweeps(fn, kind, wrt), limits.max_sweep_rows), limits)
-    if req.main and req.plan is None:
-        req.plan = main_plan(fn, req.main, wrt)
-    if req.steps is None:
-        req.steps = request_steps(fn, request_plans(fn, req.plan if req.main else None, kinds, wrt))
-    check_steps(req.steps, limits)
-    estimated = _peak_bytes(fn, req, B, tangent_names)
-    if meta is not None:
-        meta["steps"], meta["estimated_bytes"] = req.steps, estimated
-    check_bytes(estimated, limits)
+    passed = req.passed.get(B)
+    if passed is not None and passed[0] is limits:  # what the checks depend on is (req, B, limits): all the same
+        estimated = passed[1]
+        if meta is not None:
+            meta["steps"], meta["estimated_bytes"] = req.steps, estimated
+    else:
+        estimated = _check_limits(fn, req, B, tangent_names, meta, limits)
     if deadline is not None:
         deadline.check()
 
@@ -303,6 +296,31 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
     if "trace" in kinds:
         out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline)
     return out
+
+
+def _check_limits(fn, req, B, tangent_names, meta, limits) -> int:
+    """A request's limit checks (work, tape, sweeps, steps, peak bytes); its peak bytes, kept per B in the request
+    form once they pass (a repeated call checks nothing again)."""
+    kinds, wrt = req.kinds, req.wrt
+    check_request(fn.work, req.limit_kinds, B, limits=limits)
+    if fn.tape and kinds & {"gradient", "vjp", "hvp", "jacobian", "hessian"}:
+        check_tape(fn.tape, B, limits)
+    for kind in req.sweep_kinds:
+        check_request(fn.work, {"vjp" if kind == "jacobian" else "hvp"}, B, sweeps(fn, kind, wrt), limits)
+        if fn.tape:  # the sweeps run in chunks of at most max_sweep_rows points, each with its own tape
+            check_tape(fn.tape, min(B * sweeps(fn, kind, wrt), limits.max_sweep_rows), limits)
+    if req.main and req.plan is None:
+        req.plan = main_plan(fn, req.main, wrt)
+    if req.steps is None:
+        req.steps = request_steps(fn, request_plans(fn, req.plan if req.main else None, kinds, wrt))
+    check_steps(req.steps, limits)
+    estimated = _peak_bytes(fn, req, B, tangent_names)
+    if meta is not None:
+        meta["steps"], meta["estimated_bytes"] = req.steps, estimated
+    check_bytes(estimated, limits)
+    if len(req.passed) < _MAX_PASSED:
+        req.passed[B] = (limits, estimated)
+    return estimated
 
 
 def _peak_bytes(fn, req, B, tangent_names) -> int:

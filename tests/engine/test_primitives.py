@@ -191,7 +191,7 @@ for _name, _f, _jf, _smp in BINARY:
 spec("rsub-literal", "sub", lambda x: 2.0 - x, lambda x: 2.0 - x, [(3,)])
 spec("rdiv-literal", "div", lambda x: 1.0 / x, lambda x: 1.0 / x, [(3,)], [away0()])
 spec("pow-lit3-negative-base", "pow", lambda x: x ** 3.0, lambda x: x ** 3.0, [(4,)], [normal()],
-     rewritten=True)  # multiplications (builder.MAX_INT_POWER)
+     rewritten=True)  # multiplications (powers.MAX_INT_POWER)
 spec("pow-lit-half", "pow", lambda x: x ** 0.5, lambda x: x ** 0.5, [(3,)], [uniform(0.3, 2.0)])
 # small integer literal exponents, which the builder may rewrite as cheaper exact ops
 for _p in (0.0, 1.0, 2.0, -1.0):

@@ -1,5 +1,12 @@
-"""Order a graph so that contractions reading one large array run in one pass over it.
+"""Order a graph so that large arrays are read in as few passes as possible.
 
+Sums: `early_sums` moves each sum, maximum or minimum of an element-wise value up to just after the equation
+making it, so the fused loop computing the value accumulates it too (fusion.py takes such sums into a run):
+reverse mode emits a broadcast operand's `sum_to` after the contraction that reads the same cotangent, which
+closes the run, and the sum would be one more pass over a stored array (k-means' HVP: the column sums of the
+10000x100 nearest-centre mask). The sum's accumulation order is unchanged, so are its bits.
+
+Contractions:
 Reverse mode reads a matrix twice: `A @ x` on the way forward, `Aᵀ @ w` on the
 way back. When `w` does not depend on `A @ x` (a quadratic form `x·Ax` times
 anything that does not involve it, as in the survey's Helmholtz energy), both
@@ -14,9 +21,64 @@ from __future__ import annotations
 
 import math
 
+from ..builder import PRIMS
 from ..ir import Eqn, Graph, Lit, Var
 
 SHARED_MIN = 1 << 15  # elements of the shared operand: below this (256 KB) a second pass hits the cache
+
+
+REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "sum_to"})
+
+
+def early_sums(g: Graph) -> Graph:
+    """g with each reduction of an element-wise value right after that value's equation (reductions of one
+    value in their order); g itself when nothing moves."""
+    made: dict = {}
+    after: dict = {}
+    order = []
+    for e in g.eqns:
+        src = e.inputs[0] if e.prim in REDUCTIONS and len(e.inputs) == 1 else None
+        maker = made.get(src) if isinstance(src, Var) else None
+        if maker is not None and PRIMS[maker.prim].template and order[-1] is not maker:
+            after.setdefault(maker, []).append(e)
+        else:
+            order.append(e)
+        for o in e.outputs:
+            made[o] = e
+    if not after:
+        return g
+    eqns = []
+    for e in order:
+        eqns.append(e)
+        eqns.extend(after.get(e, ()))
+    return Graph(g.inputs, tuple(eqns), g.outputs)
+
+
+def ahead_of_runs(g: Graph) -> Graph:
+    """g with every equation that reads nothing an open run of element-wise equations computes moved ahead of
+    that run, element-wise ones of another shape too: fusion.py writes the others ahead of the run's loop
+    already, but an element-wise equation of another shape closes the run, and the rest of it becomes a second
+    loop over arrays the first stored (GradBench gmm: `alpha + sum(q)`, 25 elements, between the two loops over
+    the 25x1000x10 `Lx`, which it then stored and read back). g itself when nothing moves."""
+    out: list = []
+    start, shape, made, moved = None, None, set(), False
+    for e in g.eqns:
+        elementwise = PRIMS[e.prim].template is not None and bool(e.outputs[0].shape)
+        if start is not None:
+            if elementwise and e.outputs[0].shape == shape or e.prim in REDUCTIONS and e.inputs[0] in made:
+                out.append(e)
+                made.update(e.outputs)
+                continue
+            if not any(a in made for a in e.inputs):
+                out.insert(start, e)
+                start += 1
+                moved = moved or elementwise
+                continue
+            start = None
+        if elementwise:
+            start, shape, made = len(out), e.outputs[0].shape, set(e.outputs)
+        out.append(e)
+    return Graph(g.inputs, tuple(out), g.outputs) if moved else g
 
 
 def big_operand(e: Eqn):
