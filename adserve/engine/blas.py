@@ -1,5 +1,5 @@
 """BLAS on the calling thread: the engine's matrix products (NumPy's on the interpreter, SciPy's BLAS that
-numba kernels call for a contraction) use one OpenBLAS thread, as every other loop of a kernel does.
+compiled kernels call for a contraction) use one BLAS thread, as every other loop of a kernel does.
 
 OpenBLAS splits a large product over threads of its own, which wait for work by spinning. The engine runs
 requests on several threads and batch points on the parallel tier's, and a server shares its cores: with
@@ -7,21 +7,20 @@ other work on them, the spinning threads take turns with the one computing. Meas
 average 7): the k-means HVP kernel of GradBench (two 10000x16x100 products) took 300-570 ms with two OpenBLAS
 threads and 8.5 ms with one. OPENBLAS_NUM_THREADS, when set, is kept.
 
-`single_threaded()` (an Engine's construction calls it) applies that to every OpenBLAS loaded in the process,
-and sets the variable, which OpenBLAS reads when it is loaded, for those loaded later: SciPy's, which a numba
-kernel with a contraction brings in at its first call, and those of child processes (compile and isolation
-workers). NumPy's and SciPy's are separate libraries.
+`single_threaded()` (an Engine's construction calls it) sets every BLAS loaded in the process through
+threadpoolctl, which knows each library's setter (OpenBLAS under NumPy's and SciPy's symbol prefixes, MKL,
+BLIS) on Linux, macOS and Windows, and sets the variable, which OpenBLAS reads when it is loaded, for those
+loaded later: SciPy's, which a kernel with a contraction brings in at its first call, and those of child
+processes (compile and isolation workers).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 
+from threadpoolctl import threadpool_limits
+
 VARIABLE = "OPENBLAS_NUM_THREADS"
-_SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-            "scipy_openblas_set_num_threads64_")
-_done: set = set()  # libraries already set
 
 
 def threads() -> int:
@@ -32,26 +31,7 @@ def threads() -> int:
 
 
 def single_threaded() -> None:
-    """Every OpenBLAS loaded now to `threads()` threads (1 unless OPENBLAS_NUM_THREADS says otherwise)."""
+    """Every BLAS loaded now to `threads()` threads (1 unless OPENBLAS_NUM_THREADS says otherwise), and the
+    variable set for those loaded later."""
     os.environ.setdefault(VARIABLE, "1")
-    for path in _openblas_loaded():
-        if path in _done:
-            continue
-        _done.add(path)
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _SETTERS:
-            setter = getattr(lib, name, None)
-            if setter is not None:
-                setter(threads())
-
-
-def _openblas_loaded() -> list:
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-    except OSError:  # not Linux: the environment variable is all there is
-        return []
-    return sorted(p for p in paths if p.startswith("/"))
+    threadpool_limits(limits=threads(), user_api="blas")  # called, not entered: the limit stays
