@@ -158,6 +158,40 @@ def test_matrix_products_make_numbas_blas_calls(name):
     both(graph, args, f"llvm {name}")
 
 
+def _gmm_product(x, L):
+    """gmm's matmul(xc, L^T) with xc a transpose of an (n, k, d) array (letters a=k, x=n, y, w=d)."""
+    return _einsum("axy,ayw->axw")(op.transpose(x, perm=(1, 0, 2)), op.transpose(L, perm=(0, 2, 1)))
+
+
+def test_a_nest_as_large_as_its_output_walks_the_output_along_memory():
+    """A loop nest whose output is at least its larger operand's size loops over the output's letters outermost,
+    in its order (gmm's (k, n, d) product of a transposed (n, k, d) array: over n then k, it wrote rows 10,000
+    elements apart), the summed letters inside in their former order; the dot product stays innermost."""
+    graph = _case(_gmm_product, [(30, 4, 5), (4, 5, 5)])
+    transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
+    (e,) = [e for e in graph.eqns if e.prim == "einsum"]
+    n = contraction.nest(e, transposed)
+    assert (n.la, n.lb, n.order, n.inner) == ("xay", "awy", ("a", "x", "w"), "y")
+    # a smaller output: the larger operand's order, as before
+    graph = _case(lambda a, b: _einsum("xay,axw->ayw")(a, b), [(30, 4, 5), (4, 30, 5)])
+    (e,) = [e for e in graph.eqns if e.prim == "einsum"]
+    assert contraction.nest(e, {}).order == ("x", "a", "y")
+    assert contraction._output_first(("x", "s", "a", "t", "w"), "aw") == ("a", "w", "x", "s", "t")
+
+
+def test_loop_nests_tell_llvm_their_output_is_no_operand():
+    """A loop nest's loads and stores carry scoped alias metadata (the output's scope, the operands' noalias):
+    LLVM cannot tell workspace arrays apart, and told, keeps the output's row in registers and vectorises
+    (gmm d=10 k=25's kernels: objective 1.79 -> 1.20 ms, gradient 4.84 -> 3.67); the bits are numba's and the python tier's."""
+    graph = _case(_gmm_product, [(30, 4, 5), (4, 5, 5)])
+    text = llvm_kernel.module_text(graph, "k", "gmm product")
+    assert "!alias.scope" in text and "!noalias" in text
+    rng = np.random.default_rng(3)
+    args = [rng.standard_normal((B, 30, 4, 5)), rng.standard_normal((B, 4, 5, 5))]
+    args[1] = args[1][:1]
+    both(graph, args, "llvm gmm product", against="python")
+
+
 SHARED = {  # (definition, n, SHARED_MIN or None, against)
     "quadratic form n=21": ({"inputs": [{"name": "A", "shape": [21, 21]}, {"name": "x", "shape": [21]},
                                         {"name": "b", "shape": [21]}],

@@ -91,7 +91,19 @@ def nest(e, transposed) -> Nest:
     big, other = (la, lb) if math.prod(a.shape) >= math.prod(b.shape) else (lb, la)
     inner = _innermost(la, lb, out)
     order = tuple(c for c in dict.fromkeys(big + other + out) if c != inner)
+    if math.prod(e.out.shape) >= max(math.prod(a.shape), math.prod(b.shape)):
+        order = _output_first(order, out)
     return Nest(a, la, b, lb, out, dims, order, inner, 0 in dims.values())
+
+
+def _output_first(order, out) -> tuple:
+    """`order` with the output's letters outermost, in the output's order (its buffer written along memory),
+    the summed letters inside them in their order in `order`: each output element adds its products in the
+    same sequence, so the bits are those of `order`. For an output as large as the larger operand (gmm's
+    matmul(xc, L^T), xc a transpose of a (n, k, d) array: loops over n, k wrote (k, n, d) rows 10,000 elements
+    apart; gmm d=10 k=25's objective kernel 1.44 -> 1.38 ms, with llvm_contraction's alias scopes 1.20 -> 1.19,
+    medians of 101 interleaved)."""
+    return tuple(c for c in out if c in order) + tuple(c for c in order if c not in out)
 
 
 def _untransposed(transposed, x, term):

@@ -126,17 +126,23 @@ class Contract:
         opa, opb = self.operand(a), self.operand(b)
         store = self._zeroed(e.out)
         if not n.empty:
+            body, start, targets = self.part.body, len(self.part.body), set()
+
+            def target(idx):
+                ptr = self._target(store, out, idx)
+                targets.add(ptr)
+                return ptr
             nest_ = self.open_loops([dims[c] for c in n.order])
             idx = {c: f"%i{k}" for c, (k, _) in zip(n.order, nest_)}
 
             def product_at(idx):
                 return self._bin("fmul", self._at(opa, la, idx), self._at(opb, lb, idx))
             if not n.inner:
-                self.add_to("reduce_sum", self._target(store, out, idx), product_at(idx))
+                self.add_to("reduce_sum", target(idx), product_at(idx))
             elif n.inner in out:
                 i, close = self._range(0, dims[n.inner])
                 idx[n.inner] = i
-                self.add_to("reduce_sum", self._target(store, out, idx), product_at(idx))
+                self.add_to("reduce_sum", target(idx), product_at(idx))
                 close()
             else:  # the dot product along the innermost loop in a local
                 acc = self.slot(const(0.0))
@@ -146,9 +152,31 @@ class Contract:
                 close()
                 m = self.fresh()
                 self.emit(f"%u{m} = load double, ptr {acc}")
-                self.add_to("reduce_sum", self._target(store, out, idx), f"%u{m}")
+                self.add_to("reduce_sum", target(idx), f"%u{m}")
             self.close_loops(nest_)
+            if not isinstance(store, str):
+                self._scoped(body, start, targets)
         self._done(e.out, store)
+
+    def _scoped(self, body, start, outs):
+        """The nest's loads and stores (body[start:]) with scoped alias metadata: the output's buffer is none of
+        the operands' (a fresh workspace array or an output row, never an input), which LLVM cannot see in one
+        workspace; told, it keeps the output's row in registers and vectorises along it. The output's accesses
+        are those through `outs`, the addresses of its elements."""
+        domain, scope, scopes = self.fresh(), self.fresh(), self.fresh()
+        self.consts += [f"!{domain} = distinct !{{!{domain}}}", f"!{scope} = distinct !{{!{scope}, !{domain}}}",
+                        f"!{scopes} = !{{!{scope}}}"]
+        for j in range(start, len(body)):
+            ln = body[j]
+            if ln.startswith("  store double "):
+                ptr = ln.rsplit("ptr ", 1)[1]
+            elif " = load double, ptr " in ln:
+                ptr = ln.rsplit("ptr ", 1)[1]
+            else:
+                continue
+            if ptr.startswith("%acc"):
+                continue
+            body[j] = ln + (f", !alias.scope !{scopes}" if ptr in outs else f", !noalias !{scopes}")
 
     # -- a shared pass (contraction._shared_pass) -------------------------------------------------------
     def _shared(self, eqns):
