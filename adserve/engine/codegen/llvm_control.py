@@ -125,7 +125,7 @@ class Control:
 
     def stop_check(self):
         """Return STOPPED when the stop flag is set, having recorded the point, the outermost loop and its
-        iterations done (runtime._stopped with a loop: always recorded)."""
+        iterations done (plain.stopped with a loop: always recorded)."""
         loop, done = self.enclosing[0]
         n = self.fresh()
         self.emit(f"%f{n} = load atomic i64, ptr %sd monotonic, align 8")

@@ -18,7 +18,7 @@ having recorded where it was (LOOPS lists the outermost loops it may report: len
 from __future__ import annotations
 
 from ..ir import Graph, Lit, Var
-from .runtime import HELPERS
+from . import plain
 from .emit import num
 from .fusion import Source
 
@@ -85,6 +85,9 @@ FASTMATH = "False"
 # every kernel's stop check, the contractions' BLAS calls and the cached array operations; the rows' helpers
 # come beside them
 KERNEL_RUNTIME = ("dot", "matmul", "matvec", "reshaped", "stop_flag", "stopped", "transposed")
+# the rows' scalar helpers, by name (from plain.py: writing a module's text, which every new plan's key needs,
+# imports no numba, so a process serving LLVM kernels never does)
+HELPERS = sorted(plain.HELPERS)
 _HELPERS = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME]))
 _PYTHON_NAMES = ", ".join(sorted([*HELPERS, *KERNEL_RUNTIME, "abs", "math", "njit", "types"]))
 _STOP = 'types.Array(types.int64, 1, "C")'  # the stop array

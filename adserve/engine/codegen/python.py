@@ -24,13 +24,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import runtime
+from . import plain
 
-# the plain-Python originals of the numba helpers (a numba dispatcher called from Python costs microseconds)
-globals().update({name: helper.py_func for name, helper in runtime.HELPERS.items()})
-stop_flag, stopped = runtime.stop_flag_py, runtime.stopped.py_func
-matmul, matvec, dot = runtime.matmul, runtime.matvec, runtime.dot  # NumPy's products (numba's are overloads)
-transposed, reshaped = runtime._transposed, runtime._reshaped
+# the plain-Python originals of the numba runtime (plain.py: no numba imported; a numba dispatcher called from
+# Python would cost microseconds)
+globals().update(plain.HELPERS)
+stop_flag, stopped = plain.stop_flag, plain.stopped
+matmul, matvec, dot = plain.matmul, plain.matvec, plain.dot  # NumPy's products (numba's are overloads)
+transposed, reshaped = plain.transposed, plain.reshaped
 
 
 def _libm_hypot():

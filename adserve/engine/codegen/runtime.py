@@ -23,15 +23,14 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ..builder import PRIMS
-from ..deadline import STOPPED_STATUS
+from . import plain
 
 _jit = njit(inline="always", cache=True, error_model="numpy")
 
-HELPERS = {p.helper.__name__: _jit(p.helper) for p in PRIMS.values() if p.helper is not None}
+HELPERS = {name: _jit(helper) for name, helper in plain.HELPERS.items()}
 globals().update(HELPERS)
 
-STOPPED = STOPPED_STATUS  # a kernel's status when it stopped at its flag (errors are k > 0: ERRORS[k - 1])
+STOPPED = plain.STOPPED
 
 
 @intrinsic
@@ -47,24 +46,7 @@ def stop_flag(typingctx, stop):
     return types.int64(stop), codegen
 
 
-def stop_flag_py(stop):
-    """The python tier's `stop_flag` (CPython reads memory every time)."""
-    return stop[0]
-
-
-def _stopped(stop, p, loop, done):
-    # a parallel variant's chunks stop at once, each writing here: a loop's count is not overwritten by a
-    # point's (it says more), and which chunk's loop count stays is a race (progress, approximately)
-    if loop != 0 or stop[2] == 0:
-        stop[1] = p
-        stop[2] = loop
-        stop[3] = done
-    return STOPPED
-
-
-stopped = njit(cache=True)(_stopped)  # off the hot path: called once, when the kernel stops
-
-
+stopped = njit(cache=True)(plain.stopped)  # off the hot path: called once, when the kernel stops
 
 # Array operations whose numba implementations are compiled anew in every process that meets them (each compile
 # worker): np.transpose's pulls in numba's slice-assignment error path and its string formatting, ~2 s of
@@ -72,30 +54,10 @@ stopped = njit(cache=True)(_stopped)  # off the hot path: called once, when the 
 # signature on a machine and loaded from numba's cache after (the python tier calls the originals). Not `fill`:
 # called so, it cost Helmholtz n=1000's gradient kernel 6% of its run time (a call LLVM cannot see through);
 # kernels write `a[:] = x`, which compiles no helper.
-def _transposed(x, perm):
-    return np.transpose(x, perm)
+transposed, reshaped = (njit(cache=True, nogil=True)(f) for f in (plain.transposed, plain.reshaped))
 
-
-def _reshaped(x, shape):
-    return np.ascontiguousarray(x).reshape(shape)
-
-
-transposed, reshaped = (njit(cache=True, nogil=True)(f) for f in (_transposed, _reshaped))
-
-
-def matmul(a, b, out):
-    """out = a @ b (2-D, out C-contiguous); the python tier's, and numba's below."""
-    np.matmul(a, b, out=out)
-
-
-def matvec(a, x, out):
-    """out = a @ x (a 2-D, x and out 1-D)."""
-    np.matmul(a, x, out=out)
-
-
-def dot(x, y):
-    """x . y (1-D)."""
-    return float(np.dot(x, y))
+# the products: NumPy's in the python tier, these overloads in numba's kernels
+matmul, matvec, dot = plain.matmul, plain.matvec, plain.dot
 
 
 def _blas(*arrays) -> bool:
