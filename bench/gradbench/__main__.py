@@ -72,13 +72,15 @@ def section(rows, facts: dict, minutes: float) -> str:
 {facts.get('run', '')}, {minutes:.1f} min, commit {facts.get('commit', '?')}, on {facts.get('cpu', '?')}
 ({facts.get('cores', '?')} cores, load average {facts.get('load', '?')}).
 
-- **warm**: ours is `Engine.evaluate` in process on the tiered backend after its numba kernels are loaded and
-  it has chosen its tier by timing (the tier column); both contenders are timed interleaved in rounds
+- **warm**: ours is `Engine.evaluate` in process on the tiered backend after its compiled kernels are loaded
+  and it has chosen its tier by timing (the tier column: `numba` is the compiled tier, whichever back end, the
+  direct-LLVM one or numba, compiled it); both contenders are timed interleaved in rounds
   (`bench.timing.measure`), the ratio taken per round: median and interquartile range.
 - **GradBench cold** is GradBench's own method: a *new* function called back to back for one second, the
   fastest call. For ours that is a fresh `compile_definition` whose kernels start compiling in the background
-  at its first call, so it answers on the interpreter or python tier (numba rarely arrives within the
-  second on this machine); for JAX a fresh `jit`, whose first call compiles.
+  at its first call: it answers on the interpreter or the python tier until its kernel arrives (the LLVM
+  back end's, typically 0.3-1 s after the first call on this machine), then on the kernel; for JAX a fresh
+  `jit`, whose first call compiles.
 - Before timing, ours must equal JAX (relative 1e-9); `tests/engine/test_gradbench_evals.py` checks every
   part at tiny sizes at 1e-10.
 - Sizes: one per eval, from GradBench's default lists. What differs from GradBench: **det** is expansion by
