@@ -55,9 +55,12 @@ def test_kernels_answer_alike_and_survive_a_restart(tmp_path):
     env = {"ADSERVE_CACHE_DIR": str(tmp_path / "cache")}
     with running_server(tmp_path / "first.log", env=env) as server, httpx.Client(base_url=server.url) as client:
         tiers = gradient_until_numba(client, timeout=600)
-        # the first answer is the interpreter's; this scalar function then runs as Python while numba compiles
-        assert tiers[0] == "interpreter" and "python" in tiers, tiers
-        assert metric(client, "adserve_python_kernels_total") == 1
+        # the first answer is the interpreter's; until the kernel arrives, the interpreter or (once built) the
+        # python tier answers. Which of them answered last is a race with the compile: the LLVM back end's
+        # kernel often arrives first (0.3-1 s), so it is not asserted; test_python_tier checks that tier
+        before = tiers[:tiers.index("numba")] if "numba" in tiers else tiers
+        assert tiers[0] == "interpreter" and set(before) <= {"interpreter", "python"}, tiers
+        assert metric(client, "adserve_python_kernels_total") <= 1  # built once at most
         assert metric(client, "adserve_kernel_compiles_total") >= 1
         cores = len(os.sched_getaffinity(0))  # parallel variants need more than one core (and OpenMP, here)
         assert metric(client, "adserve_parallel_kernels_enabled") == (1 if cores > 1 else 0)
@@ -69,7 +72,9 @@ def test_kernels_answer_alike_and_survive_a_restart(tmp_path):
         r = client.post("/v1/evaluate", json={"function": FN, "inputs": {"x": x.tolist()},
                                               "compute": ["value", "gradient"]}).json()
         assert r["value"] == pytest.approx(value(x), rel=1e-12)
-    assert list((tmp_path / "cache" / "kernels").glob("gen_*.py"))
+    # the kernel on disk: the LLVM back end's object code (this plan's dot product is in its scope)
+    from adserve.engine.codegen.llvm_kernel import LLVM_VERSION
+    assert list((tmp_path / "cache" / "kernels").glob(f"gen_*.llvm{LLVM_VERSION}.o"))
 
     with running_server(tmp_path / "second.log", env=env) as server, httpx.Client(base_url=server.url) as client:
         tiers = gradient_until_numba(client, timeout=60)

@@ -369,9 +369,9 @@ class KernelStore:
 
     # -- preload at start ------------------------------------------------------
     def preload(self, limit: int = 32) -> threading.Thread:
-        """Start a background thread that imports numba and the kernels' runtime helpers, then loads the
-        `limit` kernels on disk used most recently, so that after a restart known functions run compiled
-        from their first request. It never blocks: a request meanwhile runs on the interpreter, and a kernel
+        """Start a background thread that loads the `limit` kernels on disk used most recently (importing numba
+        and the kernels' runtime helpers first if any of them is numba's), so that after a restart known
+        functions run compiled from their first request. It never blocks: a request meanwhile runs on the interpreter, and a kernel
         a request asks for that is not being preloaded loads through the pool as usual. (Parallel variants
         are not preloaded: they load from disk when a large batch asks for them.)"""
         thread = threading.Thread(target=self._preload, args=(limit,), name="adserve-preload", daemon=True)
@@ -381,10 +381,10 @@ class KernelStore:
     def _preload(self, limit):
         t0 = time.perf_counter()
         try:
-            import numba  # noqa: F401
-
-            from ..codegen import runtime  # noqa: F401
             keys = self._recent(limit)
+            numba = any(self.compiler.get(key) != "llvm" for key in keys)
+            if numba:  # numba's kernels need it loaded; a process of LLVM kernels never imports it (~0.5 s of CPU)
+                from ..codegen import runtime  # noqa: F401
         except Exception as e:
             log.warning("kernel preload stopped: %s: %s", type(e).__name__, e)
             return
@@ -399,8 +399,9 @@ class KernelStore:
             self._load_only(key)
             if key in self.ready:
                 self.stats.preloaded += 1
-        log.info("numba imported in %.2f s; %d of %d recent kernels preloaded in %.2f s", t1 - t0,
-                 self.stats.preloaded, len(keys), time.perf_counter() - t1)
+        log.info("%s; %d of %d recent kernels preloaded in %.2f s",
+                 f"numba imported in {t1 - t0:.2f} s" if numba else "numba not needed", self.stats.preloaded,
+                 len(keys), time.perf_counter() - t1)
 
     def _used_path(self, key):
         return os.path.join(self.dir, "used", key)
