@@ -261,31 +261,6 @@ def test_plans_in_scope_give_numbas_bits(name):
     both(graph, args, f"llvm {name}", exact)
 
 
-NO_NUMBA = """
-import sys, tempfile, time, numpy as np
-from adserve.engine import Engine, backend
-eng = Engine(backend.Tiered(tempfile.mkdtemp(), workers=1))
-f = eng.compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(sin(x) * x)"})
-meta, t0 = {}, time.monotonic()
-while meta.get("backend") != "numba" and time.monotonic() - t0 < 240:  # the compiled tier's name
-    eng.evaluate(f, {"x": np.ones(3)}, ["value", "gradient"], meta=meta)
-    time.sleep(0.005)
-print(meta.get("backend"), "numba" in sys.modules)
-"""
-
-
-def test_a_new_plan_reaches_its_llvm_kernel_without_numba_in_the_process():
-    """Writing a new plan's key and kernel, and running it on the python tier meanwhile, need no numba in the
-    serving process (plain.py: the kernels' runtime as plain Python): imported there lazily, by a background
-    thread beside back-to-back requests holding the interpreter's lock, numba took 12 s to minutes, and a new
-    function stayed that long on the interpreter."""
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-c", NO_NUMBA], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["numba", "False"], out.stdout + out.stderr[-2000:]
-
-
 def test_a_reduction_over_the_last_axis_accumulates_in_a_register():
     """A sum or minimum over a run's innermost axis is loaded before the innermost loop and stored after it (an
     alloca, which LLVM keeps in a register), as numba's source keeps it in a local: stored every iteration, it
