@@ -371,8 +371,8 @@ class KernelStore:
     def preload(self, limit: int = 32) -> threading.Thread:
         """Start a background thread that loads the `limit` kernels on disk used most recently (importing numba
         and the kernels' runtime helpers first if any of them is numba's), so that after a restart known
-        functions run compiled from their first request. It never blocks: a request meanwhile runs on the interpreter, and a kernel
-        a request asks for that is not being preloaded loads through the pool as usual. (Parallel variants
+        functions run compiled from their first request. It never blocks: a request meanwhile runs on the
+        interpreter, and a kernel a request asks for that is not being preloaded loads through the pool as usual. (Parallel variants
         are not preloaded: they load from disk when a large batch asks for them.)"""
         thread = threading.Thread(target=self._preload, args=(limit,), name="adserve-preload", daemon=True)
         thread.start()

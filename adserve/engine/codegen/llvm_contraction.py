@@ -91,13 +91,7 @@ class Contract:
 
     def _at(self, op, letters, idx) -> str:
         """Operand `op` (a scalar operand, Fill or View) at the loop indices of its letters."""
-        if isinstance(op, str):
-            return op
-        if isinstance(op, Fill):
-            return const(op.value)
-        n = self.fresh()
-        self.emit(f"%u{n} = load double, ptr {self.address(op, [(idx[c], s) for c, s in zip(letters, op.strides)])}")
-        return f"%u{n}"
+        return op if isinstance(op, str) else self.elem_at(op, [idx[c] for c in letters])
 
     def _zeroed(self, v):
         """v's storage set to 0.0: a slot (a scalar) or its buffer."""
@@ -114,9 +108,7 @@ class Contract:
 
     def _done(self, v, store):
         if not v.shape:
-            n = self.fresh()
-            self.emit(f"%u{n} = load double, ptr {store}")
-            self.define(v, f"%u{n}")
+            self.define(v, self.load(store))
 
     # -- a loop nest (contraction.einsum) ------------------------------------------------------------------
     def _nest(self, e, n):
@@ -150,9 +142,7 @@ class Contract:
                 idx[n.inner] = i
                 self.add_to("reduce_sum", acc, product_at(idx))
                 close()
-                m = self.fresh()
-                self.emit(f"%u{m} = load double, ptr {acc}")
-                self.add_to("reduce_sum", target(idx), f"%u{m}")
+                self.add_to("reduce_sum", target(idx), self.load(acc))
             self.close_loops(nest_)
             if not isinstance(store, str):
                 self._scoped(body, start, targets)
@@ -227,11 +217,7 @@ class Contract:
             for w, slots in zip(work, zip(*lanes_)):
                 if w[-1] is None:
                     continue
-                values = []
-                for s in slots:
-                    m = self.fresh()
-                    self.emit(f"%u{m} = load double, ptr {s}")
-                    values.append(f"%u{m}")
+                values = [self.load(s) for s in slots]
                 self.emit(f"store double {pairwise(values, lambda x, y: self._bin('fadd', x, y))}, ptr {w[-1]}")
         if stop < n:
             i, close = self._range(stop, n)
@@ -239,9 +225,7 @@ class Contract:
             close()
         for term, other_term, op, fixed, out, store, acc in work:
             if acc is not None:
-                m = self.fresh()
-                self.emit(f"%u{m} = load double, ptr {acc}")
-                self.add_to("reduce_sum", self._target(store, out, dict(zip(term, outer))), f"%u{m}")
+                self.add_to("reduce_sum", self._target(store, out, dict(zip(term, outer))), self.load(acc))
         self.close_loops(nest_)
 
     # -- one matrix product (runtime.matmul, matvec, dot) --------------------------------------------------------
@@ -271,8 +255,7 @@ class Contract:
                 at = {"k": i}
                 self.add_to("reduce_sum", acc, self._bin("fmul", self._at(x, "k", at), self._at(y, "k", at)))
                 close()
-                value = f"%u{self.fresh()}"
-                self.emit(f"{value} = load double, ptr {acc}")
+                value = self.load(acc)
             return self.define(e.out, value)
         x, lx = self._arranged(*call[1])
         y, ly = self._arranged(*call[2]) if kind == "matmul" else self._arranged(call[2], False)
@@ -359,7 +342,5 @@ class Contract:
         at = {"i": i, "k": k}
         self.add_to("reduce_sum", acc, self._bin("fmul", self._at(a, "ik", at), self._at(x, "k", at)))
         close_k()
-        m = self.fresh()
-        self.emit(f"%u{m} = load double, ptr {acc}")
-        self.emit(f"store double %u{m}, ptr {self._target(out, 'i', at)}")
+        self.emit(f"store double {self.load(acc)}, ptr {self._target(out, 'i', at)}")
         close_i()

@@ -67,10 +67,9 @@ class Control:
                 for v in vs:
                     self.arr[v] = c
             else:
-                n = self.fresh()
-                self.emit(f"%v{n} = load double, ptr {c}")
+                value = self.load(c)
                 for v in vs:
-                    self.define(v, f"%v{n}")
+                    self.define(v, value)
 
     def put(self, dst: View, a):
         """dst (a View of a's shape; a row of a stacked output) = a."""
@@ -105,9 +104,7 @@ class Control:
             if isinstance(c, View):
                 self.arr[o] = c
             else:
-                n = self.fresh()
-                self.emit(f"%v{n} = load double, ptr {c}")
-                self.define(o, f"%v{n}")
+                self.define(o, self.load(c))
 
     # -- stopping ----------------------------------------------------------------------------------------
     def open_loop(self, length, loc, done, check):
@@ -285,9 +282,7 @@ class Control:
         self.label(f"C{n}.m")
         for o, dst in zip(e.outputs, outs):
             if not o.shape:
-                m = self.fresh()
-                self.emit(f"%v{m} = load double, ptr {dst}")
-                self.define(o, f"%v{m}")
+                self.define(o, self.load(dst))
 
 
 def _overlap(a: View, b: View) -> bool:

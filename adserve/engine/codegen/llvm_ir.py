@@ -11,8 +11,8 @@ The kernel computes what numba's does, operation for operation: the same fusion 
 (reductions accumulate in the loop computing what they reduce, in the same order: one element after the other,
 row-major, so sums round the same), the table's IR templates for the elements, no fast-math flags. Scalars are
 SSA registers; an array is a view (base, offset, strides) of an input row, an output row, a module constant or
-the workspace (segments of up to SEGMENT doubles, each malloc'd per call). Views of views (slices, transposes, reshapes of contiguous values)
-cost nothing. The code is cut into `noinline` functions of at most MAX_LOOPS loops, called in order for every
+the workspace (segments of up to SEGMENT doubles, each malloc'd per call). Views of views (slices, transposes,
+reshapes of contiguous values) cost nothing. The code is cut into `noinline` functions of at most MAX_LOOPS loops, called in order for every
 point, so LLVM's cost grows with the kernel's size, not faster; a scalar crossing a cut goes through the
 workspace. See llvm_kernel.py for the calling convention, compiling and loading.
 """
@@ -195,7 +195,8 @@ class Writer(Ops, Control, Contract):
 
     def address(self, view: View, terms) -> str:
         """A pointer to view's element at sum(index * stride) over `terms` ((SSA index, stride) pairs)."""
-        base = f"%{view.base}" if view.base.startswith("ws") else f"%r{view.base[2:]}" if view.base.startswith("in") else \
+        base = f"%{view.base}" if view.base.startswith("ws") else \
+            f"%r{view.base[2:]}" if view.base.startswith("in") else \
             f"%r{self.n_in + int(view.base[3:])}" if view.base.startswith("out") else view.base
         offset = view.offset
         terms = [*terms, *view.dyn]
@@ -334,14 +335,13 @@ class Writer(Ops, Control, Contract):
         return self.address(acc, [(i, s) for i, s in zip(kept(e, idx), acc.strides) if i != "0"])
 
     def load(self, ptr) -> str:
+        """The double at `ptr`, loaded here."""
         n = self.fresh()
         self.emit(f"%g{n} = load double, ptr {ptr}")
         return f"%g{n}"
 
     def add_to(self, prim, ptr, v):
-        n = self.fresh()
-        self.emit(f"%g{n} = load double, ptr {ptr}")
-        self.emit(f"store double {self.accumulate(prim, f'%g{n}', v)}, ptr {ptr}")
+        self.emit(f"store double {self.accumulate(prim, self.load(ptr), v)}, ptr {ptr}")
 
     # -- the walk ----------------------------------------------------------------------------------------
     def write(self):
@@ -453,7 +453,8 @@ class Writer(Ops, Control, Contract):
         # it every iteration, a chain through memory (k-means' nearest-centre minimum: 1.4x numba's time)
         held: dict = {}
         inner = ["o"] * (len(shape) - 1) + ["INNER"]
-        fixed = [e for e, acc in accs.items() if isinstance(acc, View) and len(shape) > 1 and "INNER" not in kept(e, inner)]
+        fixed = [e for e, acc in accs.items()
+                 if isinstance(acc, View) and len(shape) > 1 and "INNER" not in kept(e, inner)]
         if not fixed or 0 in shape:
             self.loop(shape, body)
         else:
@@ -469,9 +470,7 @@ class Writer(Ops, Control, Contract):
             self.close_loops(outer)
         for e, acc in accs.items():
             if not e.out.shape:
-                n = self.fresh()
-                self.emit(f"%v{n} = load double, ptr {acc}")
-                self.define(e.out, f"%v{n}")
+                self.define(e.out, self.load(acc))
 
     def outputs(self):
         for j, a in enumerate(self.graph.outputs):
@@ -482,6 +481,4 @@ class Writer(Ops, Control, Contract):
                 self.copy(dst, a, self.operand(a), a.shape)
 
     def load_scalar(self, v, view: View):
-        n = self.fresh()
-        self.emit(f"%v{n} = load double, ptr {self.address(view, [])}")
-        self.define(v, f"%v{n}")
+        self.define(v, self.load(self.address(view, [])))

@@ -317,9 +317,7 @@ class Ops:
         """View op's element at indices `at` (SSA i64s), loaded (or a Fill's value)."""
         if isinstance(op, Fill):
             return const(op.value)
-        n = self.fresh()
-        self.emit(f"%g{n} = load double, ptr {self.address(op, list(zip(at, op.strides)))}")
-        return f"%g{n}"
+        return self.load(self.address(op, list(zip(at, op.strides))))
 
     def op_arange(self, e):
         out = self.buffer(e.out)
