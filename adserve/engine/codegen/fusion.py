@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..ir import Graph, Var
 from .emit import Emitter, loc_text
 from .memory import Frame, updated
-from .schedule import ahead_of_runs, early_sums, pair_contractions
+from .schedule import kernel_order
 from .templates import ACCUMULATORS, FORMATS, GENERATORS, index_text, kept
 
 
@@ -35,7 +35,7 @@ class Source(Emitter):
         its loop the sum is still partial. Only the top level (not a loop's or a branch's body) updates in place."""
         saved = self.frame
         if self.level == 0:
-            g, pairs = pair_contractions(ahead_of_runs(early_sums(g)))
+            g, pairs = kernel_order(g)
             self.pairs.update(pairs)
         self.frame = Frame.of(g) if self.level == 0 else None
         self.level += 1

@@ -26,7 +26,7 @@ from ..ir import Graph, Lit, Var, sub_graphs
 from .llvm_contraction import Contract
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
-from .schedule import ahead_of_runs, early_sums, pair_contractions
+from .schedule import kernel_order
 from .templates import kept
 
 MAX_LOOPS = 28  # loops per function: LLVM's time grows faster than linearly in a function's size
@@ -359,9 +359,8 @@ class Writer(Ops, Control, Contract):
         """g's equations (the kernel's graph, `top`, cut into functions between them; or a body, all in the
         function being written)."""
         item = self.item if top else (lambda fn, *args: fn(*args))
-        if top:  # numba's order (fusion.Source.graph): sums moved up to what they sum, small equations ahead of
-            # element-wise runs, pairs of contractions over one large operand side by side
-            g, pairs = pair_contractions(ahead_of_runs(early_sums(g)))
+        if top:  # numba's order: the same kernel_order as fusion.Source.graph
+            g, pairs = kernel_order(g)
             self.pairs.update(pairs)
         uses: dict = {}
         for e in g.eqns:

@@ -30,6 +30,13 @@ SHARED_MIN = 1 << 15  # elements of the shared operand: below this (256 KB) a se
 REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "sum_to"})
 
 
+def kernel_order(g: Graph):
+    """A kernel's top level as both code writers (fusion.py's numba source, llvm_ir.py's IR) walk it: sums moved
+    up to what they sum, equations reading nothing of an open element-wise run ahead of it, pairs of contractions
+    over one large operand side by side. Returns (the graph, the pairs: pair_contractions')."""
+    return pair_contractions(ahead_of_runs(early_sums(g)))
+
+
 def early_sums(g: Graph) -> Graph:
     """g with each reduction of an element-wise value right after that value's equation (reductions of one
     value in their order); g itself when nothing moves."""
