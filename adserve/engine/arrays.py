@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from . import mathlib
 from .builder import Linear, Prim, V, op, register, zeros
 from .errors import DefinitionError, ShapeError
 from .primitives import align, broadcast_shape
@@ -90,7 +91,7 @@ def _lse_impl(x, axes):
         return np.full(np.sum(x, axis=ax).shape, -np.inf)
     m = np.max(x, axis=ax, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    return np.log(np.sum(np.exp(x - m), axis=ax)) + np.squeeze(m, axis=ax)
+    return mathlib.log_array(np.sum(mathlib.exp_array(x - m), axis=ax)) + np.squeeze(m, axis=ax)
 
 
 def _lse_jvp(ts, xs, ans, axes):

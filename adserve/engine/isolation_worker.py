@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import resource
+import struct
 import sys
 import threading
 import time
@@ -23,6 +24,41 @@ from collections import OrderedDict
 from multiprocessing.connection import Connection
 
 MAX_FUNCTIONS = 256  # compiled functions kept (LRU); one evicted comes back with its graph when asked for
+
+
+def _read_into(fd: int, buffer) -> None:
+    view = memoryview(buffer)
+    while view:
+        n = os.readv(fd, [view])
+        if n == 0:
+            raise EOFError
+        view = view[n:]
+
+
+def receive(fd: int) -> bytearray | None:
+    """The next message on `fd` (multiprocessing's framing: a 4-byte big-endian length, or -1 and an 8-byte
+    one), read into one buffer of its size; None if that cannot be had, the message then read and dropped, so
+    the pipe stays at a message's start. (Connection.recv_bytes asks for a buffer of all that remains at every
+    read and copies the whole at the end: near the memory limit it failed in the middle of a message, and the
+    next read took the rest for a new one.)"""
+    head = bytearray(4)
+    _read_into(fd, head)
+    (size,) = struct.unpack("!i", head)
+    if size == -1:
+        head = bytearray(8)
+        _read_into(fd, head)
+        (size,) = struct.unpack("!Q", head)
+    try:
+        data = bytearray(size)
+    except MemoryError:
+        chunk = bytearray(1 << 16)
+        while size:
+            step = min(size, len(chunk))
+            _read_into(fd, memoryview(chunk)[:step])
+            size -= step
+        return None
+    _read_into(fd, data)
+    return data
 
 
 def _watch_parent(parent: int) -> None:
@@ -143,9 +179,11 @@ def main():
     functions: OrderedDict = OrderedDict()
     while True:
         try:
-            msg = pickle.loads(recv.recv_bytes())
-        except EOFError:
+            data = receive(recv.fileno())
+        except EOFError:  # the pool closed the pipe
             return
+        try:
+            msg = pickle.loads(data) if data is not None else None
         except MemoryError:  # the request's own inputs do not fit
             msg = None
         try:

@@ -25,8 +25,10 @@ import math
 
 import numpy as np
 
+from . import mathlib
 from .builder import Linear, Prim, op, register
 from .errors import ShapeError
+from .mathlib import exp, log  # the scalar helpers of the exp and log rows (mathlib: every tier's exp and log)
 
 
 def align(*arrays, ndim=None):
@@ -51,17 +53,18 @@ def broadcast_shape(*shapes):
 
 # -- scalar helpers: what generated kernels call where `math` has no NumPy twin -----------------
 # Kernels use NumPy's error model (log(-1) is NaN, 1/0 infinity); these add NumPy's stable forms and NaN rules.
+# `exp` and `log` are mathlib's (in numba's kernels, its IR: runtime.py), never the C library's.
 def sigmoid(x):
     if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
+        return 1.0 / (1.0 + exp(-x))
+    e = exp(x)
     return e / (1.0 + e)
 
 
 def softplus(x):
     if x > 0.0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
+        return x + math.log1p(exp(-x))
+    return math.log1p(exp(x))
 
 
 def sign(x):
@@ -172,14 +175,14 @@ def _ir_pick(cond, a="{0}", b="{1}", out="r"):
 _IR_SIGMOID = """%{t}c = fcmp oge double {0}, 0.0
 %{t}n = fneg double {0}
 %{t}m = select i1 %{t}c, double %{t}n, double {0}
-%{t}e = call double @llvm.exp.f64(double %{t}m)
+%{t}e = call double @adserve_exp(double %{t}m)
 %{t}d = fadd double 1.0, %{t}e
 %{t}u = select i1 %{t}c, double 1.0, double %{t}e
 %{t}r = fdiv double %{t}u, %{t}d"""
 _IR_SOFTPLUS = """%{t}c = fcmp ogt double {0}, 0.0
 %{t}n = fneg double {0}
 %{t}m = select i1 %{t}c, double %{t}n, double {0}
-%{t}e = call double @llvm.exp.f64(double %{t}m)
+%{t}e = call double @adserve_exp(double %{t}m)
 %{t}l = call double @log1p(double %{t}e)
 %{t}s = fadd double {0}, %{t}l
 %{t}r = select i1 %{t}c, double %{t}s, double %{t}l"""
@@ -208,7 +211,7 @@ _IR_LOGADDEXP = """%{t}e = fcmp oeq double {0}, {1}
 %{t}d = fsub double {0}, {1}
 %{t}a = call double @llvm.fabs.f64(double %{t}d)
 %{t}n = fneg double %{t}a
-%{t}x = call double @llvm.exp.f64(double %{t}n)
+%{t}x = call double @adserve_exp(double %{t}n)
 %{t}l = call double @log1p(double %{t}x)
 %{t}o = fadd double %{t}m, %{t}l
 %{t}r = select i1 %{t}e, double %{t}s, double %{t}o"""
@@ -218,10 +221,24 @@ _IR_CLIP = _ir_pick("ogt", out="m") + "\n" + _ir_pick("olt", "%{t}m", "{2}")
 def _sigmoid(x):
     out = np.empty_like(x)
     pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
+    out[pos] = 1.0 / (1.0 + mathlib.exp_array(-x[pos]))
+    e = mathlib.exp_array(x[~pos])
     out[~pos] = e / (1.0 + e)
     return out
+
+
+def _softplus(x):
+    # the helper's and the IR's operations: exp of the argument the stable branch takes, log1p, the branch's sum
+    pos = x > 0.0
+    e = np.log1p(mathlib.exp_array(np.where(pos, -x, x)))
+    return np.where(pos, x + e, e)
+
+
+def _logaddexp(a, b):
+    # the template's operations (NumPy's logaddexp, with mathlib's exp): a tie is a + log 2, so inf stays inf
+    with np.errstate(invalid="ignore"):
+        d = np.log1p(mathlib.exp_array(-np.abs(a - b)))
+        return np.where(a == b, a + 0.6931471805599453, np.maximum(a, b) + d)
 
 
 def _special(fn):
@@ -256,12 +273,15 @@ elementwise("cosh", np.cosh, lambda x, a: op.sinh(x), template="math.cosh({0})",
             doc="hyperbolic cosine")
 elementwise("tanh", np.tanh, lambda x, a: 1.0 - a * a, template="math.tanh({0})", ir=_ir_call("tanh"),
             doc="hyperbolic tangent")
-elementwise("exp", np.exp, lambda x, a: a, template="math.exp({0})", ir=_ir_call("llvm.exp.f64"),
-            doc="e to the x")
+elementwise("exp", mathlib.exp_array, lambda x, a: a, template="exp({0})", helper=exp,
+            ir=_ir_call("adserve_exp"),
+            doc="e to the x (adserve's own, within an ulp, the same bits on every tier: exp(1) is an ulp above "
+                "e, as JAX's)")
 elementwise("expm1", np.expm1, lambda x, a: a + 1.0, template="math.expm1({0})", ir=_ir_call("expm1"),
             doc="exp(x) - 1, exact for small x")
-elementwise("log", np.log, lambda x, a: 1.0 / x, template="math.log({0})", ir=_ir_call("llvm.log.f64"),
-            doc="natural logarithm")
+elementwise("log", mathlib.log_array, lambda x, a: 1.0 / x, template="log({0})", helper=log,
+            ir=_ir_call("adserve_log"),
+            doc="natural logarithm (adserve's own, within an ulp, the same bits on every tier)")
 elementwise("log1p", np.log1p, lambda x, a: 1.0 / (1.0 + x), template="math.log1p({0})",
             ir=_ir_call("log1p"),
             doc="log(1 + x), exact for small x")
@@ -276,7 +296,7 @@ elementwise("sign", _sign, nondiff=True, template="sign({0})", helper=sign,
 elementwise("sigmoid", _sigmoid, lambda x, a: a * (1.0 - a), template="sigmoid({0})", helper=sigmoid,
             ir=_IR_SIGMOID,
             doc="1 / (1 + exp(-x)), without overflow for large |x|")
-elementwise("softplus", lambda x: np.logaddexp(0.0, x), lambda x, a: op.sigmoid(x), template="softplus({0})",
+elementwise("softplus", _softplus, lambda x, a: op.sigmoid(x), template="softplus({0})",
             helper=softplus, ir=_IR_SOFTPLUS,
             doc="log(1 + exp(x)), without overflow for large |x|")
 
@@ -373,9 +393,9 @@ elementwise("maximum", np.maximum, _max_d(True), _max_d(False), template="maximu
 elementwise("minimum", np.minimum, _min_d(True), _min_d(False), template="minimum({0}, {1})", helper=minimum,
             ir=_ir_pick("olt"),
             doc="the smaller of a and b (NaN if either is); at a tie each gets half the derivative")
-elementwise("logaddexp", np.logaddexp, lambda a, b, y: op.exp(a - y), lambda a, b, y: op.exp(b - y),
+elementwise("logaddexp", _logaddexp, lambda a, b, y: op.exp(a - y), lambda a, b, y: op.exp(b - y),
             template="({0} + 0.6931471805599453) if {0} == {1} else "
-                     "maximum({0}, {1}) + math.log1p(math.exp(-abs({0} - {1})))",
+                     "maximum({0}, {1}) + math.log1p(exp(-abs({0} - {1})))",
             ir=_IR_LOGADDEXP,
             doc="log(exp(a) + exp(b)) without overflow; d/da is exp(a - logaddexp(a, b))")
 for _name, _fn, _sym, _cond in (("lt", np.less, "<", "olt"), ("le", np.less_equal, "<=", "ole"),

@@ -281,3 +281,35 @@ def test_workers_run_at_the_priority_the_settings_give():
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
     finally:
         engine.close()
+
+
+def test_a_message_that_cannot_be_held_is_dropped_whole(monkeypatch):
+    """The worker's receive: messages as Connection.send_bytes frames them, read one after another; one whose
+    buffer cannot be had is read and dropped, and the next is read from its start (recv_bytes had taken the
+    rest of a message it failed in for the next one)."""
+    import builtins
+    from multiprocessing.connection import Connection
+
+    from adserve.engine import isolation_worker
+
+    def small_only(n=0):
+        if isinstance(n, int) and n > 100_000:
+            raise MemoryError
+        return builtins.bytearray(n)
+    monkeypatch.setattr(isolation_worker, "bytearray", small_only, raising=False)
+    r, w = os.pipe()
+    sender = Connection(w, readable=False)
+    messages = [b"first", bytes(range(256)) * 1000, b"after the big one", b""]
+    writer = threading.Thread(target=lambda: [sender.send_bytes(m) for m in messages])
+    writer.start()
+    try:
+        assert isolation_worker.receive(r) == b"first"
+        assert isolation_worker.receive(r) is None
+        assert isolation_worker.receive(r) == b"after the big one"
+        assert isolation_worker.receive(r) == b""
+        writer.join()
+        sender.close()
+        with pytest.raises(EOFError):
+            isolation_worker.receive(r)
+    finally:
+        os.close(r)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from engine_helpers import PRIMS
 
-from adserve.engine.codegen import module, python, runtime
+from adserve.engine.codegen import module, plain, python, runtime
 from adserve.engine.codegen.templates import FORMATS, GENERATORS
 from adserve.engine.frontends import functions, graph_json
 
@@ -55,7 +55,12 @@ def test_derived_lists_are_what_the_rows_say():
     assert set(runtime.HELPERS) == {p.helper.__name__ for p in PRIMS.values() if p.helper}
     for helper in runtime.HELPERS:
         assert getattr(runtime, helper) is runtime.HELPERS[helper]
-        assert getattr(python, helper) is runtime.HELPERS[helper].py_func
+        original = plain.HELPERS[helper]
+        assert getattr(python, helper) is original
+        if hasattr(original, "ir_function"):  # mathlib's exp and log: numba calls their IR
+            assert runtime.HELPERS[helper] is runtime.IR_HELPERS[helper]
+        else:  # compiled from the same code (with the IR helpers where it calls them)
+            assert runtime.HELPERS[helper].py_func.__code__ is original.__code__
     text = module.kernel_module(_identity(), "imports")
     assert f"import {', '.join(sorted([*runtime.HELPERS, *module.KERNEL_RUNTIME]))}  # noqa" in text
     lang = {w for p in PRIMS.values() for w in p.lang}

@@ -25,10 +25,12 @@ import math
 import os
 import re
 
+from .. import mathlib
 from .llvm_contraction import BLAS, bind_blas
 
-# bump when the written IR changes meaning: part of the kernel files' names (4: loop nests' alias scopes)
-LLVM_VERSION = "4"
+# bump when the written IR changes meaning: part of the kernel files' names (4: loop nests' alias scopes; 5:
+# mathlib's exp and log)
+LLVM_VERSION = "5"
 # How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
 # level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against
@@ -108,7 +110,8 @@ def module_text(graph, key: str, title: str) -> str:
     meta = {"version": LLVM_VERSION, "title": title, "symbol": symbol, "errors": errors, "loops": w.stop_loops,
             "arrays": w.n_in + w.n_out, "data": DATA_OFFSET, "dims": DIMS_OFFSET, "parts": len(w.parts),
             "workspace": w.segments, "blas": sorted(w.blas), "contractions": w.contractions}
-    return "\n".join(["; adserve " + json.dumps(meta, default=str), _declarations(text, w.blas), *w.consts, "", text, ""])
+    return "\n".join(["; adserve " + json.dumps(meta, default=str), _declarations(text, w.blas), *w.consts, "",
+                      *mathlib.definitions(text), "", text, ""])
 
 
 def _driver(w, symbol, oom) -> list:

@@ -376,7 +376,7 @@ class Ops:
     def _exp_diff(self, v, shift) -> str:
         n = self.fresh()
         self.emit(f"%d{n} = fsub double {v}, {shift}")
-        self.emit(f"%d{n}.e = call double @llvm.exp.f64(double %d{n})")
+        self.emit(f"%d{n}.e = call double @adserve_exp(double %d{n})")
         return f"%d{n}.e"
 
     def op_logsumexp(self, e):
@@ -392,7 +392,7 @@ class Ops:
             self.loop(shape, lambda idx: self.add_to(
                 "reduce_sum", total, self._exp_diff(self.elem(x, op, idx, shape), shift)))
             self.emit(f"%v{n}.t = load double, ptr {total}")
-            self.emit(f"%v{n}.l = call double @llvm.log.f64(double %v{n}.t)")
+            self.emit(f"%v{n}.l = call double @adserve_log(double %v{n}.t)")
             self.emit(f"%v{n} = fadd double %v{n}.l, {shift}")
             return self.define(out, f"%v{n}")
         oshape = tuple(out.shape)
@@ -421,7 +421,7 @@ class Ops:
             n = self.fresh()
             self.emit(f"%w{n}.t = load double, ptr {self.address(res, list(zip(idx, res.strides)))}")
             self.emit(f"%w{n}.m = load double, ptr {self.address(ms, list(zip(idx, ms.strides)))}")
-            self.emit(f"%w{n}.l = call double @llvm.log.f64(double %w{n}.t)")
+            self.emit(f"%w{n}.l = call double @adserve_log(double %w{n}.t)")
             self.emit(f"%w{n} = fadd double %w{n}.l, %w{n}.m")
             self.store(res, idx, f"%w{n}")
         self.loop(oshape, finish)

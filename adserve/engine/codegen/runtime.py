@@ -19,15 +19,58 @@ atomic load (a plain load on x86 and ARM): with an ordinary `stop[0]`, LLVM hois
 that stores nothing, and the loop never sees the flag change (measured: a 10^9-step loop ran to its end).
 """
 
+from types import FunctionType
+
 import numpy as np
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .. import mathlib
 from . import plain
 
 _jit = njit(inline="always", cache=True, error_model="numpy")
 
-HELPERS = {name: _jit(helper) for name, helper in plain.HELPERS.items()}
+
+def _ir_helper(function: str):
+    """numba's call of a helper written in LLVM IR (mathlib's exp and log): its definition is linked into the
+    kernel's code library (a weak definition: one however many calls), where LLVM inlines it and can vectorise it."""
+    @intrinsic
+    def call(typingctx, x):
+        if not isinstance(x, types.Number):
+            return None
+
+        def codegen(context, builder, sig, args):
+            import llvmlite.binding as ll
+            from llvmlite import ir
+            library = context.active_code_library
+            # weak, not linkonce: a linkonce definition nothing in the library calls yet is dropped when linked
+            module = ll.parse_assembly(mathlib.FUNCTIONS[function].replace("linkonce_odr", "weak_odr", 1))
+            module.triple, module.data_layout = library._final_module.triple, library._final_module.data_layout
+            library.add_llvm_module(module)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.DoubleType(), [ir.DoubleType()]),
+                                                function)
+            return builder.call(fn, [context.cast(builder, args[0], sig.args[0], types.float64)])
+        return types.float64(x), codegen
+    return call
+
+
+IR_HELPERS = {name: _ir_helper(h.ir_function) for name, h in plain.HELPERS.items() if hasattr(h, "ir_function")}
+
+
+def _compiled(helper):
+    """A row's helper for numba: its IR if it has one, else the function compiled, reading the IR helpers where
+    its code calls them (a sigmoid's `exp`) instead of the plain ones its module holds."""
+    if hasattr(helper, "ir_function"):
+        return IR_HELPERS[helper.__name__]
+    code = helper.__code__
+    if not set(code.co_names) & set(IR_HELPERS):
+        return _jit(helper)
+    namespace = {**helper.__globals__, **IR_HELPERS}
+    return _jit(FunctionType(code, namespace, helper.__name__, helper.__defaults__, helper.__closure__))
+
+
+HELPERS = {name: _compiled(helper) for name, helper in plain.HELPERS.items()}
 globals().update(HELPERS)
 
 STOPPED = plain.STOPPED

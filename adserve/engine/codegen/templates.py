@@ -93,10 +93,10 @@ def _logsumexp(s, e):
         total = s.define(Var(()), "acc")
         s.line(f"{total} = 0.0")
         idx = s.loops(x.shape)
-        s.line(f"{total} += math.exp({s.elem(x, idx, x.shape)} - {shift})")
+        s.line(f"{total} += exp({s.elem(x, idx, x.shape)} - {shift})")
         s.end(len(x.shape))
         s.names[out] = s.fresh("v")
-        s.line(f"{s.names[out]} = math.log({total}) + {shift}")
+        s.line(f"{s.names[out]} = log({total}) + {shift}")
         return
     ms = s.fresh("m")
     s.prologue.append(f"    {ms} = np.empty({tuple(out.shape)!r})")
@@ -107,10 +107,10 @@ def _logsumexp(s, e):
     s.line(f"{res}[:] = 0.0")
     idx = s.loops(x.shape)
     o = ", ".join(kept(e, idx))
-    s.line(f"{res}[{o}] += math.exp({s.elem(x, idx, x.shape)} - {ms}[{o}])")
+    s.line(f"{res}[{o}] += exp({s.elem(x, idx, x.shape)} - {ms}[{o}])")
     s.end(len(x.shape))
     oi = s.loops(out.shape)
-    s.line(f"{res}[{', '.join(oi)}] = math.log({res}[{', '.join(oi)}]) + {ms}[{', '.join(oi)}]")
+    s.line(f"{res}[{', '.join(oi)}] = log({res}[{', '.join(oi)}]) + {ms}[{', '.join(oi)}]")
     s.end(len(out.shape))
 
 

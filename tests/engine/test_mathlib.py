@@ -1,0 +1,111 @@
+"""mathlib's exp and log: accurate (under one ulp, against 80-bit long double), NumPy's answers at the special
+inputs, one answer on every path (the scalar helper, the array loop's vector lanes, numba's kernels, the LLVM
+back end's kernels), and straight-line code LLVM vectorises."""
+
+import numpy as np
+import pytest
+
+from adserve.engine import mathlib
+
+RNG = np.random.default_rng(20261205)
+TINY = np.finfo(np.float64).tiny  # the smallest normal double
+
+
+def _ulps(got, x, fn):
+    """|got - fn(x)| in units of the last place of the exact result (long double), 2^-1074 below TINY."""
+    ref = fn(x.astype(np.longdouble))
+    scale = np.maximum(np.abs(ref), np.longdouble(TINY))
+    unit = np.longdouble(2.0) ** (np.floor(np.log2(scale)) - 52)
+    return np.abs(got.astype(np.longdouble) - ref) / unit
+
+
+def test_exp_is_within_one_ulp():
+    x = np.concatenate([RNG.uniform(-745.0, 709.7, 400_000), RNG.uniform(-1.0, 1.0, 200_000),
+                        RNG.normal(0.0, 1e-6, 50_000), RNG.uniform(-745.1, -708.4, 50_000)])  # the last: subnormal
+    got = mathlib.exp_array(x)
+    assert _ulps(got, x, np.exp).max() < 1.0
+
+
+def test_log_is_within_one_ulp():
+    x = np.concatenate([np.exp(RNG.uniform(-700.0, 700.0, 400_000)), RNG.uniform(0.5, 2.0, 200_000),
+                        1.0 + RNG.normal(0.0, 1e-9, 50_000), RNG.uniform(0.0, 1.0, 50_000) * TINY])
+    x = x[x > 0]
+    got = mathlib.log_array(x)
+    assert _ulps(got, x, np.log).max() < 1.0
+
+
+# (exp(1) is not among them: 2.7182818284590455, an ulp above e's double, as JAX's exp answers; the C library's
+# is e's double)
+EXP_SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 709.782712893384, 709.7827128933841, 710.0, -745.1332191019411,
+               -745.1332191019412, -745.2, -746.0, 1e-300, -1e-300, 5e-324, 1e308, -1e308]
+LOG_SPECIAL = [0.0, -0.0, 1.0, -1.0, -5e-324, np.inf, -np.inf, np.nan, 5e-324, TINY, TINY * (1 - 2**-52),
+               1.7976931348623157e308, 2.0, 0.5, 4.0, 1024.0, 2.0**-1074]
+
+
+@pytest.mark.parametrize("fn, np_fn, xs", [(mathlib.exp_array, np.exp, EXP_SPECIAL),
+                                           (mathlib.log_array, np.log, LOG_SPECIAL)], ids=["exp", "log"])
+def test_special_inputs_answer_as_numpy(fn, np_fn, xs):
+    x = np.array(xs)
+    with np.errstate(all="ignore"):
+        want = np_fn(x)
+    got = fn(x)
+    for xi, g, w in zip(x, got, want):
+        assert (np.isnan(g) and np.isnan(w)) or (g == w and np.signbit(g) == np.signbit(w)), (xi, g, w)
+
+
+def test_exact_values():
+    assert mathlib.exp(0.0) == 1.0 and mathlib.log(1.0) == 0.0 and not np.signbit(mathlib.log(1.0))
+    assert mathlib.log(2.0) == np.log(2.0) and mathlib.exp(-np.inf) == 0.0
+    assert [mathlib.log(2.0**k) for k in (-1074, -1022, 1, 1023)] == [k * np.log(2.0) for k in (-1074, -1022, 1, 1023)]
+
+
+@pytest.mark.parametrize("name", ["exp", "log"])
+def test_scalar_array_and_vector_lanes_agree_bit_for_bit(name):
+    scalar, array = getattr(mathlib, name), getattr(mathlib, f"{name}_array")
+    x = RNG.uniform(-700.0, 700.0, 1001) if name == "exp" else np.exp(RNG.uniform(-700.0, 700.0, 1001))
+    got = array(x)  # the loop runs in vector lanes, and its last element alone
+    assert np.array_equal(got, [scalar(float(v)) for v in x])
+    assert np.array_equal(array(x[::3]), got[::3])  # a strided view is copied, not misread
+    assert np.array_equal(array(x.reshape(7, 11, 13)), got.reshape(7, 11, 13))
+    assert array(np.empty((0, 4))).shape == (0, 4)
+    assert array(np.float64(x[5])).shape == () and array(np.float64(x[5])) == got[5]
+
+
+def test_numba_kernels_compute_the_same_bits():
+    """runtime.py's helpers: the IR linked into numba's code (and the helpers that call exp, compiled with it)."""
+    from numba import njit
+
+    from adserve.engine.codegen import runtime
+    from adserve.engine.primitives import _sigmoid, _softplus
+
+    @njit(error_model="numpy")
+    def kernel(x, y, out):
+        for i in range(x.size):
+            out[0, i] = runtime.exp(x[i])
+            out[1, i] = runtime.log(y[i])
+            out[2, i] = runtime.sigmoid(x[i])
+            out[3, i] = runtime.softplus(x[i])
+
+    x = np.concatenate([RNG.uniform(-800.0, 800.0, 2000), EXP_SPECIAL])
+    y = np.concatenate([np.exp(RNG.uniform(-740.0, 700.0, 2000 + len(EXP_SPECIAL) - len(LOG_SPECIAL))), LOG_SPECIAL])
+    out = np.empty((4, x.size))
+    kernel(x, y, out)
+    for got, want in zip(out, [mathlib.exp_array(x), mathlib.log_array(y), _sigmoid(x), _softplus(x)]):
+        assert np.array_equal(got, want, equal_nan=True)
+
+
+def test_llvm_kernels_inline_it_and_vectorise_it():
+    """A kernel's module defines the functions it calls (no C library exp or log left), and LLVM's
+    optimiser turns a loop of them into vector code."""
+    import llvmlite.binding as llvm
+
+    from adserve.engine.codegen.llvm_kernel import _target_machine
+    text = "\n\n".join([mathlib.EXP, mathlib.LOG, mathlib._array_loop("adserve_exp")])
+    assert mathlib.definitions("  %r = call double @adserve_log(double %x)") == [mathlib.LOG]
+    tm = _target_machine()
+    mod = llvm.parse_assembly(text)
+    mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
+    pb.getModulePassManager().run(mod, pb)
+    loop = str(mod.get_function("adserve_exp_array"))
+    assert "x double>" in loop and "call double @exp" not in loop and "@llvm.exp" not in loop
