@@ -29,6 +29,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import mathlib
 from . import threads
 from .compile_workers import Workers
 from .interpreter import NUMBA, PARALLEL
@@ -369,11 +370,12 @@ class KernelStore:
 
     # -- preload at start ------------------------------------------------------
     def preload(self, limit: int = 32) -> threading.Thread:
-        """Start a background thread that loads the `limit` kernels on disk used most recently (importing numba
-        and the kernels' runtime helpers first if any of them is numba's), so that after a restart known
-        functions run compiled from their first request. It never blocks: a request meanwhile runs on the
-        interpreter, and a kernel a request asks for that is not being preloaded loads through the pool as usual. (Parallel variants
-        are not preloaded: they load from disk when a large batch asks for them.)"""
+        """Start a background thread that compiles mathlib's exp and log for the interpreter, then loads the
+        `limit` kernels on disk used most recently (importing numba and the kernels' runtime helpers first if any
+        of them is numba's), so that after a restart known functions run compiled from their first request. It
+        never blocks: a request meanwhile runs on the interpreter, and a kernel a request asks for that is not
+        being preloaded loads through the pool as usual. (Parallel variants are not preloaded: they load from
+        disk when a large batch asks for them.)"""
         thread = threading.Thread(target=self._preload, args=(limit,), name="adserve-preload", daemon=True)
         thread.start()
         return thread
@@ -381,6 +383,7 @@ class KernelStore:
     def _preload(self, limit):
         t0 = time.perf_counter()
         try:
+            mathlib.compiled()  # the interpreter's exp and log (0.1-0.2 s), before a request needs them
             keys = self._recent(limit)
             numba = any(self.compiler.get(key) != "llvm" for key in keys)
             if numba:  # numba's kernels need it loaded; a process of LLVM kernels never imports it (~0.5 s of CPU)
