@@ -109,3 +109,43 @@ def test_llvm_kernels_inline_it_and_vectorise_it():
     pb.getModulePassManager().run(mod, pb)
     loop = str(mod.get_function("adserve_exp_array"))
     assert "x double>" in loop and "call double @exp" not in loop and "@llvm.exp" not in loop
+
+
+def test_a_sum_of_exps_vectorises_and_adds_in_order():
+    """llvm_kernel.LLVM_OPTIONS: with ordered reductions LLVM vectorises `acc += exp(x[i])` (the exps in lanes),
+    and the sum is still the scalar loop's, bit for bit."""
+    import ctypes
+
+    import llvmlite.binding as llvm
+
+    from adserve.engine.codegen.llvm_kernel import _target_machine
+    loop = """define double @sum_exp(ptr noalias %x, i64 %n) {
+entry:
+  br label %loop
+loop:
+  %i = phi i64 [0, %entry], [%j, %loop]
+  %acc = phi double [0.0, %entry], [%next, %loop]
+  %p = getelementptr inbounds double, ptr %x, i64 %i
+  %v = load double, ptr %p
+  %e = call double @adserve_exp(double %v)
+  %next = fadd double %acc, %e
+  %j = add nuw nsw i64 %i, 1
+  %end = icmp eq i64 %j, %n
+  br i1 %end, label %done, label %loop
+done:
+  ret double %next
+}"""
+    tm = _target_machine()  # sets the options
+    mod = llvm.parse_assembly(mathlib.EXP + "\n" + loop)
+    mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
+    pb.getModulePassManager().run(mod, pb)
+    assert "x double>" in str(mod.get_function("sum_exp"))
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.finalize_object()
+    sum_exp = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_void_p, ctypes.c_int64)(engine.get_function_address("sum_exp"))
+    x = RNG.uniform(-30.0, 30.0, 10_001)
+    want = 0.0
+    for e in mathlib.exp_array(x):
+        want += e
+    assert sum_exp(x.ctypes.data, x.size) == want

@@ -96,6 +96,8 @@ def compile_one(path: str, limited: bool, keep: bool):
             from .llvm_kernel import compile_file
             compile_file(path)
         else:
+            from .llvm_kernel import llvm_options
+            llvm_options()  # numba's LLVM too: sums in loops vectorised in order
             threadsafe_layer()  # imports numba
             load(path, name)
     except (MemoryError, OSError) as e:
