@@ -26,6 +26,7 @@ from ..ir import Graph, Lit, Var, sub_graphs
 from .llvm_contraction import Contract
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
+from .llvm_pieces import Cat, Pieces, narrow
 from .schedule import kernel_order
 from .templates import kept
 
@@ -73,7 +74,7 @@ class Part:
         self.cache: dict = {}
 
 
-class Writer(Ops, Control, Contract):
+class Writer(Pieces, Ops, Control, Contract):
     """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
 
     def __init__(self, graph: Graph):
@@ -100,6 +101,11 @@ class Writer(Ops, Control, Contract):
         self.layouts: dict = {}  # an array value numba's kernel types "F" or "A" (llvm_contraction.layout)
         self.blas: set = set()  # the BLAS functions called (bound when the module is loaded)
         self.contractions = False  # whether it holds one (llvm_kernel._level: -O2 for more functions)
+        self.elementwise = IR
+        self.readers: dict = {}  # value -> the equations reading it (None: its graph's output), of every graph
+        self.position: dict = {}  # equation -> its place in its graph's order
+        self.last_read: dict = {}  # value -> the last place reading it in its graph (outputs: past the end)
+        self.targets: dict = {}  # a loop body's new carry value -> the carry it may be written into (llvm_pieces)
 
     @property
     def part(self) -> Part:
@@ -247,10 +253,12 @@ class Writer(Ops, Control, Contract):
             self.emit(f"{self.memo[key]} = load double, ptr {p}")
         return self.memo[key]
 
-    def operand(self, a):
+    def operand(self, a, pieces=False):
+        """A scalar operand, a View, a Fill, or (`pieces`: for an element-wise run) a Cat."""
         if not a.shape:
             return self.scalar(a)
-        return self.view(a)
+        op = self.view(a)
+        return self.materialize(a) if isinstance(op, Cat) and not pieces else op
 
     def apply(self, prim, args) -> str:
         t = f"e{self.fresh()}."
@@ -299,7 +307,9 @@ class Writer(Ops, Control, Contract):
         self.loop(view.shape, lambda idx: self.store(view, idx, value))
 
     def copy(self, dst: View, a, op, shape):
-        """dst (of `shape`) = operand a, broadcast."""
+        """dst (of `shape`) = operand a, broadcast (a Cat: piece by piece)."""
+        if isinstance(op, Cat):
+            return self.write_pieces(dst, op.axis, op.pieces)
         self.loop(shape, lambda idx: self.store(dst, idx, self.elem(a, op, idx, shape)))
 
     # -- accumulators -----------------------------------------------------------------------------------
@@ -363,11 +373,16 @@ class Writer(Ops, Control, Contract):
             g, pairs = kernel_order(g)
             self.pairs.update(pairs)
         uses: dict = {}
-        for e in g.eqns:
+        for k, e in enumerate(g.eqns):
+            self.position[e] = k
             for a in e.inputs:
                 uses[a] = uses.get(a, 0) + 1
+                self.readers.setdefault(a, []).append(e)
+                self.last_read[a] = k
         for a in g.outputs:
             uses[a] = uses.get(a, 0) + 2
+            self.readers.setdefault(a, []).append(None)
+            self.last_read[a] = len(g.eqns)
         # the runs of fusion.Source._graph: same-shape element-wise equations and the sums of what they compute
         # share one loop nest; an equation reading nothing the open run computes is written ahead of its loop
         run, made, totals = [], set(), set()
@@ -416,10 +431,14 @@ class Writer(Ops, Control, Contract):
         for e in run:
             for a in e.inputs:
                 if a not in made and a not in ops:
-                    ops[a] = self.operand(a)
+                    ops[a] = self.operand(a, pieces=True)
         for e in run:
             if e.prim not in SUMS and e.out.shape and uses.get(e.out, 0) > inside.get(e.out, 0):
-                self.buffer(e.out)
+                carry = self.target(e, run)
+                if carry is None:
+                    self.buffer(e.out)
+                else:
+                    self.arr[e.out] = carry
         accs = {}
         for e in run:
             if e.prim in SUMS:
@@ -429,7 +448,9 @@ class Writer(Ops, Control, Contract):
                 else:
                     accs[e] = self.slot(const(START[e.prim]))
 
-        def body(idx):
+        nests = self.regions(ops, shape, bool(accs))
+
+        def body(idx, ops=ops, shape=shape, dsts=self.arr):
             temps: dict = {}
             for e in run:
                 args = [temps[a] if a in temps else self.elem(a, ops[a], idx, shape) for a in e.inputs]
@@ -438,8 +459,8 @@ class Writer(Ops, Control, Contract):
                     temps[e.out] = t = self.apply(e.prim, args)
                     if not e.out.shape:
                         self.define(e.out, t)
-                    elif e.out in self.arr:
-                        self.store(self.arr[e.out], idx, t)
+                    elif e.out in dsts:
+                        self.store(dsts[e.out], idx, t)
                 elif e in held:
                     self.add_to(e.prim, held[e], args[0])
                 elif isinstance(acc, View):
@@ -454,7 +475,12 @@ class Writer(Ops, Control, Contract):
         inner = ["o"] * (len(shape) - 1) + ["INNER"]
         fixed = [e for e, acc in accs.items()
                  if isinstance(acc, View) and len(shape) > 1 and "INNER" not in kept(e, inner)]
-        if not fixed or 0 in shape:
+        if len(nests) > 1:  # stretches of a concatenation's axis (no sums)
+            for sub, rops, axis, lo in nests:
+                dsts = {e.out: narrow(self.arr[e.out], e.out.shape, shape, axis, lo, sub[axis])
+                        for e in run if e.out in self.arr}
+                self.loop(sub, lambda idx: body(idx, rops, sub, dsts))
+        elif not fixed or 0 in shape:
             self.loop(shape, body)
         else:
             outer = self.open_loops(shape[:-1])
@@ -477,7 +503,7 @@ class Writer(Ops, Control, Contract):
             if not a.shape:
                 self.emit(f"store double {self.scalar(a)}, ptr %r{self.n_in + j}")
             elif not (isinstance(a, Var) and self.arr.get(a) == dst):
-                self.copy(dst, a, self.operand(a), a.shape)
+                self.copy(dst, a, self.operand(a, pieces=True), a.shape)
 
     def load_scalar(self, v, view: View):
         self.define(v, self.load(self.address(view, [])))
