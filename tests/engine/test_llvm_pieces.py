@@ -1,8 +1,9 @@
 """The direct-LLVM back end's concatenations read in place and carries written in place (codegen/llvm_pieces.py).
 
 A concatenation (or a one-axis update, or a slice of either) read by element-wise runs is not copied: the run
-is written as one loop nest per stretch of its axis, each reading its piece; a loop's new carry computed by an
-element-wise run is written into the carry. Checked here: the kernels no longer hold the copies (their
+is written as one loop nest per stretch of its axis, each reading its piece; a value shifted by one along the
+last axis is the previous iteration's element (a phi), in the run computing it; a loop's new carry computed by
+an element-wise run is written into the carry. Checked here: the kernels no longer hold the copies (their
 workspace), and the bits stay numba's source's (the python tier) and the interpreter's on shapes that stress
 the pieces: a piece of length 1, empty pieces, a second axis, broadcast operands, sums over a concatenation,
 slices across pieces, a concatenation as an output and as a carry's new value beside a swap.
@@ -14,7 +15,7 @@ from test_codegen import B
 from test_llvm_kernels import both
 
 from adserve.engine import Engine, main_plan
-from adserve.engine.codegen import llvm_ir
+from adserve.engine.codegen import llvm_ir, llvm_kernel
 from bench.gradbench.evals import _ode_program
 
 pytestmark = pytest.mark.compiled
@@ -51,8 +52,8 @@ def test_a_shifted_concatenation_is_not_copied():
 
 def test_a_carry_computed_element_wise_is_written_in_place():
     """y = y * 0.5 + x in a loop: the new y is written into the carry (the output's row), no buffer copied into
-    it after each iteration; ode's step, whose run reads the old y shifted, keeps its buffer (it would read
-    what it wrote)."""
+    it after each iteration; a run reading the old y's next element keeps its buffer (it would read what it
+    wrote)."""
     graph, args = _plan({"x": (6,)}, """
 y = x
 for i in range(4):
@@ -63,10 +64,28 @@ return y""")
     graph, args = _plan({"x": (6,)}, """
 y = x
 for i in range(4):
-    y = y * 0.5 + x * concatenate([ones(1), y[:-1]])
+    y = y * 0.5 + x * concatenate([y[1:], ones(1)])
 return y""")
     assert _workspace(graph) == 6
     both(graph, args, "pieces not in place", exact_interp=True, against="python")
+
+
+def test_a_shift_reads_the_previous_iterations_element():
+    """ode's step (four stages, each reading the one before shifted by one) is one loop: each shifted value is
+    a phi of the previous iteration's element, nothing is stored but the new state, in place (the workspace
+    held the four concatenations, then the stages' values)."""
+    defn = {"inputs": [{"name": "x", "shape": [50]}], "program": _ode_program(3, last=False)}
+    graph, _ = main_plan(engine.compile_definition(defn), frozenset({"value"}))
+    assert _workspace(graph) == 0
+    text = llvm_kernel.module_text(graph, "k", "ode")
+    assert text.count("= phi double") == 4
+    graph, args = _plan({"x": (2, 5)}, """
+y = x
+for i in range(3):
+    y = y * 0.5 + x * concatenate([ones((2, 1)), y[:, :-1]], axis=1)
+return y""")
+    assert _workspace(graph) == 0
+    both(graph, args, "pieces shift along a second axis", exact_interp=True, against="python")
 
 
 @pytest.mark.parametrize("n", [1, 2, 9])
@@ -105,6 +124,18 @@ y[1:3] = v * 2.0
 z = y * x
 z[0:2] = y[4:6]
 return sum(z * y) + sum(y[2:5] * 3.0)""", ("value", "gradient")),
+    "a shift across stretches": ({"x": (6,)}, """
+z = concatenate([x[2:], ones(2)])
+w = x * 2.0
+return z * concatenate([ones(1), w[:-1]]) + w""", ("value",)),
+    "a shift across stretches, gradient": ({"x": (6,)}, """
+z = concatenate([x[2:], ones(2)])
+w = x * 2.0
+return sum(z * concatenate([ones(1), w[:-1]]) + w)""", ("value", "gradient")),
+    "a shift beside a concatenation, two axes": ({"a": (3, 5)}, """
+z = concatenate([a[:, 2:], ones((3, 2))], axis=1)
+w = a * 2.0
+return z * concatenate([zeros((3, 1)), w[:, :-1]], axis=1) + w * concatenate([a[1:], a[:1]])""", ("value",)),
     "an output and a swap of carries": ({"x": (4,)}, """
 a = x
 b = x * 2.0

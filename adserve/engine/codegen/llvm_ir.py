@@ -26,7 +26,7 @@ from ..ir import Graph, Lit, Var, sub_graphs
 from .llvm_contraction import Contract
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
-from .llvm_pieces import Cat, Pieces, narrow
+from .llvm_pieces import SHIFT, Cat, Pieces, narrow
 from .schedule import kernel_order
 from .templates import kept
 
@@ -41,6 +41,7 @@ START = {"reduce_sum": 0.0, "sum_to": 0.0, "reduce_max": -math.inf, "reduce_min"
 OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate", "dyn_slice", "dyn_update",
           "gather", "scatter_add", "argmax", "argmin", "arange", "einsum"}
 CONTROL = {"loop", "while", "cond"}  # written with their bodies (llvm_control.py)
+RUNS = {*IR, SHIFT}  # equations of element-wise runs
 
 
 def declined(graph: Graph) -> set:
@@ -277,6 +278,7 @@ class Writer(Pieces, Ops, Control, Contract):
             self.emit(f"br label %L{n}")
             self.label(f"L{n}")
             self.emit(f"%i{n} = phi i64 [0, %{pre}], [%i{n}.n, %L{n}.l]")
+            self.header = (n, pre, len(self.part.body))  # where a shift's phi goes (llvm_pieces)
             idx.append((n, d))
         self.part.loops += len(shape)
         self.memo = {}
@@ -372,23 +374,27 @@ class Writer(Pieces, Ops, Control, Contract):
         if top:  # numba's order: the same kernel_order as fusion.Source.graph
             g, pairs = kernel_order(g)
             self.pairs.update(pairs)
-        uses: dict = {}
         for k, e in enumerate(g.eqns):
             self.position[e] = k
             for a in e.inputs:
-                uses[a] = uses.get(a, 0) + 1
                 self.readers.setdefault(a, []).append(e)
                 self.last_read[a] = k
         for a in g.outputs:
-            uses[a] = uses.get(a, 0) + 2
             self.readers.setdefault(a, []).append(None)
             self.last_read[a] = len(g.eqns)
+        eqns = self.shifted(g)
+        uses: dict = {}
+        for e in eqns:
+            for a in e.inputs:
+                uses[a] = uses.get(a, 0) + 1
+        for a in g.outputs:
+            uses[a] = uses.get(a, 0) + 2
         # the runs of fusion.Source._graph: same-shape element-wise equations and the sums of what they compute
         # share one loop nest; an equation reading nothing the open run computes is written ahead of its loop
         run, made, totals = [], set(), set()
-        for e in g.eqns:
+        for e in eqns:
             if run and not any(a in totals for a in e.inputs) and (
-                    e.prim in IR and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
+                    e.prim in RUNS and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
                 run.append(e)
                 made.add(e.out)
                 if e.prim in SUMS:
@@ -398,7 +404,7 @@ class Writer(Pieces, Ops, Control, Contract):
             if run and any(a in made for a in (e.inputs if partner is None else (*e.inputs, *partner.inputs))):
                 item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [], set(), set()
-            if e.prim in IR and e.out.shape:
+            if e.prim in RUNS and e.out.shape:
                 if run:
                     item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [e], {e.out}, set()
@@ -448,7 +454,8 @@ class Writer(Pieces, Ops, Control, Contract):
                 else:
                     accs[e] = self.slot(const(START[e.prim]))
 
-        nests = self.regions(ops, shape, bool(accs))
+        nests = self.regions(ops, shape, bool(accs), any(e.prim == SHIFT for e in run))
+        lasts: dict = {}  # a shift -> its value's element of the last iteration written (the next stretch's first)
 
         def body(idx, ops=ops, shape=shape, dsts=self.arr):
             temps: dict = {}
@@ -456,7 +463,7 @@ class Writer(Pieces, Ops, Control, Contract):
                 args = [temps[a] if a in temps else self.elem(a, ops[a], idx, shape) for a in e.inputs]
                 acc = accs.get(e)
                 if acc is None:
-                    temps[e.out] = t = self.apply(e.prim, args)
+                    temps[e.out] = t = self.shift(e, args[0], lasts) if e.prim == SHIFT else self.apply(e.prim, args)
                     if not e.out.shape:
                         self.define(e.out, t)
                     elif e.out in dsts:
@@ -477,6 +484,8 @@ class Writer(Pieces, Ops, Control, Contract):
                  if isinstance(acc, View) and len(shape) > 1 and "INNER" not in kept(e, inner)]
         if len(nests) > 1:  # stretches of a concatenation's axis (no sums)
             for sub, rops, axis, lo in nests:
+                if axis != len(shape) - 1:  # stretches of an outer axis: each row's shifts start again
+                    lasts.clear()
                 dsts = {e.out: narrow(self.arr[e.out], e.out.shape, shape, axis, lo, sub[axis])
                         for e in run if e.out in self.arr}
                 self.loop(sub, lambda idx: body(idx, rops, sub, dsts))

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..ir import Eqn, Lit, Var
 from .llvm_ops import Fill, Ops, View, const, indexed_layout
 
 # equations whose array value may be a view of an input's memory (control flow's and the rest's are new)
 VIEWING = {"slice", "transpose", "reshape", "dyn_slice", "concatenate", "update_slice"}
 # equations reading a concatenation (their first input) without a copy of it: slices and updates of it
 CUTTING = {"slice", "update_slice"}
+SHIFT = "shift"  # [c, v0, v1, ...] along the last axis: a run's equation (`shifted`)
 
 
 @dataclass(frozen=True)
@@ -176,15 +178,16 @@ class Pieces:
         self.arr[a] = out
         return out
 
-    def regions(self, ops, shape, sums) -> list:
+    def regions(self, ops, shape, sums, shifts=False) -> list:
         """The run's loop nests as (shape, operands, axis, lo): one (shape, ops, None, 0) without concatenations;
         else one per stretch of the axis of the first concatenation read, the others copied first (all of them
-        for a run that sums)."""
+        for a run that sums; those along the last axis of a run with shifts and more axes: a shift carries its
+        value from one stretch to the next only along a single loop)."""
         axis = None
         for a, op in ops.items():
             if isinstance(op, Cat):
                 at = op.axis + len(shape) - len(a.shape)
-                if axis is None and not sums:
+                if axis is None and not sums and not (shifts and len(shape) > 1 and at == len(shape) - 1):
                     axis = at
                 if at != axis:
                     ops[a] = self.materialize(a)
@@ -200,6 +203,38 @@ class Pieces:
             sub = tuple(shape[:axis]) + (hi - lo,) + tuple(shape[axis + 1:])
             out.append((sub, {a: narrow(op, a.shape, shape, axis, lo, hi - lo) for a, op in ops.items()}, axis, lo))
         return out
+
+    # -- shifts ------------------------------------------------------------------------------------------
+    def shifted(self, g) -> list:
+        """g's equations with each `concatenate([c, v[..., :-1]], axis=-1)` (c a literal of one value, v of the
+        concatenation's shape; read only by element-wise equations of its shape) an equation SHIFT(v) of the
+        element-wise runs, and its slice dropped when nothing else reads it: the run reads v's element of the
+        previous iteration (a phi), so v need not be stored and read again shifted (ode's stages: one loop)."""
+        made = {o: e for e in g.eqns for o in e.outputs}
+        out, dropped = [], set()
+        for e in g.eqns:
+            v = _shifted_value(e, made)
+            if v is None or not self.lazy(e.out):
+                out.append(e)
+                continue
+            s = Eqn(SHIFT, (v,), e.outputs, {"fill": e.inputs[0].fill}, e.loc)
+            self.position[s] = self.position[e]
+            self.last_read[v] = max(self.last_read[v], self.position[e])
+            self.readers[v].append(s)
+            if self.readers[e.inputs[1]] == [e]:
+                dropped.add(made[e.inputs[1]])
+            out.append(s)
+        return [e for e in out if e not in dropped]
+
+    def shift(self, e, v, lasts) -> str:
+        """Shift e's element: a phi in the innermost loop's header, its first value c (or the element before this
+        stretch: `lasts`), then `v` (v's element here) of the iteration before."""
+        n, pre, at = self.header
+        name = f"%sh{self.fresh()}"
+        first = lasts.get(e, const(e.params["fill"]))
+        self.part.body.insert(at, f"  {name} = phi double [{first}, %{pre}], [{v}, %L{n}.l]")
+        lasts[e] = v
+        return name
 
     # -- in-place carries ----------------------------------------------------------------------------------
     def in_place(self, body, olds, news, carries):
@@ -231,9 +266,26 @@ class Pieces:
         last = max(self.position[q] for q in run)
         if any(self.last_read.get(v, -1) > last for v in views):
             return None
-        after = False
+        after, temps = False, {q.out for q in run}  # the run's own values are no memory (a shift's among them)
         for q in run:
-            if any(a in views for a in q.inputs) and (after or any(a in views and a is not old for a in q.inputs)):
+            read = [a for a in q.inputs if a in views and a not in temps]
+            if read and (after or any(a is not old for a in read)):
                 return None
             after = after or q is e
         return c
+
+
+def _shifted_value(e, made):
+    """v when equation e is concatenate([c, v[..., :-1]], axis=-1) with c a literal of one value, else None."""
+    if e.prim != "concatenate" or len(e.inputs) != 2 or not e.out.shape:
+        return None
+    axis, shape = e.params["axis"], tuple(e.out.shape)
+    c, part = e.inputs
+    if axis not in (len(shape) - 1, -1) or shape[-1] < 2 or not isinstance(c, Lit) or c.fill is None or \
+            not isinstance(part, Var) or part not in made:
+        return None
+    s = made[part]
+    if s.prim != "slice" or tuple(s.inputs[0].shape) != shape or not isinstance(s.inputs[0], Var):
+        return None
+    want = tuple((0, d, 1) for d in shape[:-1]) + ((0, shape[-1] - 1, 1),)
+    return s.inputs[0] if tuple(s.params["index"]) == want else None
