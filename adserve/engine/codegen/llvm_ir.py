@@ -2,8 +2,8 @@
 
 A plan in scope (`declined(graph)` is empty) is written here instead of as numba source: element-wise equations
 (a table row with an `ir` template), reductions (sum, max, min, sum_to, logsumexp), broadcasts, static slices,
-reshapes, transposes, updates and concatenations, run-time indices, gathers and scatters, argmax/argmin and
-arange (llvm_ops.py), contractions (llvm_contraction.py: numba's loop nests, shared passes and BLAS calls), loops,
+reshapes, transposes, updates, run-time indices, gathers and scatters, argmax/argmin and arange (llvm_ops.py),
+concatenations, shifts and in-place carries (llvm_pieces.py), contractions (llvm_contraction.py: numba's loop nests, shared passes and BLAS calls), loops,
 `while` and `cond` with their bodies (llvm_control.py). Only plans of more than MAX_ARRAYS inputs and outputs stay
 on numba, decided before any code is written.
 
