@@ -93,12 +93,29 @@ def _wrt(fn, wrt) -> tuple:
 
 
 _MAX_EXACT = float(2 ** 53)  # int64 inputs travel as float64 values: exact up to here
+_MAX_EXACT_INT = 2 ** 53
 
 
-def _check_ints(fn, xs):
-    """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53)."""
+def _check_ints(fn, xs, given=None):
+    """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53). `given`: the inputs as sent,
+    by name: those sent as integer arrays are integers already, checked by their extremes, all at once (GradBench's
+    det sends 22 index tables: the float64 copies' checks, seven passes and temporaries each, took 0.14 ms a call)."""
+    exact = set()
+    if given is not None:
+        wide = []
+        for n in fn.int_inputs:
+            sent = given.get(n)
+            if type(sent) is np.ndarray and sent.dtype.kind in "iu":
+                if sent.dtype.itemsize <= 4 or not sent.size:
+                    exact.add(n)
+                elif sent.dtype == np.int64:
+                    wide.append((n, sent))
+        if wide:
+            every = np.concatenate([a for _, a in wide], axis=None)
+            if np.minimum.reduce(every) >= -_MAX_EXACT_INT and np.maximum.reduce(every) <= _MAX_EXACT_INT:
+                exact.update(n for n, _ in wide)
     for n, a in zip(fn.input_names, xs):
-        if n in fn.int_inputs:
+        if n in fn.int_inputs and n not in exact:
             a = np.asarray(a)
             bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
             if bad.any():
@@ -158,14 +175,19 @@ def _request(fn, compute, wrt) -> _Request:
 
 def _plain(fn, values, names, batch):
     """(batched float64 arrays for `names`, batch size or None) when `values` plainly fits: a dict of exactly
-    these names holding float64 ndarrays of the right shapes. None otherwise: `_check` decides (and words errors)."""
+    these names holding float64 ndarrays of the right shapes (an int64 input's may be an integer array, converted).
+    None otherwise: `_check` decides (and words errors)."""
     if type(values) is not dict or len(values) != len(names):
         return None
     shapes, out, B = fn.input_shapes, [], None
     for n in names:
         a = values.get(n)
-        if type(a) is not np.ndarray or a.dtype != _F64:
+        if type(a) is not np.ndarray:
             return None
+        if a.dtype != _F64:
+            if a.dtype.kind not in "iu" or n not in fn.int_inputs:
+                return None
+            a = a.astype(_F64)
         if batch:
             if not a.ndim or a.shape[1:] != shapes[n] or (B is not None and a.shape[0] != B):
                 return None
@@ -265,7 +287,7 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
     if plain is None:
         xs = [batched(inputs[n]) for n in fn.input_names]
     if fn.int_inputs:
-        _check_ints(fn, xs)
+        _check_ints(fn, xs, inputs if type(inputs) is dict else None)
     out = {}
     main = req.main
     if main:

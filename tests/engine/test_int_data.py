@@ -160,6 +160,24 @@ def test_huge_and_non_integer_int64_inputs_are_422_naming_the_input(service, dat
         assert (http(e), e.code) == (422, "bad_integer") and "inputs.idx" in e.message
 
 
+def test_int64_inputs_sent_as_integer_arrays_are_checked_as_floats_are(data):
+    """In process, an int64 input may be an integer array (int64, int32, uint64: the plain path converts it; its
+    check reads its extremes): the answer of the same values sent as floats; a value past 2**53 is refused."""
+    from adserve.engine.evaluation import EvaluationError
+    engine = Engine()
+    fn = engine.compile_definition(VECTOR)
+    want = engine.evaluate(fn, {"x": data["x"], "idx": data["idx"].astype(float)}, ["value", "jacobian"])
+    for idx in (data["idx"].astype(np.int64), data["idx"].astype(np.int32), data["idx"].astype(np.uint64)):
+        got = engine.evaluate(fn, {"x": data["x"], "idx": idx}, ["value", "jacobian"])
+        np.testing.assert_array_equal(got["value"], want["value"])
+        np.testing.assert_array_equal(got["jacobian"]["x"], want["jacobian"]["x"])
+    for bad in (np.array([0, 1, 2, 2 ** 62]), np.array([0, 1, 2, -2 ** 62]),
+                np.array([0, 1, 2, 2 ** 63 + 2], np.uint64)):
+        with pytest.raises(EvaluationError) as e:
+            engine.evaluate(fn, {"x": data["x"], "idx": bad})
+        assert e.value.code == "bad_integer" and "inputs.idx" in str(e.value)
+
+
 def test_int64_inputs_take_no_tangent_and_cannot_be_in_wrt(service, data):
     fid = service.register(VECTOR)[0]["id"]
     r = service.evaluate(fid, {"inputs": {"x": data["x"].tolist(), "idx": data["idx"].tolist()},

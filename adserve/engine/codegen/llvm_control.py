@@ -4,7 +4,8 @@ Each is written where it stands, its bodies walked by the same walk as the top l
 function being written (a body is never cut). As numba's kernel: a carry lives in storage of its own (an array in
 a buffer, which is the output's when the loop's value is the kernel's output; a scalar in an alloca, which LLVM
 keeps in a register), set to its initial value before the loop and to the body's new values after each
-iteration (staged first where a new value's memory may be a carry's: a, b = b, a); a `loop`'s stacked outputs
+iteration (staged first where a new value's memory may be a carry's: a, b = b, a; or written into the carry by
+the run computing it: llvm_pieces.in_place); a `loop`'s stacked outputs
 (the VJP's tape among them) are buffers of (length, ...) filled one row an iteration; a `while` checks its
 condition, then its iteration limit (the error `while_limit`: its message's status is stored in the kernel's
 `err`, the loop ends and the point goes on, reported after it, as numba's), then keeps its tape rows, then runs
@@ -24,6 +25,7 @@ from ..ir import Lit
 from ..limits import cost, tape_rows
 from .emit import loc_text
 from .llvm_ops import View, c_strides, const, indexed_layout
+from .llvm_pieces import Cat
 from .structured import UNCHECKED_STEPS
 
 
@@ -74,19 +76,20 @@ class Control:
     def put(self, dst: View, a):
         """dst (a View of a's shape; a row of a stacked output) = a."""
         if a.shape:
-            self.copy(dst, a, self.operand(a), a.shape)
+            self.copy(dst, a, self.operand(a, pieces=True), a.shape)
         else:
             self.emit(f"store double {self.scalar(a)}, ptr {self.address(dst, [])}")
 
     def carry_on(self, new, carries):
         """Each carry = the body's new value; staged first where a new value's memory may be a carry's (numba's
         structured._carry_on: a, b = b, a, or a view of a carry)."""
-        ops = [self.operand(a) if a.shape else self.scalar(a) for a in new]
-        bufs = [c for c in carries if isinstance(c, View)]
-        aliased = any(isinstance(op, View) and any(_overlap(op, c) for c in bufs) for op in ops)
+        ops = [self.operand(a, pieces=True) if a.shape else self.scalar(a) for a in new]
+        # the carries written (a new value written in place, or unchanged, is its carry's storage already)
+        bufs = [c for op, c in zip(ops, carries) if isinstance(c, View) and op != c]
+        aliased = any(any(_overlap(r, b) for r in _reads(op, c) for b in bufs) for op, c in zip(ops, carries))
         assign = []
         for a, op, c in zip(new, ops, carries):
-            if isinstance(c, View) and aliased and isinstance(op, View) and op != c:
+            if isinstance(c, View) and aliased and isinstance(op, (View, Cat)) and op != c:
                 t = self.scratch(a.shape)
                 self.copy(t, a, op, a.shape)
                 op = t
@@ -176,6 +179,7 @@ class Control:
                 self.layouts[v] = indexed_layout(self.layout(x), len(x.shape), ["int"])
             else:
                 self.load_scalar(v, op.row(k))
+        self.in_place(body, ins[1 + nc:1 + nc + ncar], body.outputs[:ncar], carries)
         self.walk(body)
         for yb, y in zip(ys, body.outputs[ncar:]):
             self.put(yb.row(k), y)
@@ -246,6 +250,7 @@ class Control:
             if every > 1:
                 self.emit(f"br label %W{n}.u")
                 self.label(f"W{n}.u")
+        self.in_place(body, body.inputs[nc:], body.outputs, carries)
         self.walk(body)
         self.carry_on(body.outputs, carries)
         self.close_loop()
@@ -275,7 +280,7 @@ class Control:
             self.walk(branch)
             for dst, a, o in zip(outs, branch.outputs, e.outputs):
                 if o.shape:
-                    self.copy(dst, a, self.operand(a), o.shape)
+                    self.copy(dst, a, self.operand(a, pieces=True), o.shape)
                 else:
                     self.emit(f"store double {self.scalar(a)}, ptr {dst}")
             self.emit(f"br label %C{n}.m")
@@ -283,6 +288,15 @@ class Control:
         for o, dst in zip(e.outputs, outs):
             if not o.shape:
                 self.define(o, self.load(dst))
+
+
+def _reads(op, c) -> list:
+    """The views copying new value `op` into carry `c` reads (not a piece already where it goes, nor `c` itself
+    when it is the new value)."""
+    if isinstance(op, Cat):
+        return [p.op for p in op.pieces if isinstance(p.op, View) and p.op != View(
+            c.base, c.offset + p.start * c.strides[op.axis], p.shape, c.strides, c.dyn)]
+    return [op] if isinstance(op, View) and op != c else []
 
 
 def _overlap(a: View, b: View) -> bool:

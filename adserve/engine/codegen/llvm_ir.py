@@ -2,8 +2,8 @@
 
 A plan in scope (`declined(graph)` is empty) is written here instead of as numba source: element-wise equations
 (a table row with an `ir` template), reductions (sum, max, min, sum_to, logsumexp), broadcasts, static slices,
-reshapes, transposes, updates and concatenations, run-time indices, gathers and scatters, argmax/argmin and
-arange (llvm_ops.py), contractions (llvm_contraction.py: numba's loop nests, shared passes and BLAS calls), loops,
+reshapes, transposes, updates, run-time indices, gathers and scatters, argmax/argmin and arange (llvm_ops.py),
+concatenations, shifts and in-place carries (llvm_pieces.py), contractions (llvm_contraction.py: numba's loop nests, shared passes and BLAS calls), loops,
 `while` and `cond` with their bodies (llvm_control.py). Only plans of more than MAX_ARRAYS inputs and outputs stay
 on numba, decided before any code is written.
 
@@ -26,6 +26,7 @@ from ..ir import Graph, Lit, Var, sub_graphs
 from .llvm_contraction import Contract
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
+from .llvm_pieces import SHIFT, Cat, Pieces, narrow
 from .schedule import kernel_order
 from .templates import kept
 
@@ -40,6 +41,7 @@ START = {"reduce_sum": 0.0, "sum_to": 0.0, "reduce_max": -math.inf, "reduce_min"
 OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate", "dyn_slice", "dyn_update",
           "gather", "scatter_add", "argmax", "argmin", "arange", "einsum"}
 CONTROL = {"loop", "while", "cond"}  # written with their bodies (llvm_control.py)
+RUNS = {*IR, SHIFT}  # equations of element-wise runs
 
 
 def declined(graph: Graph) -> set:
@@ -73,7 +75,7 @@ class Part:
         self.cache: dict = {}
 
 
-class Writer(Ops, Control, Contract):
+class Writer(Pieces, Ops, Control, Contract):
     """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
 
     def __init__(self, graph: Graph):
@@ -100,6 +102,11 @@ class Writer(Ops, Control, Contract):
         self.layouts: dict = {}  # an array value numba's kernel types "F" or "A" (llvm_contraction.layout)
         self.blas: set = set()  # the BLAS functions called (bound when the module is loaded)
         self.contractions = False  # whether it holds one (llvm_kernel._level: -O2 for more functions)
+        self.elementwise = IR
+        self.readers: dict = {}  # value -> the equations reading it (None: its graph's output), of every graph
+        self.position: dict = {}  # equation -> its place in its graph's order
+        self.last_read: dict = {}  # value -> the last place reading it in its graph (outputs: past the end)
+        self.targets: dict = {}  # a loop body's new carry value -> the carry it may be written into (llvm_pieces)
 
     @property
     def part(self) -> Part:
@@ -247,10 +254,12 @@ class Writer(Ops, Control, Contract):
             self.emit(f"{self.memo[key]} = load double, ptr {p}")
         return self.memo[key]
 
-    def operand(self, a):
+    def operand(self, a, pieces=False):
+        """A scalar operand, a View, a Fill, or (`pieces`: for an element-wise run) a Cat."""
         if not a.shape:
             return self.scalar(a)
-        return self.view(a)
+        op = self.view(a)
+        return self.materialize(a) if isinstance(op, Cat) and not pieces else op
 
     def apply(self, prim, args) -> str:
         t = f"e{self.fresh()}."
@@ -269,6 +278,7 @@ class Writer(Ops, Control, Contract):
             self.emit(f"br label %L{n}")
             self.label(f"L{n}")
             self.emit(f"%i{n} = phi i64 [0, %{pre}], [%i{n}.n, %L{n}.l]")
+            self.header = (n, pre, len(self.part.body))  # where a shift's phi goes (llvm_pieces)
             idx.append((n, d))
         self.part.loops += len(shape)
         self.memo = {}
@@ -299,7 +309,9 @@ class Writer(Ops, Control, Contract):
         self.loop(view.shape, lambda idx: self.store(view, idx, value))
 
     def copy(self, dst: View, a, op, shape):
-        """dst (of `shape`) = operand a, broadcast."""
+        """dst (of `shape`) = operand a, broadcast (a Cat: piece by piece)."""
+        if isinstance(op, Cat):
+            return self.write_pieces(dst, op.axis, op.pieces)
         self.loop(shape, lambda idx: self.store(dst, idx, self.elem(a, op, idx, shape)))
 
     # -- accumulators -----------------------------------------------------------------------------------
@@ -362,8 +374,17 @@ class Writer(Ops, Control, Contract):
         if top:  # numba's order: the same kernel_order as fusion.Source.graph
             g, pairs = kernel_order(g)
             self.pairs.update(pairs)
+        for k, e in enumerate(g.eqns):
+            self.position[e] = k
+            for a in e.inputs:
+                self.readers.setdefault(a, []).append(e)
+                self.last_read[a] = k
+        for a in g.outputs:
+            self.readers.setdefault(a, []).append(None)
+            self.last_read[a] = len(g.eqns)
+        eqns = self.shifted(g)
         uses: dict = {}
-        for e in g.eqns:
+        for e in eqns:
             for a in e.inputs:
                 uses[a] = uses.get(a, 0) + 1
         for a in g.outputs:
@@ -371,9 +392,9 @@ class Writer(Ops, Control, Contract):
         # the runs of fusion.Source._graph: same-shape element-wise equations and the sums of what they compute
         # share one loop nest; an equation reading nothing the open run computes is written ahead of its loop
         run, made, totals = [], set(), set()
-        for e in g.eqns:
+        for e in eqns:
             if run and not any(a in totals for a in e.inputs) and (
-                    e.prim in IR and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
+                    e.prim in RUNS and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
                 run.append(e)
                 made.add(e.out)
                 if e.prim in SUMS:
@@ -383,7 +404,7 @@ class Writer(Ops, Control, Contract):
             if run and any(a in made for a in (e.inputs if partner is None else (*e.inputs, *partner.inputs))):
                 item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [], set(), set()
-            if e.prim in IR and e.out.shape:
+            if e.prim in RUNS and e.out.shape:
                 if run:
                     item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [e], {e.out}, set()
@@ -416,10 +437,14 @@ class Writer(Ops, Control, Contract):
         for e in run:
             for a in e.inputs:
                 if a not in made and a not in ops:
-                    ops[a] = self.operand(a)
+                    ops[a] = self.operand(a, pieces=True)
         for e in run:
             if e.prim not in SUMS and e.out.shape and uses.get(e.out, 0) > inside.get(e.out, 0):
-                self.buffer(e.out)
+                carry = self.target(e, run)
+                if carry is None:
+                    self.buffer(e.out)
+                else:
+                    self.arr[e.out] = carry
         accs = {}
         for e in run:
             if e.prim in SUMS:
@@ -429,17 +454,20 @@ class Writer(Ops, Control, Contract):
                 else:
                     accs[e] = self.slot(const(START[e.prim]))
 
-        def body(idx):
+        nests = self.regions(ops, shape, bool(accs), any(e.prim == SHIFT for e in run))
+        lasts: dict = {}  # a shift -> its value's element of the last iteration written (the next stretch's first)
+
+        def body(idx, ops=ops, shape=shape, dsts=self.arr):
             temps: dict = {}
             for e in run:
                 args = [temps[a] if a in temps else self.elem(a, ops[a], idx, shape) for a in e.inputs]
                 acc = accs.get(e)
                 if acc is None:
-                    temps[e.out] = t = self.apply(e.prim, args)
+                    temps[e.out] = t = self.shift(e, args[0], lasts) if e.prim == SHIFT else self.apply(e.prim, args)
                     if not e.out.shape:
                         self.define(e.out, t)
-                    elif e.out in self.arr:
-                        self.store(self.arr[e.out], idx, t)
+                    elif e.out in dsts:
+                        self.store(dsts[e.out], idx, t)
                 elif e in held:
                     self.add_to(e.prim, held[e], args[0])
                 elif isinstance(acc, View):
@@ -454,7 +482,14 @@ class Writer(Ops, Control, Contract):
         inner = ["o"] * (len(shape) - 1) + ["INNER"]
         fixed = [e for e, acc in accs.items()
                  if isinstance(acc, View) and len(shape) > 1 and "INNER" not in kept(e, inner)]
-        if not fixed or 0 in shape:
+        if len(nests) > 1:  # stretches of a concatenation's axis (no sums)
+            for sub, rops, axis, lo in nests:
+                if axis != len(shape) - 1:  # stretches of an outer axis: each row's shifts start again
+                    lasts.clear()
+                dsts = {e.out: narrow(self.arr[e.out], e.out.shape, shape, axis, lo, sub[axis])
+                        for e in run if e.out in self.arr}
+                self.loop(sub, lambda idx: body(idx, rops, sub, dsts))
+        elif not fixed or 0 in shape:
             self.loop(shape, body)
         else:
             outer = self.open_loops(shape[:-1])
@@ -477,7 +512,7 @@ class Writer(Ops, Control, Contract):
             if not a.shape:
                 self.emit(f"store double {self.scalar(a)}, ptr %r{self.n_in + j}")
             elif not (isinstance(a, Var) and self.arr.get(a) == dst):
-                self.copy(dst, a, self.operand(a), a.shape)
+                self.copy(dst, a, self.operand(a, pieces=True), a.shape)
 
     def load_scalar(self, v, view: View):
         self.define(v, self.load(self.address(view, [])))

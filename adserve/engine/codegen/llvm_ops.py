@@ -1,12 +1,11 @@
 """The direct-LLVM back end's arrays and its equations other than element-wise runs and reductions.
 
 An array value is a `View` (base, offset, strides) or a `Fill` (a literal of one value): static slices,
-transposes and reshapes of contiguous values are new views of the same memory and write no code; updates and
-concatenations copy into a buffer of their own (no in-place update: what numba's kernel does in place, this one
-copies, the same values); logsumexp writes the loops of templates._logsumexp, in its order. A view's layout as
-numba types it (`layouts`: C unless a view made it F or A) decides which products are BLAS calls
-(llvm_contraction). `Ops` is a part of
-llvm_ir.Writer, which has the loops, loads and stores these call.
+transposes and reshapes of contiguous values are new views of the same memory and write no code; updates copy
+into a buffer of their own (no in-place update: what numba's kernel does in place, this one copies, the same
+values; concatenations: llvm_pieces.py); logsumexp writes the loops of templates._logsumexp, in its order. A
+view's layout as numba types it (`layouts`: C unless a view made it F or A) decides which products are BLAS
+calls (llvm_contraction). `Ops` is a part of llvm_ir.Writer, which has the loops, loads and stores these call.
 """
 
 from __future__ import annotations
@@ -163,15 +162,6 @@ class Ops:
         self.copy(out, x, self.operand(x), x.shape)
         part = out.sliced(e.params["index"])
         self.copy(part, v, self.operand(v), part.shape)
-
-    def op_concatenate(self, e):
-        axis = e.params["axis"]
-        out = self.buffer(e.out)
-        start = 0
-        for x in e.inputs:
-            region = View(out.base, out.offset + start * out.strides[axis], tuple(x.shape), out.strides)
-            self.copy(region, x, self.operand(x), x.shape)
-            start += x.shape[axis]
 
     def index_error(self, e, hi) -> int:
         """A new run-time error: e's index outside 0..hi or not an integer (templates' message); its status."""
