@@ -53,8 +53,10 @@ def _spread(xs) -> str:
     return f"{statistics.median(xs):.3f} ms ({q(0.25):.3f}-{q(0.75):.3f})"
 
 
-def _timing(response, name) -> float:
-    return float(re.search(rf"{name};dur=([0-9.]+)", response.headers["Server-Timing"]).group(1))
+def _timing(response, name) -> float | None:
+    """A `Server-Timing` figure (ms); None when the server does not give it (`kernel` before it was given)."""
+    found = re.search(rf"{name};dur=([0-9.]+)", response.headers["Server-Timing"])
+    return None if found is None else float(found.group(1))
 
 
 @contextlib.contextmanager
@@ -167,10 +169,12 @@ def main(argv=None):
                 print(f"  {t.name}, {form}: no request on numba{tiers}")
                 continue
             ratio = statistics.median(t.compute[form]) / statistics.median(kernel)
-            around = [c - k for c, k in zip(t.compute[form], t.kernel[form])]
+            split = ""
+            if None not in t.kernel[form]:
+                around = [c - k for c, k in zip(t.compute[form], t.kernel[form])]
+                split = f"; of it the kernel call {_spread(t.kernel[form])}, the Python around it {_spread(around)}"
             print(f"  {t.name}, {form} ({len(t.compute[form])} on numba): compute {_spread(t.compute[form])}, "
-                  f"{ratio:.2f}x the kernel; of it the kernel call {_spread(t.kernel[form])} and the engine's "
-                  f"Python around it {_spread(around)}; total {_spread(t.total[form])}{tiers}")
+                  f"{ratio:.2f}x the kernel{split}; total {_spread(t.total[form])}{tiers}")
     print(f"  kernel alone, in process (this tree): {_spread(kernel)} back to back; {_spread(after)} right "
           "after the requests")
     return 0
