@@ -6,7 +6,9 @@ survey example's unary `Evaluate` against each, one request at a time on one
 reused channel per server, the servers taking turns request by request (a
 busy machine slows each alike). Reports p50 and p90 and the spread of the
 per-round medians: what a Python gRPC server can answer in on this machine,
-whatever adserve does.
+whatever adserve does. "+md": the answer preceded by initial metadata (adserve's
+request id); "opt=latency": `grpc.optimization_target=latency`; "reuseport off":
+`grpc.so_reuseport=0` (adserve's setting).
 
     .venv/bin/python -m bench.grpc_kinds [--rounds 10] [--per-round 200]
 """
@@ -22,16 +24,16 @@ import grpc
 
 from .latency import _free_port, _wait_grpc, measure, report
 
-KINDS = {
+KINDS = {  # name (short: the report's column is 32 wide) -> bench/bare_grpc.py's arguments
     "aio": ["--kind", "aio"],
-    "aio, initial metadata": ["--kind", "aio", "--initial-metadata"],
-    "aio, reuseport off": ["--kind", "aio", "--option", "grpc.so_reuseport=0"],
-    "aio, optimization_target=latency": ["--kind", "aio", "--option", "grpc.optimization_target=latency"],
-    "sync, 1 worker": ["--kind", "sync", "--workers", "1"],
-    "sync, 4 workers": ["--kind", "sync", "--workers", "4"],
-    "sync, 4 workers, initial metadata": ["--kind", "sync", "--workers", "4", "--initial-metadata"],
-    "sync, 4 workers, reuseport off": ["--kind", "sync", "--workers", "4", "--option", "grpc.so_reuseport=0"],
-    "sync, optimization_target=latency": ["--kind", "sync", "--option", "grpc.optimization_target=latency"],
+    "aio +md": ["--kind", "aio", "--initial-metadata"],
+    "aio reuseport off": ["--kind", "aio", "--option", "grpc.so_reuseport=0"],
+    "aio opt=latency": ["--kind", "aio", "--option", "grpc.optimization_target=latency"],
+    "sync 1 thread": ["--kind", "sync", "--workers", "1"],
+    "sync 4": ["--kind", "sync", "--workers", "4"],
+    "sync 4 +md": ["--kind", "sync", "--workers", "4", "--initial-metadata"],
+    "sync 4 reuseport off": ["--kind", "sync", "--workers", "4", "--option", "grpc.so_reuseport=0"],
+    "sync 4 opt=latency": ["--kind", "sync", "--workers", "4", "--option", "grpc.optimization_target=latency"],
 }
 
 
@@ -76,7 +78,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--per-round", type=int, default=200)
-    p.add_argument("--only", help="comma-separated kinds to run (default all)")
+    p.add_argument("--only", help="comma-separated kinds to run (default all), e.g. 'aio,sync 4'")
     args = p.parse_args(argv)
     kinds = {k: v for k, v in KINDS.items() if not args.only or k in args.only.split(",")}
     with tempfile.TemporaryDirectory(prefix="adserve-grpc-kinds-") as home, bare_servers(home, kinds) as ports:
