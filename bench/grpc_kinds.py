@@ -19,10 +19,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import grpc
 
-from .latency import _free_port, _wait_grpc, measure, report
+from adserve.server.grpc_gen import ad_pb2, ad_pb2_grpc
+
+from .latency import _free_port, _point, _wait_grpc, measure, report
 
 KINDS = {  # name (short: the report's column is 32 wide) -> bench/bare_grpc.py's arguments
     "aio": ["--kind", "aio"],
@@ -58,10 +61,7 @@ def bare_servers(home: str, kinds: dict):
 
 
 def ways(ports: dict) -> dict:
-    from .latency import _point
-    from adserve.server.grpc_gen import ad_pb2, ad_pb2_grpc
-    import time
-
+    """name -> callable(i) timing one unary Evaluate (seconds) on that server's channel."""
     def rpc(i, stub):
         x1, x2 = _point(i)
         request = ad_pb2.EvaluateRequest(compute=["value", "gradient"],
