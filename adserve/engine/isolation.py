@@ -157,8 +157,10 @@ class WorkerPool:
 
     def wants(self, fn, compute, points: int) -> bool:
         # the cost depends on the function, the kinds and the points only: kept per (id, kinds, points), so a
-        # request does not walk the model again (~3 us); kinds that are not a list of names are not kept
+        # request does not walk the model again (~3 us); kinds that are not a list or tuple of names are not kept
         try:
+            if type(compute) not in (list, tuple):
+                raise TypeError
             key = (fn.id, tuple(compute), points)
             cost = self._costs.get(key)
         except (AttributeError, TypeError):
