@@ -4,10 +4,12 @@ Helmholtz at n=1000 (an 8 MB matrix `A`) is POSTed to a real server, a new `x` e
 never answers), in two forms taken in turn: every input in base64 (`base64`), and `A` held by the server,
 uploaded once and named by its ref, with `x` and `b` in base64 (`held A`). Once the server answers from its
 numba kernel, ROUNDS more of each. The server's `Server-Timing` gives `compute` (the engine's evaluation: input
-checks, any copies, the kernel) and `total` (parsing, decoding, the result cache's hash of the inputs,
-encoding too); beside them, the same kernel called in this process on the same arrays, twice a round
-(right after the requests, and again back to back: `kernel`, the ratios' reference): what the engine adds to
-the kernel is compute minus kernel.
+checks, any copies, the kernel), `kernel` (of compute, the kernel call itself, inside the server) and `total`
+(parsing, decoding, the result cache's hash of the inputs, encoding too); beside them, the same kernel called
+in this process on the same arrays, twice a round (right after the requests, and again back to back: `kernel`,
+the ratios' reference). What the engine's Python adds to the kernel is the server's compute minus its kernel
+call; the server's kernel call minus the kernel back to back here is what the server's surroundings (caches,
+fresh buffers, other threads) cost the kernel itself.
 
 `--tree DIR` (repeatable) runs one more server from another source tree (another branch's checkout, e.g.
 `git archive main | tar -x -C DIR`), its requests taken in turn with this tree's, so that old and new code are
@@ -51,8 +53,10 @@ def _spread(xs) -> str:
     return f"{statistics.median(xs):.3f} ms ({q(0.25):.3f}-{q(0.75):.3f})"
 
 
-def _timing(response, name) -> float:
-    return float(re.search(rf"{name};dur=([0-9.]+)", response.headers["Server-Timing"]).group(1))
+def _timing(response, name) -> float | None:
+    """A `Server-Timing` figure (ms); None when the server does not give it (`kernel` before it was given)."""
+    found = re.search(rf"{name};dur=([0-9.]+)", response.headers["Server-Timing"])
+    return None if found is None else float(found.group(1))
 
 
 @contextlib.contextmanager
@@ -96,6 +100,7 @@ class Target:
         self.bodies = {"base64": {**body, "inputs": {k: _b64(v) for k, v in case.inputs.items()}},
                        "held A": {**body, "inputs": {"b": _b64(case.inputs["b"]), "A": {"ref": r.json()["ref"]}}}}
         self.compute = {f: [] for f in FORMS}
+        self.kernel = {f: [] for f in FORMS}  # Server-Timing's `kernel`: the kernel call inside `compute`
         self.total = {f: [] for f in FORMS}
         self.tiers = {f: {} for f in FORMS}  # the tier that answered, and how often
 
@@ -125,6 +130,7 @@ class Target:
         self.tiers[form][tier] = self.tiers[form].get(tier, 0) + 1
         if tier == "numba":
             self.compute[form].append(_timing(r, "compute"))
+            self.kernel[form].append(_timing(r, "kernel"))
             self.total[form].append(_timing(r, "total"))
 
 
@@ -163,8 +169,12 @@ def main(argv=None):
                 print(f"  {t.name}, {form}: no request on numba{tiers}")
                 continue
             ratio = statistics.median(t.compute[form]) / statistics.median(kernel)
+            split = ""
+            if None not in t.kernel[form]:
+                around = [c - k for c, k in zip(t.compute[form], t.kernel[form])]
+                split = f"; of it the kernel call {_spread(t.kernel[form])}, the Python around it {_spread(around)}"
             print(f"  {t.name}, {form} ({len(t.compute[form])} on numba): compute {_spread(t.compute[form])}, "
-                  f"{ratio:.2f}x the kernel; total {_spread(t.total[form])}{tiers}")
+                  f"{ratio:.2f}x the kernel{split}; total {_spread(t.total[form])}{tiers}")
     print(f"  kernel alone, in process (this tree): {_spread(kernel)} back to back; {_spread(after)} right "
           "after the requests")
     return 0

@@ -142,6 +142,8 @@ class _Worker:
 class WorkerPool:
     """Worker processes for long evaluations (see the module docstring)."""
 
+    COSTS_KEPT = 4096
+
     def __init__(self, spec: WorkerSpec, size: int = 1, threshold: float = 1e8, grace: float = 0.5):
         self.spec, self.size, self.threshold, self.grace = spec, max(1, size), threshold, grace
         self._idle: list[_Worker] = []
@@ -151,9 +153,24 @@ class WorkerPool:
         self.evaluations = 0
         self.started = 0
         self.replaced: Counter = Counter()  # why workers were killed or lost: deadline, cancelled, memory, died
+        self._costs: dict = {}  # (function id, kinds, points) -> request_cost, for `wants`
 
     def wants(self, fn, compute, points: int) -> bool:
-        return request_cost(fn, compute, points) >= self.threshold
+        # the cost depends on the function, the kinds and the points only: kept per (id, kinds, points), so a
+        # request does not walk the model again (~3 us); kinds that are not a list or tuple of names are not kept
+        try:
+            if type(compute) not in (list, tuple):
+                raise TypeError
+            key = (fn.id, tuple(compute), points)
+            cost = self._costs.get(key)
+        except (AttributeError, TypeError):
+            return request_cost(fn, compute, points) >= self.threshold
+        if cost is None:
+            cost = request_cost(fn, compute, points)
+            if len(self._costs) >= self.COSTS_KEPT:
+                self._costs.clear()
+            self._costs[key] = cost
+        return cost >= self.threshold
 
     # -- evaluate ------------------------------------------------------------------------
     def evaluate(self, fn, call: dict, meta=None, deadline=None) -> dict:

@@ -16,6 +16,14 @@ import numpy as np
 
 def result_nbytes(tree) -> int:
     """Bytes held by a result: its arrays, plus a little per entry and per other leaf."""
+    kind = type(tree)
+    if kind is np.ndarray:  # the common leaf, ahead of the isinstance checks
+        return tree.nbytes + 112
+    if kind is dict:
+        n = 64 * len(tree)
+        for v in tree.values():
+            n += result_nbytes(v)
+        return n
     if isinstance(tree, dict):
         return sum(result_nbytes(v) for v in tree.values()) + 64 * len(tree)
     if isinstance(tree, (list, tuple)):

@@ -40,6 +40,7 @@ class HeapKeeper:
         self._called = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._busy = _Busy(self)
 
     def start(self) -> None:
         """Freeze what start-up made and keep the heap frozen after calls from now on."""
@@ -55,17 +56,20 @@ class HeapKeeper:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    @contextlib.contextmanager
     def busy(self):
-        """Around a call that builds or runs functions: nothing is collected while one is in flight."""
+        """Around a call that builds or runs functions (`with keeper.busy():`): nothing is collected while one
+        is in flight."""
+        return self._busy
+
+    def _enter(self) -> None:
         with self._lock:
             self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
-                self._last_end = time.monotonic()
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._last_end = time.monotonic()
+        if not self._called.is_set():  # set() takes the event's lock and notifies: once is enough
             self._called.set()
 
     def _quiet(self) -> bool:
@@ -99,6 +103,21 @@ class HeapKeeper:
         self.freezes += 1
         self._last_keep = time.monotonic()
         self.seconds += time.perf_counter() - t
+
+
+class _Busy:
+    """`HeapKeeper.busy()`: one object for every call, as a generator-made context manager cost a call more."""
+
+    __slots__ = ("_keeper",)
+
+    def __init__(self, keeper: HeapKeeper):
+        self._keeper = keeper
+
+    def __enter__(self) -> None:
+        self._keeper._enter()
+
+    def __exit__(self, *exc) -> None:
+        self._keeper._exit()
 
 
 class NoKeeper:

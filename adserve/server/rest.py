@@ -121,12 +121,13 @@ def _evaluate(service: Service, target, body, started: float, deadline=None) -> 
 
     Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
     (interpreter, python or numba; for a cached result, the tier that computed it) and `Server-Timing`:
-    `compute` (`;desc=parallel` for a parallel batch kernel) or `cache;desc=hit`, `compile;desc=pending`
+    `compute` (`;desc=parallel` for a parallel batch kernel) or `cache;desc=hit`, `kernel` (of compute, the
+    compiled kernels' own calls: the rest is the engine's Python around them), `compile;desc=pending`
     while the plan's kernel is being compiled in the background, and `total` from the body's arrival, with
     parsing and encoding."""
     if isinstance(body, bytes):
         target, body = _target(target, parse_json(body))
-    meta = {}
+    meta = {"kernel_ms": 0.0}  # asks the engine for its kernel calls' time
     encoded = tensors.encode_tree(service.evaluate(target, body, meta, deadline=deadline), _wants_b64(body))
     backend = meta.get("backend", "interpreter")
     if meta.get("cache_hit"):
@@ -135,6 +136,8 @@ def _evaluate(service: Service, target, body, started: float, deadline=None) -> 
         variant = " ".join(filter(None, (backend.partition("-")[2], "isolated" if meta.get("isolated") else "")))
         timing = [f"compute;dur={meta.get('compute_ms', 0.0):.3f}" + (f";desc=\"{variant}\"" if " " in variant
                                                                      else f";desc={variant}" if variant else "")]
+    if meta["kernel_ms"] and not meta.get("cache_hit"):
+        timing.append(f"kernel;dur={meta['kernel_ms']:.3f}")
     if meta.get("compile"):
         timing.append(f"compile;desc={meta['compile']}")
     timing.append(f"total;dur={(time.perf_counter() - started) * 1e3:.3f}")

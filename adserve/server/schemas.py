@@ -269,7 +269,9 @@ EVALUATION_HEADERS = {
     "x-adserve-backend": {"description": "the tier that computed the answer (for a cached one, the tier that did)",
                           "schema": {"type": "string", "enum": ["interpreter", "python", "numba"]}},
     "Server-Timing": {"description": "compute;dur=<ms> (;desc=parallel for a parallel batch kernel) or "
-                                     "cache;desc=hit, compile;desc=pending while the kernel compiles, total;dur=<ms>",
+                                     "cache;desc=hit, kernel;dur=<ms> (of compute, the compiled kernel's own "
+                                     "calls) when one ran, compile;desc=pending while the kernel compiles, "
+                                     "total;dur=<ms>",
                       "schema": {"type": "string"}, "example": "compute;dur=0.041, total;dur=0.212"}}
 _ERROR_DESCRIPTIONS = {400: "not JSON", 401: "no API key, or a wrong one (when the server has keys)",
                        404: "no such function or held tensor", 413: "over a size or cost limit",

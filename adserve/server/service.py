@@ -26,7 +26,6 @@ for the calling tenant, in one place.
 """
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import logging
@@ -240,10 +239,14 @@ class Service:
             meta["backend"] = result.get(_BACKEND, "interpreter")  # a replica's entry from before it was kept
             return {**{k: v for k, v in result.items() if k != _BACKEND}, "cached": True}
         started = time.perf_counter()
-        with self._engine_errors(), self._deadline(request.timeout_ms, deadline) as limit:
-            raw = self.engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
-                                       request.cotangent, request.batch, meta=meta, deadline=limit,
-                                       **({"wrt": list(request.wrt)} if request.wrt else {}))
+        with _ENGINE_ERRORS:
+            limit = self._computing(request.timeout_ms, deadline)
+            try:
+                raw = self.engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
+                                           request.cotangent, request.batch, meta=meta, deadline=limit,
+                                           **({"wrt": list(request.wrt)} if request.wrt else {}))
+            finally:
+                self._computed(limit)
         meta["compute_ms"] = (time.perf_counter() - started) * 1e3
         if not request.batch:
             self._ran(fn, request)
@@ -406,39 +409,56 @@ class Service:
                                    f"the {form} is {len(text):,} characters long, over the limit of "
                                    f"{self.max_expr_chars:,} ({len(text) / self.max_expr_chars:.1f}x)")
 
-    @contextlib.contextmanager
-    def _deadline(self, timeout_ms, parent):
-        """This evaluation's deadline, the earliest of timeout_ms, max_eval_seconds and the caller's, while it
-        computes (counted in `computing`)."""
+    def _computing(self, timeout_ms, parent) -> Deadline:
+        """This evaluation's deadline, the earliest of timeout_ms, max_eval_seconds and the caller's, counted in
+        `computing` until `_computed(it)` (a try/finally, not a context manager: that cost a call 2 us more)."""
         with self._lock:
             self.computing += 1
         try:
-            with self._limit(timeout_ms, parent) as deadline:
-                yield deadline
-        finally:
+            return self._limit(timeout_ms, parent)
+        except BaseException:
             with self._lock:
                 self.computing -= 1
+            raise
+
+    def _computed(self, deadline: Deadline) -> None:
+        deadline.close()
+        with self._lock:
+            self.computing -= 1
 
     def _limit(self, timeout_ms, parent) -> Deadline:
         if timeout_ms is not None and timeout_ms / 1e3 < self.max_eval_seconds:
             return Deadline(timeout_ms / 1e3, f"timeout_ms {timeout_ms}", parent)
         return Deadline(self.max_eval_seconds, "the server's limit, ADSERVE_MAX_EVAL_SECONDS", parent)
 
-    @contextlib.contextmanager
     def _engine_errors(self):
-        try:
-            yield
-        except Stopped as e:
+        return _ENGINE_ERRORS
+
+
+class _EngineErrors:
+    """`with _ENGINE_ERRORS:` the engine's errors raised as the `ServiceError`s they are to callers. One object,
+    not a generator-made context manager per call."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind, e, tb) -> None:
+        if kind is None:
+            return
+        if issubclass(kind, Stopped):
             if e.code == DEADLINE_EXCEEDED:
                 raise ServiceError(TIMED_OUT, "deadline_exceeded", e.message) from None
             raise stopped(e.code, e.message) from None
-        except EngineError as e:
-            kind = TOO_LARGE if isinstance(e, LimitError) else UNPROCESSABLE
-            raise ServiceError(kind, e.code, e.message, e.location) from e
-        except RecursionError:
+        if issubclass(kind, EngineError):
+            raise ServiceError(TOO_LARGE if isinstance(e, LimitError) else UNPROCESSABLE, e.code, e.message,
+                               e.location) from e
+        if issubclass(kind, RecursionError):
             raise ServiceError(TOO_LARGE, "too_deep", "the definition is nested too deeply") from None
-        except MemoryError:
+        if issubclass(kind, MemoryError):
             raise ServiceError(TOO_LARGE, "too_large", "out of memory: the request is too large") from None
+
+
+_ENGINE_ERRORS = _EngineErrors()
 
 
 def _weighted(definition: dict, shape) -> dict:
@@ -476,6 +496,9 @@ def _digest(definition: dict) -> tuple[bytes | None, bytes | None]:
     return hashlib.blake2b(raw, digest_size=20).digest(), raw
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _frozen(tree, owned=False):
     """A private copy with read-only float64 arrays, so a cached result cannot change under anyone.
 
@@ -483,14 +506,22 @@ def _frozen(tree, owned=False):
     other leaves (names, formulas, shapes in a trace) are plain data. Lists become tuples.
     `owned`: the arrays are already private (the engine's `RESULTS_ARE_OWNED`); float64 ones are only made
     read-only, not copied."""
-    if isinstance(tree, dict):
-        return {k: _frozen(v, owned) for k, v in tree.items()}
+    kind = type(tree)
+    if kind is np.ndarray and owned and tree.dtype == _F64:  # the common leaf first: a kernel's own output
+        tree.flags.writeable = False
+        return tree
+    if kind is dict or isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            if owned and type(v) is np.ndarray and v.dtype == _F64:  # without a call per leaf
+                v.flags.writeable = False
+                out[k] = v
+            else:
+                out[k] = _frozen(v, owned)
+        return out
     if isinstance(tree, (list, tuple)):
         return tuple(_frozen(v, owned) for v in tree)
     if not isinstance(tree, tensors.TENSOR_TYPES):
-        return tree
-    if owned and type(tree) is np.ndarray and tree.dtype == np.float64:
-        tree.setflags(write=False)
         return tree
     a = np.array(tree, dtype=np.float64, copy=True)
     a.setflags(write=False)
