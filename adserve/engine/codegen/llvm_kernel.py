@@ -27,8 +27,9 @@ import re
 
 from .llvm_contraction import BLAS, bind_blas
 
-# bump when the written IR changes meaning: part of the kernel files' names (4: loop nests' alias scopes)
-LLVM_VERSION = "4"
+# bump when the written IR changes meaning: part of the kernel files' names (4: loop nests' alias scopes; 5: maxima
+# and minima accumulated by llvm.maximum and llvm.minimum)
+LLVM_VERSION = "5"
 # How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
 # level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against
@@ -249,12 +250,11 @@ def cpu() -> str:
     return f"{llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}"
 
 
-def compile_file(path: str) -> str:
-    """Compile the module at `path` (.ll) into object code beside it (.o, written whole or not at all)."""
+def optimised(text: str, where="the module"):
+    """The module `text` parsed and optimised as its header's size asks (`_level`), and the target machine that
+    emits it: (module, machine)."""
     import llvmlite.binding as llvm
-    with open(path) as f:
-        text = f.read()
-    meta = header_text(text, path)
+    meta = header_text(text, where)
     parts = meta["parts"]
     level = _level(parts, bool(meta.get("loops")) or bool(meta.get("contractions")))
     tm = _target_machine(level if level is not None else 0 if parts > HUGE_PARTS else 1)
@@ -270,6 +270,14 @@ def compile_file(path: str) -> str:
         passes.run(mod, pb)
     else:
         pb.getModulePassManager().run(mod, pb)
+    return mod, tm
+
+
+def compile_file(path: str) -> str:
+    """Compile the module at `path` (.ll) into object code beside it (.o, written whole or not at all)."""
+    with open(path) as f:
+        text = f.read()
+    mod, tm = optimised(text, path)
     obj = tm.emit_object(mod)
     out = path[:-3] + ".o"
     tmp = f"{out}.{os.getpid()}.tmp"
