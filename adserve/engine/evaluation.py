@@ -96,11 +96,15 @@ _MAX_EXACT = float(2 ** 53)  # int64 inputs travel as float64 values: exact up t
 
 
 def _check_ints(fn, xs):
-    """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53)."""
+    """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53), checked as given: an
+    integer array's values compared as integers (as floats, 2**53 + 1 would round to 2**53 first)."""
     for n, a in zip(fn.input_names, xs):
         if n in fn.int_inputs:
             a = np.asarray(a)
-            bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
+            if a.dtype.kind in "iu":
+                bad = (a < -2 ** 53) | (a > 2 ** 53)
+            else:
+                bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
             if bad.any():
                 v = a[bad].reshape(-1)[0]
                 raise EvaluationError(f"inputs.{n} is an int64 input, but holds {float(v):.17g}: its values must be integers "
@@ -110,6 +114,7 @@ def _check_ints(fn, xs):
 # -- evaluation ------------------------------------------------------------------------
 _MAIN_KINDS = frozenset({"value", "gradient", "jvp", "vjp", "hvp"})
 _F64 = np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
 
 
 class _Request:
@@ -158,14 +163,19 @@ def _request(fn, compute, wrt) -> _Request:
 
 def _plain(fn, values, names, batch):
     """(batched float64 arrays for `names`, batch size or None) when `values` plainly fits: a dict of exactly
-    these names holding float64 ndarrays of the right shapes. None otherwise: `_check` decides (and words errors)."""
+    these names holding float64 ndarrays of the right shapes (an int64 input: an int64 ndarray of values float64
+    holds exactly, converted). None otherwise: `_check` decides (and words errors)."""
     if type(values) is not dict or len(values) != len(names):
         return None
-    shapes, out, B = fn.input_shapes, [], None
+    shapes, ints, out, B = fn.input_shapes, fn.int_inputs, [], None
     for n in names:
         a = values.get(n)
-        if type(a) is not np.ndarray or a.dtype != _F64:
+        if type(a) is not np.ndarray:
             return None
+        if a.dtype != _F64:
+            if a.dtype != _I64 or n not in ints or a.size and (a.min() < -2 ** 53 or a.max() > 2 ** 53):
+                return None
+            a = a.astype(_F64)
         if batch:
             if not a.ndim or a.shape[1:] != shapes[n] or (B is not None and a.shape[0] != B):
                 return None
@@ -264,8 +274,8 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
 
     if plain is None:
         xs = [batched(inputs[n]) for n in fn.input_names]
-    if fn.int_inputs:
-        _check_ints(fn, xs)
+    if fn.int_inputs and (plain is None or any(inputs[n].dtype != _I64 for n in fn.int_inputs)):
+        _check_ints(fn, [inputs[n] for n in fn.input_names])  # (int64 arrays `_plain` took are in range)
     out = {}
     main = req.main
     if main:
