@@ -300,6 +300,26 @@ def test_maxima_and_minima_along_a_loop_are_vectorised():
     both(graph, [x], "llvm vectorised extremes", exact_interp=True)
 
 
+def test_short_loops_unrolled_whole_are_vectorised_across_their_lanes(monkeypatch):
+    """gmm's reverse product: out[a, x, w] += g[a, x, y] * L[a, y, w] with w of 10 (the loop nest's innermost
+    letter, the output's row held in registers): LLVM unrolls a loop that short whole before its loop vectoriser
+    runs, and only the SLP vectoriser (llvm_kernel.SLP) packs the row's lanes; each lane is its own element's sum,
+    in its order: numba's bits."""
+    import re
+    graph = _case(_einsum("axy,ayw->axw"), [(3, 40, 10), (3, 10, 10)])
+
+    def vector_products():
+        mod, _ = llvm_kernel.optimised(llvm_kernel.module_text(graph, "slp", "slp"))
+        return re.findall(r"fmul <\d+ x double>", str(mod))
+    assert vector_products()
+    monkeypatch.setattr(llvm_kernel, "SLP", False)
+    assert not vector_products()  # what the setting does: the loop vectoriser leaves this nest alone
+    monkeypatch.undo()
+    rng = np.random.default_rng(6)
+    args = [rng.standard_normal((B, 3, 40, 10)), rng.standard_normal((B, 3, 10, 10))]
+    both(graph, args, "llvm slp product", against="python")
+
+
 def test_a_workspace_in_segments_gives_the_same_bits(monkeypatch):
     """Scratch arrays in workspace segments of at most SEGMENT doubles, each malloc'd per call (a block over
     glibc's largest mmap threshold is mapped and zeroed again on every call): with segments of 16 doubles,
