@@ -166,17 +166,43 @@ def _gmm_product(x, L):
 def test_a_nest_as_large_as_its_output_walks_the_output_along_memory():
     """A loop nest whose output is at least its larger operand's size loops over the output's letters outermost,
     in its order (gmm's (k, n, d) product of a transposed (n, k, d) array: over n then k, it wrote rows 10,000
-    elements apart), the summed letters inside in their former order; the dot product stays innermost."""
-    graph = _case(_gmm_product, [(30, 4, 5), (4, 5, 5)])
-    transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
-    (e,) = [e for e in graph.eqns if e.prim == "einsum"]
-    n = contraction.nest(e, transposed)
-    assert (n.la, n.lb, n.order, n.inner) == ("xay", "awy", ("a", "x", "w"), "y")
+    elements apart), the summed letters inside in their former order; a dot product longer than
+    contraction.SHORT_SUM stays innermost, a shorter one gives way to the output's row (lanes: each element its
+    own sum, in the same order)."""
+    for d, order, inner in ((20, ("a", "x", "w"), "y"), (5, ("a", "x", "y"), "w")):
+        graph = _case(_gmm_product, [(30, 4, d), (4, d, d)])
+        transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
+        (e,) = [e for e in graph.eqns if e.prim == "einsum"]
+        n = contraction.nest(e, transposed)
+        assert (n.la, n.lb, n.order, n.inner) == ("xay", "awy", order, inner), d
     # a smaller output: the larger operand's order, as before
     graph = _case(lambda a, b: _einsum("xay,axw->ayw")(a, b), [(30, 4, 5), (4, 30, 5)])
     (e,) = [e for e in graph.eqns if e.prim == "einsum"]
     assert contraction.nest(e, {}).order == ("x", "a", "y")
     assert contraction._output_first(("x", "s", "a", "t", "w"), "aw") == ("a", "w", "x", "s", "t")
+
+
+def test_short_dot_products_give_way_to_the_outputs_row_with_the_same_bits(monkeypatch):
+    """A short summed innermost letter gives way to the output's last (contraction._lanes): each output element
+    adds its products in place, in the order the local did, from 0.0: the bits of the dot product in a local
+    (the nest as before: SHORT_SUM 0), numba's (python tier) and the interpreter's; zeros of both signs among the
+    products (a sum from 0.0 is never -0.0) and a NaN."""
+    graph = _case(_gmm_product, [(30, 4, 10), (4, 10, 10)])
+    rng = np.random.default_rng(8)
+    args = [rng.standard_normal((B, 30, 4, 10)), rng.standard_normal((B, 4, 10, 10))[:1]]
+    args[0][0, :, :, :3] = -0.0
+    args[0][1, :, 2] = 0.0
+    args[0][2, 3, 1, 4] = NAN
+    both(graph, args, "llvm short dot products in lanes", against="python")
+    lanes = run_kernel(compile_kernel(graph, "lanes", llvm=True), graph, args)
+    transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
+    (e,) = [e for e in graph.eqns if e.prim == "einsum"]
+    assert contraction.nest(e, transposed).inner == "w"
+    monkeypatch.setattr(contraction, "SHORT_SUM", 0)
+    assert contraction.nest(e, transposed).inner == "y"
+    local = run_kernel(compile_kernel(graph, "dot products in a local", llvm=True), graph, args)
+    for j, (x, y) in enumerate(zip(lanes, local)):
+        identical(x, y, f"output {j}: lanes against the dot product in a local")
 
 
 def test_loop_nests_tell_llvm_their_output_is_no_operand():
