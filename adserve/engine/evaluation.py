@@ -99,13 +99,15 @@ _MAX_EXACT_INT = 2 ** 53
 def _check_ints(fn, xs, given=None):
     """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53). `given`: the inputs as sent,
     by name: those sent as integer arrays are integers already, checked by their extremes, all at once (GradBench's
-    det sends 22 index tables: the float64 copies' checks, seven passes and temporaries each, took 0.14 ms a call)."""
-    exact = set()
+    det sends 22 index tables: the float64 copies' checks, seven passes and temporaries each, took 0.14 ms a call),
+    and compared as integers (as floats, 2**53 + 1 would round to 2**53 first)."""
+    exact, integral = set(), {}
     if given is not None:
         wide = []
         for n in fn.int_inputs:
             sent = given.get(n)
             if type(sent) is np.ndarray and sent.dtype.kind in "iu":
+                integral[n] = sent
                 if sent.dtype.itemsize <= 4 or not sent.size:
                     exact.add(n)
                 elif sent.dtype == np.int64:
@@ -116,11 +118,18 @@ def _check_ints(fn, xs, given=None):
                 exact.update(n for n, _ in wide)
     for n, a in zip(fn.input_names, xs):
         if n in fn.int_inputs and n not in exact:
-            a = np.asarray(a)
-            bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
+            if n not in integral and given is not None and type(given.get(n)) in (list, int):
+                sent = np.asarray(given[n])  # JSON's integers, as sent (not yet rounded to float64)
+                integral[n] = sent if sent.dtype.kind in "iu" else a
+            a = np.asarray(integral.get(n, a))
+            if a.dtype.kind in "iu":
+                bad = (a < -2 ** 53) | (a > 2 ** 53)
+            else:
+                bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
             if bad.any():
                 v = a[bad].reshape(-1)[0]
-                raise EvaluationError(f"inputs.{n} is an int64 input, but holds {float(v):.17g}: its values must be integers "
+                v = int(v) if a.dtype.kind in "iu" else f"{float(v):.17g}"
+                raise EvaluationError(f"inputs.{n} is an int64 input, but holds {v}: its values must be integers "
                                       f"of magnitude at most 2**53", code="bad_integer")
 
 
@@ -179,13 +188,13 @@ def _plain(fn, values, names, batch):
     None otherwise: `_check` decides (and words errors)."""
     if type(values) is not dict or len(values) != len(names):
         return None
-    shapes, out, B = fn.input_shapes, [], None
+    shapes, ints, out, B = fn.input_shapes, fn.int_inputs, [], None
     for n in names:
         a = values.get(n)
         if type(a) is not np.ndarray:
             return None
         if a.dtype != _F64:
-            if a.dtype.kind not in "iu" or n not in fn.int_inputs:
+            if a.dtype.kind not in "iu" or n not in ints:
                 return None
             a = a.astype(_F64)
         if batch:

@@ -178,6 +178,28 @@ def test_int64_inputs_sent_as_integer_arrays_are_checked_as_floats_are(data):
         assert e.value.code == "bad_integer" and "inputs.idx" in str(e.value)
 
 
+def test_int64_arrays_take_the_engines_plain_path_and_are_checked_as_integers(data):
+    """Engine.evaluate with int64 ndarrays for int64 inputs (ba's cam_idx, pt_idx): the same answer as their
+    float64 values, batched or not; a value past 2**53 is refused as given (as a float it would round to 2**53
+    and pass), a float64 array holding a non-integer too."""
+    engine = Engine()
+    fn = engine.compile_definition(VECTOR)
+    want = engine.evaluate(fn, {"x": data["x"], "idx": data["idx"].astype(np.float64)})["value"]
+    got = engine.evaluate(fn, {"x": data["x"], "idx": data["idx"].astype(np.int64)})["value"]
+    np.testing.assert_array_equal(got, want)
+    rows = engine.evaluate(fn, {"x": np.stack([data["x"]] * 2), "idx": np.stack([data["idx"].astype(np.int64)] * 2)},
+                           batch=True)["value"]
+    np.testing.assert_array_equal(rows, [want, want])
+    for bad in (np.array([0, 1, 2, 2 ** 53 + 1], dtype=np.int64), np.array([0, 1, 2, -2 ** 53 - 1], dtype=np.int64),
+                np.array([0, 1.5, 2, 3])):
+        with pytest.raises(Exception) as e:
+            engine.evaluate(fn, {"x": data["x"], "idx": bad})
+        assert getattr(e.value, "code", None) == "bad_integer" and "inputs.idx" in str(e.value)
+        with pytest.raises(Exception) as e:  # and the checked path (a list, not an array)
+            engine.evaluate(fn, {"x": data["x"].tolist(), "idx": bad.tolist()})
+        assert getattr(e.value, "code", None) == "bad_integer"
+
+
 def test_int64_inputs_take_no_tangent_and_cannot_be_in_wrt(service, data):
     fid = service.register(VECTOR)[0]["id"]
     r = service.evaluate(fid, {"inputs": {"x": data["x"].tolist(), "idx": data["idx"].tolist()},

@@ -166,17 +166,43 @@ def _gmm_product(x, L):
 def test_a_nest_as_large_as_its_output_walks_the_output_along_memory():
     """A loop nest whose output is at least its larger operand's size loops over the output's letters outermost,
     in its order (gmm's (k, n, d) product of a transposed (n, k, d) array: over n then k, it wrote rows 10,000
-    elements apart), the summed letters inside in their former order; the dot product stays innermost."""
-    graph = _case(_gmm_product, [(30, 4, 5), (4, 5, 5)])
-    transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
-    (e,) = [e for e in graph.eqns if e.prim == "einsum"]
-    n = contraction.nest(e, transposed)
-    assert (n.la, n.lb, n.order, n.inner) == ("xay", "awy", ("a", "x", "w"), "y")
+    elements apart), the summed letters inside in their former order; a dot product longer than
+    contraction.SHORT_SUM stays innermost, a shorter one gives way to the output's row (lanes: each element its
+    own sum, in the same order)."""
+    for d, order, inner in ((20, ("a", "x", "w"), "y"), (5, ("a", "x", "y"), "w")):
+        graph = _case(_gmm_product, [(30, 4, d), (4, d, d)])
+        transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
+        (e,) = [e for e in graph.eqns if e.prim == "einsum"]
+        n = contraction.nest(e, transposed)
+        assert (n.la, n.lb, n.order, n.inner) == ("xay", "awy", order, inner), d
     # a smaller output: the larger operand's order, as before
     graph = _case(lambda a, b: _einsum("xay,axw->ayw")(a, b), [(30, 4, 5), (4, 30, 5)])
     (e,) = [e for e in graph.eqns if e.prim == "einsum"]
     assert contraction.nest(e, {}).order == ("x", "a", "y")
     assert contraction._output_first(("x", "s", "a", "t", "w"), "aw") == ("a", "w", "x", "s", "t")
+
+
+def test_short_dot_products_give_way_to_the_outputs_row_with_the_same_bits(monkeypatch):
+    """A short summed innermost letter gives way to the output's last (contraction._lanes): each output element
+    adds its products in place, in the order the local did, from 0.0: the bits of the dot product in a local
+    (the nest as before: SHORT_SUM 0), numba's (python tier) and the interpreter's; zeros of both signs among the
+    products (a sum from 0.0 is never -0.0) and a NaN."""
+    graph = _case(_gmm_product, [(30, 4, 10), (4, 10, 10)])
+    rng = np.random.default_rng(8)
+    args = [rng.standard_normal((B, 30, 4, 10)), rng.standard_normal((B, 4, 10, 10))[:1]]
+    args[0][0, :, :, :3] = -0.0
+    args[0][1, :, 2] = 0.0
+    args[0][2, 3, 1, 4] = NAN
+    both(graph, args, "llvm short dot products in lanes", against="python")
+    lanes = run_kernel(compile_kernel(graph, "lanes", llvm=True), graph, args)
+    transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
+    (e,) = [e for e in graph.eqns if e.prim == "einsum"]
+    assert contraction.nest(e, transposed).inner == "w"
+    monkeypatch.setattr(contraction, "SHORT_SUM", 0)
+    assert contraction.nest(e, transposed).inner == "y"
+    local = run_kernel(compile_kernel(graph, "dot products in a local", llvm=True), graph, args)
+    for j, (x, y) in enumerate(zip(lanes, local)):
+        identical(x, y, f"output {j}: lanes against the dot product in a local")
 
 
 def test_loop_nests_tell_llvm_their_output_is_no_operand():
@@ -276,6 +302,48 @@ def test_a_reduction_over_the_last_axis_accumulates_in_a_register():
     x[0, 1] = [-0.0, 0.0, -1.0, -1.0, NAN]  # ties and a NaN through the register
     x[1, 2] = [0.0, -0.0, -0.0, 0.0, -1.0]
     both(graph, [x], "llvm accumulator in a register", exact_interp=True)
+
+
+def test_maxima_and_minima_along_a_loop_are_vectorised():
+    """A maximum or minimum accumulated along a run's innermost loop is IEEE's maximum or minimum (llvm.maximum,
+    llvm.minimum: numba's select, a NaN's payload aside), which LLVM's vectoriser takes as a reduction: k-means'
+    nearest-centre minimum over 10000x100 distances ran 1.0 ms faster (2.6 -> 1.5 ms). NaNs and zeros of either
+    sign anywhere along the loop give the interpreter's bits."""
+    import re
+    graph = make_graph(lambda x: (op.reduce_min(x * 2.0 - 1.0, axes=(1,)), op.reduce_max(x + 1.0, axes=(1,)),
+                                  op.reduce_max(x, axes=(0, 1))), [(3, 37)])
+    mod, _ = llvm_kernel.optimised(llvm_kernel.module_text(graph, "ext", "ext"))
+    text = str(mod)
+    for fn in ("minimum", "maximum"):
+        assert re.search(rf"<\d+ x double> @llvm\.{fn}\.v\d+f64", text), f"{fn} not vectorised"
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((B, 3, 37))
+    x[0, 0, 9], x[0, 1, 30] = NAN, NAN  # a NaN in a vector lane, and in the loop's remainder
+    x[1] = 0.0
+    x[1, :, 5::7] = -0.0  # zeros of both signs: min -0.0, max 0.5 (x + 1.0 = 1.0) / 0.0
+    x[2, 2] = -0.5
+    x[2, 2, 13] = 0.5 * -0.0
+    both(graph, [x], "llvm vectorised extremes", exact_interp=True)
+
+
+def test_short_loops_unrolled_whole_are_vectorised_across_their_lanes(monkeypatch):
+    """gmm's reverse product: out[a, x, w] += g[a, x, y] * L[a, y, w] with w of 10 (the loop nest's innermost
+    letter, the output's row held in registers): LLVM unrolls a loop that short whole before its loop vectoriser
+    runs, and only the SLP vectoriser (llvm_kernel.SLP) packs the row's lanes; each lane is its own element's sum,
+    in its order: numba's bits."""
+    import re
+    graph = _case(_einsum("axy,ayw->axw"), [(3, 40, 10), (3, 10, 10)])
+
+    def vector_products():
+        mod, _ = llvm_kernel.optimised(llvm_kernel.module_text(graph, "slp", "slp"))
+        return re.findall(r"fmul <\d+ x double>", str(mod))
+    assert vector_products()
+    monkeypatch.setattr(llvm_kernel, "SLP", False)
+    assert not vector_products()  # what the setting does: the loop vectoriser leaves this nest alone
+    monkeypatch.undo()
+    rng = np.random.default_rng(6)
+    args = [rng.standard_normal((B, 3, 40, 10)), rng.standard_normal((B, 3, 10, 10))]
+    both(graph, args, "llvm slp product", against="python")
 
 
 def test_a_workspace_in_segments_gives_the_same_bits(monkeypatch):

@@ -316,23 +316,16 @@ class Writer(Pieces, Ops, Control, Contract):
 
     # -- accumulators -----------------------------------------------------------------------------------
     def accumulate(self, prim, acc, v) -> str:
-        """The accumulator's next value (templates.ACCUMULATORS: max/min keep the first NaN, and of two zeros
-        max is 0.0 and min -0.0): as numba's one select, `v` if it is better, NaN, or equal with the sign that
-        wins (equal nonzero values have the same bits)."""
+        """The accumulator's next value (templates.ACCUMULATORS: max/min keep a NaN, and of two zeros max is 0.0
+        and min -0.0): numba's one select (`v` if it is better, NaN, or equal with the sign that wins) is
+        IEEE 754-2019's maximum and minimum, LLVM's llvm.maximum and llvm.minimum (a NaN's payload aside,
+        nobody's answer), which its vectoriser knows as reductions, where it cannot see one in the select."""
         n = self.fresh()
         if prim in ("reduce_sum", "sum_to"):
             self.emit(f"%q{n} = fadd double {acc}, {v}")
             return f"%q{n}"
-        cond, sign = ("ogt", "sge") if prim == "reduce_max" else ("olt", "slt")
-        self.emit(f"%q{n}.a = fcmp {cond} double {v}, {acc}")
-        self.emit(f"%q{n}.b = fcmp uno double {v}, {v}")
-        self.emit(f"%q{n}.c = or i1 %q{n}.a, %q{n}.b")
-        self.emit(f"%q{n}.d = fcmp oeq double {v}, {acc}")
-        self.emit(f"%q{n}.i = bitcast double {v} to i64")
-        self.emit(f"%q{n}.s = icmp {sign} i64 %q{n}.i, 0")  # the sign bit: clear for max, set for min
-        self.emit(f"%q{n}.e = and i1 %q{n}.d, %q{n}.s")
-        self.emit(f"%q{n}.f = or i1 %q{n}.c, %q{n}.e")
-        self.emit(f"%q{n} = select i1 %q{n}.f, double {v}, double {acc}")
+        fn = "llvm.maximum.f64" if prim == "reduce_max" else "llvm.minimum.f64"
+        self.emit(f"%q{n} = call double @{fn}(double {acc}, double {v})")
         return f"%q{n}"
 
     def slot(self, start) -> str:
