@@ -373,6 +373,21 @@ def test_a_run_is_cut_at_libm_calls_and_the_rest_vectorised(monkeypatch):
     both(graph, _rotation_inputs(9), "llvm run cut at calls", exact_interp=True)
 
 
+def test_the_pieces_of_an_output_concatenation_are_computed_in_its_row():
+    """ba's output: concatenate([reshape(stack([e0, e1], axis=1), (-1,)), 1 - w * w]). Each piece is computed in
+    its region of the output row (e0 and e1 at stride 2), nothing in the workspace, no copies (llvm_homes.py):
+    the interpreter's bits."""
+    def f(x):
+        pair = [op.reshape(v, shape=(40, 1)) for v in (op.sin(x) * 2.0, x / 3.0)]
+        return op.concatenate(op.reshape(op.concatenate(*pair, axis=1), shape=(80,)), 1.0 - x * x, axis=0)
+    graph = _case(f, [(40,)])
+    text = llvm_kernel.module_text(graph, "homes", "homes")
+    assert "@malloc(" not in text.split("define i64 @kernel_homes(")[1].split("\n}")[0]
+    x = np.random.default_rng(10).standard_normal((B, 40))
+    x[0, :5] = [NAN, INF, -INF, 0.0, NZ]
+    both(graph, [x], "llvm homes", exact_interp=True)
+
+
 def test_short_loops_unrolled_whole_are_vectorised_across_their_lanes(monkeypatch):
     """gmm's reverse product: out[a, x, w] += g[a, x, y] * L[a, y, w] with w of 10 (the loop nest's innermost
     letter, the output's row held in registers): LLVM unrolls a loop that short whole before its loop vectoriser

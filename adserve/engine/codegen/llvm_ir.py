@@ -27,6 +27,7 @@ from .llvm_contraction import Contract
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
 from .llvm_pieces import SHIFT, Cat, Pieces, narrow
+from .llvm_homes import Homes
 from .llvm_split import Split
 from .schedule import kernel_order
 from .templates import kept
@@ -76,7 +77,7 @@ class Part:
         self.cache: dict = {}
 
 
-class Writer(Pieces, Ops, Control, Contract, Split):
+class Writer(Pieces, Ops, Control, Contract, Split, Homes):
     """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
 
     def __init__(self, graph: Graph):
@@ -107,6 +108,7 @@ class Writer(Pieces, Ops, Control, Contract, Split):
         self.readers: dict = {}  # value -> the equations reading it (None: its graph's output), of every graph
         self.position: dict = {}  # equation -> its place in its graph's order
         self.last_read: dict = {}  # value -> the last place reading it in its graph (outputs: past the end)
+        self.homes: dict = {}  # value -> the region of an output row it is computed in (llvm_homes.py)
         self.targets: dict = {}  # a loop body's new carry value -> the carry it may be written into (llvm_pieces)
 
     @property
@@ -180,7 +182,7 @@ class Writer(Pieces, Ops, Control, Contract, Split):
                 view = View(f"out{j}", 0, tuple(v.shape), c_strides(v.shape))
                 break
         else:
-            view = self.scratch(v.shape)
+            view = self.homes.get(v) or self.scratch(v.shape)
         self.arr[v] = view
         return view
 
@@ -377,6 +379,8 @@ class Writer(Pieces, Ops, Control, Contract, Split):
             self.readers.setdefault(a, []).append(None)
             self.last_read[a] = len(g.eqns)
         eqns = self.shifted(g)
+        if top:
+            self.place(eqns)
         uses: dict = {}
         for e in eqns:
             for a in e.inputs:
