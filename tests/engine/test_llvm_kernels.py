@@ -326,6 +326,68 @@ def test_maxima_and_minima_along_a_loop_are_vectorised():
     both(graph, [x], "llvm vectorised extremes", exact_interp=True)
 
 
+def _rotation(x, trig=(op.cos, op.sin)):
+    """ba's rotation and projection in miniature: two functions of one column, then a dozen operations more."""
+    r, a, b = (op.slice(x, index=((0, 40, 1), k)) for k in range(3))
+    theta = op.sqrt(r * r + 0.25)
+    c, s, ti = trig[0](theta), trig[1](theta), 1.0 / theta
+    y0 = a * c + (r * ti * b) * s + (1.0 - c) * a
+    y1 = b * c - (r * ti * a) * s + 2.0
+    pair = [op.reshape(v, shape=(40, 1)) for v in (y0 / y1, y1 * y1 - a / y1)]
+    return op.reshape(op.concatenate(*pair, axis=1), shape=(80,))  # ba's stack: the values in the workspace
+
+
+def _vector_divisions(graph):
+    import re
+    mod, _ = llvm_kernel.optimised(llvm_kernel.module_text(graph, "scoped", "scoped"))
+    return re.findall(r"fdiv <\d+ x double>", str(mod))
+
+
+def _rotation_inputs(seed):
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((B, 10, 11))
+    t[0, :6, :3] = [[NAN, 1.0, 2.0], [INF, 0.5, 1.0], [0.0, -0.0, 0.0], [1.0, NAN, 3.0], [2.0, 1.0, INF], [NZ, 1.0, -1.0]]
+    return [t, rng.integers(0, 10, size=(B, 40)).astype(float)]
+
+
+def test_a_run_reading_the_workspace_at_other_strides_is_vectorised():
+    """ba's objective: rows of 11 gathered into the workspace, a run reading them (stride 11) and storing its
+    values (stride 1) into the same workspace, where LLVM could not tell the two apart. Its stores are scoped apart from its loads (llvm_split.py), and
+    LLVM vectorises it, sin and cos called lane by lane: the interpreter's bits, NaNs, infinities and zeros among
+    the rows."""
+    graph = _case(lambda t, i: _rotation(op.gather(t, i, axis=0)), [(10, 11), (40,)])
+    assert _vector_divisions(graph)
+    both(graph, _rotation_inputs(8), "llvm scoped run", exact_interp=True)
+
+
+def test_a_run_is_cut_at_libm_calls_and_the_rest_vectorised(monkeypatch):
+    """tan and atan (libm's, no LLVM intrinsics) have no vector form and keep a loop scalar: the run is written as
+    a loop computing them into the workspace and a loop of the rest, which LLVM vectorises; every element computed
+    by the same operations: the interpreter's bits."""
+    from adserve.engine.codegen import llvm_split
+    graph = _case(lambda t, i: _rotation(op.gather(t, i, axis=0), (op.tan, op.arctan)), [(10, 11), (40,)])
+    assert _vector_divisions(graph)
+    monkeypatch.setattr(llvm_split, "SPLIT_REST", 10 ** 6)  # one loop: scalar, as every such call keeps it
+    assert not _vector_divisions(graph)
+    monkeypatch.undo()
+    both(graph, _rotation_inputs(9), "llvm run cut at calls", exact_interp=True)
+
+
+def test_the_pieces_of_an_output_concatenation_are_computed_in_its_row():
+    """ba's output: concatenate([reshape(stack([e0, e1], axis=1), (-1,)), 1 - w * w]). Each piece is computed in
+    its region of the output row (e0 and e1 at stride 2), nothing in the workspace, no copies (llvm_homes.py):
+    the interpreter's bits."""
+    def f(x):
+        pair = [op.reshape(v, shape=(40, 1)) for v in (op.sin(x) * 2.0, x / 3.0)]
+        return op.concatenate(op.reshape(op.concatenate(*pair, axis=1), shape=(80,)), 1.0 - x * x, axis=0)
+    graph = _case(f, [(40,)])
+    text = llvm_kernel.module_text(graph, "homes", "homes")
+    assert "@malloc(" not in text.split("define i64 @kernel_homes(")[1].split("\n}")[0]
+    x = np.random.default_rng(10).standard_normal((B, 40))
+    x[0, :5] = [NAN, INF, -INF, 0.0, NZ]
+    both(graph, [x], "llvm homes", exact_interp=True)
+
+
 def test_short_loops_unrolled_whole_are_vectorised_across_their_lanes(monkeypatch):
     """gmm's reverse product: out[a, x, w] += g[a, x, y] * L[a, y, w] with w of 10 (the loop nest's innermost
     letter, the output's row held in registers): LLVM unrolls a loop that short whole before its loop vectoriser

@@ -27,6 +27,8 @@ from .llvm_contraction import Contract
 from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
 from .llvm_pieces import SHIFT, Cat, Pieces, narrow
+from .llvm_homes import Homes
+from .llvm_split import Split
 from .schedule import kernel_order
 from .templates import kept
 
@@ -75,7 +77,7 @@ class Part:
         self.cache: dict = {}
 
 
-class Writer(Pieces, Ops, Control, Contract):
+class Writer(Pieces, Ops, Control, Contract, Split, Homes):
     """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
 
     def __init__(self, graph: Graph):
@@ -106,6 +108,7 @@ class Writer(Pieces, Ops, Control, Contract):
         self.readers: dict = {}  # value -> the equations reading it (None: its graph's output), of every graph
         self.position: dict = {}  # equation -> its place in its graph's order
         self.last_read: dict = {}  # value -> the last place reading it in its graph (outputs: past the end)
+        self.homes: dict = {}  # value -> the region of an output row it is computed in (llvm_homes.py)
         self.targets: dict = {}  # a loop body's new carry value -> the carry it may be written into (llvm_pieces)
 
     @property
@@ -179,7 +182,7 @@ class Writer(Pieces, Ops, Control, Contract):
                 view = View(f"out{j}", 0, tuple(v.shape), c_strides(v.shape))
                 break
         else:
-            view = self.scratch(v.shape)
+            view = self.homes.get(v) or self.scratch(v.shape)
         self.arr[v] = view
         return view
 
@@ -376,6 +379,8 @@ class Writer(Pieces, Ops, Control, Contract):
             self.readers.setdefault(a, []).append(None)
             self.last_read[a] = len(g.eqns)
         eqns = self.shifted(g)
+        if top:
+            self.place(eqns)
         uses: dict = {}
         for e in eqns:
             for a in e.inputs:
@@ -431,6 +436,7 @@ class Writer(Pieces, Ops, Control, Contract):
             for a in e.inputs:
                 if a not in made and a not in ops:
                     ops[a] = self.operand(a, pieces=True)
+        carried = False
         for e in run:
             if e.prim not in SUMS and e.out.shape and uses.get(e.out, 0) > inside.get(e.out, 0):
                 carry = self.target(e, run)
@@ -438,6 +444,7 @@ class Writer(Pieces, Ops, Control, Contract):
                     self.buffer(e.out)
                 else:
                     self.arr[e.out] = carry
+                    carried = True
         accs = {}
         for e in run:
             if e.prim in SUMS:
@@ -450,9 +457,12 @@ class Writer(Pieces, Ops, Control, Contract):
         nests = self.regions(ops, shape, bool(accs), any(e.prim == SHIFT for e in run))
         lasts: dict = {}  # a shift -> its value's element of the last iteration written (the next stretch's first)
 
-        def body(idx, ops=ops, shape=shape, dsts=self.arr):
+        def body(idx, ops=ops, shape=shape, dsts=self.arr, eqns=run, saved=None):
             temps: dict = {}
-            for e in run:
+            for e in eqns:
+                if saved and e.out in saved:  # a call's result, from the first loop of a split run
+                    temps[e.out] = self.elem(e.out, saved[e.out], idx, shape)
+                    continue
                 args = [temps[a] if a in temps else self.elem(a, ops[a], idx, shape) for a in e.inputs]
                 acc = accs.get(e)
                 if acc is None:
@@ -482,7 +492,11 @@ class Writer(Pieces, Ops, Control, Contract):
                 dsts = {e.out: narrow(self.arr[e.out], e.out.shape, shape, axis, lo, sub[axis])
                         for e in run if e.out in self.arr}
                 self.loop(sub, lambda idx: body(idx, rops, sub, dsts))
-        elif not fixed or 0 in shape:
+        elif 0 in shape:
+            pass
+        elif not accs and not carried and not self.enclosing and not any(e.prim == SHIFT for e in run):
+            self.scoped_run(run, shape, body)  # stores only into the run's own arrays (llvm_split.py)
+        elif not fixed:
             self.loop(shape, body)
         else:
             outer = self.open_loops(shape[:-1])

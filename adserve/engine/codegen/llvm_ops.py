@@ -148,11 +148,15 @@ class Ops:
             return
         if isinstance(op, str):
             return self.fill(self.buffer(out), op)
-        if not op.contiguous():
+        from .llvm_homes import reshaped
+        # a C-ordered view; or axes of one element gained or lost, for concatenations (a stack's column in place)
+        view = reshaped(op, out.shape) if op.contiguous() or all(
+            r is not None and r.prim == "concatenate" for r in self.readers.get(out, [None])) else None
+        if view is None:
             copy = self.scratch(op.shape)
             self.copy(copy, x, op, op.shape)
-            op = copy
-        self.arr[out] = replace(op, shape=tuple(out.shape), strides=c_strides(out.shape))
+            view = replace(copy, shape=tuple(out.shape), strides=c_strides(out.shape))
+        self.arr[out] = view
 
     def op_update_slice(self, e):
         x, v = e.inputs

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..ir import Eqn, Lit, Var
+from .llvm_homes import same_place
 from .llvm_ops import Fill, Ops, View, const, indexed_layout
 
 # equations whose array value may be a view of an input's memory (control flow's and the rest's are new)
@@ -167,7 +168,7 @@ class Pieces:
         """out = the concatenation of `pieces` (a piece already where it goes is not copied)."""
         for p in pieces:
             region = View(out.base, out.offset + p.start * out.strides[axis], p.shape, out.strides, out.dyn)
-            if p.op != region:
+            if not same_place(p.op, region):
                 self.copy(region, p, p.op, p.shape)
 
     def materialize(self, a) -> View:
