@@ -149,3 +149,20 @@ done:
     for e in mathlib.exp_array(x):
         want += e
     assert sum_exp(x.ctypes.data, x.size) == want
+
+
+@pytest.mark.parametrize("expr, vectorised", [("sum(exp(x))", True), ("sum(log(x) * x)", True),
+                                              ("sum(x * x)", False), ("sum(sin(x))", False)])
+def test_only_sums_of_exp_or_log_are_left_to_the_ordered_vectoriser(expr, vectorised):
+    """llvm_ir._vectorised: a loop with a sum keeps LLVM's vectoriser only when it calls mathlib (its ordered
+    sums cost more than the scalar loop elsewhere: gmm, ode); other loops are not marked."""
+    from adserve.engine import Engine, main_plan
+    from adserve.engine.codegen.llvm_kernel import module_text
+    fn = Engine().compile_definition({"inputs": [{"name": "x", "shape": [1000]}], "expr": expr})
+    graph, _ = main_plan(fn, frozenset({"value"}))
+    text = module_text(graph, "k", "t")
+    marked = "llvm.loop.vectorize.enable" in text
+    assert marked is not vectorised
+    plain, _ = main_plan(Engine().compile_definition({"inputs": [{"name": "x", "shape": [1000]}],
+                                                      "expr": "exp(x) * 2"}), frozenset({"value"}))
+    assert "llvm.loop.vectorize.enable" not in module_text(plain, "k", "t")
