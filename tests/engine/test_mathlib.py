@@ -154,7 +154,7 @@ done:
 @pytest.mark.parametrize("expr, vectorised", [("sum(exp(x))", True), ("sum(log(x) * x)", True),
                                               ("sum(x * x)", False), ("sum(sin(x))", False)])
 def test_only_sums_of_exp_or_log_are_left_to_the_ordered_vectoriser(expr, vectorised):
-    """llvm_ir._vectorised: a loop with a sum keeps LLVM's vectoriser only when it calls mathlib (its ordered
+    """llvm_split.Split.sum_loop_hint: a loop with a sum keeps LLVM's vectoriser only when it calls mathlib (its ordered
     sums cost more than the scalar loop elsewhere: gmm, ode); other loops are not marked."""
     from adserve.engine import Engine, main_plan
     from adserve.engine.codegen.llvm_kernel import module_text

@@ -86,7 +86,7 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
         self.count = 0
         self.segments = [0]  # doubles of each workspace segment (scratch)
         self.consts: list = []
-        self._no_vectorise = None  # the metadata node of loops LLVM may not vectorise (_vectorised)
+        self._no_vectorise = None  # the metadata node of loops LLVM may not vectorise (llvm_split.sum_loop_hint)
         self.literals: dict = {}  # Lit of explicit data -> its module constant's view
         self.scal: dict = {}  # scalar Var -> ("in", j) or (part index, SSA name)
         self.arr: dict = {}   # array Var -> View or Fill
@@ -294,29 +294,9 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
             self.label(f"L{n}.l")
             self.emit(f"%i{n}.n = add nuw nsw i64 %i{n}, 1")
             self.emit(f"%i{n}.c = icmp ult i64 %i{n}.n, {d}")
-            self.emit(f"br i1 %i{n}.c, label %L{n}, label %L{n}.x{self._vectorised(n)}")
+            self.emit(f"br i1 %i{n}.c, label %L{n}, label %L{n}.x{self.sum_loop_hint(n)}")
             self.label(f"L{n}.x")
         self.memo = {}
-
-    def _vectorised(self, n) -> str:
-        """Loop n's metadata: LLVM may vectorise a loop holding a sum only if it also calls mathlib's exp or log.
-        It vectorises sums keeping their order (llvm_kernel.LLVM_OPTIONS), which pays where the lanes compute
-        enough (lse's exps: 859 -> 308 us), and cost more than the scalar loop elsewhere (gmm's objective
-        1.02 -> 1.58 ms, ode's gradient 0.99 -> 1.31 ms): those stay as they were without the option."""
-        start = next((k for k in range(len(self.part.body) - 1, -1, -1) if self.part.body[k] == f"L{n}:"), None)
-        if start is None:
-            return ""
-        body = self.part.body[start:]
-        if not any(" = fadd double " in ln and ln.lstrip().startswith("%q") for ln in body):
-            return ""
-        if any("@adserve_exp(" in ln or "@adserve_log(" in ln for ln in body):
-            return ""
-        if self._no_vectorise is None:
-            self._no_vectorise = self.fresh()
-            self.consts.append(f'!{self._no_vectorise} = !{{!"llvm.loop.vectorize.enable", i1 false}}')
-        loop = self.fresh()
-        self.consts.append(f"!{loop} = distinct !{{!{loop}, !{self._no_vectorise}}}")
-        return f", !llvm.loop !{loop}"
 
     def loop(self, shape, body):
         """Run body(idx) in a loop nest over shape (nothing when shape has no elements)."""
