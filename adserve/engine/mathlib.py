@@ -176,14 +176,8 @@ class _Compiled:
     def __init__(self):
         import llvmlite.binding as llvm
 
-        from .codegen.llvm_kernel import _target_machine
-        text = "\n\n".join([*FUNCTIONS.values(), *(_array_loop(n) for n in FUNCTIONS)])
-        tm = _target_machine()
-        mod = llvm.parse_assembly(text)
-        mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
-        mod.verify()
-        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
-        pb.getModulePassManager().run(mod, pb)
+        from .codegen.llvm_kernel import optimise
+        mod, tm = optimise("\n\n".join([*FUNCTIONS.values(), *(_array_loop(n) for n in FUNCTIONS)]))
         self._engine = llvm.create_mcjit_compiler(mod, tm)
         self._engine.finalize_object()
         array = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -225,7 +219,7 @@ def log_array(a) -> np.ndarray:
 
 
 # The scalar helpers the exp and log rows declare (the python tier calls these; numba's kernels the IR named by
-# `ir_function`, runtime.py). The first call compiles; after it the compiled function answers directly.
+# `ir_function`, runtime.py). The first call in a process compiles them (`compiled`).
 def exp(x):
     return compiled().scalar["adserve_exp"](x)
 

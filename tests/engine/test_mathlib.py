@@ -97,16 +97,10 @@ def test_numba_kernels_compute_the_same_bits():
 def test_llvm_kernels_inline_it_and_vectorise_it():
     """A kernel's module defines the functions it calls (no C library exp or log left), and LLVM's
     optimiser turns a loop of them into vector code."""
-    import llvmlite.binding as llvm
-
-    from adserve.engine.codegen.llvm_kernel import _target_machine
+    from adserve.engine.codegen.llvm_kernel import optimise
     text = "\n\n".join([mathlib.EXP, mathlib.LOG, mathlib._array_loop("adserve_exp")])
     assert mathlib.definitions("  %r = call double @adserve_log(double %x)") == [mathlib.LOG]
-    tm = _target_machine()
-    mod = llvm.parse_assembly(text)
-    mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
-    pb.getModulePassManager().run(mod, pb)
+    mod, _ = optimise(text)
     loop = str(mod.get_function("adserve_exp_array"))
     assert "x double>" in loop and "call double @exp" not in loop and "@llvm.exp" not in loop
 
@@ -118,7 +112,7 @@ def test_a_sum_of_exps_vectorises_and_adds_in_order():
 
     import llvmlite.binding as llvm
 
-    from adserve.engine.codegen.llvm_kernel import _target_machine
+    from adserve.engine.codegen.llvm_kernel import optimise
     loop = """define double @sum_exp(ptr noalias %x, i64 %n) {
 entry:
   br label %loop
@@ -135,11 +129,7 @@ loop:
 done:
   ret double %next
 }"""
-    tm = _target_machine()  # sets the options
-    mod = llvm.parse_assembly(mathlib.EXP + "\n" + loop)
-    mod.triple, mod.data_layout = tm.triple, str(tm.target_data)
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=2))
-    pb.getModulePassManager().run(mod, pb)
+    mod, tm = optimise(mathlib.EXP + "\n" + loop)  # its target machine sets the options
     assert "x double>" in str(mod.get_function("sum_exp"))
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()

@@ -285,11 +285,18 @@ def cpu() -> str:
 def optimised(text: str, where="the module"):
     """The module `text` parsed and optimised as its header's size asks (`_level`), and the target machine that
     emits it: (module, machine)."""
-    import llvmlite.binding as llvm
     meta = header_text(text, where)
     parts = meta["parts"]
     level = _level(parts, bool(meta.get("loops")) or bool(meta.get("contractions")))
-    tm = _target_machine(level if level is not None else 0 if parts > HUGE_PARTS else 1)
+    return optimise(text, level, level if level is not None else 0 if parts > HUGE_PARTS else 1)
+
+
+def optimise(text: str, level=OPT_LEVEL, machine_level=None):
+    """The module `text` parsed, verified and optimised: LLVM's standard pipeline at `level` (the SLP vectoriser
+    as SLP says), or LEAN_PASSES where `level` is None; and the target machine that emits it, at `machine_level`
+    (default `level`): (module, machine). The kernels' way, and mathlib's."""
+    import llvmlite.binding as llvm
+    tm = _target_machine(level if machine_level is None else machine_level)
     mod = llvm.parse_assembly(text)
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
