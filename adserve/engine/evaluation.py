@@ -98,39 +98,43 @@ _MAX_EXACT_INT = 2 ** 53
 
 def _check_ints(fn, xs, given=None):
     """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53). `given`: the inputs as sent,
-    by name: those sent as integer arrays are integers already, checked by their extremes, all at once (GradBench's
-    det sends 22 index tables: the float64 copies' checks, seven passes and temporaries each, took 0.14 ms a call),
-    and compared as integers (as floats, 2**53 + 1 would round to 2**53 first)."""
-    exact, integral = set(), {}
-    if given is not None:
-        wide = []
-        for n in fn.int_inputs:
-            sent = given.get(n)
-            if type(sent) is np.ndarray and sent.dtype.kind in "iu":
-                integral[n] = sent
-                if sent.dtype.itemsize <= 4 or not sent.size:
-                    exact.add(n)
-                elif sent.dtype == np.int64:
-                    wide.append((n, sent))
-        if wide:
-            every = np.concatenate([a for _, a in wide], axis=None)
-            if np.minimum.reduce(every) >= -_MAX_EXACT_INT and np.maximum.reduce(every) <= _MAX_EXACT_INT:
-                exact.update(n for n, _ in wide)
+    by name. Those sent as integers (an integer array, JSON's integers) are compared as integers (as floats,
+    2**53 + 1 would round to 2**53 first), the int64 arrays among them by their extremes, all at once (GradBench's
+    det sends 22 index tables: the float64 copies' checks, seven passes and temporaries each, took 0.14 ms a
+    call); the rest as their float64 values."""
+    sent = {n: _as_sent(given.get(n)) for n in fn.int_inputs} if given is not None else {}
+    sent = {n: a for n, a in sent.items() if a is not None}
+    wide = [a for a in sent.values() if a.dtype == np.int64 and a.size]  # (with a uint64, floats: not exact)
+    if wide:
+        every = np.concatenate(wide, axis=None)
+        if not (np.minimum.reduce(every) >= -_MAX_EXACT_INT and np.maximum.reduce(every) <= _MAX_EXACT_INT):
+            wide = None  # one is out of range: each is checked below, to name it
     for n, a in zip(fn.input_names, xs):
-        if n in fn.int_inputs and n not in exact:
-            if n not in integral and given is not None and type(given.get(n)) in (list, int):
-                sent = np.asarray(given[n])  # JSON's integers, as sent (not yet rounded to float64)
-                integral[n] = sent if sent.dtype.kind in "iu" else a
-            a = np.asarray(integral.get(n, a))
-            if a.dtype.kind in "iu":
-                bad = (a < -2 ** 53) | (a > 2 ** 53)
-            else:
-                bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
-            if bad.any():
-                v = a[bad].reshape(-1)[0]
-                v = int(v) if a.dtype.kind in "iu" else f"{float(v):.17g}"
-                raise EvaluationError(f"inputs.{n} is an int64 input, but holds {v}: its values must be integers "
-                                      f"of magnitude at most 2**53", code="bad_integer")
+        if n not in fn.int_inputs:
+            continue
+        a = sent.get(n, a)
+        if a.dtype.kind in "iu":
+            if a.dtype.itemsize <= 4 or not a.size or (wide is not None and a.dtype == np.int64):
+                continue  # in range: narrower ones always, the int64 ones all at once above
+            bad = (a < -_MAX_EXACT_INT) | (a > _MAX_EXACT_INT)
+        else:
+            a = np.asarray(a)
+            bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
+        if bad.any():
+            v = a[bad].reshape(-1)[0]
+            v = int(v) if a.dtype.kind in "iu" else f"{float(v):.17g}"
+            raise EvaluationError(f"inputs.{n} is an int64 input, but holds {v}: its values must be integers "
+                                  f"of magnitude at most 2**53", code="bad_integer")
+
+
+def _as_sent(value):
+    """An int64 input's value as sent, when it is integers: an integer array, or JSON's integers (a list or an
+    int) as one; else None."""
+    if type(value) in (list, int):
+        value = np.asarray(value)
+    if type(value) is np.ndarray and value.dtype.kind in "iu":
+        return value
+    return None
 
 
 # -- evaluation ------------------------------------------------------------------------

@@ -172,10 +172,19 @@ def test_int64_inputs_sent_as_integer_arrays_are_checked_as_floats_are(data):
         np.testing.assert_array_equal(got["value"], want["value"])
         np.testing.assert_array_equal(got["jacobian"]["x"], want["jacobian"]["x"])
     for bad in (np.array([0, 1, 2, 2 ** 62]), np.array([0, 1, 2, -2 ** 62]),
-                np.array([0, 1, 2, 2 ** 63 + 2], np.uint64)):
+                np.array([0, 1, 2, 2 ** 63 + 2], np.uint64), np.array([0, 1, 2, 2 ** 53 + 1], np.uint64)):
         with pytest.raises(EvaluationError) as e:
             engine.evaluate(fn, {"x": data["x"], "idx": bad})
         assert e.value.code == "bad_integer" and "inputs.idx" in str(e.value)
+    # an int64 input beside a uint64 one: each checked as the integers it holds (together, as floats, 2**53 + 1
+    # would round to 2**53)
+    two = engine.compile_definition({"inputs": [{"name": "x", "shape": [5]},
+                                                {"name": "i", "shape": [2], "dtype": "int64"},
+                                                {"name": "j", "shape": [2], "dtype": "int64"}],
+                                     "expr": "sum(x[i]) + sum(x[j])"})
+    with pytest.raises(EvaluationError) as e:
+        engine.evaluate(two, {"x": data["w"], "i": np.array([0, 1]), "j": np.array([1, 2 ** 53 + 1], np.uint64)})
+    assert e.value.code == "bad_integer" and "inputs.j" in str(e.value) and str(2 ** 53 + 1) in str(e.value)
 
 
 def test_int64_arrays_take_the_engines_plain_path_and_are_checked_as_integers(data):
