@@ -140,7 +140,7 @@ class Service:
     def source(self, function_id: str, transform: str) -> str:
         """The generated kernel source of one transform (primal, gradient, jvp, vjp, hvp)."""
         fn = self._lookup(function_id)
-        with self._engine_errors():
+        with ENGINE_ERRORS:
             return self.engine.source(fn, transform)
 
     def weighted(self, function_id: str) -> dict:
@@ -239,7 +239,7 @@ class Service:
             meta["backend"] = result.get(_BACKEND, "interpreter")  # a replica's entry from before it was kept
             return {**{k: v for k, v in result.items() if k != _BACKEND}, "cached": True}
         started = time.perf_counter()
-        with _ENGINE_ERRORS:
+        with ENGINE_ERRORS:
             limit = self._computing(request.timeout_ms, deadline)
             try:
                 raw = self.engine.evaluate(fn, request.inputs, list(request.compute), request.tangent,
@@ -384,7 +384,7 @@ class Service:
         fn = self._functions.get(known) if known else None
         if fn is None:
             self._check_text(definition)
-            with self._engine_errors():
+            with ENGINE_ERRORS:
                 fn = self.engine.compile_definition(definition, max_depth=self.max_expr_depth)
             fn = self._keep(fn)[0]
             if alias:
@@ -431,12 +431,9 @@ class Service:
             return Deadline(timeout_ms / 1e3, f"timeout_ms {timeout_ms}", parent)
         return Deadline(self.max_eval_seconds, "the server's limit, ADSERVE_MAX_EVAL_SECONDS", parent)
 
-    def _engine_errors(self):
-        return _ENGINE_ERRORS
-
 
 class _EngineErrors:
-    """`with _ENGINE_ERRORS:` the engine's errors raised as the `ServiceError`s they are to callers. One object,
+    """`with ENGINE_ERRORS:` the engine's errors raised as the `ServiceError`s they are to callers. One object,
     not a generator-made context manager per call."""
 
     def __enter__(self) -> None:
@@ -458,7 +455,7 @@ class _EngineErrors:
             raise ServiceError(TOO_LARGE, "too_large", "out of memory: the request is too large") from None
 
 
-_ENGINE_ERRORS = _EngineErrors()
+ENGINE_ERRORS = _EngineErrors()
 
 
 def _weighted(definition: dict, shape) -> dict:

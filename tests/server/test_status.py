@@ -3,7 +3,7 @@
 
 The codes are collected from the source: `ServiceError(KIND, "code", ...)` in the server (and its modules'
 `_error`/`_invalid` helpers), `...Error(..., code="code")` and the error classes' own codes in the engine.
-An engine error's kind is what the service makes of it (`Service._engine_errors`)."""
+An engine error's kind is what the service makes of it (`service.ENGINE_ERRORS`)."""
 
 import ast
 import importlib
@@ -17,7 +17,7 @@ import adserve.server
 from adserve.engine import errors as engine_errors
 from adserve.engine.deadline import DEADLINE_EXCEEDED, Stopped
 from adserve.server import errors, status
-from adserve.server.service import Service, ServiceError
+from adserve.server.service import ENGINE_ERRORS, Service, ServiceError
 
 SERVER = Path(adserve.server.__file__).parent
 ENGINE = Path(adserve.engine.__file__).parent
@@ -52,7 +52,7 @@ def server_codes() -> set:
 
 def _kind_of(error: engine_errors.EngineError) -> str:
     with pytest.raises(ServiceError) as raised:
-        with Service._engine_errors(None):
+        with ENGINE_ERRORS:
             raise error
     return raised.value.kind
 
@@ -89,11 +89,11 @@ def test_every_code_raised_has_a_status_in_both_tables():
 
 
 def test_a_stopped_evaluation_is_504_or_503_with_retry_after():
-    with pytest.raises(ServiceError) as late, Service._engine_errors(None):
+    with pytest.raises(ServiceError) as late, ENGINE_ERRORS:
         raise Stopped(DEADLINE_EXCEEDED, "ran past its time limit of 0.3 s")
     assert (late.value.kind, late.value.code) == (errors.TIMED_OUT, "deadline_exceeded")
     assert getattr(late.value, "retry_after", None) is None  # the same request would run out of time again
-    with pytest.raises(ServiceError) as stopped, Service._engine_errors(None):
+    with pytest.raises(ServiceError) as stopped, ENGINE_ERRORS:
         raise Stopped("shutting_down", "was stopped: the server is shutting down")
     assert (stopped.value.kind, stopped.value.code) == (errors.UNAVAILABLE, "shutting_down")
     assert stopped.value.retry_after > 0 and "shutting down" in stopped.value.message
