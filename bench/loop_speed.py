@@ -51,7 +51,7 @@ def _cases():
     cases["never 1 value"] = (engine, never, {"x": np.zeros(1000)}, ["value"])
     cases["never 1"] = (engine, never, {"x": np.zeros(1000)}, ["value", "gradient"])
     cases["never 8"] = (engine, never, {"x": np.zeros((8, 1000))}, ["value", "gradient"], True)
-    big = Engine(limits=Limits().updated(max_steps=100_000_000))
+    big = Engine(limits=Limits().updated(**gb.LIMITS))
     cases["particle"] = (big, big.compile_definition(gb.particle()), {"w": [0.0]}, ["value"])
     return cases
 

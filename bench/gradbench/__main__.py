@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from .. import report
+from .. import gradbench_nested, report
 from . import evals as E
 from .runner import run
 
@@ -38,7 +38,7 @@ def default_evals(ht_data=None) -> list:
     return [E.hello(), E.lse(80_000), E.llsq(4096, 128), E.llsq(4096, 128, loop=True), E.det(11), E.kmeans(100, 10_000, 16), E.ode(10_000, 10),
             E.gmm(10, 25, 1000), E.lstm(2, 1024), E.ba(*E.BA_FILES[1], name="ba1 (n=49, m=7776, p=31843)"),
             E.ba(10, 100, 300, whole_jacobian=True, name="n=10, m=100, p=300"),
-            *ht_evals(ht_data)]
+            *ht_evals(ht_data), *gradbench_nested.evals()]
 
 
 def _ms(s):
@@ -62,7 +62,6 @@ def table(rows) -> str:
 
 
 def section(rows, facts: dict, minutes: float) -> str:
-    missing = "\n".join(f"- **{k}**: {v}." for k, v in E.NOT_WRITTEN.items())
     return f"""{BEGIN}
 ## GradBench
 
@@ -94,11 +93,10 @@ def section(rows, facts: dict, minutes: float) -> str:
   small model and instance `hand1` when a copy of its data is given (`--ht-data`), else on a model of the
   same structure made here; `jacobian` is in theta (simple) or the `us` blocks then theta (complicated), as
   GradBench reports it; **kmeans** `dir` is the gradient divided by the HVP with a tangent of ones (the
-  Hessian is diagonal), JAX `jvp(grad)` as GradBench's JAX tool.
-
-Not in this table:
-
-{missing}
+  Hessian is diagonal), JAX `jvp(grad)` as GradBench's JAX tool; **particle** and **saddle**
+  (`bench/gradbench_nested.py`) are programs with `grad` inside `while` loops inside `while` loops, run with
+  the limits a server for such solvers would set (each `while` bounded by 1,000 iterations); JAX's argmin
+  differentiates its `while_loop` by `jacfwd`, the only mode JAX has for it.
 
 {table(rows)}
 {END}

@@ -20,6 +20,7 @@ class Part:
     wrt: tuple | None = None
     tangent: dict | None = None
     batch: bool = False
+    limits: dict | None = None       # Limits fields the definition needs over the defaults (a server's settings)
 
 
 @dataclass

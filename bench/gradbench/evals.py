@@ -8,7 +8,7 @@ zero-argument call of a freshly jitted JAX function giving the same output (bloc
 
 Inputs follow GradBench's generators (seed 31337 where it draws random numbers); where GradBench reads data
 files, see the notes on `ba`, `ht` and `lstm`. Written here: hello, lse, llsq, det, kmeans, ode, gmm, lstm,
-ba, and ht (in ht.py). particle and saddle are in bench/gradbench_nested.py.
+ba, and ht (in ht.py). particle and saddle, programs with nested derivatives, are in bench/gradbench_nested.py.
 """
 
 from __future__ import annotations
@@ -467,14 +467,6 @@ def ba(n: int, m: int, p: int, name: str = "", whole_jacobian: bool = False, blo
                           lambda r: tuple(r["jacobian"][k] for k in wrt),
                           _fresh(jac, *(one[k] for k in ("cam", "X", "w", "feat"))), wrt=wrt, batch=True))
     return Eval("ba", name or f"n={n}, m={m}, p={p}", parts)
-
-
-NOT_WRITTEN = {  # not in this table: written as programs (nested AD) in bench/gradbench_nested.py
-    "particle": "nested AD (the particle's acceleration is a gradient): a program in bench/gradbench_nested.py, "
-                "checked against GradBench's validator, not timed here",
-    "saddle": "nested AD (gradient descent inside gradient descent): a program in bench/gradbench_nested.py, "
-              "checked against GradBench's validator, not timed here",
-}
 
 
 def tiny() -> list:

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from adserve.engine import Engine, backend
+from adserve.engine.limits import Limits
 
 from ..timing import measure
 
@@ -44,6 +45,10 @@ def call(part, engine, fn, meta=None):
                                             wrt=part.wrt, meta=meta))
 
 
+def _engine(part, tier) -> Engine:
+    return Engine(tier, limits=Limits().updated(**part.limits)) if part.limits else Engine(tier)
+
+
 def _gradbench_min(fn, seconds=1.0):
     """GradBench's measure: run until `seconds` have passed (at least once); the fastest run, and the runs."""
     t_end, best, runs = time.perf_counter() + seconds, float("inf"), 0
@@ -59,7 +64,7 @@ def _gradbench_min(fn, seconds=1.0):
 def cold(part, tier, seconds=1.0) -> dict:
     """GradBench's column for one part: ours from a new function on `tier` (a Tiered backend), JAX from a new
     jit; the fastest call within the first `seconds`, and the tiers ours answered on."""
-    engine = Engine(tier)
+    engine = _engine(part, tier)
     t0 = time.perf_counter()
     fn = engine.compile_definition(part.definition)
     meta, tiers, best, runs = {}, collections.Counter(), float("inf"), 0
@@ -81,7 +86,7 @@ def cold(part, tier, seconds=1.0) -> dict:
 
 def warm(part, tier, budget_s=8.0, rounds=15, settle_s=3.0, log=print) -> dict:
     """Ours on `tier` once its kernels are in and its tier chosen, against JAX, interleaved."""
-    engine = Engine(tier)
+    engine = _engine(part, tier)
     fn = engine.compile_definition(part.definition)
     meta = {}
     ours, jax = call(part, engine, fn, meta), part.jax()
