@@ -128,7 +128,7 @@ inputs x
 in (v0:[])
 v1 = sin(v0)
 v2 = cos(v0)
-v3 = mul(v0, v2)
+v3 = mul(v2, v0)
 v4 = add(v1, v3)
 out (v4)"""),
     Case('expr', {"x": []}, 'sin(x, x)', Err('bad_arguments', {'line': 1, 'column': 1})),
@@ -209,23 +209,26 @@ inputs x
 in (v0:[])
 v1 = mul(3.0, v0)
 out (v1)"""),
-    # grad is applied when the function is built: only its result is in the IR (t**3 is t*t*t, as JAX's
-    # integer powers; its derivative sums the product rule's three terms)
+    # grad is applied when the function is built: only its result is in the IR (t**3 is (t*t)*t, as JAX's
+    # integer powers; the grad of one number is taken in forward mode: the tangent of t*t is t + t, and of
+    # (t*t)*t is (t + t)*t + t*t)
     Case('program', {"x": []}, 'def f(x):\n    return grad(lambda t: t ** 3)(x)\n', """
 inputs x
 in (v0:[])
 v1 = mul(v0, v0)
-v2 = add(v1, v1)
-v3 = add(v2, v1)
-out (v3)"""),
+v2 = add(v0, v0)
+v3 = mul(v2, v0)
+v4 = add(v1, v3)
+out (v4)"""),
     # grad of a named helper
     Case('program', {"x": []}, 'def cube(t):\n    return t ** 3\n\ndef f(x):\n    return grad(cube)(x)\n', """
 inputs x
 in (v0:[])
 v1 = mul(v0, v0)
-v2 = add(v1, v1)
-v3 = add(v2, v1)
-out (v3)"""),
+v2 = add(v0, v0)
+v3 = mul(v2, v0)
+v4 = add(v1, v3)
+out (v4)"""),
     # recursion is refused where the call is
     Case('program', {"x": []}, 'def f(x):\n    return f(x)\n', Err('recursion', {'line': 2, 'column': 12})),
     # statements outside the language name themselves
@@ -353,9 +356,8 @@ out (v0)"""),
 inputs x,y
 in (v0:[], v1:[])
 v2 = mul(v0, v1)
-v3 = mul(v1, v0)
-v4 = add(v2, v3)
-out (v4)"""),
+v3 = add(v2, v2)
+out (v3)"""),
     # jvp returns (value, tangent)
     Case('program', {"x": []}, 'def f(x):\n    return jvp(lambda t: sin(t), (x,), (1.0,))[1]\n', """
 inputs x
@@ -381,7 +383,7 @@ in (v0:[])
 v1 = loop(v0, 0.0) length=2 n_carry=1 n_consts=1 reverse=False {
   body:
     in (v2:[], v3:[], v4:[])
-    v5 = mul(v2, v3)
+    v5 = mul(v3, v2)
     v6 = add(v4, v5)
     out (v6)
 }

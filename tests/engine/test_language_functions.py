@@ -474,6 +474,30 @@ def test_repeated_calls_share_their_work():
     assert twice.n_nodes == once.n_nodes + 1
 
 
+
+@pytest.mark.parametrize("shape", [[], [1]])
+def test_the_grad_of_one_number_is_taken_forward_without_a_tape(shape):
+    """grad of a function of one number (a scalar, or an array of one) is its JVP with tangent 1: one pass,
+    keeping nothing, where reverse mode through the `while` would keep the loop's iterations (tape=True).
+    Its value is the reverse-mode gradient of g, and its own gradient is g's Hessian-vector product."""
+    g = textwrap.dedent("""
+        def g(t):
+            y = t
+            while y < 10.0:
+                y = y * 1.5 + sin(y)
+            return y * t
+        """)
+    one = "x" if not shape else "x[0]"
+    inner = engine.compile_definition({"inputs": [{"name": "x", "shape": shape}],
+                                       "program": g + f"def f(x):\n    return grad(g)({one})\n"})
+    assert "while(" in inner.text() and "tape=True" not in inner.text()
+    outer = engine.compile_definition({"inputs": [{"name": "t", "shape": []}], "program": g, "entry": "g"})
+    for x in (0.3, 0.7, 2.5):
+        got = engine.evaluate(inner, {"x": x if not shape else [x]}, ["value", "gradient"])
+        want = engine.evaluate(outer, {"t": x}, ["gradient", "hvp"], tangent={"t": 1.0})
+        np.testing.assert_allclose(np.ravel(got["value"]), want["gradient"]["t"], rtol=1e-12)
+        np.testing.assert_allclose(np.ravel(got["gradient"]["x"]), want["hvp"]["t"], rtol=1e-10)
+
 def test_an_array_named_like_a_builtin_does_not_hide_it():
     fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [2]}], "program": textwrap.dedent("""
         def f(x):

@@ -134,10 +134,18 @@ def _value_and_grad(low, t, args, nums, many, node):
         low.fail(f"{t.name}: '{t.f.name}' must return a scalar, but its output has shape {list(out_shape)} "
                  f"(use jacrev or vjp)", node, "not_scalar")
     b = low.b
-    wrt = [True] * len(nums) + [False] * (len(primals) - len(nums))
-    cts = [b.lit(1.0)] + [None] * (len(graph.outputs) - 1)
-    outs, grads = vjp_inline(b, graph, primals, wrt, cts)
-    grads = _zeros_for(b, grads[:len(nums)], [p.shape for p in primals])
+    if len(nums) == 1 and math.prod(primals[0].shape) == 1:
+        # one number in: forward mode is the same derivative in one pass, keeping no tape (through a loop,
+        # reverse mode keeps its iterations); a gradient descent in one variable (GradBench's particle) is this
+        ts = [b.lit(1.0, primals[0].shape)] + [None] * (len(primals) - 1)
+        outs, touts = jvp_inline(b, graph, primals, ts)
+        grads = [b.emit("reshape", [t], {"shape": primals[0].shape}) if t is not None
+                 else b.lit(0.0, primals[0].shape) for t in touts[:1]]
+    else:
+        wrt = [True] * len(nums) + [False] * (len(primals) - len(nums))
+        cts = [b.lit(1.0)] + [None] * (len(graph.outputs) - 1)
+        outs, grads = vjp_inline(b, graph, primals, wrt, cts)
+        grads = _zeros_for(b, grads[:len(nums)], [p.shape for p in primals])
     g = tuple(grads) if many else grads[0]
     value = _unflatten(tree, iter(outs))
     if t.kind == "grad":
