@@ -74,7 +74,7 @@ def joined(arrays, batch, record=None):
             np.minimum.reduce(every) > -_MAX_EXACT and np.maximum.reduce(every) < _MAX_EXACT):
         return None
     if record is not None:
-        every = every.view(record)
+        every = np.ndarray((1,), record, every)  # (`every.view(record)` checks the view in Python: 1.3 us more)
         return [every[n] for n in record.names]
     out, at = [], 0
     for a in arrays:
