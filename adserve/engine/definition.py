@@ -35,6 +35,7 @@ class Function:
         self.tape = tape_elements(graph)  # per point, for reverse mode through while loops
         self._plans: dict = {}
         self._requests: dict = {}  # (compute, wrt) -> checked request form (see _request)
+        self._int_record = None  # the int64 inputs' float64 layout (inputs.py), made at first use
         self._lock = threading.RLock()  # plans are built from other plans
 
     def _typed_names(self):

@@ -17,6 +17,7 @@ from .backend import Fresh
 from .deadline import Stopped
 from .definition import Function
 from .errors import EvaluationError, LimitError, clip
+from .inputs import check_ints, plain as _plain
 from .limits import DEFAULT_LIMITS, check_bytes, check_request, check_steps, check_tape
 from .memory import request_bytes, request_plans, request_steps
 from .plans import full, hessian, jacobian, main_plan, sweeps
@@ -92,51 +93,6 @@ def _wrt(fn, wrt) -> tuple:
     return tuple(n for n in fn.input_names if n in wrt)
 
 
-_MAX_EXACT = float(2 ** 53)  # int64 inputs travel as float64 values: exact up to here
-_MAX_EXACT_INT = 2 ** 53
-
-
-def _check_ints(fn, xs, given=None):
-    """Every int64 input holds integers a float64 represents exactly (|v| <= 2**53). `given`: the inputs as sent,
-    by name. Those sent as integers (an integer array, JSON's integers) are compared as integers (as floats,
-    2**53 + 1 would round to 2**53 first), the int64 arrays among them by their extremes, all at once (GradBench's
-    det sends 22 index tables: the float64 copies' checks, seven passes and temporaries each, took 0.14 ms a
-    call); the rest as their float64 values."""
-    sent = {n: _as_sent(given.get(n)) for n in fn.int_inputs} if given is not None else {}
-    sent = {n: a for n, a in sent.items() if a is not None}
-    wide = [a for a in sent.values() if a.dtype == np.int64 and a.size]  # (with a uint64, floats: not exact)
-    if wide:
-        every = np.concatenate(wide, axis=None)
-        if not (np.minimum.reduce(every) >= -_MAX_EXACT_INT and np.maximum.reduce(every) <= _MAX_EXACT_INT):
-            wide = None  # one is out of range: each is checked below, to name it
-    for n, a in zip(fn.input_names, xs):
-        if n not in fn.int_inputs:
-            continue
-        a = sent.get(n, a)
-        if a.dtype.kind in "iu":
-            if a.dtype.itemsize <= 4 or not a.size or (wide is not None and a.dtype == np.int64):
-                continue  # in range: narrower ones always, the int64 ones all at once above
-            bad = (a < -_MAX_EXACT_INT) | (a > _MAX_EXACT_INT)
-        else:
-            a = np.asarray(a)
-            bad = ~((np.rint(a) == a) & (np.abs(a) <= _MAX_EXACT))
-        if bad.any():
-            v = a[bad].reshape(-1)[0]
-            v = int(v) if a.dtype.kind in "iu" else f"{float(v):.17g}"
-            raise EvaluationError(f"inputs.{n} is an int64 input, but holds {v}: its values must be integers "
-                                  f"of magnitude at most 2**53", code="bad_integer")
-
-
-def _as_sent(value):
-    """An int64 input's value as sent, when it is integers: an integer array, or JSON's integers (a list or an
-    int) as one; else None."""
-    if type(value) in (list, int):
-        value = np.asarray(value)
-    if type(value) is np.ndarray and value.dtype.kind in "iu":
-        return value
-    return None
-
-
 # -- evaluation ------------------------------------------------------------------------
 _MAIN_KINDS = frozenset({"value", "gradient", "jvp", "vjp", "hvp"})
 _F64 = np.dtype(np.float64)
@@ -145,7 +101,8 @@ _F64 = np.dtype(np.float64)
 class _Request:
     """What a request's `compute` and `wrt` settle, checked once per function and kept (see `_request`)."""
 
-    __slots__ = ("bytes", "kinds", "limit_kinds", "main", "passed", "plan", "steps", "sweep_kinds", "wrt")
+    __slots__ = ("bytes", "forward", "kinds", "limit_kinds", "main", "passed", "plan", "steps", "sweep_kinds",
+                 "tangent_names", "trace", "vjp", "wrt")
 
     def __init__(self, fn, compute, wrt):
         if isinstance(compute, str) or not isinstance(compute, (list, tuple)):
@@ -165,6 +122,9 @@ class _Request:
         self.passed: dict = {}  # B -> (limits, peak bytes): the limit checks B passed under those limits
         self.limit_kinds = kinds - {"jacobian", "hessian"}
         self.sweep_kinds = sorted(kinds & {"jacobian", "hessian"})
+        # what each call asks of its tangent and cotangent, settled here rather than per call
+        self.forward, self.trace, self.vjp = bool(kinds & {"jvp", "hvp"}), "trace" in kinds, "vjp" in kinds
+        self.tangent_names = fn.input_names if self.trace and not self.forward else wrt
 
 
 _MAX_REQUEST_FORMS = 64  # per function: distinct (compute, wrt) kept
@@ -184,33 +144,6 @@ def _request(fn, compute, wrt) -> _Request:
         if key is not None and len(fn._requests) < _MAX_REQUEST_FORMS:
             fn._requests[key] = req
     return req
-
-
-def _plain(fn, values, names, batch):
-    """(batched float64 arrays for `names`, batch size or None) when `values` plainly fits: a dict of exactly
-    these names holding float64 ndarrays of the right shapes (an int64 input's may be an integer array, converted).
-    None otherwise: `_check` decides (and words errors)."""
-    if type(values) is not dict or len(values) != len(names):
-        return None
-    shapes, ints, out, B = fn.input_shapes, fn.int_inputs, [], None
-    for n in names:
-        a = values.get(n)
-        if type(a) is not np.ndarray:
-            return None
-        if a.dtype != _F64:
-            if a.dtype.kind not in "iu" or n not in ints:
-                return None
-            a = a.astype(_F64)
-        if batch:
-            if not a.ndim or a.shape[1:] != shapes[n] or (B is not None and a.shape[0] != B):
-                return None
-            B = a.shape[0]
-            out.append(a)
-        else:
-            if a.shape != shapes[n]:
-                return None
-            out.append(a[None])
-    return out, B
 
 
 def evaluate(fn: Function, inputs, compute=("value",), tangent=None, cotangent=None, batch=False, meta=None,
@@ -239,7 +172,7 @@ def request_points(inputs, batch) -> int:
 
 def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadline, execute, limits) -> dict:
     req = _request(fn, compute, wrt)
-    kinds, wrt = req.kinds, req.wrt
+    kinds, wrt, tangent_names, trace = req.kinds, req.wrt, req.tangent_names, req.trace
 
     def batched(a):
         a = np.asarray(a, dtype=np.float64)
@@ -249,11 +182,10 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
     if plain is None:
         sizes = {_check(fn, inputs, "inputs", batch)}
     else:
-        xs, size = plain
+        xs, size, _ = plain
         sizes = {size}
-    tangent_names = fn.input_names if "trace" in kinds and not kinds & {"jvp", "hvp"} else wrt
     ts = None
-    if kinds & {"jvp", "hvp"} or ("trace" in kinds and tangent is not None):
+    if req.forward or (trace and tangent is not None):
         if tangent is None:
             raise EvaluationError(f"jvp and hvp need 'tangent' (one entry per input in {list(wrt)})",
                                   code="missing_tangent")
@@ -261,46 +193,40 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
         if plain_t is None:
             sizes.add(_check(fn, tangent, "tangent", batch, tangent_names))
         else:
-            ts, size = plain_t
+            ts, size, _ = plain_t
             sizes.add(size)
-    if "vjp" in kinds or ("trace" in kinds and cotangent is not None):
+    if req.vjp or (trace and cotangent is not None):
         if cotangent is None:
             raise EvaluationError(f"vjp needs 'cotangent' of the output's shape {list(fn.output_shape)}",
                                   code="missing_cotangent")
         sizes.add(_check_shape(np.asarray(cotangent), fn.output_shape, "cotangent", batch))
     elif cotangent is not None:  # unused, but a wrong one is a mistake worth saying
         _check_shape(np.asarray(cotangent), fn.output_shape, "cotangent", batch)
-    if tangent is not None and ts is None and not kinds & {"jvp", "hvp"} and "trace" not in kinds:
+    if tangent is not None and ts is None and not req.forward and not trace:
         _check(fn, tangent, "tangent", batch, [n for n in fn.input_names if n in tangent]
                if isinstance(tangent, dict) else None)
-    B = _one_batch(sizes, "request") if batch else 1
-    if batch and B is None:
-        raise EvaluationError("with \"batch\": true the batch size comes from the inputs, and this function has "
-                              "none; send \"batch\": false", code="empty_batch")
-    if batch and B == 0:
-        raise EvaluationError("a batch needs at least one point", code="empty_batch")
+    if batch:
+        B = _one_batch(sizes, "request")
+        if B is None:
+            raise EvaluationError("with \"batch\": true the batch size comes from the inputs, and this function "
+                                  "has none; send \"batch\": false", code="empty_batch")
+        if B == 0:
+            raise EvaluationError("a batch needs at least one point", code="empty_batch")
+    else:
+        B = 1
     passed = req.passed.get(B)
     if passed is not None and passed[0] is limits:  # what the checks depend on is (req, B, limits): all the same
-        estimated = passed[1]
         if meta is not None:
-            meta["steps"], meta["estimated_bytes"] = req.steps, estimated
+            meta["steps"], meta["estimated_bytes"] = req.steps, passed[1]
     else:
-        estimated = _check_limits(fn, req, B, tangent_names, meta, limits)
+        _check_limits(fn, req, B, tangent_names, meta, limits)
     if deadline is not None:
         deadline.check()
 
-    fresh = {}  # id -> array: kernel outputs of the sweeps, nobody else's (see _finish)
-
-    def run(graph, args):
-        res = execute(graph, args, meta, deadline)
-        if isinstance(res, Fresh):
-            fresh.update((id(a), a) for a in res)
-        return res
-
     if plain is None:
         xs = [batched(inputs[n]) for n in fn.input_names]
-    if fn.int_inputs:
-        _check_ints(fn, xs, inputs if type(inputs) is dict else None)
+    if fn.int_inputs and (plain is None or not plain[2]):  # (the plain path checked its integer arrays)
+        check_ints(fn, xs, inputs if type(inputs) is dict else None)
     out = {}
     main = req.main
     if main:
@@ -308,11 +234,11 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
             req.plan = main_plan(fn, main, wrt)
         graph, order = req.plan
         args = xs
-        if main & {"jvp", "hvp"}:
+        if req.forward:
             args = args + (ts if ts is not None else [batched(tangent[n]) for n in wrt])
-        if "vjp" in main:
+        if req.vjp:
             args = args + [batched(cotangent)]
-        res = run(graph, args)
+        res = execute(graph, args, meta, deadline)
         # a kernel's outputs are fresh arrays of (B, ...): handed out as they are, without the batch axis
         # when there is none; the interpreter's may be shared (an input passed through) and are copied
         own = isinstance(res, Fresh)
@@ -324,11 +250,19 @@ def _evaluate(fn, inputs, compute, tangent, cotangent, batch, meta, wrt, deadlin
                     out[kind] = _own(val, batch) if own else _fix(val, B, batch)
             else:
                 out[kind] = {n: _own(next(res), batch) if own else _fix(next(res), B, batch) for n in names}
-    if "jacobian" in kinds:
-        out["jacobian"] = _finish(jacobian(fn, xs, B, wrt, run, limits.max_sweep_rows), B, batch, fresh)
-    if "hessian" in kinds:
-        out["hessian"] = _finish(hessian(fn, xs, B, wrt, run, limits.max_sweep_rows), B, batch, fresh)
-    if "trace" in kinds:
+    if req.sweep_kinds:
+        fresh = {}  # id -> array: kernel outputs of the sweeps, nobody else's (see _finish)
+
+        def run(graph, args):
+            res = execute(graph, args, meta, deadline)
+            if isinstance(res, Fresh):
+                fresh.update((id(a), a) for a in res)
+            return res
+        if "jacobian" in kinds:
+            out["jacobian"] = _finish(jacobian(fn, xs, B, wrt, run, limits.max_sweep_rows), B, batch, fresh)
+        if "hessian" in kinds:
+            out["hessian"] = _finish(hessian(fn, xs, B, wrt, run, limits.max_sweep_rows), B, batch, fresh)
+    if trace:
         out["trace"] = _trace(fn, xs, tangent, cotangent, batched, B, batch, execute, deadline)
     return out
 

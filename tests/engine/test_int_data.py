@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from adserve.engine import Engine
+from adserve.engine.errors import EvaluationError
 from adserve.server.service import Service, ServiceError
 from adserve.server.status import http
 
@@ -249,3 +250,37 @@ def test_compiled_gather_and_scatter_return_a_status_for_a_bad_index_never_read_
             assert e.value.code == "index_out_of_range"
     finally:
         engine.close()
+
+
+def test_several_int64_arrays_are_converted_together_each_at_its_own_input(data):
+    """The plain path converts the integer arrays of several int64 inputs at once (inputs.joined): each input gets
+    its own values, batched or not, whatever integer dtype each is sent as; an array holding 2**53 or -2**53
+    exactly (at the float64 check's edge) is still accepted, one holding 2**53 + 1 beside them still refused."""
+    engine = Engine()
+    fn = engine.compile_definition({"inputs": [{"name": "i", "shape": [2], "dtype": "int64"},
+                                               {"name": "x", "shape": [5]},
+                                               {"name": "j", "shape": [3, 1], "dtype": "int64"},
+                                               {"name": "k", "shape": [], "dtype": "int64"}],
+                                    "expr": "sum(x[i] * i) + 10 * sum(x[j[:, 0]] * j[:, 0]) + 100 * x[k] * k"})
+    x = data["w"]
+    i, j, k = np.array([4, 1]), np.array([[0], [3], [2]]), np.array(3)
+    want = float(np.sum(x[i] * i) + 10 * np.sum(x[j[:, 0]] * j[:, 0]) + 100 * x[k] * k)
+    for dt in (np.int64, np.int32, np.uint64):
+        got = engine.evaluate(fn, {"i": i.astype(dt), "x": x, "j": j.astype(dt), "k": k.astype(dt)},
+                              ["value", "gradient"])
+        assert got["value"] == want
+        floats = engine.evaluate(fn, {"i": i * 1.0, "x": x, "j": j * 1.0, "k": k * 1.0}, ["value", "gradient"])
+        np.testing.assert_array_equal(got["gradient"]["x"], floats["gradient"]["x"])
+    rows = engine.evaluate(fn, {"i": np.stack([i, i[::-1]]), "x": np.stack([x, x]), "j": np.stack([j, j]),
+                                "k": np.stack([k, k])}, batch=True)["value"]
+    np.testing.assert_array_equal(rows, [want, want])
+    edge = engine.compile_definition({"inputs": [{"name": "x", "shape": [2]},
+                                                 {"name": "a", "shape": [2], "dtype": "int64"},
+                                                 {"name": "b", "shape": [1], "dtype": "int64"}],
+                                      "expr": "sum(x * a) + x[0] * b[0]"})
+    for a in (np.array([2 ** 53, 1]), np.array([-2 ** 53, 1])):
+        got = engine.evaluate(edge, {"x": np.ones(2), "a": a, "b": np.array([1])})["value"]
+        assert got == engine.evaluate(edge, {"x": np.ones(2), "a": a * 1.0, "b": np.array([1.0])})["value"]
+    with pytest.raises(EvaluationError) as e:
+        engine.evaluate(edge, {"x": np.ones(2), "a": np.array([1, 2]), "b": np.array([2 ** 53 + 1])})
+    assert e.value.code == "bad_integer" and "inputs.b" in str(e.value) and str(2 ** 53 + 1) in str(e.value)

@@ -8,7 +8,7 @@ stale code; a parallel batch variant is a module of its own, `<key>_par<version>
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,10 @@ class PlanMeta:
     out_shapes: tuple    # per output, its shape without the batch axis
     steps: float         # equations the interpreter dispatches per run (loops counted by trips)
     work: float          # element operations per point (limits.cost)
+    one_point: tuple = field(init=False, repr=False, compare=False)  # the outputs' shapes with a batch of 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "one_point", tuple((1, *s) for s in self.out_shapes))
 
     @property
     def parallel_key(self) -> str:
@@ -79,7 +83,7 @@ def call_kernel(kernel, errors, plan: PlanMeta, B: int, args, deadline=None, loo
     # (numba types every array aligned; a view at an odd offset of a binary body is not): only others are copied
     ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.aligned
            else np.array(a, dtype=np.float64, order="C") for a in args]
-    outs = Fresh([np.empty((B, *shape)) for shape in plan.out_shapes])
+    outs = Fresh(map(np.empty, plan.one_point if B == 1 else [(B, *shape) for shape in plan.out_shapes]))
     stop = _NO_STOP if deadline is None else deadline.flag
     status = kernel(B, stop, *ins, *outs)
     if status:

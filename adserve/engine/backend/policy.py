@@ -99,7 +99,7 @@ class TimingPolicy:
 
     def run(self, graph, plan, args, meta, deadline=None):
         """The plan's outputs, on the tier chosen for this batch size class (trials while it is open)."""
-        rows = [a.shape[0] for a in args]
+        rows = list(map(len, args))  # each arg's leading axis (len: without a Python call per arg; det has 24)
         B = (0 if 0 in rows else max(rows)) if rows else 1  # one row broadcasts against none: no points
         which = (plan.key, B.bit_length())  # batch sizes within a factor of two share a choice
         c = self.choices.get(which)
