@@ -69,8 +69,11 @@ def test_compiled_answers_like_the_interpreter_in_arrays_of_its_own(tier, defini
     assert compiled.settle(600) and not tier.store.failed
     answers = []
     for r in reqs:
-        meta = {}
-        got = compiled.evaluate(fn, **r, meta=meta)
+        for _ in range(20):  # the timing policy may give a run to the interpreter, as a trial (on a busy machine)
+            meta = {}
+            got = compiled.evaluate(fn, **r, meta=meta)
+            if meta["backend"] == "numba":
+                break
         assert meta["backend"] == "numba", r
         want = reference.evaluate(fn, **r)
         assert list(got) == list(want)
