@@ -208,9 +208,13 @@ def test_the_timing_policy_passes_the_deadline_to_its_interpreter_runs(tmp_path,
     backend.plan_meta(graph)
     t = backend.Tiered(str(tmp_path), compile=False, python=False)
     try:
-        with Deadline(0.05) as d, pytest.raises(Stopped) as stopped:
-            t.run(graph, [np.array([0.5])], {}, deadline=d)
-        assert _loop_progress(stopped.value)[0] < N and t.stats.runs[backend.INTERPRETER] == 1
+        for attempt in range(1, 4):  # a busy machine may hold this thread past the deadline before the loop starts
+            with Deadline(0.05) as d, pytest.raises(Stopped) as stopped:
+                t.run(graph, [np.array([0.5])], {}, deadline=d)
+            assert t.stats.runs[backend.INTERPRETER] == attempt
+            if _loops(stopped.value):
+                break
+        assert _loop_progress(stopped.value)[0] < N
     finally:
         t.shutdown()
 
