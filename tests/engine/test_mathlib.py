@@ -26,6 +26,42 @@ def test_exp_is_within_one_ulp():
     assert _ulps(got, x, np.exp).max() < 1.0
 
 
+def test_exp_is_within_one_ulp_where_the_reduced_argument_is_largest():
+    """Where x is near (k + 1/2) ln 2, |r| is near ln2/2, the end of the polynomial's interval, and k at its
+    extremes takes the subnormal and the near-overflow results."""
+    k = np.arange(-1075, 1024)
+    x = (k + 0.5) * np.log(2.0)
+    x = np.concatenate([np.nextafter(x, -np.inf), x, np.nextafter(x, np.inf), x + 1e-12, x - 1e-12])
+    x = x[(x > -745.13) & (x < 709.78)]
+    assert _ulps(mathlib.exp_array(x), x, np.exp).max() < 1.0
+
+
+def test_exps_polynomial_fits_within_its_error_bound():
+    """The Remez fit mathlib.EXP's comment describes: 1 + r + r^2 Q(r), with Q's coefficients as the IR holds
+    them, is within 2^-60 of e^r relative, on |r| <= 0.3467 (computed in 60-digit decimal)."""
+    import re
+    import struct
+    from decimal import Decimal, localcontext
+    consts = [struct.unpack(">d", bytes.fromhex(h))[0] for h in re.findall(r"0x([0-9A-F]{16})", mathlib.EXP)]
+    # Q's coefficients in the IR's Estrin order: q0 = c0 + c1 r, q2 = c2 + c3 r, ..., q8 = c8 + c9 r, s8: c10
+    pairs = re.findall(r"%q(\d) = call double @llvm.fma.f64\(double %r, double 0x(\w+), double 0x(\w+)\)", mathlib.EXP)
+    c = {}
+    for i, hi, lo in pairs:
+        c[int(i)], c[int(i) + 1] = (struct.unpack(">d", bytes.fromhex(v))[0] for v in (lo, hi))
+    c[10] = struct.unpack(">d", bytes.fromhex(re.search(r"%s8 = .*double 0x(\w+), double %q8", mathlib.EXP)[1]))[0]
+    assert sorted(c) == list(range(11)) and c[0] == 0.5 and len(consts) > 11
+    with localcontext() as ctx:
+        ctx.prec = 60
+        worst = Decimal(0)
+        for i in range(-2000, 2001):
+            r = Decimal("0.3467") * i / 2000
+            q = Decimal(0)
+            for j in range(10, -1, -1):
+                q = q * r + Decimal(c[j])
+            worst = max(worst, abs((1 + r + r * r * q) / r.exp() - 1))
+    assert worst < Decimal(2) ** -60
+
+
 def test_log_is_within_one_ulp():
     x = np.concatenate([np.exp(RNG.uniform(-700.0, 700.0, 400_000)), RNG.uniform(0.5, 2.0, 200_000),
                         1.0 + RNG.normal(0.0, 1e-9, 50_000), RNG.uniform(0.0, 1.0, 50_000) * TINY])
@@ -34,9 +70,7 @@ def test_log_is_within_one_ulp():
     assert _ulps(got, x, np.log).max() < 1.0
 
 
-# (exp(1) is not among them: 2.7182818284590455, an ulp above e's double, as JAX's exp answers; the C library's
-# is e's double)
-EXP_SPECIAL = [0.0, -0.0, np.inf, -np.inf, np.nan, 709.782712893384, 709.7827128933841, 710.0, -745.1332191019411,
+EXP_SPECIAL = [0.0, -0.0, 1.0, np.inf, -np.inf, np.nan, 709.782712893384, 709.7827128933841, 710.0, -745.1332191019411,
                -745.1332191019412, -745.2, -746.0, 1e-300, -1e-300, 5e-324, 1e308, -1e308]
 LOG_SPECIAL = [0.0, -0.0, 1.0, -1.0, -5e-324, np.inf, -np.inf, np.nan, 5e-324, TINY, TINY * (1 - 2**-52),
                1.7976931348623157e308, 2.0, 0.5, 4.0, 1024.0, 2.0**-1074]
