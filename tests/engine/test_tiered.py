@@ -4,7 +4,6 @@ kernels on disk preloaded at start.
 Kernels of the first test are cached under ~/.cache (as in test_codegen), so reruns skip numba's compile."""
 
 import concurrent.futures
-import contextlib
 import os
 import threading
 import time
