@@ -18,7 +18,7 @@ from adserve.engine.backend import compile_workers, give_way
 from adserve.engine.backend import interpreter as interpreter_tier
 from adserve.engine.backend.compile_workers import Workers
 from adserve.engine.backend.plan import known_meta
-from adserve.engine.deadline import DEADLINE_EXCEEDED, Deadline, Stopped
+from adserve.engine.deadline import _WATCHDOG, DEADLINE_EXCEEDED, Deadline, Stopped
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,15 +53,21 @@ class SlowInterpreter:
 
 def test_a_first_run_on_the_interpreter_returns_the_kernels_answer_once_the_kernel_arrives(tmp_path, monkeypatch):
     t = backend.Tiered(str(tmp_path), workers=1, python=False)
-    slow = SlowInterpreter(monkeypatch)
     try:
         engine = Engine(t)
+        other = engine.compile_definition({**VECTOR, "expr": "cos(M @ x)"})
+        engine.evaluate(other, ARGS, ["value"])
+        assert t.settle(120)  # the backend's threads (its pools, the worker's output reader) are running now
+        baseline = set(threading.enumerate())
+        slow = SlowInterpreter(monkeypatch)
         fn = engine.compile_definition(VECTOR)
         meta = {}
         got = engine.evaluate(fn, ARGS, ["value", "vjp"], cotangent=np.ones(3), meta=meta)
         assert meta["backend"] == "numba"  # the rerun's: on the kernel that arrived
         assert len(slow.checks) == 1 and slow.checks[0].code == give_way.SUPERSEDED
-        # nothing left behind: the run's check object is closed (off the deadline watchdog) and unregistered
+        # nothing left behind: no thread, and the run's check object closed (off the deadline watchdog) and
+        # unregistered
+        assert t.settle(120) and set(threading.enumerate()) <= baseline | {_WATCHDOG._thread}
         assert slow.checks[0]._closed and not t.waiting._runs
         want = reference.evaluate(fn, ARGS, ["value", "vjp"], cotangent=np.ones(3))
         np.testing.assert_allclose(got["value"], want["value"], rtol=1e-12)
