@@ -80,17 +80,20 @@ def alive(pid):
         return False
 
 
-def compiling(server, client, fn):
-    """Evaluate (at new points: a cached result runs nothing) until a compile worker runs; its pid."""
+def compiling(server, client, fn, cache):
+    """Evaluate (at new points: a cached result runs nothing) until a compile worker compiles; its pid. A worker
+    is started ahead of any compile, so a worker alone is not one compiling: the kernel's source must be in the
+    `cache` (written just before the worker is given it; a numba compile then takes seconds)."""
     pids, n = [], [0]
 
     def look():
         n[0] += 1
         client.post(f"/v1/functions/{fn}/evaluate", json={**AT, "inputs": {"x1": 2.0 + n[0] * 1e-6, "x2": 5.0}})
         pids[:] = workers_of(server.process.pid)
-        return bool(pids)
+        return len(pids) == 1 and bool(glob.glob(str(cache / "kernels" / "gen_*.py")))
 
     assert wait_until(look, 120, 0.01), "no compile worker started"
+    time.sleep(0.2)  # from its source written to the worker given it: microseconds
     return pids[0]
 
 
@@ -112,7 +115,7 @@ def test_compile_worker_killed_mid_compile(tmp_path, env):
     with running_server(tmp_path / "server.log", env=env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         fn = client.post("/v1/functions", json=SURVEY).json()["id"]
-        worker = compiling(server, client, fn)
+        worker = compiling(server, client, fn, tmp_path / "cache")
         os.kill(worker, signal.SIGKILL)
         assert wait_until(lambda: metric(client, "adserve_compile_failures_total", '{reason="killed"}') >= 1)
         for _ in range(5):
@@ -125,7 +128,7 @@ def test_sigterm_during_a_compile_leaves_no_worker(tmp_path, env):
     with running_server(tmp_path / "server.log", env=env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         fn = client.post("/v1/functions", json=SURVEY).json()["id"]
-        worker = compiling(server, client, fn)
+        worker = compiling(server, client, fn, tmp_path / "cache")
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(60) == 0, server.log()[-3000:]
         assert wait_until(lambda: not alive(worker), 30), "the compile worker outlived the server"

@@ -4,7 +4,6 @@ kernels on disk preloaded at start.
 Kernels of the first test are cached under ~/.cache (as in test_codegen), so reruns skip numba's compile."""
 
 import concurrent.futures
-import contextlib
 import os
 import threading
 import time
@@ -288,30 +287,32 @@ class YieldingInt(int):
         return YieldingInt(int(self) - other)
 
 
-def _kill_compiles(store, n, done):
-    """Kill the next `n` compile workers the store starts (SIGKILL, as the kernel's OOM killer would)."""
+def _kill_compiles(monkeypatch, n):
+    """Kill the worker of each of the next `n` compiles once it has its path (SIGKILL, as the kernel's OOM killer
+    would). Killed from inside the compile call, not after a pause: a worker started ahead compiles a small kernel
+    faster than any pause could be sure of."""
     import signal
-    killed = set()
-    while len(killed) < n and not done.is_set():
-        for proc in list(store._procs):
-            if proc.pid not in killed:
-                time.sleep(0.2)  # mid-compile
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                killed.add(proc.pid)
-        time.sleep(0.01)
+
+    from adserve.engine.backend import compile_workers
+    real, killed = compile_workers.Worker.compile, []
+
+    def compile_and_die(self, path, timeout):
+        if len(killed) < n:
+            killed.append(self.pid)
+            os.kill(self.pid, signal.SIGKILL)
+        return real(self, path, timeout)
+
+    monkeypatch.setattr(compile_workers.Worker, "compile", compile_and_die)
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("kills", [1, 2])
-def test_a_killed_compile_is_tried_once_more(tmp_path, kills):
+def test_a_killed_compile_is_tried_once_more(tmp_path, monkeypatch, kills):
     """A compile worker killed mid-way is compiled again once, after a backoff (counted in compile_retries):
     the plan then runs compiled. Killed a second time, the plan stays on the interpreter, still answering."""
     t = backend.Tiered(str(tmp_path), workers=1, python=False)
     t.store.RETRY_KILLED_SECONDS = 0.5
-    done = threading.Event()
-    killer = threading.Thread(target=_kill_compiles, args=(t.store, kills, done), daemon=True)
-    killer.start()
+    _kill_compiles(monkeypatch, kills)
     try:
         engine = Engine(t)
         fn = engine.compile_definition(VECTOR)
@@ -330,5 +331,4 @@ def test_a_killed_compile_is_tried_once_more(tmp_path, kills):
         if kills == 2:
             assert meta["backend"] == "interpreter"
     finally:
-        done.set()
         t.shutdown()

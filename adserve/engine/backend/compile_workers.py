@@ -8,6 +8,12 @@ space came within 2% of the limit (numba at its limit may retry allocations for 
 a worker that failed in any way is never used again. A worker retires after a compile that left it holding more
 than half its address-space limit (`RETIRE_FRACTION`), or after `MAX_COMPILES`, so the next compile always has
 room; a compile that ran out of memory in a worker that had compiled before is tried once in a fresh one.
+
+A store may keep `spare` workers started ahead (`Workers.ready`): a new function's first kernel then does not wait
+for a process start (0.3-0.5 s, more when the machine is busy, which is when a kernel matters most). A spare that
+has never compiled is kept however long it is idle: it holds only Python's, NumPy's and the back end's start-up
+(`prepare`, the back end it sets up before it says it is ready). One that retired or was closed for idling is
+replaced after its compile, never during one (two processes starting would share the core with the compile).
 """
 
 from __future__ import annotations
@@ -28,11 +34,14 @@ UNLIMITED_RETIRE_BYTES = 4 << 30  # the retiring point of a worker with no addre
 class Worker:
     """One compile worker process; `compile` hands it a path and waits for the result."""
 
-    def __init__(self, memory: int):
-        from ..codegen.worker import MEMORY_ENV
+    def __init__(self, memory: int, prepare: str | None = None):
+        from ..codegen.worker import MEMORY_ENV, PREPARE_ENV
         # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
         # are never forked into it
         env = {**os.environ, MEMORY_ENV: str(memory)}
+        env.pop(PREPARE_ENV, None)
+        if prepare:
+            env[PREPARE_ENV] = prepare
         self.proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", "--serve"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
@@ -122,9 +131,13 @@ class Worker:
 class Workers:
     """Warm workers of one kernel store: `take` one (an idle one, or a new one), `give` it back after a compile."""
 
-    def __init__(self, memory: int, idle_seconds: float = 60.0):
+    def __init__(self, memory: int, idle_seconds: float = 60.0, spare: int = 0, prepare: str | None = None):
+        """`spare`: workers kept started ahead once `ready` is called; `prepare`: the back end a worker sets up at
+        its start ("llvm", or None)."""
         self.memory = memory
         self.idle_seconds = idle_seconds
+        self.spare = spare
+        self.prepare = prepare
         self._idle: list[Worker] = []
         self.busy: set[Worker] = set()
         self._lock = threading.Lock()
@@ -142,7 +155,7 @@ class Workers:
                 if w.proc.poll() is None:
                     worker = w
                     break
-            worker = worker or Worker(self.memory)
+            worker = worker or Worker(self.memory, self.prepare)
             self.busy.add(worker)
             return worker
 
@@ -154,8 +167,19 @@ class Workers:
             if keep:
                 self._idle.append(worker)
                 self._schedule()
+            else:
+                self._replenish()
         if not keep:
             threading.Thread(target=worker.close, daemon=True).start()
+
+    def ready(self):
+        """Start workers until `spare` are idle: the next compiles need not wait for a process to start."""
+        with self._lock:
+            self._replenish()
+
+    def _replenish(self):  # under the lock
+        while not self._closed and len(self._idle) < self.spare:
+            self._idle.append(Worker(self.memory, self.prepare))
 
     def _schedule(self):
         if self._timer is None:
@@ -164,15 +188,19 @@ class Workers:
             self._timer.start()
 
     def _expire(self):
-        """Close the workers idle for `idle_seconds`; look again while some are left."""
+        """Close the workers idle for `idle_seconds` (a spare that never compiled stays), start a spare in place of
+        the last closed; look again while some that compiled are left."""
         now, gone = time.monotonic(), []
         with self._lock:
             self._timer = None
             keep = []
             for w in self._idle:
-                (gone if now - w.idle_since >= self.idle_seconds else keep).append(w)
+                # a spare that never compiled holds nothing of a kernel's: kept
+                (gone if now - w.idle_since >= self.idle_seconds and w.compiles else keep).append(w)
             self._idle = keep
-            if keep and not self._closed:
+            if gone:
+                self._replenish()
+            if any(w.compiles for w in self._idle) and not self._closed:
                 self._schedule()
         for w in gone:
             w.close()

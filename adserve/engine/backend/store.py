@@ -62,11 +62,14 @@ class KernelStore:
     RETRY_KILLED_SECONDS = 30.0
 
     def __init__(self, cache_dir: str, stats, compile_timeout: float = 300.0, workers: int | None = None,
-                 compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30, llvm=True):
+                 compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30, llvm=True,
+                 wanted=None, spare: int = 1):
         """`stats`: the backend's `TierStats`, counted into. `quiet(seconds)`: waits (at most that long) for a
         moment with no request running, before a load. `on_load(key)`: called once a module is ready.
         `memory`: the address space (RLIMIT_AS) of a compile worker, 0 for none. `llvm`: plans in the direct-LLVM
-        back end's scope are compiled by it (else every plan by numba)."""
+        back end's scope are compiled by it (else every plan by numba). `wanted(key)`: whether a run is waiting for
+        that kernel now (its load then takes no quiet moment: the run gives way to it). `spare`: compile workers
+        started at once and kept ready (compile_workers.py), when compiles are on."""
         self.dir = os.path.join(cache_dir, "kernels")
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -89,12 +92,14 @@ class KernelStore:
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
         self._procs: set = set()  # the processes compiling now
-        self._workers = Workers(memory)
+        self._workers = Workers(memory, spare=spare if compile else 0, prepare="llvm" if self.llvm else None)
+        self._wanted = wanted or (lambda key: False)
         self._chunk_pool = None  # threads running LLVM kernels' chunks (their parallel variants), made when needed
         self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
         self._reloaded: set = set()  # keys compiled again after a failed load (once each)
         self._retried: set = set()   # keys compiled again after their worker was killed (once each)
         self.closed = False
+        self._workers.ready()  # the first kernel need not wait for a worker to start
 
     # -- lookup --------------------------------------------------------------
     def kernel(self, graph):
@@ -337,7 +342,8 @@ class KernelStore:
 
     def _load(self, key):
         from ..codegen.worker import load
-        self._quiet(self.LOAD_WAIT_SECONDS)  # loading holds the interpreter's lock for milliseconds
+        if not self._wanted(key):  # loading holds the interpreter's lock for milliseconds
+            self._quiet(self.LOAD_WAIT_SECONDS)
         if self.compiler.get(key) == "llvm":
             from ..codegen.llvm_kernel import LlvmModule
             self.add(key, LlvmModule(self.path(key)))

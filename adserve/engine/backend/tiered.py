@@ -6,8 +6,14 @@ layer (threads.py, for parallel batch variants). What it adds is when background
 first run is answered by the interpreter at once, and its key (a hash of the whole plan) and the request for
 its kernel are left to a background thread that waits for a quiet moment, a moment with no call or run in
 progress (`busy`) and none ended within QUIET_SECONDS (its answer is being encoded and sent). Source writing
-waits for one at most INTRODUCE_WAIT_SECONDS (a burst of new functions back to back is answered first), a
-kernel load at most the store's LOAD_WAIT_SECONDS.
+waits for one at most INTRODUCE_WAIT_SECONDS (a burst of new functions back to back is answered first), and
+no longer once the plan is asked for again (a function in use, not one of a burst) or its first run has run
+INTRODUCE_LONG_SECONDS (its kernel saves more than the introduction costs it); a kernel load waits at most
+the store's LOAD_WAIT_SECONDS, and not at all when a run is waiting for it.
+
+A run on a lower tier while its plan's kernel is on its way gives way to the kernel when it arrives mid-run,
+and the plan runs again on it (give_way.py). The compile workers are started with the backend (store.py), so
+the first kernel does not wait for a process to start.
 
 Kernel outputs are fresh arrays per run (a `Fresh` list), which the engine hands out without copying. A
 compile failure or timeout leaves the plan on the interpreter (a parallel variant's: on the serial kernel);
@@ -26,6 +32,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .give_way import Waiting, superseded
 from .interpreter import PYTHON, Interpreter
 from .plan import call_kernel, is_parallel_key, known_meta, plan_key, serial_key
 from .policy import TimingPolicy
@@ -63,15 +70,31 @@ class InFlight:
     def __exit__(self, *exc):
         self.exit()
 
-    def wait_quiet(self, quiet_seconds, wait):
-        """Wait (at most `wait` seconds) for nothing in flight and nothing ended within `quiet_seconds`."""
+    def wait_quiet(self, quiet_seconds, wait, due=None):
+        """Wait (at most `wait` seconds) for nothing in flight and nothing ended within `quiet_seconds`, or until
+        `due()` is true."""
         deadline = time.monotonic() + wait
         while (self._count or time.monotonic() - self.last_end < quiet_seconds) and time.monotonic() < deadline:
+            if due is not None and due():
+                return
             time.sleep(0.002)
+
+
+class _Introduction:
+    """A plan waiting for its introduction: whether it was asked for again, how many of its first runs are
+    running and since when the first began."""
+    __slots__ = ("again", "graph", "running", "since")
+
+    def __init__(self, graph):
+        self.graph, self.again, self.running, self.since = graph, False, 0, time.monotonic()
+
+    def due(self, long_seconds) -> bool:
+        return self.again or self.running > 0 and time.monotonic() - self.since >= long_seconds
 
 
 class Tiered(Interpreter):
     INTRODUCE_WAIT_SECONDS = 0.5
+    INTRODUCE_LONG_SECONDS = 0.05
     QUIET_SECONDS = 0.003
 
     def __init__(self, cache_dir: str, compile_timeout: float = 300.0, workers: int | None = None, compile=True,
@@ -82,8 +105,12 @@ class Tiered(Interpreter):
         back end's scope are compiled by it, not numba (store.py)."""
         super().__init__()
         self.in_flight = InFlight()
+        self.waiting = Waiting()  # runs on lower tiers that give way to their kernels
+        self._introductions: dict = {}  # id(graph) -> _Introduction, for plans run but not introduced yet
+        self._introductions_lock = threading.Lock()
         self.store = KernelStore(cache_dir, self.stats, compile_timeout, workers, compile, parallel,
-                                 quiet=self._quiet_moment, on_load=self._loaded, memory=compile_memory, llvm=llvm)
+                                 quiet=self._quiet_moment, on_load=self._loaded, memory=compile_memory, llvm=llvm,
+                                 wanted=self.waiting.wanted)
         # plans seen for the first time are hashed (and their kernels asked for) here, after the request
         self._introducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adserve-plans")
         self.python = PythonTier(self.store, self.stats, self._introducer.submit, self._after_request, python)
@@ -134,6 +161,7 @@ class Tiered(Interpreter):
         self._introducer.shutdown(wait=False, cancel_futures=True)
 
     def _loaded(self, key):
+        self.waiting.arrived(key)
         self.python.drop(key)
         if is_parallel_key(key):
             self.policy.retime(serial_key(key))
@@ -145,30 +173,56 @@ class Tiered(Interpreter):
     def _quiet_moment(self, wait):
         self.in_flight.wait_quiet(self.QUIET_SECONDS, wait)
 
-    def _after_request(self):
+    def _after_request(self, due=None):
+        """Wait for a quiet moment (at most INTRODUCE_WAIT_SECONDS), or until `due()` says not to wait more."""
         time.sleep(self.QUIET_SECONDS)  # the request that brought it is still encoding and sending its answer
-        self._quiet_moment(self.INTRODUCE_WAIT_SECONDS)
+        self.in_flight.wait_quiet(self.QUIET_SECONDS, self.INTRODUCE_WAIT_SECONDS, due)
 
     def _first_run(self, graph, args, meta, deadline=None):
         """A plan never run here: the interpreter answers now. Its key (a hash of the whole plan, a few ms
         for a big one) and the request for its kernel (which writes the kernel's source, a few ms more) are
         left to a background thread that waits for a quiet moment, so they do not share the interpreter's
-        lock with the first answer."""
-        self._introducer.submit(self.introduce, graph)
+        lock with the first answer; the run gives way to the kernel if it arrives meanwhile."""
+        with self._introductions_lock:
+            intro = self._introductions.get(id(graph))
+            if intro is None:
+                intro = self._introductions[id(graph)] = _Introduction(graph)
+                self._introducer.submit(self.introduce, graph)
+            else:
+                intro.again = True  # run again before its introduction: a function in use
+            intro.running += 1
         if meta is not None and self.store.compile_enabled:
             meta["compile"] = "pending"
         try:
-            return Interpreter.run(self, graph, args, meta, deadline)
+            with self.waiting.run(graph, deadline, lambda: self._ready(graph)) as check:
+                return Interpreter.run(self, graph, args, meta, check)
+        except Exception as e:
+            if not superseded(e):
+                raise
         finally:
+            with self._introductions_lock:
+                intro.running -= 1
             self.in_flight.last_end = time.monotonic()
+        return self.run(graph, args, meta, deadline)  # on its kernel, which arrived during the run
+
+    def _ready(self, graph) -> bool:
+        plan = known_meta(graph)
+        return plan is not None and plan.key in self.store.ready
 
     def introduce(self, graph):
-        """Hash a plan and ask for its kernel: the background job after the plan's first run."""
-        self._after_request()
+        """Hash a plan and ask for its kernel: the background job after the plan's first run. A kernel ready
+        already (loaded for an equal plan) is handed to the runs waiting for it."""
+        intro = self._introductions.get(id(graph))
+        self._after_request(None if intro is None else lambda: intro.due(self.INTRODUCE_LONG_SECONDS))
         try:
-            self.kernel(graph)
+            if self.kernel(graph) is not None:
+                self.waiting.arrived(known_meta(graph).key)
         except Exception as e:  # never a request's problem: the plan stays on the interpreter
             log.warning("plan not introduced: %s: %s", type(e).__name__, e)
+        finally:
+            with self._introductions_lock:
+                if intro is not None and self._introductions.get(id(graph)) is intro:
+                    del self._introductions[id(graph)]
 
     # -- run -------------------------------------------------------------------------
     def run(self, graph, args, meta=None, deadline=None):
@@ -180,8 +234,12 @@ class Tiered(Interpreter):
         self.in_flight.enter()
         try:
             return self.policy.run(graph, plan, args, meta, deadline)
+        except Exception as e:
+            if not superseded(e):
+                raise
         finally:
             self.in_flight.exit()
+        return self.run(graph, args, meta, deadline)  # its kernel arrived during a run on a lower tier
 
     def run_on(self, tier, module, graph, plan, B, args, meta, deadline=None):
         """Run the plan on `tier` with its loaded `module`; module None: the lower tiers (python or interpreter).
@@ -192,7 +250,14 @@ class Tiered(Interpreter):
 
     def _lower(self, graph, plan, B, args, meta, deadline=None):
         """The plan on the python tier where it has a kernel there that pays for this batch, else the
-        interpreter (also when the python run meets a domain error: NumPy's error model answers it)."""
+        interpreter (also when the python run meets a domain error: NumPy's error model answers it). While the
+        plan's kernel is on its way, the run gives way to it when it arrives (`Stopped`, SUPERSEDED)."""
+        if plan.key in self.store.pending:
+            with self.waiting.run(graph, deadline, lambda: plan.key in self.store.ready) as check:
+                return self._lowest(graph, plan, B, args, meta, check)
+        return self._lowest(graph, plan, B, args, meta, deadline)
+
+    def _lowest(self, graph, plan, B, args, meta, deadline=None):
         k = self.python.kernel(graph, plan, B)
         if k is not None:
             from ..codegen.python import Unsupported

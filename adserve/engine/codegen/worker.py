@@ -112,8 +112,18 @@ def compile_one(path: str, limited: bool, keep: bool):
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
 
 
+PREPARE_ENV = "ADSERVE_COMPILE_PREPARE"  # "llvm": a warm worker sets up the LLVM back end before it says it is ready
+
+
 def serve(limited: bool):
-    """Compile each path read from standard input, until it closes; after each, the DONE line."""
+    """Compile each path read from standard input, until it closes; after each, the DONE line. First, the back end
+    `PREPARE_ENV` names is set up (a worker started ahead of its first compile does that while nothing waits)."""
+    if os.environ.get(PREPARE_ENV) == "llvm":
+        try:
+            from .llvm_kernel import prepare
+            prepare()
+        except Exception:  # e.g. no room under the memory limit: the first compile meets it and says so
+            pass
     print(f"{DONE} {address_space()}", flush=True)  # ready
     for line in sys.stdin:
         path = line.strip()
