@@ -12,7 +12,10 @@ slices across pieces, a concatenation as an output and as a carry's new value be
 import numpy as np
 import pytest
 from test_codegen import B
+from engine_helpers import run
+from test_codegen import compile_kernel, run_kernel
 from test_llvm_kernels import both
+from test_tier_consistency import same
 
 from adserve.engine import Engine, main_plan
 from adserve.engine.codegen import llvm_ir, llvm_kernel
@@ -156,3 +159,71 @@ def test_programs_give_numbas_bits(name):
 def test_a_concatenation_as_the_output():
     graph, args = _plan({"x": (3,), "y": (2,)}, "return concatenate([x * 2.0, y, x])")
     both(graph, args, "pieces output", exact_interp=True, against="python")
+
+
+# -- the next element (codegen/llvm_next.py) -------------------------------------------------------------------
+NEXT_BODY = """
+y = x * 2.0
+z = zeros(len(x))
+z[:-1] = y[1:]
+g = x * 3.0
+g[:-1] = g[:-1] + y[1:] * x[:-1]
+h = w * 1.5
+h[:, :-1] = h[:, :-1] - w[:, 1:]
+return sum(z * x) + sum(g * g) + sum(h * w)"""
+
+
+def test_ode_gradients_reverse_step_is_one_descending_loop():
+    """ode's reverse step reads the next element of four values it computes (updates of `v[1:]` into the first
+    n - 1 elements): after the step's first loop (its shifts, ascending), the rest is one loop with its axis
+    descending, each next element the previous iteration's (a phi); no [1:] slice or update is left, and the
+    new cotangent is written into its carry (eleven loops and a copy into the carry before)."""
+    defn = {"inputs": [{"name": "x", "shape": [50]}], "program": _ode_program(3, last=True)}
+    graph, _ = main_plan(engine.compile_definition(defn), frozenset({"gradient"}))
+    w = llvm_ir.Writer(graph)
+    w.write()
+    reverse = next(e for e in graph.eqns if e.prim == "loop" and e.params["reverse"])
+    body = w.rewritten[reverse.params["body"]]
+    assert not any(e.prim == "update_slice" for e in body.eqns)
+    assert all(e.prim == "slice" and e.params["index"] == ((0, 49, 1),) for e in body.eqns
+               if "slice" in e.prim)  # the four shifts' [:-1] (llvm_pieces.shifted's), no [1:]
+    assert sum(e.prim == "next" for e in body.eqns) >= 4 and sum(e.prim == "patch" for e in body.eqns) == 4
+    text = llvm_kernel.module_text(graph, "k", "ode")
+    assert text.count(".d = sub nuw nsw i64 49, ") == 1
+    assert w.ws < 50 * 20
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_next_element_reads_give_numbas_bits(n):
+    """Next-element shifts, updates of the first n - 1 elements (along a second axis too), and sums of them, at
+    lengths where the [n - 1] values are empty (1) or one element (2); signed zeros, infinities and NaN among the
+    inputs (a PATCH keeps the base's element at the end, an element computed from NEXT's fill there is dropped).
+    The value is a sum (the interpreter's NumPy sums pairwise: within 1e-12); the gradients are element-wise:
+    the interpreter's bits."""
+    graph, args = _plan({"x": (n,), "w": (3, n)}, NEXT_BODY, ("value", "gradient"))
+    if n > 1:
+        assert any(e.prim == "next" for e in llvm_ir.Writer(graph).nexted(graph).eqns)
+    edges = np.array([-0.0, 0.0, np.inf, -np.inf, np.nan, 1.5, -2.25, 0.75])
+    args[0][0] = edges[:n] if n <= len(edges) else args[0][0]
+    args[1][1, 0] = np.resize(edges[::-1], n)
+    both(graph, args, f"pieces next n={n}", against="python")
+    got = run_kernel(compile_kernel(graph, f"pieces next n={n}", llvm=True), graph, args)
+    for j, (g, w) in enumerate(zip(got[1:], run(graph, args)[1:])):  # the gradients: no sum, the same bits
+        same(g, w, True, f"pieces next n={n}: gradient {j} against the interpreter")
+
+
+def test_a_next_read_of_a_carry_in_a_loop():
+    """A loop's carry updated from its own next element and a value computed in the body: the run reading the
+    old carry's next element writes the new one (descending: the old element i + 1 is read before i is
+    written)."""
+    for shape in [(1,), (2,), (7,), (2, 6)]:
+        cut = ":-1" if len(shape) == 1 else ":, :-1"
+        nxt = "1:" if len(shape) == 1 else ":, 1:"
+        graph, args = _plan({"x": shape}, f"""
+y = x * 1.0
+for i in range(3):
+    t = y * 0.5
+    t[{cut}] = t[{cut}] + y[{nxt}] * x[{nxt}]
+    y = t
+return y""")
+        both(graph, args, f"pieces next carry {shape}", exact_interp=True, against="python")

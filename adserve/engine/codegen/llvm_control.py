@@ -179,6 +179,7 @@ class Control:
                 self.layouts[v] = indexed_layout(self.layout(x), len(x.shape), ["int"])
             else:
                 self.load_scalar(v, op.row(k))
+        body = self.nexted(body)
         self.in_place(body, ins[1 + nc:1 + nc + ncar], body.outputs[:ncar], carries)
         self.walk(body)
         for yb, y in zip(ys, body.outputs[ncar:]):
@@ -250,6 +251,7 @@ class Control:
             if every > 1:
                 self.emit(f"br label %W{n}.u")
                 self.label(f"W{n}.u")
+        body = self.nexted(body)
         self.in_place(body, body.inputs[nc:], body.outputs, carries)
         self.walk(body)
         self.carry_on(body.outputs, carries)

@@ -28,6 +28,7 @@ from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
 from .llvm_pieces import SHIFT, Cat, Pieces, narrow
 from .llvm_homes import Homes
+from .llvm_next import NEXT, PATCH, nexted
 from .llvm_split import Split
 from .schedule import kernel_order
 from .templates import kept
@@ -43,7 +44,7 @@ START = {"reduce_sum": 0.0, "sum_to": 0.0, "reduce_max": -math.inf, "reduce_min"
 OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concatenate", "dyn_slice", "dyn_update",
           "gather", "scatter_add", "argmax", "argmin", "arange", "einsum"}
 CONTROL = {"loop", "while", "cond"}  # written with their bodies (llvm_control.py)
-RUNS = {*IR, SHIFT}  # equations of element-wise runs
+RUNS = {*IR, SHIFT, NEXT, PATCH}  # equations of element-wise runs
 
 
 def declined(graph: Graph) -> set:
@@ -111,6 +112,7 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
         self.last_read: dict = {}  # value -> the last place reading it in its graph (outputs: past the end)
         self.homes: dict = {}  # value -> the region of an output row it is computed in (llvm_homes.py)
         self.targets: dict = {}  # a loop body's new carry value -> the carry it may be written into (llvm_pieces)
+        self.rewritten: dict = {}  # a graph -> it with its next-element reads as NEXT and PATCH (llvm_next)
 
     @property
     def part(self) -> Part:
@@ -298,13 +300,26 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
             self.label(f"L{n}.x")
         self.memo = {}
 
-    def loop(self, shape, body):
-        """Run body(idx) in a loop nest over shape (nothing when shape has no elements)."""
+    def loop(self, shape, body, descending=False):
+        """Run body(idx) in a loop nest over shape (nothing when shape has no elements); `descending`: the last
+        axis from its end."""
         if 0 in shape:
             return
         nest = self.open_loops(shape)
-        body([f"%i{n}" for n, _ in nest])
+        idx = [f"%i{n}" for n, _ in nest]
+        if descending:
+            n, d = nest[-1]
+            self.emit(f"%i{n}.d = sub nuw nsw i64 {d - 1}, %i{n}")
+            idx[-1] = f"%i{n}.d"
+        body(idx)
         self.close_loops(nest)
+
+    def patch(self, args, i, n) -> str:
+        """PATCH's element at last-axis index i (of n): r's (args[1]), base's (args[0]) at the last."""
+        k = self.fresh()
+        self.emit(f"%c{k} = icmp ult i64 {i}, {n - 1}")
+        self.emit(f"%e{k}.r = select i1 %c{k}, double {args[1]}, double {args[0]}")
+        return f"%e{k}.r"
 
     def store(self, view: View, idx, value):
         self.emit(f"store double {value}, ptr {self.address(view, list(zip(idx, view.strides)))}")
@@ -371,6 +386,7 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
         if top:  # numba's order: the same kernel_order as fusion.Source.graph
             g, pairs = kernel_order(g)
             self.pairs.update(pairs)
+        g = self.nexted(g)
         for k, e in enumerate(g.eqns):
             self.position[e] = k
             for a in e.inputs:
@@ -392,7 +408,7 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
         # share one loop nest; an equation reading nothing the open run computes is written ahead of its loop
         run, made, totals = [], set(), set()
         for e in eqns:
-            if run and not any(a in totals for a in e.inputs) and (
+            if run and not any(a in totals for a in e.inputs) and _ordered(run, e) and (
                     e.prim in RUNS and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
                 run.append(e)
                 made.add(e.out)
@@ -404,13 +420,21 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
                 item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [], set(), set()
             if e.prim in RUNS and e.out.shape:
-                if run:
+                if run:  # (a NEXT meeting a shift or a sum of the open run among them)
                     item(self.fused, run, uses, run[0].out.shape)
                 run, made, totals = [e], {e.out}, set()
                 continue
             item(self.eqn, e, uses)
         if run:
             item(self.fused, run, uses, run[0].out.shape)
+
+    def nexted(self, g: Graph) -> Graph:
+        """g with its next-element reads rewritten (llvm_next.py), once: a loop's body is rewritten before its
+        carries are offered (in_place), then walked."""
+        if g not in self.rewritten:
+            self.rewritten[g] = nexted(g, self.elementwise)
+            self.rewritten[self.rewritten[g]] = self.rewritten[g]
+        return self.rewritten[g]
 
     def item(self, fn, *args):
         if self.part.loops >= MAX_LOOPS:
@@ -455,7 +479,10 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
                 else:
                     accs[e] = self.slot(const(START[e.prim]))
 
-        nests = self.regions(ops, shape, bool(accs), any(e.prim == SHIFT for e in run))
+        descending = any(e.prim == NEXT for e in run)  # its next element the previous iteration's (llvm_next)
+        # a descending run, or one placing elements by their index (PATCH), reads no concatenation in stretches
+        whole = descending or any(e.prim == PATCH for e in run)
+        nests = self.regions(ops, shape, bool(accs) or whole, any(e.prim == SHIFT for e in run))
         lasts: dict = {}  # a shift -> its value's element of the last iteration written (the next stretch's first)
 
         def body(idx, ops=ops, shape=shape, dsts=self.arr, eqns=run, saved=None):
@@ -467,7 +494,13 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
                 args = [temps[a] if a in temps else self.elem(a, ops[a], idx, shape) for a in e.inputs]
                 acc = accs.get(e)
                 if acc is None:
-                    temps[e.out] = t = self.shift(e, args[0], lasts) if e.prim == SHIFT else self.apply(e.prim, args)
+                    if e.prim in (SHIFT, NEXT):
+                        t = self.shift(e, args[0], lasts)
+                    elif e.prim == PATCH:
+                        t = self.patch(args, idx[-1], shape[-1])
+                    else:
+                        t = self.apply(e.prim, args)
+                    temps[e.out] = t
                     if not e.out.shape:
                         self.define(e.out, t)
                     elif e.out in dsts:
@@ -495,6 +528,8 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
                 self.loop(sub, lambda idx: body(idx, rops, sub, dsts))
         elif 0 in shape:
             pass
+        elif descending:
+            self.loop(shape, body, descending=True)
         elif not accs and not carried and not self.enclosing and not any(e.prim == SHIFT for e in run):
             self.scoped_run(run, shape, body)  # stores only into the run's own arrays (llvm_split.py)
         elif not fixed:
@@ -524,3 +559,13 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
 
     def load_scalar(self, v, view: View):
         self.define(v, self.load(self.address(view, [])))
+
+
+def _ordered(run, e) -> bool:
+    """Whether e may join `run` in one loop order: a NEXT's run is written descending, which a shift (the previous
+    element) and a sum (its order) may not be."""
+    if e.prim == NEXT:
+        return not any(q.prim == SHIFT or q.prim in SUMS for q in run)
+    if e.prim == SHIFT or e.prim in SUMS:
+        return not any(q.prim == NEXT for q in run)
+    return True

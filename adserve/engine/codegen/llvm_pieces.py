@@ -26,6 +26,7 @@ VIEWING = {"slice", "transpose", "reshape", "dyn_slice", "concatenate", "update_
 # equations reading a concatenation (their first input) without a copy of it: slices and updates of it
 CUTTING = {"slice", "update_slice"}
 SHIFT = "shift"  # [c, v0, v1, ...] along the last axis: a run's equation (`shifted`)
+MOVES = {"next", "patch"}  # llvm_next's run equations: a new carry value `in_place` may write into the carry
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ class Pieces:
         outs = list(body.outputs)
         for old, new, c in zip(olds, news, carries):
             e = made.get(new)
-            if not isinstance(c, View) or e is None or e.prim not in self.elementwise or outs.count(new) != 1:
+            if not isinstance(c, View) or e is None or e.prim not in self.elementwise and e.prim not in MOVES or \
+                    outs.count(new) != 1:
                 continue
             views = {old}
             for q in body.eqns:
