@@ -408,6 +408,11 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
         # share one loop nest; an equation reading nothing the open run computes is written ahead of its loop
         run, made, totals = [], set(), set()
         for e in eqns:
+            if run and e.prim == NEXT and e.out.shape == run[0].out.shape and not _ordered(run, e):
+                head, tail = self.tail(run)
+                if tail:  # the tail joins the NEXT's descending run
+                    item(self.fused, head, uses, run[0].out.shape)
+                    run, made, totals = tail, {q.out for q in tail}, set()
             if run and not any(a in totals for a in e.inputs) and _ordered(run, e) and (
                     e.prim in RUNS and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
                 run.append(e)
@@ -427,6 +432,18 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
             item(self.eqn, e, uses)
         if run:
             item(self.fused, run, uses, run[0].out.shape)
+
+    def tail(self, run) -> tuple:
+        """(head, tail) of an ascending run a NEXT meets: the tail, its equations after its last shift or sum,
+        written in the NEXT's descending run instead when fewer of the head's values cross to it than of the
+        tail's cross out of the run (each crossing value is stored and loaded again: ode's reverse step stored
+        four values of its cotangent times constants for the descending loop, now one shift)."""
+        k = max(j for j, q in enumerate(run) if q.prim == SHIFT or q.prim in SUMS)
+        head, tail = run[:k + 1], run[k + 1:]
+        made_head, made_tail = {q.out for q in head}, {q.out for q in tail}
+        into = {a for q in tail for a in q.inputs if a in made_head}
+        out = {q.out for q in tail if any(r is None or r not in tail for r in self.readers.get(q.out, []))}
+        return (head, tail) if tail and len(into) < len(out & made_tail) else (run, [])
 
     def nexted(self, g: Graph) -> Graph:
         """g with its next-element reads rewritten (llvm_next.py), once: a loop's body is rewritten before its
