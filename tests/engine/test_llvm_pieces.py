@@ -2,11 +2,13 @@
 
 A concatenation (or a one-axis update, or a slice of either) read by element-wise runs is not copied: the run
 is written as one loop nest per stretch of its axis, each reading its piece; a value shifted by one along the
-last axis is the previous iteration's element (a phi), in the run computing it; a loop's new carry computed by
-an element-wise run is written into the carry. Checked here: the kernels no longer hold the copies (their
-workspace), and the bits stay numba's source's (the python tier) and the interpreter's on shapes that stress
-the pieces: a piece of length 1, empty pieces, a second axis, broadcast operands, sums over a concatenation,
-slices across pieces, a concatenation as an output and as a carry's new value beside a swap.
+last axis is the previous iteration's element (a phi), in the run computing it; a value's next element (an
+update of `v[1:]` into the first n - 1 elements) is the previous iteration's of a descending run (llvm_next.py);
+a loop's new carry computed by an element-wise run is written into the carry. Checked here: the kernels no
+longer hold the copies (their workspace), and the bits stay numba's source's (the python tier) and the
+interpreter's on shapes that stress the pieces: a piece of length 1, empty pieces, a second axis, broadcast
+operands, sums over a concatenation, slices across pieces, a concatenation as an output and as a carry's new
+value beside a swap, next-element reads at lengths 1 and 2.
 """
 
 import numpy as np

@@ -3,7 +3,8 @@
 A plan in scope (`declined(graph)` is empty) is written here instead of as numba source: element-wise equations
 (a table row with an `ir` template), reductions (sum, max, min, sum_to, logsumexp), broadcasts, static slices,
 reshapes, transposes, updates, run-time indices, gathers and scatters, argmax/argmin and arange (llvm_ops.py),
-concatenations, shifts and in-place carries (llvm_pieces.py), contractions (llvm_contraction.py: numba's loop nests, shared passes and BLAS calls), loops,
+concatenations, shifts and in-place carries (llvm_pieces.py), next-element reads (llvm_next.py), contractions
+(llvm_contraction.py: numba's loop nests, shared passes and BLAS calls), loops,
 `while` and `cond` with their bodies (llvm_control.py). Only plans of more than MAX_ARRAYS inputs and outputs stay
 on numba, decided before any code is written.
 
@@ -28,7 +29,7 @@ from .llvm_control import Control
 from .llvm_ops import Fill, Ops, View, c_strides, const
 from .llvm_pieces import SHIFT, Cat, Pieces, narrow
 from .llvm_homes import Homes
-from .llvm_next import NEXT, PATCH, nexted
+from .llvm_next import NEXT, PATCH, Nexts, ordered
 from .llvm_split import Split
 from .schedule import kernel_order
 from .templates import kept
@@ -45,6 +46,7 @@ OTHERS = {"logsumexp", "slice", "transpose", "reshape", "update_slice", "concate
           "gather", "scatter_add", "argmax", "argmin", "arange", "einsum"}
 CONTROL = {"loop", "while", "cond"}  # written with their bodies (llvm_control.py)
 RUNS = {*IR, SHIFT, NEXT, PATCH}  # equations of element-wise runs
+ASCENDING = {SHIFT, *SUMS}  # run equations a descending run may not hold (llvm_next.ordered)
 
 
 def declined(graph: Graph) -> set:
@@ -78,7 +80,7 @@ class Part:
         self.cache: dict = {}
 
 
-class Writer(Pieces, Ops, Control, Contract, Split, Homes):
+class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes):
     """Writes one plan's kernel; `module(symbol)` is the LLVM module text."""
 
     def __init__(self, graph: Graph):
@@ -314,13 +316,6 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
         body(idx)
         self.close_loops(nest)
 
-    def patch(self, args, i, n) -> str:
-        """PATCH's element at last-axis index i (of n): r's (args[1]), base's (args[0]) at the last."""
-        k = self.fresh()
-        self.emit(f"%c{k} = icmp ult i64 {i}, {n - 1}")
-        self.emit(f"%e{k}.r = select i1 %c{k}, double {args[1]}, double {args[0]}")
-        return f"%e{k}.r"
-
     def store(self, view: View, idx, value):
         self.emit(f"store double {value}, ptr {self.address(view, list(zip(idx, view.strides)))}")
 
@@ -408,12 +403,12 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
         # share one loop nest; an equation reading nothing the open run computes is written ahead of its loop
         run, made, totals = [], set(), set()
         for e in eqns:
-            if run and e.prim == NEXT and e.out.shape == run[0].out.shape and not _ordered(run, e):
-                head, tail = self.tail(run)
+            if run and e.prim == NEXT and e.out.shape == run[0].out.shape and not ordered(run, e, ASCENDING):
+                head, tail = self.tail(run, ASCENDING)
                 if tail:  # the tail joins the NEXT's descending run
                     item(self.fused, head, uses, run[0].out.shape)
                     run, made, totals = tail, {q.out for q in tail}, set()
-            if run and not any(a in totals for a in e.inputs) and _ordered(run, e) and (
+            if run and not any(a in totals for a in e.inputs) and ordered(run, e, ASCENDING) and (
                     e.prim in RUNS and e.out.shape == run[0].out.shape or e.prim in SUMS and e.inputs[0] in made):
                 run.append(e)
                 made.add(e.out)
@@ -432,26 +427,6 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
             item(self.eqn, e, uses)
         if run:
             item(self.fused, run, uses, run[0].out.shape)
-
-    def tail(self, run) -> tuple:
-        """(head, tail) of an ascending run a NEXT meets: the tail, its equations after its last shift or sum,
-        written in the NEXT's descending run instead when fewer of the head's values cross to it than of the
-        tail's cross out of the run (each crossing value is stored and loaded again: ode's reverse step stored
-        four values of its cotangent times constants for the descending loop, now one shift)."""
-        k = max(j for j, q in enumerate(run) if q.prim == SHIFT or q.prim in SUMS)
-        head, tail = run[:k + 1], run[k + 1:]
-        made_head, made_tail = {q.out for q in head}, {q.out for q in tail}
-        into = {a for q in tail for a in q.inputs if a in made_head}
-        out = {q.out for q in tail if any(r is None or r not in tail for r in self.readers.get(q.out, []))}
-        return (head, tail) if tail and len(into) < len(out & made_tail) else (run, [])
-
-    def nexted(self, g: Graph) -> Graph:
-        """g with its next-element reads rewritten (llvm_next.py), once: a loop's body is rewritten before its
-        carries are offered (in_place), then walked."""
-        if g not in self.rewritten:
-            self.rewritten[g] = nexted(g, self.elementwise)
-            self.rewritten[self.rewritten[g]] = self.rewritten[g]
-        return self.rewritten[g]
 
     def item(self, fn, *args):
         if self.part.loops >= MAX_LOOPS:
@@ -545,8 +520,11 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
                 self.loop(sub, lambda idx: body(idx, rops, sub, dsts))
         elif 0 in shape:
             pass
-        elif descending:
+        elif descending:  # (a shift's phi would be wrong in split_at_calls' second loop: never split)
+            start = len(self.part.body)
             self.loop(shape, body, descending=True)
+            if not carried and not self.enclosing:
+                self.scoped(start)  # stores only into the run's own arrays (llvm_split.py)
         elif not accs and not carried and not self.enclosing and not any(e.prim == SHIFT for e in run):
             self.scoped_run(run, shape, body)  # stores only into the run's own arrays (llvm_split.py)
         elif not fixed:
@@ -577,12 +555,3 @@ class Writer(Pieces, Ops, Control, Contract, Split, Homes):
     def load_scalar(self, v, view: View):
         self.define(v, self.load(self.address(view, [])))
 
-
-def _ordered(run, e) -> bool:
-    """Whether e may join `run` in one loop order: a NEXT's run is written descending, which a shift (the previous
-    element) and a sum (its order) may not be."""
-    if e.prim == NEXT:
-        return not any(q.prim == SHIFT or q.prim in SUMS for q in run)
-    if e.prim == SHIFT or e.prim in SUMS:
-        return not any(q.prim == NEXT for q in run)
-    return True

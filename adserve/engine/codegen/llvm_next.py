@@ -6,7 +6,7 @@ shifts `update_slice(zeros(n), v[1:])`, four times a step, each from the value t
 as they stand, each [n - 1] value is a loop of its own and each v is stored and read again one element on: ode's
 reverse step was eleven loops after its first.
 
-`nexted(g)` rewrites those equations as [n] element-wise ones: `v[..., 1:]` is NEXT(v) ([v1, ..., v(n-1), c]),
+`rewrite(g)` rewrites those equations as [n] element-wise ones: `v[..., 1:]` is NEXT(v) ([v1, ..., v(n-1), c]),
 `v[..., :-1]` is v, an element-wise equation of such values the same equation over n elements, and
 `update_slice(base, r)` over the first n - 1 elements is PATCH(base, r) (r's element, and base's at the last
 position: a select). Only where every reader of the [n - 1] values is one of these, so an element computed at the
@@ -55,7 +55,7 @@ def _patch_of(e):
     return base, r
 
 
-def nexted(g: Graph, elementwise) -> Graph:
+def rewrite(g: Graph, elementwise) -> Graph:
     """g with its next-element reads rewritten as NEXT and PATCH equations (the module's docstring); g itself
     when it has none. `elementwise`: the primitives of element-wise runs (llvm_ir.IR)."""
     made = {o: e for e in g.eqns for o in e.outputs}
@@ -122,3 +122,44 @@ def nexted(g: Graph, elementwise) -> Graph:
     used = {a for e in eqns for a in e.inputs} | outs
     keep = [e for e in eqns if not (e.prim == NEXT and e.out not in used)]
     return Graph(g.inputs, tuple(keep), g.outputs)
+
+
+class Nexts:
+    """Mixed into llvm_ir.Writer: graphs rewritten once, a run's tail handed to a NEXT's run, PATCH's select."""
+
+    def nexted(self, g: Graph) -> Graph:
+        """g with its next-element reads rewritten (`rewrite`), once: a loop's body is rewritten before its
+        carries are offered (in_place), then walked."""
+        if g not in self.rewritten:
+            self.rewritten[g] = rewrite(g, self.elementwise)
+            self.rewritten[self.rewritten[g]] = self.rewritten[g]
+        return self.rewritten[g]
+
+    def tail(self, run, ascending) -> tuple:
+        """(head, tail) of a run a NEXT meets: the tail, its equations after its last of `ascending`,
+        written in the NEXT's descending run instead when fewer of the head's values cross to it than of the
+        tail's cross out of the run (each crossing value is stored and loaded again: ode's reverse step stored
+        four values of its cotangent times constants for the descending loop, now one shift)."""
+        k = max(j for j, q in enumerate(run) if q.prim in ascending)
+        head, tail = run[:k + 1], run[k + 1:]
+        made_head = {q.out for q in head}
+        into = {a for q in tail for a in q.inputs if a in made_head}
+        out = {q.out for q in tail if any(r is None or r not in tail for r in self.readers.get(q.out, []))}
+        return (head, tail) if tail and len(into) < len(out) else (run, [])
+
+    def patch(self, args, i, n) -> str:
+        """PATCH's element at last-axis index i (of n): r's (args[1]), base's (args[0]) at the last."""
+        k = self.fresh()
+        self.emit(f"%c{k} = icmp ult i64 {i}, {n - 1}")
+        self.emit(f"%e{k}.r = select i1 %c{k}, double {args[1]}, double {args[0]}")
+        return f"%e{k}.r"
+
+
+def ordered(run, e, ascending) -> bool:
+    """Whether e may join `run` in one loop order: a NEXT's run is written descending, which equations of
+    `ascending` may not be (a shift: the previous element; a sum: its order)."""
+    if e.prim == NEXT:
+        return not any(q.prim in ascending for q in run)
+    if e.prim in ascending:
+        return not any(q.prim == NEXT for q in run)
+    return True

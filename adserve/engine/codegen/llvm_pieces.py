@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from ..ir import Eqn, Lit, Var
 from .llvm_homes import same_place
+from .llvm_next import NEXT, PATCH
 from .llvm_ops import Fill, Ops, View, const, indexed_layout
 
 # equations whose array value may be a view of an input's memory (control flow's and the rest's are new)
@@ -26,7 +27,7 @@ VIEWING = {"slice", "transpose", "reshape", "dyn_slice", "concatenate", "update_
 # equations reading a concatenation (their first input) without a copy of it: slices and updates of it
 CUTTING = {"slice", "update_slice"}
 SHIFT = "shift"  # [c, v0, v1, ...] along the last axis: a run's equation (`shifted`)
-MOVES = {"next", "patch"}  # llvm_next's run equations: a new carry value `in_place` may write into the carry
+MOVES = {NEXT, PATCH}  # llvm_next's run equations: a new carry value `in_place` may write into the carry
 
 
 @dataclass(frozen=True)
