@@ -602,3 +602,26 @@ def test_the_parallel_variant_runs_the_serial_kernel_on_chunks(tmp_path):
         assert par.kernel(n, stop, *args, *got) == llvm_kernel.STOPPED
     finally:
         t.shutdown()
+
+
+def test_a_count_is_added_in_parallel_lanes_and_gives_numbas_bits():
+    """A sum of a comparison's 0.0 and 1.0 (a count: the ties of lse's max in its gradient) is exact in any order
+    below 2**53: its add is `reassoc`, its loop is left to LLVM's vectoriser (a plain sum's is not: its order
+    is its bits), and the total is numba's and the interpreter's, bit for bit; a sum of other values beside it
+    keeps its order."""
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [5000]}],
+                                    "expr": "max(x) + log(sum(exp(x - max(x))))"})
+    graph, _ = main_plan(fn, frozenset({"gradient"}))
+    text = llvm_kernel.module_text(graph, "k", "t")
+    assert "fadd reassoc double" in text
+    counting = _case(lambda x: op.reduce_sum(op.eq(x, op.broadcast_to(op.reshape(op.reduce_max(x, axes=(0,)),
+                                                                                shape=(1,)), shape=(5000,))),
+                                             axes=(0,)), [(5000,)])
+    text = llvm_kernel.module_text(counting, "k", "t")
+    assert "fadd reassoc double" in text and "llvm.loop.vectorize.enable" not in text
+    plain = _case(lambda x: op.reduce_sum(op.mul(x, x), axes=(0,)), [(5000,)])
+    assert "reassoc" not in llvm_kernel.module_text(plain, "k", "t")
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 7, 5000).astype(np.float64)  # many ties at the max
+    both(counting, [x[None]], "count", exact_interp=True, against="python")
+    both(graph, [x[None]], "lse gradient", against="python")

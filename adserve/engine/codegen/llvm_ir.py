@@ -329,14 +329,16 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes):
         self.loop(shape, lambda idx: self.store(dst, idx, self.elem(a, op, idx, shape)))
 
     # -- accumulators -----------------------------------------------------------------------------------
-    def accumulate(self, prim, acc, v) -> str:
+    def accumulate(self, prim, acc, v, exact=False) -> str:
         """The accumulator's next value (templates.ACCUMULATORS: max/min keep a NaN, and of two zeros max is 0.0
         and min -0.0): numba's one select (`v` if it is better, NaN, or equal with the sign that wins) is
         IEEE 754-2019's maximum and minimum, LLVM's llvm.maximum and llvm.minimum (a NaN's payload aside,
-        nobody's answer), which its vectoriser knows as reductions, where it cannot see one in the select."""
+        nobody's answer), which its vectoriser knows as reductions, where it cannot see one in the select.
+        An `exact` sum (of values that are 0.0 or 1.0: a count, exact below 2**53 in any order) may be
+        reassociated: LLVM adds it in parallel lanes, and the total is the scalar loop's, bit for bit."""
         n = self.fresh()
         if prim in ("reduce_sum", "sum_to"):
-            self.emit(f"%q{n} = fadd double {acc}, {v}")
+            self.emit(f"%q{n} = fadd {'reassoc ' if exact else ''}double {acc}, {v}")
             return f"%q{n}"
         fn = "llvm.maximum.f64" if prim == "reduce_max" else "llvm.minimum.f64"
         self.emit(f"%q{n} = call double @{fn}(double {acc}, double {v})")
@@ -359,8 +361,8 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes):
         self.emit(f"%g{n} = load double, ptr {ptr}")
         return f"%g{n}"
 
-    def add_to(self, prim, ptr, v):
-        self.emit(f"store double {self.accumulate(prim, self.load(ptr), v)}, ptr {ptr}")
+    def add_to(self, prim, ptr, v, exact=False):
+        self.emit(f"store double {self.accumulate(prim, self.load(ptr), v, exact)}, ptr {ptr}")
 
     # -- the walk ----------------------------------------------------------------------------------------
     def write(self):
@@ -462,6 +464,9 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes):
                 else:
                     self.arr[e.out] = carry
                     carried = True
+        # sums of a comparison's 0.0 and 1.0 (a row with a `truth`: the max's ties in lse's gradient) are counts
+        counts = {e for e in run if e.prim in ("reduce_sum", "sum_to") and
+                  any(x.out is e.inputs[0] and "truth" in PRIMS[x.prim].extra for x in run)}
         accs = {}
         for e in run:
             if e.prim in SUMS:
@@ -498,11 +503,11 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes):
                     elif e.out in dsts:
                         self.store(dsts[e.out], idx, t)
                 elif e in held:
-                    self.add_to(e.prim, held[e], args[0])
+                    self.add_to(e.prim, held[e], args[0], e in counts)
                 elif isinstance(acc, View):
-                    self.add_to(e.prim, self.element(e, acc, idx), args[0])
+                    self.add_to(e.prim, self.element(e, acc, idx), args[0], e in counts)
                 else:
-                    self.add_to(e.prim, acc, args[0])
+                    self.add_to(e.prim, acc, args[0], e in counts)
         # an accumulator whose element stays put along the innermost loop (a sum over the last axis) is loaded
         # before that loop and stored after it, a register in between, as numba's source keeps it in a local:
         # LLVM cannot tell its address from the loop's other loads of the workspace, so it would load and store

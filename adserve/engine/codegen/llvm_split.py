@@ -20,7 +20,9 @@ A loop holding a sum: LLVM vectorises it keeping the sum's order (llvm_kernel.LL
 after the other, the scalar loop's bits), which pays where the lanes compute enough (lse's exps: 859 -> 308 us),
 and cost more than the scalar loop elsewhere (gmm's objective 1.02 -> 1.58 ms, ode's gradient 0.99 -> 1.31 ms).
 So only a sum's loop that calls mathlib's exp or log is left to the vectoriser; the others carry
-`llvm.loop.vectorize.enable false` (`sum_loop_hint`) and stay scalar, as they were without the option.
+`llvm.loop.vectorize.enable false` (`sum_loop_hint`) and stay scalar, as they were without the option. A count
+(a sum of a comparison's 0.0 and 1.0, exact in any order) is added with `reassoc` (llvm_ir.Writer.accumulate) and
+is no plain sum here: its loop is vectorised with parallel lanes, the same total.
 """
 
 from __future__ import annotations
