@@ -559,4 +559,3 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes):
 
     def load_scalar(self, v, view: View):
         self.define(v, self.load(self.address(view, [])))
-
