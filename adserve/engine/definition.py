@@ -36,6 +36,7 @@ class Function:
         self._plans: dict = {}
         self._requests: dict = {}  # (compute, wrt) -> checked request form (see _request)
         self._int_record = None  # the int64 inputs' float64 layout (inputs.py), made at first use
+        self._usual_form = None  # what the usual inputs of a call look like (inputs.py), made at first use
         self._lock = threading.RLock()  # plans are built from other plans
 
     def _typed_names(self):

@@ -284,3 +284,8 @@ def test_several_int64_arrays_are_converted_together_each_at_its_own_input(data)
     with pytest.raises(EvaluationError) as e:
         engine.evaluate(edge, {"x": np.ones(2), "a": np.array([1, 2]), "b": np.array([2 ** 53 + 1])})
     assert e.value.code == "bad_integer" and "inputs.b" in str(e.value) and str(2 ** 53 + 1) in str(e.value)
+    # each in range, but together their squares reach 2**106 (the joined check's bound): looked at one by one,
+    # and accepted
+    big = np.array([2 ** 53 - 1, -(2 ** 53 - 1)])
+    got = engine.evaluate(edge, {"x": np.ones(2), "a": big, "b": np.array([2 ** 52])})["value"]
+    assert got == engine.evaluate(edge, {"x": np.ones(2), "a": big * 1.0, "b": np.array([2.0 ** 52])})["value"]

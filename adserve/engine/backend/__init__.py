@@ -12,12 +12,12 @@
 timing (policy.py) once its kernel is ready.
 """
 
-from .interpreter import INTERPRETER, NUMBA, PARALLEL, PYTHON, Fresh, Interpreter, TierStats, stats_dict
+from .interpreter import INTERPRETER, NUMBA, PARALLEL, PYTHON, Fresh, Interpreter, Ready, TierStats, stats_dict
 from .plan import PlanMeta, plan_key, plan_meta
 from .policy import Choice, TimingPolicy
 from .threads import default_workers, parallel_layer, usable_cores
 from .tiered import Tiered
 
-__all__ = ["INTERPRETER", "NUMBA", "PARALLEL", "PYTHON", "Choice", "Fresh", "Interpreter", "PlanMeta", "TierStats",
-           "Tiered", "TimingPolicy", "default_workers", "parallel_layer", "plan_key", "plan_meta", "stats_dict",
-           "usable_cores"]
+__all__ = ["INTERPRETER", "NUMBA", "PARALLEL", "PYTHON", "Choice", "Fresh", "Interpreter", "PlanMeta", "Ready",
+           "TierStats", "Tiered", "TimingPolicy", "default_workers", "parallel_layer", "plan_key", "plan_meta",
+           "stats_dict", "usable_cores"]

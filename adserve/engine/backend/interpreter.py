@@ -76,6 +76,13 @@ class Fresh(list):
     so the caller may hand them out without a copy."""
 
 
+class Ready(list):
+    """A plan's arguments each known to be what a kernel takes as it is (float64, C-ordered, aligned), checked
+    where they were made (inputs.py), and `points`, their batch size (set by the maker): a kernel call checks none
+    of them again."""
+    __slots__ = ("points",)
+
+
 class Interpreter:
     name = "interpreter"
 

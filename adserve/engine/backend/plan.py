@@ -16,7 +16,7 @@ from ..deadline import DEADLINE_EXCEEDED, FLAG_SLOTS, STOPPED_STATUS, Stopped
 from ..errors import EvaluationError
 from ..ir import canonical_text
 from ..limits import cost
-from .interpreter import Fresh
+from .interpreter import Fresh, Ready
 
 _F64 = np.dtype(np.float64)
 
@@ -81,8 +81,9 @@ def call_kernel(kernel, errors, plan: PlanMeta, B: int, args, deadline=None, loo
     or STOPPED: the kernel saw its `deadline`'s flag (`Stopped`, saying where: `loops` is the module's LOOPS)."""
     # kernels take C-ordered float64 inputs, read-only or not (see codegen/module.py), and assume them aligned
     # (numba types every array aligned; a view at an odd offset of a binary body is not): only others are copied
-    ins = [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.aligned
-           else np.array(a, dtype=np.float64, order="C") for a in args]
+    # (`Ready` arguments were checked where they were made)
+    ins = args if type(args) is Ready else [a if a.dtype == _F64 and a.flags.c_contiguous and a.flags.aligned
+                                            else np.array(a, dtype=np.float64, order="C") for a in args]
     outs = Fresh(map(np.empty, plan.one_point if B == 1 else [(B, *shape) for shape in plan.out_shapes]))
     stop = _NO_STOP if deadline is None else deadline.flag
     status = kernel(B, stop, *ins, *outs)

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 
-from .interpreter import INTERPRETER, NUMBA, PARALLEL, interpreter_floor
+from .interpreter import INTERPRETER, NUMBA, PARALLEL, Ready, interpreter_floor
 
 log = logging.getLogger("adserve.engine")
 
@@ -99,8 +99,11 @@ class TimingPolicy:
 
     def run(self, graph, plan, args, meta, deadline=None):
         """The plan's outputs, on the tier chosen for this batch size class (trials while it is open)."""
-        rows = list(map(len, args))  # each arg's leading axis (len: without a Python call per arg; det has 24)
-        B = (0 if 0 in rows else max(rows)) if rows else 1  # one row broadcasts against none: no points
+        if type(args) is Ready:
+            B = args.points
+        else:
+            rows = list(map(len, args))  # each arg's leading axis (len: without a Python call per arg; det has 24)
+            B = (0 if 0 in rows else max(rows)) if rows else 1  # one row broadcasts against none: no points
         which = (plan.key, B.bit_length())  # batch sizes within a factor of two share a choice
         c = self.choices.get(which)
         if c is not None:
@@ -262,9 +265,11 @@ class TimingPolicy:
         if on is None:
             return
         tier = on[0]
-        tiers = [t for t in c.times if t != PARALLEL or self.store.ready.get(plan.parallel_key) is not None]
-        best = min(tiers, key=lambda t: self._score(c, t))
-        if best != tier and self._score(c, best) < self.SWITCH * self._score(c, tier):
+        # each tier's score once (a run of >= EVERY_SECONDS comes here every time)
+        scores = {t: self._score(c, t) for t in c.times if t != PARALLEL
+                  or self.store.ready.get(plan.parallel_key) is not None}
+        best = min(scores, key=scores.get)
+        if best != tier and scores[best] < self.SWITCH * scores.get(tier, self._score(c, tier)):
             key = plan.parallel_key if best == PARALLEL else plan.key
             mod = None if best == INTERPRETER else self.store.ready.get(key)
             if best != INTERPRETER and mod is None:

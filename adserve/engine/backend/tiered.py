@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .give_way import Waiting, superseded
 from .interpreter import PYTHON, Interpreter
-from .plan import call_kernel, is_parallel_key, known_meta, plan_key, serial_key
+from .plan import META_ATTR, call_kernel, is_parallel_key, known_meta, plan_key, serial_key
 from .policy import TimingPolicy
 from .python_tier import PythonTier
 from .store import KernelStore
@@ -43,38 +43,37 @@ log = logging.getLogger("adserve.engine")
 
 
 class InFlight:
-    """Calls and runs in progress, and when the last one ended. Every change of the count is under one lock:
-    a lost update would leave background work waiting its full time for a quiet moment that never comes."""
+    """Calls and runs in progress (`marks`: one entry each), and when the last one ended. A lost update of the
+    count would leave background work waiting its full time for a quiet moment that never comes: the count is
+    the length of a list, whose append and pop are each atomic (no lock to take twice per run)."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._count = 0
+        self.marks: list = []
         self.last_end = 0.0  # time.monotonic() of the last exit
 
     @property
     def count(self) -> int:
-        return self._count
+        return len(self.marks)
 
     def enter(self):
-        with self._lock:
-            self._count += 1
+        self.marks.append(None)
 
     def exit(self):
-        with self._lock:
-            self._count -= 1
+        self.marks.pop()
         self.last_end = time.monotonic()
 
     def __enter__(self):  # `with in_flight:` around a call (`Tiered.busy`)
-        self.enter()
+        self.marks.append(None)
 
     def __exit__(self, *exc):
-        self.exit()
+        self.marks.pop()
+        self.last_end = time.monotonic()
 
     def wait_quiet(self, quiet_seconds, wait, due=None):
         """Wait (at most `wait` seconds) for nothing in flight and nothing ended within `quiet_seconds`, or until
         `due()` is true."""
         deadline = time.monotonic() + wait
-        while (self._count or time.monotonic() - self.last_end < quiet_seconds) and time.monotonic() < deadline:
+        while (self.marks or time.monotonic() - self.last_end < quiet_seconds) and time.monotonic() < deadline:
             if due is not None and due():
                 return
             time.sleep(0.002)
@@ -228,17 +227,19 @@ class Tiered(Interpreter):
     def run(self, graph, args, meta=None, deadline=None):
         """The plan's outputs, each of shape (B, ...); from a kernel (a `Fresh` list) once one is ready,
         on the tier timing chose for this plan and batch size (see policy.py), which stops at the `deadline`."""
-        plan = known_meta(graph)
+        plan = graph.__dict__.get(META_ATTR)  # (`known_meta`, without the call)
         if plan is None:
             return self._first_run(graph, args, meta, deadline)
-        self.in_flight.enter()
+        in_flight = self.in_flight
+        in_flight.marks.append(None)  # (`in_flight.enter()` and `exit()`, without the calls: this is every run)
         try:
             return self.policy.run(graph, plan, args, meta, deadline)
         except Exception as e:
             if not superseded(e):
                 raise
         finally:
-            self.in_flight.exit()
+            in_flight.marks.pop()
+            in_flight.last_end = time.monotonic()
         return self.run(graph, args, meta, deadline)  # its kernel arrived during a run on a lower tier
 
     def run_on(self, tier, module, graph, plan, B, args, meta, deadline=None):
@@ -268,12 +269,13 @@ class Tiered(Interpreter):
         return Interpreter.run(self, graph, args, meta, deadline)
 
     def _call(self, kernel, module, tier, plan, B, args, meta, deadline=None):
-        started = time.perf_counter()
+        timed = meta is not None and "kernel_ms" in meta  # asked for (the server's Server-Timing)
+        started = time.perf_counter() if timed else 0.0
         outs = call_kernel(kernel, module.ERRORS, plan, B, args, deadline, getattr(module, "LOOPS", ()), tier)
         self.stats.runs[tier] += 1
         if meta is not None:
             meta["backend"] = tier
-            if "kernel_ms" in meta:  # asked for (the server's Server-Timing): the kernel calls' own time, summed
+            if timed:  # the kernel calls' own time, summed
                 meta["kernel_ms"] += (time.perf_counter() - started) * 1e3
         return outs
 
