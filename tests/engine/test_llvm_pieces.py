@@ -211,7 +211,8 @@ def test_next_element_reads_give_numbas_bits(n):
     edges = np.array([-0.0, 0.0, np.inf, -np.inf, np.nan, 1.5, -2.25, 0.75])
     args[0][0] = edges[:n] if n <= len(edges) else args[0][0]
     args[1][1, 0] = np.resize(edges[::-1], n)
-    both(graph, args, f"pieces next n={n}", against="python")
+    with np.errstate(invalid="ignore"):  # the python tier's NumPy scalars meet inf - inf and 0 * inf, as meant
+        both(graph, args, f"pieces next n={n}", against="python")
     got = run_kernel(compile_kernel(graph, f"pieces next n={n}", llvm=True), graph, args)
     for j, (g, w) in enumerate(zip(got[1:], run(graph, args)[1:])):  # the gradients: no sum, the same bits
         same(g, w, True, f"pieces next n={n}: gradient {j} against the interpreter")
