@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .give_way import Waiting, superseded
 from .interpreter import PYTHON, Interpreter
-from .plan import META_ATTR, call_kernel, is_parallel_key, known_meta, plan_key, serial_key
+from .plan import call_kernel, is_parallel_key, known_meta, plan_key, serial_key
 from .policy import TimingPolicy
 from .python_tier import PythonTier
 from .store import KernelStore
@@ -55,19 +55,14 @@ class InFlight:
     def count(self) -> int:
         return len(self.marks)
 
-    def enter(self):
-        self.marks.append(None)
-
-    def exit(self):
-        self.marks.pop()
-        self.last_end = time.monotonic()
-
-    def __enter__(self):  # `with in_flight:` around a call (`Tiered.busy`)
+    def __enter__(self):  # `with in_flight:` around a call (`Tiered.busy`) or a run
         self.marks.append(None)
 
     def __exit__(self, *exc):
         self.marks.pop()
         self.last_end = time.monotonic()
+
+    enter, exit = __enter__, __exit__
 
     def wait_quiet(self, quiet_seconds, wait, due=None):
         """Wait (at most `wait` seconds) for nothing in flight and nothing ended within `quiet_seconds`, or until
@@ -227,19 +222,15 @@ class Tiered(Interpreter):
     def run(self, graph, args, meta=None, deadline=None):
         """The plan's outputs, each of shape (B, ...); from a kernel (a `Fresh` list) once one is ready,
         on the tier timing chose for this plan and batch size (see policy.py), which stops at the `deadline`."""
-        plan = graph.__dict__.get(META_ATTR)  # (`known_meta`, without the call)
+        plan = known_meta(graph)
         if plan is None:
             return self._first_run(graph, args, meta, deadline)
-        in_flight = self.in_flight
-        in_flight.marks.append(None)  # (`in_flight.enter()` and `exit()`, without the calls: this is every run)
-        try:
-            return self.policy.run(graph, plan, args, meta, deadline)
-        except Exception as e:
-            if not superseded(e):
-                raise
-        finally:
-            in_flight.marks.pop()
-            in_flight.last_end = time.monotonic()
+        with self.in_flight:
+            try:
+                return self.policy.run(graph, plan, args, meta, deadline)
+            except Exception as e:
+                if not superseded(e):
+                    raise
         return self.run(graph, args, meta, deadline)  # its kernel arrived during a run on a lower tier
 
     def run_on(self, tier, module, graph, plan, B, args, meta, deadline=None):
