@@ -625,3 +625,9 @@ def test_a_count_is_added_in_parallel_lanes_and_gives_numbas_bits():
     x = rng.integers(0, 7, 5000).astype(np.float64)  # many ties at the max
     both(counting, [x[None]], "count", exact_interp=True, against="python")
     both(graph, [x[None]], "lse gradient", against="python")
+    # a sum of an equation that is the writer's own (a PATCH: no row of the table) is a plain sum
+    first = ((0, 4999, 1),)
+    patched = _case(lambda x: op.reduce_sum(op.update_slice(x, op.mul(op.slice(x, index=first), 2.0), index=first),
+                                            axes=(0,)), [(5000,)])
+    assert "reassoc" not in llvm_kernel.module_text(patched, "k", "t")
+    both(patched, [x[None]], "patched sum", against="python")
