@@ -16,20 +16,15 @@ import numpy as np
 
 def result_nbytes(tree) -> int:
     """Bytes held by a result: its arrays, plus a little per entry and per other leaf."""
-    kind = type(tree)
-    if kind is np.ndarray:  # the common leaf, ahead of the isinstance checks
+    if isinstance(tree, np.ndarray):  # the common leaf, first
         return tree.nbytes + 112
-    if kind is dict:
+    if isinstance(tree, dict):
         n = 64 * len(tree)
         for v in tree.values():
             n += result_nbytes(v)
         return n
-    if isinstance(tree, dict):
-        return sum(result_nbytes(v) for v in tree.values()) + 64 * len(tree)
     if isinstance(tree, (list, tuple)):
         return sum(result_nbytes(v) for v in tree) + 8 * len(tree) + 56
-    if isinstance(tree, np.ndarray):
-        return tree.nbytes + 112
     return sys.getsizeof(tree)
 
 
