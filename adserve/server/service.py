@@ -503,19 +503,11 @@ def _frozen(tree, owned=False):
     other leaves (names, formulas, shapes in a trace) are plain data. Lists become tuples.
     `owned`: the arrays are already private (the engine's `RESULTS_ARE_OWNED`); float64 ones are only made
     read-only, not copied."""
-    kind = type(tree)
-    if kind is np.ndarray and owned and tree.dtype == _F64:  # the common leaf first: a kernel's own output
+    if owned and type(tree) is np.ndarray and tree.dtype == _F64:  # the common leaf first: a kernel's own output
         tree.flags.writeable = False
         return tree
-    if kind is dict or isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            if owned and type(v) is np.ndarray and v.dtype == _F64:  # without a call per leaf
-                v.flags.writeable = False
-                out[k] = v
-            else:
-                out[k] = _frozen(v, owned)
-        return out
+    if isinstance(tree, dict):
+        return {k: _frozen(v, owned) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return tuple(_frozen(v, owned) for v in tree)
     if not isinstance(tree, tensors.TENSOR_TYPES):
