@@ -69,8 +69,11 @@ class HeapKeeper:
         with self._lock:
             self._in_flight -= 1
             self._last_end = time.monotonic()
-        if not self._called.is_set():  # set() takes the event's lock and notifies: once is enough
-            self._called.set()
+            # under the lock, as the keeper's clear: a call's end is either before that clear (its keep covers
+            # it) or sets the flag after it. Set outside, a thread paused between the two (a busy machine) set it
+            # after the keep that had covered its call, and a second keep followed for nothing.
+            if not self._called.is_set():  # set() takes the event's lock and notifies: once is enough
+                self._called.set()
 
     def _quiet(self) -> bool:
         return self._in_flight == 0 and time.monotonic() - self._last_end >= self.quiet
@@ -83,7 +86,8 @@ class HeapKeeper:
                 time.sleep(self.quiet / 2)
             if self._stop.is_set():
                 return
-            self._called.clear()  # calls that ended by now leave their objects to this keep
+            with self._lock:
+                self._called.clear()  # calls that ended by now leave their objects to this keep
             self.keep(full=self._quiet() and self._full_due())
 
     def _overdue(self) -> bool:
