@@ -116,6 +116,10 @@ class _ServiceCollector:
                                   value=e["parallel_compiles"])
         yield CounterMetricFamily("adserve_llvm_kernel_compiles", "Kernels compiled by the direct-LLVM back end (the "
                                   "other compiles: numba)", value=e["llvm_compiles"])
+        yield CounterMetricFamily("adserve_kernels_optimised", "Large kernels whose optimised compile replaced the "
+                                  "quick kernel that answered first", value=e["optimised"])
+        yield CounterMetricFamily("adserve_kernel_optimise_failures", "Large kernels whose optimised compile failed "
+                                  "(their quick kernel stays)", value=e["optimise_failures"])
         yield CounterMetricFamily("adserve_parallel_kernel_failures", "Parallel batch variants that failed, timed "
                                   "out or could not load (their plans stay on the serial kernel)",
                                   value=e["parallel_failures"])

@@ -77,9 +77,10 @@ GROUPS = groups(SPECS)
 LLVM = os.environ.get("ADSERVE_LLVM_KERNELS", "1").lower() not in ("0", "false", "no", "off")
 
 
-def compile_kernel(graph, title, parallel=False, llvm=None):
+def compile_kernel(graph, title, parallel=False, llvm=None, quick=False):
     """The kernel module of `graph` (`parallel`: its batch variant), compiled once per machine into CACHE: by the
-    direct-LLVM back end when the plan is in its scope (`llvm` None: as the server chooses), else numba.
+    direct-LLVM back end when the plan is in its scope (`llvm` None: as the server chooses; `quick`: its quick
+    kernel, llvm_kernel.QUICK_LINES), else numba.
     Test files run in processes of their own at once (test_tier_consistency compiles test_codegen's groups):
     a lock per kernel makes the second wait for the first's compile and load numba's cache, not compile again."""
     os.makedirs(CACHE, exist_ok=True)
@@ -88,7 +89,7 @@ def compile_kernel(graph, title, parallel=False, llvm=None):
     if llvm is None:
         llvm = LLVM and not parallel and not llvm_ir.declined(graph)
     if llvm:
-        return compile_llvm(graph, title, key)
+        return compile_llvm(graph, title, key, quick)
     path = os.path.join(CACHE, f"gen_{key}.py")
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -99,17 +100,19 @@ def compile_kernel(graph, title, parallel=False, llvm=None):
         return load(path, f"gen_{key}")
 
 
-def compile_llvm(graph, title, key):
-    """The LLVM back end's kernel of `graph`, compiled in this process (llvmlite alone) once per machine."""
-    ll, obj = llvm_kernel.paths(CACHE, key)
+def compile_llvm(graph, title, key, quick=False):
+    """The LLVM back end's kernel of `graph` (`quick`: its quick kernel), compiled in this process (llvmlite alone)
+    once per machine."""
+    ll = llvm_kernel.paths(CACHE, key)[0]
     with open(ll + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(obj):
+        if not os.path.exists(ll):
             with open(ll + ".tmp", "w") as f:
                 f.write(llvm_kernel.module_text(graph, key, title))
             os.replace(ll + ".tmp", ll)
-            llvm_kernel.compile_file(ll)
-        return llvm_kernel.LlvmModule(ll)
+        if not os.path.exists(llvm_kernel.object_path(ll, quick)):
+            llvm_kernel.compile_file(ll, quick)
+        return llvm_kernel.LlvmModule(ll, quick)
 
 
 def run_kernel(mod, graph, args):

@@ -126,7 +126,7 @@ class FakeWorker:
     def __init__(self, compiles, answer):
         self.compiles, self.answer, self.proc = compiles, answer, None
 
-    def compile(self, path, timeout):
+    def compile(self, path, timeout, quick=False):
         return self.answer
 
 
@@ -157,7 +157,7 @@ def test_a_memory_failure_in_a_warm_worker_is_tried_again_in_a_new_one(tmp_path,
         fake = FakeWorkers()
         store._workers = fake
         loaded = []
-        monkeypatch.setattr(store, "_load", lambda key: loaded.append(key))
+        monkeypatch.setattr(store, "_load", lambda key, quick=False: loaded.append(key))
         path = store.path("k1")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         open(path, "w").write("X = 1\n")  # on disk already: no source is written
@@ -183,9 +183,9 @@ def test_the_store_keeps_its_worker_between_compiles(tmp_path):
     pids = []
     real = compile_workers.Worker.compile
 
-    def spy(self, path, timeout):
+    def spy(self, path, timeout, quick=False):
         pids.append(self.pid)
-        return real(self, path, timeout)
+        return real(self, path, timeout, quick)
 
     compile_workers.Worker.compile = spy
     try:

@@ -92,9 +92,10 @@ def test_a_later_run_on_the_interpreter_gives_way_too(tmp_path, monkeypatch):
         gate = threading.Event()
         real_compile = compile_workers.Worker.compile
 
-        def held(self, path, timeout):  # the kernel is not compiled before the second run is on the interpreter
+        # the kernel is not compiled before the second run is on the interpreter
+        def held(self, path, timeout, quick=False):
             gate.wait(60)
-            return real_compile(self, path, timeout)
+            return real_compile(self, path, timeout, quick)
 
         monkeypatch.setattr(compile_workers.Worker, "compile", held)
         meta = {}
@@ -141,9 +142,9 @@ def test_the_compile_worker_is_up_before_the_first_compile_is_asked(tmp_path, mo
         used = []
         real = compile_workers.Worker.compile
 
-        def spy(self, path, timeout):
+        def spy(self, path, timeout, quick=False):
             used.append(self.pid)
-            return real(self, path, timeout)
+            return real(self, path, timeout, quick)
 
         monkeypatch.setattr(compile_workers.Worker, "compile", spy)
         engine = Engine(t)

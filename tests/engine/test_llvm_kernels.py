@@ -28,14 +28,14 @@ pytestmark = pytest.mark.compiled
 engine = Engine()
 
 
-def both(graph, args, title, exact_interp=False, against="numba"):
+def both(graph, args, title, exact_interp=False, against="numba", quick=False):
     """The LLVM kernel's outputs equal numba's bit for bit, and the interpreter's (bit for bit if `exact_interp`,
     else within test_tier_consistency's 1e-12; None: numba's only). `against="python"`: the bits of numba's
     source run by CPython (the python tier: the same operations in the same order, on the same libm) in place
     of numba's compile, which costs seconds of CPU a plan; numba's own where that tier declines (a domain
-    error in Python's math)."""
+    error in Python's math). `quick`: the LLVM kernel is its quick one (llvm_kernel.QUICK_LINES)."""
     assert not llvm_ir.declined(graph), llvm_ir.declined(graph)
-    mine = compile_kernel(graph, title, llvm=True)
+    mine = compile_kernel(graph, title, llvm=True, quick=quick)
     assert isinstance(mine, llvm_kernel.LlvmModule)
     got = run_kernel(mine, graph, args)
     theirs = None
@@ -447,12 +447,10 @@ def test_random_straight_line_programs(case):
     both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random {prog}", against="python")
 
 
-@pytest.mark.parametrize("huge", [False, True], ids=["lean passes", "machine code at level 0"])
-def test_large_kernels_are_cut_into_functions_of_a_few_loops(huge, monkeypatch):
-    """A kernel of several functions: the lean pass list, and (as if it were huge) level 0's machine code; the
+@pytest.mark.parametrize("quick", [False, True], ids=["lean passes", "quick: machine code at level 0"])
+def test_large_kernels_are_cut_into_functions_of_a_few_loops(quick):
+    """A kernel of several functions: the lean pass list, and its quick kernel (level 0's machine code); the
     python tier's bits (numba's compile of this plan alone took 10-15 s of CPU)."""
-    if huge:
-        monkeypatch.setattr(llvm_kernel, "HUGE_PARTS", 1)
     from bench.compile_time import random_definition
     # 600 ops: 65 loops, 3 functions (300 made 58 loops before schedule.ahead_of_runs fused more, 33 since)
     fn = engine.compile_definition(random_definition(600, seed=3))
@@ -460,11 +458,13 @@ def test_large_kernels_are_cut_into_functions_of_a_few_loops(huge, monkeypatch):
     text = llvm_kernel.module_text(graph, "cut", "cut")
     meta = llvm_kernel.header_text(text)
     assert meta["parts"] > 2
-    for part in text.split("define internal void")[1:]:
+    parts = text.split("define internal i64")[1:]
+    assert len(parts) == meta["parts"]
+    for part in parts:
         assert part.count(".l:\n") <= llvm_ir.MAX_LOOPS + 8  # a function ends after the item crossing the mark
     rng = np.random.default_rng(1)
-    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random-300 huge={huge}",
-         against="python")
+    both(graph, [rng.standard_normal((B, *v.shape)) for v in graph.inputs], f"llvm random-300 quick={quick}",
+         against="python", quick=quick)
 
 
 def test_a_plan_outside_the_scope_goes_to_numba(tmp_path, monkeypatch):

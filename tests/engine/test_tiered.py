@@ -296,11 +296,11 @@ def _kill_compiles(monkeypatch, n):
     from adserve.engine.backend import compile_workers
     real, killed = compile_workers.Worker.compile, []
 
-    def compile_and_die(self, path, timeout):
+    def compile_and_die(self, path, timeout, quick=False):
         if len(killed) < n:
             killed.append(self.pid)
             os.kill(self.pid, signal.SIGKILL)
-        return real(self, path, timeout)
+        return real(self, path, timeout, quick)
 
     monkeypatch.setattr(compile_workers.Worker, "compile", compile_and_die)
 

@@ -55,6 +55,8 @@ class TierStats:
     parallel_compiles: int = 0   # of compiles, parallel batch variants
     llvm_compiles: int = 0       # of compiles, kernels the direct-LLVM back end built (the others: numba)
     llvm_compile_seconds: float = 0.0  # of compile_seconds, theirs
+    optimised: int = 0           # large LLVM kernels whose optimised compile replaced their quick one
+    optimise_failures: int = 0   # ... whose optimised compile failed (their quick kernel stays)
     parallel_compile_seconds: float = 0.0  # of compile_seconds, theirs
     parallel_failures: int = 0   # parallel variants that failed, timed out or could not load (plans stay serial)
     parallel_disabled: str = ""  # why parallel variants are off in this process ("" while they are not)

@@ -139,6 +139,17 @@ class TimingPolicy:
             if which[0] == key and c.on is not None:
                 c.next_probe = 0
 
+    def reopen(self, key):
+        """Plan `key`'s kernel was replaced (a large kernel's optimised compile took the quick one's place): each
+        of its choices is made afresh, the old kernels' timings dropped (the interpreter's kept)."""
+        with self._lock:
+            for which, c in list(self.choices.items()):
+                if which[0] == key:
+                    c.times.pop(NUMBA, None)
+                    c.times.pop(PARALLEL, None)
+                    if c.on is not None:
+                        c.last, c.on = c.on[0], None
+
     def _open(self, which, graph, plan, B, args, meta, deadline):
         """A run while the plan's tier is open: trials (see `_pick`)."""
         mod = self.store.ready.get(plan.key)

@@ -33,7 +33,7 @@ from .. import mathlib
 from . import threads
 from .compile_workers import Workers
 from .interpreter import NUMBA, PARALLEL
-from .plan import is_parallel_key, plan_meta
+from .plan import is_parallel_key, plan_meta, serial_key
 
 log = logging.getLogger("adserve.engine")
 
@@ -63,13 +63,14 @@ class KernelStore:
 
     def __init__(self, cache_dir: str, stats, compile_timeout: float = 300.0, workers: int | None = None,
                  compile=True, parallel=True, quiet=None, on_load=None, memory: int = 1 << 30, llvm=True,
-                 wanted=None, spare: int = 1):
+                 wanted=None, spare: int = 1, on_optimised=None):
         """`stats`: the backend's `TierStats`, counted into. `quiet(seconds)`: waits (at most that long) for a
         moment with no request running, before a load. `on_load(key)`: called once a module is ready.
         `memory`: the address space (RLIMIT_AS) of a compile worker, 0 for none. `llvm`: plans in the direct-LLVM
         back end's scope are compiled by it (else every plan by numba). `wanted(key)`: whether a run is waiting for
         that kernel now (its load then takes no quiet moment: the run gives way to it). `spare`: compile workers
-        started at once and kept ready (compile_workers.py), when compiles are on."""
+        started at once and kept ready (compile_workers.py), when compiles are on. `on_optimised(key)`: called once
+        a large kernel's optimised compile has replaced its quick one (llvm_kernel.QUICK_LINES)."""
         self.dir = os.path.join(cache_dir, "kernels")
         try:
             os.makedirs(self.dir, exist_ok=True)
@@ -85,9 +86,11 @@ class KernelStore:
         self.source = _source  # writes a plan's kernel module (tests may break it on purpose)
         self._quiet = quiet or (lambda seconds: None)
         self._on_load = on_load or (lambda key: None)
+        self._on_optimised = on_optimised or (lambda key: None)
         self.ready: dict = {}    # module key (a plan's key, or its parallel variant's) -> loaded module
         self.failed: dict = {}   # key -> why
         self.pending: set = set()
+        self.optimising: set = set()  # keys answering with their quick kernel while the optimised one compiles
         self._lock = threading.Lock()
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
@@ -192,10 +195,11 @@ class KernelStore:
         return False
 
     def idle(self, deadline: float) -> bool:
-        """Block until nothing is being loaded or compiled, or `deadline` (time.monotonic) passes; True if idle."""
-        while self.pending and time.monotonic() < deadline:
+        """Block until nothing is being loaded, compiled or optimised, or `deadline` (time.monotonic) passes; True
+        if idle."""
+        while (self.pending or self.optimising) and time.monotonic() < deadline:
             time.sleep(0.05)
-        return not self.pending
+        return not (self.pending or self.optimising)
 
     def path(self, key):
         """The file the compile worker is given: the numba module, or the LLVM back end's IR text."""
@@ -228,11 +232,12 @@ class KernelStore:
                     else:
                         f.write(self.source(graph, f"plan {plan_meta(graph).key}", parallel=parallel))
                 os.replace(tmp, path)
+            quick = self._quick_first(key, path)
             t = time.perf_counter()
-            out, why, code, warm = self._run_worker(path)
+            out, why, code, warm = self._run_worker(path, quick=quick)
             if why == "memory" or code and out_of_memory(code, out):
                 if warm:  # the worker had compiled before: its memory is not all this kernel's; once more, new
-                    out, why, code, warm = self._run_worker(path, fresh=True)
+                    out, why, code, warm = self._run_worker(path, fresh=True, quick=quick)
             if why == "timeout":
                 self.stats.compile_timeouts += 1
                 self._count_failure("timeout")
@@ -257,21 +262,82 @@ class KernelStore:
             if self.compiler.get(key) == "llvm":
                 self.stats.llvm_compiles += 1
                 self.stats.llvm_compile_seconds += seconds
-            log.info("kernel %s compiled in %.2f s", key, seconds)
-            self._load(key)
+            log.info("kernel %s compiled%s in %.2f s", key, " quickly" if quick else "", seconds)
+            if quick:
+                with self._lock:  # before the quick kernel is ready: `idle` never sees neither
+                    self.optimising.add(key)
+            self._load(key, quick)
+            if quick:
+                self._optimise_later(key)
         except Exception as e:  # a compile problem must never reach a request
+            with self._lock:
+                self.optimising.discard(key)
             self.stats.compile_failures += 1
             self._count_failure("io" if isinstance(e, OSError) else "load")
             self._fail(key, f"{type(e).__name__}: {e}")
 
-    def _run_worker(self, path, fresh=False):
-        """Compile `path` in a warm worker (`fresh`: a new one): (its output, why it was stopped or None, its
-        exit status if it ended, whether it had compiled before)."""
+    def _quick_first(self, key, path) -> bool:
+        """Whether `key`'s kernel is compiled quickly first, then optimised (llvm_kernel.QUICK_LINES)."""
+        if self.compiler.get(key) != "llvm":
+            return False
+        from ..codegen.llvm_kernel import header
+        return bool(header(path).get("quick"))
+
+    def _optimise_later(self, key):
+        """Compile `key`'s optimised kernel (in `optimising`) in the background; it replaces the quick one that
+        answers meanwhile."""
+        try:
+            self._pool.submit(self._optimise, key)
+        except RuntimeError:  # shut down meanwhile
+            with self._lock:
+                self.optimising.discard(key)
+
+    def _optimise(self, key):
+        """The optimised compile of a kernel answering with its quick one: loaded in its place when it compiles,
+        else the quick kernel stays (logged and counted, never a request's error)."""
+        from ..codegen.llvm_kernel import LlvmModule
+        try:
+            t = time.perf_counter()
+            out, why, code, _ = self._run_worker(self.path(key))
+            if why or code:
+                self.stats.optimise_failures += 1
+                log.warning("kernel %s: its optimised compile failed (%s); the quick kernel stays: %s", key,
+                            why or f"exit status {code}", out[-1000:])
+                return
+            seconds = time.perf_counter() - t
+            self.stats.compiles += 1
+            self.stats.compile_seconds += seconds
+            self.stats.llvm_compiles += 1
+            self.stats.llvm_compile_seconds += seconds
+            module = LlvmModule(self.path(key))
+            if not self._wanted(key):
+                self._quiet(self.LOAD_WAIT_SECONDS)
+            with self._lock:
+                if self.closed:
+                    return
+                self.ready[key] = module
+                # an LLVM parallel variant runs the serial kernel it was made with: made again on its next use
+                for k in [k for k in self.ready if is_parallel_key(k) and serial_key(k) == key]:
+                    del self.ready[k]
+            self.stats.optimised += 1
+            log.info("kernel %s optimised in %.2f s", key, seconds)
+            self._on_optimised(key)
+        except Exception as e:
+            self.stats.optimise_failures += 1
+            log.warning("kernel %s: its optimised compile failed (%s: %s); the quick kernel stays", key,
+                        type(e).__name__, e)
+        finally:
+            with self._lock:
+                self.optimising.discard(key)
+
+    def _run_worker(self, path, fresh=False, quick=False):
+        """Compile `path` in a warm worker (`fresh`: a new one; `quick`: an LLVM module's quick kernel): (its
+        output, why it was stopped or None, its exit status if it ended, whether it had compiled before)."""
         worker = self._workers.take(fresh)
         warm = worker.compiles > 0
         self._procs.add(worker.proc)
         try:
-            out, why, code = worker.compile(path, self.timeout)
+            out, why, code = worker.compile(path, self.timeout, quick)
         finally:
             self._procs.discard(worker.proc)
             self._workers.give(worker)
@@ -325,8 +391,9 @@ class KernelStore:
     def _discard(self, key) -> bool:
         """Remove a kernel's module and numba cache files; False if they could not all be removed."""
         try:
-            from ..codegen.llvm_kernel import paths
-            for path in [self.path(key), *paths(self.dir, key),
+            from ..codegen.llvm_kernel import object_path, paths
+            ll = paths(self.dir, key)[0]
+            for path in [self.path(key), *paths(self.dir, key), object_path(ll, quick=True),
                          *glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.*"))]:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
@@ -340,13 +407,13 @@ class KernelStore:
         reasons = self.stats.compile_failure_reasons
         reasons[reason] = reasons.get(reason, 0) + 1
 
-    def _load(self, key):
+    def _load(self, key, quick=False):
         from ..codegen.worker import load
         if not self._wanted(key):  # loading holds the interpreter's lock for milliseconds
             self._quiet(self.LOAD_WAIT_SECONDS)
         if self.compiler.get(key) == "llvm":
             from ..codegen.llvm_kernel import LlvmModule
-            self.add(key, LlvmModule(self.path(key)))
+            self.add(key, LlvmModule(self.path(key), quick))
         else:
             self.add(key, load(self.path(key), f"gen_{key}"))
         self._mark_used(key)

@@ -104,6 +104,7 @@ class Tiered(Interpreter):
         self._introductions_lock = threading.Lock()
         self.store = KernelStore(cache_dir, self.stats, compile_timeout, workers, compile, parallel,
                                  quiet=self._quiet_moment, on_load=self._loaded, memory=compile_memory, llvm=llvm,
+                                 on_optimised=lambda key: self.policy.reopen(key),
                                  wanted=self.waiting.wanted)
         # plans seen for the first time are hashed (and their kernels asked for) here, after the request
         self._introducer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adserve-plans")

@@ -33,16 +33,15 @@ from .llvm_contraction import BLAS, bind_blas
 # concatenations read in place, carries written in place; 6: shifts as phis; 7: mathlib's exp and log; 8: maxima
 # and minima accumulated by llvm.maximum and llvm.minimum, and the SLP vectoriser on; 9: runs cut at libm's calls,
 # their stores scoped apart from their loads; 10: the pieces of an output concatenation computed in its row; 11:
-# loops with sums vectorised only where they call exp or log)
-LLVM_VERSION = "14"
+# loops with sums vectorised only where they call exp or log; 15: a large kernel's object is always level 1's, its
+# quick one (level 0) a file of its own)
+LLVM_VERSION = "15"
 # How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
 # level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against
 # 0.7) and level 1 two thirds of level 2's (0.4 s against 0.6), its run time the same (21-35 us either way: its
 # loops are 8 elements long); on random-10000's, -O2 was 13.5 s in all, the lean way about 7. A kernel of more than
-# HUGE_PARTS functions gets machine code at level 0 (LLVM's fast instruction selection and register allocation):
-# random-10000's (110 functions) took 0.5 s there instead of 5 at level 1, and ran 1.35 times as long (386 us
-# against 287): the only way found to its 5 s target.
+# QUICK_LINES lines is compiled twice (`quick`, below).
 # A kernel with loops (for, while) gets -O2 up to LOOP_PARTS functions: the lean passes leave its loops' loads
 # and index arithmetic in the loop (no LICM, no GVN); measured (run time per point, compile CPU): the
 # loops-branches-assignment program's gradient (3 functions) 1.6 us lean, 0.5-0.7 at -O2 (numba's 0.3), both
@@ -54,7 +53,14 @@ LLVM_VERSION = "14"
 OPT_LEVEL = 2
 LEAN_PARTS = 2
 LOOP_PARTS = 8
-HUGE_PARTS = 60
+# A kernel of more than QUICK_LINES lines of IR is compiled twice. First `quick`: the lean passes and machine code
+# at level 0 (LLVM's fast instruction selection and register allocation), and the server answers with that kernel
+# at once; then as its size asks (above), in the background, and that kernel replaces the quick one
+# (backend/store.py). Level 1's machine code costs about 35 us of CPU a line more than level 0's: random-10000's
+# kernel (97,000 lines, 30 functions) took 3.7 s at level 1 against 0.4 at level 0, and its run time is 1.46 times
+# level 1's (227 us against 156). Quick first, it is compiled 2.5 s after its request instead of 5.7 (on 2 idle
+# cores, bench.compile_time), and optimised 5.7 s later. At 30,000 lines, level 1 costs about 1 s more.
+QUICK_LINES = 30_000
 # The standard pipeline's SLP vectoriser (off in llvmlite's options, as in numba's): a loop of a few elements (gmm's
 # d=10) is unrolled whole before the loop vectoriser runs, and only the SLP vectoriser packs its lanes (the same
 # operations, in the same order per element: the same bits). GradBench's gmm d=10 k=25 gradient kernel: 3.1 ->
@@ -98,6 +104,11 @@ def paths(directory, key) -> tuple[str, str]:
     return base + ".ll", base + ".o"
 
 
+def object_path(path: str, quick=False) -> str:
+    """The object code of the module at `path` (.ll): the optimised kernel's, or the quick one's (QUICK_LINES)."""
+    return path[:-3] + (".quick.o" if quick else ".o")
+
+
 # -- writing -------------------------------------------------------------------------------------------------
 def module_text(graph, key: str, title: str) -> str:
     """The LLVM module of `graph`'s kernel, `kernel_<key>`, with its header line."""
@@ -118,7 +129,8 @@ def module_text(graph, key: str, title: str) -> str:
     text = "\n".join(parts + body)
     meta = {"version": LLVM_VERSION, "title": title, "symbol": symbol, "errors": errors, "loops": w.stop_loops,
             "arrays": w.n_in + w.n_out, "data": DATA_OFFSET, "dims": DIMS_OFFSET, "parts": len(w.parts),
-            "workspace": w.segments, "blas": sorted(w.blas), "contractions": w.contractions}
+            "workspace": w.segments, "blas": sorted(w.blas), "contractions": w.contractions,
+            "quick": text.count("\n") > QUICK_LINES}
     return "\n".join(["; adserve " + json.dumps(meta, default=str), _declarations(text, w.blas), *w.consts, "",
                       *mathlib.definitions(text), "", text, ""])
 
@@ -288,13 +300,14 @@ def cpu() -> str:
     return f"{llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}"
 
 
-def optimised(text: str, where="the module"):
-    """The module `text` parsed and optimised as its header's size asks (`_level`), and the target machine that
-    emits it: (module, machine)."""
+def optimised(text: str, where="the module", quick=False):
+    """The module `text` parsed and optimised as its header's size asks (`_level`), or `quick`ly (QUICK_LINES),
+    and the target machine that emits it: (module, machine)."""
+    if quick:
+        return optimise(text, None, 0)
     meta = header_text(text, where)
-    parts = meta["parts"]
-    level = _level(parts, bool(meta.get("loops")) or bool(meta.get("contractions")))
-    return optimise(text, level, level if level is not None else 0 if parts > HUGE_PARTS else 1)
+    level = _level(meta["parts"], bool(meta.get("loops")) or bool(meta.get("contractions")))
+    return optimise(text, level, level if level is not None else 1)
 
 
 def optimise(text: str, level=OPT_LEVEL, machine_level=None):
@@ -320,13 +333,14 @@ def optimise(text: str, level=OPT_LEVEL, machine_level=None):
     return mod, tm
 
 
-def compile_file(path: str) -> str:
-    """Compile the module at `path` (.ll) into object code beside it (.o, written whole or not at all)."""
+def compile_file(path: str, quick=False) -> str:
+    """Compile the module at `path` (.ll) into object code beside it (`object_path`, written whole or not at all);
+    `quick`: the quick kernel of a large module (QUICK_LINES)."""
     with open(path) as f:
         text = f.read()
-    mod, tm = optimised(text, path)
+    mod, tm = optimised(text, path, quick)
     obj = tm.emit_object(mod)
-    out = path[:-3] + ".o"
+    out = object_path(path, quick)
     tmp = f"{out}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(_object_head(obj) + b"\n" + obj)
@@ -356,12 +370,12 @@ class LlvmModule:
 
     backend = "llvm"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, quick=False):
         meta = header(path)
         if meta.get("version") != LLVM_VERSION or (meta["data"], meta["dims"]) != (DATA_OFFSET, DIMS_OFFSET):
             raise ValueError(f"{path}: written by another version of the LLVM back end")
         import llvmlite.binding as llvm
-        with open(path[:-3] + ".o", "rb") as f:
+        with open(object_path(path, quick), "rb") as f:
             head, _, obj = f.read().partition(b"\n")
         if head != _object_head(obj):
             raise ValueError(f"{path}: compiled for another CPU, or corrupt ({head[:80]!r}...)")
@@ -383,6 +397,7 @@ class LlvmModule:
         self.ERRORS = list(meta["errors"])
         self.LOOPS = [tuple(x) for x in meta["loops"]]
         self.title = meta["title"]
+        self.quick = quick  # the quick kernel of a large module, replaced by the optimised one once compiled
 
 
 class LlvmChunks:

@@ -86,15 +86,16 @@ def address_space(pid="self") -> int:
     return 0
 
 
-def compile_one(path: str, limited: bool, keep: bool):
+def compile_one(path: str, limited: bool, keep: bool, quick=False):
     """Compile the module at `path` (exits with MEMORY_EXIT when memory runs out). `keep`: leave it imported
-    (a warm worker drops it, so its memory can go back)."""
+    (a warm worker drops it, so its memory can go back). `quick`: an LLVM module's quick kernel
+    (llvm_kernel.QUICK_LINES)."""
     name = path.rsplit("/", 1)[-1][:-3]
     t = time.perf_counter()
     try:
         if path.endswith(".ll"):  # the direct-LLVM back end's kernel: llvmlite alone, no numba
             from .llvm_kernel import compile_file
-            compile_file(path)
+            compile_file(path, quick)
         else:
             from .llvm_kernel import llvm_options
             llvm_options()  # numba's LLVM too: sums in loops vectorised in order
@@ -112,6 +113,7 @@ def compile_one(path: str, limited: bool, keep: bool):
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
 
 
+QUICK_TAB = "\t"  # a warm worker's line `<path>\tquick` asks for the quick kernel of an LLVM module at <path>
 PREPARE_ENV = "ADSERVE_COMPILE_PREPARE"  # "llvm": a warm worker sets up the LLVM back end before it says it is ready
 
 
@@ -126,9 +128,9 @@ def serve(limited: bool):
             pass
     print(f"{DONE} {address_space()}", flush=True)  # ready
     for line in sys.stdin:
-        path = line.strip()
-        if path:
-            compile_one(path, limited, keep=False)
+        path, _, how = line.rstrip("\n").partition(QUICK_TAB)
+        if path.strip():
+            compile_one(path.strip(), limited, keep=False, quick=how == "quick")
             print(f"{DONE} {address_space()}", flush=True)
 
 

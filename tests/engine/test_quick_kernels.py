@@ -1,0 +1,105 @@
+"""A large LLVM kernel answers quickly, then optimised (llvm_kernel.QUICK_LINES, backend/store.py).
+
+Its first compile is quick (level 0's machine code); that kernel answers at once, and the optimised compile that
+follows in the background takes its place: the same bits, the timing policy's choices made afresh, an LLVM parallel
+variant made again around it. When the optimised compile fails, the quick kernel stays. A restart loads the
+optimised kernel from disk. Every kernel here is made "large" (QUICK_LINES 0): a small plan's compiles are quick.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+from engine_helpers import run
+from test_codegen import run_kernel
+from test_tier_consistency import same
+
+from adserve.engine import Engine, backend, main_plan
+from adserve.engine.codegen import llvm_kernel
+
+pytestmark = pytest.mark.compiled
+
+engine = Engine()
+
+
+@pytest.fixture
+def plan(monkeypatch):
+    monkeypatch.setattr(llvm_kernel, "QUICK_LINES", 0)
+    fn = engine.compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "sum(sin(x) * x) + prod(x)"})
+    return main_plan(fn, frozenset({"value", "gradient"}))[0]
+
+
+def held(store, monkeypatch):
+    """Hold `store`'s optimised compiles until the returned event is set."""
+    gate, optimise = threading.Event(), store._optimise
+    monkeypatch.setattr(store, "_optimise", lambda key: (gate.wait(120), optimise(key)))
+    return gate
+
+
+def test_a_large_kernel_answers_quickly_then_optimised(plan, tmp_path, monkeypatch):
+    x = np.array([[0.5, -1.0, 2.0]])
+    want = run(plan, [x])
+    t = backend.Tiered(str(tmp_path), python=False)
+    try:
+        gate = held(t.store, monkeypatch)
+        t.kernel(plan)
+        assert t.wait(plan, 600)
+        quick = t.module(plan, backend.NUMBA)
+        assert isinstance(quick, llvm_kernel.LlvmModule) and quick.quick
+        key = next(iter(t.store.optimising))
+        chunks = t.store.parallel_kernel(plan)  # None on one core
+        for _ in range(20):  # the policy times the tiers and chooses
+            for got, w in zip(t.run(plan, [x]), want):
+                same(got, w, False, "quick kernel, tiered")
+        choices = [c for which, c in t.policy.choices.items() if which[0] == key]
+        assert choices and all(c.on is not None for c in choices)
+
+        gate.set()
+        assert t.settle(600) and not t.store.optimising
+        optimised = t.module(plan, backend.NUMBA)
+        assert isinstance(optimised, llvm_kernel.LlvmModule) and not optimised.quick
+        assert t.stats.optimised == 1 and t.stats.optimise_failures == 0
+        assert t.stats.compiles == t.stats.llvm_compiles == 2
+        for a, b in zip(run_kernel(quick, plan, [x]), run_kernel(optimised, plan, [x])):
+            assert np.array_equal(a, b) and a.tobytes() == b.tobytes()
+        # the choices start afresh, without the quick kernel's timings, and settle on the optimised kernel
+        assert all(c.on is None and backend.NUMBA not in c.times for c in choices)
+        for _ in range(20):
+            for got, w in zip(t.run(plan, [x]), want):
+                same(got, w, False, "optimised kernel, tiered")
+        assert all(c.on is None or c.on[0] != backend.NUMBA or c.on[1] is optimised for c in choices)
+        if chunks is not None:
+            assert chunks.serial is quick and t.store.parallel_kernel(plan).serial is optimised
+    finally:
+        t.shutdown()
+
+    again = backend.Tiered(str(tmp_path), python=False)  # a restart: the optimised kernel, from disk
+    try:
+        again.kernel(plan)
+        assert again.wait(plan, 600)
+        assert not again.module(plan, backend.NUMBA).quick
+        assert again.stats.disk_loads == 1 and again.stats.compiles == 0
+    finally:
+        again.shutdown()
+
+
+def test_when_the_optimised_compile_fails_the_quick_kernel_stays(plan, tmp_path, monkeypatch, caplog):
+    x = np.array([[0.25, 3.0, -2.0]])
+    t = backend.Tiered(str(tmp_path), python=False)
+    try:
+        run_worker = t.store._run_worker
+
+        def broken_optimised_compile(path, fresh=False, quick=False):
+            # the worker is given a module that is not there: it fails, as a compile that crashed would
+            return run_worker(path if quick else path + ".missing.ll", fresh, quick)
+        monkeypatch.setattr(t.store, "_run_worker", broken_optimised_compile)
+        t.kernel(plan)
+        assert t.wait(plan, 600) and t.settle(600)
+        module = t.module(plan, backend.NUMBA)
+        assert module.quick
+        assert t.stats.optimise_failures == 1 and t.stats.optimised == 0 and t.stats.compile_failures == 0
+        assert "optimised compile failed" in caplog.text and "the quick kernel stays" in caplog.text
+        for got, w in zip(t.run(plan, [x]), run(plan, [x])):
+            same(got, w, False, "quick kernel after a failed optimised compile")
+    finally:
+        t.shutdown()
