@@ -299,6 +299,8 @@ class KernelStore:
         try:
             t = time.perf_counter()
             out, why, code, _ = self._run_worker(self.path(key))
+            if self.closed:  # its worker was killed by the shutdown: no failure
+                return
             if why or code:
                 self.stats.optimise_failures += 1
                 log.warning("kernel %s: its optimised compile failed (%s); the quick kernel stays: %s", key,
@@ -323,9 +325,10 @@ class KernelStore:
             log.info("kernel %s optimised in %.2f s", key, seconds)
             self._on_optimised(key)
         except Exception as e:
-            self.stats.optimise_failures += 1
-            log.warning("kernel %s: its optimised compile failed (%s: %s); the quick kernel stays", key,
-                        type(e).__name__, e)
+            if not self.closed:
+                self.stats.optimise_failures += 1
+                log.warning("kernel %s: its optimised compile failed (%s: %s); the quick kernel stays", key,
+                            type(e).__name__, e)
         finally:
             with self._lock:
                 self.optimising.discard(key)

@@ -379,8 +379,9 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes, Loops):
                     carried = True
         # sums of a comparison's 0.0 and 1.0 (a row with a `truth`: the max's ties in lse's gradient) are counts
         # (a run's SHIFT, NEXT and PATCH equations are this writer's own, rows of no table)
-        counts = {e for e in run if e.prim in ("reduce_sum", "sum_to") and
-                  any(x.out is e.inputs[0] and x.prim in PRIMS and "truth" in PRIMS[x.prim].extra for x in run)}
+        maker = {e.out: e for e in run}
+        counts = {e for e in run if e.prim in ("reduce_sum", "sum_to") and (x := maker.get(e.inputs[0])) is not None
+                  and x.prim in PRIMS and "truth" in PRIMS[x.prim].extra}
         accs = {}
         for e in run:
             if e.prim in SUMS:
