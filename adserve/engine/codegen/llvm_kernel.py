@@ -53,14 +53,16 @@ LLVM_VERSION = "15"
 OPT_LEVEL = 2
 LEAN_PARTS = 2
 LOOP_PARTS = 8
-# A kernel of more than QUICK_LINES lines of IR is compiled twice. First `quick`: the lean passes and machine code
-# at level 0 (LLVM's fast instruction selection and register allocation), and the server answers with that kernel
-# at once; then as its size asks (above), in the background, and that kernel replaces the quick one
-# (backend/store.py). Level 1's machine code costs about 35 us of CPU a line more than level 0's: random-10000's
-# kernel (97,000 lines, 30 functions) took 3.7 s at level 1 against 0.4 at level 0, and its run time is 1.46 times
-# level 1's (227 us against 156). Quick first, it is compiled 2.5 s after its request instead of 5.7 (on 2 idle
-# cores, bench.compile_time), and optimised 5.7 s later. At 30,000 lines, level 1 costs about 1 s more.
-QUICK_LINES = 30_000
+# A kernel of more than QUICK_LINES lines of IR is compiled twice. First `quick`: no IR passes (QUICK_PASSES) and
+# machine code at level 0 (LLVM's fast instruction selection and register allocation), and the server answers with
+# that kernel at once; then as its size asks (above), in the background, and that kernel replaces the quick one
+# (backend/store.py). The quick compile costs about 6 us of CPU a line, the optimised one about 40-60 (level 1's
+# machine code alone 35 more than level 0's), so past 5,000 lines (an optimised compile of 0.2-0.3 s) the quick
+# kernel answers sooner for a second compile costing a sixth as much. Measured on 2 idle cores (bench.compile_time,
+# CPU seconds of the worker process, its start-up included): random-10000's kernel (97,000 lines, 30 functions) was
+# compiled 0.91 s after its worker started instead of 5.7, its quick kernel ran in 194 us, the optimised one
+# (5.4 s of CPU later) in 158; random-1000's (8,800 lines) in 0.43 s instead of 0.66, 21.8 us a run, 17.1 optimised.
+QUICK_LINES = 5_000
 # The quick kernel's IR passes: none. Level 0's machine code gains nothing from the lean passes: random-10000's
 # quick kernel ran 233 us after all five, 219 without loop strength reduction, 211 after none, and compiled in
 # 0.62 s of CPU instead of 2.28 (loop strength reduction 0.5 s, dead store elimination 0.46).
