@@ -218,3 +218,22 @@ def test_a_plan_asked_for_again_is_introduced_without_a_quiet_moment(tmp_path):
             t.in_flight.exit()
     finally:
         t.shutdown()
+
+
+def test_a_plan_called_back_to_back_wants_its_kernel_between_calls(monkeypatch):
+    """A plan run on a lower tier within Waiting.RECENT_SECONDS wants its kernel (its load takes no quiet moment)
+    even between two runs; it does not once the kernel arrived, nor when its last run is older than that."""
+    fn = reference.compile_definition(VECTOR)
+    graph, _ = main_plan(fn, {"value"})
+    key = backend.plan_key(graph)
+    waiting = give_way.Waiting()
+    assert not waiting.wanted(key)
+    with waiting.run(graph, None, lambda: False):
+        assert waiting.wanted(key)
+    assert waiting.wanted(key)  # between two calls
+    waiting.arrived(key)
+    assert not waiting.wanted(key)
+    with waiting.run(graph, None, lambda: False):
+        pass
+    monkeypatch.setattr(give_way.Waiting, "RECENT_SECONDS", 0.0)
+    assert not waiting.wanted(key)

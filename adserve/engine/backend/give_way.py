@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
 from ..deadline import Deadline, Stopped
 from .plan import known_meta
@@ -30,9 +31,13 @@ def superseded(err: BaseException) -> bool:
 class Waiting:
     """The runs on lower tiers whose plans' kernels are on their way."""
 
+    RECENT_SECONDS = 0.05  # a plan run on a lower tier this recently is in use: its next run wants the kernel
+    MAX_RECENT = 1024
+
     def __init__(self):
         self._lock = threading.Lock()
         self._runs: dict = {}  # id(check) -> (graph, check)
+        self._recent: dict = {}  # plan key -> when a run of it on a lower tier last started (time.monotonic)
 
     @contextlib.contextmanager
     def run(self, graph, deadline, ready):
@@ -40,8 +45,13 @@ class Waiting:
         stopped with SUPERSEDED when the plan's kernel arrives. `ready()` says whether it has arrived already: it
         is asked once the run is registered, so a kernel loaded just before is not missed."""
         check = Deadline(parent=deadline)
+        plan = known_meta(graph)
         with self._lock:
             self._runs[id(check)] = (graph, check)
+            if plan is not None:
+                if len(self._recent) >= self.MAX_RECENT:  # plans whose kernels never came
+                    self._recent.clear()
+                self._recent[plan.key] = time.monotonic()
         try:
             if ready():
                 check.cancel(SUPERSEDED, "gave way to its compiled kernel")
@@ -57,10 +67,13 @@ class Waiting:
         return [check for graph, check in runs if (plan := known_meta(graph)) is not None and plan.key == key]
 
     def wanted(self, key) -> bool:
-        """Whether a run is waiting for the kernel of plan `key`."""
-        return bool(self._checks(key))
+        """Whether a run is waiting for the kernel of plan `key`, or one started within RECENT_SECONDS (calls back
+        to back, between two of them)."""
+        return time.monotonic() - self._recent.get(key, -1e9) < self.RECENT_SECONDS or bool(self._checks(key))
 
     def arrived(self, key):
         """The kernel of plan `key` is loaded: the runs waiting for it give way."""
+        with self._lock:
+            self._recent.pop(key, None)
         for check in self._checks(key):
             check.cancel(SUPERSEDED, "gave way to its compiled kernel")

@@ -12,7 +12,13 @@ INTRODUCE_LONG_SECONDS (its kernel saves more than the introduction costs it); a
 the store's LOAD_WAIT_SECONDS, and not at all when a run is waiting for it.
 
 A run on a lower tier while its plan's kernel is on its way gives way to the kernel when it arrives mid-run,
-and the plan runs again on it (give_way.py). The compile workers are started with the backend (store.py), so
+and the plan runs again on it (give_way.py). Before such a run, the thread sleeps MAKE_WAY_SECONDS: the
+background threads bringing the kernel (introduction, the compile worker's pipe, the load) each need the
+interpreter's lock dozens of times, and a thread running the interpreter releases and retakes it at every NumPy
+operation on 500 elements or more. CPython's lock then goes to the releasing thread nearly every time (the
+waiter's wait is restarted by every switch, so it never asks for the lock: the convoy effect), and a kernel
+compiled in 0.3 s took 1-1.5 s more to load while a caller ran GradBench's small ba objective back to back. A
+sleep is a moment the lock is surely free. The compile workers are started with the backend (store.py), so
 the first kernel does not wait for a process to start.
 
 Kernel outputs are fresh arrays per run (a `Fresh` list), which the engine hands out without copying. A
@@ -90,6 +96,7 @@ class Tiered(Interpreter):
     INTRODUCE_WAIT_SECONDS = 0.5
     INTRODUCE_LONG_SECONDS = 0.05
     QUIET_SECONDS = 0.003
+    MAKE_WAY_SECONDS = 1e-4
 
     def __init__(self, cache_dir: str, compile_timeout: float = 300.0, workers: int | None = None, compile=True,
                  parallel=True, python=True, clock=time.perf_counter, compile_memory: int = 1 << 30, llvm=True):
@@ -188,6 +195,8 @@ class Tiered(Interpreter):
             intro.running += 1
         if meta is not None and self.store.compile_enabled:
             meta["compile"] = "pending"
+        if self.store.compile_enabled:
+            time.sleep(self.MAKE_WAY_SECONDS)  # the introduction's threads get the interpreter's lock
         try:
             with self.waiting.run(graph, deadline, lambda: self._ready(graph)) as check:
                 return Interpreter.run(self, graph, args, meta, check)
@@ -246,6 +255,7 @@ class Tiered(Interpreter):
         interpreter (also when the python run meets a domain error: NumPy's error model answers it). While the
         plan's kernel is on its way, the run gives way to it when it arrives (`Stopped`, SUPERSEDED)."""
         if plan.key in self.store.pending:
+            time.sleep(self.MAKE_WAY_SECONDS)  # the threads bringing its kernel get the interpreter's lock
             with self.waiting.run(graph, deadline, lambda: plan.key in self.store.ready) as check:
                 return self._lowest(graph, plan, B, args, meta, check)
         return self._lowest(graph, plan, B, args, meta, deadline)
