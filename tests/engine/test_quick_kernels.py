@@ -6,6 +6,7 @@ variant made again around it. When the optimised compile fails, the quick kernel
 optimised kernel from disk. Every kernel here is made "large" (QUICK_LINES 0): a small plan's compiles are quick.
 """
 
+import os
 import threading
 
 import numpy as np
@@ -47,6 +48,7 @@ def test_a_large_kernel_answers_quickly_then_optimised(plan, tmp_path, monkeypat
         quick = t.module(plan, backend.NUMBA)
         assert isinstance(quick, llvm_kernel.LlvmModule) and quick.quick
         key = next(iter(t.store.optimising))
+        assert os.path.exists(llvm_kernel.object_path(t.store.path(key), quick=True))
         chunks = t.store.parallel_kernel(plan)  # None on one core
         for _ in range(20):  # the policy times the tiers and chooses
             for got, w in zip(t.run(plan, [x]), want):
@@ -60,6 +62,8 @@ def test_a_large_kernel_answers_quickly_then_optimised(plan, tmp_path, monkeypat
         assert isinstance(optimised, llvm_kernel.LlvmModule) and not optimised.quick
         assert t.stats.optimised == 1 and t.stats.optimise_failures == 0
         assert t.stats.compiles == t.stats.llvm_compiles == 2
+        ll = t.store.path(key)  # the cache keeps the optimised object only
+        assert os.path.exists(llvm_kernel.object_path(ll)) and not os.path.exists(llvm_kernel.object_path(ll, True))
         for a, b in zip(run_kernel(quick, plan, [x]), run_kernel(optimised, plan, [x])):
             assert np.array_equal(a, b) and a.tobytes() == b.tobytes()
         # the choices start afresh, without the quick kernel's timings, and settle on the optimised kernel

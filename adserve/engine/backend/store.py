@@ -295,7 +295,7 @@ class KernelStore:
     def _optimise(self, key):
         """The optimised compile of a kernel answering with its quick one: loaded in its place when it compiles,
         else the quick kernel stays (logged and counted, never a request's error)."""
-        from ..codegen.llvm_kernel import LlvmModule
+        from ..codegen.llvm_kernel import LlvmModule, object_path
         try:
             t = time.perf_counter()
             out, why, code, _ = self._run_worker(self.path(key))
@@ -322,6 +322,8 @@ class KernelStore:
                 for k in [k for k in self.ready if is_parallel_key(k) and serial_key(k) == key]:
                     del self.ready[k]
             self.stats.optimised += 1
+            with contextlib.suppress(OSError):  # the cache keeps the optimised kernel only
+                os.remove(object_path(self.path(key), quick=True))
             log.info("kernel %s optimised in %.2f s", key, seconds)
             self._on_optimised(key)
         except Exception as e:
