@@ -223,7 +223,7 @@ def child_llvm(path, spec_path):
     import resource
 
     from adserve.engine.codegen import llvm_kernel
-    quick = bool(llvm_kernel.header(path).get("quick"))
+    quick = llvm_kernel.quick_object(path) if llvm_kernel.header(path).get("quick") else None
     t1 = time.process_time()
     llvm_kernel.compile_file(path, quick)
     t2 = time.process_time()
@@ -233,7 +233,7 @@ def child_llvm(path, spec_path):
     spec = json.load(open(spec_path))
     out = {"wall": wall, "total": ru.ru_utime + ru.ru_stime, "load": t2 - t1, "typing": 0.0, "llvm": t2 - t1,
            "rest": 0.0, "rss_mb": ru.ru_maxrss / 1024}
-    if quick:
+    if quick is not None:
         t3 = time.process_time()
         llvm_kernel.compile_file(path)
         out["optimise"] = time.process_time() - t3

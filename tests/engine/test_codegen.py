@@ -110,9 +110,10 @@ def compile_llvm(graph, title, key, quick=False):
             with open(ll + ".tmp", "w") as f:
                 f.write(llvm_kernel.module_text(graph, key, title))
             os.replace(ll + ".tmp", ll)
-        if not os.path.exists(llvm_kernel.object_path(ll, quick)):
-            llvm_kernel.compile_file(ll, quick)
-        return llvm_kernel.LlvmModule(ll, quick)
+        obj = ll[:-3] + ".quick.o" if quick else None  # (the server's quick objects are files of one load)
+        if not os.path.exists(obj or llvm_kernel.object_path(ll)):
+            llvm_kernel.compile_file(ll, obj)
+        return llvm_kernel.LlvmModule(ll, obj)
 
 
 def run_kernel(mod, graph, args):

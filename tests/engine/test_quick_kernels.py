@@ -6,6 +6,7 @@ variant made again around it. When the optimised compile fails, the quick kernel
 optimised kernel from disk. Every kernel here is made "large" (QUICK_LINES 0): a small plan's compiles are quick.
 """
 
+import glob
 import os
 import threading
 
@@ -48,7 +49,8 @@ def test_a_large_kernel_answers_quickly_then_optimised(plan, tmp_path, monkeypat
         quick = t.module(plan, backend.NUMBA)
         assert isinstance(quick, llvm_kernel.LlvmModule) and quick.quick
         key = next(iter(t.store.optimising))
-        assert os.path.exists(llvm_kernel.object_path(t.store.path(key), quick=True))
+        assert not glob.glob(os.path.join(t.store.dir, "*.quick-*"))  # read, then removed: no cache entry
+        assert not os.path.exists(llvm_kernel.object_path(t.store.path(key)))
         chunks = t.store.parallel_kernel(plan)  # None on one core
         for _ in range(20):  # the policy times the tiers and chooses
             for got, w in zip(t.run(plan, [x]), want):
@@ -62,8 +64,8 @@ def test_a_large_kernel_answers_quickly_then_optimised(plan, tmp_path, monkeypat
         assert isinstance(optimised, llvm_kernel.LlvmModule) and not optimised.quick
         assert t.stats.optimised == 1 and t.stats.optimise_failures == 0
         assert t.stats.compiles == t.stats.llvm_compiles == 2
-        ll = t.store.path(key)  # the cache keeps the optimised object only
-        assert os.path.exists(llvm_kernel.object_path(ll)) and not os.path.exists(llvm_kernel.object_path(ll, True))
+        assert os.path.exists(llvm_kernel.object_path(t.store.path(key)))  # the cache's entry
+        assert not glob.glob(os.path.join(t.store.dir, "*.quick-*"))
         for a, b in zip(run_kernel(quick, plan, [x]), run_kernel(optimised, plan, [x])):
             assert np.array_equal(a, b) and a.tobytes() == b.tobytes()
         # the choices start afresh, without the quick kernel's timings, and settle on the optimised kernel
@@ -93,7 +95,7 @@ def test_when_the_optimised_compile_fails_the_quick_kernel_stays(plan, tmp_path,
     try:
         run_worker = t.store._run_worker
 
-        def broken_optimised_compile(path, fresh=False, quick=False):
+        def broken_optimised_compile(path, fresh=False, quick=None):
             # the worker is given a module that is not there: it fails, as a compile that crashed would
             return run_worker(path if quick else path + ".missing.ll", fresh, quick)
         monkeypatch.setattr(t.store, "_run_worker", broken_optimised_compile)

@@ -62,12 +62,12 @@ class Worker:
             self._lines.put(line)
         self._lines.put(None)  # the worker ended
 
-    def compile(self, path: str, timeout: float, quick=False) -> tuple[str, str | None, int | None]:
+    def compile(self, path: str, timeout: float, quick: str | None = None) -> tuple[str, str | None, int | None]:
         """(its output, why it was stopped or None, the exit status if it ended). The worker stays usable when
-        the last two are None. `quick`: the quick kernel of an LLVM module (llvm_kernel.QUICK_LINES)."""
+        the last two are None. `quick`: the file for an LLVM module's quick kernel (llvm_kernel.QUICK_LINES)."""
         from ..codegen.worker import DONE, QUICK_TAB, address_space
         try:
-            self.proc.stdin.write(path + (QUICK_TAB + "quick" if quick else "") + "\n")
+            self.proc.stdin.write(path + (QUICK_TAB + quick if quick else "") + "\n")
             self.proc.stdin.flush()
         except OSError:  # it died before this path (killed while idle): its output says how
             pass

@@ -232,7 +232,7 @@ class KernelStore:
                     else:
                         f.write(self.source(graph, f"plan {plan_meta(graph).key}", parallel=parallel))
                 os.replace(tmp, path)
-            quick = self._quick_first(key, path)
+            quick = self._quick_object(key, path)
             t = time.perf_counter()
             out, why, code, warm = self._run_worker(path, quick=quick)
             if why == "memory" or code and out_of_memory(code, out):
@@ -276,12 +276,13 @@ class KernelStore:
             self._count_failure("io" if isinstance(e, OSError) else "load")
             self._fail(key, f"{type(e).__name__}: {e}")
 
-    def _quick_first(self, key, path) -> bool:
-        """Whether `key`'s kernel is compiled quickly first, then optimised (llvm_kernel.QUICK_LINES)."""
+    def _quick_object(self, key, path) -> str | None:
+        """The file for `key`'s quick kernel when it is compiled quickly first, then optimised
+        (llvm_kernel.QUICK_LINES); else None."""
         if self.compiler.get(key) != "llvm":
-            return False
-        from ..codegen.llvm_kernel import header
-        return bool(header(path).get("quick"))
+            return None
+        from ..codegen.llvm_kernel import header, quick_object
+        return quick_object(path) if header(path).get("quick") else None
 
     def _optimise_later(self, key):
         """Compile `key`'s optimised kernel (in `optimising`) in the background; it replaces the quick one that
@@ -295,7 +296,7 @@ class KernelStore:
     def _optimise(self, key):
         """The optimised compile of a kernel answering with its quick one: loaded in its place when it compiles,
         else the quick kernel stays (logged and counted, never a request's error)."""
-        from ..codegen.llvm_kernel import LlvmModule, object_path
+        from ..codegen.llvm_kernel import LlvmModule
         try:
             t = time.perf_counter()
             out, why, code, _ = self._run_worker(self.path(key))
@@ -322,8 +323,6 @@ class KernelStore:
                 for k in [k for k in self.ready if is_parallel_key(k) and serial_key(k) == key]:
                     del self.ready[k]
             self.stats.optimised += 1
-            with contextlib.suppress(OSError):  # the cache keeps the optimised kernel only
-                os.remove(object_path(self.path(key), quick=True))
             log.info("kernel %s optimised in %.2f s", key, seconds)
             self._on_optimised(key)
         except Exception as e:
@@ -335,9 +334,10 @@ class KernelStore:
             with self._lock:
                 self.optimising.discard(key)
 
-    def _run_worker(self, path, fresh=False, quick=False):
-        """Compile `path` in a warm worker (`fresh`: a new one; `quick`: an LLVM module's quick kernel): (its
-        output, why it was stopped or None, its exit status if it ended, whether it had compiled before)."""
+    def _run_worker(self, path, fresh=False, quick=None):
+        """Compile `path` in a warm worker (`fresh`: a new one; `quick`: the file for an LLVM module's quick
+        kernel): (its output, why it was stopped or None, its exit status if it ended, whether it had compiled
+        before)."""
         worker = self._workers.take(fresh)
         warm = worker.compiles > 0
         self._procs.add(worker.proc)
@@ -396,9 +396,8 @@ class KernelStore:
     def _discard(self, key) -> bool:
         """Remove a kernel's module and numba cache files; False if they could not all be removed."""
         try:
-            from ..codegen.llvm_kernel import object_path, paths
-            ll = paths(self.dir, key)[0]
-            for path in [self.path(key), *paths(self.dir, key), object_path(ll, quick=True),
+            from ..codegen.llvm_kernel import paths
+            for path in [self.path(key), *paths(self.dir, key),
                          *glob.glob(os.path.join(self.dir, "__pycache__", f"gen_{key}.*"))]:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
@@ -412,13 +411,21 @@ class KernelStore:
         reasons = self.stats.compile_failure_reasons
         reasons[reason] = reasons.get(reason, 0) + 1
 
-    def _load(self, key, quick=False):
+    def _load(self, key, quick=None):
+        """Load `key`'s compiled module (`quick`: its quick kernel's file, removed once read: only the optimised
+        kernel is a cache entry)."""
         from ..codegen.worker import load
         if not self._wanted(key):  # loading holds the interpreter's lock for milliseconds
             self._quiet(self.LOAD_WAIT_SECONDS)
         if self.compiler.get(key) == "llvm":
             from ..codegen.llvm_kernel import LlvmModule
-            self.add(key, LlvmModule(self.path(key), quick))
+            try:
+                module = LlvmModule(self.path(key), quick)
+            finally:
+                if quick is not None:
+                    with contextlib.suppress(OSError):
+                        os.remove(quick)
+            self.add(key, module)
         else:
             self.add(key, load(self.path(key), f"gen_{key}"))
         self._mark_used(key)

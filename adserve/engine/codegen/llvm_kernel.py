@@ -25,6 +25,7 @@ import math
 import os
 import re
 import threading
+import uuid
 
 from .. import mathlib
 from .llvm_contraction import BLAS, bind_blas
@@ -110,9 +111,16 @@ def paths(directory, key) -> tuple[str, str]:
     return base + ".ll", base + ".o"
 
 
-def object_path(path: str, quick=False) -> str:
-    """The object code of the module at `path` (.ll): the optimised kernel's, or the quick one's (QUICK_LINES)."""
-    return path[:-3] + (".quick.o" if quick else ".o")
+def object_path(path: str) -> str:
+    """The object code of the module at `path` (.ll): the disk cache's entry."""
+    return path[:-3] + ".o"
+
+
+def quick_object(path: str) -> str:
+    """A file for the quick kernel of the module at `path` (QUICK_LINES): a name of its own for every compile,
+    as it only carries the code from the worker to the process loading it, which removes it (servers sharing a
+    cache directory never read or remove each other's)."""
+    return f"{path[:-3]}.quick-{uuid.uuid4().hex[:16]}.o"
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -339,14 +347,14 @@ def optimise(text: str, level=OPT_LEVEL, machine_level=None, passes=LEAN_PASSES)
     return mod, tm
 
 
-def compile_file(path: str, quick=False) -> str:
+def compile_file(path: str, quick: str | None = None) -> str:
     """Compile the module at `path` (.ll) into object code beside it (`object_path`, written whole or not at all);
-    `quick`: the quick kernel of a large module (QUICK_LINES)."""
+    `quick`: the file for its quick kernel instead (QUICK_LINES, `quick_object`)."""
     with open(path) as f:
         text = f.read()
-    mod, tm = optimised(text, path, quick)
+    mod, tm = optimised(text, path, quick is not None)
     obj = tm.emit_object(mod)
-    out = object_path(path, quick)
+    out = object_path(path) if quick is None else quick
     tmp = f"{out}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(_object_head(obj) + b"\n" + obj)
@@ -376,12 +384,12 @@ class LlvmModule:
 
     backend = "llvm"
 
-    def __init__(self, path: str, quick=False):
+    def __init__(self, path: str, quick: str | None = None):
         meta = header(path)
         if meta.get("version") != LLVM_VERSION or (meta["data"], meta["dims"]) != (DATA_OFFSET, DIMS_OFFSET):
             raise ValueError(f"{path}: written by another version of the LLVM back end")
         import llvmlite.binding as llvm
-        with open(object_path(path, quick), "rb") as f:
+        with open(object_path(path) if quick is None else quick, "rb") as f:
             head, _, obj = f.read().partition(b"\n")
         if head != _object_head(obj):
             raise ValueError(f"{path}: compiled for another CPU, or corrupt ({head[:80]!r}...)")
@@ -403,7 +411,7 @@ class LlvmModule:
         self.ERRORS = list(meta["errors"])
         self.LOOPS = [tuple(x) for x in meta["loops"]]
         self.title = meta["title"]
-        self.quick = quick  # the quick kernel of a large module, replaced by the optimised one once compiled
+        self.quick = quick is not None  # a large module's quick kernel, replaced by the optimised one once compiled
 
 
 class LlvmChunks:

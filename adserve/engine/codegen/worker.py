@@ -86,9 +86,9 @@ def address_space(pid="self") -> int:
     return 0
 
 
-def compile_one(path: str, limited: bool, keep: bool, quick=False):
+def compile_one(path: str, limited: bool, keep: bool, quick: str | None = None):
     """Compile the module at `path` (exits with MEMORY_EXIT when memory runs out). `keep`: leave it imported
-    (a warm worker drops it, so its memory can go back). `quick`: an LLVM module's quick kernel
+    (a warm worker drops it, so its memory can go back). `quick`: the file for an LLVM module's quick kernel
     (llvm_kernel.QUICK_LINES)."""
     name = path.rsplit("/", 1)[-1][:-3]
     t = time.perf_counter()
@@ -113,7 +113,7 @@ def compile_one(path: str, limited: bool, keep: bool, quick=False):
     print(f"compiled {name} in {time.perf_counter() - t:.2f}s", flush=True)
 
 
-QUICK_TAB = "\t"  # a warm worker's line `<path>\tquick` asks for the quick kernel of an LLVM module at <path>
+QUICK_TAB = "\t"  # a warm worker's line `<path>\t<file>` asks for the quick kernel of the LLVM module at <path>
 PREPARE_ENV = "ADSERVE_COMPILE_PREPARE"  # "llvm": a warm worker sets up the LLVM back end before it says it is ready
 
 
@@ -128,9 +128,9 @@ def serve(limited: bool):
             pass
     print(f"{DONE} {address_space()}", flush=True)  # ready
     for line in sys.stdin:
-        path, _, how = line.rstrip("\n").partition(QUICK_TAB)
+        path, _, quick = line.rstrip("\n").partition(QUICK_TAB)
         if path.strip():
-            compile_one(path.strip(), limited, keep=False, quick=how == "quick")
+            compile_one(path.strip(), limited, keep=False, quick=quick or None)
             print(f"{DONE} {address_space()}", flush=True)
 
 
