@@ -402,10 +402,31 @@ def _is_unit(a, unit: str) -> bool:
 
 
 def _fold(p: Prim, atoms, params, out_shape):
-    from .interpreter import lit_array
-
     if p.multiple_results or p.name in ("loop", "cond"):
         return None
+    if math.prod(out_shape) and all(len(a.data) == 1 for a in atoms):
+        if p.name in powers.MOVES:  # its elements are its input's: the same fill
+            return Lit(tuple(out_shape), atoms[0].data)
+        if p.template is not None:
+            return _fold_uniform(p, atoms, params, out_shape)
+    return _fold_arrays(p, atoms, params, out_shape)
+
+
+def _fold_uniform(p: Prim, atoms, params, out_shape):
+    """An element-wise op of literals each filled with one value: one element computed says every element. The
+    derivative rules fold thousands of these and of moved fills (random-10000's gradient: 2,348 and 3,166), each at
+    a fraction of `_fold_arrays`' NumPy calls."""
+    try:
+        with np.errstate(all="ignore"):
+            out = np.asarray(p.impl(*[np.full((1,), a.data[0]) for a in atoms], **params), dtype=np.float64)
+    except Exception:
+        return None  # leave it to evaluation time, where errors carry context
+    return Lit(tuple(out_shape), (float(out.reshape(-1)[0]),))
+
+
+def _fold_arrays(p: Prim, atoms, params, out_shape):
+    from .interpreter import lit_array
+
     try:
         with np.errstate(all="ignore"):
             out = np.asarray(p.impl(*[lit_array(a) for a in atoms], **params), dtype=np.float64)

@@ -17,9 +17,11 @@ from .ir import Lit
 
 MAX_INT_POWER = 32  # x**n for literal integers 3..this: multiplications (as JAX's integer_pow), not libm's pow
 MAX_ARRAY_POWER = 255  # an array of integers 0..this as exponent: 8 squarings and selects per element
-_KEEP = frozenset({"reshape", "transpose", "broadcast_to", "slice"})  # an integer array's values, moved
+# ops whose output's elements are some of their input's, moved or repeated: an integer array's stay integers in its
+# range, and a literal filled with one value stays one (builder._fold)
+MOVES = frozenset({"reshape", "transpose", "broadcast_to", "slice"})
 _ARITH = frozenset({"add", "sub", "mul", "neg"})
-NOTED = frozenset({"arange"}) | _KEEP | _ARITH  # the prims `note` looks at (emit checks this first: it is hot)
+NOTED = frozenset({"arange"}) | MOVES | _ARITH  # the prims `note` looks at (emit checks this first: it is hot)
 
 
 def bounds(known: dict, atom):
@@ -40,7 +42,7 @@ def note(known: dict, prim, atoms, params, out):
     bs = [bounds(known, a) for a in atoms]
     if not bs or None in bs:
         return
-    if prim in _KEEP:
+    if prim in MOVES:
         known[out] = bs[0]
     elif prim == "neg":
         known[out] = (-bs[0][1], -bs[0][0])
