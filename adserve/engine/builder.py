@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import powers
+from .folding import fold
 from .errors import DefinitionError, EngineError, ShapeError
 from .ir import Eqn, Graph, Lit, Var
 
@@ -165,8 +166,7 @@ def _atom(x):
 
 
 _SCATTERS = ("update_slice", "dyn_update", "scatter_add")  # x with a part replaced (added): on a zero x, a scatter
-_FOLD_MAX = 64  # non-uniform folded constants stay this small; bigger ones remain equations
-_FOLD_WORK = 1 << 20
+_FOLD_WORK = 1 << 20  # elements of an equation of literals folded when built (folding.py)
 
 
 class _At:
@@ -278,7 +278,7 @@ class Builder:
                 if power is not None:
                     return power
             if consts == len(atoms) and math.prod(out_shape) <= _FOLD_WORK:
-                folded = _fold(p, atoms, params, out_shape)
+                folded = fold(p, atoms, params, out_shape)
                 if folded is not None:
                     return V(self, folded)
             if prim == "add" and self._scatters:
@@ -399,48 +399,6 @@ def _simplify(prim, atoms, out_shape):
 
 def _is_unit(a, unit: str) -> bool:
     return isinstance(a, Lit) and a.fill is not None and float(a.fill).hex() == unit
-
-
-def _fold(p: Prim, atoms, params, out_shape):
-    if p.multiple_results or p.name in ("loop", "cond"):
-        return None
-    if math.prod(out_shape) and all(len(a.data) == 1 for a in atoms):
-        if p.name in powers.MOVES:  # its elements are its input's: the same fill
-            return Lit(tuple(out_shape), atoms[0].data)
-        if p.template is not None:
-            return _fold_uniform(p, atoms, params, out_shape)
-    return _fold_arrays(p, atoms, params, out_shape)
-
-
-def _fold_uniform(p: Prim, atoms, params, out_shape):
-    """An element-wise op of literals each filled with one value: one element computed says every element. The
-    derivative rules fold thousands of these and of moved fills (random-10000's gradient: 2,348 and 3,166), each at
-    a fraction of `_fold_arrays`' NumPy calls."""
-    try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(p.impl(*[np.full((1,), a.data[0]) for a in atoms], **params), dtype=np.float64)
-    except Exception:
-        return None  # leave it to evaluation time, where errors carry context
-    return Lit(tuple(out_shape), (float(out.reshape(-1)[0]),))
-
-
-def _fold_arrays(p: Prim, atoms, params, out_shape):
-    from .interpreter import lit_array
-
-    try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(p.impl(*[lit_array(a) for a in atoms], **params), dtype=np.float64)
-    except Exception:
-        return None  # leave it to evaluation time, where errors carry context
-    flat = np.broadcast_to(out, (1, *out_shape)).reshape(-1)
-    if flat.size == 0:
-        return Lit(tuple(out_shape), (0.0,))
-    first = flat[0]
-    if np.isnan(first) and np.isnan(flat).all() or np.all(flat == first) and np.all(np.signbit(flat) == np.signbit(first)):
-        return Lit(tuple(out_shape), (float(first),))
-    if flat.size > _FOLD_MAX:
-        return None
-    return Lit(tuple(out_shape), tuple(float(x) for x in flat))
 
 
 def emit(prim: str, *args, **params):

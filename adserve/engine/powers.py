@@ -18,7 +18,7 @@ from .ir import Lit
 MAX_INT_POWER = 32  # x**n for literal integers 3..this: multiplications (as JAX's integer_pow), not libm's pow
 MAX_ARRAY_POWER = 255  # an array of integers 0..this as exponent: 8 squarings and selects per element
 # ops whose output's elements are some of their input's, moved or repeated: an integer array's stay integers in its
-# range, and a literal filled with one value stays one (builder._fold)
+# range, and a literal filled with one value stays one (folding.py)
 MOVES = frozenset({"reshape", "transpose", "broadcast_to", "slice"})
 _ARITH = frozenset({"add", "sub", "mul", "neg"})
 NOTED = frozenset({"arange"}) | MOVES | _ARITH  # the prims `note` looks at (emit checks this first: it is hot)

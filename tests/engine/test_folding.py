@@ -1,4 +1,4 @@
-"""Constant folding's short cuts (builder._fold) give what folding the whole arrays gives, bit for bit.
+"""Constant folding's short cuts (folding.fold) give what folding the whole arrays gives, bit for bit.
 
 A literal filled with one value is folded by one element when the op is element-wise (a row with a `template`),
 and kept as the same fill when the op only moves elements (powers.MOVES); the general way computes every element
@@ -12,7 +12,7 @@ import math
 import numpy as np
 from engine_helpers import PRIMS
 
-from adserve.engine import builder, powers
+from adserve.engine import folding, powers
 from adserve.engine.ir import Lit
 
 VALUES = [0.0, -0.0, 1.0, -1.0, 0.5, 2.0, -3.25, 0.1, 1e-300, 1e300, 709.5, -745.5, math.pi, math.inf, -math.inf,
@@ -43,8 +43,8 @@ def test_every_elementwise_fold_of_fills_is_the_whole_arrays_fold():
                     out_shape = tuple(p.shape(*[shape] * arity))
                 except Exception:
                     continue
-                short = builder._fold_uniform(p, atoms, {}, out_shape)
-                whole = builder._fold_arrays(p, atoms, {}, out_shape)
+                short = folding._fold_uniform(p, atoms, {}, out_shape)
+                whole = folding._fold_arrays(p, atoms, {}, out_shape)
                 assert (short is None) == (whole is None), (p.name, values, shape)
                 if short is not None:
                     assert _bits(short) == _bits(whole), (p.name, values, shape, short, whole)
@@ -59,7 +59,7 @@ def test_moving_a_fill_keeps_it():
         assert prim in powers.MOVES
         p = PRIMS[prim]
         params = p.normalize([x.shape], dict(params)) if p.normalize else params
-        short = builder._fold(p, [x], params, out_shape)
-        whole = builder._fold_arrays(p, [x], params, out_shape)
+        short = folding.fold(p, [x], params, out_shape)
+        whole = folding._fold_arrays(p, [x], params, out_shape)
         assert _bits(short) == _bits(whole) == ((*out_shape,), ((-0.0).hex(),)), prim
-    assert np.isnan(builder._fold(PRIMS["reshape"], [Lit((2,), (math.nan,))], {"shape": (2, 1)}, (2, 1)).data[0])
+    assert np.isnan(folding.fold(PRIMS["reshape"], [Lit((2,), (math.nan,))], {"shape": (2, 1)}, (2, 1)).data[0])
