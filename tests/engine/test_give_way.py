@@ -237,3 +237,46 @@ def test_a_plan_called_back_to_back_wants_its_kernel_between_calls(monkeypatch):
         pass
     monkeypatch.setattr(give_way.Waiting, "RECENT_SECONDS", 0.0)
     assert not waiting.wanted(key)
+
+
+def test_runs_while_the_kernel_is_on_its_way_leave_the_interpreters_lock_free_first(tmp_path, monkeypatch):
+    """A plan's first run, and every later run on a lower tier while its kernel is on its way, first sleeps
+    MAKE_WAY_SECONDS: the threads bringing the kernel need the interpreter's lock, which a thread running NumPy
+    retakes at once after each release (the convoy effect). Once the kernel is loaded, runs do not sleep."""
+    from adserve.engine.backend import tiered
+    t = backend.Tiered(str(tmp_path), workers=1, python=False)
+    sleeps = []
+    real_sleep = time.sleep
+
+    def sleep(seconds):  # (time.sleep itself is patched: the store's waits sleep too, for other lengths)
+        if threading.current_thread() is threading.main_thread() and seconds == t.MAKE_WAY_SECONDS:
+            sleeps.append(seconds)
+        real_sleep(seconds)
+    try:
+        gate = threading.Event()
+        real_compile = compile_workers.Worker.compile
+
+        def held(self, path, timeout, quick=None):
+            gate.wait(60)
+            return real_compile(self, path, timeout, quick)
+        monkeypatch.setattr(compile_workers.Worker, "compile", held)
+        monkeypatch.setattr(tiered.time, "sleep", sleep)
+        engine = Engine(t)
+        fn = engine.compile_definition(VECTOR)
+        graph, _ = main_plan(fn, {"value"})
+        meta = {}
+        engine.evaluate(fn, ARGS, ["value"], meta=meta)  # the first run
+        assert meta["backend"] == "interpreter" and sleeps == [t.MAKE_WAY_SECONDS]
+        t._introducer.submit(lambda: None).result(60)
+        assert known_meta(graph).key in t.store.pending
+        for k in range(3):
+            engine.evaluate(fn, {**ARGS, "x": ARGS["x"] + k + 1}, ["value"], meta=meta)
+            assert meta["backend"] == "interpreter"
+        assert sleeps == [t.MAKE_WAY_SECONDS] * 4
+        gate.set()
+        assert t.wait(graph, 120)
+        for k in range(5):
+            engine.evaluate(fn, {**ARGS, "x": ARGS["x"] - k - 1}, ["value"], meta=meta)
+        assert meta["backend"] == "numba" and sleeps == [t.MAKE_WAY_SECONDS] * 4
+    finally:
+        t.shutdown()
