@@ -122,8 +122,9 @@ def _evaluate(service: Service, target, body, started: float, deadline=None) -> 
     Returns the encoded result and the response headers that say what ran: `x-adserve-backend`
     (interpreter, python or numba; for a cached result, the tier that computed it) and `Server-Timing`:
     `compute` (`;desc=parallel` for a parallel batch kernel) or `cache;desc=hit`, `kernel` (of compute, the
-    compiled kernels' own calls: the rest is the engine's Python around them), `compile;desc=pending`
-    while the plan's kernel is being compiled in the background, and `total` from the body's arrival, with
+    compiled kernels' own calls: the rest is the engine's Python around them; `;desc=quick` for a large
+    kernel's quick one), `compile;desc=pending` while the plan's kernel is being compiled in the background
+    (`compile;desc=optimising` while its optimised kernel is), and `total` from the body's arrival, with
     parsing and encoding."""
     if isinstance(body, bytes):
         target, body = _target(target, parse_json(body))
@@ -137,7 +138,7 @@ def _evaluate(service: Service, target, body, started: float, deadline=None) -> 
         timing = [f"compute;dur={meta.get('compute_ms', 0.0):.3f}" + (f";desc=\"{variant}\"" if " " in variant
                                                                      else f";desc={variant}" if variant else "")]
     if meta["kernel_ms"] and not meta.get("cache_hit"):
-        timing.append(f"kernel;dur={meta['kernel_ms']:.3f}")
+        timing.append(f"kernel;dur={meta['kernel_ms']:.3f}" + (";desc=quick" if meta.get("kernel") == "quick" else ""))
     if meta.get("compile"):
         timing.append(f"compile;desc={meta['compile']}")
     timing.append(f"total;dur={(time.perf_counter() - started) * 1e3:.3f}")

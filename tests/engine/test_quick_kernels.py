@@ -55,6 +55,9 @@ def test_a_large_kernel_answers_quickly_then_optimised(plan, tmp_path, monkeypat
         for _ in range(20):  # the policy times the tiers and chooses
             for got, w in zip(t.run(plan, [x]), want):
                 same(got, w, False, "quick kernel, tiered")
+        meta = {}
+        t.run_on(backend.NUMBA, quick, plan, backend.plan_meta(plan), 1, [x], meta)
+        assert meta["kernel"] == "quick" and meta["compile"] == "optimising"  # what Server-Timing says
         choices = [c for which, c in t.policy.choices.items() if which[0] == key]
         assert choices and all(c.on is not None for c in choices)
 
@@ -73,6 +76,9 @@ def test_a_large_kernel_answers_quickly_then_optimised(plan, tmp_path, monkeypat
         for _ in range(20):
             for got, w in zip(t.run(plan, [x]), want):
                 same(got, w, False, "optimised kernel, tiered")
+        meta = {}
+        t.run_on(backend.NUMBA, optimised, plan, backend.plan_meta(plan), 1, [x], meta)
+        assert meta["backend"] == backend.NUMBA and "kernel" not in meta and "compile" not in meta
         assert all(c.on is None or c.on[0] != backend.NUMBA or c.on[1] is optimised for c in choices)
         if chunks is not None:
             assert chunks.serial is quick and t.store.parallel_kernel(plan).serial is optimised
@@ -104,6 +110,9 @@ def test_when_the_optimised_compile_fails_the_quick_kernel_stays(plan, tmp_path,
         module = t.module(plan, backend.NUMBA)
         assert module.quick
         assert t.stats.optimise_failures == 1 and t.stats.optimised == 0 and t.stats.compile_failures == 0
+        meta = {}
+        t.run_on(backend.NUMBA, module, plan, backend.plan_meta(plan), 1, [x], meta)
+        assert meta["kernel"] == "quick" and "compile" not in meta  # no optimised kernel is coming
         assert "optimised compile failed" in caplog.text and "the quick kernel stays" in caplog.text
         for got, w in zip(t.run(plan, [x]), run(plan, [x])):
             same(got, w, False, "quick kernel after a failed optimised compile")

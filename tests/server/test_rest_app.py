@@ -69,6 +69,10 @@ def test_headers_name_the_tier_and_the_kernel_variant(brief):
     assert tier == "numba" and timing.startswith("compute;dur=2.000, total;dur=")
     tier, timing = headers({"backend": "interpreter", "compute_ms": 3.0, "compile": "pending"})
     assert tier == "interpreter" and timing.startswith("compute;dur=3.000, compile;desc=pending, total;dur=")
+    tier, timing = headers({"backend": "numba", "compute_ms": 2.0, "kernel_ms": 1.25, "kernel": "quick",
+                            "compile": "optimising"})  # a large kernel's quick one, its optimised one on the way
+    assert tier == "numba" and timing.startswith("compute;dur=2.000, kernel;dur=1.250;desc=quick, "
+                                                 "compile;desc=optimising, total;dur=")
     tier, timing = headers({"backend": "numba", "cache_hit": True})
     assert tier == "numba" and timing.startswith("cache;desc=hit, total;dur=")
 

@@ -279,5 +279,9 @@ class Tiered(Interpreter):
             meta["backend"] = tier
             if timed:  # the kernel calls' own time, summed
                 meta["kernel_ms"] += (time.perf_counter() - started) * 1e3
+            if getattr(module, "quick", False):  # a large kernel's quick one (llvm_kernel.QUICK_LINES)
+                meta["kernel"] = "quick"
+                if plan.key in self.store.optimising:
+                    meta["compile"] = "optimising"
         return outs
 

@@ -425,6 +425,7 @@ class LlvmChunks:
 
     def __init__(self, serial: LlvmModule, pool, threads: int, n_in: int):
         self.serial, self._pool, self._n_in = serial, pool, n_in
+        self.quick = serial.quick
         self._chunks = self.CHUNKS_PER_THREAD * threads
         self.ERRORS, self.LOOPS = serial.ERRORS, serial.LOOPS
 
