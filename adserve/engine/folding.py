@@ -55,7 +55,8 @@ def _fold_arrays(p, atoms, params, out_shape):
     if flat.size == 0:
         return Lit(tuple(out_shape), (0.0,))
     first = flat[0]
-    if np.isnan(first) and np.isnan(flat).all() or np.all(flat == first) and np.all(np.signbit(flat) == np.signbit(first)):
+    if (np.isnan(first) and np.isnan(flat).all()
+            or np.all(flat == first) and np.all(np.signbit(flat) == np.signbit(first))):
         return Lit(tuple(out_shape), (float(first),))
     if flat.size > FOLD_MAX:
         return None

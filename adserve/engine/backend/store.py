@@ -70,9 +70,10 @@ class KernelStore(Preload):
         moment with no request running, before a load. `on_load(key)`: called once a module is ready.
         `memory`: the address space (RLIMIT_AS) of a compile worker, 0 for none. `llvm`: plans in the direct-LLVM
         back end's scope are compiled by it (else every plan by numba). `wanted(key)`: whether a run is waiting for
-        that kernel now, or one ran a moment ago (its load then takes no quiet moment: the run gives way to it). `spare`: compile workers
-        started at once and kept ready (compile_workers.py), when compiles are on. `on_optimised(key)`: called once
-        a large kernel's optimised compile has replaced its quick one (llvm_kernel.QUICK_LINES)."""
+        that kernel now, or one ran a moment ago (its load then takes no quiet moment: the run gives way to it).
+        `spare`: compile workers started at once and kept ready (compile_workers.py), when compiles are on.
+        `on_optimised(key)`: called once a large kernel's optimised compile has replaced its quick one
+        (llvm_kernel.QUICK_LINES)."""
         self.dir = os.path.join(cache_dir, "kernels")
         try:
             os.makedirs(self.dir, exist_ok=True)
