@@ -256,15 +256,7 @@ class KernelStore(Preload):
                 if code < 0 and self._retry_later(key, graph, parallel, why):
                     return
                 return self._fail(key, f"compile worker failed ({why}): {out[-2000:]}")
-            seconds = time.perf_counter() - t
-            self.stats.compiles += 1
-            self.stats.compile_seconds += seconds
-            if parallel:
-                self.stats.parallel_compiles += 1
-                self.stats.parallel_compile_seconds += seconds
-            if self.compiler.get(key) == "llvm":
-                self.stats.llvm_compiles += 1
-                self.stats.llvm_compile_seconds += seconds
+            seconds = self._count_compile(key, t, parallel)
             log.info("kernel %s compiled%s in %.2f s", key, " quickly" if quick else "", seconds)
             if quick:
                 with self._lock:  # before the quick kernel is ready: `idle` never sees neither
@@ -278,6 +270,19 @@ class KernelStore(Preload):
             self.stats.compile_failures += 1
             self._count_failure("io" if isinstance(e, OSError) else "load")
             self._fail(key, f"{type(e).__name__}: {e}")
+
+    def _count_compile(self, key, started, parallel=False) -> float:
+        """Count a compile of `key` that began at `started` (time.perf_counter) and succeeded; its seconds."""
+        seconds = time.perf_counter() - started
+        self.stats.compiles += 1
+        self.stats.compile_seconds += seconds
+        if parallel:
+            self.stats.parallel_compiles += 1
+            self.stats.parallel_compile_seconds += seconds
+        if self.compiler.get(key) == "llvm":
+            self.stats.llvm_compiles += 1
+            self.stats.llvm_compile_seconds += seconds
+        return seconds
 
     def _quick_object(self, key, path) -> str | None:
         """The file for `key`'s quick kernel when it is compiled quickly first, then optimised
@@ -299,7 +304,6 @@ class KernelStore(Preload):
     def _optimise(self, key):
         """The optimised compile of a kernel answering with its quick one: loaded in its place when it compiles,
         else the quick kernel stays (logged and counted, never a request's error)."""
-        from ..codegen.llvm_kernel import LlvmModule
         try:
             t = time.perf_counter()
             out, why, code, _ = self._run_worker(self.path(key))
@@ -310,14 +314,8 @@ class KernelStore(Preload):
                 log.warning("kernel %s: its optimised compile failed (%s); the quick kernel stays: %s", key,
                             why or f"exit status {code}", out[-1000:])
                 return
-            seconds = time.perf_counter() - t
-            self.stats.compiles += 1
-            self.stats.compile_seconds += seconds
-            self.stats.llvm_compiles += 1
-            self.stats.llvm_compile_seconds += seconds
-            module = LlvmModule(self.path(key))
-            if not self._wanted(key):
-                self._quiet(self.LOAD_WAIT_SECONDS)
+            seconds = self._count_compile(key, t)
+            module = self._module(key)
             with self._lock:
                 if self.closed:
                     return
@@ -415,24 +413,26 @@ class KernelStore(Preload):
         reasons[reason] = reasons.get(reason, 0) + 1
 
     def _load(self, key, quick=None):
-        """Load `key`'s compiled module (`quick`: its quick kernel's file, removed once read: only the optimised
-        kernel is a cache entry)."""
+        """Load `key`'s compiled module and make it the ready one (`quick`: its quick kernel's file)."""
+        self.add(key, self._module(key, quick))
+        self._mark_used(key)
+        log.info("kernel %s ready", key)
+
+    def _module(self, key, quick=None):
+        """`key`'s compiled module, loaded here once a run is waiting for it or the moment is quiet (`quick`: its
+        quick kernel's file, removed once read: only the optimised kernel is a cache entry)."""
         from ..codegen.worker import load
         if not self._wanted(key):  # loading holds the interpreter's lock for milliseconds
             self._quiet(self.LOAD_WAIT_SECONDS)
-        if self.compiler.get(key) == "llvm":
-            from ..codegen.llvm_kernel import LlvmModule
-            try:
-                module = LlvmModule(self.path(key), quick)
-            finally:
-                if quick is not None:
-                    with contextlib.suppress(OSError):
-                        os.remove(quick)
-            self.add(key, module)
-        else:
-            self.add(key, load(self.path(key), f"gen_{key}"))
-        self._mark_used(key)
-        log.info("kernel %s ready", key)
+        if self.compiler.get(key) != "llvm":
+            return load(self.path(key), f"gen_{key}")
+        from ..codegen.llvm_kernel import LlvmModule
+        try:
+            return LlvmModule(self.path(key), quick)
+        finally:
+            if quick is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(quick)
 
     def add(self, key, module):
         """`module` is the loaded kernel of `key` from now on (a load does this; tests hand in fakes)."""
