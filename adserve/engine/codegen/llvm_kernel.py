@@ -107,8 +107,8 @@ def numpy_layout() -> bool:
 
 
 def paths(directory, key) -> tuple[str, str]:
-    base = os.path.join(directory, f"gen_{key}.llvm{LLVM_VERSION}")
-    return base + ".ll", base + ".o"
+    ll = os.path.join(directory, f"gen_{key}.llvm{LLVM_VERSION}.ll")
+    return ll, object_path(ll)
 
 
 def object_path(path: str) -> str:

@@ -129,8 +129,9 @@ def serve(limited: bool):
     print(f"{DONE} {address_space()}", flush=True)  # ready
     for line in sys.stdin:
         path, _, quick = line.rstrip("\n").partition(QUICK_TAB)
-        if path.strip():
-            compile_one(path.strip(), limited, keep=False, quick=quick or None)
+        path = path.strip()
+        if path:
+            compile_one(path, limited, keep=False, quick=quick or None)
             print(f"{DONE} {address_space()}", flush=True)
 
 
