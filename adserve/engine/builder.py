@@ -166,7 +166,6 @@ def _atom(x):
 
 
 _SCATTERS = ("update_slice", "dyn_update", "scatter_add")  # x with a part replaced (added): on a zero x, a scatter
-_FOLD_WORK = 1 << 20  # elements of an equation of literals folded when built (folding.py)
 
 
 class _At:
@@ -277,7 +276,7 @@ class Builder:
                 power = powers.power(self, atoms, out_shape)
                 if power is not None:
                     return power
-            if consts == len(atoms) and math.prod(out_shape) <= _FOLD_WORK:
+            if consts == len(atoms):
                 folded = fold(p, atoms, params, out_shape)
                 if folded is not None:
                     return V(self, folded)

@@ -16,12 +16,13 @@ import numpy as np
 from . import powers
 from .ir import Lit
 
+FOLD_WORK = 1 << 20  # equations of literals with more output elements than this are not computed when built
 FOLD_MAX = 64  # non-uniform folded constants stay this small; bigger ones remain equations
 
 
 def fold(p, atoms, params, out_shape):
     """The literal `p(*atoms)` is, computed when the equation is built, or None (left to evaluation)."""
-    if p.multiple_results or p.name in ("loop", "cond"):
+    if p.multiple_results or p.name in ("loop", "cond") or math.prod(out_shape) > FOLD_WORK:
         return None
     if math.prod(out_shape) and all(len(a.data) == 1 for a in atoms):
         if p.name in powers.MOVES:  # its elements are its input's: the same fill
