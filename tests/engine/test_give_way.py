@@ -27,6 +27,17 @@ ARGS = {"x": np.array([0.3, -0.2]), "M": np.arange(6.0).reshape(3, 2) / 7}
 reference = Engine()  # the interpreter
 
 
+def held_compiles(monkeypatch) -> threading.Event:
+    """Hold every compile worker's compile until the returned event is set."""
+    gate, real_compile = threading.Event(), compile_workers.Worker.compile
+
+    def held(self, path, timeout, quick=None):
+        gate.wait(60)
+        return real_compile(self, path, timeout, quick)
+    monkeypatch.setattr(compile_workers.Worker, "compile", held)
+    return gate
+
+
 class SlowInterpreter:
     """The interpreter's stand-in: waits, reading its check object as the interpreter does between equations,
     until it is stopped (then raises its error, as the interpreter does) or `release` is set (then answers, as
@@ -89,15 +100,7 @@ def test_a_later_run_on_the_interpreter_gives_way_too(tmp_path, monkeypatch):
         engine = Engine(t)
         fn = engine.compile_definition(VECTOR)
         graph, _ = main_plan(fn, {"value"})
-        gate = threading.Event()
-        real_compile = compile_workers.Worker.compile
-
-        # the kernel is not compiled before the second run is on the interpreter
-        def held(self, path, timeout, quick=False):
-            gate.wait(60)
-            return real_compile(self, path, timeout, quick)
-
-        monkeypatch.setattr(compile_workers.Worker, "compile", held)
+        gate = held_compiles(monkeypatch)  # the kernel is not compiled before the second run is on the interpreter
         meta = {}
         engine.evaluate(fn, ARGS, ["value"], meta=meta)
         assert meta["backend"] == "interpreter"
@@ -253,13 +256,7 @@ def test_runs_while_the_kernel_is_on_its_way_leave_the_interpreters_lock_free_fi
             sleeps.append(seconds)
         real_sleep(seconds)
     try:
-        gate = threading.Event()
-        real_compile = compile_workers.Worker.compile
-
-        def held(self, path, timeout, quick=None):
-            gate.wait(60)
-            return real_compile(self, path, timeout, quick)
-        monkeypatch.setattr(compile_workers.Worker, "compile", held)
+        gate = held_compiles(monkeypatch)
         monkeypatch.setattr(tiered.time, "sleep", sleep)
         engine = Engine(t)
         fn = engine.compile_definition(VECTOR)
