@@ -101,9 +101,9 @@ def test_when_the_optimised_compile_fails_the_quick_kernel_stays(plan, tmp_path,
     try:
         run_worker = t.store._run_worker
 
-        def broken_optimised_compile(path, fresh=False, quick=None):
+        def broken_optimised_compile(path, fresh=False, quick=None, later=False):
             # the worker is given a module that is not there: it fails, as a compile that crashed would
-            return run_worker(path if quick else path + ".missing.ll", fresh, quick)
+            return run_worker(path if quick else path + ".missing.ll", fresh, quick, later)
         monkeypatch.setattr(t.store, "_run_worker", broken_optimised_compile)
         t.kernel(plan)
         assert t.wait(plan, 600) and t.settle(600)
@@ -118,3 +118,41 @@ def test_when_the_optimised_compile_fails_the_quick_kernel_stays(plan, tmp_path,
             same(got, w, False, "quick kernel after a failed optimised compile")
     finally:
         t.shutdown()
+
+
+def test_a_first_compile_runs_at_full_priority_and_never_waits_behind_an_optimised_one(plan, tmp_path,
+                                                                                         monkeypatch):
+    """Compiles go in two lanes (store.py): a plan's first kernel, which callers wait for, at the server's own CPU
+    priority; a large kernel's optimised compile in the background at ADSERVE_COMPILE_NICE. With the background
+    lane held, another plan's first kernel still arrives."""
+    from adserve.engine.backend import compile_workers
+    monkeypatch.setenv("ADSERVE_COMPILE_NICE", "4")
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    niceness = {}  # path compiled -> the priority of the worker that compiled it
+    real = compile_workers.Worker.compile
+
+    def spy(self, path, timeout, quick=None):
+        answer = real(self, path, timeout, quick)
+        niceness.setdefault(path + (" quick" if quick else ""), os.getpriority(os.PRIO_PROCESS, self.pid))
+        return answer
+
+    monkeypatch.setattr(compile_workers.Worker, "compile", spy)
+    other = main_plan(engine.compile_definition({"inputs": [{"name": "y", "shape": [2]}], "expr": "sum(exp(y))"}),
+                      frozenset({"value"}))[0]
+    t = backend.Tiered(str(tmp_path), workers=1, python=False)
+    try:
+        gate = held(t.store, monkeypatch)
+        t.kernel(plan)
+        assert t.wait(plan, 600) and t.store.optimising  # its optimised compile waits at the gate
+        t.kernel(other)
+        assert t.wait(other, 600), t.store.failed  # not behind it
+        assert t.module(other, backend.NUMBA).quick and t.store.optimising
+        gate.set()
+        assert t.settle(600) and t.stats.optimised == 2 and t.stats.optimise_failures == 0
+    finally:
+        gate.set()
+        t.shutdown()
+    quick = {p: n for p, n in niceness.items() if p.endswith(" quick")}
+    optimised = {p: n for p, n in niceness.items() if not p.endswith(" quick")}
+    assert len(quick) == len(optimised) == 2, niceness
+    assert set(quick.values()) == {base} and set(optimised.values()) == {min(19, base + 4)}, niceness

@@ -34,14 +34,17 @@ UNLIMITED_RETIRE_BYTES = 4 << 30  # the retiring point of a worker with no addre
 class Worker:
     """One compile worker process; `compile` hands it a path and waits for the result."""
 
-    def __init__(self, memory: int, prepare: str | None = None):
-        from ..codegen.worker import MEMORY_ENV, PREPARE_ENV
+    def __init__(self, memory: int, prepare: str | None = None, nice: int | None = None):
+        """`nice`: how much it lowers its CPU priority (None: `ADSERVE_COMPILE_NICE`, else worker.NICE)."""
+        from ..codegen.worker import MEMORY_ENV, NICE_ENV, PREPARE_ENV
         # a new process (fork and exec, no Python code run in between): OpenMP threads of this process
         # are never forked into it
         env = {**os.environ, MEMORY_ENV: str(memory)}
         env.pop(PREPARE_ENV, None)
         if prepare:
             env[PREPARE_ENV] = prepare
+        if nice is not None:
+            env[NICE_ENV] = str(nice)
         self.proc = subprocess.Popen([sys.executable, "-m", "adserve.engine.codegen.worker", "--serve"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
@@ -131,10 +134,13 @@ class Worker:
 class Workers:
     """Warm workers of one kernel store: `take` one (an idle one, or a new one), `give` it back after a compile."""
 
-    def __init__(self, memory: int, idle_seconds: float = 60.0, spare: int = 0, prepare: str | None = None):
+    def __init__(self, memory: int, idle_seconds: float = 60.0, spare: int = 0, prepare: str | None = None,
+                 nice: int | None = None):
         """`spare`: workers kept started ahead once `ready` is called; `prepare`: the back end a worker sets up at
-        its start ("llvm", or None)."""
+        its start ("llvm", or None); `nice`: how much its workers lower their CPU priority (None: the default,
+        `ADSERVE_COMPILE_NICE` or worker.NICE)."""
         self.memory = memory
+        self.nice = nice
         self.idle_seconds = idle_seconds
         self.spare = spare
         self.prepare = prepare
@@ -155,7 +161,7 @@ class Workers:
                 if w.proc.poll() is None:
                     worker = w
                     break
-            worker = worker or Worker(self.memory, self.prepare)
+            worker = worker or Worker(self.memory, self.prepare, self.nice)
             self.busy.add(worker)
             return worker
 
@@ -179,7 +185,7 @@ class Workers:
 
     def _replenish(self):  # under the lock
         while not self._closed and len(self._idle) < self.spare:
-            self._idle.append(Worker(self.memory, self.prepare))
+            self._idle.append(Worker(self.memory, self.prepare, self.nice))
 
     def _schedule(self):
         if self._timer is None:

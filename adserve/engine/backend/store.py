@@ -1,8 +1,13 @@
 """The kernel store: plan kernels compiled in worker processes, kept on disk, loaded into this process.
 
-A plan's kernel is compiled in a worker process (time-limited and killable, at a lowered CPU priority;
-numba's compile lock never stalls the server; kept warm for the next compile: compile_workers.py), single
-flight per key, into `<cache_dir>/kernels/`. The
+A plan's kernel is compiled in a worker process (time-limited and killable; numba's compile lock never stalls
+the server; kept warm for the next compile: compile_workers.py), single flight per key, into
+`<cache_dir>/kernels/`. Compiles go in two lanes, each with its own threads and workers, so neither waits behind
+the other. A plan's first kernel, which its callers wait for, is compiled at the server's own CPU priority: at a
+lowered one, a busy machine (a CPU hog beside the server, requests back to back) left it a tenth of a core, and a
+kernel due in a second took minutes. Work that improves on a kernel already answering (a large kernel's optimised
+compile, a parallel batch variant) goes in the background lane, at the priority `ADSERVE_COMPILE_NICE` lowers it
+to (worker.NICE by default), and takes only CPU time requests leave idle. The
 module is then imported here, which loads numba's on-disk cache in milliseconds. After a restart, kernels
 already on disk load on first use without compiling again, and `preload` loads the most recently used ones
 at start (preload.py). A compile failure or timeout is logged and counted and leaves the key failed; it never
@@ -97,8 +102,11 @@ class KernelStore(Preload):
         self._lock = threading.Lock()
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
+        self._background = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile-later")
         self._procs: set = set()  # the processes compiling now
-        self._workers = Workers(memory, spare=spare if compile else 0, prepare="llvm" if self.llvm else None)
+        prepare = "llvm" if self.llvm else None
+        self._workers = Workers(memory, spare=spare if compile else 0, prepare=prepare, nice=0)
+        self._later_workers = Workers(memory, prepare=prepare)  # at ADSERVE_COMPILE_NICE
         self._wanted = wanted or (lambda key: False)
         self._chunk_pool = None  # threads running LLVM kernels' chunks (their parallel variants), made when needed
         self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
@@ -177,7 +185,7 @@ class KernelStore(Preload):
             self._graphs[key] = graph
             self._pool.submit(self._load_only, key)
         elif self.compile_enabled:
-            self._pool.submit(self._compile, key, graph, parallel)
+            (self._background if parallel else self._pool).submit(self._compile, key, graph, parallel)
         else:
             with self._lock:
                 self.pending.discard(key)
@@ -237,10 +245,10 @@ class KernelStore(Preload):
                 os.replace(tmp, path)
             quick = self._quick_object(key, path)
             t = time.perf_counter()
-            out, why, code, warm = self._run_worker(path, quick=quick)
+            out, why, code, warm = self._run_worker(path, quick=quick, later=parallel)
             if why == "memory" or code and out_of_memory(code, out):
                 if warm:  # the worker had compiled before: its memory is not all this kernel's; once more, new
-                    out, why, code, warm = self._run_worker(path, fresh=True, quick=quick)
+                    out, why, code, warm = self._run_worker(path, fresh=True, quick=quick, later=parallel)
             if why == "timeout":
                 self.stats.compile_timeouts += 1
                 self._count_failure("timeout")
@@ -296,7 +304,7 @@ class KernelStore(Preload):
         """Compile `key`'s optimised kernel (in `optimising`) in the background; it replaces the quick one that
         answers meanwhile."""
         try:
-            self._pool.submit(self._optimise, key)
+            self._background.submit(self._optimise, key)
         except RuntimeError:  # shut down meanwhile
             with self._lock:
                 self.optimising.discard(key)
@@ -306,7 +314,7 @@ class KernelStore(Preload):
         else the quick kernel stays (logged and counted, never a request's error)."""
         try:
             t = time.perf_counter()
-            out, why, code, _ = self._run_worker(self.path(key))
+            out, why, code, _ = self._run_worker(self.path(key), later=True)
             if self.closed:  # its worker was killed by the shutdown: no failure
                 return
             if why or code:
@@ -335,18 +343,19 @@ class KernelStore(Preload):
             with self._lock:
                 self.optimising.discard(key)
 
-    def _run_worker(self, path, fresh=False, quick=None):
+    def _run_worker(self, path, fresh=False, quick=None, later=False):
         """Compile `path` in a warm worker (`fresh`: a new one; `quick`: the file for an LLVM module's quick
-        kernel): (its output, why it was stopped or None, its exit status if it ended, whether it had compiled
-        before)."""
-        worker = self._workers.take(fresh)
+        kernel; `later`: a background lane's worker, at a lowered priority): (its output, why it was stopped or
+        None, its exit status if it ended, whether it had compiled before)."""
+        workers = self._later_workers if later else self._workers
+        worker = workers.take(fresh)
         warm = worker.compiles > 0
         self._procs.add(worker.proc)
         try:
             out, why, code = worker.compile(path, self.timeout, quick)
         finally:
             self._procs.discard(worker.proc)
-            self._workers.give(worker)
+            workers.give(worker)
         return out, why, code, warm
 
     def _retry_later(self, key, graph, parallel, why) -> bool:
@@ -368,7 +377,7 @@ class KernelStore(Preload):
         try:
             if self.closed:
                 raise RuntimeError("the store is closed")
-            self._pool.submit(self._compile, key, graph, parallel)
+            (self._background if parallel else self._pool).submit(self._compile, key, graph, parallel)
         except RuntimeError:  # shut down meanwhile: nothing more to do for it
             with self._lock:
                 self.pending.discard(key)
@@ -458,7 +467,9 @@ class KernelStore(Preload):
 
     def shutdown(self):
         self.closed = True
-        self._workers.shutdown()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for workers in (self._workers, self._later_workers):
+            workers.shutdown()
+        for pool in (self._pool, self._background):
+            pool.shutdown(wait=False, cancel_futures=True)
         if self._chunk_pool is not None:
             self._chunk_pool.shutdown(wait=False, cancel_futures=True)

@@ -7,9 +7,9 @@ into object code beside it instead. A separate process can be timed out and kill
 global compile lock never stalls the server. A warm worker pays Python's and NumPy's start-up once for many
 compiles, and numba's (about 1 s of CPU) at its first numba kernel (an LLVM-only worker never imports numba);
 after each compile it prints `DONE` and its address space in bytes on a line of its own. Any failure ends it,
-as it ends a one-path worker. The worker runs at a lowered CPU
-priority (`NICE`, or `ADSERVE_COMPILE_NICE`), so a background compile takes
-only CPU time that requests leave idle. Its address space is limited (RLIMIT_AS) to the bytes in
+as it ends a one-path worker. The worker lowers its CPU priority by `ADSERVE_COMPILE_NICE` (default `NICE`): the
+kernel store sets it to 0 for the compiles a caller waits for, and leaves the default for background ones, which
+then take only CPU time that requests leave idle (store.py). Its address space is limited (RLIMIT_AS) to the bytes in
 `ADSERVE_COMPILE_MEMORY_BYTES` (set by the kernel store; 0 or unset: no limit): a compile that needs more
 exits with status MEMORY_EXIT (numba's MemoryError) or is aborted by LLVM, and `out_of_memory` tells so.
 """
@@ -21,6 +21,7 @@ import sys
 import time
 
 NICE = 10
+NICE_ENV = "ADSERVE_COMPILE_NICE"
 MEMORY_ENV = "ADSERVE_COMPILE_MEMORY_BYTES"
 MEMORY_EXIT = 3
 
@@ -137,7 +138,7 @@ def serve(limited: bool):
 
 def main():
     try:
-        os.nice(int(os.environ.get("ADSERVE_COMPILE_NICE", NICE)))
+        os.nice(int(os.environ.get(NICE_ENV, NICE)))
     except (OSError, ValueError):
         pass
     limited = limit_memory()
