@@ -163,12 +163,13 @@ def _gmm_product(x, L):
     return _einsum("axy,ayw->axw")(op.transpose(x, perm=(1, 0, 2)), op.transpose(L, perm=(0, 2, 1)))
 
 
-def test_a_nest_as_large_as_its_output_walks_the_output_along_memory():
+def test_a_nest_as_large_as_its_output_walks_the_output_along_memory(monkeypatch):
     """A loop nest whose output is at least its larger operand's size loops over the output's letters outermost,
     in its order (gmm's (k, n, d) product of a transposed (n, k, d) array: over n then k, it wrote rows 10,000
     elements apart), the summed letters inside in their former order; a dot product longer than
     contraction.SHORT_SUM stays innermost, a shorter one gives way to the output's row (lanes: each element its
-    own sum, in the same order)."""
+    own sum, in the same order). Both operands read through their bases (no copy: COPY_MAX 0)."""
+    monkeypatch.setattr(contraction, "COPY_MAX", 0)
     for d, order, inner in ((20, ("a", "x", "w"), "y"), (5, ("a", "x", "y"), "w")):
         graph = _case(_gmm_product, [(30, 4, d), (4, d, d)])
         transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
@@ -187,6 +188,7 @@ def test_short_dot_products_give_way_to_the_outputs_row_with_the_same_bits(monke
     adds its products in place, in the order the local did, from 0.0: the bits of the dot product in a local
     (the nest as before: SHORT_SUM 0), numba's (python tier) and the interpreter's; zeros of both signs among the
     products (a sum from 0.0 is never -0.0) and a NaN."""
+    monkeypatch.setattr(contraction, "COPY_MAX", 0)  # L^T read through L, along w at a stride
     graph = _case(_gmm_product, [(30, 4, 10), (4, 10, 10)])
     rng = np.random.default_rng(8)
     args = [rng.standard_normal((B, 30, 4, 10)), rng.standard_normal((B, 4, 10, 10))[:1]]
@@ -203,6 +205,41 @@ def test_short_dot_products_give_way_to_the_outputs_row_with_the_same_bits(monke
     local = run_kernel(compile_kernel(graph, "dot products in a local", llvm=True), graph, args)
     for j, (x, y) in enumerate(zip(lanes, local)):
         identical(x, y, f"output {j}: lanes against the dot product in a local")
+
+
+def test_a_small_transposed_operand_is_copied_into_its_own_rows_with_the_same_bits(monkeypatch):
+    """contraction._copied: gmm's L^T, small and read by every row of the nest, is copied into its own layout
+    first, so the innermost loop reads it along memory (as it writes the output's row); the products are the
+    same, in the same order: the bits of the nest reading L^T through L (COPY_MAX 0), numba's (python tier) and
+    the interpreter's within rounding. A large transpose, one read once an element, and one that keeps its last
+    axis are read through their bases."""
+    graph = _case(_gmm_product, [(30, 4, 10), (4, 10, 10)])
+    transposed = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in graph.eqns if e.prim == "transpose"}
+    (e,) = [e for e in graph.eqns if e.prim == "einsum"]
+    n = contraction.nest(e, transposed)
+    assert n.copied == (e.inputs[1],) and (n.la, n.lb, n.order, n.inner) == ("xay", "ayw", ("a", "x", "y"), "w")
+    assert "np.ascontiguousarray" in kernel_module(graph, "copy")
+    rng = np.random.default_rng(9)
+    args = [rng.standard_normal((B, 30, 4, 10)), rng.standard_normal((B, 4, 10, 10))[:1]]
+    args[0][0, :, :, :3] = -0.0
+    args[0][2, 3, 1, 4] = NAN
+    both(graph, args, "llvm copied transpose", against="python")
+    copied = run_kernel(compile_kernel(graph, "copied transpose", llvm=True), graph, args)
+    monkeypatch.setattr(contraction, "COPY_MAX", 0)
+    assert contraction.nest(e, transposed).copied == ()
+    through = run_kernel(compile_kernel(graph, "transpose read through its base", llvm=True), graph, args)
+    for j, (x, y) in enumerate(zip(copied, through)):
+        identical(x, y, f"output {j}: copied against read through its base")
+    monkeypatch.undo()
+    # a transpose too large, or read once an element, or keeping its last axis: not copied
+    for f, shapes in ((_gmm_product, [(30, 4, 200), (4, 200, 200)]),
+                      (lambda a, b: _einsum("ij,ij->i")(op.transpose(a, perm=(1, 0)), b), [(6, 5), (5, 6)]),
+                      (lambda a, b: _einsum("xay,ayw->axw")(a, op.transpose(b, perm=(1, 0, 2))),
+                       [(30, 4, 10), (10, 4, 10)])):
+        g = _case(f, shapes)
+        tr = {e.out: (e.inputs[0], tuple(e.params["perm"])) for e in g.eqns if e.prim == "transpose"}
+        (e,) = [e for e in g.eqns if e.prim == "einsum"]
+        assert contraction.nest(e, tr).copied == (), shapes
 
 
 def test_loop_nests_tell_llvm_their_output_is_no_operand():

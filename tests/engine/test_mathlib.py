@@ -2,6 +2,8 @@
 inputs, one answer on every path (the scalar helper, the array loop's vector lanes, numba's kernels, the LLVM
 back end's kernels), and straight-line code LLVM vectorises."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -139,9 +141,11 @@ def test_llvm_kernels_inline_it_and_vectorise_it():
     assert "x double>" in loop and "call double @exp" not in loop and "@llvm.exp" not in loop
 
 
-def test_a_sum_of_exps_vectorises_and_adds_in_order():
+@pytest.mark.parametrize("interleave", [None, 2])
+def test_a_sum_of_exps_vectorises_and_adds_in_order(interleave):
     """llvm_kernel.LLVM_OPTIONS: with ordered reductions LLVM vectorises `acc += exp(x[i])` (the exps in lanes),
-    and the sum is still the scalar loop's, bit for bit."""
+    and the sum is still the scalar loop's, bit for bit; also with its vector iterations interleaved, as
+    llvm_split.sum_loop_hint asks."""
     import ctypes
 
     import llvmlite.binding as llvm
@@ -163,8 +167,17 @@ loop:
 done:
   ret double %next
 }"""
+    plain = loop
+    if interleave:
+        loop = loop.replace("label %loop\ndone:", "label %loop, !llvm.loop !1\ndone:")
+        loop += f'\n!0 = !{{!"llvm.loop.interleave.count", i32 {interleave}}}\n!1 = distinct !{{!1, !0}}'
     mod, tm = optimise(mathlib.EXP + "\n" + loop)  # its target machine sets the options
-    assert "x double>" in str(mod.get_function("sum_exp"))
+    ir = str(mod.get_function("sum_exp"))
+    assert "x double>" in ir
+    if interleave:  # the vector body's exp, written once per interleaved part
+        vector_ops = re.compile(r"= fmul <\d+ x double>")
+        once = len(vector_ops.findall(str(optimise(mathlib.EXP + "\n" + plain)[0].get_function("sum_exp"))))
+        assert once and len(vector_ops.findall(ir)) == interleave * once, ir
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
     sum_exp = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_void_p, ctypes.c_int64)(engine.get_function_address("sum_exp"))
@@ -187,6 +200,7 @@ def test_only_sums_of_exp_or_log_are_left_to_the_ordered_vectoriser(expr, vector
     text = module_text(graph, "k", "t")
     marked = "llvm.loop.vectorize.enable" in text
     assert marked is not vectorised
+    assert ("llvm.loop.interleave.count" in text) is vectorised  # its ordered sum: two vectors' exps at once
     plain, _ = main_plan(Engine().compile_definition({"inputs": [{"name": "x", "shape": [1000]}],
                                                       "expr": "exp(x) * 2"}), frozenset({"value"}))
     assert "llvm.loop.vectorize.enable" not in module_text(plain, "k", "t")

@@ -113,9 +113,10 @@ class Contract:
     # -- a loop nest (contraction.einsum) ------------------------------------------------------------------
     def _nest(self, e, n):
         """The loops of `n` (its order, its innermost letter) over e's operands as they are: a transposed
-        operand's view reads the same element its base does at the permuted letters."""
+        operand's view reads the same element its base does at the permuted letters; one `n.copied` is copied
+        into a C-ordered array of its own first."""
         a, b, la, lb, out, dims = terms(e)
-        opa, opb = self.operand(a), self.operand(b)
+        opa, opb = (self._copy_of(x) if x in n.copied else self.operand(x) for x in (a, b))
         store = self._zeroed(e.out)
         if not n.empty:
             body, start, targets = self.part.body, len(self.part.body), set()
@@ -147,6 +148,12 @@ class Contract:
             if not isinstance(store, str):
                 self._scoped(body, start, targets)
         self._done(e.out, store)
+
+    def _copy_of(self, x) -> View:
+        """Transposed operand `x` copied into a C-ordered workspace array (contraction._copied)."""
+        dst = self.scratch(x.shape)
+        self.copy(dst, x, self.operand(x), x.shape)
+        return dst
 
     def _scoped(self, body, start, outs):
         """The nest's loads and stores (body[start:]) with scoped alias metadata: the output's buffer is none of

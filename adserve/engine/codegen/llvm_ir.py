@@ -91,7 +91,8 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes, Loops):
         self.count = 0
         self.segments = [0]  # doubles of each workspace segment (scratch)
         self.consts: list = []
-        self._no_vectorise = None  # the metadata node of loops LLVM may not vectorise (llvm_split.sum_loop_hint)
+        # the metadata nodes of loops LLVM may not vectorise, and of those it interleaves (llvm_split.sum_loop_hint)
+        self._no_vectorise = self._interleave = None
         self.literals: dict = {}  # Lit of explicit data -> its module constant's view
         self.scal: dict = {}  # scalar Var -> ("in", j) or (part index, SSA name)
         self.arr: dict = {}   # array Var -> View or Fill
