@@ -103,7 +103,6 @@ class KernelStore(Preload):
         self.workers = workers or threads.default_workers()
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
         self._background = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile-later")
-        self._procs: set = set()  # the processes compiling now
         prepare = "llvm" if self.llvm else None
         self._workers = Workers(memory, spare=spare if compile else 0, prepare=prepare, nice=0)
         self._later_workers = Workers(memory, prepare=prepare)  # at ADSERVE_COMPILE_NICE
@@ -350,11 +349,9 @@ class KernelStore(Preload):
         workers = self._later_workers if later else self._workers
         worker = workers.take(fresh)
         warm = worker.compiles > 0
-        self._procs.add(worker.proc)
         try:
             out, why, code = worker.compile(path, self.timeout, quick)
         finally:
-            self._procs.discard(worker.proc)
             workers.give(worker)
         return out, why, code, warm
 
