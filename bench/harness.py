@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from adserve.engine import Engine, backend, main_plan
+from adserve.engine.allocator import keep_freed_memory
 from adserve.engine.deadline import FLAG_SLOTS
 
 from .problems import Case
@@ -264,6 +265,7 @@ def run_all(cases, cache_dir=None, rivals=("jax", "autograd"), budget_s=12.0, ro
             parallel=True) -> dict:
     """Time every case; kernels for all of them compile in the background first (two workers); a case's own
     parallel variant, if its batch asks for one, is compiled and awaited before that case is timed."""
+    keep_freed_memory()  # this process's allocator as the server's (engine/allocator.py)
     interp = backend.Interpreter()
     tier = backend.Tiered(cache_dir, workers=2, parallel=parallel) if cache_dir else None
     t0 = time.perf_counter()

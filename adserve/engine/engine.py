@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from . import primitives  # noqa: F401  (fill the primitive table)
+from .allocator import keep_freed_memory
 from .backend import Interpreter, Tiered, stats_dict
 from .blas import single_threaded
 from .deadline import Stopped
@@ -55,8 +56,10 @@ class Engine:
         interpreter until their numba kernel, compiled in the background, is ready (unless `compile` is off);
         the `max_*` limits that are set replace the defaults. Requests the cost model expects to cost at least
         `isolate_work` run in up to `isolate_workers` worker processes (0: none), each limited to
-        `worker_memory_bytes` (isolation.py)."""
+        `worker_memory_bytes` (isolation.py). The process, and each worker, keeps up to `malloc_keep_bytes` of
+        freed memory for reuse (allocator.py)."""
         limits = Limits.from_settings(settings)
+        keep_freed_memory(settings.malloc_keep_bytes)  # the process's allocator, for its kernels and requests
         if settings.compile:
             backend = Tiered(str(settings.cache_dir), compile_timeout=settings.compile_timeout_seconds,
                              python=settings.python_tier, compile_memory=settings.compile_memory_bytes,
@@ -67,7 +70,8 @@ class Engine:
         if settings.isolate_workers > 0:
             spec = WorkerSpec(limits, str(settings.cache_dir) if settings.compile else None, settings.compile,
                               settings.compile_timeout_seconds, settings.python_tier, settings.compile_memory_bytes,
-                              settings.worker_memory_bytes, settings.isolate_nice, settings.llvm_kernels)
+                              settings.worker_memory_bytes, settings.isolate_nice, settings.llvm_kernels,
+                              settings.malloc_keep_bytes)
             pool = WorkerPool(spec, settings.isolate_workers, settings.isolate_work)
         return cls(backend, limits, pool)
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from . import errors
+from .allocator import DEFAULT_KEEP_BYTES
 from .deadline import DEADLINE_EXCEEDED, Stopped
 from .errors import EngineError, LimitError
 from .limits import KIND_FACTOR, Limits
@@ -65,6 +66,7 @@ class WorkerSpec:
     memory_bytes: int = 2 << 30  # RLIMIT_AS of the worker process; 0: none
     nice: int = 5
     llvm: bool = True  # plans in the direct-LLVM back end's scope compiled by it (ADSERVE_LLVM_KERNELS)
+    malloc_keep_bytes: int = DEFAULT_KEEP_BYTES  # freed memory the worker keeps for reuse (allocator.py); 0: none
 
 
 def request_cost(fn, compute, points: int) -> float:

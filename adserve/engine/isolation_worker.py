@@ -170,6 +170,8 @@ def main():
         return
     if spec.memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (spec.memory_bytes, spec.memory_bytes))
+    from .allocator import keep_freed_memory
+    keep_freed_memory(spec.malloc_keep_bytes)  # a long evaluation's large blocks, reused call after call
     try:
         os.nice(spec.nice)
     except OSError:

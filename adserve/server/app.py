@@ -21,7 +21,6 @@ from uvicorn.loops.auto import auto_loop_factory
 from fastapi import FastAPI
 
 from . import oip, oip_grpc, ports, rest, rpc, tesseract, umbridge, web
-from .allocator import keep_freed_memory
 from .grpc_server import GrpcServer
 from .metrics import Metrics
 from .security import Guard
@@ -134,7 +133,6 @@ def build(settings: Settings, service=None) -> Server:
     shared = None
     preloading = None
     if service is None:
-        keep_freed_memory(settings.malloc_keep_bytes)
         engine, preloading = make_engine(settings)
         if settings.redis_url:
             from .shared import SharedStore

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from adserve.engine import Engine, backend
+from adserve.engine.allocator import keep_freed_memory
 from adserve.engine.limits import Limits
 
 from ..timing import measure
@@ -113,6 +114,7 @@ def run(evals, cache_dir, budget_s=8.0, cold_s=1.0, log=print) -> list:
     """Every part of every eval: cold (GradBench's method) then warm. One Tiered backend, one eval at a time,
     so nothing else compiles while a part is timed warm (the cold second shares the machine with its own
     background compile, as a new function on a server does)."""
+    keep_freed_memory()  # this process's allocator as the server's (engine/allocator.py): freed blocks reused
     tier = backend.Tiered(cache_dir, workers=2)
     out = []
     try:

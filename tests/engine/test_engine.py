@@ -57,6 +57,7 @@ class _Settings:
     compile_memory_bytes, isolate_workers, isolate_work, worker_memory_bytes = 1 << 30, 0, 1e8, 2 << 30
     isolate_nice = 5
     llvm_kernels = True
+    malloc_keep_bytes = 256 << 20
 
     def __init__(self, compile, cache_dir, **limits):
         self.compile, self.cache_dir = compile, cache_dir
@@ -79,12 +80,12 @@ def test_from_settings_builds_the_backend_and_limits_the_settings_ask_for(tmp_pa
 def test_from_settings_gives_the_isolation_workers_their_settings(tmp_path):
     engine = Engine.from_settings(_Settings(False, tmp_path, isolate_workers=2, isolate_work=5e7,
                                             worker_memory_bytes=700 << 20, max_nodes=99, isolate_nice=0,
-                                            llvm_kernels=False))
+                                            llvm_kernels=False, malloc_keep_bytes=64 << 20))
     try:
         pool = engine.isolation
         assert pool.size == 2 and pool.threshold == 5e7 and pool.pids() == []
         assert pool.spec.memory_bytes == 700 << 20 and pool.spec.limits.max_nodes == 99 and pool.spec.nice == 0
-        assert pool.spec.llvm is False
+        assert pool.spec.llvm is False and pool.spec.malloc_keep_bytes == 64 << 20
         assert pool.spec.cache_dir is None  # compile off: the workers run the interpreter too
         engine.preload()  # a server's start: the workers start
         assert len(pool.pids()) == 2 and engine.wait_ready(60)

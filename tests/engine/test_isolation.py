@@ -283,6 +283,37 @@ def test_workers_run_at_the_priority_the_settings_give():
         engine.close()
 
 
+def _minor_faults(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "gnu_get_libc_version"), reason="glibc's malloc")
+def test_a_worker_keeps_freed_memory_so_large_evaluations_reuse_their_pages():
+    """WorkerSpec.malloc_keep_bytes (allocator.py): a worker evaluating on arrays of 8 MB frees several together
+    each call; with freed memory kept, later calls reuse those pages instead of faulting new ones in. The same
+    workers with glibc's defaults (0) fault them in on every call: the check can tell the two apart."""
+    x = np.linspace(0.0, 1.0, 1 << 20)
+    defn = {"inputs": [{"name": "x", "shape": [1 << 20]}], "expr": "sum(exp(x) * x + sin(x) * x)"}
+    faults = {}
+    for keep in (256 << 20, 0):
+        p = WorkerPool(spec(memory_bytes=1 << 30, malloc_keep_bytes=keep), size=1, threshold=0)
+        try:
+            iso = Engine(isolation=p)
+            fn = iso.compile_definition(defn)
+            for _ in range(3):  # glibc's own thresholds move after the first frees: past that
+                iso.evaluate(fn, {"x": x}, ["value"])
+            (pid,) = p.pids()
+            start = _minor_faults(pid)
+            for _ in range(10):
+                iso.evaluate(fn, {"x": x}, ["value"])
+            faults[keep] = _minor_faults(pid) - start
+        finally:
+            p.close()
+    pages = (8 << 20) // os.sysconf("SC_PAGE_SIZE")  # one array's
+    assert faults[256 << 20] < pages and faults[0] > 5 * pages, faults
+
+
 def test_a_message_that_cannot_be_held_is_dropped_whole(monkeypatch):
     """The worker's receive: messages as Connection.send_bytes frames them, read one after another; one whose
     buffer cannot be had is read and dropped, and the next is read from its start (recv_bytes had taken the

@@ -1,5 +1,6 @@
-"""The server's allocator settings (server/allocator.py): glibc told to serve large blocks from its heap and to keep
-freed memory for reuse, so a large request's buffers are not mapped afresh each time."""
+"""The allocator settings of a process that runs kernels (engine/allocator.py): glibc told to serve large blocks from
+its heap and to keep freed memory for reuse, so a call's large buffers are not mapped afresh each time; the server
+and its isolation workers take them."""
 
 import ctypes
 import os
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from adserve.server.allocator import keep_freed_memory
+from adserve.engine.allocator import keep_freed_memory
 
 GLIBC = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 
@@ -17,7 +18,7 @@ GLIBC = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
 # back each round, and the next round faults it in again; with the settings it is kept and reused.
 PROGRAM = """
 import ctypes, sys
-from adserve.server.allocator import keep_freed_memory
+from adserve.engine.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory(256 << 20)
 libc = ctypes.CDLL(None)
