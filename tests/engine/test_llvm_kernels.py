@@ -668,3 +668,14 @@ def test_a_count_is_added_in_parallel_lanes_and_gives_numbas_bits():
                                             axes=(0,)), [(5000,)])
     assert "reassoc" not in llvm_kernel.module_text(patched, "k", "t")
     both(patched, [x[None]], "patched sum", against="python")
+
+
+def test_kernels_with_loops_get_the_standard_pipeline_whatever_their_size(monkeypatch):
+    """llvm_kernel._level: straight-line kernels of more than LEAN_PARTS functions get the lean passes; a kernel with
+    loops or contractions gets -O2 however many functions it has (the lean passes leave its loops' invariant loads
+    and index arithmetic in them: GradBench's ht Jacobians ran 2.3 times slower), a large one after its quick kernel."""
+    monkeypatch.delenv("ADSERVE_LLVM_OPT", raising=False)
+    lean = llvm_kernel.LEAN_PARTS
+    assert llvm_kernel._level(lean) == llvm_kernel._level(1) == llvm_kernel.OPT_LEVEL
+    assert llvm_kernel._level(lean + 1) is None and llvm_kernel._level(40) is None
+    assert llvm_kernel._level(40, loops=True) == llvm_kernel._level(9, loops=True) == llvm_kernel.OPT_LEVEL

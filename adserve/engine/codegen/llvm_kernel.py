@@ -35,25 +35,28 @@ from .llvm_contraction import BLAS, bind_blas
 # and minima accumulated by llvm.maximum and llvm.minimum, and the SLP vectoriser on; 9: runs cut at libm's calls,
 # their stores scoped apart from their loads; 10: the pieces of an output concatenation computed in its row; 11:
 # loops with sums vectorised only where they call exp or log; 15: a large kernel's object is always level 1's, its
-# quick one (level 0) a file of its own; 16: a sum's loop calling exp or log interleaved)
-LLVM_VERSION = "16"
+# quick one (level 0) a file of its own; 16: a sum's loop calling exp or log interleaved; 17: -O2 for every kernel
+# with loops or contractions)
+LLVM_VERSION = "17"
 # How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
 # level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against
 # 0.7) and level 1 two thirds of level 2's (0.4 s against 0.6), its run time the same (21-35 us either way: its
 # loops are 8 elements long); on random-10000's, -O2 was 13.5 s in all, the lean way about 7. A kernel of more than
 # QUICK_LINES lines is compiled twice (`quick`, below).
-# A kernel with loops (for, while) gets -O2 up to LOOP_PARTS functions: the lean passes leave its loops' loads
+# A kernel with loops (for, while) gets -O2 however many functions it has: the lean passes leave its loops' loads
 # and index arithmetic in the loop (no LICM, no GVN); measured (run time per point, compile CPU): the
 # loops-branches-assignment program's gradient (3 functions) 1.6 us lean, 0.5-0.7 at -O2 (numba's 0.3), both
 # compiles 0.15 s; test_while_compiled's large random while programs (4 and 6 functions, 18,000 and 40,000 lines
 # of IR) 89 and 70 us lean, 46 and 45 at -O2, compiling in 4.6 and 12.7 s instead of 2.8 and 7.9. So does a kernel
 # with contractions (its loops are long array loops): GradBench's gmm d=10 k=25 gradient (4 functions) ran in 7.2 ms
 # of CPU lean (numba's 5.5), 5.2 at -O2 (numba's 5.2), compiling in 0.43 s instead of 0.14 (numba's 9.5).
+# Such kernels of more than 8 functions got the lean passes until a large kernel answered quickly first (its
+# optimised compile now in the background): GradBench's ht Jacobians (6,400-6,700 lines, in the process's CPU)
+# ran 6.8 and 64 ms lean, 3.0 and 27 ms at -O2, compiling in 1.3-1.4 s instead of 0.3.
 # ADSERVE_LLVM_OPT=<n> in a compile worker's environment forces -O<n> on every kernel (bench.compile_time).
 OPT_LEVEL = 2
 LEAN_PARTS = 2
-LOOP_PARTS = 8
 # A kernel of more than QUICK_LINES lines of IR is compiled twice. First `quick`: no IR passes (QUICK_PASSES) and
 # machine code at level 0 (LLVM's fast instruction selection and register allocation), and the server answers with
 # that kernel at once; then as its size asks (above), in the background, and that kernel replaces the quick one
@@ -82,7 +85,7 @@ def _level(parts: int, loops=False) -> int | None:
     try:
         return int(os.environ["ADSERVE_LLVM_OPT"])
     except (KeyError, ValueError):
-        return OPT_LEVEL if parts <= (LOOP_PARTS if loops else LEAN_PARTS) else None
+        return OPT_LEVEL if loops or parts <= LEAN_PARTS else None
 # NumPy's PyArrayObject on 64-bit CPython: the data pointer and the dimensions pointer (checked: numpy_layout)
 DATA_OFFSET, DIMS_OFFSET = 16, 32
 OOM = "out of memory allocating a kernel's workspace"
