@@ -155,7 +155,7 @@ def test_a_memory_failure_in_a_warm_worker_is_tried_again_in_a_new_one(tmp_path,
     try:
         store = t.store
         fake = FakeWorkers()
-        store._workers = fake
+        store._now.workers = fake
         loaded = []
         monkeypatch.setattr(store, "_load", lambda key, quick=False: loaded.append(key))
         path = store.path("k1")

@@ -140,7 +140,7 @@ def test_a_run_that_would_give_way_still_stops_at_its_deadline(tmp_path, monkeyp
 def test_the_compile_worker_is_up_before_the_first_compile_is_asked(tmp_path, monkeypatch):
     t = backend.Tiered(str(tmp_path), workers=1, python=False)
     try:
-        pids = t.store._workers.pids()
+        pids = t.store._now.workers.pids()
         assert len(pids) == 1  # started with the backend, before any plan ran
         used = []
         real = compile_workers.Worker.compile

@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from . import threads
 from .compile_workers import Workers
@@ -60,6 +61,17 @@ def _llvm_usable() -> bool:
     except Exception as e:
         log.warning("the LLVM back end is off: %s: %s", type(e).__name__, e)
         return False
+
+
+@dataclass
+class _Lane:
+    """One lane of compiles: its threads and its warm workers (the module's docstring says which compiles)."""
+    pool: ThreadPoolExecutor
+    workers: Workers
+
+    def shutdown(self):
+        self.workers.shutdown()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class KernelStore(Preload):
@@ -101,18 +113,18 @@ class KernelStore(Preload):
         self.optimising: set = set()  # keys answering with their quick kernel while the optimised one compiles
         self._lock = threading.Lock()
         self.workers = workers or threads.default_workers()
-        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile")
-        self._background = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile-later")
         prepare = "llvm" if self.llvm else None
-        self._workers = Workers(memory, spare=spare if compile else 0, prepare=prepare, nice=0)
-        self._later_workers = Workers(memory, prepare=prepare)  # at ADSERVE_COMPILE_NICE
+        self._now = _Lane(ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile"),
+                          Workers(memory, spare=spare if compile else 0, prepare=prepare, nice=0))
+        self._later = _Lane(ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="adserve-compile-later"),
+                            Workers(memory, prepare=prepare))  # at ADSERVE_COMPILE_NICE
         self._wanted = wanted or (lambda key: False)
         self._chunk_pool = None  # threads running LLVM kernels' chunks (their parallel variants), made when needed
         self._graphs: dict = {}  # key -> plan, for a kernel loading from disk: compiled again if it is corrupt
         self._reloaded: set = set()  # keys compiled again after a failed load (once each)
         self._retried: set = set()   # keys compiled again after their worker was killed (once each)
         self.closed = False
-        self._workers.ready()  # the first kernel need not wait for a worker to start
+        self._now.workers.ready()  # the first kernel need not wait for a worker to start
 
     # -- lookup --------------------------------------------------------------
     def kernel(self, graph):
@@ -182,9 +194,9 @@ class KernelStore(Preload):
             self.pending.add(key)
         if self.on_disk(key):
             self._graphs[key] = graph
-            self._pool.submit(self._load_only, key)
+            self._now.pool.submit(self._load_only, key)
         elif self.compile_enabled:
-            (self._background if parallel else self._pool).submit(self._compile, key, graph, parallel)
+            self._lane(parallel).pool.submit(self._compile, key, graph, parallel)
         else:
             with self._lock:
                 self.pending.discard(key)
@@ -303,7 +315,7 @@ class KernelStore(Preload):
         """Compile `key`'s optimised kernel (in `optimising`) in the background; it replaces the quick one that
         answers meanwhile."""
         try:
-            self._background.submit(self._optimise, key)
+            self._later.pool.submit(self._optimise, key)
         except RuntimeError:  # shut down meanwhile
             with self._lock:
                 self.optimising.discard(key)
@@ -346,7 +358,7 @@ class KernelStore(Preload):
         """Compile `path` in a warm worker (`fresh`: a new one; `quick`: the file for an LLVM module's quick
         kernel; `later`: a background lane's worker, at a lowered priority): (its output, why it was stopped or
         None, its exit status if it ended, whether it had compiled before)."""
-        workers = self._later_workers if later else self._workers
+        workers = self._lane(later).workers
         worker = workers.take(fresh)
         warm = worker.compiles > 0
         try:
@@ -354,6 +366,10 @@ class KernelStore(Preload):
         finally:
             workers.give(worker)
         return out, why, code, warm
+
+    def _lane(self, later: bool) -> _Lane:
+        """The background lane for work that improves on a kernel already answering, else the first kernels'."""
+        return self._later if later else self._now
 
     def _retry_later(self, key, graph, parallel, why) -> bool:
         """Compile `key` again after RETRY_KILLED_SECONDS (it stays pending meanwhile), once per key; False
@@ -374,7 +390,7 @@ class KernelStore(Preload):
         try:
             if self.closed:
                 raise RuntimeError("the store is closed")
-            (self._background if parallel else self._pool).submit(self._compile, key, graph, parallel)
+            self._lane(parallel).pool.submit(self._compile, key, graph, parallel)
         except RuntimeError:  # shut down meanwhile: nothing more to do for it
             with self._lock:
                 self.pending.discard(key)
@@ -464,9 +480,7 @@ class KernelStore(Preload):
 
     def shutdown(self):
         self.closed = True
-        for workers in (self._workers, self._later_workers):
-            workers.shutdown()
-        for pool in (self._pool, self._background):
-            pool.shutdown(wait=False, cancel_futures=True)
+        for lane in (self._now, self._later):
+            lane.shutdown()
         if self._chunk_pool is not None:
             self._chunk_pool.shutdown(wait=False, cancel_futures=True)
