@@ -120,7 +120,7 @@ def _copied(x, transposed, products) -> bool:
     vector operation, and the kernel 0.49 ms. The same products in the same order: the same bits."""
     if x not in transposed or not 0 < math.prod(x.shape) <= COPY_MAX or products < 2 * math.prod(x.shape):
         return False
-    base, perm = transposed[x]
+    _, perm = transposed[x]
     return perm[-1] != len(perm) - 1
 
 

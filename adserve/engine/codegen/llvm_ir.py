@@ -91,8 +91,7 @@ class Writer(Pieces, Nexts, Ops, Control, Contract, Split, Homes, Loops):
         self.count = 0
         self.segments = [0]  # doubles of each workspace segment (scratch)
         self.consts: list = []
-        # the metadata nodes of loops LLVM may not vectorise, and of those it interleaves (llvm_split.sum_loop_hint)
-        self._no_vectorise = self._interleave = None
+        self.loop_hints: dict = {}  # a loop hint's metadata text -> its node's number (llvm_split.sum_loop_hint)
         self.literals: dict = {}  # Lit of explicit data -> its module constant's view
         self.scal: dict = {}  # scalar Var -> ("in", j) or (part index, SSA name)
         self.arr: dict = {}   # array Var -> View or Fill

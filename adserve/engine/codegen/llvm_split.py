@@ -110,16 +110,17 @@ class Split:
         if not any(" = fadd double " in ln and ln.lstrip().startswith("%q") for ln in body):
             return ""
         if any("@adserve_exp(" in ln or "@adserve_log(" in ln for ln in body):
-            hint = self._loop_hint("_interleave", f'!{{!"llvm.loop.interleave.count", i32 {SUM_INTERLEAVE}}}')
+            hint = self._loop_hint(f'!{{!"llvm.loop.interleave.count", i32 {SUM_INTERLEAVE}}}')
         else:
-            hint = self._loop_hint("_no_vectorise", '!{!"llvm.loop.vectorize.enable", i1 false}')
+            hint = self._loop_hint('!{!"llvm.loop.vectorize.enable", i1 false}')
         loop = self.fresh()
         self.consts.append(f"!{loop} = distinct !{{!{loop}, !{hint}}}")
         return f", !llvm.loop !{loop}"
 
-    def _loop_hint(self, attr: str, text: str) -> int:
-        """The number of the module's metadata node `text`, written once (kept in attribute `attr`)."""
-        if getattr(self, attr) is None:
-            setattr(self, attr, self.fresh())
-            self.consts.append(f"!{getattr(self, attr)} = {text}")
-        return getattr(self, attr)
+    def _loop_hint(self, text: str) -> int:
+        """The number of the module's metadata node `text`, written once."""
+        node = self.loop_hints.get(text)
+        if node is None:
+            node = self.loop_hints[text] = self.fresh()
+            self.consts.append(f"!{node} = {text}")
+        return node
