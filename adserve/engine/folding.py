@@ -36,22 +36,16 @@ def _fold_uniform(p, atoms, params, out_shape):
     """An element-wise op of literals each filled with one value: one element computed says every element. The
     derivative rules fold thousands of these and of moved fills (random-10000's gradient: 2,348 and 3,166), each at
     a fraction of `_fold_arrays`' NumPy calls."""
-    try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(p.impl(*[np.full((1,), a.data[0]) for a in atoms], **params), dtype=np.float64)
-    except Exception:
-        return None  # leave it to evaluation time, where errors carry context
-    return Lit(tuple(out_shape), (float(out.reshape(-1)[0]),))
+    out = _computed(p, [np.full((1,), a.data[0]) for a in atoms], params)
+    return None if out is None else Lit(tuple(out_shape), (float(out.reshape(-1)[0]),))
 
 
 def _fold_arrays(p, atoms, params, out_shape):
     from .interpreter import lit_array
 
-    try:
-        with np.errstate(all="ignore"):
-            out = np.asarray(p.impl(*[lit_array(a) for a in atoms], **params), dtype=np.float64)
-    except Exception:
-        return None  # leave it to evaluation time, where errors carry context
+    out = _computed(p, [lit_array(a) for a in atoms], params)
+    if out is None:
+        return None
     flat = np.broadcast_to(out, (1, *out_shape)).reshape(-1)
     if flat.size == 0:
         return Lit(tuple(out_shape), (0.0,))
@@ -62,3 +56,13 @@ def _fold_arrays(p, atoms, params, out_shape):
     if flat.size > FOLD_MAX:
         return None
     return Lit(tuple(out_shape), tuple(float(x) for x in flat))
+
+
+def _computed(p, arrays, params):
+    """p's NumPy implementation on `arrays`, as float64; None where it fails (left to evaluation time, where
+    errors carry context)."""
+    try:
+        with np.errstate(all="ignore"):
+            return np.asarray(p.impl(*arrays, **params), dtype=np.float64)
+    except Exception:
+        return None
