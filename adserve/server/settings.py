@@ -104,10 +104,10 @@ class Settings(BaseSettings):
                                      "worker: a request that needs more is answered 413 too_large. 0: no limit")
     isolate_nice: int = Field(5, ge=0, le=19, description="CPU priority (nice) of the isolation workers: when "
                               "cores are short, short requests in the server come first. 0: the server's own")
-    malloc_keep_bytes: int = Field(256 << 20, ge=0, description="freed memory the server process keeps for reuse "
-                                   "(glibc's M_TRIM_THRESHOLD; blocks up to 32 MB then come from the heap), so a "
-                                   "large request's buffers are not mapped afresh each time. 0: the C library's "
-                                   "defaults")
+    malloc_keep_bytes: int = Field(256 * MiB, ge=0, description="freed memory the server process and each "
+                                   "isolation worker keep for reuse (glibc's M_TRIM_THRESHOLD; blocks up to 32 MB "
+                                   "then come from the heap), so kernels' workspaces and large requests' buffers are "
+                                   "not mapped afresh each call. 0: the C library's defaults")
 
     @model_validator(mode="after")
     def _tls_pair(self):

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from test_allocator import GLIBC
 
 from adserve.engine import Engine
 from adserve.engine.backend import Tiered
@@ -288,7 +289,7 @@ def _minor_faults(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[7])
 
 
-@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "gnu_get_libc_version"), reason="glibc's malloc")
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc")
 def test_a_worker_keeps_freed_memory_so_large_evaluations_reuse_their_pages():
     """WorkerSpec.malloc_keep_bytes (allocator.py): a worker evaluating on arrays of 8 MB frees several together
     each call; with freed memory kept, later calls reuse those pages instead of faulting new ones in. The same
