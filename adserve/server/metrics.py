@@ -2,7 +2,7 @@
 
 Each server gets its own registry (several in one process stay apart). The
 protocols' transports count into it: `web.MetricsMiddleware` HTTP requests per
-route template (`observe`), `grpc_server.MetricsInterceptor` gRPC calls per
+route template (`observe`), `grpc_calls.CallMetrics` gRPC calls per
 method (`observe_grpc`, `grpc_messages`), so one `/metrics` shows both. The
 service's counts (registry, caches, tiers, optimiser runs) are read from it at
 each scrape. The registry also holds prometheus_client's default process,

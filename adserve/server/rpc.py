@@ -2,11 +2,11 @@
 
 Handlers only translate (`rpc_codec`) and run the service in worker threads
 (a brief evaluation, `Service.brief`, on the event loop: the hop would cost
-more), each evaluation under the call's token (`grpc_server.call_token`: the
+more), each evaluation under the call's token (`grpc_calls.call_token`: the
 call's deadline; cancelled when the call ends or the server stops).
 A `ServiceError` ends the call with its status from `status.GRPC` and the same
 message as REST; its snake_case code (and location, as JSON) travel in the
-trailing metadata (`grpc_server.abort`). Health, reflection, metrics, the
+trailing metadata (`grpc_calls.abort`). Health, reflection, metrics, the
 guard and the drain are the gRPC server's, the same for every service on it.
 """
 
@@ -19,7 +19,7 @@ import grpc
 from . import rpc_codec, status
 from .errors import ServiceError
 from .grpc_gen import ad_pb2, ad_pb2_grpc
-from .grpc_server import abort, call_token
+from .grpc_calls import abort, call_token
 
 log = logging.getLogger("adserve.grpc")
 

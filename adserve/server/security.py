@@ -10,7 +10,7 @@
   each replica falls back to its own buckets (fail-open, like the store).
 * `Guard` puts both together, free of any protocol: each transport applies it
   beside its adapters (`web.GuardMiddleware` to the HTTP paths the protocols
-  guard, `/v1/*`; `grpc_server.GuardInterceptor` to their gRPC services,
+  guard, `/v1/*`; `grpc_calls.Guarding` to their gRPC services,
   `ad.v1.Differentiator`). Health, readiness, metrics, the demo page, its
   static files and the API description stay open. Each REST request and each
   gRPC request message takes a token: a call with one request message pays

@@ -3,7 +3,7 @@
 With API keys configured, a tenant is one key (the first 32 hex digits of its
 SHA-256 digest, as the guard identifies it); without keys everyone is the one
 tenant `PUBLIC`. The transports' guards (`web.GuardMiddleware`,
-`grpc_server.GuardInterceptor`) know the key, so they set the tenant of the
+`grpc_calls.Guarding`) know the key, so they set the tenant of the
 call they pass on; the `Service` reads it with `current()`. A context variable
 rather than an argument, so that every protocol mounted on the service (the
 peer protocols too) is scoped without knowing about tenants: it follows the

@@ -59,12 +59,30 @@ def test_a_grpc_request_id_is_answered_and_logged(server):
         request = pb.EvaluateRequest(function=pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x * x"),
                                      inputs={"x": pb.Tensor(data=[3.0])}, compute=["value"])
         _, call = stub.Evaluate.with_call(request, metadata=[("x-request-id", "grpc-42")], timeout=30)
-        assert ("x-request-id", "grpc-42") in call.initial_metadata()
-        with pytest.raises(grpc.RpcError) as e:  # a failed call has its id and its line too
+        assert ("x-request-id", "grpc-42") in call.trailing_metadata()  # a unary answer's trailers
+        with pytest.raises(grpc.RpcError) as e:  # a failed call has its id (beside its error code) and its line
             stub.Evaluate(pb.EvaluateRequest(id="nope"), metadata=[("x-request-id", "grpc-43")],
                           timeout=30)
-        assert ("x-request-id", "grpc-43") in e.value.initial_metadata()
+        assert {("x-request-id", "grpc-43"), ("adserve-error-code", "function_not_found")} <= \
+            set(e.value.trailing_metadata())
+        _, call = stub.Evaluate.with_call(request, timeout=30)
+        [made] = [v for k, v in call.trailing_metadata() if k == "x-request-id"]
+        assert len(made) == 32
     [ok] = [x for x in lines_of(server, "grpc-42") if x["logger"] == "adserve.grpc.access"]
     assert (ok["grpc_method"], ok["grpc_code"]) == ("/ad.v1.Differentiator/Evaluate", "OK")
     [failed] = [x for x in lines_of(server, "grpc-43") if x["logger"] == "adserve.grpc.access"]
     assert failed["grpc_code"] == "NOT_FOUND"
+    assert lines_of(server, made)
+
+
+def test_a_grpc_stream_has_its_request_id_before_its_first_answer(server):
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = ad_pb2_grpc.DifferentiatorStub(channel)
+        request = pb.EvaluateRequest(function=pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x * x"),
+                                     inputs={"x": pb.Tensor(data=[3.0])}, compute=["value"])
+        stream = stub.EvaluateStream(iter([request] * 3), metadata=[("x-request-id", "stream-7")], timeout=30)
+        assert ("x-request-id", "stream-7") in stream.initial_metadata()  # before any answer is read
+        assert [r.value.data[0] for r in stream] == [9.0] * 3
+        assert ("x-request-id", "stream-7") in stream.trailing_metadata()
+    [line] = [x for x in lines_of(server, "stream-7") if x["logger"] == "adserve.grpc.access"]
+    assert (line["grpc_method"], line["grpc_code"]) == ("/ad.v1.Differentiator/EvaluateStream", "OK")
