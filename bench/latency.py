@@ -12,7 +12,14 @@ busy machine slows each alike:
   app's `POST /evaluate` of the same body;
 - `GET /healthz` of each;
 - gRPC unary `Evaluate` of the same, on one reused channel, against a bare
-  grpc.aio server answering it by hand (`bench/bare_grpc.py`).
+  grpc.aio server answering it by hand (`bench/bare_grpc.py`);
+- the same gRPC call from a C client, `h2load` (nghttp2's load generator: one
+  connection, one call at a time, a block of `--per-round` calls per server in
+  turn), when it is installed (Debian: `apt-get install nghttp2-client`). grpc's
+  Python client spends about 0.3 ms of each call itself, as much as a bare
+  server does: this way times the servers. h2load sends one message, so its
+  point is fixed: adserve's result cache answers it (in process, a computed
+  answer of the survey function costs 2 us more).
 
 HTTP's ways are timed first, then gRPC's (adserve serves both in one process:
 a gRPC call between two HTTP requests would slow adserve's HTTP where the bare
@@ -43,6 +50,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import shutil
+import struct
 
 import grpc
 
@@ -193,7 +203,7 @@ def ways(ports: dict) -> dict:
         stub.Evaluate(request)
         return time.perf_counter() - t
 
-    out = {}
+    out, c_client = {}, []
     for name in ("adserve", "compare"):
         if ports[name] is None:
             continue
@@ -208,21 +218,64 @@ def ways(ports: dict) -> dict:
                                                                                body(i)),
                     f"GET /healthz ({name})": lambda i, c=ours: c.call("GET", "/healthz"),
                     f"gRPC unary Evaluate ({name})": lambda i, s=stub, f=fid: rpc(i, s, f)})
+        c_client.append((name, grpc_port, fid))
     out.update({"REST evaluate (bare)": lambda i: bare.call("POST", "/evaluate", body(i)),
                 "GET /healthz (bare)": lambda i: bare.call("GET", "/healthz"),
                 "gRPC unary Evaluate (bare)": lambda i: rpc(i, bare_stub)})
+    if shutil.which("h2load"):
+        for name, port, fid in [*c_client, ("bare", ports["bare gRPC"], "")]:
+            out[f"{C_CLIENT} ({name})"] = Blocks(port, fid)
+    else:
+        print("h2load is not installed (Debian: nghttp2-client): the C client's way is left out")
     return dict(sorted(out.items(), key=lambda kv: _ORDER.index(kv[0].split(" (")[0])))
 
 
-_ORDER = ["REST evaluate", "GET /healthz", "gRPC unary Evaluate"]
+C_CLIENT = "gRPC Evaluate, C client"
+_ORDER = ["REST evaluate", "GET /healthz", "gRPC unary Evaluate", C_CLIENT]
 
 
-PHASES = (("REST", "GET"), ("gRPC",))
+class Blocks:
+    """The C client's way: each call runs h2load for a block of `n` unary Evaluate calls, one at a time on one
+    connection, and returns each call's seconds (h2load's own, request written to answer read)."""
+
+    def __init__(self, port: int, fid: str):
+        self.url = f"http://127.0.0.1:{port}/ad.v1.Differentiator/Evaluate"
+        message = ad_pb2.EvaluateRequest(id=fid, compute=["value", "gradient"],
+                                         inputs={"x1": ad_pb2.Tensor(data=[2.0]), "x2": ad_pb2.Tensor(data=[5.0])})
+        # h2load answers HTTP's status only: the call is checked once here, through grpc, to be a success
+        stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        stub.Evaluate(message, timeout=30)
+        payload = message.SerializeToString()
+        self.body = tempfile.NamedTemporaryFile(prefix="adserve-latency-", suffix=".grpc")
+        self.body.write(b"\0" + struct.pack(">I", len(payload)) + payload)  # gRPC's length-prefixed message
+        self.body.flush()
+
+    def __call__(self, n: int) -> list:
+        with tempfile.NamedTemporaryFile(prefix="adserve-h2load-", suffix=".log") as log:
+            r = subprocess.run(["h2load", "-n", str(n), "-c", "1", "-m", "1", "-d", self.body.name,
+                                "-H", "content-type: application/grpc", "-H", "te: trailers",
+                                f"--log-file={log.name}", self.url], capture_output=True, text=True)
+            rows = [line.split("\t") for line in open(log.name)]
+        if r.returncode != 0 or len(rows) != n or any(status != "200" for _, status, *_ in rows):
+            raise RuntimeError(f"h2load: {len(rows)} of {n} answered 200; {r.stdout[-500:]} {r.stderr[-500:]}")
+        return [int(row[2]) / 1e6 for row in rows]
+
+
+PHASES = (("REST", "GET"), ("gRPC unary",), (C_CLIENT,))
 RATIOS = tuple((f"{way} ({name})", f"{way} (bare)") for way in _ORDER for name in ("adserve", "compare"))
 
 
 def measure(calls: dict, rounds: int, per_round: int, warmup: int = 300) -> dict:
-    """name -> list of rounds, each a list of seconds; the ways take turns request by request."""
+    """name -> list of rounds, each a list of seconds; the ways take turns request by request (`Blocks`
+    ways: block by block)."""
+    if all(isinstance(call, Blocks) for call in calls.values()):
+        for call in calls.values():
+            call(warmup)
+        times = {name: [] for name in calls}
+        for _ in range(rounds):
+            for name, call in calls.items():
+                times[name].append(call(per_round))
+        return times
     i = 0
     for _ in range(warmup):
         i += 1
@@ -284,7 +337,7 @@ def main(argv=None) -> None:
             if group:
                 times.update(measure(group, args.rounds, args.per_round))
     print(f"{args.rounds} rounds x {args.per_round} requests per way, interleaved request by request (HTTP's "
-          f"ways, then gRPC's); loopback, http.client keep-alive, one gRPC channel")
+          f"ways, then gRPC's; h2load's block by block); loopback, http.client keep-alive, one gRPC channel")
     print(report(times))
     if args.write:
         sections.write_section(args.write, BEGIN, END, section(times, args))
@@ -308,7 +361,9 @@ def section(times: dict, args) -> str:
         "adserve's uvicorn options) and a bare grpc.aio server (`bench/bare_grpc.py`) in the same run. The survey "
         "example's value and gradient on a registered function, a new point each request (the result cache never "
         "answers), after its numba kernel answers; one request at a time on kept-alive connections (http.client, "
-        "one gRPC channel), the ways taking turns request by request, HTTP's ways first and then gRPC's. Where "
+        "one gRPC channel), the ways taking turns request by request, HTTP's ways first and then gRPC's. The C "
+        "client's way (`h2load`, one connection, a block of calls per server in turn) calls at one fixed point, "
+        "which adserve's result cache answers; grpc's Python client costs about 0.3 ms of each call itself. Where "
         "the time goes inside the process, layer by layer: `python -m bench.layers --compile`.", "",
         f"Run {datetime.date.today().isoformat()}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f} at the end (the machine was shared); {args.rounds} rounds x {args.per_round} "
