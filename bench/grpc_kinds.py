@@ -8,9 +8,11 @@ busy machine slows each alike). Reports p50 and p90 and the spread of the
 per-round medians: what a Python gRPC server can answer in on this machine,
 whatever adserve does. "+md": the answer preceded by initial metadata (adserve's
 request id); "opt=latency": `grpc.optimization_target=latency`; "reuseport off":
-`grpc.so_reuseport=0` (adserve's setting).
+`grpc.so_reuseport=0` (adserve's setting). `--client c` times the servers from
+h2load (a C client, block by block, as bench/latency.py's C client way)
+instead of grpc's Python client, which costs about 0.3 ms of each call itself.
 
-    .venv/bin/python -m bench.grpc_kinds [--rounds 10] [--per-round 200]
+    .venv/bin/python -m bench.grpc_kinds [--rounds 10] [--per-round 200] [--client python|c]
 """
 
 import argparse
@@ -25,7 +27,7 @@ import grpc
 
 from adserve.server.grpc_gen import ad_pb2, ad_pb2_grpc
 
-from .latency import _free_port, _point, _wait_grpc, measure, report
+from .latency import C_CLIENT, Blocks, _free_port, _point, _wait_grpc, measure, report
 
 KINDS = {  # name (short: the report's column is 32 wide) -> bench/bare_grpc.py's arguments
     "aio": ["--kind", "aio"],
@@ -60,8 +62,12 @@ def bare_servers(home: str, kinds: dict):
             proc.wait(30)
 
 
-def ways(ports: dict) -> dict:
-    """name -> callable(i) timing one unary Evaluate (seconds) on that server's channel."""
+def ways(ports: dict, client: str = "python") -> dict:
+    """name -> callable(i) timing one unary Evaluate (seconds) on that server's channel; with the C client,
+    name -> `Blocks` of calls from h2load."""
+    if client == "c":
+        return {f"{C_CLIENT} ({name})": Blocks(port, "") for name, port in ports.items()}
+
     def rpc(i, stub):
         x1, x2 = _point(i)
         request = ad_pb2.EvaluateRequest(compute=["value", "gradient"],
@@ -79,11 +85,14 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--per-round", type=int, default=200)
     p.add_argument("--only", help="comma-separated kinds to run (default all), e.g. 'aio,sync 4'")
+    p.add_argument("--client", choices=("python", "c"), default="python",
+                   help="grpc's Python client (one channel), or h2load's C client")
     args = p.parse_args(argv)
     kinds = {k: v for k, v in KINDS.items() if not args.only or k in args.only.split(",")}
     with tempfile.TemporaryDirectory(prefix="adserve-grpc-kinds-") as home, bare_servers(home, kinds) as ports:
-        times = measure(ways(ports), args.rounds, args.per_round)
-    print(f"{args.rounds} rounds x {args.per_round} requests per server, interleaved request by request; "
+        times = measure(ways(ports, args.client), args.rounds, args.per_round)
+    order = "request by request" if args.client == "python" else "block by block (h2load)"
+    print(f"{args.rounds} rounds x {args.per_round} requests per server, interleaved {order}; "
           f"loopback, one channel per server; load average {os.getloadavg()[0]:.1f} at the end")
     print(report(times))
 
