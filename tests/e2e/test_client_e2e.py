@@ -148,6 +148,8 @@ def test_async_grpc_stream_lockstep(server):
                 last = (await s.evaluate(f, {"x": x})).value
                 with pytest.raises(InvalidArgument):
                     await s.evaluate(f, {"x": np.ones(3)})
+                with pytest.raises(InvalidArgument):  # the error ended the stream: it is raised again
+                    await s.evaluate(f, {"x": x})
             return first, last
     first, last = asyncio.run(run())
     assert last < first
@@ -163,6 +165,8 @@ def test_grpc_stream_lockstep(server):
         assert s.evaluate(f, {"x": x}).value < first
         with pytest.raises(InvalidArgument):
             s.evaluate(f, {"x": np.ones(3)})
+        with pytest.raises(InvalidArgument):  # the error ended the stream: it is raised again
+            s.evaluate(f, {"x": x})
 
 
 def test_readme_example_runs(server):

@@ -162,10 +162,11 @@ def test_grpc_needs_a_key_and_is_rate_limited():
                     out.append((await stub.Register(definition, metadata=md)).id[:2])
                 except grpc.aio.AioRpcError as e:
                     out.append((e.code(), dict(e.trailing_metadata()).get("retry-after")))
-            # a stream is checked once, at its start
+            # a stream is checked once, at its start: refused before it reads a message. (Not after a write:
+            # grpc.aio's client reports INTERNAL for a write that meets a stream the server has ended, overwriting
+            # the server's status, grpc/grpc#36066; this test saw it once in about 100 runs beside load.)
             try:
                 stream = stub.EvaluateStream(metadata=(("authorization", "Bearer wrong"),))
-                await stream.write(pb.EvaluateRequest(function=definition, inputs={"x": pb.Tensor(data=[1.0])}))
                 await stream.read()
             except grpc.aio.AioRpcError as e:
                 out.append(e.code())

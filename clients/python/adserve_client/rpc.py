@@ -423,10 +423,14 @@ class AsyncEvaluationStream:
 
     async def evaluate(self, function, inputs: dict, compute=("value",), tangent=None, cotangent=None,
                        batch: bool = False, wrt=None, timeout_ms: int | None = None) -> Result:
+        call = self._call
         try:
-            await self._call.write(evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt,
-                                                    timeout_ms))
-            return _result(await self._call.read())
+            if call.done():  # ended (an error, its deadline): its status again, as the blocking stream raises it,
+                # not the "RPC already finished" that grpc.aio's write raises
+                raise grpc.aio.AioRpcError(await call.code(), await call.initial_metadata(),
+                                           await call.trailing_metadata(), await call.details())
+            await call.write(evaluate_request(function, inputs, compute, tangent, cotangent, batch, wrt, timeout_ms))
+            return _result(await call.read())
         except grpc.RpcError as e:
             raise _error(e) from None
 
