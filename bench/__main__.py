@@ -10,6 +10,7 @@ import tempfile
 import time
 
 from . import gradbench, harness, isolation, latency, problems, report, service
+from .gradbench import cpp as gradbench_cpp
 
 METHOD = """\
 How it is measured (`make bench`, {took} here):
@@ -101,8 +102,8 @@ def main(argv=None):
         return 0
     # written by `python -m bench.gradbench`, `python -m bench.isolation --write` and `python -m bench.latency
     # --write`, not by this run
-    kept = "\n".join(k for k in (gradbench.kept_section(args.out), isolation.kept_section(args.out),
-                                latency.kept_section(args.out)) if k)
+    kept = "\n".join(k for k in (gradbench.kept_section(args.out), gradbench_cpp.kept_section(args.out),
+                                isolation.kept_section(args.out), latency.kept_section(args.out)) if k)
     with open(args.out, "w") as f:
         f.write("\n".join(text) + ("\n\n" + kept if kept else ""))
     print(f"wrote {args.out}" + (f" and {args.plot}" if have_plot else "") + f" in {minutes:.1f} min")

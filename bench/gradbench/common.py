@@ -28,6 +28,7 @@ class Eval:
     name: str
     label: str
     parts: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)  # the generator's sizes and constants (for GradBench's own input)
 
 
 def _inputs(**arrays) -> list:

@@ -33,7 +33,7 @@ def hello(x=1.0) -> Eval:
 
     def dbl(x):
         return _jax().grad(sq)(x)
-    return Eval("hello", f"x={x}", [
+    return Eval("hello", f"x={x}", params={"x": x}, parts=[
         Part("square", d, ["value"], inputs, lambda r: r["value"], _fresh(sq, inputs["x"])),
         Part("double", d, ["gradient"], inputs, lambda r: r["gradient"]["x"], _fresh(dbl, inputs["x"])),
     ])
@@ -55,7 +55,7 @@ def lse(n: int, seed=31337) -> Eval:
 
     def grad(x):
         return _jax().grad(prim)(x)
-    return Eval("lse", f"n={n}", [
+    return Eval("lse", f"n={n}", params={"n": n}, parts=[
         Part("primal", d, ["value"], inputs, lambda r: r["value"], _fresh(prim, inputs["x"])),
         Part("gradient", d, ["gradient"], inputs, lambda r: r["gradient"]["x"], _fresh(grad, inputs["x"])),
     ])
@@ -93,7 +93,7 @@ def llsq(n: int, m: int = 128, seed=31337, loop: bool = False) -> Eval:
 
     def grad(x):
         return _jax().grad(prim)(x)
-    return Eval("llsq", f"n={n}, m={m}" + (", loop" if loop else ""), [
+    return Eval("llsq", f"n={n}, m={m}" + (", loop" if loop else ""), params={"n": n, "m": m}, parts=[
         Part("primal", d, ["value"], inputs, lambda r: r["value"], _fresh(prim, inputs["x"])),
         Part("gradient", d, ["gradient"], inputs, lambda r: r["gradient"]["x"], _fresh(grad, inputs["x"])),
     ])
@@ -143,7 +143,7 @@ def det(ell: int, seed=31337) -> Eval:
     def grad(A, sg, *tabs):
         return _jax().grad(prim)(A, sg, *tabs)
     args = (inputs["A"], inputs["sg"], *tables)
-    return Eval("det", f"ell={ell}", [
+    return Eval("det", f"ell={ell}", params={"ell": ell}, parts=[
         Part("primal", d, ["value"], inputs, lambda r: r["value"], _fresh(prim, *args)),
         Part("gradient", d, ["gradient"], inputs, lambda r: r["gradient"]["A"], _fresh(grad, *args), wrt=("A",)),
     ])
@@ -172,7 +172,7 @@ def kmeans(k: int, n: int, d: int, seed=31337) -> Eval:
         g, h = jax.jvp(jax.grad(lambda c: cost(points, c)), [centroids], [jnp.ones(centroids.shape)])
         return g / h
     args = (inputs["points"], inputs["centroids"])
-    return Eval("kmeans", f"k={k}, n={n}, d={d}", [
+    return Eval("kmeans", f"k={k}, n={n}, d={d}", params={"k": k, "n": n, "d": d}, parts=[
         Part("cost", defn, ["value"], inputs, lambda r: r["value"], _fresh(cost, *args)),
         Part("dir", defn, ["gradient", "hvp"], inputs,
              lambda r: r["gradient"]["centroids"] / r["hvp"]["centroids"], _fresh(dir_, *args),
@@ -225,7 +225,7 @@ def ode(n: int, s: int, seed=31337) -> Eval:
 
     def grad(x):
         return _jax().grad(lambda x: prim(x)[-1])(x)
-    return Eval("ode", f"n={n}, s={s}", [
+    return Eval("ode", f"n={n}, s={s}", params={"n": n, "s": s}, parts=[
         Part("primal", prim_d, ["value"], inputs, lambda r: r["value"], _fresh(prim, inputs["x"])),
         Part("gradient", last_d, ["gradient"], inputs, lambda r: r["gradient"]["x"], _fresh(grad, inputs["x"])),
     ])
@@ -285,7 +285,7 @@ def gmm(d: int, k: int, n: int = 1000, m: int = 0, gamma: float = 1.0, seed=3133
     def jac(alpha, mu, q, l, x):
         return _jax().grad(obj, argnums=(0, 1, 2, 3))(alpha, mu, q, l, x)
     args = tuple(inputs[w] for w in (*wrt, "x"))
-    return Eval("gmm", f"d={d}, k={k}, n={n}", [
+    return Eval("gmm", f"d={d}, k={k}, n={n}", params={"d": d, "k": k, "n": n, "m": m, "gamma": gamma}, parts=[
         Part("objective", defn, ["value"], inputs, lambda r: r["value"], _fresh(obj, *args)),
         Part("jacobian", defn, ["gradient"], inputs, lambda r: tuple(r["gradient"][w] for w in wrt),
              _fresh(jac, *args), wrt=wrt),

@@ -85,12 +85,13 @@ def cold(part, tier, seconds=1.0) -> dict:
             "jax_s": jax_best, "jax_runs": jax_runs}
 
 
-def warm(part, tier, budget_s=8.0, rounds=15, settle_s=3.0, log=print) -> dict:
-    """Ours on `tier` once its kernels are in and its tier chosen, against JAX, interleaved."""
+def settled(part, tier, settle_s=3.0):
+    """(a zero-argument call of ours on `tier`, the dict it writes how it answered into), once its kernels are in
+    and its tier chosen."""
     engine = _engine(part, tier)
     fn = engine.compile_definition(part.definition)
     meta = {}
-    ours, jax = call(part, engine, fn, meta), part.jax()
+    ours = call(part, engine, fn, meta)
     ours()
     engine.settle()
     for _ in range(3):  # the backend times its tiers on the first runs after a kernel arrives: let it choose
@@ -100,6 +101,13 @@ def warm(part, tier, budget_s=8.0, rounds=15, settle_s=3.0, log=print) -> dict:
         if engine.settle(0.0):
             break
         engine.settle()
+    return ours, meta
+
+
+def warm(part, tier, budget_s=8.0, rounds=15, settle_s=3.0, log=print) -> dict:
+    """Ours on `tier` once its kernels are in and its tier chosen, against JAX, interleaved."""
+    ours, meta = settled(part, tier, settle_s)
+    jax = part.jax()
     _close(ours(), jax())
     t = measure({"ours": ours, "jax": jax}, rounds=rounds, budget_s=budget_s)
     seen = collections.Counter()

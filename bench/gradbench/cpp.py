@@ -1,0 +1,252 @@
+"""`python -m bench.gradbench.cpp --gradbench DIR`: ours beside GradBench's C++ reference, on the same inputs.
+
+GradBench checks every tool's output against its `manual` tool: C++ differentiated by hand (tools/manual/),
+single-threaded, built -O3 -march=native. Nothing of GradBench is in this repository: DIR is a GradBench checkout
+(`git clone https://github.com/gradbench/gradbench`), whose `tools/manual/<eval>.cpp` programs are built here
+with the flags of its cpp/common.mk into `--build` (kept between runs). Their JSON header is DIR/cpp/json.hpp when
+GradBench's `make -C cpp` has fetched it, else the system's nlohmann/json.hpp (Debian: nlohmann-json3-dev).
+
+For every part of the evals the manual tool has and bench/gradbench writes (hello, lse, llsq, det, kmeans, ode,
+gmm; not yet ba, ht, lstm), at bench.gradbench's sizes: the part's inputs are written as GradBench's input JSON;
+the program runs the function for at least `--seconds` (GradBench's `min_seconds`) and reports each run's
+nanoseconds; its output must equal ours (relative 1e-9, as bench.gradbench holds ours to JAX). Ours: warm, as
+bench.gradbench's warm column settles it (`runner.settled`), each call timed. The two take turns, ROUNDS each,
+for `--seconds` in all. Reported: each side's median call and the ratio; writes its section of docs/benchmarks.md unless --only
+or --no-write.
+
+    python -m bench.gradbench.cpp --gradbench DIR [--only EVAL ...] [--seconds 3] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import report, sections
+from . import evals as E
+from .runner import _close, settled
+
+BEGIN, END = "<!-- BEGIN GRADBENCH CPP (python -m bench.gradbench.cpp) -->", "<!-- END GRADBENCH CPP -->"
+ROUNDS = 3  # each side's timing is taken in this many turns
+FLAGS = ["-std=c++17", "-O3", "-march=native", "-Wall", "-Wno-unknown-pragmas"]  # cpp/common.mk, one thread
+
+
+def kept_section(path) -> str:
+    """The section of an existing docs/benchmarks.md ('' if none), which `make bench` keeps."""
+    return sections.kept_section(path, BEGIN, END)
+
+
+def _rows(a) -> list:
+    return np.asarray(a).tolist()
+
+
+# GradBench's input JSON of each eval (cpp/gradbench/evals/<eval>.hpp, from_json), from our part's inputs and the
+# eval's generator parameters
+INPUTS = {
+    "hello": lambda i, p: float(i["x"]),
+    "lse": lambda i, p: {"x": _rows(i["x"])},
+    "llsq": lambda i, p: {"x": _rows(i["x"]), "n": p["n"]},
+    "det": lambda i, p: {"A": _rows(i["A"]), "ell": p["ell"]},
+    "kmeans": lambda i, p: {"points": _rows(i["points"]), "centroids": _rows(i["centroids"])},
+    "ode": lambda i, p: {"x": _rows(i["x"]), "s": p["s"]},
+    "gmm": lambda i, p: {"d": p["d"], "k": p["k"], "n": p["n"], "alpha": _rows(i["alpha"]), "mu": _rows(i["mu"]),
+                         "q": _rows(i["q"]), "l": _rows(i["l"]), "x": _rows(i["x"]), "gamma": p["gamma"],
+                         "m": p["m"]},
+}
+
+
+def _output(eval_name: str, function: str, out):
+    """The manual tool's output (its JSON) as our part's `out` gives it."""
+    if eval_name == "gmm" and function == "jacobian":
+        return tuple(np.asarray(out[w]) for w in ("alpha", "mu", "q", "l"))
+    return np.asarray(out)
+
+
+def json_header(gradbench: Path, build: Path) -> Path:
+    """A directory whose json.hpp is nlohmann's: GradBench's fetched copy, else the system's."""
+    if (gradbench / "cpp" / "json.hpp").exists():
+        return gradbench / "cpp"
+    for include in ("/usr/include", "/usr/local/include"):
+        if Path(include, "nlohmann", "json.hpp").exists():
+            shim = build / "include"
+            shim.mkdir(parents=True, exist_ok=True)
+            (shim / "json.hpp").write_text("#include <nlohmann/json.hpp>\n")
+            return shim
+    raise SystemExit("no nlohmann json.hpp: run `make -C cpp` in the GradBench checkout (it downloads one), "
+                     "or install nlohmann-json3-dev")
+
+
+def program(gradbench: Path, build: Path, eval_name: str, log=print) -> Path:
+    """tools/manual/<eval>.cpp built (again when its source is newer than the binary)."""
+    source = gradbench / "tools" / "manual" / f"{eval_name}.cpp"
+    binary = build / eval_name
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise SystemExit("no C++ compiler (c++ or g++)")
+    log(f"  building {source}")
+    build.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([compiler, *FLAGS, f"-I{json_header(gradbench, build)}", f"-I{gradbench / 'cpp'}",
+                        "-o", str(binary), str(source), "-lm"], capture_output=True, text=True, cwd=source.parent)
+    if r.returncode != 0:
+        raise RuntimeError(f"building {source} failed:\n{r.stderr[-3000:]}")
+    return binary
+
+
+def run_reference(binary: Path, function: str, data, seconds: float) -> tuple:
+    """(output, seconds of each run) of `binary` on the input `data`, for at least `seconds` (one run when the input
+    is not a JSON object: hello's is a number, where GradBench's harness has no room for `min_seconds`)."""
+    if isinstance(data, dict):
+        data = {**data, "min_runs": 1, "min_seconds": seconds}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="adserve-gradbench-") as f:
+        json.dump(data, f)
+        f.flush()
+        r = subprocess.run([str(binary), f.name, function], capture_output=True, text=True,
+                           timeout=max(120, 20 * seconds))
+    if r.returncode != 0:
+        raise RuntimeError(f"{binary.name} {function} exited {r.returncode}: {r.stderr[-1000:]}")
+    lines = r.stdout.splitlines()
+    runs = [json.loads(x)["nanoseconds"] * 1e-9 for x in lines[1:] if '"evaluate"' in x]
+    return json.loads(lines[0]), runs
+
+
+def ours_runs(call, seconds: float) -> list:
+    """Seconds of each call of `call` for `seconds` (at least one)."""
+    runs, t_end = [], time.perf_counter() + seconds
+    while True:
+        t = time.perf_counter()
+        call()
+        now = time.perf_counter()
+        runs.append(now - t)
+        if now >= t_end:
+            return runs
+
+
+def compare(evals, binary_of, cache_dir: str, seconds: float, settle_s: float = 3.0, log=print) -> list:
+    """A row per part of the evals the reference has: ours and the reference's median call, or the error (a
+    different output, a failed run). `binary_of(eval name)`: the reference's program."""
+    from adserve.engine import backend
+    from adserve.engine.allocator import keep_freed_memory
+    keep_freed_memory()  # as bench.gradbench (and the server)
+    tier = backend.Tiered(cache_dir, workers=2)
+    rows = []
+    try:
+        for ev in evals:
+            if ev.name not in INPUTS:
+                continue
+            binary = binary_of(ev.name)
+            data = INPUTS[ev.name](ev.parts[0].inputs, ev.params)
+            for part in ev.parts:
+                log(f"  {ev.name} {ev.label} {part.function}")
+                row = {"eval": ev.name, "label": ev.label, "function": part.function}
+                try:
+                    out, cpp = run_reference(binary, part.function, data, seconds / ROUNDS)
+                    ours, meta = settled(part, tier, settle_s)
+                    _close(ours(), _output(ev.name, part.function, out))  # theirs is the reference
+                    mine = ours_runs(ours, seconds / ROUNDS)
+                    for _ in range(ROUNDS - 1):  # in turns, so that a busy moment of the machine hits both
+                        cpp += run_reference(binary, part.function, data, seconds / ROUNDS)[1]
+                        mine += ours_runs(ours, seconds / ROUNDS)
+                    row.update(ours_s=statistics.median(mine), ours_runs=len(mine), tier=meta.get("backend", "?"),
+                               cpp_s=statistics.median(cpp), cpp_runs=len(cpp))
+                    log(f"    ours {row['ours_s'] * 1e3:.4g} ms ({row['tier']}), C++ {row['cpp_s'] * 1e3:.4g} ms: "
+                        f"{row['ours_s'] / row['cpp_s']:.2f}x")
+                except Exception as err:  # a failure is a row of the report, not the end of the run
+                    row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+                    log(f"    FAILED {row['error']}")
+                rows.append(row)
+    finally:
+        tier.shutdown()
+    return rows
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3g}" if s < 1 else f"{s * 1e3:,.0f}"
+
+
+def table(rows) -> str:
+    out = ["| eval | size | function | ours (ms) | tier | C++ manual (ms) | ours / C++ |",
+           "| --- | --- | --- | ---: | --- | ---: | ---: |"]
+    for r in rows:
+        head = f"| {r['eval']} | {r['label']} | {r['function']} "
+        if "error" in r:
+            out.append(head + f"| failed: {r['error']} | | | |")
+        else:
+            ratio, runs = r["ours_s"] / r["cpp_s"], r["cpp_runs"]
+            ratio_text = f"{ratio:.2f}" if ratio >= 0.01 else f"{ratio:.1e}"
+            out.append(head + f"| {_ms(r['ours_s'])} | {r['tier']} | {_ms(r['cpp_s'])} ({runs} run"
+                              f"{'s' if runs > 1 else ''}) | **{ratio_text}** |")
+    return "\n".join(out)
+
+
+def section(rows, facts: dict, seconds: float) -> str:
+    return f"""{BEGIN}
+## GradBench's C++ reference
+
+GradBench validates every tool against its `manual` tool: each eval's functions in C++, differentiated by hand
+(`tools/manual/`, single-threaded, `-O3 -march=native`). `python -m bench.gradbench.cpp --gradbench DIR` builds
+those programs from a GradBench checkout and runs them on the same inputs as bench.gradbench's evals, written as
+GradBench's input JSON; before any timing, ours must equal the reference's output (relative 1e-9). Each side is
+called back to back for {seconds:g} s in all, in {ROUNDS} turns each (the reference through GradBench's own harness,
+`min_seconds`); the medians of the calls and their ratio. Run {facts['run']}, commit {facts['commit']}, on {facts['cpu']} ({facts['cores']} cores, load
+average {facts['load']}). The manual tool has no particle or saddle; ba, ht and lstm are not written here yet.
+
+{table(rows)}
+
+Where the two are not the same computation:
+
+- **hello**: the reference's time is one call (its input, a bare number, has no room for `min_seconds`) of a
+  multiplication; ours is a call of `Engine.evaluate`, nearly all of it the Python around a one-line kernel.
+- **det**: the reference recurses over all ell! products; ours (and JAX in the GradBench section) computes each
+  sub-minor once, 2^ell·ell products. The same terms in the same order, a different algorithm.
+- **ode gradient**: the reference differentiates the ODE's exact solution by hand (the last entry at t=2 is a
+  product over x, so its gradient is one pass over n), not the Runge-Kutta steps that the primal, ours and
+  JAX's run. At these sizes the last entry and its gradient are 0 in both (the steps reach 4s entries; the
+  product underflows).
+{END}
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gradbench.cpp", description=__doc__.splitlines()[0])
+    ap.add_argument("--gradbench", required=True, type=Path, help="a GradBench checkout")
+    ap.add_argument("--build", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                    / "adserve-bench" / "gradbench-manual", help="where the programs are built (kept)")
+    ap.add_argument("--only", action="append", metavar="EVAL", help="only these evals (repeatable)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="each side's timing, per part (default 3)")
+    ap.add_argument("--out", default="docs/benchmarks.md")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    from .__main__ import default_evals
+    evs = [e for e in default_evals() if e.name in INPUTS and (not args.only or e.name in args.only)]
+    load0 = os.getloadavg()[0]
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with tempfile.TemporaryDirectory(prefix="adserve-gradbench-cpp-") as cache:
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        rows = compare(evs, lambda name: program(args.gradbench.resolve(), args.build, name, log), cache,
+                       args.seconds, log=log)
+    print(table(rows))
+    if args.only or args.no_write:
+        return 0
+    machine = report.machine()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    facts = {"run": started, "commit": commit or "?", "cpu": machine.get("CPU", machine.get("cpu", "?")),
+             "cores": os.cpu_count(), "load": f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end"}
+    sections.write_section(args.out, BEGIN, END, section(rows, facts, args.seconds))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

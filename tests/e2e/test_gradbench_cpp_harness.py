@@ -1,0 +1,71 @@
+"""bench.gradbench.cpp's harness (GradBench's C++ reference beside ours), against stand-ins for the reference
+programs: scripts with the same command line and output as GradBench's C++ harness (cpp/gradbench/main.hpp:
+`PROGRAM INPUT.json FUNCTION`; the output's JSON on the first line, then one line per run). The real programs
+are built from a GradBench checkout by the bench itself; CI has none. No timing is asserted."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from bench.gradbench import cpp
+from bench.gradbench import evals as E
+
+STAND_IN = """#!{python}
+import json, sys, time
+import numpy as np
+data = json.load(open(sys.argv[1]))
+x = np.array(data["x"])
+if sys.argv[2] == "primal":
+    out = float(np.log(np.sum(np.exp(x))))
+else:
+    out = (np.exp(x) / np.sum(np.exp(x)) * {scale}).tolist()
+print(json.dumps(out))
+t_end, runs = time.perf_counter() + data["min_seconds"], 0
+while runs < data["min_runs"] or time.perf_counter() < t_end:
+    runs += 1
+    print(json.dumps({{"name": "evaluate", "nanoseconds": 1000}}))
+"""
+
+
+def stand_in(tmp_path, scale):
+    path = tmp_path / f"lse-{scale}"
+    path.write_text(STAND_IN.format(python=sys.executable, scale=scale))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.compiled
+def test_ours_is_checked_against_the_reference_and_both_are_timed(tmp_path):
+    ev = E.lse(7)
+    data = cpp.INPUTS["lse"](ev.parts[0].inputs, ev.params)
+    assert data == {"x": ev.parts[0].inputs["x"].tolist()}  # GradBench's lse input: {"x": [...]}
+    rows = cpp.compare([ev, E.ba(3, 4, 10, seed=1)], lambda name: stand_in(tmp_path, 1.0), str(tmp_path / "cache"),
+                       seconds=0.06, settle_s=0.05, log=lambda m: None)
+    assert [(r["eval"], r["function"]) for r in rows] == [("lse", "primal"), ("lse", "gradient")]  # no ba yet
+    for r in rows:
+        assert "error" not in r, r
+        assert r["cpp_s"] == pytest.approx(1e-6) and r["cpp_runs"] >= cpp.ROUNDS and r["ours_s"] > 0
+    assert "| lse | n=7 | gradient |" in cpp.table(rows)
+
+
+@pytest.mark.compiled
+def test_an_output_that_differs_from_the_reference_is_a_failed_row(tmp_path):
+    rows = cpp.compare([E.lse(7)], lambda name: stand_in(tmp_path, 1.001), str(tmp_path / "cache"), seconds=0.03,
+                       settle_s=0.05, log=lambda m: None)
+    primal, gradient = rows
+    assert "error" not in primal
+    assert gradient["error"].startswith("AssertionError") and "ours_s" not in gradient
+    assert "failed: AssertionError" in cpp.table(rows)
+
+
+def test_gmm_input_and_jacobian_output_are_gradbench_s_shapes():
+    ev = E.gmm(3, 2, 8)
+    data = cpp.INPUTS["gmm"](ev.parts[0].inputs, ev.params)
+    assert (data["d"], data["k"], data["n"], data["gamma"], data["m"]) == (3, 2, 8, 1.0, 0)
+    assert np.shape(data["mu"]) == (2, 3) and np.shape(data["l"]) == (2, 3) and np.shape(data["x"]) == (8, 3)
+    json.dumps(data)  # plain JSON
+    out = {"alpha": [1, 2], "mu": [[1, 2, 3], [4, 5, 6]], "q": [[0] * 3] * 2, "l": [[7, 8, 9]] * 2}
+    alpha, mu, q, l = cpp._output("gmm", "jacobian", out)
+    assert alpha.shape == (2,) and mu.shape == (2, 3) and l.shape == (2, 3)
