@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from . import gradbench, harness, isolation, latency, problems, report, service
+from . import gradbench, harness, isolation, latency, problems, report, sections, service
 from .gradbench import cpp as gradbench_cpp
 
 METHOD = """\
@@ -100,10 +100,11 @@ def main(argv=None):
         print(report.tables(results, sv))
         print(f"load average (1 min) {load0[0]:.1f} at start, {load1[0]:.1f} at the end; {minutes:.1f} min")
         return 0
-    # written by `python -m bench.gradbench`, `python -m bench.isolation --write` and `python -m bench.latency
-    # --write`, not by this run
+    # written by `python -m bench.gradbench`, `bench.gradbench.cpp`, `bench.isolation --write`, `bench.latency
+    # --write` and by hand, not by this run
     kept = "\n".join(k for k in (gradbench.kept_section(args.out), gradbench_cpp.kept_section(args.out),
-                                isolation.kept_section(args.out), latency.kept_section(args.out)) if k)
+                                isolation.kept_section(args.out), latency.kept_section(args.out),
+                                sections.kept_notes(args.out)) if k)
     with open(args.out, "w") as f:
         f.write("\n".join(text) + ("\n\n" + kept if kept else ""))
     print(f"wrote {args.out}" + (f" and {args.plot}" if have_plot else "") + f" in {minutes:.1f} min")

@@ -28,3 +28,11 @@ def write_section(path, begin: str, end: str, text: str) -> None:
         doc = doc.rstrip("\n") + "\n\n" + text
     with open(path, "w") as f:
         f.write(doc)
+
+
+# what people wrote about the measurements (analyses, runs by hand): no bench writes it, and `make bench` keeps it
+NOTES_BEGIN, NOTES_END = "<!-- BEGIN NOTES (written by hand; make bench keeps them) -->", "<!-- END NOTES -->"
+
+
+def kept_notes(path) -> str:
+    return kept_section(path, NOTES_BEGIN, NOTES_END)
