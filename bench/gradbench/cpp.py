@@ -7,7 +7,7 @@ with the flags of its cpp/common.mk into `--build` (kept between runs). Their JS
 GradBench's `make -C cpp` has fetched it, else the system's nlohmann/json.hpp (Debian: nlohmann-json3-dev).
 
 For every part of the evals the manual tool has and bench/gradbench writes (hello, lse, llsq, det, kmeans, ode,
-gmm; not yet ba, ht, lstm), at bench.gradbench's sizes: the part's inputs are written as GradBench's input JSON;
+gmm, lstm; not yet ba and ht, whose inputs and outputs GradBench compresses), at bench.gradbench's sizes: the part's inputs are written as GradBench's input JSON;
 the program runs the function for at least `--seconds` (GradBench's `min_seconds`) and reports each run's
 nanoseconds; its output must equal ours (relative 1e-9, as bench.gradbench holds ours to JAX). Ours: warm, as
 bench.gradbench's warm column settles it (`runner.settled`), each call timed. The two take turns, ROUNDS each,
@@ -59,6 +59,8 @@ INPUTS = {
     "det": lambda i, p: {"A": _rows(i["A"]), "ell": p["ell"]},
     "kmeans": lambda i, p: {"points": _rows(i["points"]), "centroids": _rows(i["centroids"])},
     "ode": lambda i, p: {"x": _rows(i["x"]), "s": p["s"]},
+    "lstm": lambda i, p: {"main_params": _rows(i["main"]), "extra_params": _rows(i["extra"]),
+                          "state": _rows(i["state"]), "sequence": _rows(i["seq"])},
     "gmm": lambda i, p: {"d": p["d"], "k": p["k"], "n": p["n"], "alpha": _rows(i["alpha"]), "mu": _rows(i["mu"]),
                          "q": _rows(i["q"]), "l": _rows(i["l"]), "x": _rows(i["x"]), "gamma": p["gamma"],
                          "m": p["m"]},
@@ -70,6 +72,14 @@ def _output(eval_name: str, function: str, out):
     if eval_name == "gmm" and function == "jacobian":
         return tuple(np.asarray(out[w]) for w in ("alpha", "mu", "q", "l"))
     return np.asarray(out)
+
+
+def _ours(eval_name: str, function: str, out):
+    """Our part's output as the manual tool gives it: lstm's Jacobian is one vector, main_params' then
+    extra_params'."""
+    if eval_name == "lstm" and function == "jacobian":
+        return np.concatenate([np.ravel(a) for a in out])
+    return out
 
 
 def json_header(gradbench: Path, build: Path) -> Path:
@@ -153,7 +163,7 @@ def compare(evals, binary_of, cache_dir: str, seconds: float, settle_s: float = 
                 try:
                     out, cpp = run_reference(binary, part.function, data, seconds / ROUNDS)
                     ours, meta = settled(part, tier, settle_s)
-                    _close(ours(), _output(ev.name, part.function, out))  # theirs is the reference
+                    _close(_ours(ev.name, part.function, ours()), _output(ev.name, part.function, out))
                     mine = ours_runs(ours, seconds / ROUNDS)
                     for _ in range(ROUNDS - 1):  # in turns, so that a busy moment of the machine hits both
                         cpp += run_reference(binary, part.function, data, seconds / ROUNDS)[1]
@@ -200,7 +210,8 @@ those programs from a GradBench checkout and runs them on the same inputs as ben
 GradBench's input JSON; before any timing, ours must equal the reference's output (relative 1e-9). Each side is
 called back to back for {seconds:g} s in all, in {ROUNDS} turns each (the reference through GradBench's own harness,
 `min_seconds`); the medians of the calls and their ratio. Run {facts['run']}, commit {facts['commit']}, on {facts['cpu']} ({facts['cores']} cores, load
-average {facts['load']}). The manual tool has no particle or saddle; ba, ht and lstm are not written here yet.
+average {facts['load']}). The manual tool has no particle or saddle; ba and ht (inputs and outputs in GradBench's compressed
+forms) are not written here yet.
 
 {table(rows)}
 

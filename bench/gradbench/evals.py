@@ -349,7 +349,7 @@ def lstm(l: int, c: int, b: int = 7, seed=31337) -> Eval:
     def jac(main, extra, state, seq):
         return _jax().grad(obj, argnums=(0, 1))(main, extra, state, seq)
     args = tuple(inputs[k] for k in ("main", "extra", "state", "seq"))
-    return Eval("lstm", f"l={l}, c={c}", [
+    return Eval("lstm", f"l={l}, c={c}", params={"l": l, "c": c, "b": b}, parts=[
         Part("objective", defn, ["value"], inputs, lambda r: r["value"], _fresh(obj, *args)),
         Part("jacobian", defn, ["gradient"], inputs, lambda r: tuple(r["gradient"][w] for w in wrt),
              _fresh(jac, *args), wrt=wrt),
