@@ -7,12 +7,12 @@ with the flags of its cpp/common.mk into `--build` (kept between runs). Their JS
 GradBench's `make -C cpp` has fetched it, else the system's nlohmann/json.hpp (Debian: nlohmann-json3-dev).
 
 For every part of the evals the manual tool has and bench/gradbench writes (hello, lse, llsq, det, kmeans, ode,
-gmm, lstm; not yet ba and ht, whose inputs and outputs GradBench compresses), at bench.gradbench's sizes: the part's inputs are written as GradBench's input JSON;
-the program runs the function for at least `--seconds` (GradBench's `min_seconds`) and reports each run's
-nanoseconds; its output must equal ours (relative 1e-9, as bench.gradbench holds ours to JAX). Ours: warm, as
-bench.gradbench's warm column settles it (`runner.settled`), each call timed. The two take turns, ROUNDS each,
-for `--seconds` in all. Reported: each side's median call and the ratio; writes its section of docs/benchmarks.md unless --only
-or --no-write.
+gmm, lstm, and ba in GradBench's repeated form; not yet ht), at bench.gradbench's sizes: the part's inputs are
+written as GradBench's input JSON; the program runs the function for at least `--seconds` (GradBench's
+`min_seconds`) and reports each run's nanoseconds; its output must equal ours (relative 1e-9, as bench.gradbench
+holds ours to JAX). Ours: warm, as bench.gradbench's warm column settles it (`runner.settled`), each call timed.
+The two take turns, ROUNDS each, for `--seconds` in all. Reported: each side's median call and the ratio; writes
+its section of docs/benchmarks.md unless --only or --no-write.
 
     python -m bench.gradbench.cpp --gradbench DIR [--only EVAL ...] [--seconds 3] [--no-write]
 """
@@ -59,6 +59,9 @@ INPUTS = {
     "det": lambda i, p: {"A": _rows(i["A"]), "ell": p["ell"]},
     "kmeans": lambda i, p: {"points": _rows(i["points"]), "centroids": _rows(i["centroids"])},
     "ode": lambda i, p: {"x": _rows(i["x"]), "s": p["s"]},
+    # GradBench's ba files hold one camera, point, weight and feature, repeated (a seeded eval's are not)
+    "ba": lambda i, p: {"n": p["n"], "m": p["m"], "p": p["p"], "cam": _rows(i["cams"][0]), "x": _rows(i["X"][0]),
+                        "w": float(i["w"][0]), "feat": _rows(i["obs"][0])},
     "lstm": lambda i, p: {"main_params": _rows(i["main"]), "extra_params": _rows(i["extra"]),
                           "state": _rows(i["state"]), "sequence": _rows(i["seq"])},
     "gmm": lambda i, p: {"d": p["d"], "k": p["k"], "n": p["n"], "alpha": _rows(i["alpha"]), "mu": _rows(i["mu"]),
@@ -67,18 +70,36 @@ INPUTS = {
 }
 
 
+# the manual tool's function of a part, where the names differ; a part not here by its own name is skipped when
+# the reference has no such function (ba's dense `jacobian`: GradBench's is the sparse one, `jacobian (blocks)`)
+FUNCTIONS = {("ba", "jacobian (blocks)"): "jacobian", ("ba", "jacobian"): None}
+
+
 def _output(eval_name: str, function: str, out):
-    """The manual tool's output (its JSON) as our part's `out` gives it."""
+    """The manual tool's output (its JSON) as `_ours` gives ours."""
     if eval_name == "gmm" and function == "jacobian":
         return tuple(np.asarray(out[w]) for w in ("alpha", "mu", "q", "l"))
+    if eval_name == "ba" and function == "objective":  # the first observation's errors, each repeated p times
+        e, w = out["reproj_error"], out["w_err"]
+        return np.asarray(e["elements"]), np.asarray(w["element"]), e["repeated"], w["repeated"]
+    if eval_name == "ba":  # its sparse Jacobian's first observation (two rows: 11 camera, 3 point, 1 weight
+        return np.asarray(out["vals"])  # entries), then the last weight's derivative
     return np.asarray(out)
 
 
 def _ours(eval_name: str, function: str, out):
     """Our part's output as the manual tool gives it: lstm's Jacobian is one vector, main_params' then
-    extra_params'."""
+    extra_params'; ba's objective and Jacobian in GradBench's repeated forms."""
     if eval_name == "lstm" and function == "jacobian":
         return np.concatenate([np.ravel(a) for a in out])
+    if eval_name == "ba" and function == "objective":
+        p = len(out) // 3
+        assert np.all(out[:2 * p].reshape(p, 2) == out[:2]) and np.all(out[2 * p:] == out[2 * p])  # repeated
+        return out[:2], np.asarray(out[2 * p]), p, p
+    if eval_name == "ba":
+        cam, X, w = out  # per observation: (p, 3, 11), (p, 3, 3), (p, 3)
+        rows = [np.concatenate([cam[0, r], X[0, r], w[0, r:r + 1]]) for r in (0, 1)]
+        return np.concatenate([*rows, w[-1, 2:3]])
     return out
 
 
@@ -153,20 +174,23 @@ def compare(evals, binary_of, cache_dir: str, seconds: float, settle_s: float = 
     rows = []
     try:
         for ev in evals:
-            if ev.name not in INPUTS:
+            if ev.name not in INPUTS or ev.params.get("seeded"):
                 continue
             binary = binary_of(ev.name)
             data = INPUTS[ev.name](ev.parts[0].inputs, ev.params)
             for part in ev.parts:
+                function = FUNCTIONS.get((ev.name, part.function), part.function)
+                if function is None:
+                    continue
                 log(f"  {ev.name} {ev.label} {part.function}")
                 row = {"eval": ev.name, "label": ev.label, "function": part.function}
                 try:
-                    out, cpp = run_reference(binary, part.function, data, seconds / ROUNDS)
+                    out, cpp = run_reference(binary, function, data, seconds / ROUNDS)
                     ours, meta = settled(part, tier, settle_s)
                     _close(_ours(ev.name, part.function, ours()), _output(ev.name, part.function, out))
                     mine = ours_runs(ours, seconds / ROUNDS)
                     for _ in range(ROUNDS - 1):  # in turns, so that a busy moment of the machine hits both
-                        cpp += run_reference(binary, part.function, data, seconds / ROUNDS)[1]
+                        cpp += run_reference(binary, function, data, seconds / ROUNDS)[1]
                         mine += ours_runs(ours, seconds / ROUNDS)
                     row.update(ours_s=statistics.median(mine), ours_runs=len(mine), tier=meta.get("backend", "?"),
                                cpp_s=statistics.median(cpp), cpp_runs=len(cpp))
@@ -208,10 +232,12 @@ GradBench validates every tool against its `manual` tool: each eval's functions 
 (`tools/manual/`, single-threaded, `-O3 -march=native`). `python -m bench.gradbench.cpp --gradbench DIR` builds
 those programs from a GradBench checkout and runs them on the same inputs as bench.gradbench's evals, written as
 GradBench's input JSON; before any timing, ours must equal the reference's output (relative 1e-9). Each side is
-called back to back for {seconds:g} s in all, in {ROUNDS} turns each (the reference through GradBench's own harness,
-`min_seconds`); the medians of the calls and their ratio. Run {facts['run']}, commit {facts['commit']}, on {facts['cpu']} ({facts['cores']} cores, load
-average {facts['load']}). The manual tool has no particle or saddle; ba and ht (inputs and outputs in GradBench's compressed
-forms) are not written here yet.
+called back to back for {seconds:g} s in all, in {ROUNDS} turns each (the reference through GradBench's own
+harness, `min_seconds`); the medians of the calls and their ratio. Run {facts['run']}, commit {facts['commit']},
+on {facts['cpu']} ({facts['cores']} cores, load average {facts['load']}). The manual tool has no particle or
+saddle; ba is compared in GradBench's repeated form (one camera, point, weight and feature for all, the first
+observation's errors and Jacobian rows), so its dense `jacobian` is left out (as is a seeded ba, whose entries
+differ); ht's data and output forms are not written here yet.
 
 {table(rows)}
 

@@ -466,7 +466,8 @@ def ba(n: int, m: int, p: int, name: str = "", whole_jacobian: bool = False, blo
         parts.append(Part("jacobian (blocks)", jac_d, ["jacobian"], one,
                           lambda r: tuple(r["jacobian"][k] for k in wrt),
                           _fresh(jac, *(one[k] for k in ("cam", "X", "w", "feat"))), wrt=wrt, batch=True))
-    return Eval("ba", name or f"n={n}, m={m}, p={p}", parts)
+    return Eval("ba", name or f"n={n}, m={m}, p={p}", parts,
+                params={"n": n, "m": m, "p": p, "seeded": seed is not None})
 
 
 def tiny() -> list:

@@ -43,7 +43,8 @@ def test_ours_is_checked_against_the_reference_and_both_are_timed(tmp_path):
     assert data == {"x": ev.parts[0].inputs["x"].tolist()}  # GradBench's lse input: {"x": [...]}
     rows = cpp.compare([ev, E.ba(3, 4, 10, seed=1)], lambda name: stand_in(tmp_path, 1.0), str(tmp_path / "cache"),
                        seconds=0.06, settle_s=0.05, log=lambda m: None)
-    assert [(r["eval"], r["function"]) for r in rows] == [("lse", "primal"), ("lse", "gradient")]  # no ba yet
+    # a seeded ba is skipped: GradBench's repeated form cannot hold it
+    assert [(r["eval"], r["function"]) for r in rows] == [("lse", "primal"), ("lse", "gradient")]
     for r in rows:
         assert "error" not in r, r
         assert r["cpp_s"] == pytest.approx(1e-6) and r["cpp_runs"] >= cpp.ROUNDS and r["ours_s"] > 0
@@ -69,3 +70,22 @@ def test_gmm_input_and_jacobian_output_are_gradbench_s_shapes():
     out = {"alpha": [1, 2], "mu": [[1, 2, 3], [4, 5, 6]], "q": [[0] * 3] * 2, "l": [[7, 8, 9]] * 2}
     alpha, mu, q, l = cpp._output("gmm", "jacobian", out)
     assert alpha.shape == (2,) and mu.shape == (2, 3) and l.shape == (2, 3)
+
+
+def test_ba_in_gradbench_s_repeated_forms():
+    ev = E.ba(3, 4, 10)
+    data = cpp.INPUTS["ba"](ev.parts[0].inputs, ev.params)
+    assert (data["n"], data["m"], data["p"]) == (3, 4, 10) and len(data["cam"]) == 11 and len(data["x"]) == 3
+    ours = np.concatenate([np.tile([1.5, -2.0], 10), np.full(10, 0.25)])
+    theirs = {"reproj_error": {"elements": [1.5, -2.0], "repeated": 10}, "w_err": {"element": 0.25, "repeated": 10}}
+    got, want = cpp._ours("ba", "objective", ours), cpp._output("ba", "objective", theirs)
+    assert [np.asarray(a).tolist() for a in got] == [np.asarray(a).tolist() for a in want]
+    ours[3] = 7.0  # not repeated: GradBench's form cannot hold it
+    with pytest.raises(AssertionError):
+        cpp._ours("ba", "objective", ours)
+    cam, X, w = np.arange(10 * 33.0).reshape(10, 3, 11), np.zeros((10, 3, 3)), np.ones((10, 3))
+    vals = cpp._ours("ba", "jacobian (blocks)", (cam, X, w))
+    assert vals.shape == (31,) and vals[:11].tolist() == cam[0, 0].tolist()
+    assert vals[15:26].tolist() == cam[0, 1].tolist() and vals[-1] == w[-1, 2]
+    assert cpp.FUNCTIONS[("ba", "jacobian (blocks)")] == "jacobian" and cpp.FUNCTIONS[("ba", "jacobian")] is None
+    assert cpp.compare([E.ba(3, 4, 10, seed=1)], None, "unused", 0.01) == []  # a seeded ba has no repeated form
