@@ -169,40 +169,49 @@ class CallPipeline(grpc.aio.ServerInterceptor):
 def _wrap(behaviour, stages: tuple, service: str, method: str, streamed_in: bool, streamed_out: bool):
     if inspect.isasyncgenfunction(behaviour):  # responses yielded (reflection); grpc writes each
         async def wrapped_gen(request, context):
-            call, code = Call(service, method, streamed_in, streamed_out, request, context), None
-            try:
+            call = Call(service, method, streamed_in, streamed_out, request, context)
+            async with _Ending(stages, call):
                 await _enter(stages, call)
                 async with contextlib.aclosing(behaviour(call.request, _Context(context, call))) as out:
                     async for response in out:
                         yield response
                         call.sent()
-            except asyncio.CancelledError:
-                code = await _cancelled(stages, call)
-                raise
-            except BaseException as e:
-                code = _ended_by(e, context)
-                raise
-            finally:
-                _exit(stages, call, code)
         return wrapped_gen
 
     async def wrapped(request, context):
-        call, code = Call(service, method, streamed_in, streamed_out, request, context), None
-        try:
+        call = Call(service, method, streamed_in, streamed_out, request, context)
+        async with _Ending(stages, call):
             await _enter(stages, call)
             response = await behaviour(call.request, _Context(context, call))
             if response is not None:  # a unary answer (stream handlers write theirs and return None)
                 call.sent()
             return response
-        except asyncio.CancelledError:
-            code = await _cancelled(stages, call)
-            raise
-        except BaseException as e:
-            code = _ended_by(e, context)
-            raise
-        finally:
-            _exit(stages, call, code)
     return wrapped
+
+
+class _Ending:
+    """Around a call's whole run, its stages entered included: when it ends, however it ends, its final status
+    code is worked out and the stages it entered exit (`_exit`). A class, not a generator-based context manager:
+    this runs on every call."""
+
+    __slots__ = ("stages", "call")
+
+    def __init__(self, stages: tuple, call: Call):
+        self.stages, self.call = stages, call
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(self, kind, error, traceback) -> bool:
+        code = None
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                code = await _cancelled(self.stages, self.call)
+            elif error is not None:
+                code = _ended_by(error, self.call.context)
+        finally:
+            _exit(self.stages, self.call, code)
+        return False  # what ended the call goes on
 
 
 async def _enter(stages: tuple, call: Call) -> None:
