@@ -30,6 +30,14 @@ def lines_of(server, rid: str) -> list[dict]:
     return found
 
 
+def grpc_access_lines(server, rid: str) -> list[dict]:
+    return [x for x in lines_of(server, rid) if x["logger"] == "adserve.grpc.access"]
+
+
+SQUARE = pb.EvaluateRequest(function=pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x * x"),
+                            inputs={"x": pb.Tensor(data=[3.0])}, compute=["value"])
+
+
 def test_every_log_line_is_json(server):
     httpx.get(server.url + "/healthz")
     text = server.log().splitlines()
@@ -56,21 +64,19 @@ def test_a_request_without_an_id_or_with_a_bad_one_gets_a_new_one(server):
 def test_a_grpc_request_id_is_answered_and_logged(server):
     with grpc.insecure_channel(server.grpc) as channel:
         stub = ad_pb2_grpc.DifferentiatorStub(channel)
-        request = pb.EvaluateRequest(function=pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x * x"),
-                                     inputs={"x": pb.Tensor(data=[3.0])}, compute=["value"])
-        _, call = stub.Evaluate.with_call(request, metadata=[("x-request-id", "grpc-42")], timeout=30)
+        _, call = stub.Evaluate.with_call(SQUARE, metadata=[("x-request-id", "grpc-42")], timeout=30)
         assert ("x-request-id", "grpc-42") in call.trailing_metadata()  # a unary answer's trailers
         with pytest.raises(grpc.RpcError) as e:  # a failed call has its id (beside its error code) and its line
             stub.Evaluate(pb.EvaluateRequest(id="nope"), metadata=[("x-request-id", "grpc-43")],
                           timeout=30)
         assert {("x-request-id", "grpc-43"), ("adserve-error-code", "function_not_found")} <= \
             set(e.value.trailing_metadata())
-        _, call = stub.Evaluate.with_call(request, timeout=30)
+        _, call = stub.Evaluate.with_call(SQUARE, timeout=30)
         [made] = [v for k, v in call.trailing_metadata() if k == "x-request-id"]
         assert len(made) == 32
-    [ok] = [x for x in lines_of(server, "grpc-42") if x["logger"] == "adserve.grpc.access"]
+    [ok] = grpc_access_lines(server, "grpc-42")
     assert (ok["grpc_method"], ok["grpc_code"]) == ("/ad.v1.Differentiator/Evaluate", "OK")
-    [failed] = [x for x in lines_of(server, "grpc-43") if x["logger"] == "adserve.grpc.access"]
+    [failed] = grpc_access_lines(server, "grpc-43")
     assert failed["grpc_code"] == "NOT_FOUND"
     assert lines_of(server, made)
 
@@ -78,11 +84,9 @@ def test_a_grpc_request_id_is_answered_and_logged(server):
 def test_a_grpc_stream_has_its_request_id_before_its_first_answer(server):
     with grpc.insecure_channel(server.grpc) as channel:
         stub = ad_pb2_grpc.DifferentiatorStub(channel)
-        request = pb.EvaluateRequest(function=pb.Definition(inputs=[pb.InputSpec(name="x")], expr="x * x"),
-                                     inputs={"x": pb.Tensor(data=[3.0])}, compute=["value"])
-        stream = stub.EvaluateStream(iter([request] * 3), metadata=[("x-request-id", "stream-7")], timeout=30)
+        stream = stub.EvaluateStream(iter([SQUARE] * 3), metadata=[("x-request-id", "stream-7")], timeout=30)
         assert ("x-request-id", "stream-7") in stream.initial_metadata()  # before any answer is read
         assert [r.value.data[0] for r in stream] == [9.0] * 3
         assert ("x-request-id", "stream-7") in stream.trailing_metadata()
-    [line] = [x for x in lines_of(server, "stream-7") if x["logger"] == "adserve.grpc.access"]
+    [line] = grpc_access_lines(server, "stream-7")
     assert (line["grpc_method"], line["grpc_code"]) == ("/ad.v1.Differentiator/EvaluateStream", "OK")
