@@ -45,14 +45,13 @@ import datetime
 import http.client
 import json
 import os
+import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-
-import shutil
-import struct
 
 import grpc
 
@@ -243,8 +242,8 @@ class Blocks:
         message = ad_pb2.EvaluateRequest(id=fid, compute=["value", "gradient"],
                                          inputs={"x1": ad_pb2.Tensor(data=[2.0]), "x2": ad_pb2.Tensor(data=[5.0])})
         # h2load answers HTTP's status only: the call is checked once here, through grpc, to be a success
-        stub = ad_pb2_grpc.DifferentiatorStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-        stub.Evaluate(message, timeout=30)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            ad_pb2_grpc.DifferentiatorStub(channel).Evaluate(message, timeout=30)
         payload = message.SerializeToString()
         self.body = tempfile.NamedTemporaryFile(prefix="adserve-latency-", suffix=".grpc")
         self.body.write(b"\0" + struct.pack(">I", len(payload)) + payload)  # gRPC's length-prefixed message

@@ -103,6 +103,17 @@ def section(rows, facts: dict, minutes: float) -> str:
 """
 
 
+def run_facts(started: str, load0: float) -> dict:
+    """What a section says of its run: when it started, the commit, the CPU, the cores and the load average."""
+    machine = report.machine()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    return {"run": started, "commit": commit or "?", "cpu": machine.get("CPU", machine.get("cpu", "?")),
+            "cores": os.cpu_count(), "load": f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.gradbench", description=__doc__)
     ap.add_argument("--only", action="append", metavar="EVAL", help="only these evals (repeatable)")
@@ -121,14 +132,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="adserve-gradbench-") as cache:
         rows = run(evs, cache, budget_s=args.budget, log=lambda m: print(m, flush=True))
     minutes = (time.perf_counter() - t0) / 60
-    facts = report.machine()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    info = {"run": started, "commit": commit, "cpu": facts.get("CPU", facts.get("cpu", "?")),
-            "cores": os.cpu_count(), "load": f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end"}
-    text = section(rows, info, minutes)
+    text = section(rows, run_facts(started, load0), minutes)
     print(table(rows))
     if args.only or args.no_write or args.quick:
         return 0

@@ -27,14 +27,12 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .. import report, sections
-from . import evals as E
-from .runner import _close, settled
+from .. import sections
+from .runner import _close, settled, timed_runs
 
 BEGIN, END = "<!-- BEGIN GRADBENCH CPP (python -m bench.gradbench.cpp) -->", "<!-- END GRADBENCH CPP -->"
 ROUNDS = 3  # each side's timing is taken in this many turns
@@ -152,18 +150,6 @@ def run_reference(binary: Path, function: str, data, seconds: float) -> tuple:
     return json.loads(lines[0]), runs
 
 
-def ours_runs(call, seconds: float) -> list:
-    """Seconds of each call of `call` for `seconds` (at least one)."""
-    runs, t_end = [], time.perf_counter() + seconds
-    while True:
-        t = time.perf_counter()
-        call()
-        now = time.perf_counter()
-        runs.append(now - t)
-        if now >= t_end:
-            return runs
-
-
 def compare(evals, binary_of, cache_dir: str, seconds: float, settle_s: float = 3.0, log=print) -> list:
     """A row per part of the evals the reference has: ours and the reference's median call, or the error (a
     different output, a failed run). `binary_of(eval name)`: the reference's program."""
@@ -188,10 +174,10 @@ def compare(evals, binary_of, cache_dir: str, seconds: float, settle_s: float = 
                     out, cpp = run_reference(binary, function, data, seconds / ROUNDS)
                     ours, meta = settled(part, tier, settle_s)
                     _close(_ours(ev.name, part.function, ours()), _output(ev.name, part.function, out))
-                    mine = ours_runs(ours, seconds / ROUNDS)
+                    mine = timed_runs(ours, seconds / ROUNDS)
                     for _ in range(ROUNDS - 1):  # in turns, so that a busy moment of the machine hits both
                         cpp += run_reference(binary, function, data, seconds / ROUNDS)[1]
-                        mine += ours_runs(ours, seconds / ROUNDS)
+                        mine += timed_runs(ours, seconds / ROUNDS)
                     row.update(ours_s=statistics.median(mine), ours_runs=len(mine), tier=meta.get("backend", "?"),
                                cpp_s=statistics.median(cpp), cpp_runs=len(cpp))
                     log(f"    ours {row['ours_s'] * 1e3:.4g} ms ({row['tier']}), C++ {row['cpp_s'] * 1e3:.4g} ms: "
@@ -265,7 +251,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs/benchmarks.md")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    from .__main__ import default_evals
+    from .__main__ import default_evals, run_facts
     evs = [e for e in default_evals() if e.name in INPUTS and (not args.only or e.name in args.only)]
     load0 = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -276,11 +262,7 @@ def main(argv=None) -> int:
     print(table(rows))
     if args.only or args.no_write:
         return 0
-    machine = report.machine()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    facts = {"run": started, "commit": commit or "?", "cpu": machine.get("CPU", machine.get("cpu", "?")),
-             "cores": os.cpu_count(), "load": f"{load0:.1f} at start, {os.getloadavg()[0]:.1f} at the end"}
-    sections.write_section(args.out, BEGIN, END, section(rows, facts, args.seconds))
+    sections.write_section(args.out, BEGIN, END, section(rows, run_facts(started, load0), args.seconds))
     print(f"wrote {args.out}")
     return 0
 

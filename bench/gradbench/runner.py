@@ -50,16 +50,22 @@ def _engine(part, tier) -> Engine:
     return Engine(tier, limits=Limits().updated(**part.limits)) if part.limits else Engine(tier)
 
 
-def _gradbench_min(fn, seconds=1.0):
-    """GradBench's measure: run until `seconds` have passed (at least once); the fastest run, and the runs."""
-    t_end, best, runs = time.perf_counter() + seconds, float("inf"), 0
+def timed_runs(fn, seconds: float) -> list:
+    """Seconds of each call of `fn`, called back to back until `seconds` have passed (at least once)."""
+    runs, t_end = [], time.perf_counter() + seconds
     while True:
         t = time.perf_counter()
         fn()
         now = time.perf_counter()
-        best, runs = min(best, now - t), runs + 1
+        runs.append(now - t)
         if now >= t_end:
-            return best, runs
+            return runs
+
+
+def _gradbench_min(fn, seconds=1.0):
+    """GradBench's measure: run until `seconds` have passed (at least once); the fastest run, and the runs."""
+    runs = timed_runs(fn, seconds)
+    return min(runs), len(runs)
 
 
 def cold(part, tier, seconds=1.0) -> dict:
