@@ -259,7 +259,7 @@ async def function_source(function_id: str, service: ServiceDep, transform: Anno
 @router.post("/v1/functions/{function_id}/evaluate", tags=["evaluate"], summary="Evaluate a registered function",
              operation_id="evaluateFunction",
              responses={**_evaluated, **_err, **_not_found, **_stopped},
-             openapi_extra=schemas.request_body(schemas.Evaluation))
+             openapi_extra=schemas.request_body(schemas.Evaluation, **{"not": {"required": ["function"]}}))
 async def evaluate_by_id(function_id: str, request: Request):
     # no FastAPI dependencies here: solving them costs more than the brief evaluation itself
     return await _evaluation(request, function_id)
@@ -267,7 +267,7 @@ async def evaluate_by_id(function_id: str, request: Request):
 
 @router.post("/v1/evaluate", tags=["evaluate"], summary="Evaluate a definition (registering it on the way)",
              operation_id="evaluate", responses={**_evaluated, **_err, **_not_found, **_stopped},
-             openapi_extra=schemas.request_body(schemas.EvaluationWithFunction))
+             openapi_extra=schemas.request_body(schemas.Evaluation, required=["function"]))
 async def evaluate(request: Request):
     return await _evaluation(request, None)
 
@@ -276,8 +276,8 @@ async def evaluate(request: Request):
              summary="Minimise a function on the server: every iterate, as NDJSON", response_class=_RunStream,
              status_code=200,
              responses={200: {"description": "one MinimizeProgress per line; the last has done true",
-                              "content": {"application/x-ndjson": {"schema": {
-                                  "$ref": "#/components/schemas/MinimizeProgress"}}}},
+                              "content": {"application/x-ndjson": {
+                                  "schema": schemas.stream_line(schemas.MinimizeProgress)}}},
                         **schemas.json_errors({**_err, **_not_found})},
              openapi_extra=schemas.request_body(schemas.Minimization))
 async def minimize(function_id: str, raw: RawBody, service: ServiceDep):

@@ -3,13 +3,23 @@
 Requests are parsed by hand (orjson, then `evaluation.parse` and the engine),
 so that every error has the contract's shape; these models describe them.
 Shared types are named components (`Tensor`, `TensorMap`, `Real`, `ComputeKind`,
-`Transform`, `ErrorCode`, `JsonObject`), so a generated client has one type for
-each rather than an inlined union (or one more class) at every use.
+`Transform`, `ErrorCode`, `JsonObject`, `Hessian`), so a generated client has
+one type for each rather than an inlined union (or one more class) at every use.
+
+The document is written for client generators as well as readers, and a typed
+generator makes a class (a module) of every object and every `enum` it meets.
+So: the two evaluate routes share one `Evaluation` (the route's body adds
+"`function` required", or "no `function`", by `allOf` of the one reference);
+an enum is a string constrained by `allOf: [{enum, oneOf of described consts}]`
+(validators and ReDoc enforce and show it; generators keep it a string, the
+allowed values in its description); the open objects (`JsonObject`) are
+untyped; and the minimize stream's line is described where the stream is.
+openapi-python-client then makes 14 model files, each one of the API's objects.
 """
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 from typing_extensions import TypeAliasType
 
@@ -36,19 +46,23 @@ class TensorRef(BaseModel):
 
 
 
-def one_of(values: dict) -> dict:
-    """The JSON Schema of a string enum whose every value has its own description: `enum` (what generators make
-    their enum type of; openapi-python-client reads it before `oneOf`) and the same values again as `oneOf` of
-    `const`s, each with its `description` (what JSON Schema 2020-12 documents a value with; /docs and /redoc
-    show them). `oneOf` of `const`s alone is not enough: openapi-python-client 0.29.1 makes a union of
-    `Literal`s of it whose parser accepts only the first value (openapi-python-client issue #1044)."""
-    return {"oneOf": [{"const": value, "description": doc} for value, doc in values.items()]}
+def enum_schema(values: dict, doc: str = "") -> dict:
+    """The JSON Schema of a string enum whose every value has its own description ({value: description}).
+
+    The constraint is one `allOf` member: `enum` (what validators and most tools read) beside the same values as
+    `oneOf` of `const`s with a `description` each (what JSON Schema 2020-12 documents a value with; /docs and
+    /redoc show them). Outside, the schema is a string described by `doc` and its values: openapi-python-client
+    makes a string of it, not an enum class per enum (6 more model files), nor a `Literal` union of `const`s
+    alone, whose parser accepts only the first value (openapi-python-client issue #1044)."""
+    listed = "one of " + ", ".join(f"`{v}`" for v in values)
+    return {"type": "string", "description": f"{doc} ({listed})" if doc else listed,
+            "allOf": [{"enum": list(values),
+                       "oneOf": [{"const": value, "description": d} for value, d in values.items()]}]}
 
 
 def described(name: str, values: dict, doc: str) -> TypeAliasType:
     """A named string enum of `values` ({value: description}), described as a whole by `doc`."""
-    return TypeAliasType(name, Annotated[Literal[tuple(values)],
-                                         Field(description=doc, json_schema_extra=one_of(values))])
+    return TypeAliasType(name, Annotated[Literal[tuple(values)], WithJsonSchema(enum_schema(values, doc))])
 
 
 NonFinite = described("NonFinite", {"NaN": "not a number (IEEE 754 NaN)", "Infinity": "positive infinity",
@@ -64,10 +78,12 @@ Tensor = TypeAliasType("Tensor", Annotated[float | NonFinite | list[Any] | B64Te
                                            Field(description=TENSOR_DOC)])
 TensorMap = TypeAliasType("TensorMap", Annotated[dict[str, Tensor], Field(
     description="one tensor per input name")])
-# the open objects (a graph, an error's location, a trace row): one named schema, so a generator makes one class
-# for the three rather than a class of the same shape under each property's name
-JsonObject = TypeAliasType("JsonObject", Annotated[dict[str, Any], Field(
-    description="a JSON object; the property that holds it says which keys")])
+# the open objects (a graph, an error's location, a trace row): one named schema, untyped, so a generator gives
+# a plain dict for each (an object schema would be a class wrapping one)
+JsonObject = TypeAliasType("JsonObject", Annotated[dict[str, Any], WithJsonSchema(
+    {"description": "a JSON object; the property that holds it says which keys"})])
+Hessian = TypeAliasType("Hessian", Annotated[dict[str, TensorMap], Field(
+    description="hessian[a][b]: the block of second derivatives in inputs a and b")])
 
 ComputeKind = described("ComputeKind", {kind: f"`{kind}` of the answer: {doc}" for kind, doc in KIND_DOCS.items()},
                         "What an evaluation computes; each kind is a key of the answer.")
@@ -167,10 +183,19 @@ class Definition(BaseModel):
 
 
 class Evaluation(BaseModel):
+    """An evaluation: of the function in the path (POST /v1/functions/{function_id}/evaluate, which refuses a
+    `function`), or of its `function` (POST /v1/evaluate, which needs one)."""
+
     model_config = ConfigDict(json_schema_extra={"examples": [
+        {"function": Definition.model_config["json_schema_extra"]["examples"][0],
+         "inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]},
         {"inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
+    function: Definition | str | None = Field(None, description="POST /v1/evaluate only: the definition to "
+                                              "evaluate (registered on the way), or the id or name of a "
+                                              "registered function")
     inputs: TensorMap = Field(description=TENSOR_DOC)
-    compute: list[ComputeKind] = ["value"]
+    compute: list[ComputeKind] = Field(["value"], description="what to compute, each a key of the answer: "
+                                       + ", ".join(f"`{kind}`" for kind in KIND_DOCS))
     tangent: TensorMap | None = Field(None, description="for jvp and hvp: one entry per input")
     cotangent: Tensor | None = Field(None, description="for vjp: output shape")
     batch: bool = Field(False, description="every tensor has one extra leading axis of the same length")
@@ -178,14 +203,6 @@ class Evaluation(BaseModel):
                                                     "default: every input")
     timeout_ms: int | None = Field(None, gt=0, description="stop the computation after this many milliseconds: 504 "
                                    "deadline_exceeded (the server's ADSERVE_MAX_EVAL_SECONDS applies in any case)")
-
-
-class EvaluationWithFunction(Evaluation):
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"function": Definition.model_config["json_schema_extra"]["examples"][0],
-         "inputs": {"x1": 2.0, "x2": 5.0}, "compute": ["value", "gradient"]}]})
-    function: Definition | str = Field(description="the definition to evaluate (registered on the way), or the id "
-                                                   "or name of a registered function")
 
 
 class FunctionInfo(BaseModel):
@@ -219,7 +236,7 @@ class EvaluationResult(BaseModel):
     vjp: TensorMap | None = None
     hvp: TensorMap | None = None
     jacobian: TensorMap | None = None
-    hessian: dict[str, TensorMap] | None = None
+    hessian: Hessian | None = None
     trace: list[JsonObject] | None = Field(None, description="one row per variable: name, expr, shape, "
                                                              "output, value, tangent?, adjoint?")
     cached: bool
@@ -232,9 +249,9 @@ class Minimization(BaseModel):
         {"x0": {"x": [-1.0, -1.0]}, "method": "lbfgs", "max_iter": 200, "gtol": 1e-6}]})
     id: str | None = Field(None, description="may repeat the id in the path")
     x0: TensorMap = Field(description="the starting point, one entry per input. " + TENSOR_DOC)
-    method: Literal[tuple(optimize.METHODS)] = Field(optimize.DEFAULT_METHOD, json_schema_extra=one_of({
+    method: Annotated[Literal[tuple(optimize.METHODS)], WithJsonSchema(enum_schema({
         name: f"scipy.optimize.minimize's {scipy}" + (", with Hessian-vector products" if hvp else "")
-        for name, (scipy, hvp) in optimize.METHODS.items()}))
+        for name, (scipy, hvp) in optimize.METHODS.items()}, "the optimiser"))] = optimize.DEFAULT_METHOD
     max_iter: int = Field(optimize.DEFAULT_MAX_ITER, ge=1, le=optimize.MAX_ITER)
     gtol: float = Field(optimize.DEFAULT_GTOL, ge=0,
                         description="stop once the largest absolute gradient component is at most this")
@@ -303,16 +320,27 @@ class _Named(BaseModel):
     code: ErrorCode
 
 
-# bodies parsed by hand, the NDJSON lines of the minimize stream, and the types _Named carries
-REQUEST_MODELS = (Definition, Evaluation, EvaluationWithFunction, Minimization, MinimizeProgress)
+# bodies parsed by hand; the NDJSON line of the minimize stream is described inline in its response (as a
+# component it would be one more class of a generated client, which cannot read the stream), its types are
+# components; and the types _Named carries
+REQUEST_MODELS = (Definition, Evaluation, Minimization)
+STREAM_LINES = (MinimizeProgress,)
 
 
 def request_components() -> dict:
     """JSON Schemas of the models FastAPI does not see, keyed by name, for `components.schemas`."""
-    _, top = models_json_schema([(m, "validation") for m in (*REQUEST_MODELS, _Named)],
+    _, top = models_json_schema([(m, "validation") for m in (*REQUEST_MODELS, *STREAM_LINES, _Named)],
                                 ref_template="#/components/schemas/{model}")
-    top["$defs"].pop(_Named.__name__)
+    for model in (*STREAM_LINES, _Named):
+        top["$defs"].pop(model.__name__)
     return top["$defs"]
+
+
+def stream_line(model) -> dict:
+    """The JSON Schema of one line of a stream, whose types are components (`request_components`)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return schema
 
 
 def tensor_upload() -> dict:
@@ -323,7 +351,10 @@ def tensor_upload() -> dict:
                                                 "description": "little-endian, row-major; ?shape=3,4&dtype=float64"}}}}}
 
 
-def request_body(model) -> dict:
-    """`openapi_extra` for a route whose JSON body is parsed by hand."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+def request_body(model, **constraints) -> dict:
+    """`openapi_extra` for a route whose JSON body is parsed by hand: `model`, with `constraints` (JSON Schema
+    keywords) beside it in an `allOf` of its one reference, which generators take as the model itself."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    if constraints:
+        schema = {"allOf": [schema], **constraints}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

@@ -169,7 +169,7 @@ def test_schema_docs_page_and_metrics(client):
     assert client.get("/docs").status_code == 200
     spec = ok(client.get("/openapi.json"))
     body = spec["paths"]["/v1/evaluate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["$ref"].split("/")[-1] in spec["components"]["schemas"]
+    assert body["allOf"][0]["$ref"].split("/")[-1] in spec["components"]["schemas"]
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'src="static/demo/main.js"' in page.text and 'href="docs"' in page.text  # the demo (test_demo_browser.py)

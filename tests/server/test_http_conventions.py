@@ -111,7 +111,9 @@ def test_openapi_names_its_shared_types(client):
     assert evaluation["inputs"]["$ref"] == "#/components/schemas/TensorMap"
     assert schemas["TensorMap"]["additionalProperties"] == {"$ref": "#/components/schemas/Tensor"}
     assert evaluation["compute"]["items"] == {"$ref": "#/components/schemas/ComputeKind"}
-    assert set(schemas["ComputeKind"]["enum"]) >= {"value", "gradient", "hessian"}
+    assert set(schemas["ComputeKind"]["allOf"][0]["enum"]) >= {"value", "gradient", "hessian"}
+    assert schemas["EvaluationResult"]["properties"]["hessian"]["anyOf"][0] == {"$ref": "#/components/schemas/Hessian"}
+    assert schemas["Hessian"]["additionalProperties"] == {"$ref": "#/components/schemas/TensorMap"}
     assert {"$ref": "#/components/schemas/ErrorCode"} in schemas["ErrorDetail"]["properties"]["code"]["anyOf"]
     # the union is written once, in Tensor, and referred to everywhere else
     text = str({k: v for k, v in schemas.items() if k != "Tensor"})
@@ -121,12 +123,28 @@ def test_openapi_names_its_shared_types(client):
     assert transform["schema"]["$ref"] == "#/components/schemas/Transform"
 
 
+def test_openapi_evaluations_share_one_schema_and_say_where_function_goes(client):
+    """Both evaluate routes take an `Evaluation`: POST /v1/evaluate needs its `function`, the route of a
+    registered function refuses one (422 unknown_field), each said by `allOf` of the one reference."""
+    spec = client.get("/openapi.json").json()
+    body = {path: spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            for path in ("/v1/evaluate", "/v1/functions/{function_id}/evaluate")}
+    evaluation = {"$ref": "#/components/schemas/Evaluation"}
+    assert body["/v1/evaluate"] == {"allOf": [evaluation], "required": ["function"]}
+    assert body["/v1/functions/{function_id}/evaluate"] == {"allOf": [evaluation],
+                                                             "not": {"required": ["function"]}}
+    assert "function" in spec["components"]["schemas"]["Evaluation"]["properties"]
+    refused = client.post("/v1/functions/anything/evaluate", json={"function": "f", "inputs": {}})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_field"
+    assert client.post("/v1/evaluate", json={"inputs": {}}).status_code == 422
+
+
 def test_openapi_describes_each_value_of_each_enum(client):
-    """Every enum has each of its values again as `oneOf` of `const`s, each with its own description (the
-    compute kinds', transforms' and methods' from the engine's and optimiser's tables, the error codes' from
-    `schemas.ERRORS`, which docs/rest.md's table is generated from too). The `enum` stays: openapi-python-client
-    types from it (a `oneOf` of `const`s alone makes a parser that accepts only the first value: its issue
-    #1044)."""
+    """Every enum is a string constrained by one `allOf` member: `enum`, and each value again as `oneOf` of
+    `const`s with its own description (the compute kinds', transforms' and methods' from the engine's and
+    optimiser's tables, the error codes' from `schemas.ERRORS`, which docs/rest.md's table is generated from
+    too). Outside it, the string's description lists the values: what a generated client shows (it types the
+    string as a string; an enum class each would be 6 more model files: test_openapi_client.py)."""
     from adserve.engine.evaluation import KIND_DOCS
     from adserve.server import docgen, optimize
     from adserve.server import schemas as models
@@ -134,8 +152,12 @@ def test_openapi_describes_each_value_of_each_enum(client):
     enums = {name: named[name] for name in ("ComputeKind", "Transform", "ErrorCode", "NonFinite", "Dtype")}
     enums["method"] = named["Minimization"]["properties"]["method"]
     for name, schema in enums.items():
-        assert [v["const"] for v in schema["oneOf"]] == schema["enum"], name
-        assert all(v["description"] for v in schema["oneOf"]), name
+        [constraint] = schema["allOf"]
+        assert schema["type"] == "string" and "enum" not in schema and "oneOf" not in schema, name
+        assert [v["const"] for v in constraint["oneOf"]] == constraint["enum"], name
+        assert all(v["description"] for v in constraint["oneOf"]), name
+        assert all(f"`{value}`" in schema["description"] for value in constraint["enum"]), name
+    enums = {name: schema["allOf"][0] for name, schema in enums.items()}
     described = {v["const"]: v["description"] for v in enums["ErrorCode"]["oneOf"]}
     assert described == {code: f"{status}: {doc}" for code, (status, doc) in models.ERRORS.items()}
     assert enums["ComputeKind"]["enum"] == list(KIND_DOCS) and enums["method"]["enum"] == list(optimize.METHODS)
@@ -153,7 +175,11 @@ def test_openapi_responses_say_what_is_sent(client):
     assert evaluate["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/EvaluationResult")
     assert spec["components"]["schemas"]["EvaluationResult"]["examples"]
     minimize = spec["paths"]["/v1/functions/{function_id}/minimize"]["post"]["responses"]["200"]["content"]
-    assert minimize == {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/MinimizeProgress"}}}
+    [line] = minimize.values()  # the stream's line, described where it is (not a component: test_openapi_client)
+    assert list(minimize) == ["application/x-ndjson"] and "MinimizeProgress" not in spec["components"]["schemas"]
+    assert line["schema"]["title"] == "MinimizeProgress" and line["schema"]["required"] == [
+        "iteration", "x", "value", "grad_norm", "done", "message", "success"]
+    assert line["schema"]["properties"]["x"] == {"$ref": "#/components/schemas/TensorMap"}
     refused = spec["paths"]["/v1/functions/{function_id}/minimize"]["post"]["responses"]["429"]
     assert list(refused["content"]) == ["application/json"] and "Retry-After" in refused["headers"]
     for path, method, op in operations(spec):
