@@ -7,7 +7,7 @@ with the flags of its cpp/common.mk into `--build` (kept between runs). Their JS
 GradBench's `make -C cpp` has fetched it, else the system's nlohmann/json.hpp (Debian: nlohmann-json3-dev).
 
 For every part of the evals the manual tool has and bench/gradbench writes (hello, lse, llsq, det, kmeans, ode,
-gmm, lstm, and ba in GradBench's repeated form; not yet ht), at bench.gradbench's sizes: the part's inputs are
+gmm, lstm, ht, and ba in GradBench's repeated form), at bench.gradbench's sizes: the part's inputs are
 written as GradBench's input JSON; the program runs the function for at least `--seconds` (GradBench's
 `min_seconds`) and reports each run's nanoseconds; its output must equal ours (relative 1e-9, as bench.gradbench
 holds ours to JAX). Ours: warm, as bench.gradbench's warm column settles it (`runner.settled`), each call timed.
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import sections
+from .ht import gradbench_input as ht_input
 from .runner import _close, settled, timed_runs
 
 BEGIN, END = "<!-- BEGIN GRADBENCH CPP (python -m bench.gradbench.cpp) -->", "<!-- END GRADBENCH CPP -->"
@@ -65,6 +66,7 @@ INPUTS = {
     "gmm": lambda i, p: {"d": p["d"], "k": p["k"], "n": p["n"], "alpha": _rows(i["alpha"]), "mu": _rows(i["mu"]),
                          "q": _rows(i["q"]), "l": _rows(i["l"]), "x": _rows(i["x"]), "gamma": p["gamma"],
                          "m": p["m"]},
+    "ht": lambda i, p: ht_input(i),
 }
 
 
@@ -223,7 +225,8 @@ harness, `min_seconds`); the medians of the calls and their ratio. Run {facts['r
 on {facts['cpu']} ({facts['cores']} cores, load average {facts['load']}). The manual tool has no particle or
 saddle; ba is compared in GradBench's repeated form (one camera, point, weight and feature for all, the first
 observation's errors and Jacobian rows), so its dense `jacobian` is left out (as is a seeded ba, whose entries
-differ); ht's data and output forms are not written here yet.
+differ). ht's Jacobian is GradBench's: in theta (simple), or each correspondence's two `us` then theta
+(complicated).
 
 {table(rows)}
 

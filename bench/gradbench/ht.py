@@ -264,4 +264,18 @@ def ht(m: dict | None = None, inst: dict | None = None, c: int = 100, complicate
     return Eval("ht", label or f"{variant}, bones={len(m['parents'])}, verts={len(m['base_positions'])}, c={c}", [
         Part("objective", defn, ["value"], inputs, lambda r: r["value"], _fresh(obj, *jargs)),
         Part("jacobian", defn, ["jacobian"], inputs, ours_jac, _fresh(jac, *jargs), wrt=wrt),
-    ])
+    ], params={"complicated": complicated})
+
+
+def gradbench_input(inputs: dict) -> dict:
+    """The eval's inputs as GradBench's ht input JSON (its io.py's HandInput, as cpp/gradbench/evals/ht.hpp reads
+    it): `theta`, `us` (empty for simple), and `data`: the correspondences, the points and the model. The model
+    is not mirrored (GradBench's io.py never mirrors one); its bones' names are only counted."""
+    rows = lambda k: np.asarray(inputs[k]).tolist()  # noqa: E731
+    model = {"bone_names": [f"bone{i}" for i in range(len(inputs["parents"]))], "parents": rows("parents"),
+             "is_mirrored": False, "base_relatives": rows("base_relatives"),
+             "inverse_base_absolutes": rows("inverse_base_absolutes"), "base_positions": rows("base_positions"),
+             "weights": rows("weights"),
+             "triangles": rows("triangles") if "triangles" in inputs else []}
+    return {"theta": rows("theta"), "us": rows("us") if "us" in inputs else [],
+            "data": {"correspondences": rows("correspondences"), "points": rows("points"), "model": model}}

@@ -89,3 +89,22 @@ def test_ba_in_gradbench_s_repeated_forms():
     assert vals[15:26].tolist() == cam[0, 1].tolist() and vals[-1] == w[-1, 2]
     assert cpp.FUNCTIONS[("ba", "jacobian (blocks)")] == "jacobian" and cpp.FUNCTIONS[("ba", "jacobian")] is None
     assert cpp.compare([E.ba(3, 4, 10, seed=1)], None, "unused", 0.01) == []  # a seeded ba has no repeated form
+
+
+def test_ht_input_is_gradbench_s_hand_input():
+    """ht's input as GradBench's io.py writes it and cpp/gradbench/evals/ht.hpp reads it: `us` empty for
+    simple; the model's matrices row-major per bone, positions homogeneous, a row of weights per vertex."""
+    from bench.gradbench import ht as H
+    m = H.model(n_verts=20, n_tris=7)
+    for complicated in (False, True):
+        ev = H.ht(m, c=5, complicated=complicated)
+        assert ev.params == {"complicated": complicated}
+        data = cpp.INPUTS["ht"](ev.parts[0].inputs, ev.params)
+        json.dumps(data)  # plain JSON
+        model = data["data"]["model"]
+        assert len(data["theta"]) == 26 and np.shape(data["us"]) == ((5, 2) if complicated else (0,))
+        assert len(model["bone_names"]) == len(model["parents"]) == 22 and model["is_mirrored"] is False
+        assert np.shape(model["base_relatives"]) == (22, 4, 4) and np.shape(model["base_positions"]) == (20, 4)
+        assert np.shape(model["weights"]) == (20, 22) and np.shape(data["data"]["points"]) == (5, 3)
+        assert np.shape(model["triangles"]) == ((7, 3) if complicated else (0,))
+        assert model["base_relatives"][3] == m["base_relatives"][3].tolist()  # row-major, as the bones file
