@@ -8,6 +8,10 @@
   component (forward), whichever is fewer, pushed through the batch axis.
 * `hessian`: HVPs against a basis, also through the batch axis.
 
+A sweep's rows of one point share everything computed from the point's inputs alone (the primal, a reverse
+pass's tape, the gradient under an HVP): `split.split` cuts its plan so that part runs once per point and only
+the rest on every row (`_sweep`).
+
 `wrt` names the inputs to differentiate (default: all); the rest are held
 constant, so a matrix of data costs no gradient. A sweep's size is capped by
 `max_rows` (the engine's `Limits.max_sweep_rows`).
@@ -22,9 +26,15 @@ import numpy as np
 from .builder import Builder, inline
 from .errors import LimitError
 from .jvp import jvp_graph, jvp_inline
+from .limits import cost
+from .split import split
 from .vjp import vjp_graph, vjp_inline
 
 MAX_BASIS = 20_000  # basis vectors per point
+# element operations a sweep's rows would repeat (the shared part's work times the rows after the first) below
+# which its plan runs whole: a second kernel call and its arguments cost about as much (a Hessian of Helmholtz
+# n=30 or Rosenbrock n=50 ran 1.01-1.03x as long split)
+SPLIT_MIN_WORK = 50_000
 KINDS = ("value", "gradient", "jvp", "vjp", "hvp")
 
 
@@ -136,6 +146,24 @@ def jacobian_plan(fn, wrt):
     return fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))[0], n, False
 
 
+def _sweep(fn, key, graph, xs, B, rows, moving, keep, run) -> list:
+    """The outputs at `keep` of `graph` run on `rows` rows per point: `xs` are the B points' inputs (a row
+    each), `moving` the rows' own inputs (B * rows). The part of the plan that reads only `xs` runs once per
+    point (`split`), unless a point has a single row."""
+    parts = None if rows == 1 else fn.plan(("split", key), lambda: _worth(split(
+        graph, [False] * len(xs) + [True] * (len(graph.inputs) - len(xs)), keep), rows))
+    if parts is None:
+        res = run(graph, _repeat(xs, B, rows) + moving)
+        return [res[i] for i in keep]
+    shared = run(parts.shared, xs)
+    return list(run(parts.per_row, _repeat([xs[i] for i in parts.reads] + list(shared), B, rows) + moving))
+
+
+def _worth(parts, rows):
+    """`parts` when the work the rows would repeat is worth a second kernel call (SPLIT_MIN_WORK), else None."""
+    return parts if parts is not None and cost(parts.shared)[1] * (rows - 1) >= SPLIT_MIN_WORK else None
+
+
 def jacobian(fn, xs, B, wrt, run, max_rows):
     sizes, offsets = _layout(fn, wrt)
     n, m, out = offsets[-1], math.prod(fn.output_shape), fn.output_shape
@@ -145,12 +173,16 @@ def jacobian(fn, xs, B, wrt, run, max_rows):
         _guard(B, m, max_rows)
         g = jacobian_plan(fn, wrt)[0]
         basis = np.tile(np.eye(m).reshape(m, *out), (B,) + (1,) * len(out))
-        res = run(g, _repeat(xs, B, m) + [basis])[1:]
+        res = _sweep(fn, ("vjp", wrt), g, xs, B, m, [basis], range(1, len(g.outputs)), run)
         return {nm: full(r, B * m).reshape(B, *out, *fn.input_shapes[nm]) for nm, r in zip(wrt, res)}
     _guard(B, n, max_rows)  # forward: one JVP per input component
     g, nz = fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))
-    res = run(g, _repeat(xs, B, n) + _basis(fn, wrt, B))
-    d = full(res[1], B * n).reshape(B, n, m) if nz[0] else np.zeros((B, n, m))
+    if nz[0]:
+        [t] = _sweep(fn, ("jvp", wrt), g, xs, B, n, _basis(fn, wrt, B), [1], run)
+        d = full(t, B * n).reshape(B, n, m)
+    else:  # the output does not depend on `wrt`; the plan (the primal alone) still runs, as every request's does
+        run(g, _repeat(xs, B, n) + _basis(fn, wrt, B))
+        d = np.zeros((B, n, m))
     return {nm: np.swapaxes(d[:, o:o + s], 1, 2).reshape(B, *out, *fn.input_shapes[nm])
             for nm, o, s in zip(wrt, offsets, sizes)}
 
@@ -163,7 +195,7 @@ def hessian(fn, xs, B, wrt, run, max_rows):
         return {a: {b: np.zeros((B, *shapes[a], *shapes[b])) for b in wrt} for a in wrt}
     _guard(B, n, max_rows)
     graph, _ = main_plan(fn, frozenset({"hvp"}), wrt)
-    hvps = run(graph, _repeat(xs, B, n) + _basis(fn, wrt, B))[1:]
+    hvps = _sweep(fn, ("hvp", wrt), graph, xs, B, n, _basis(fn, wrt, B), range(1, len(graph.outputs)), run)
     out = {}
     for a, oa, sa in zip(wrt, offsets, sizes):
         out[a] = {}
