@@ -35,6 +35,9 @@ MAX_BASIS = 20_000  # basis vectors per point
 # which its plan runs whole: a second kernel call and its arguments cost about as much (a Hessian of Helmholtz
 # n=30 or Rosenbrock n=50 ran 1.01-1.03x as long split)
 SPLIT_MIN_WORK = 50_000
+# a batch's shared values are copied to each of its points' rows (a kernel reads an input's row p or its only
+# one): past this many bytes of copies, its plan runs whole, as before, on buffers of one row
+SPLIT_MAX_COPY = 64 << 20
 KINDS = ("value", "gradient", "jvp", "vjp", "hvp")
 
 
@@ -152,6 +155,10 @@ def _sweep(fn, key, graph, xs, B, rows, moving, keep, run) -> list:
     point (`split`), unless a point has a single row."""
     parts = None if rows == 1 else fn.plan(("split", key), lambda: _worth(split(
         graph, [False] * len(xs) + [True] * (len(graph.inputs) - len(xs)), keep), rows))
+    if parts is not None and B > 1:
+        copied = sum(math.prod(v.shape) for v in parts.per_row.inputs[:len(parts.per_row.inputs) - len(moving)])
+        if 8 * B * rows * copied > SPLIT_MAX_COPY:
+            parts = None
     if parts is None:
         res = run(graph, _repeat(xs, B, rows) + moving)
         return [res[i] for i in keep]

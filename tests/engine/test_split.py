@@ -117,6 +117,22 @@ def test_a_small_saving_runs_the_plan_whole():
     assert parts is not None and {"einsum", "dot"} & {e.prim for e in parts.shared.eqns}  # A @ x, once
 
 
+def test_a_batch_whose_shared_values_would_be_large_copies_runs_whole(monkeypatch):
+    """A batch's shared values are copied to every row of their point; past SPLIT_MAX_COPY bytes the plan runs
+    whole (one run, not two) and answers the same."""
+    defn, inputs = CASES["reverse"]
+    batch = {"x": np.stack([np.asarray(inputs["x"])] * 4)}
+    monkeypatch.setattr(plans, "SPLIT_MIN_WORK", 0)
+    runs = []
+    for limit in (1 << 30, 8):
+        monkeypatch.setattr(plans, "SPLIT_MAX_COPY", limit)
+        local = Engine()
+        answers = local.evaluate(local.compile_definition(defn), batch, ["jacobian"], batch=True)
+        runs.append((local.stats()["runs"]["interpreter"], answers))
+    assert [r for r, _ in runs] == [2, 1]
+    _identical(runs[0][1], runs[1][1], "reverse, batch")
+
+
 def test_a_jacobian_in_inputs_the_output_does_not_read_is_zeros():
     """The forward sweep of an output whose tangent is structurally zero (found by test_fuzz): no rows to split."""
     fn = Engine().compile_definition({"inputs": [{"name": "x", "shape": [2]}, {"name": "y", "shape": [3]}],
