@@ -240,6 +240,11 @@ Where the two are not the same computation:
   product over x, so its gradient is one pass over n), not the Runge-Kutta steps that the primal, ours and
   JAX's run. At these sizes the last entry and its gradient are 0 in both (the steps reach 4s entries; the
   product underflows).
+- **ht jacobian**: ours computes the dense Jacobian (a JVP per column: 26 in theta for simple, 226 in `us` and
+  theta for complicated) and keeps GradBench's columns, as GradBench's PyTorch tool does and bench.gradbench's
+  JAX does; the reference's derivatives are written by hand, each correspondence's `us` columns from its own
+  triangle alone. Its complicated Jacobian ran on the serial kernel in this run, where the timing policy chose
+  the parallel batch variant in bench.gradbench's (13.1 ms there).
 {END}
 """
 
