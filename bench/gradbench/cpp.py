@@ -243,8 +243,8 @@ Where the two are not the same computation:
 - **ht jacobian**: ours computes the dense Jacobian (a JVP per column: 26 in theta for simple, 226 in `us` and
   theta for complicated) and keeps GradBench's columns, as GradBench's PyTorch tool does and bench.gradbench's
   JAX does; the reference's derivatives are written by hand, each correspondence's `us` columns from its own
-  triangle alone. Its complicated Jacobian ran on the serial kernel in this run, where the timing policy chose
-  the parallel batch variant in bench.gradbench's (13.1 ms there).
+  triangle alone. The tier column says which kernel the timing policy chose for its 226 rows (the serial one,
+  or the parallel batch variant).
 {END}
 """
 
