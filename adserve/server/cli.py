@@ -42,6 +42,8 @@ def main(argv=None) -> None:
     from .app import build
 
     server = build(settings)
+    from . import collector
+    collector.tune(settings.gc_threshold)  # after start-up: what it made is frozen (collector.py)
     grpc = f"gRPC on {settings.host}:{settings.grpc_port}" if settings.grpc_port else "gRPC off"
     if server.guard.keys:
         log.info("API keys required on /v1 and gRPC (%d configured)", len(settings.api_keys))

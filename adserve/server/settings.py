@@ -108,6 +108,9 @@ class Settings(BaseSettings):
                                    "isolation worker keep for reuse (glibc's M_TRIM_THRESHOLD; blocks up to 32 MB "
                                    "then come from the heap), so kernels' workspaces and large requests' buffers are "
                                    "not mapped afresh each call. 0: the C library's defaults")
+    gc_threshold: int = Field(10_000, ge=0, description="allocations between the collections of Python's "
+                              "youngest generation (CPython's default is 700); what start-up made is frozen, so "
+                              "a full collection no longer walks it (server/collector.py). 0: Python's defaults")
 
     @model_validator(mode="after")
     def _tls_pair(self):
