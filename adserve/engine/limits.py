@@ -71,8 +71,16 @@ def _eqn_work(e) -> float:
         return float(math.prod(dims.values()))
     if e.prim == "dyn_slice":  # reads one slice, however large the array (a tape) it slices
         return float(max(math.prod(e.outputs[0].shape), 1))
-    sizes = [math.prod(a.shape) for a in (*e.inputs, *e.outputs) if not isinstance(a, Lit) or a.fill is None]
-    return float(max(sizes, default=1))
+    # the largest operand or result, a filled literal aside (a loop, not a list: it runs per equation of every plan)
+    largest = None
+    for group in (e.inputs, e.outputs):
+        for a in group:
+            if type(a) is Lit and a.fill is not None:
+                continue
+            size = math.prod(a.shape)
+            if largest is None or size > largest:
+                largest = size
+    return 1.0 if largest is None else float(largest)
 
 
 def cost(graph: Graph):

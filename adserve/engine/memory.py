@@ -55,34 +55,57 @@ class _Cost:
 def plan_bytes(graph, batched) -> tuple:
     """(per_row, shared) bytes at the peak of one interpreter run of `graph`, whose inputs are batched (a
     leading axis of the rows) where `batched` says and shared (a leading axis of 1) elsewhere."""
+    # a value's bytes and whether it is batched, by variable; literals are never batched. One pass, no objects per
+    # equation: it runs on every new plan's first request, over thousands of equations
     lead = dict(zip(graph.inputs, batched))
-    held, peak_row, peak_one = _Cost(), 0, 0
+    nbytes = {v: F64 * math.prod(v.shape) for v in graph.inputs}
+    held_row = held_one = peak_row = peak_one = 0
     seen_lits = set()
     for e in graph.eqns:
-        ins = [lead.get(a, False) if type(a) is Var else False for a in e.inputs]
-        b = any(ins)
+        b = False
+        big_row = big_one = 0  # the largest operand or result of each kind (this equation's temporaries)
         for a in e.inputs:
-            if isinstance(a, Lit) and id(a) not in seen_lits:  # materialised once per run, at its full shape
-                seen_lits.add(id(a))
-                held.add(F64 * _size(a), False)
-        out = sum(_size(o) for o in e.outputs) * F64
-        extra = _structured(e, ins, b) if e.prim in _STRUCTURED else _temporary(e, ins, b)
-        peak_row = max(peak_row, held.row + extra.row + (out if b else 0))
-        peak_one = max(peak_one, held.one + extra.one + (0 if b else out))
-        held.add(out, b)
+            if type(a) is Var:
+                size = nbytes.get(a)
+                if size is None:
+                    size = nbytes[a] = F64 * math.prod(a.shape)
+                if lead.get(a, False):
+                    b = True
+                    if size > big_row:
+                        big_row = size
+                elif size > big_one:
+                    big_one = size
+            else:
+                size = F64 * math.prod(a.shape)
+                if id(a) not in seen_lits:  # materialised once per run, at its full shape
+                    seen_lits.add(id(a))
+                    held_one += size
+                if size > big_one:
+                    big_one = size
+        out = 0
         for o in e.outputs:
+            size = nbytes[o] = F64 * math.prod(o.shape)
             lead[o] = b
+            out += size
+        if e.prim in _STRUCTURED:
+            extra = _STRUCTURED[e.prim](e, [lead.get(a, False) if type(a) is Var else False for a in e.inputs], b)
+            extra_row, extra_one = extra.row, extra.one
+        else:
+            biggest = max((nbytes[o] for o in e.outputs), default=0)
+            if b:
+                extra_row, extra_one = TEMP_FACTOR * max(big_row, biggest), TEMP_FACTOR * big_one
+            else:
+                extra_row, extra_one = TEMP_FACTOR * big_row, TEMP_FACTOR * max(big_one, biggest)
+        if b:
+            peak_row = max(peak_row, held_row + extra_row + out)
+            peak_one = max(peak_one, held_one + extra_one)
+            held_row += out
+        else:
+            peak_row = max(peak_row, held_row + extra_row)
+            peak_one = max(peak_one, held_one + extra_one + out)
+            held_one += out
     outs = sum(F64 * _size(a) for a in graph.outputs if isinstance(a, Lit))
-    return max(peak_row, held.row), max(peak_one, held.one + outs)
-
-
-def _temporary(e, ins, b) -> _Cost:
-    sizes = [(F64 * _size(a), x) for a, x in zip(e.inputs, ins)] + [(F64 * _size(o), b) for o in e.outputs]
-    c = _Cost()
-    biggest_row = max((s for s, x in sizes if x), default=0)
-    biggest_one = max((s for s, x in sizes if not x), default=0)
-    c.row, c.one = TEMP_FACTOR * biggest_row, TEMP_FACTOR * biggest_one
-    return c
+    return max(peak_row, held_row), max(peak_one, held_one + outs)
 
 
 def _loop(e, ins, b) -> _Cost:

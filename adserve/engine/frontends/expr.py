@@ -73,6 +73,15 @@ def parse(text: str, mode: str):
     return tree
 
 
+_DERIVATIVE_OPERATORS = frozenset(("grad", "value_and_grad", "jvp", "vjp", "jacfwd", "jacrev", "hessian"))
+
+
+class _NeedsFunctions(Exception):
+    """Raised by the plain expression lowerer at a lambda, a derivative operator or a call of something other than
+    a name (`grad(f)(x)`): the expression needs the program's functions (`lower_expression` lowers it again, as a
+    program's). Found while lowering, so an expression that needs none (nearly all) is not walked for them first."""
+
+
 class ExprLowerer:
     form = "expr"
 
@@ -250,9 +259,13 @@ class ExprLowerer:
             return self.emit("transpose", base, perm=None)
         self.fail(f"attribute '{node.attr}' is not allowed (only x.shape and x.T)", node, "forbidden_attribute")
 
+    # ProgramLowerer's calls and lambdas (functions_def.py) override these two
+    def visit_Lambda(self, node):
+        raise _NeedsFunctions
+
     def visit_Call(self, node):
-        if not isinstance(node.func, ast.Name):
-            self.fail("only calls of the built-in functions are allowed (e.g. sin(x))", node, "unknown_function")
+        if not isinstance(node.func, ast.Name) or node.func.id in _DERIVATIVE_OPERATORS:
+            raise _NeedsFunctions
         name = node.func.id
         handler = functions.TABLE.get(name)
         if handler is None:
@@ -300,28 +313,15 @@ def _describe(node_type: str) -> str:
             "Await": "await", "Yield": "yield", "Starred": "*unpacking", "Slice": "a slice"}.get(node_type, node_type)
 
 
-_DERIVATIVE_OPERATORS = frozenset(("grad", "value_and_grad", "jvp", "vjp", "jacfwd", "jacrev", "hessian"))
-
-
-def _uses_functions(tree) -> bool:
-    """Whether an expression needs the program's functions: a lambda, a derivative operator, or a call of
-    something other than a name (`grad(f)(x)`)."""
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Lambda):
-            return True
-        if isinstance(n, ast.Call) and (not isinstance(n.func, ast.Name) or n.func.id in _DERIVATIVE_OPERATORS):
-            return True
-    return False
-
-
 def lower_expression(text: str, inputs, max_depth: int, max_nodes: int) -> "Builder":
     """Parse `text` and return (builder, output value)."""
     tree = parse(text, "eval")
-    if _uses_functions(tree):
-        from .program import lower_expression_with_functions
-        return lower_expression_with_functions(tree, inputs, max_depth, max_nodes)
     b = Builder(budget=Budget(max_nodes))
     env = {name: b.input(shape) for name, shape in inputs}
     low = ExprLowerer(b, env, max_depth)
-    out = low.expr(tree)
+    try:
+        out = low.expr(tree)
+    except _NeedsFunctions:
+        from .program import lower_expression_with_functions
+        return lower_expression_with_functions(tree, inputs, max_depth, max_nodes)
     return b, low.value(out, tree.body)
