@@ -255,10 +255,12 @@ def test_loop_nests_tell_llvm_their_output_is_no_operand():
     both(graph, args, "llvm gmm product", against="python")
 
 
+N_SHARED = 2 * contraction.LANES + 5  # two rounds of the lanes, then a remainder summed one by one
 SHARED = {  # (definition, n, SHARED_MIN or None, against)
-    "quadratic form n=21": ({"inputs": [{"name": "A", "shape": [21, 21]}, {"name": "x", "shape": [21]},
-                                        {"name": "b", "shape": [21]}],
-                             "expr": "dot(x, dot(A, x)) * log(1 + dot(b, x) ** 2) + sum(sin(x))"}, 1, "numba"),
+    f"quadratic form n={N_SHARED}": ({"inputs": [{"name": "A", "shape": [N_SHARED, N_SHARED]},
+                                                 {"name": "x", "shape": [N_SHARED]}, {"name": "b", "shape": [N_SHARED]}],
+                                      "expr": "dot(x, dot(A, x)) * log(1 + dot(b, x) ** 2) + sum(sin(x))"}, 1,
+                                     "numba"),
     "Helmholtz n=200": (None, None, "python"),
 }
 
@@ -266,7 +268,7 @@ SHARED = {  # (definition, n, SHARED_MIN or None, against)
 @pytest.mark.parametrize("name", sorted(SHARED))
 def test_contractions_sharing_a_pass_give_numbas_bits(name, monkeypatch):
     """x·Ax's gradient: A x and Aᵀ(c x) in one pass over A (schedule.pair_contractions), its dot products in
-    contraction.LANES accumulators summed pairwise and the rest one by one (21 = 2 * 8 + 5): numba's order
+    contraction.LANES accumulators summed pairwise and the rest one by one (N_SHARED = 2 * LANES + 5): numba's order
     (against numba's kernel; Helmholtz n=200's, whose numba compile takes seconds, against the python tier's)."""
     defn, shared_min, against = SHARED[name]
     if defn is None:

@@ -253,7 +253,13 @@ def _shared_pass(s, eqns):
     s.end(len(shared.shape) - 1)
 
 
-LANES = 8  # dot products in the shared pass: accumulators side by side (Helmholtz n=1000 gradient kernel: 0.93 ms in one, 0.55-0.61 ms in 4 or 8)
+# dot products in the shared pass: accumulators side by side, the same in both writers (numba's and the direct-LLVM
+# one), so both sum in the same order. Helmholtz n=1000's gradient kernel (numba, fast-math then): 0.93 ms in one,
+# 0.55-0.61 ms in 4 or 8. Without fast-math (module.FASTMATH), LLVM's SLP vectoriser made of 8 lanes four 2-wide
+# accumulators and the same 8-wide product four times: 366-412 us against the primal's 140-190 (2.2-2.6x, the
+# target is 2x); of 16 lanes it makes whole vectors: 232 us, and bench's gradient/primal 1.41-1.52 (n=200: 1.73 ->
+# 1.28-1.39). numba's kernel, which serves only plans outside the LLVM writer's scope, ran 517 -> 588 us.
+LANES = 16
 
 
 def lanes(n: int, sums: bool) -> int:

@@ -36,8 +36,8 @@ from .llvm_contraction import BLAS, bind_blas
 # their stores scoped apart from their loads; 10: the pieces of an output concatenation computed in its row; 11:
 # loops with sums vectorised only where they call exp or log; 15: a large kernel's object is always level 1's, its
 # quick one (level 0) a file of its own; 16: a sum's loop calling exp or log interleaved; 17: -O2 for every kernel
-# with loops or contractions)
-LLVM_VERSION = "17"
+# with loops or contractions; 18: a shared pass's 16 lanes)
+LLVM_VERSION = "18"
 # How LLVM optimises, chosen by measured compile and run time (docs/engine.md): a kernel of at most LEAN_PARTS
 # functions gets the standard -O2 pipeline (the vectoriser among it); a larger one LEAN_PASSES and machine code at
 # level 1. On random-1000's kernel (11 functions) the lean passes took a third of -O2's time (0.2-0.3 s against

@@ -22,7 +22,7 @@ from . import plain
 from .emit import num
 from .fusion import Source
 
-CODEGEN_VERSION = "17"  # bump when generated code changes meaning: it is part of the cache key
+CODEGEN_VERSION = "18"  # bump when generated code changes meaning: it is part of the cache key
 PARALLEL_VERSION = "1"  # the same for the parallel variant's driver (its key: the serial key + "_par" + this)
 CHUNKS_PER_THREAD = 4   # the parallel kernel cuts a batch into this many chunks per numba thread
 
