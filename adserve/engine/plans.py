@@ -31,6 +31,7 @@ from .split import split
 from .vjp import vjp_graph, vjp_inline
 
 MAX_BASIS = 20_000  # basis vectors per point
+F64 = 8  # bytes of an element
 # element operations a sweep's rows would repeat (the shared part's work times the rows after the first) below
 # which its plan runs whole: a second kernel call and its arguments cost about as much (a Hessian of Helmholtz
 # n=30 or Rosenbrock n=50 ran 1.01-1.03x as long split)
@@ -157,7 +158,7 @@ def _sweep(fn, key, graph, xs, B, rows, moving, keep, run) -> list:
         graph, [False] * len(xs) + [True] * (len(graph.inputs) - len(xs)), keep), rows))
     if parts is not None and B > 1:
         copied = sum(math.prod(v.shape) for v in parts.per_row.inputs[:len(parts.per_row.inputs) - len(moving)])
-        if 8 * B * rows * copied > SPLIT_MAX_COPY:
+        if F64 * B * rows * copied > SPLIT_MAX_COPY:
             parts = None
     if parts is None:
         res = run(graph, _repeat(xs, B, rows) + moving)

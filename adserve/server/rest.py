@@ -259,7 +259,7 @@ async def function_source(function_id: str, service: ServiceDep, transform: Anno
 @router.post("/v1/functions/{function_id}/evaluate", tags=["evaluate"], summary="Evaluate a registered function",
              operation_id="evaluateFunction",
              responses={**_evaluated, **_err, **_not_found, **_stopped},
-             openapi_extra=schemas.request_body(schemas.Evaluation, **{"not": {"required": ["function"]}}))
+             openapi_extra=schemas.request_body(schemas.Evaluation, refused=["function"]))
 async def evaluate_by_id(function_id: str, request: Request):
     # no FastAPI dependencies here: solving them costs more than the brief evaluation itself
     return await _evaluation(request, function_id)

@@ -351,10 +351,12 @@ def tensor_upload() -> dict:
                                                 "description": "little-endian, row-major; ?shape=3,4&dtype=float64"}}}}}
 
 
-def request_body(model, **constraints) -> dict:
-    """`openapi_extra` for a route whose JSON body is parsed by hand: `model`, with `constraints` (JSON Schema
-    keywords) beside it in an `allOf` of its one reference, which generators take as the model itself."""
+def request_body(model, required=(), refused=()) -> dict:
+    """`openapi_extra` for a route whose JSON body is parsed by hand: `model`, with the fields this route needs
+    (`required`) or refuses (`refused`, JSON Schema's `not: {required}`) beside it in an `allOf` of its one
+    reference, which generators take as the model itself."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    if constraints:
-        schema = {"allOf": [schema], **constraints}
+    if required or refused:
+        schema = {"allOf": [schema], **({"required": list(required)} if required else {}),
+                  **({"not": {"required": list(refused)}} if refused else {})}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
