@@ -168,10 +168,10 @@ def _plan_cost(fn, key, graph, batched) -> tuple:
 
 def request_plans(fn, main, kinds, wrt) -> list:
     """The plan graphs a request runs: its main plan, then a Jacobian's or Hessian's sweep plan."""
-    from .plans import jacobian_plan, main_plan
+    from .plans import jacobian_plans, main_plan
     graphs = [] if main is None else [main[0]]
     if "jacobian" in kinds:
-        graphs.append(jacobian_plan(fn, wrt)[0])
+        graphs += [g for g, _, _ in jacobian_plans(fn, wrt)]
     if "hessian" in kinds:
         graphs.append(main_plan(fn, frozenset({"hvp"}), wrt)[0])
     return graphs
@@ -187,7 +187,7 @@ def request_bytes(fn, main, kinds, wrt, B: int, n_args: int) -> int:
     """Estimated peak bytes of a request on `fn`: `main` is its main plan's (graph, order) or None, `kinds`
     what it computes, `wrt` the inputs differentiated, `B` its batch size (1 without batch), `n_args` the
     elements of one point's inputs, tangents and cotangent."""
-    from .plans import jacobian_plan, sweeps
+    from .plans import jacobian_plans, main_plan
     total = REQUEST_BYTES + 2 * F64 * n_args * B  # inputs decoded, then batched as float64
     answer = 0
     if main is not None:
@@ -198,21 +198,21 @@ def request_bytes(fn, main, kinds, wrt, B: int, n_args: int) -> int:
         answer += outs
     shapes = fn.input_shapes
     n = sum(math.prod(shapes[w]) for w in wrt)
+    n_x = len(fn.input_names)
     for kind in sorted(kinds & {"jacobian", "hessian"}):
-        rows = B * sweeps(fn, kind, wrt)
-        if kind == "jacobian":
-            graph, basis, reverse = jacobian_plan(fn, wrt)
+        if kind == "jacobian":  # the sweeps' plans (one per input, forward) are counted as if held together
+            sweeps_ = [(g, basis) for g, basis, _ in jacobian_plans(fn, wrt)]
             result = math.prod(fn.output_shape) * n * B
         else:
-            from .plans import main_plan
-            graph, basis, reverse = main_plan(fn, frozenset({"hvp"}), wrt)[0], n, False
+            sweeps_ = [(main_plan(fn, frozenset({"hvp"}), wrt)[0], n)]
             result = n * n * B
-        n_x = len(fn.input_names)
-        batched = [B > 1] * n_x + [True] * (len(graph.inputs) - n_x)  # one point's inputs are shared by its rows
-        total += estimate(_plan_cost(fn, kind, graph, batched), rows)
-        if B > 1:
-            total += F64 * rows * sum(math.prod(s) for s in shapes.values())  # each point's inputs per row
-        total += F64 * (basis * basis + rows * basis)  # the identity, and its rows tiled over the batch
+        for graph, basis in sweeps_:
+            rows = B * basis
+            batched = [B > 1] * n_x + [True] * (len(graph.inputs) - n_x)  # one point's inputs are shared by its rows
+            total += estimate(_plan_cost(fn, kind, graph, batched), rows)
+            if B > 1:
+                total += F64 * rows * sum(math.prod(s) for s in shapes.values())  # each point's inputs per row
+            total += F64 * (basis * basis + rows * basis)  # the identity, and its rows tiled over the batch
         total += 2 * F64 * result  # reshaped per input (pair), then copied out
         answer += result
     if "trace" in kinds:

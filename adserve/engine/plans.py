@@ -5,7 +5,7 @@
   primal work. HVP is forward-over-reverse (jvp of the gradient graph), never a
   Hessian; its forward pass yields the JVP for free.
 * `jacobian`: one VJP per output component (reverse) or one JVP per input
-  component (forward), whichever is fewer, pushed through the batch axis.
+  component (forward, a plan per input), whichever is fewer, pushed through the batch axis.
 * `hessian`: HVPs against a basis, also through the batch axis.
 
 A sweep's rows of one point share everything computed from the point's inputs alone (the primal, a reverse
@@ -141,13 +141,22 @@ def _basis(fn, wrt, B):
             for nm, o, s in zip(wrt, offsets, sizes)]
 
 
-def jacobian_plan(fn, wrt):
-    """(graph, basis size, reverse) of a Jacobian: one VJP per output component (reverse) or one JVP per
-    input component (forward), whichever is fewer."""
+def jacobian_plans(fn, wrt) -> list:
+    """[(graph, basis size, the inputs it differentiates)] of a Jacobian: one VJP per output component
+    (reverse), or one JVP per input component (forward), whichever is fewer. Forward, each input of `wrt` has a
+    JVP plan of its own, pushing its tangents alone: in one plan for all of them, a row's tangents are zero in
+    every other input, and the plan carries those zeros through all that they reach (GradBench's hand tracking:
+    200 rows in the correspondences' `us`, whose tangents reach only the last interpolation, computed the
+    skinning's tangents too)."""
     n, m = _layout(fn, wrt)[1][-1], math.prod(fn.output_shape)
     if m <= n:
-        return fn.plan(("vjp", wrt), lambda: vjp_graph(fn.graph, _mask(fn, wrt), [True])), m, True
-    return fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))[0], n, False
+        return [(fn.plan(("vjp", wrt), lambda: vjp_graph(fn.graph, _mask(fn, wrt), [True])), m, wrt)]
+    return [(_jvp_plan(fn, (nm,))[0], math.prod(fn.input_shapes[nm]), (nm,)) for nm in wrt]
+
+
+def _jvp_plan(fn, wrt):
+    """(graph, whether each output's tangent is nonzero) of a JVP in the inputs `wrt`."""
+    return fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))
 
 
 def _sweep(fn, key, graph, xs, B, rows, moving, keep, run) -> list:
@@ -179,20 +188,25 @@ def jacobian(fn, xs, B, wrt, run, max_rows):
         return {nm: np.zeros((B, *out, *fn.input_shapes[nm])) for nm in wrt}
     if m <= n:  # reverse: one VJP per output component
         _guard(B, m, max_rows)
-        g = jacobian_plan(fn, wrt)[0]
+        [(g, _, _)] = jacobian_plans(fn, wrt)
         basis = np.tile(np.eye(m).reshape(m, *out), (B,) + (1,) * len(out))
         res = _sweep(fn, ("vjp", wrt), g, xs, B, m, [basis], range(1, len(g.outputs)), run)
         return {nm: full(r, B * m).reshape(B, *out, *fn.input_shapes[nm]) for nm, r in zip(wrt, res)}
-    _guard(B, n, max_rows)  # forward: one JVP per input component
-    g, nz = fn.plan(("jvp", wrt), lambda: jvp_graph(fn.graph, _mask(fn, wrt)))
-    if nz[0]:
-        [t] = _sweep(fn, ("jvp", wrt), g, xs, B, n, _basis(fn, wrt, B), [1], run)
-        d = full(t, B * n).reshape(B, n, m)
-    else:  # the output does not depend on `wrt`; the plan (the primal alone) still runs, as every request's does
-        run(g, _repeat(xs, B, n) + _basis(fn, wrt, B))
-        d = np.zeros((B, n, m))
-    return {nm: np.swapaxes(d[:, o:o + s], 1, 2).reshape(B, *out, *fn.input_shapes[nm])
-            for nm, o, s in zip(wrt, offsets, sizes)}
+    _guard(B, n, max_rows)  # forward: one JVP per input component, input by input (jacobian_plans)
+    answer = {}
+    for nm, s in zip(wrt, sizes):
+        if s == 0:  # an empty input: no columns
+            answer[nm] = np.zeros((B, *out, *fn.input_shapes[nm]))
+            continue
+        g, nz = _jvp_plan(fn, (nm,))
+        if nz[0]:
+            [t] = _sweep(fn, ("jvp", (nm,)), g, xs, B, s, _basis(fn, (nm,), B), [1], run)
+            d = full(t, B * s).reshape(B, s, m)
+        else:  # the output does not depend on it; the plan (the primal alone) still runs, as every request's does
+            run(g, _repeat(xs, B, s) + _basis(fn, (nm,), B))
+            d = np.zeros((B, s, m))
+        answer[nm] = np.swapaxes(d, 1, 2).reshape(B, *out, *fn.input_shapes[nm])
+    return answer
 
 
 def hessian(fn, xs, B, wrt, run, max_rows):

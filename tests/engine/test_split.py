@@ -145,7 +145,7 @@ def test_a_jacobian_in_inputs_the_output_does_not_read_is_zeros():
 def test_nothing_shared_means_no_split():
     """A linear function's JVP rows need nothing of the point (2 * t): the plan runs whole."""
     fn = Engine().compile_definition({"inputs": [{"name": "x", "shape": [3]}], "expr": "2.0 * x"})
-    graph, _ = plans.jacobian_plan(fn, ("x",))[:2]
+    [(graph, _, _)] = plans.jacobian_plans(fn, ("x",))
     assert split(graph, [False, True], [1]) is None
     r = engine.evaluate(fn, {"x": [1.0, 2.0, 3.0]}, ["jacobian"])
     assert np.array_equal(r["jacobian"]["x"], 2.0 * np.eye(3))
@@ -230,3 +230,29 @@ def _leaves(tree):
             yield from _leaves(tree[k])
     else:
         yield tree
+
+
+def test_a_forward_jacobian_pushes_each_input_s_tangents_alone():
+    """A forward Jacobian in two inputs sweeps each with a JVP plan of its own (jacobian_plans): the rows of `u`,
+    whose tangents reach only the last product, do not carry the zero tangents of `theta` through the rest. The
+    answer is JAX's `jacfwd`."""
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    defn = {"inputs": [{"name": "theta", "shape": [3]}, {"name": "u", "shape": [4]}],
+            "expr": "concatenate([tanh(sin(theta) * exp(theta)) * u[0], tanh(theta) * u[1], cos(theta) * u[2], "
+                    "theta * u[3]])"}
+    fn = Engine().compile_definition(defn)
+    point = {"theta": np.array([0.3, -0.2, 0.9]), "u": np.array([1.5, -0.5, 2.0, 0.25])}
+    got = engine.evaluate(fn, point, ["jacobian"])["jacobian"]
+
+    def f(theta, u):
+        return jnp.concatenate([jnp.tanh(jnp.sin(theta) * jnp.exp(theta)) * u[0], jnp.tanh(theta) * u[1],
+                                jnp.cos(theta) * u[2], theta * u[3]])
+    want = jax.jacfwd(f, argnums=(0, 1))(point["theta"], point["u"])
+    for name, w in zip(("theta", "u"), want):
+        np.testing.assert_allclose(got[name], np.asarray(w), rtol=1e-13, atol=1e-15)
+    plans_made = {k[1]: v for k, v in fn._plans.items() if k[0] == "jvp"}
+    assert set(plans_made) == {("theta",), ("u",)}  # no plan of both
+    # the rows of u multiply their tangents by the primal's coefficients; theta's differentiate tanh, sin, exp
+    assert len(plans_made[("u",)][0].eqns) < len(plans_made[("theta",)][0].eqns)
