@@ -240,11 +240,11 @@ Where the two are not the same computation:
   product over x, so its gradient is one pass over n), not the Runge-Kutta steps that the primal, ours and
   JAX's run. At these sizes the last entry and its gradient are 0 in both (the steps reach 4s entries; the
   product underflows).
-- **ht jacobian**: ours computes the dense Jacobian (a JVP per column: 26 in theta for simple, 226 in `us` and
-  theta for complicated) and keeps GradBench's columns, as GradBench's PyTorch tool does and bench.gradbench's
-  JAX does; the reference's derivatives are written by hand, each correspondence's `us` columns from its own
-  triangle alone. The tier column says which kernel the timing policy chose for its 226 rows (the serial one,
-  or the parallel batch variant).
+- **ht jacobian**: ours computes the dense Jacobian (a JVP per column: 26 in theta for simple, 200 in `us` and
+  26 in theta for complicated, each input's columns by a JVP plan of its own, so the `us` columns' tangents go
+  through the last interpolation only) and keeps GradBench's columns, as GradBench's PyTorch tool does and
+  bench.gradbench's JAX does; the reference's derivatives are written by hand, theta's bone by bone. What ours
+  still computes per theta column is the tangent through every bone's skinning product (22x3x4 by 4x544).
 {END}
 """
 
