@@ -88,7 +88,7 @@ def plan_bytes(graph, batched) -> tuple:
             lead[o] = b
             out += size
         if e.prim in _STRUCTURED:
-            extra = _STRUCTURED[e.prim](e, [lead.get(a, False) if type(a) is Var else False for a in e.inputs], b)
+            extra = _structured(e, [lead.get(a, False) if type(a) is Var else False for a in e.inputs], b)
             extra_row, extra_one = extra.row, extra.one
         else:
             biggest = max((nbytes[o] for o in e.outputs), default=0)

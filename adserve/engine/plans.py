@@ -27,11 +27,11 @@ from .builder import Builder, inline
 from .errors import LimitError
 from .jvp import jvp_graph, jvp_inline
 from .limits import cost
+from .memory import F64
 from .split import split
 from .vjp import vjp_graph, vjp_inline
 
 MAX_BASIS = 20_000  # basis vectors per point
-F64 = 8  # bytes of an element
 # element operations a sweep's rows would repeat (the shared part's work times the rows after the first) below
 # which its plan runs whole: a second kernel call and its arguments cost about as much (a Hessian of Helmholtz
 # n=30 or Rosenbrock n=50 ran 1.01-1.03x as long split)
